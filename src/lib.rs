@@ -13,9 +13,22 @@
 //! - [`placement`]: room → ordered Links (consistent hash ring, rendezvous, bounded load).
 //! - [`room`]: per-room sequencer, bounded history, interest set, join/replay/gap answers.
 //! - [`fanout`]: the per-shard ring of recent frames and per-connection cursors.
+//! - [`rooms`]: the hub's room table: every owned room and the frames owed to each Link.
+//! - [`auth`]: JWT HS256 verification of client tokens and room rights.
+//!
+//! Runtimes and glue (tokio):
+//! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
+//! - [`uplink`]: the Link–hub interface (frame ports, connector, hub directory).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod fanout;
 pub mod frame;
 pub mod placement;
 pub mod room;
+pub mod rooms;
+pub mod auth;
+pub mod config;
+pub mod uplink;
+pub mod hub;
+pub mod link;
+pub mod serve;

@@ -19,6 +19,7 @@
 //! Runtimes and glue (tokio):
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
 //! - [`uplink`]: the Link–hub interface (frame ports, connector, hub directory).
+//! - [`quic`]: QUIC endpoint configs (ALPNs, certificates) and frame streams.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod fanout;
@@ -29,6 +30,7 @@ pub mod rooms;
 pub mod auth;
 pub mod config;
 pub mod uplink;
+pub mod quic;
 pub mod hub;
 pub mod link;
 pub mod serve;

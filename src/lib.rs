@@ -20,6 +20,8 @@
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
 //! - [`uplink`]: the Link–hub interface (frame ports, connector, hub directory).
 //! - [`quic`]: QUIC endpoint configs (ALPNs, certificates) and frame streams.
+//! - [`telemetry`]: the process-wide Prometheus recorder.
+//! - [`hub`], [`link`], [`serve`]: the role runtimes.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod fanout;
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod uplink;
 pub mod quic;
+pub mod telemetry;
 pub mod hub;
 pub mod link;
 pub mod serve;

@@ -22,6 +22,7 @@
 //! - [`quic`]: QUIC endpoint configs (ALPNs, certificates) and frame streams.
 //! - [`telemetry`]: the process-wide Prometheus recorder.
 //! - [`hub`], [`link`], [`serve`]: the role runtimes.
+//! - [`client`]: the resuming client library; [`bench`]: the `linkcast bench` load generator.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod fanout;
@@ -37,3 +38,5 @@ pub mod telemetry;
 pub mod hub;
 pub mod link;
 pub mod serve;
+pub mod client;
+pub mod bench;

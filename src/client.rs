@@ -1,0 +1,1 @@
+//! The linkcast client library (work in progress: see the client/bench issue).

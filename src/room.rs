@@ -259,7 +259,7 @@ impl Room {
         self.history.iter().skip(skip).take(limit)
     }
 
-    /// Drops every Link's interest (e.g. when the hub loses a Link); returns the Links dropped.
+    /// Drops one Link's interest (the hub lost that Link); true if it was interested.
     pub fn clear_interest_of(&mut self, link: LinkId) -> bool {
         self.handle_interest(link, 0) == InterestChange::Removed
     }

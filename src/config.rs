@@ -180,6 +180,9 @@ pub struct LinkConfig {
     pub idle_timeout_secs: u64,
     /// Browser origins allowed to connect; empty = any.
     pub allowed_origins: Vec<String>,
+    /// Kernel send buffer (SO_SNDBUF) of each client socket, bytes; 0 = the OS default
+    /// (autotuned, up to `net.ipv4.tcp_wmem` max per socket).
+    pub socket_send_buffer: usize,
 }
 
 impl Default for LinkConfig {
@@ -200,6 +203,7 @@ impl Default for LinkConfig {
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             allowed_origins: Vec::new(),
+            socket_send_buffer: 0,
         }
     }
 }

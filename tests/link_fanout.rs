@@ -1,0 +1,175 @@
+//! Link fan-out over real loopback sockets against a fake hub (the real `RoomTable`):
+//! every member gets every message once and in order, across shards; `join since` replays
+//! without duplicates or loss against concurrent live traffic; the history window's edge is an
+//! explicit gap.
+
+mod link_support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use linkcast::room::RoomLimits;
+use linkcast::rooms::TableLimits;
+use link_support::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_a_member_with_the_protocol_shape() {
+    let (link, hub) = start_link(config(1, |_| {}), TableLimits::default()).await;
+    let mut ws = connect(link.ws_addr(), None).await;
+    let (replayed, last_seq) = join(&mut ws, "lobby", None).await;
+    assert!(replayed.is_empty());
+    assert_eq!(last_seq, 0);
+    let seq = hub.publish("lobby", r#"{"text":"hi"}"#).await;
+    let got = next_json(&mut ws).await;
+    assert_eq!(got["room"], "lobby");
+    assert_eq!(got["seq"], seq);
+    assert_eq!(got["from"], "server");
+    assert_eq!(got["data"], json!({"text": "hi"}));
+    assert!(got["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000_000));
+    // Text payloads are delivered as JSON strings.
+    hub.publish_raw("lobby", "bob", 0, b"plain text").await;
+    assert_eq!(next_json(&mut ws).await["data"], "plain text");
+    // A client publish comes back as a message and an ack.
+    send(&mut ws, json!({"op":"publish","room":"lobby","data":{"n":1},"id":"k1"})).await;
+    let (mut ack, mut echo) = (None, None);
+    for _ in 0..2 {
+        let value = next_json(&mut ws).await;
+        if value["op"] == "published" {
+            ack = Some(value);
+        } else {
+            echo = Some(value);
+        }
+    }
+    let (ack, echo) = (ack.expect("ack"), echo.expect("message"));
+    assert_eq!(ack, json!({"op":"published","room":"lobby","seq":3,"id":"k1"}));
+    assert_eq!(echo["seq"], 3);
+    assert_eq!(echo["data"], json!({"n": 1}));
+    assert!(echo["from"].as_str().is_some_and(|f| f.starts_with("anon-")));
+    send(&mut ws, json!({"op":"ping"})).await;
+    assert_eq!(next_json(&mut ws).await, json!({"op":"pong"}));
+    send(&mut ws, json!({"op":"leave","room":"lobby"})).await;
+    assert_eq!(next_json(&mut ws).await, json!({"op":"left","room":"lobby"}));
+    // /healthz and /metrics share the port.
+    let (status, body) = http_get(link.ws_addr(), "/healthz", "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, _) = http_get(link.ws_addr(), "/metrics", "").await;
+    assert_eq!(status, 200);
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_across_shards_get_every_message_once_in_order() {
+    const CLIENTS: usize = 1000;
+    const MESSAGES: u64 = 200;
+    let (link, hub) = start_link(config(2, |_| {}), TableLimits::default()).await;
+    let addr = link.ws_addr();
+    let clients = join_all((0..CLIENTS).map(|_| async move {
+        let mut ws = connect(addr, None).await;
+        let (_, last_seq) = join(&mut ws, "hot", None).await;
+        assert_eq!(last_seq, 0);
+        ws
+    }))
+    .await;
+    let per_shard = link.shard_connections();
+    assert_eq!(per_shard.iter().sum::<usize>(), CLIENTS);
+    assert!(per_shard.iter().all(|&n| n > 0), "SO_REUSEPORT spreads connections over shards: {per_shard:?}");
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut seqs = Vec::with_capacity(MESSAGES as usize);
+                while seqs.len() < MESSAGES as usize {
+                    let value = next_json(&mut ws).await;
+                    assert_eq!(value["data"]["n"], value["seq"], "payload matches its seq");
+                    seqs.push(value["seq"].as_u64().expect("seq"));
+                }
+                // Nothing extra arrives afterwards.
+                send(&mut ws, json!({"op":"ping"})).await;
+                assert_eq!(next_json(&mut ws).await, json!({"op":"pong"}));
+                seqs
+            })
+        })
+        .collect();
+    for n in 1..=MESSAGES {
+        assert_eq!(hub.publish("hot", &format!(r#"{{"n":{n}}}"#)).await, n);
+    }
+    let expected: Vec<u64> = (1..=MESSAGES).collect();
+    for reader in readers {
+        assert_eq!(reader.await.expect("reader"), expected);
+    }
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_since_replays_then_live_without_duplicates_or_loss() {
+    let (link, hub) = start_link(config(2, |_| {}), TableLimits::default()).await;
+    let addr = link.ws_addr();
+    // A member keeps the room's interest up, so live frames flow while others join.
+    let mut anchor = connect(addr, None).await;
+    join(&mut anchor, "r", None).await;
+    for n in 1..=20u64 {
+        hub.publish("r", &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    const TOTAL: u64 = 400;
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for n in 21..=TOTAL {
+                hub.publish("r", &format!(r#"{{"n":{n}}}"#)).await;
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        })
+    };
+    // Clients join at different moments with different `since`, while messages keep coming.
+    let joiners: Vec<_> = (0..40u64)
+        .map(|i| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i * 3)).await;
+                let since = (i * 7) % 20;
+                let mut ws = connect(addr, None).await;
+                let (replayed, last_seq) = join(&mut ws, "r", Some(since)).await;
+                let mut seqs: Vec<u64> = replayed.iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
+                assert_eq!(seqs.first().copied().unwrap_or(since + 1), since + 1, "replay starts after since");
+                assert_eq!(seqs.last().copied().unwrap_or(since), last_seq, "replay ends at last_seq");
+                while seqs.last().copied().unwrap_or(since) < TOTAL {
+                    seqs.push(next_json(&mut ws).await["seq"].as_u64().expect("seq"));
+                }
+                (since, seqs)
+            })
+        })
+        .collect();
+    publisher.await.expect("publisher");
+    for joiner in joiners {
+        let (since, seqs) = joiner.await.expect("joiner");
+        let expected: Vec<u64> = (since + 1..=TOTAL).collect();
+        assert_eq!(seqs, expected, "since={since}: every message once, in order");
+    }
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_beyond_history_gets_a_gap_then_the_window() {
+    let limits = TableLimits { room: RoomLimits { history_messages: 5, ..RoomLimits::default() }, ..TableLimits::default() };
+    let (link, hub) = start_link(config(1, |_| {}), limits).await;
+    for n in 1..=20u64 {
+        hub.publish("old", &format!("{n}")).await;
+    }
+    let mut ws = connect(link.ws_addr(), None).await;
+    let (before, last_seq) = join(&mut ws, "old", Some(2)).await;
+    assert_eq!(last_seq, 20);
+    assert_eq!(before[0], json!({"op":"gap","room":"old","first_lost":3,"last_lost":15,"resume_from":16}));
+    let seqs: Vec<u64> = before[1..].iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, vec![16, 17, 18, 19, 20]);
+    // A `since` ahead of the room (room reset) gets joined with the lower last_seq.
+    let mut again = connect(link.ws_addr(), None).await;
+    let (before, last_seq) = join(&mut again, "old", Some(99)).await;
+    assert!(before.is_empty());
+    assert_eq!(last_seq, 20);
+    hub.publish("old", "21").await;
+    assert_eq!(next_json(&mut again).await["seq"], 21);
+    assert_eq!(next_json(&mut ws).await["seq"], 21);
+    link.shutdown().await;
+}

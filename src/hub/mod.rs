@@ -1,17 +1,309 @@
-//! The hub runtime (work in progress: see its issue).
+//! The hub runtime: room owner, sequencer and HTTP API (DESIGN.md, "hub").
+//!
+//! A hub is a few tasks on the caller's tokio runtime around the sans-IO [`RoomTable`]:
+//! - the **hub task** (`driver.rs`) owns the table; every publish, query and Link frame reaches
+//!   it as an event on one bounded channel, and it drains what the table owes each Link into
+//!   per-Link byte-bounded queues (`queue.rs`) that never block it;
+//! - **Link connections** (`links.rs`): in-process ports from [`HubHandle::link_ports`] and, if
+//!   a QUIC address is given, the Link listener (ALPN `linkcast-hub/1`, `Hello` with the
+//!   cluster secret first); a reader and a writer task per Link;
+//! - the **HTTP API** (`http.rs`, axum): publish, room info, history, locate (`locate.rs`),
+//!   `/metrics`, `/healthz` and the demo page, with JSON errors (`error.rs`), per-key publish
+//!   rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`).
+//!
+//! In a cluster every hub reads the same config; [`HubDirectory`] over `[[hubs]]` names each
+//! room's one owner. With no `[[hubs]]` (as in `serve`) this hub owns every room.
+//!
+//! [`start`] binds everything and returns a [`HubHandle`]; [`HubHandle::shutdown`] stops the
+//! tasks (the shutdown signal is passed to each as an argument, STYLE.md §8). [`run_cli`] is
+//! `linkcast hub --config F --id N`.
+//!
+//! [`RoomTable`]: crate::rooms::RoomTable
+
+mod driver;
+mod error;
+pub mod forward;
+mod http;
+mod links;
+mod locate;
+mod queue;
+mod rate;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use error::ApiError;
+pub use http::{DEFAULT_HISTORY_LIMIT, FROM_HEADER};
+pub use locate::Located;
+
+use crate::config::{Config, LinkEntry};
+use crate::uplink::{HubDirectory, HubId, LinkPort};
+use driver::{lock, Event, EVENT_CAPACITY};
+use links::LinkContext;
+use locate::Locator;
+use rate::RateLimiter;
+
+/// What a hub needs to start.
+#[derive(Clone, Debug)]
+pub struct HubOptions {
+    /// This hub's id (its entry in `[[hubs]]`, if the config lists hubs).
+    pub id: HubId,
+    /// The cluster configuration.
+    pub config: Arc<Config>,
+    /// HTTP API listen address (port 0 = any).
+    pub http_addr: SocketAddr,
+    /// QUIC listen address for Links; `None` = in-process Links only.
+    pub quic_addr: Option<SocketAddr>,
+}
+
+/// A running hub. Dropping it without [`HubHandle::shutdown`] also stops the hub's tasks
+/// (their shutdown signal is this handle's sender), without waiting for them.
+#[derive(Debug)]
+pub struct HubHandle {
+    http_addr: SocketAddr,
+    quic_addr: Option<SocketAddr>,
+    ports: mpsc::Sender<LinkPort>,
+    locator: Arc<Mutex<Locator>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HubHandle {
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound QUIC address for Links, if any.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
+    }
+
+    /// Where in-process Links attach: send the hub's end of a [`crate::uplink::pair`].
+    pub fn link_ports(&self) -> mpsc::Sender<LinkPort> {
+        self.ports.clone()
+    }
+
+    /// Tells `locate` where a Link can be reached (for Links not listed in the config, such
+    /// as the one `serve` binds after the hub). A Link is located once it is also connected.
+    pub fn register_link(&self, entry: LinkEntry) {
+        lock(&self.locator).register(entry);
+    }
+
+    /// True while Link `link` is connected to this hub (in-process or over QUIC).
+    pub fn is_link_connected(&self, link: crate::placement::LinkId) -> bool {
+        lock(&self.locator).is_connected(link)
+    }
+
+    /// Stops accepting, closes Link connections and waits (bounded) for the tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// State shared by the HTTP handlers.
+pub(crate) struct Shared {
+    id: HubId,
+    config: Arc<Config>,
+    events: mpsc::Sender<Event>,
+    locator: Arc<Mutex<Locator>>,
+    rate: RateLimiter,
+    /// `None` when the config lists no hubs: this hub owns every room.
+    directory: Option<HubDirectory>,
+}
+
+impl Shared {
+    /// The API key of a publish (`""` in dev mode without keys), or why it is refused.
+    fn api_key(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let keys = &self.config.auth.api_keys;
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if keys.is_empty() {
+            return if self.config.auth.is_dev() {
+                Ok(String::new())
+            } else {
+                Err(ApiError::Unauthorized("no API keys are configured"))
+            };
+        }
+        let Some(bearer) = bearer else { return Err(ApiError::Unauthorized("API key required (Authorization: Bearer)")) };
+        keys.iter()
+            .find(|key| links::constant_time_eq(key.as_bytes(), bearer.as_bytes()))
+            .cloned()
+            .ok_or(ApiError::Unauthorized("bad API key"))
+    }
+
+    /// The owner's HTTP address when another hub owns `room`; 503 if this request was
+    /// already forwarded (hubs disagree about ownership).
+    fn owner_elsewhere(&self, room: &str, headers: &HeaderMap) -> Result<Option<SocketAddr>, ApiError> {
+        let Some(owner) = self.directory.as_ref().and_then(|d| d.owner(room)) else { return Ok(None) };
+        if owner == self.id {
+            return Ok(None);
+        }
+        if headers.contains_key(forward::FORWARDED_HEADER) {
+            return Err(ApiError::Unavailable("room owner mismatch: hubs have different [[hubs]] lists"));
+        }
+        match self.config.hub_entry(owner.0) {
+            Some(entry) => Ok(Some(entry.http)),
+            None => Err(ApiError::Unavailable("owner hub unknown")),
+        }
+    }
+}
+
+/// Metric handles of one hub (label `hub` = its id).
+#[derive(Clone)]
+pub(crate) struct HubMetrics {
+    published: metrics::Counter,
+    link_sends: metrics::Counter,
+    queue_dropped: metrics::Counter,
+    rooms: metrics::Gauge,
+    links: metrics::Gauge,
+}
+
+impl HubMetrics {
+    fn new(id: HubId) -> Self {
+        // The recorder must exist before handles are made, or they record nowhere.
+        let _ = crate::telemetry::prometheus();
+        let hub = id.0.to_string();
+        HubMetrics {
+            published: metrics::counter!("linkcast_hub_published_total", "hub" => hub.clone()),
+            link_sends: metrics::counter!("linkcast_hub_link_sends_total", "hub" => hub.clone()),
+            queue_dropped: metrics::counter!("linkcast_hub_link_queue_dropped_total", "hub" => hub.clone()),
+            rooms: metrics::gauge!("linkcast_hub_rooms", "hub" => hub.clone()),
+            links: metrics::gauge!("linkcast_hub_links", "hub" => hub),
+        }
+    }
+}
+
+/// Starts a hub on the current tokio runtime: binds HTTP (and QUIC), spawns its tasks.
+pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
+    let HubOptions { id, config, http_addr, quic_addr } = options;
+    let listener = tokio::net::TcpListener::bind(http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let endpoint = quic_addr.map(links::quic_endpoint).transpose()?;
+    let quic_addr = endpoint.as_ref().map(quinn::Endpoint::local_addr).transpose()?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (events, events_rx) = mpsc::channel(EVENT_CAPACITY);
+    let hub = &config.hub;
+    let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms)));
+    let directory = (!config.hubs.is_empty()).then(|| HubDirectory::new(config.hubs.iter().map(|h| HubId(h.id))));
+    let shared = Arc::new(Shared {
+        id,
+        config: config.clone(),
+        events: events.clone(),
+        locator: locator.clone(),
+        rate: RateLimiter::new(hub.publish_rate),
+        directory,
+    });
+    let ctx = LinkContext {
+        events,
+        generations: Arc::new(AtomicU64::new(0)),
+        queue_bytes: hub.link_queue_bytes,
+        cluster_secret: Arc::from(config.auth.cluster_secret.as_str()),
+    };
+
+    let mut tasks = Vec::new();
+    let metrics = HubMetrics::new(id);
+    tasks.push(tokio::spawn(driver::run(config.hub.table_limits(), events_rx, locator.clone(), metrics, shutdown_rx.clone())));
+    let (ports, ports_rx) = mpsc::channel(64);
+    tasks.push(tokio::spawn(links::attach_ports(ctx.clone(), ports_rx, shutdown_rx.clone())));
+    if let Some(endpoint) = endpoint {
+        tasks.push(tokio::spawn(links::accept_quic(ctx, endpoint, shutdown_rx.clone())));
+    }
+    let app = http::router(shared);
+    let mut http_shutdown = shutdown_rx;
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = http_shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!("hub http server failed: {e}");
+        }
+    }));
+    tracing::info!(hub = id.0, %http_addr, quic = ?quic_addr, "hub started");
+    Ok(HubHandle { http_addr, quic_addr, ports, locator, shutdown, tasks })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: what `hub` and `serve` run until.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
 
 /// Command-line flags of `linkcast hub`.
 #[derive(Debug, clap::Args)]
 pub struct HubArgs {
-    /// Cluster configuration file (TOML).
+    /// Cluster configuration file (TOML); this hub's addresses come from its `[[hubs]]` entry.
     #[arg(long)]
     pub config: std::path::PathBuf,
     /// This node's id in the configuration.
     #[arg(long)]
     pub id: u32,
+    /// Override the HTTP listen address (other hubs still forward to the config's address).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Override the QUIC listen address for Links (Links still dial the config's address).
+    #[arg(long)]
+    pub quic: Option<SocketAddr>,
 }
 
-/// Runs `linkcast hub` until interrupted.
-pub fn run_cli(_args: HubArgs) -> Result<(), Box<dyn std::error::Error>> {
-    Err("the hub role is not built yet".into())
+/// Runs `linkcast hub` until Ctrl-C.
+pub fn run_cli(args: HubArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::load(&args.config)?;
+    let entry = config.hub_entry(args.id).ok_or_else(|| format!("no [[hubs]] entry with id {} in the config", args.id))?;
+    let options = HubOptions {
+        id: HubId(args.id),
+        http_addr: args.http.unwrap_or(entry.http),
+        quic_addr: Some(args.quic.unwrap_or(entry.quic)),
+        config: Arc::new(config),
+    };
+    if options.config.auth.cluster_secret.is_empty() {
+        tracing::warn!("auth.cluster_secret is empty: any process can attach to this hub as a Link");
+    }
+    if options.config.auth.api_keys.is_empty() && options.config.auth.is_dev() {
+        tracing::warn!("DEV MODE: no API keys and no JWT secret configured; anyone can publish");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let hub = start(options).await?;
+        println!("linkcast hub {} — HTTP http://{}  QUIC (Links) {}", args.id, hub.http_addr(),
+            hub.quic_addr().map(|a| a.to_string()).unwrap_or_default());
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        hub.shutdown().await;
+        Ok::<(), std::io::Error>(())
+    })?;
+    Ok(())
 }

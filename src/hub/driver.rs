@@ -1,0 +1,231 @@
+//! The hub task: the one owner of the [`RoomTable`], a thin driver around it.
+//!
+//! Everything that reads or changes rooms arrives here as an [`Event`] on one bounded channel:
+//! HTTP publishes and queries (each with a oneshot for the answer) and Link traffic (connection
+//! up, frame, connection down). The loop reads the wall clock once per event, calls the table's
+//! `handle_*`/`publish` with that `now`, then drains `poll_transmit` into the per-Link
+//! [`LinkQueue`]s, which never block (queue.rs says what a lagging Link gets). A timer calls
+//! `handle_timeout` and lets lagging Links catch up. No lock is taken on this path; decisions
+//! about rooms stay in `rooms.rs` where the simulator sees them.
+//!
+//! Link connections carry a generation number: a Link that reconnects replaces its old
+//! connection (whose interest is dropped first), and late events of the old one are ignored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::locate::Locator;
+use super::queue::{LinkQueue, Offer};
+use super::HubMetrics;
+use crate::frame::Frame;
+use crate::placement::LinkId;
+use crate::rooms::{PublishError, RoomTable, TableLimits, TableStats};
+
+/// Capacity of the hub task's event channel (HTTP handlers and Link readers wait when full).
+pub(crate) const EVENT_CAPACITY: usize = 8192;
+
+/// Most frames in one history answer.
+pub(crate) const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// Input to the hub task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// An authenticated HTTP publish for a room this hub owns.
+    Publish {
+        room: String,
+        sender: String,
+        flags: u16,
+        data: Bytes,
+        reply: oneshot::Sender<Result<u64, PublishError>>,
+    },
+    /// `GET /v1/rooms/{room}`.
+    RoomInfo { room: String, reply: oneshot::Sender<Option<RoomInfo>> },
+    /// `GET /v1/rooms/{room}/messages`.
+    History { room: String, since: u64, limit: usize, reply: oneshot::Sender<Option<History>> },
+    /// A Link connection is established; frames for it go to `queue`.
+    LinkUp { link: LinkId, generation: u64, queue: LinkQueue },
+    /// A frame from a Link.
+    LinkFrame { link: LinkId, generation: u64, frame: Frame },
+    /// A Link connection ended.
+    LinkDown { link: LinkId, generation: u64 },
+}
+
+/// A room's public state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct RoomInfo {
+    pub(crate) room: String,
+    pub(crate) members: u64,
+    pub(crate) links: Vec<u32>,
+    pub(crate) last_seq: u64,
+}
+
+/// A history answer: frames after `since`, and the gap before them if any.
+#[derive(Debug)]
+pub(crate) struct History {
+    pub(crate) frames: Vec<Frame>,
+    pub(crate) last_seq: u64,
+    /// `(first_lost, last_lost, resume_from)` when `since` is older than the window.
+    pub(crate) gap: Option<(u64, u64, u64)>,
+}
+
+struct Connected {
+    generation: u64,
+    queue: LinkQueue,
+}
+
+/// Runs the hub task until `shutdown` turns true or every event sender is gone.
+pub(crate) async fn run(
+    limits: TableLimits,
+    mut events: mpsc::Receiver<Event>,
+    locator: Arc<Mutex<Locator>>,
+    metrics: HubMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut driver = Driver { table: RoomTable::new(limits), links: HashMap::new(), locator, metrics, seen: TableStats::default() };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            event = events.recv() => match event {
+                Some(event) => {
+                    driver.handle(event);
+                    // Take what else is waiting before touching the queues again.
+                    for _ in 0..256 {
+                        match events.try_recv() {
+                            Ok(event) => driver.handle(event),
+                            Err(_) => break,
+                        }
+                    }
+                    driver.flush();
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                ticks += 1;
+                if ticks.is_multiple_of(20) {
+                    driver.table.handle_timeout(now_micros());
+                }
+                driver.flush();
+            }
+        }
+    }
+    for (_, connected) in driver.links.drain() {
+        connected.queue.close("hub shutting down");
+    }
+}
+
+struct Driver {
+    table: RoomTable,
+    links: HashMap<LinkId, Connected>,
+    locator: Arc<Mutex<Locator>>,
+    metrics: HubMetrics,
+    /// Table counters already exported.
+    seen: TableStats,
+}
+
+impl Driver {
+    fn handle(&mut self, event: Event) {
+        let now = now_micros();
+        match event {
+            Event::Publish { room, sender, flags, data, reply } => {
+                let _ = reply.send(self.table.publish(now, &room, &sender, flags, &data));
+            }
+            Event::RoomInfo { room, reply } => {
+                let info = self.table.room(&room).map(|r| RoomInfo {
+                    room: r.name().to_owned(),
+                    members: r.members(),
+                    links: r.links().iter().map(|l| l.0).collect(),
+                    last_seq: r.last_seq(),
+                });
+                let _ = reply.send(info);
+            }
+            Event::History { room, since, limit, reply } => {
+                let _ = reply.send(self.table.room(&room).map(|r| history(r, since, limit)));
+            }
+            Event::LinkUp { link, generation, queue } => {
+                if let Some(old) = self.links.remove(&link) {
+                    // A reconnect: the old connection's interest is void; the Link re-announces.
+                    self.table.handle_link_down(now, link);
+                    old.queue.close("replaced by a newer connection of the same Link");
+                }
+                self.links.insert(link, Connected { generation, queue });
+                lock(&self.locator).link_up(link);
+                tracing::info!(%link, generation, "link connected");
+            }
+            Event::LinkFrame { link, generation, frame } => {
+                if self.links.get(&link).is_some_and(|c| c.generation == generation) {
+                    self.table.handle_link_frame(now, link, &frame);
+                }
+            }
+            Event::LinkDown { link, generation } => {
+                if self.links.get(&link).is_some_and(|c| c.generation == generation) {
+                    self.drop_link(now, link, "link connection ended");
+                    tracing::info!(%link, generation, "link disconnected");
+                }
+            }
+        }
+    }
+
+    /// Moves every frame the table owes into the Links' queues; exports counters.
+    fn flush(&mut self) {
+        let mut overflowed = Vec::new();
+        while let Some((link, frame)) = self.table.poll_transmit() {
+            let Some(connected) = self.links.get_mut(&link) else { continue };
+            match connected.queue.offer(frame) {
+                Offer::Queued => {}
+                Offer::Dropped => self.metrics.queue_dropped.increment(1),
+                Offer::Overflow => overflowed.push(link),
+            }
+        }
+        for link in overflowed {
+            tracing::warn!(%link, "link queue overflow: closing the link (it will reconnect)");
+            self.drop_link(now_micros(), link, "link queue overflow");
+        }
+        for connected in self.links.values_mut() {
+            if connected.queue.is_lagging() {
+                connected.queue.catch_up();
+            }
+        }
+        let stats = self.table.stats();
+        self.metrics.published.increment(stats.published - self.seen.published);
+        self.metrics.link_sends.increment(stats.link_sends - self.seen.link_sends);
+        self.seen = stats;
+        self.metrics.rooms.set(self.table.len() as f64);
+        self.metrics.links.set(self.links.len() as f64);
+    }
+
+    fn drop_link(&mut self, now: u64, link: LinkId, reason: &'static str) {
+        self.table.handle_link_down(now, link);
+        if let Some(connected) = self.links.remove(&link) {
+            connected.queue.close(reason);
+        }
+        lock(&self.locator).link_down(link);
+    }
+}
+
+fn history(room: &crate::room::Room, since: u64, limit: usize) -> History {
+    let last_seq = room.last_seq();
+    let frames: Vec<Frame> = room.history_after(since, limit).cloned().collect();
+    // Messages after `since` that history no longer holds form the gap.
+    let resume_from = room.oldest_seq().unwrap_or(last_seq + 1);
+    let gap = (since < last_seq && since + 1 < resume_from).then(|| (since + 1, resume_from - 1, resume_from));
+    History { frames, last_seq, gap }
+}
+
+/// Locks the locator; a poisoned lock is still consistent (each method finishes its update
+/// before anything can panic), so it is used as is.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Wall-clock time in microseconds since the Unix epoch (0 if the clock is before 1970).
+pub(crate) fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}

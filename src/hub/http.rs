@@ -1,0 +1,288 @@
+//! The hub's HTTP API (axum), exactly the routes of docs/protocol.md.
+//!
+//! Handlers are thin: they validate (room name, API key, body size and encoding), forward to the
+//! owner hub when this hub does not own the room (forward.rs), and otherwise ask the hub task
+//! (driver.rs) through its bounded event channel with a oneshot for the answer — so the room
+//! table is never locked by HTTP. Locate reads the [`Locator`](super::locate) under a short
+//! lock; it is not on the publish path.
+//!
+//! Check order for a publish: room name (400), API key (401), body size (413) and encoding
+//! (400; with `Content-Type: application/json` the body must also parse as JSON), sender header
+//! (400), ownership (forward), then — at the owner only — rate (429) and
+//! the table (413/503). Every refusal is an [`ApiError`] (JSON); axum's rejections and unknown
+//! routes are converted, so no plain-text error leaks. Each request is counted in
+//! `linkcast_hub_http_requests_total{route,status}` (route = the route template).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::oneshot;
+
+use super::driver::{lock, Event, History, MAX_HISTORY_LIMIT};
+use super::error::ApiError;
+use super::forward::{self, FORWARDED_HEADER};
+use super::Shared;
+use crate::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
+
+/// Header naming the sender of an HTTP publish (default `"server"`).
+pub const FROM_HEADER: &str = "x-linkcast-from";
+
+/// Default `limit` of the history route.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// The embedded demo page (static/index.html; no build step).
+const DEMO_PAGE: &str = include_str!("../../static/index.html");
+
+/// The router of every route, with body limit, JSON fallbacks and request metrics.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let body_limit = shared.config.hub.max_payload;
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/locate", get(locate))
+        .route("/v1/rooms/{room}", get(room_info))
+        .route("/v1/rooms/{room}/messages", get(history).post(publish))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(count_requests))
+        .with_state(shared)
+}
+
+async fn count_requests(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let route = matched.map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("linkcast_hub_http_requests_total", "route" => route, "status" => status).increment(1);
+    response
+}
+
+async fn demo_page() -> Html<&'static str> {
+    Html(DEMO_PAGE)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics() -> Response {
+    let text = crate::telemetry::prometheus().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    // `/v1/rooms/<something the route pattern cannot hold>`, e.g. an empty name or a slash.
+    if uri.path().starts_with("/v1/rooms/") {
+        return ApiError::BadRoom;
+    }
+    ApiError::NotFound("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    room: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let room = room_name(room)?;
+    let key = shared.api_key(&headers)?;
+    let body = body.map_err(ApiError::rejected)?;
+    if body.len() > shared.config.hub.max_payload {
+        return Err(ApiError::TooLarge);
+    }
+    if std::str::from_utf8(&body).is_err() {
+        return Err(ApiError::BadRequest("body is not UTF-8"));
+    }
+    if declares_json(&headers) && !is_json(&body) {
+        return Err(ApiError::BadRequest("body is not valid JSON (Content-Type says application/json)"));
+    }
+    let sender = sender(&headers)?;
+    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
+        return forward(&shared, owner, Method::POST, &uri, &headers, &body).await;
+    }
+    if !shared.rate.allow(&key, Instant::now()) {
+        return Err(ApiError::RateLimited);
+    }
+    let flags = if is_json(&body) { FLAG_JSON } else { 0 };
+    let (reply, answer) = oneshot::channel();
+    let event = Event::Publish { room, sender, flags, data: body, reply };
+    let seq = ask(&shared, event, answer).await??;
+    Ok(Json(serde_json::json!({ "seq": seq })).into_response())
+}
+
+async fn room_info(
+    State(shared): State<Arc<Shared>>,
+    room: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let room = room_name(room)?;
+    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
+        return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
+    }
+    let (reply, answer) = oneshot::channel();
+    let info = ask(&shared, Event::RoomInfo { room, reply }, answer).await?;
+    let info = info.ok_or(ApiError::NotFound("unknown room"))?;
+    Ok(Json(info).into_response())
+}
+
+/// Query of the history route.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    room: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let room = room_name(room)?;
+    let Query(query) = query.map_err(ApiError::rejected)?;
+    let since = query.since.unwrap_or(0);
+    let limit = match query.limit {
+        Some(0) => return Err(ApiError::BadRequest("limit must be at least 1")),
+        Some(limit) => limit.min(MAX_HISTORY_LIMIT),
+        None => DEFAULT_HISTORY_LIMIT,
+    };
+    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
+        return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
+    }
+    let (reply, answer) = oneshot::channel();
+    let History { frames, last_seq, gap } =
+        ask(&shared, Event::History { room: room.clone(), since, limit, reply }, answer).await?.ok_or(ApiError::NotFound("unknown room"))?;
+    let mut body = serde_json::json!({
+        "room": room,
+        "messages": frames.iter().map(message_json).collect::<Vec<_>>(),
+        "last_seq": last_seq,
+    });
+    if let Some((first_lost, last_lost, resume_from)) = gap {
+        body["gap"] = serde_json::json!({ "first_lost": first_lost, "last_lost": last_lost, "resume_from": resume_from });
+    }
+    Ok(Json(body).into_response())
+}
+
+/// Query of the locate route.
+#[derive(Debug, serde::Deserialize)]
+struct LocateQuery {
+    room: Option<String>,
+}
+
+async fn locate(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<LocateQuery>, QueryRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(ApiError::rejected)?;
+    let room = query.room.ok_or(ApiError::BadRequest("query parameter room is required"))?;
+    if !is_valid_room(&room) {
+        return Err(ApiError::BadRoom);
+    }
+    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
+        return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
+    }
+    let links = lock(&shared.locator).locate(&room);
+    if links.is_empty() {
+        return Err(ApiError::Unavailable("no Links available"));
+    }
+    Ok(Json(serde_json::json!({ "room": room, "links": links })).into_response())
+}
+
+fn room_name(room: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    // A path that does not even decode (bad percent-encoding, not UTF-8) is a bad room name too.
+    let Path(room) = room.map_err(|_| ApiError::BadRoom)?;
+    if is_valid_room(&room) {
+        Ok(room)
+    } else {
+        Err(ApiError::BadRoom)
+    }
+}
+
+fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+/// True when the publisher said the body is JSON (`application/json`, any parameters).
+fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")))
+}
+
+fn sender(headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers.get(FROM_HEADER) {
+        None => Ok("server".to_owned()),
+        Some(value) => match value.to_str() {
+            Ok(from) if !from.is_empty() && from.len() <= MAX_SENDER_LEN => Ok(from.to_owned()),
+            _ => Err(ApiError::BadRequest("X-Linkcast-From must be 1-128 bytes of text")),
+        },
+    }
+}
+
+/// Sends `event` to the hub task and waits for its answer.
+async fn ask<T>(shared: &Shared, event: Event, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
+    shared.events.send(event).await.map_err(|_| ApiError::Unavailable("hub shutting down"))?;
+    answer.await.map_err(|_| ApiError::Unavailable("hub shutting down"))
+}
+
+/// Passes the request on to the owner hub and returns its answer unchanged.
+async fn forward(
+    shared: &Shared,
+    owner: SocketAddr,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let id = shared.id.0.to_string();
+    let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, &id)];
+    for name in [header::AUTHORIZATION.as_str(), FROM_HEADER, header::CONTENT_TYPE.as_str()] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            pass.push((name, value));
+        }
+    }
+    let answer = forward::request(owner, method.as_str(), target, &pass, body).await.map_err(|e| {
+        tracing::warn!(%owner, "forwarding to the owner hub failed: {e}");
+        ApiError::Unavailable("owner hub unreachable")
+    })?;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.header("content-type").unwrap_or("application/json").to_owned();
+    Ok((status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response())
+}
+
+/// A history frame in the WebSocket message shape: `{"room","seq","from","ts","data"}`.
+fn message_json(frame: &Frame) -> serde_json::Value {
+    let data = if frame.flags() & FLAG_JSON != 0 {
+        serde_json::from_slice(frame.payload()).unwrap_or(serde_json::Value::Null)
+    } else {
+        serde_json::Value::String(String::from_utf8_lossy(frame.payload()).into_owned())
+    };
+    serde_json::json!({
+        "room": frame.room(),
+        "seq": frame.seq(),
+        "from": frame.sender(),
+        "ts": frame.ts_micros(),
+        "data": data,
+    })
+}

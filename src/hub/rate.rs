@@ -1,0 +1,71 @@
+//! Publish rate limiting: one token bucket per API key (`hub.publish_rate`, 0 = off).
+//!
+//! Only the room's owner hub counts a publish (a non-owner forwards it unconsumed), so a
+//! publish is charged once, and the limit applies per API key per owner hub. The bucket holds
+//! one second's worth of tokens (burst = rate). Keys are the configured API keys (or the empty
+//! key in dev mode), so the table is bounded by configuration; a limiter never sees an unknown
+//! key because authentication runs first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Token buckets keyed by API key.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    rate: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// `rate` publishes per second per key; 0 = unlimited.
+    pub(crate) fn new(rate: u32) -> Self {
+        RateLimiter { rate, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one token for `key` at `now`; false when the bucket is empty.
+    pub(crate) fn allow(&self, key: &str, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let rate = f64::from(self.rate);
+        // A poisoned lock only means another handler panicked mid-update; the buckets are
+        // still plain numbers, so keep using them.
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: rate, last: now });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_key_gets_its_burst_then_refills_and_keys_are_separate() {
+        let limiter = RateLimiter::new(3);
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| limiter.allow("a", t0)));
+        assert!(!limiter.allow("a", t0));
+        assert!(limiter.allow("b", t0));
+        assert!(limiter.allow("a", t0 + Duration::from_millis(400)));
+        assert!(!limiter.allow("a", t0 + Duration::from_millis(400)));
+        assert!((0..1000).all(|_| RateLimiter::new(0).allow("a", t0)));
+    }
+}

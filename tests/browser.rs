@@ -1,0 +1,228 @@
+//! The demo page in real headless Chromium: two tabs chat through an in-process `serve`.
+//!
+//! Drives `chromedriver` over its W3C WebDriver HTTP API with the hub's small HTTP client (no
+//! extra dependency). Needs the Debian packages `chromium` and `chromium-driver` (installed by
+//! .ci/run); without them this test FAILS with a message saying so — it never skips.
+//!
+//! Steps: both tabs pick a name and join a room (through locate + WebSocket); each sends a
+//! line, both see both lines with seq and sender; then tab A's socket is dropped, tab B sends
+//! while A is away, and A — after reconnecting with `since` — shows every line exactly once.
+//! A screenshot of tab A is written to `$CARGO_TARGET_TMPDIR/browser-chat.png`.
+
+mod hub_support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hub_support::*;
+use linkcast::config::Config;
+use linkcast::hub::forward;
+use linkcast::serve::ServeOptions;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn find_program(names: &[&str]) -> Option<String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()).map(|p| p.display().to_string())
+    })
+}
+
+struct Driver {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = if method == "GET" { Vec::new() } else { body.to_string().into_bytes() };
+        let res = forward::request(self.addr, method, path, &[("content-type", "application/json")], &body)
+            .await
+            .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
+        let value = res.json();
+        assert_eq!(res.status, 200, "webdriver {method} {path}: {value}");
+        value["value"].clone()
+    }
+}
+
+struct Tab<'a> {
+    driver: &'a Driver,
+    session: String,
+}
+
+impl Tab<'_> {
+    async fn open<'d>(driver: &'d Driver, chromium: &str) -> Tab<'d> {
+        let profile = std::env::temp_dir().join(format!("linkcast-browser-{}-{}", std::process::id(), fastrand_suffix()));
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                         "--disable-sync", "--window-size=1000,700",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let created = driver.call("POST", "/session", caps).await;
+        let session = created["sessionId"].as_str().expect("session id").to_owned();
+        Tab { driver, session }
+    }
+
+    async fn go(&self, url: &str) {
+        self.driver.call("POST", &format!("/session/{}/url", self.session), json!({"url": url})).await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self.driver.call("POST", &format!("/session/{}/element", self.session), json!({"using": "css selector", "value": css})).await;
+        found[ELEMENT].as_str().unwrap_or_else(|| panic!("element {css}: {found}")).to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.driver.call("POST", &format!("/session/{}/element/{id}/clear", self.session), json!({})).await;
+        self.driver.call("POST", &format!("/session/{}/element/{id}/value", self.session), json!({"text": text})).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.driver.call("POST", &format!("/session/{}/element/{id}/click", self.session), json!({})).await;
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.driver.call("POST", &format!("/session/{}/execute/sync", self.session), json!({"script": script, "args": []})).await
+    }
+
+    /// Waits (bounded) until `script` returns `want`.
+    async fn wait_for(&self, script: &str, want: Value, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.eval(script).await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: still {got}, want {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The chat lines shown: (seq, name, text).
+    async fn lines(&self) -> Vec<(u64, String, String)> {
+        let script = "return [...document.querySelectorAll('#messages li.msg')].map(li => \
+                      [Number(li.dataset.seq), li.querySelector('.who').textContent, li.querySelector('.text').textContent]);";
+        let value = self.eval(script).await;
+        value
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|l| (l[0].as_u64().unwrap_or(0), l[1].as_str().unwrap_or("").to_owned(), l[2].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    async fn join(&self, page: &str, name: &str, room: &str) {
+        self.go(page).await;
+        self.type_into("#name", name).await;
+        self.type_into("#room", room).await;
+        self.click("#join").await;
+        self.wait_for("return document.getElementById('state').textContent;", json!("connected"), "connected").await;
+    }
+
+    async fn say(&self, text: &str) {
+        self.type_into("#text", text).await;
+        self.click("#send").await;
+    }
+
+    async fn close(self) {
+        self.driver.call("DELETE", &format!("/session/{}", self.session), json!({})).await;
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
+    let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]).unwrap_or_else(|| {
+        panic!("this test needs headless Chromium: install the Debian packages `chromium` and `chromium-driver`")
+    });
+    let chromedriver = find_program(&["chromedriver"]).unwrap_or_else(|| {
+        panic!("this test needs chromedriver: install the Debian package `chromium-driver`")
+    });
+
+    let serve = linkcast::serve::start(ServeOptions {
+        config: Arc::new(Config::default()),
+        http_addr: any_addr(),
+        ws_addr: any_addr(),
+        quic_addr: None,
+    })
+    .await
+    .expect("serve starts");
+    let page = format!("http://{}/", serve.http_addr());
+
+    let port = free_port();
+    let child = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {chromedriver}: {e}"));
+    let driver = Driver { addr: SocketAddr::from(([127, 0, 0, 1], port)), child };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !forward::request(driver.addr, "GET", "/status", &[], b"").await.is_ok_and(|r| r.json()["value"]["ready"] == true) {
+        assert!(Instant::now() < deadline, "chromedriver did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let alice = Tab::open(&driver, &chromium).await;
+    let bob = Tab::open(&driver, &chromium).await;
+    alice.join(&page, "alice", "browser-room").await;
+    bob.join(&page, "bob", "browser-room").await;
+
+    alice.say("hello from alice").await;
+    let count = "return document.querySelectorAll('#messages li.msg').length;";
+    bob.wait_for(count, json!(1), "bob sees alice").await;
+    bob.say("hi alice").await;
+    alice.wait_for(count, json!(2), "alice sees bob").await;
+    bob.wait_for(count, json!(2), "bob sees his own line").await;
+    let expected = vec![
+        (1, "alice".to_owned(), "hello from alice".to_owned()),
+        (2, "bob".to_owned(), "hi alice".to_owned()),
+    ];
+    assert_eq!(alice.lines().await, expected);
+    assert_eq!(bob.lines().await, expected);
+
+    // Drop alice's socket; bob talks while she is away; she resumes with `since`.
+    alice.eval("chat.socket.close(); return true;").await;
+    alice.wait_for("return document.getElementById('state').textContent;", json!("reconnecting"), "alice noticed the drop").await;
+    bob.say("are you there?").await;
+    bob.say("you missed this").await;
+    alice.wait_for("return document.getElementById('state').textContent;", json!("connected"), "alice reconnected").await;
+    alice.wait_for(count, json!(4), "alice caught up").await;
+    bob.wait_for(count, json!(4), "bob has all").await;
+    let lines = alice.lines().await;
+    assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2, 3, 4], "no line lost or doubled: {lines:?}");
+    assert_eq!(lines[3].2, "you missed this");
+    assert_eq!(bob.lines().await, lines);
+
+    let shot = driver.call("GET", &format!("/session/{}/screenshot", alice.session), json!({})).await;
+    let png = base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or("")).expect("base64 png");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-chat.png");
+    std::fs::write(&path, &png).expect("write screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+
+    alice.close().await;
+    bob.close().await;
+    drop(driver);
+    serve.shutdown().await;
+}

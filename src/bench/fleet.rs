@@ -1,0 +1,633 @@
+//! A fleet: a set of subscriber connections run by one process, and what it reports.
+//!
+//! The parent (`bench` itself, for `--workers 0`) or a worker process (`bench worker`, one per
+//! 19k connections) runs [`run_fleet`] with a [`FleetSpec`]: which global subscriber indices it
+//! owns, where each connects (round-robin over the target URLs), from which source address, and
+//! which room each joins (index mod rooms). The fleet answers on a channel: one [`Ready`] once
+//! every subscriber has joined or failed, [`Progress`] four times a second, and one [`Final`] after
+//! [`FleetCmd::Stop`]. [`FleetCmd::Drop`] cuts a fraction of the connections abruptly (the
+//! `resume` scenario); they come back through the client's [`Session`] with `since`.
+//!
+//! One subscriber task per connection, three wire dialects ([`Proto`]): linkcast (JSON ops and a
+//! `Session` per connection, so duplicates and gaps are counted exactly as the client library
+//! would see them), raw (uWebSockets.js: the payload is broadcast verbatim to every socket) and
+//! NATS (its text protocol over its WebSocket listener).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::client::session::{Backoff, Delivery, Session, SessionConfig};
+use crate::client::wire::{self, ServerMsg};
+use crate::client::ws::{WsConn, WsUrl};
+
+use super::nats::{self, NatsOp, NatsParser};
+use super::payload::{self, Stamp};
+use super::procstat::ProcSample;
+use super::stats::{self, RecorderDump, ShardedRecorder};
+
+/// Reconnects one subscriber may make in one run (bounds every loop).
+const MAX_RECONNECTS: u32 = 1000;
+
+/// Wire dialect of the server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// linkcast WebSocket JSON (join/publish ops, seq, gaps).
+    Linkcast,
+    /// A broadcast server that relays each WebSocket message verbatim to every socket
+    /// (the uWebSockets.js peer).
+    Raw,
+    /// NATS text protocol over nats-server's WebSocket listener.
+    Nats,
+}
+
+/// What one fleet runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetSpec {
+    /// Wire dialect.
+    pub proto: Proto,
+    /// WebSocket URLs; subscriber `i` uses `targets[i % len]`.
+    pub targets: Vec<String>,
+    /// JWT for linkcast (None: dev mode).
+    pub token: Option<String>,
+    /// Room names; subscriber `i` joins `rooms[i % len]`.
+    pub rooms: Vec<String>,
+    /// First global subscriber index of this fleet.
+    pub first: u64,
+    /// Subscribers in this fleet.
+    pub count: u64,
+    /// Source addresses, round-robin per subscriber (empty: the system's choice).
+    pub bind: Vec<IpAddr>,
+    /// Connects in flight at once.
+    pub connect_concurrency: usize,
+    /// Bound on one connect + join.
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay after a drop (backoff base).
+    pub reconnect_initial_ms: u64,
+    /// Seed for backoff jitter and drop selection.
+    pub seed: u64,
+}
+
+/// Sent once every subscriber joined or failed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ready {
+    /// Connections that joined.
+    pub opened: u64,
+    /// Connections that failed (connect, upgrade or join refused, or timed out).
+    pub failed: u64,
+    /// Joined subscribers per room index.
+    pub joined_per_room: Vec<u64>,
+    /// Encoded histogram of connect→joined times (µs).
+    pub connect_latency: String,
+    /// Seconds from the first connect to the last join.
+    pub connect_secs: f64,
+    /// First failure seen, for the report.
+    pub first_error: Option<String>,
+    /// This process's RSS before connecting and after.
+    pub rss_before: u64,
+    /// RSS once all joined.
+    pub rss_ready: u64,
+}
+
+/// Periodic counters.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Deliveries so far (unique).
+    pub received: u64,
+    /// Connections up now.
+    pub connected: u64,
+}
+
+/// Sent after `Stop`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Final {
+    /// Unique deliveries.
+    pub received: u64,
+    /// Duplicates dropped (linkcast: seq ≤ last; others: not detectable).
+    pub duplicates: u64,
+    /// Messages reported lost by gaps (server `gap` or holes in seqs).
+    pub lost: u64,
+    /// Gap events.
+    pub gaps: u64,
+    /// Connections cut on purpose.
+    pub drops: u64,
+    /// Reconnects made after drops or failures.
+    pub reconnects: u64,
+    /// Server errors and unreadable messages.
+    pub errors: u64,
+    /// Wall clock (µs) of the last delivery.
+    pub last_delivery_us: u64,
+    /// Latencies.
+    pub recorder: RecorderDump,
+    /// This process's RSS at the end.
+    pub rss_bytes: u64,
+    /// This process's CPU seconds at the end.
+    pub cpu_secs: f64,
+}
+
+/// A fleet's answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetMsg {
+    /// All subscribers joined or failed.
+    Ready(Ready),
+    /// Counters.
+    Progress(Progress),
+    /// Totals after Stop.
+    Final(Box<Final>),
+}
+
+/// What a fleet is told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetCmd {
+    /// Cut `fraction` of the connections (chosen by `generation`), then let them resume.
+    Drop {
+        /// Share of connections to cut, 0..=1.
+        fraction: f64,
+        /// Distinguishes successive drops.
+        generation: u64,
+    },
+    /// Close everything and send `Final`.
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Control {
+    drop_generation: u64,
+    drop_fraction: f64,
+    stop: bool,
+}
+
+/// State shared by a fleet's subscriber tasks.
+#[derive(Debug)]
+struct Ctx {
+    spec: FleetSpec,
+    urls: Vec<WsUrl>,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    lost: AtomicU64,
+    gaps: AtomicU64,
+    drops: AtomicU64,
+    reconnects: AtomicU64,
+    errors: AtomicU64,
+    connected: AtomicU64,
+    opened: AtomicU64,
+    failed: AtomicU64,
+    last_delivery_us: AtomicU64,
+    joined_per_room: Vec<AtomicU64>,
+    connect_latency: Mutex<Histogram<u64>>,
+    first_error: Mutex<Option<String>>,
+    recorder: ShardedRecorder,
+    connect_slots: Semaphore,
+}
+
+impl Ctx {
+    fn deliver(&self, index: u64, sent_us: u64) {
+        let now = payload::now_micros();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+        self.recorder.record(index as usize, now / 1_000_000, now.saturating_sub(sent_us));
+    }
+
+    fn joined(&self, index: u64, started: Instant) {
+        self.connect_slots.add_permits(1);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        let room = (index % self.spec.rooms.len().max(1) as u64) as usize;
+        if let Some(n) = self.joined_per_room.get(room) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = started.elapsed().as_micros() as u64;
+        self.connect_latency.lock().unwrap_or_else(|p| p.into_inner()).saturating_record(micros.max(1));
+    }
+
+    fn failed(&self, why: String) {
+        self.connect_slots.add_permits(1);
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(why);
+    }
+
+    fn settled(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs a fleet until `Stop` (or the command channel closes), reporting on `out`.
+pub async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<FleetCmd>, out: mpsc::Sender<FleetMsg>) {
+    let rss_before = ProcSample::own().rss_bytes;
+    let urls: Vec<WsUrl> = spec.targets.iter().filter_map(|t| WsUrl::parse(t, spec.token.as_deref()).ok()).collect();
+    let ctx = Arc::new(Ctx {
+        urls,
+        received: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        drops: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+        opened: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        last_delivery_us: AtomicU64::new(0),
+        joined_per_room: (0..spec.rooms.len()).map(|_| AtomicU64::new(0)).collect(),
+        connect_latency: Mutex::new(stats::new_histogram()),
+        first_error: Mutex::new(None),
+        recorder: ShardedRecorder::new(64),
+        connect_slots: Semaphore::new(spec.connect_concurrency.max(1)),
+        spec,
+    });
+    let (control_tx, control_rx) = watch::channel(Control::default());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    if ctx.urls.is_empty() {
+        ctx.failed(format!("no usable target URL in {:?}", ctx.spec.targets));
+        ctx.failed.store(ctx.spec.count, Ordering::Relaxed);
+    } else {
+        for i in 0..ctx.spec.count {
+            let index = ctx.spec.first + i;
+            tasks.spawn(subscriber(ctx.clone(), index, control_rx.clone()));
+        }
+    }
+    // Wait until every subscriber settled; bounded by the connect timeout per concurrency wave.
+    let waves = ctx.spec.count / ctx.spec.connect_concurrency.max(1) as u64 + 2;
+    let deadline = started + Duration::from_millis(ctx.spec.connect_timeout_ms.saturating_mul(waves)).min(Duration::from_secs(600));
+    while ctx.settled() < ctx.spec.count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unsettled = ctx.spec.count.saturating_sub(ctx.settled());
+    let ready = Ready {
+        opened: ctx.opened.load(Ordering::Relaxed),
+        failed: ctx.failed.load(Ordering::Relaxed) + unsettled,
+        joined_per_room: ctx.joined_per_room.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
+        connect_latency: stats::encode_histogram(&ctx.connect_latency.lock().unwrap_or_else(|p| p.into_inner())),
+        connect_secs: started.elapsed().as_secs_f64(),
+        first_error: ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        rss_before,
+        rss_ready: ProcSample::own().rss_bytes,
+    };
+    if out.send(FleetMsg::Ready(ready)).await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(FleetCmd::Drop { fraction, generation }) => {
+                    control_tx.send_modify(|c| { c.drop_fraction = fraction; c.drop_generation = generation; });
+                }
+                Some(FleetCmd::Stop) | None => break,
+            },
+            _ = tick.tick() => {
+                let progress = Progress {
+                    received: ctx.received.load(Ordering::Relaxed),
+                    connected: ctx.connected.load(Ordering::Relaxed),
+                };
+                if out.send(FleetMsg::Progress(progress)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    control_tx.send_modify(|c| c.stop = true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+    let own = ProcSample::own();
+    let last = Final {
+        received: ctx.received.load(Ordering::Relaxed),
+        duplicates: ctx.duplicates.load(Ordering::Relaxed),
+        lost: ctx.lost.load(Ordering::Relaxed),
+        gaps: ctx.gaps.load(Ordering::Relaxed),
+        drops: ctx.drops.load(Ordering::Relaxed),
+        reconnects: ctx.reconnects.load(Ordering::Relaxed),
+        errors: ctx.errors.load(Ordering::Relaxed),
+        last_delivery_us: ctx.last_delivery_us.load(Ordering::Relaxed),
+        recorder: ctx.recorder.merged().dump(),
+        rss_bytes: own.rss_bytes,
+        cpu_secs: own.cpu_secs,
+    };
+    let _ = out.send(FleetMsg::Final(Box::new(last))).await;
+}
+
+/// Whether subscriber `index` is among the `fraction` cut by drop `generation`.
+fn chosen(index: u64, generation: u64, fraction: f64, seed: u64) -> bool {
+    let mut x = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ seed;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    (x as f64 / u64::MAX as f64) < fraction
+}
+
+/// What ended one connection of a subscriber.
+enum Next {
+    /// Reconnect (after the session's backoff).
+    Reconnect,
+    /// The run is over.
+    Stop,
+}
+
+async fn subscriber(ctx: Arc<Ctx>, index: u64, mut control: watch::Receiver<Control>) {
+    let spec = &ctx.spec;
+    let url = &ctx.urls[(index % ctx.urls.len() as u64) as usize];
+    let room = spec.rooms[(index % spec.rooms.len() as u64) as usize].as_str();
+    let bind = (!spec.bind.is_empty()).then(|| spec.bind[(index % spec.bind.len() as u64) as usize]);
+    let timeout = Duration::from_millis(spec.connect_timeout_ms);
+    let config = SessionConfig {
+        backoff: Backoff {
+            initial: Duration::from_millis(spec.reconnect_initial_ms.max(1)),
+            max: Duration::from_secs(5),
+            overload_min: Duration::from_millis(500),
+            stable_after: Duration::from_secs(10),
+        },
+        max_queued_publishes: 0,
+    };
+    let mut session = Session::new(config, spec.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    session.join(room);
+    let mut seen_generation = control.borrow().drop_generation;
+    let mut joined_once = false;
+    for attempt in 0..=MAX_RECONNECTS {
+        // Backoff wait (none before the first connect).
+        if let Some(at) = session.poll_timeout() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
+                _ = control.wait_for(|c| c.stop) => return,
+            }
+        }
+        if !session.poll_connect(Instant::now().into_std()) {
+            return;
+        }
+        if attempt > 0 {
+            ctx.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if !joined_once {
+            // A connect slot, given back by `Ctx::joined` / `Ctx::failed` once this one settles.
+            if let Ok(permit) = ctx.connect_slots.acquire().await {
+                permit.forget();
+            }
+        }
+        let started = Instant::now();
+        let conn = match WsConn::connect(url, bind, timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if !joined_once {
+                    ctx.failed(e.to_string());
+                    return;
+                }
+                session.handle_disconnected(Instant::now().into_std(), e.to_disconnect());
+                continue;
+            }
+        };
+        let outcome = match spec.proto {
+            Proto::Linkcast => {
+                linkcast_conn(&ctx, index, conn, &mut session, &mut control, &mut seen_generation, &mut joined_once, started, timeout).await
+            }
+            Proto::Raw => raw_conn(&ctx, index, conn, &mut control, &mut seen_generation, &mut joined_once, started).await,
+            Proto::Nats => {
+                nats_conn(&ctx, index, room, conn, &mut control, &mut seen_generation, &mut joined_once, started, timeout).await
+            }
+        };
+        while session.poll_event().is_some() {}
+        match outcome {
+            Ok(Next::Stop) => break,
+            Ok(Next::Reconnect) => {}
+            Err(why) if !joined_once => {
+                ctx.failed(why);
+                return;
+            }
+            Err(_) => {}
+        }
+        // (raw/nats connections never told the session they were up; a disconnect from
+        // "connecting" schedules the backoff all the same.)
+        session.handle_disconnected(Instant::now().into_std(), crate::client::Disconnect::io("dropped"));
+        while session.poll_event().is_some() {}
+    }
+    // Duplicates were counted as they came; losses are the session's to tell.
+    let stats = session.stats();
+    ctx.lost.fetch_add(stats.lost, Ordering::Relaxed);
+    ctx.gaps.fetch_add(stats.gaps, Ordering::Relaxed);
+}
+
+/// Whether the control says: stop (Some(Stop)) or cut this connection (Some(Reconnect)).
+fn control_says(ctx: &Ctx, index: u64, control: &watch::Receiver<Control>, seen: &mut u64) -> Option<Next> {
+    let c = *control.borrow();
+    if c.stop {
+        return Some(Next::Stop);
+    }
+    if c.drop_generation != *seen {
+        *seen = c.drop_generation;
+        if chosen(index, c.drop_generation, c.drop_fraction, ctx.spec.seed) {
+            ctx.drops.fetch_add(1, Ordering::Relaxed);
+            return Some(Next::Reconnect);
+        }
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn linkcast_conn(
+    ctx: &Ctx,
+    index: u64,
+    mut conn: WsConn,
+    session: &mut Session,
+    control: &mut watch::Receiver<Control>,
+    seen: &mut u64,
+    joined_once: &mut bool,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Next, String> {
+    session.handle_connected(Instant::now().into_std());
+    while let Some(op) = session.poll_transmit() {
+        conn.feed_text(wire::encode_op(&op)).await.map_err(|e| e.to_string())?;
+    }
+    conn.flush().await.map_err(|e| e.to_string())?;
+    let join_deadline = started + timeout;
+    let result = loop {
+        let msg = tokio::select! {
+            biased;
+            changed = control.changed() => {
+                if changed.is_err() { break Ok(Next::Stop); }
+                match control_says(ctx, index, control, seen) {
+                    Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
+                    Some(Next::Reconnect) => break Ok(Next::Reconnect),
+                    None => continue,
+                }
+            }
+            msg = conn.recv() => msg,
+            _ = tokio::time::sleep_until(join_deadline), if !*joined_once => break Err("join timed out".to_string()),
+        };
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => break Err(e.to_string()),
+        };
+        let Some(text) = msg.as_text() else { continue };
+        match wire::decode::<Stamp>(text) {
+            Ok(ServerMsg::Message { room, seq, data, .. }) => match session.handle_message(&room, seq) {
+                Delivery::Deliver => ctx.deliver(index, data.t),
+                Delivery::Duplicate => {
+                    ctx.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivery::NotJoined => {}
+            },
+            Ok(ServerMsg::Joined { room, last_seq }) => {
+                session.handle_joined(&room, last_seq);
+                if !*joined_once {
+                    *joined_once = true;
+                    ctx.joined(index, started);
+                } else {
+                    ctx.connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(ServerMsg::Gap { room, first_lost, last_lost, resume_from }) => {
+                session.handle_gap(&room, first_lost, last_lost, resume_from);
+            }
+            Ok(ServerMsg::Error { code, reason, .. }) => {
+                ctx.errors.fetch_add(1, Ordering::Relaxed);
+                if !*joined_once {
+                    break Err(format!("server error {code}: {reason}"));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                ctx.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        while session.poll_event().is_some() {}
+    };
+    if *joined_once && session.is_connected() {
+        ctx.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    result
+}
+
+async fn raw_conn(
+    ctx: &Ctx,
+    index: u64,
+    mut conn: WsConn,
+    control: &mut watch::Receiver<Control>,
+    seen: &mut u64,
+    joined_once: &mut bool,
+    started: Instant,
+) -> Result<Next, String> {
+    // The peer subscribes every socket on open: connected = joined.
+    if !*joined_once {
+        *joined_once = true;
+        ctx.joined(index, started);
+    } else {
+        ctx.connected.fetch_add(1, Ordering::Relaxed);
+    }
+    let result = loop {
+        tokio::select! {
+            biased;
+            changed = control.changed() => {
+                if changed.is_err() { break Ok(Next::Stop); }
+                match control_says(ctx, index, control, seen) {
+                    Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
+                    Some(Next::Reconnect) => break Ok(Next::Reconnect),
+                    None => {}
+                }
+            }
+            msg = conn.recv() => match msg {
+                Ok(msg) => match payload::stamp_of(msg.as_payload()) {
+                    Some(t) => ctx.deliver(index, t),
+                    None => { ctx.errors.fetch_add(1, Ordering::Relaxed); }
+                },
+                Err(e) => break Err(e.to_string()),
+            },
+        }
+    };
+    ctx.connected.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn nats_conn(
+    ctx: &Ctx,
+    index: u64,
+    room: &str,
+    mut conn: WsConn,
+    control: &mut watch::Receiver<Control>,
+    seen: &mut u64,
+    joined_once: &mut bool,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Next, String> {
+    conn.send_text(nats::connect_and_subscribe(room)).await.map_err(|e| e.to_string())?;
+    let mut parser = NatsParser::default();
+    let mut subscribed = false;
+    let deadline = started + timeout;
+    let result = loop {
+        tokio::select! {
+            biased;
+            changed = control.changed() => {
+                if changed.is_err() { break Ok(Next::Stop); }
+                match control_says(ctx, index, control, seen) {
+                    Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
+                    Some(Next::Reconnect) => break Ok(Next::Reconnect),
+                    None => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !subscribed => break Err("nats subscribe timed out".to_string()),
+            msg = conn.recv() => {
+                let msg = match msg { Ok(m) => m, Err(e) => break Err(e.to_string()) };
+                if let Err(e) = parser.push(msg.as_payload()) {
+                    break Err(e.to_string());
+                }
+                let mut pong = false;
+                // Bounded: each op consumes bytes from a buffer of at most MAX_PENDING.
+                loop {
+                    match parser.next_op() {
+                        Ok(Some(NatsOp::Msg(p))) => match payload::stamp_of(&p) {
+                            Some(t) => ctx.deliver(index, t),
+                            None => { ctx.errors.fetch_add(1, Ordering::Relaxed); }
+                        },
+                        Ok(Some(NatsOp::Ping)) => pong = true,
+                        Ok(Some(NatsOp::Pong)) if !subscribed => {
+                            subscribed = true;
+                            if !*joined_once {
+                                *joined_once = true;
+                                ctx.joined(index, started);
+                            } else {
+                                ctx.connected.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(Some(NatsOp::Err(e))) => { ctx.errors.fetch_add(1, Ordering::Relaxed); tracing::debug!("nats: {e}"); }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => { ctx.errors.fetch_add(1, Ordering::Relaxed); tracing::debug!("{e}"); break; }
+                    }
+                }
+                if pong {
+                    if let Err(e) = conn.send_text("PONG\r\n".into()).await {
+                        break Err(e.to_string());
+                    }
+                }
+            }
+        }
+    };
+    if subscribed {
+        ctx.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_selection_is_about_the_fraction() {
+        let n = 10_000u64;
+        let picked = (0..n).filter(|&i| chosen(i, 1, 0.25, 7)).count() as f64;
+        assert!((picked / n as f64 - 0.25).abs() < 0.03, "{picked}");
+        assert_eq!((0..n).filter(|&i| chosen(i, 2, 0.0, 7)).count(), 0);
+        assert_eq!((0..n).filter(|&i| chosen(i, 3, 1.0, 7)).count() as u64, n);
+    }
+}

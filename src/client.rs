@@ -1,1 +1,0 @@
-//! The linkcast client library (work in progress: see the client/bench issue).

@@ -1,0 +1,510 @@
+//! The linkcast client library: connect to a Link, join rooms, publish, and survive drops.
+//!
+//! A [`Client`] is a handle to one background task (the *driver*) that owns one connection at a
+//! time — WebSocket or QUIC, found directly or through the hub's `locate` — and a sans-IO
+//! [`Session`] that decides everything about rooms and retries. When the connection drops the
+//! driver waits the session's jittered backoff (longer after close 1013 or an HTTP 503 / retry
+//! hint), locates again, reconnects and rejoins every room with `since` = the last seq it
+//! delivered; replayed messages it already had are dropped; what the server could no longer
+//! replay arrives as an [`Event::Gap`]. So the application sees each room's messages in order,
+//! once, and is told explicitly about any hole (docs/protocol.md, "Ordering and exactly-once").
+//!
+//! Layout:
+//! - [`session`]: the resume/dedupe/backoff state machine (sans-IO, unit-tested);
+//! - [`wire`]: the WebSocket JSON messages; [`ws`], [`quic`]: the two transports;
+//! - [`http`]: the hub's HTTP API (locate, publish) over a keep-alive connection;
+//! - this file: the driver task and the public handle.
+//!
+//! ```no_run
+//! use linkcast::client::{Client, ClientOptions, Event, Target};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Locate the room's Link through the hub, then connect over WebSocket.
+//! let options = ClientOptions::new(Target::locate_ws("http://127.0.0.1:7070", "lobby"));
+//! let mut client = Client::start(options);
+//! client.join("lobby")?;
+//! client.publish("lobby", &serde_json::json!({"text": "hello"})).await?;
+//! while let Some(event) = client.next_event().await {
+//!     match event {
+//!         Event::Message(m) => println!("#{} {}: {}", m.seq, m.from, m.data),
+//!         Event::Gap { first_lost, last_lost, .. } => println!("lost {first_lost}..={last_lost}"),
+//!         Event::Closed { .. } => break,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod http;
+pub mod quic;
+pub mod session;
+pub mod wire;
+pub mod ws;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use self::session::{Backoff, Delivery, Disconnect, Event, Message, Op, Session, SessionConfig, SessionError, SessionStats};
+use self::http::{HttpApi, HttpError};
+use self::quic::QuicConn;
+use self::wire::ServerMsg;
+use self::ws::{WsConn, WsUrl};
+
+/// Where a client connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A Link's WebSocket URL (`ws://127.0.0.1:7080/ws`).
+    Ws(String),
+    /// A Link's QUIC address.
+    Quic(SocketAddr),
+    /// Ask the hub at `http` where `room` lives before every (re)connect; use `transport`.
+    Locate {
+        /// Hub base URL (`http://127.0.0.1:7070`).
+        http: String,
+        /// Room to locate (the client may join others on the same connection).
+        room: String,
+        /// Transport to the located Link.
+        transport: Transport,
+    },
+}
+
+impl Target {
+    /// Locate `room` through the hub at `http`, then WebSocket.
+    pub fn locate_ws(http: &str, room: &str) -> Target {
+        Target::Locate { http: http.into(), room: room.into(), transport: Transport::Ws }
+    }
+}
+
+/// Transport to a located Link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket (JSON text).
+    Ws,
+    /// QUIC (frames).
+    Quic,
+}
+
+/// How a [`Client`] connects and behaves.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Where to connect.
+    pub target: Target,
+    /// The JWT (None in dev mode).
+    pub token: Option<String>,
+    /// Source address to connect from (None: the system's choice).
+    pub bind: Option<IpAddr>,
+    /// Session tuning (backoff, publish queue).
+    pub session: SessionConfig,
+    /// Seed of the backoff jitter.
+    pub seed: u64,
+    /// Bound on one connect (TCP/QUIC handshake + upgrade).
+    pub connect_timeout: Duration,
+    /// Application ping period while the connection is quiet.
+    pub ping_interval: Duration,
+    /// Events buffered for the application before the driver waits for it.
+    pub event_buffer: usize,
+}
+
+impl ClientOptions {
+    /// Defaults for `target`: no token, 5 s connect timeout, 15 s pings, random jitter seed.
+    pub fn new(target: Target) -> ClientOptions {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        ClientOptions {
+            target,
+            token: None,
+            bind: None,
+            session: SessionConfig::default(),
+            seed,
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+            event_buffer: 1024,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The room name is not valid (docs/protocol.md "Names and limits").
+    #[error("invalid room name {0:?}")]
+    BadRoom(String),
+    /// The session refused (queue full, closed).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The payload could not be serialized.
+    #[error("payload: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// The driver task has ended.
+    #[error("client stopped")]
+    Stopped,
+}
+
+enum Command {
+    Join(String),
+    Leave(String),
+    Publish(String, Bytes, oneshot::Sender<Result<u64, SessionError>>),
+    DropConnection,
+    Close,
+}
+
+/// A resuming client (see the module docs). Dropping it stops the driver.
+#[derive(Debug)]
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::Receiver<Event>,
+    task: tokio::task::JoinHandle<SessionStats>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Join(_) => "Join",
+            Command::Leave(_) => "Leave",
+            Command::Publish(..) => "Publish",
+            Command::DropConnection => "DropConnection",
+            Command::Close => "Close",
+        })
+    }
+}
+
+impl Client {
+    /// Starts the driver (on the current tokio runtime); it connects right away.
+    pub fn start(options: ClientOptions) -> Client {
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::channel(options.event_buffer.max(1));
+        let session = Session::new(options.session, options.seed);
+        let task = tokio::spawn(Driver { options, session, commands: command_rx, events: event_tx, http: None }.run());
+        Client { commands, events, task }
+    }
+
+    /// Joins `room` (rejoined automatically after reconnects).
+    pub fn join(&self, room: &str) -> Result<(), ClientError> {
+        check_room(room)?;
+        self.commands.send(Command::Join(room.to_owned())).map_err(|_| ClientError::Stopped)
+    }
+
+    /// Leaves `room`.
+    pub fn leave(&self, room: &str) -> Result<(), ClientError> {
+        check_room(room)?;
+        self.commands.send(Command::Leave(room.to_owned())).map_err(|_| ClientError::Stopped)
+    }
+
+    /// Publishes `data` to `room`; returns the id the matching [`Event::Published`] (or
+    /// [`Event::Error`]) carries. Waits for a connection if there is none (bounded queue).
+    pub async fn publish(&self, room: &str, data: &serde_json::Value) -> Result<u64, ClientError> {
+        check_room(room)?;
+        let bytes = Bytes::from(serde_json::to_vec(data)?);
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Publish(room.to_owned(), bytes, tx)).map_err(|_| ClientError::Stopped)?;
+        Ok(rx.await.map_err(|_| ClientError::Stopped)??)
+    }
+
+    /// The next event; `None` once the driver has ended (after [`Event::Closed`]).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Cuts the current connection abruptly, as a network failure would (for tests and
+    /// `linkcast bench resume`); the client then reconnects and resumes as usual.
+    pub fn drop_connection(&self) {
+        let _ = self.commands.send(Command::DropConnection);
+    }
+
+    /// Closes the connection politely and ends the driver; returns the session's counters.
+    pub async fn close(self) -> SessionStats {
+        let _ = self.commands.send(Command::Close);
+        let Client { events, task, .. } = self;
+        // The driver may be waiting for room in the event channel: let it finish.
+        drop(events);
+        task.await.unwrap_or_default()
+    }
+}
+
+fn check_room(room: &str) -> Result<(), ClientError> {
+    if crate::frame::is_valid_room(room) {
+        Ok(())
+    } else {
+        Err(ClientError::BadRoom(room.to_owned()))
+    }
+}
+
+/// One live connection of either transport.
+enum Conn {
+    Ws(Box<WsConn>),
+    Quic(Box<QuicConn>),
+}
+
+impl Conn {
+    async fn send(&mut self, op: &Op) -> Result<(), Disconnect> {
+        match self {
+            Conn::Ws(ws) => ws.send_text(wire::encode_op(op)).await.map_err(|e| e.to_disconnect()),
+            Conn::Quic(q) => q.send_op(op).await.map_err(|e| e.to_disconnect()),
+        }
+    }
+
+    /// The next server message, owned. A malformed text is skipped (and logged), not fatal.
+    async fn recv(&mut self) -> Result<ServerMsg<'static, serde_json::Value>, Disconnect> {
+        match self {
+            Conn::Ws(ws) => loop {
+                let msg = ws.recv().await.map_err(|e| e.to_disconnect())?;
+                let Some(text) = msg.as_text() else { continue };
+                match wire::decode::<serde_json::Value>(text) {
+                    Ok(decoded) => return Ok(into_owned(decoded)),
+                    Err(e) => tracing::debug!("client: skipping server message: {e}"),
+                }
+            },
+            Conn::Quic(q) => q.recv().await.map_err(|e| e.to_disconnect()),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Conn::Ws(ws) => ws.close().await,
+            Conn::Quic(q) => q.close().await,
+        }
+    }
+}
+
+fn into_owned<D>(msg: ServerMsg<'_, D>) -> ServerMsg<'static, D> {
+    use std::borrow::Cow::Owned;
+    match msg {
+        ServerMsg::Message { room, seq, from, ts, data } => {
+            ServerMsg::Message { room: Owned(room.into_owned()), seq, from: Owned(from.into_owned()), ts, data }
+        }
+        ServerMsg::Joined { room, last_seq } => ServerMsg::Joined { room: Owned(room.into_owned()), last_seq },
+        ServerMsg::Gap { room, first_lost, last_lost, resume_from } => {
+            ServerMsg::Gap { room: Owned(room.into_owned()), first_lost, last_lost, resume_from }
+        }
+        ServerMsg::Left { room } => ServerMsg::Left { room: Owned(room.into_owned()) },
+        ServerMsg::Published { room, seq, id } => ServerMsg::Published { room: Owned(room.into_owned()), seq, id },
+        ServerMsg::Error { code, reason, room, id } => ServerMsg::Error {
+            code,
+            reason: Owned(reason.into_owned()),
+            room: room.map(|r| Owned(r.into_owned())),
+            id,
+        },
+        ServerMsg::Pong => ServerMsg::Pong,
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Lost (or dropped on purpose): retry.
+    Lost(Disconnect),
+    /// The application closed the client.
+    Closed,
+}
+
+struct Driver {
+    options: ClientOptions,
+    session: Session,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<Event>,
+    http: Option<HttpApi>,
+}
+
+impl Driver {
+    /// Connect, run, wait, reconnect — until the session closes or the handle is dropped.
+    async fn run(mut self) -> SessionStats {
+        loop {
+            if !self.wait_for_connect().await {
+                break;
+            }
+            match self.connect().await {
+                Ok(conn) => {
+                    self.session.handle_connected(Instant::now().into_std());
+                    match self.serve(conn).await {
+                        Ended::Lost(cause) => self.session.handle_disconnected(Instant::now().into_std(), cause),
+                        Ended::Closed => self.session.close("closed by the application"),
+                    }
+                }
+                Err(cause) => self.session.handle_disconnected(Instant::now().into_std(), cause),
+            }
+            if !self.flush_events().await {
+                break;
+            }
+        }
+        let _ = self.flush_events().await;
+        self.session.stats()
+    }
+
+    /// Waits until the session wants a connection, applying commands meanwhile. False: stop.
+    async fn wait_for_connect(&mut self) -> bool {
+        loop {
+            if self.session.is_closed() {
+                return false;
+            }
+            if self.session.poll_connect(Instant::now().into_std()) {
+                return true;
+            }
+            let wake = self.session.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Close) | None => self.session.close("closed by the application"),
+                    Some(command) => self.apply(command),
+                },
+                _ = sleep_until(wake) => {}
+            }
+            if !self.flush_events().await {
+                return false;
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Conn, Disconnect> {
+        let timeout = self.options.connect_timeout;
+        let token = self.options.token.clone();
+        let bind = self.options.bind;
+        let (transport, ws_url, quic_addr) = match &self.options.target {
+            Target::Ws(url) => (Transport::Ws, Some(url.clone()), None),
+            Target::Quic(addr) => (Transport::Quic, None, Some(*addr)),
+            Target::Locate { http, room, transport } => {
+                let (http, room, transport) = (http.clone(), room.clone(), *transport);
+                let api = match &mut self.http {
+                    Some(api) => api,
+                    None => self.http.insert(HttpApi::new(&http, None).map_err(|e| Disconnect::io(e.to_string()))?),
+                };
+                let links = api.locate(&room).await.map_err(locate_disconnect)?;
+                // Rotate through the group on successive retries: the best Link may be the one down.
+                let pick = self.session.stats().disconnects as usize % links.len().max(1);
+                let link = links.get(pick).ok_or_else(|| Disconnect::io("locate returned no Links"))?;
+                let quic = crate::client::http::resolve(&link.quic);
+                (transport, Some(link.ws.clone()), quic)
+            }
+        };
+        match transport {
+            Transport::Ws => {
+                let url = ws_url.ok_or_else(|| Disconnect::io("no WebSocket URL"))?;
+                let url = WsUrl::parse(&url, token.as_deref()).map_err(|e| Disconnect::io(e.to_string()))?;
+                WsConn::connect(&url, bind, timeout).await.map(|c| Conn::Ws(Box::new(c))).map_err(|e| e.to_disconnect())
+            }
+            Transport::Quic => {
+                let addr = quic_addr.ok_or_else(|| Disconnect::io("no QUIC address"))?;
+                QuicConn::connect(addr, token.as_deref(), bind, timeout)
+                    .await
+                    .map(|q| Conn::Quic(Box::new(q)))
+                    .map_err(|e| e.to_disconnect())
+            }
+        }
+    }
+
+    /// Runs one connection until it ends.
+    async fn serve(&mut self, mut conn: Conn) -> Ended {
+        let mut ping = tokio::time::interval(self.options.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            while let Some(op) = self.session.poll_transmit() {
+                if let Err(cause) = conn.send(&op).await {
+                    return Ended::Lost(cause);
+                }
+            }
+            if !self.flush_events().await {
+                conn.close().await;
+                return Ended::Closed;
+            }
+            tokio::select! {
+                biased;
+                msg = conn.recv() => match msg {
+                    Ok(msg) => {
+                        if let Some(message) = self.handle(msg) {
+                            if !self.flush_events().await || self.events.send(Event::Message(message)).await.is_err() {
+                                conn.close().await;
+                                return Ended::Closed;
+                            }
+                        }
+                    }
+                    Err(cause) => return Ended::Lost(cause),
+                },
+                command = self.commands.recv() => match command {
+                    Some(Command::DropConnection) => {
+                        // No close frame: the server sees the socket vanish, as on a network cut.
+                        drop(conn);
+                        return Ended::Lost(Disconnect::io("connection dropped by the application"));
+                    }
+                    Some(Command::Close) | None => {
+                        conn.close().await;
+                        return Ended::Closed;
+                    }
+                    Some(command) => self.apply(command),
+                },
+                _ = ping.tick() => self.session.ping(),
+            }
+        }
+    }
+
+    /// Feeds one server message to the session; returns a message to deliver, if any.
+    fn handle(&mut self, msg: ServerMsg<'static, serde_json::Value>) -> Option<Message> {
+        match msg {
+            ServerMsg::Message { room, seq, from, ts, data } => match self.session.handle_message(&room, seq) {
+                Delivery::Deliver => Some(Message { room: room.into_owned(), seq, from: from.into_owned(), ts, data }),
+                Delivery::Duplicate | Delivery::NotJoined => None,
+            },
+            ServerMsg::Joined { room, last_seq } => {
+                self.session.handle_joined(&room, last_seq);
+                None
+            }
+            ServerMsg::Gap { room, first_lost, last_lost, resume_from } => {
+                self.session.handle_gap(&room, first_lost, last_lost, resume_from);
+                None
+            }
+            ServerMsg::Left { room } => {
+                self.session.handle_left(&room);
+                None
+            }
+            ServerMsg::Published { room, seq, id } => {
+                self.session.handle_published(&room, seq, id.unwrap_or(0));
+                None
+            }
+            ServerMsg::Error { code, reason, room, id } => {
+                self.session.handle_error(code, &reason, room.as_deref(), id);
+                None
+            }
+            ServerMsg::Pong => None,
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Join(room) => self.session.join(&room),
+            Command::Leave(room) => self.session.leave(&room),
+            Command::Publish(room, data, reply) => {
+                let _ = reply.send(self.session.publish(&room, data));
+            }
+            Command::DropConnection | Command::Close => {}
+        }
+    }
+
+    /// Hands the session's events to the application. False if the application is gone.
+    async fn flush_events(&mut self) -> bool {
+        while let Some(event) = self.session.poll_event() {
+            if self.events.send(event).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn locate_disconnect(e: HttpError) -> Disconnect {
+    match e {
+        HttpError::Status { status, body, retry_after } => {
+            Disconnect { http_status: Some(status), reason: body, retry_after, ..Disconnect::default() }
+        }
+        other => Disconnect::io(other.to_string()),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

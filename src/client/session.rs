@@ -1,0 +1,800 @@
+//! The client's resume state machine: where each room stands, when to reconnect, what to send.
+//!
+//! This file is sans-IO (the quinn-proto shape of STYLE.md §2): no sockets, no clocks, no tokio.
+//! Time comes in as `now: Instant`, randomness (backoff jitter) from a seed given to
+//! [`Session::new`]. The runtime driver in `client/mod.rs` — and `linkcast bench`, which drives
+//! thousands of these without the driver — feeds it with `handle_*` and drains `poll_*`:
+//!
+//! - input: [`Session::handle_connected`], [`Session::handle_disconnected`],
+//!   [`Session::handle_message`], [`Session::handle_joined`], [`Session::handle_gap`],
+//!   [`Session::handle_published`], [`Session::handle_error`], [`Session::handle_left`]; user
+//!   intents [`Session::join`], [`Session::leave`], [`Session::publish`], [`Session::close`];
+//! - output, in this order after every input: [`Session::poll_transmit`] (ops to send now),
+//!   [`Session::poll_event`] (what the application sees), [`Session::poll_timeout`] (when to call
+//!   [`Session::poll_connect`] next).
+//!
+//! What it guarantees (docs/protocol.md, "Ordering and exactly-once"): per room it remembers the
+//! last seq delivered; after a reconnect it rejoins every room with `since` = that seq; a message
+//! with seq ≤ last is dropped as a duplicate and counted; a hole in the seqs, a server `gap` or a
+//! `joined` whose `last_seq` is behind our position (the room was reset) becomes an event, never
+//! a silent loss. Reconnects wait a jittered exponential backoff, at least the server's retry hint
+//! and at least [`Backoff::overload_min`] after close 1012/1013 or HTTP 503.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Reconnect timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first retry (before jitter); doubled per failed attempt.
+    pub initial: Duration,
+    /// Upper bound of the (pre-jitter) delay.
+    pub max: Duration,
+    /// Least delay after the server said it is overloaded (close 1012/1013, HTTP 503).
+    pub overload_min: Duration,
+    /// A connection that lived this long resets the attempt counter when it drops.
+    pub stable_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            overload_min: Duration::from_secs(1),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The pre-jitter delay of retry number `attempt` (1-based): `initial · 2^(attempt-1)`, capped.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Tuning of a [`Session`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Reconnect timing.
+    pub backoff: Backoff,
+    /// Publishes kept while disconnected; beyond this [`Session::publish`] refuses.
+    pub max_queued_publishes: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { backoff: Backoff::default(), max_queued_publishes: 1024 }
+    }
+}
+
+/// An operation for the server, transport-neutral (WebSocket JSON or QUIC frame).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Join `room`, replaying everything after `since` (None: live only).
+    Join {
+        /// The room.
+        room: String,
+        /// Last seq the client has.
+        since: Option<u64>,
+    },
+    /// Leave `room`.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// Publish `data` (JSON text) to `room`; the ack echoes `id`.
+    Publish {
+        /// The room.
+        room: String,
+        /// The payload as JSON text.
+        data: Bytes,
+        /// Correlates the ack.
+        id: u64,
+    },
+    /// Application-level ping.
+    Ping,
+}
+
+/// Why a connection ended or could not be made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Disconnect {
+    /// WebSocket close code sent by the server, if any.
+    pub close_code: Option<u16>,
+    /// HTTP status of a refused upgrade or locate, if any.
+    pub http_status: Option<u16>,
+    /// Human-readable reason.
+    pub reason: String,
+    /// The server's retry hint (`Retry-After`), if any.
+    pub retry_after: Option<Duration>,
+}
+
+impl Disconnect {
+    /// A transport failure with no server word (reset, refused, timed out, EOF).
+    pub fn io(reason: impl Into<String>) -> Disconnect {
+        Disconnect { reason: reason.into(), ..Disconnect::default() }
+    }
+
+    /// Whether retrying cannot help: a policy close or a refused token (the application must act).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.close_code, Some(1003 | 1008 | 1009)) || matches!(self.http_status, Some(401 | 403))
+    }
+
+    /// Whether the server asked for a slower retry.
+    fn is_overload(&self) -> bool {
+        matches!(self.close_code, Some(1012 | 1013)) || matches!(self.http_status, Some(503))
+    }
+}
+
+/// What the application sees. Messages are built by the runtime (they carry the payload); the
+/// session emits every other kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A connection is up; rooms are being rejoined.
+    Connected {
+        /// Retry number that succeeded (0: first try since the last stable connection).
+        attempt: u32,
+    },
+    /// The connection is down; the next try is in `delay`.
+    Reconnecting {
+        /// Retry number about to be made (1-based).
+        attempt: u32,
+        /// Wait before it.
+        delay: Duration,
+        /// What ended the previous connection.
+        cause: Disconnect,
+    },
+    /// A join (or rejoin) completed: everything replayed came before this event.
+    Joined {
+        /// The room.
+        room: String,
+        /// The room's last seq at the server.
+        last_seq: u64,
+        /// The server's `last_seq` was behind our position: the room was reset, positions restart.
+        reset: bool,
+    },
+    /// A leave completed.
+    Left {
+        /// The room.
+        room: String,
+    },
+    /// A room message, in seq order, never twice.
+    Message(Message),
+    /// Messages `first_lost..=last_lost` of `room` will never come; the next is `resume_from`.
+    Gap {
+        /// The room.
+        room: String,
+        /// First lost seq.
+        first_lost: u64,
+        /// Last lost seq.
+        last_lost: u64,
+        /// Next seq expected.
+        resume_from: u64,
+    },
+    /// A publish got its seq.
+    Published {
+        /// The room.
+        room: String,
+        /// The seq it got.
+        seq: u64,
+        /// The id [`Session::publish`] returned.
+        id: u64,
+    },
+    /// The server refused a request (the connection stays up), or a publish's fate is unknown.
+    Error {
+        /// HTTP-like code (docs/protocol.md); 0 for "connection lost before the ack".
+        code: u16,
+        /// Reason text.
+        reason: String,
+        /// Room concerned, if any.
+        room: Option<String>,
+        /// Publish id concerned, if any.
+        id: Option<u64>,
+    },
+    /// The session ended for good (closed by the application or a fatal refusal).
+    Closed {
+        /// What ended it.
+        cause: Disconnect,
+    },
+}
+
+/// A delivered room message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// The room.
+    pub room: String,
+    /// Its seq in the room.
+    pub seq: u64,
+    /// The sender's user id.
+    pub from: String,
+    /// Hub time stamp, microseconds since the Unix epoch.
+    pub ts: u64,
+    /// The payload.
+    pub data: serde_json::Value,
+}
+
+/// What to do with an incoming room message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Delivery {
+    /// New: hand it to the application.
+    Deliver,
+    /// seq ≤ the last delivered: drop it (counted in [`SessionStats::duplicates`]).
+    Duplicate,
+    /// Not a room we are in: drop it.
+    NotJoined,
+}
+
+/// Why a request was refused locally.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Too many publishes waiting for a connection.
+    #[error("publish queue full ({0} waiting)")]
+    QueueFull(usize),
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Counters of what the session absorbed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Messages dropped because their seq was already delivered.
+    pub duplicates: u64,
+    /// Messages reported lost (server gaps plus holes seen in the seqs).
+    pub lost: u64,
+    /// Gap events emitted.
+    pub gaps: u64,
+    /// Rooms found reset on rejoin.
+    pub resets: u64,
+    /// Connections made (first included).
+    pub connects: u64,
+    /// Connections lost or refused.
+    pub disconnects: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// Never connected: connect right away.
+    Idle,
+    /// The driver is connecting.
+    Connecting,
+    /// Up.
+    Connected,
+    /// Down; retry at the instant.
+    Waiting(Instant),
+    /// Over.
+    Closed,
+}
+
+/// The resume state of one client connection (sans-IO; see the module docs).
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    /// Rooms the application wants to be in → last seq delivered (None: nothing yet).
+    rooms: BTreeMap<String, Option<u64>>,
+    link: LinkState,
+    /// Retry number of the current outage (0 while stable).
+    attempt: u32,
+    connected_at: Option<Instant>,
+    /// Ops to send; while disconnected only publishes wait here (joins are rebuilt from `rooms`).
+    outbox: VecDeque<Op>,
+    /// Publishes sent and not yet acknowledged: id → room.
+    in_flight: BTreeMap<u64, String>,
+    events: VecDeque<Event>,
+    next_id: u64,
+    rng: u64,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A session that will connect at the first [`Session::poll_connect`]. `seed` drives jitter.
+    pub fn new(config: SessionConfig, seed: u64) -> Session {
+        Session {
+            config,
+            rooms: BTreeMap::new(),
+            link: LinkState::Idle,
+            attempt: 0,
+            connected_at: None,
+            outbox: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_id: 1,
+            // xorshift must not start at 0.
+            rng: seed | 1,
+            stats: SessionStats::default(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.link == LinkState::Connected
+    }
+
+    /// Whether the session ended for good.
+    pub fn is_closed(&self) -> bool {
+        self.link == LinkState::Closed
+    }
+
+    /// The last seq delivered in `room`, if the session is in it and has seen one.
+    pub fn last_seq(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).copied().flatten()
+    }
+
+    /// The rooms the session is in (or rejoining).
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(String::as_str)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    // ---- user intents ----
+
+    /// Enters `room` (now if connected, else at the next connect). Idempotent.
+    pub fn join(&mut self, room: &str) {
+        if self.link == LinkState::Closed || self.rooms.contains_key(room) {
+            return;
+        }
+        self.rooms.insert(room.to_owned(), None);
+        if self.link == LinkState::Connected {
+            self.outbox.push_back(Op::Join { room: room.to_owned(), since: None });
+        }
+    }
+
+    /// Leaves `room` and forgets its position.
+    pub fn leave(&mut self, room: &str) {
+        if self.rooms.remove(room).is_some() && self.link == LinkState::Connected {
+            self.outbox.push_back(Op::Leave { room: room.to_owned() });
+        }
+    }
+
+    /// Publishes `data` (JSON text) to `room`; returns the id the [`Event::Published`] will carry.
+    /// While disconnected the publish waits (bounded) for the next connection.
+    pub fn publish(&mut self, room: &str, data: Bytes) -> Result<u64, SessionError> {
+        if self.link == LinkState::Closed {
+            return Err(SessionError::Closed);
+        }
+        if self.link != LinkState::Connected && self.outbox.len() >= self.config.max_queued_publishes {
+            return Err(SessionError::QueueFull(self.outbox.len()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.outbox.push_back(Op::Publish { room: room.to_owned(), data, id });
+        Ok(id)
+    }
+
+    /// Queues an application ping (the driver sends one when the connection is quiet).
+    pub fn ping(&mut self) {
+        if self.link == LinkState::Connected {
+            self.outbox.push_back(Op::Ping);
+        }
+    }
+
+    /// Ends the session: no more reconnects; emits [`Event::Closed`].
+    pub fn close(&mut self, reason: &str) {
+        if self.link != LinkState::Closed {
+            self.fail_in_flight();
+            self.link = LinkState::Closed;
+            self.outbox.clear();
+            self.events.push_back(Event::Closed { cause: Disconnect { close_code: Some(1000), reason: reason.into(), ..Disconnect::default() } });
+        }
+    }
+
+    // ---- connection lifecycle ----
+
+    /// Whether the driver should open a connection now (then it reports back with
+    /// `handle_connected` or `handle_disconnected`).
+    pub fn poll_connect(&mut self, now: Instant) -> bool {
+        match self.link {
+            LinkState::Idle => {
+                self.link = LinkState::Connecting;
+                true
+            }
+            LinkState::Waiting(at) if now >= at => {
+                self.link = LinkState::Connecting;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When `poll_connect` will next say yes, if the session is waiting.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.link {
+            LinkState::Waiting(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    /// A connection is up: rejoin every room with `since`, then send waiting publishes.
+    pub fn handle_connected(&mut self, now: Instant) {
+        if self.link == LinkState::Closed {
+            return;
+        }
+        self.link = LinkState::Connected;
+        self.connected_at = Some(now);
+        self.stats.connects += 1;
+        self.events.push_back(Event::Connected { attempt: self.attempt });
+        let publishes = std::mem::take(&mut self.outbox);
+        for (room, since) in &self.rooms {
+            self.outbox.push_back(Op::Join { room: room.clone(), since: *since });
+        }
+        self.outbox.extend(publishes);
+    }
+
+    /// The connection ended or could not be made: schedule a retry, or close on a fatal cause.
+    pub fn handle_disconnected(&mut self, now: Instant, cause: Disconnect) {
+        if matches!(self.link, LinkState::Closed | LinkState::Waiting(_)) {
+            return;
+        }
+        self.stats.disconnects += 1;
+        self.fail_in_flight();
+        // Joins, leaves and pings are rebuilt from `rooms` at the next connect.
+        self.outbox.retain(|op| matches!(op, Op::Publish { .. }));
+        if cause.is_fatal() {
+            self.link = LinkState::Closed;
+            self.events.push_back(Event::Closed { cause });
+            return;
+        }
+        if let Some(at) = self.connected_at.take() {
+            if now.saturating_duration_since(at) >= self.config.backoff.stable_after {
+                self.attempt = 0;
+            }
+        }
+        self.attempt = self.attempt.saturating_add(1);
+        let delay = self.retry_delay(&cause);
+        self.link = LinkState::Waiting(now + delay);
+        self.events.push_back(Event::Reconnecting { attempt: self.attempt, delay, cause });
+    }
+
+    // ---- server messages ----
+
+    /// A room message arrived: deliver, or drop as a duplicate. A hole before it becomes a gap.
+    pub fn handle_message(&mut self, room: &str, seq: u64) -> Delivery {
+        let Some(last) = self.rooms.get_mut(room) else {
+            return Delivery::NotJoined;
+        };
+        match *last {
+            Some(l) if seq <= l => {
+                self.stats.duplicates += 1;
+                return Delivery::Duplicate;
+            }
+            Some(l) if seq > l + 1 => {
+                *last = Some(seq);
+                self.note_gap(room, l + 1, seq - 1, seq);
+            }
+            _ => *last = Some(seq),
+        }
+        Delivery::Deliver
+    }
+
+    /// A join completed at the server's `last_seq` (replays, if any, came before).
+    pub fn handle_joined(&mut self, room: &str, last_seq: u64) {
+        let Some(last) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let mut reset = false;
+        let mut hole = None;
+        match *last {
+            None => *last = Some(last_seq),
+            Some(l) if l > last_seq => {
+                // The server is behind us: the room was reset. Start over from its position.
+                reset = true;
+                *last = Some(last_seq);
+            }
+            Some(l) if l < last_seq => {
+                // Replay ended short of the room's position without a `gap`: say so.
+                *last = Some(last_seq);
+                hole = Some(l + 1);
+            }
+            Some(_) => {}
+        }
+        if reset {
+            self.stats.resets += 1;
+        }
+        if let Some(first) = hole {
+            self.note_gap(room, first, last_seq, last_seq + 1);
+        }
+        self.events.push_back(Event::Joined { room: room.to_owned(), last_seq, reset });
+    }
+
+    /// The server says `first_lost..=last_lost` will never come; the next is `resume_from`.
+    pub fn handle_gap(&mut self, room: &str, first_lost: u64, last_lost: u64, resume_from: u64) {
+        let Some(last) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let position = resume_from.saturating_sub(1);
+        if last.is_none_or(|l| l < position) {
+            *last = Some(position);
+        }
+        self.note_gap(room, first_lost, last_lost, resume_from);
+    }
+
+    /// A publish got `seq`.
+    pub fn handle_published(&mut self, room: &str, seq: u64, id: u64) {
+        self.in_flight.remove(&id);
+        self.events.push_back(Event::Published { room: room.to_owned(), seq, id });
+    }
+
+    /// A request was refused. A refused join (no publish id) takes the room out of the session.
+    pub fn handle_error(&mut self, code: u16, reason: &str, room: Option<&str>, id: Option<u64>) {
+        if let Some(id) = id {
+            self.in_flight.remove(&id);
+        } else if let (Some(room), 400 | 403 | 404) = (room, code) {
+            self.rooms.remove(room);
+        }
+        self.events.push_back(Event::Error { code, reason: reason.to_owned(), room: room.map(str::to_owned), id });
+    }
+
+    /// A leave completed.
+    pub fn handle_left(&mut self, room: &str) {
+        self.events.push_back(Event::Left { room: room.to_owned() });
+    }
+
+    // ---- outputs ----
+
+    /// The next op to send, if connected.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Op> {
+        if self.link != LinkState::Connected {
+            return None;
+        }
+        let op = self.outbox.pop_front()?;
+        if let Op::Publish { room, id, .. } = &op {
+            self.in_flight.insert(*id, room.clone());
+        }
+        Some(op)
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- internals ----
+
+    fn note_gap(&mut self, room: &str, first_lost: u64, last_lost: u64, resume_from: u64) {
+        self.stats.gaps += 1;
+        self.stats.lost += last_lost.saturating_sub(first_lost) + 1;
+        self.events.push_back(Event::Gap { room: room.to_owned(), first_lost, last_lost, resume_from });
+    }
+
+    fn fail_in_flight(&mut self) {
+        for (id, room) in std::mem::take(&mut self.in_flight) {
+            self.events.push_back(Event::Error {
+                code: 0,
+                reason: "connection lost before the ack; the publish may or may not have happened".into(),
+                room: Some(room),
+                id: Some(id),
+            });
+        }
+    }
+
+    /// Equal jitter: half the base delay fixed, half random; floored by overload and hints.
+    fn retry_delay(&mut self, cause: &Disconnect) -> Duration {
+        let backoff = self.config.backoff;
+        let base = backoff.base_delay(self.attempt);
+        let half = base / 2;
+        let span = half.as_micros().min(u64::MAX as u128) as u64;
+        let jitter = if span == 0 { 0 } else { self.next_random() % (span + 1) };
+        let mut delay = half + Duration::from_micros(jitter);
+        if cause.is_overload() {
+            delay = delay.max(backoff.overload_min);
+        }
+        if let Some(hint) = cause.retry_after {
+            delay = delay.max(hint);
+        }
+        delay
+    }
+
+    /// xorshift64*: cheap, seeded, good enough for jitter.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        let config = SessionConfig {
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+                overload_min: Duration::from_secs(1),
+                stable_after: Duration::from_secs(5),
+            },
+            max_queued_publishes: 2,
+        };
+        Session::new(config, 42)
+    }
+
+    fn drain_ops(s: &mut Session) -> Vec<Op> {
+        std::iter::from_fn(|| s.poll_transmit()).take(1000).collect()
+    }
+
+    fn drain_events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).take(1000).collect()
+    }
+
+    fn join(room: &str, since: Option<u64>) -> Op {
+        Op::Join { room: room.into(), since }
+    }
+
+    #[test]
+    fn first_connect_joins_live_then_rejoins_with_since() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.join("lobby");
+        assert!(drain_ops(&mut s).is_empty(), "nothing is sent before a connection");
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        assert_eq!(drain_ops(&mut s), vec![join("lobby", None)]);
+        s.handle_joined("lobby", 10);
+        for seq in 11..=13 {
+            assert_eq!(s.handle_message("lobby", seq), Delivery::Deliver);
+        }
+        s.handle_disconnected(t0 + Duration::from_secs(1), Disconnect::io("reset"));
+        assert!(!s.poll_connect(t0 + Duration::from_secs(1)));
+        let at = s.poll_timeout().expect("waiting");
+        assert!(s.poll_connect(at));
+        s.handle_connected(at);
+        assert_eq!(drain_ops(&mut s), vec![join("lobby", Some(13))]);
+        // Replays overlap what we had: duplicates dropped, new ones delivered.
+        assert_eq!(s.handle_message("lobby", 13), Delivery::Duplicate);
+        assert_eq!(s.handle_message("lobby", 14), Delivery::Deliver);
+        s.handle_joined("lobby", 14);
+        assert_eq!(s.stats().duplicates, 1);
+        assert_eq!(s.stats().lost, 0);
+        let events = drain_events(&mut s);
+        assert!(events.iter().all(|e| !matches!(e, Event::Gap { .. })), "{events:?}");
+    }
+
+    #[test]
+    fn holes_and_server_gaps_are_events() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.join("r");
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        s.handle_joined("r", 0);
+        assert_eq!(s.handle_message("r", 1), Delivery::Deliver);
+        assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+        s.handle_gap("r", 5, 9, 10);
+        assert_eq!(s.handle_message("r", 10), Delivery::Deliver);
+        let gaps: Vec<_> = drain_events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Gap { first_lost, last_lost, resume_from, .. } => Some((first_lost, last_lost, resume_from)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps, vec![(2, 3, 4), (5, 9, 10)]);
+        assert_eq!(s.stats().lost, 7);
+    }
+
+    #[test]
+    fn a_room_behind_our_position_is_a_reset() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.join("r");
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        s.handle_joined("r", 50);
+        s.handle_disconnected(t0, Disconnect::io("eof"));
+        let at = s.poll_timeout().expect("waiting");
+        assert!(s.poll_connect(at));
+        s.handle_connected(at);
+        drain_events(&mut s);
+        s.handle_joined("r", 3);
+        assert_eq!(drain_events(&mut s), vec![Event::Joined { room: "r".into(), last_seq: 3, reset: true }]);
+        assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+    }
+
+    #[test]
+    fn backoff_grows_jitters_and_honours_hints() {
+        let t0 = Instant::now();
+        let mut s = session();
+        assert!(s.poll_connect(t0));
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            s.handle_disconnected(now, Disconnect::io("refused"));
+            let at = s.poll_timeout().expect("waiting");
+            delays.push(at - now);
+            now = at;
+            assert!(s.poll_connect(now));
+        }
+        for (i, d) in delays.iter().enumerate() {
+            let base = s.config.backoff.base_delay(i as u32 + 1);
+            assert!(*d >= base / 2 && *d <= base, "attempt {}: {d:?} vs base {base:?}", i + 1);
+        }
+        assert!(delays[7] <= Duration::from_secs(2), "capped");
+        // Overload close: at least overload_min; a retry hint: at least the hint.
+        s.handle_disconnected(now, Disconnect { close_code: Some(1013), ..Disconnect::default() });
+        assert!(s.poll_timeout().expect("waiting") - now >= Duration::from_secs(1));
+        now = s.poll_timeout().expect("waiting");
+        assert!(s.poll_connect(now));
+        let hint = Disconnect { http_status: Some(503), retry_after: Some(Duration::from_secs(7)), ..Disconnect::default() };
+        s.handle_disconnected(now, hint);
+        assert_eq!(s.poll_timeout().expect("waiting") - now, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_stable_connection_resets_the_attempt_counter() {
+        let t0 = Instant::now();
+        let mut s = session();
+        assert!(s.poll_connect(t0));
+        s.handle_disconnected(t0, Disconnect::io("x"));
+        let at = s.poll_timeout().expect("waiting");
+        assert!(s.poll_connect(at));
+        s.handle_connected(at);
+        s.handle_disconnected(at + Duration::from_secs(6), Disconnect::io("y"));
+        let events = drain_events(&mut s);
+        assert!(matches!(events.last(), Some(Event::Reconnecting { attempt: 1, .. })), "{events:?}");
+    }
+
+    #[test]
+    fn fatal_closes_end_the_session() {
+        let t0 = Instant::now();
+        let mut s = session();
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        s.handle_disconnected(t0, Disconnect { close_code: Some(1008), reason: "token expired".into(), ..Disconnect::default() });
+        assert!(s.is_closed());
+        assert!(s.poll_timeout().is_none());
+        assert!(matches!(drain_events(&mut s).last(), Some(Event::Closed { .. })));
+        assert_eq!(s.publish("r", Bytes::from_static(b"1")), Err(SessionError::Closed));
+    }
+
+    #[test]
+    fn publishes_wait_bounded_and_unacked_ones_are_reported() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.join("r");
+        let a = s.publish("r", Bytes::from_static(b"1")).expect("queued");
+        let _b = s.publish("r", Bytes::from_static(b"2")).expect("queued");
+        assert_eq!(s.publish("r", Bytes::from_static(b"3")), Err(SessionError::QueueFull(2)));
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        let ops = drain_ops(&mut s);
+        assert_eq!(ops.len(), 3, "join first, then the two publishes: {ops:?}");
+        assert_eq!(ops[0], join("r", None));
+        s.handle_published("r", 1, a);
+        s.handle_disconnected(t0, Disconnect::io("eof"));
+        let lost: Vec<_> = drain_events(&mut s)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Error { code: 0, .. }))
+            .collect();
+        assert_eq!(lost.len(), 1, "only the unacked publish is in doubt");
+    }
+
+    #[test]
+    fn refused_join_leaves_the_room() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.join("secret");
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        let _ = drain_ops(&mut s);
+        s.handle_error(403, "room not allowed", Some("secret"), None);
+        assert_eq!(s.rooms().count(), 0);
+        assert_eq!(s.handle_message("secret", 1), Delivery::NotJoined);
+    }
+}

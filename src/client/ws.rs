@@ -1,0 +1,178 @@
+//! WebSocket transport of the client: dial (optionally from a chosen source address), upgrade,
+//! send ops as JSON text, read server messages.
+//!
+//! Owns the socket and the upgrade; it knows nothing of rooms or seqs (that is `session.rs`) and
+//! does not parse messages (that is `wire.rs`): [`WsConn::recv`] hands back the text frame as a
+//! [`tokio_websockets::Message`] so the caller decodes it in place, borrowing from the frame.
+//! Binding a source address (127.0.0.2, 127.0.0.3, …) before connect is how `linkcast bench`
+//! gets more than one ephemeral port range on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_websockets::{ClientBuilder, Limits, Message, WebSocketStream};
+
+use super::session::Disconnect;
+
+/// Largest server message accepted (replays of big payloads fit well below).
+pub const MAX_SERVER_MESSAGE: usize = 2 * 1024 * 1024;
+
+/// Why a WebSocket connection failed or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WsError {
+    /// The URL is not `ws://host:port/path`.
+    #[error("bad WebSocket URL {0:?}")]
+    BadUrl(String),
+    /// TCP connect/bind failed.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The upgrade was refused (HTTP status) or the WebSocket protocol failed.
+    #[error("websocket: {0}")]
+    Protocol(#[from] tokio_websockets::Error),
+    /// The connect did not finish in time.
+    #[error("connect timed out")]
+    Timeout,
+    /// The server closed the connection.
+    #[error("closed by server ({code:?}: {reason})")]
+    Closed {
+        /// Close code, if the server sent one.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+impl WsError {
+    /// What the session needs to know to schedule (or refuse) a retry.
+    pub fn to_disconnect(&self) -> Disconnect {
+        match self {
+            WsError::Closed { code, reason } => Disconnect { close_code: *code, reason: reason.clone(), ..Disconnect::default() },
+            WsError::Protocol(tokio_websockets::Error::Upgrade(e)) => {
+                let http_status = match e {
+                    tokio_websockets::upgrade::Error::DidNotSwitchProtocols(status) => Some(*status),
+                    _ => None,
+                };
+                Disconnect { http_status, reason: e.to_string(), ..Disconnect::default() }
+            }
+            other => Disconnect::io(other.to_string()),
+        }
+    }
+}
+
+/// A parsed `ws://host:port/path?query` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsUrl {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The full URL, for the upgrade request.
+    pub url: String,
+}
+
+impl WsUrl {
+    /// Parses `url`, appending `token` as the `token` query parameter if given.
+    pub fn parse(url: &str, token: Option<&str>) -> Result<WsUrl, WsError> {
+        let rest = url.strip_prefix("ws://").ok_or_else(|| WsError::BadUrl(url.into()))?;
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let addr = super::http::resolve(authority).ok_or_else(|| WsError::BadUrl(url.into()))?;
+        let mut full = url.to_owned();
+        if !rest.contains('/') {
+            full.push('/');
+        }
+        if let Some(token) = token {
+            full.push(if full.contains('?') { '&' } else { '?' });
+            full.push_str("token=");
+            full.push_str(token);
+        }
+        Ok(WsUrl { addr, url: full })
+    }
+}
+
+/// One WebSocket connection.
+#[derive(Debug)]
+pub struct WsConn {
+    stream: WebSocketStream<TcpStream>,
+}
+
+impl WsConn {
+    /// Dials `url` (from source address `bind`, if given) and upgrades, within `timeout`.
+    pub async fn connect(url: &WsUrl, bind: Option<IpAddr>, timeout: Duration) -> Result<WsConn, WsError> {
+        tokio::time::timeout(timeout, Self::connect_inner(url, bind)).await.map_err(|_| WsError::Timeout)?
+    }
+
+    async fn connect_inner(url: &WsUrl, bind: Option<IpAddr>) -> Result<WsConn, WsError> {
+        let socket = match url.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = bind {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let tcp = socket.connect(url.addr).await?;
+        tcp.set_nodelay(true)?;
+        let uri = url.url.parse::<http::Uri>().map_err(|_| WsError::BadUrl(url.url.clone()))?;
+        let limits = Limits::default().max_payload_len(Some(MAX_SERVER_MESSAGE));
+        let (stream, _response) = ClientBuilder::from_uri(uri).limits(limits).connect_on(tcp).await?;
+        Ok(WsConn { stream })
+    }
+
+    /// Sends one text message (and flushes).
+    pub async fn send_text(&mut self, text: String) -> Result<(), WsError> {
+        self.stream.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// Queues one text message without flushing (follow with [`WsConn::flush`]).
+    pub async fn feed_text(&mut self, text: String) -> Result<(), WsError> {
+        self.stream.feed(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// Flushes queued messages.
+    pub async fn flush(&mut self) -> Result<(), WsError> {
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The next text or binary message. Pings are answered inside tokio-websockets; a close
+    /// becomes [`WsError::Closed`], end of stream `Closed { code: None }`.
+    pub async fn recv(&mut self) -> Result<Message, WsError> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(msg)) if msg.is_text() || msg.is_binary() => return Ok(msg),
+                Some(Ok(msg)) if msg.is_close() => {
+                    let (code, reason) = msg
+                        .as_close()
+                        .map(|(code, reason)| (Some(u16::from(code)), reason.to_owned()))
+                        .unwrap_or((None, String::new()));
+                    return Err(WsError::Closed { code, reason });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(WsError::Closed { code: None, reason: "end of stream".into() }),
+            }
+        }
+    }
+
+    /// Closes politely (code 1000), bounded by a short timeout.
+    pub async fn close(mut self) {
+        let close = Message::close(Some(tokio_websockets::CloseCode::NORMAL_CLOSURE), "bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.send(close)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_tokens() {
+        let u = WsUrl::parse("ws://127.0.0.1:7080/ws", Some("abc")).expect("url");
+        assert_eq!(u.addr, "127.0.0.1:7080".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(u.url, "ws://127.0.0.1:7080/ws?token=abc");
+        let bare = WsUrl::parse("ws://127.0.0.1:9001", None).expect("url");
+        assert_eq!(bare.url, "ws://127.0.0.1:9001/");
+        assert!(WsUrl::parse("http://x", None).is_err());
+    }
+}

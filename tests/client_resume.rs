@@ -1,0 +1,140 @@
+//! The client library against a real in-process `serve`: a dropped connection resumes with
+//! `since` and the application sees every message once, in order; a client away for longer than
+//! the room's history window is told so with a gap, then continues.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use linkcast::client::http::HttpApi;
+use linkcast::client::{Backoff, Client, ClientOptions, Event, SessionConfig, Target};
+use linkcast::config::Config;
+use linkcast::serve::{ServeHandle, ServeOptions};
+
+fn any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn start_serve(history: usize) -> ServeHandle {
+    let mut config = Config::default();
+    config.hub.history_messages = history;
+    let options = ServeOptions { config: Arc::new(config), http_addr: any(), ws_addr: any(), quic_addr: None };
+    linkcast::serve::start(options).await.expect("serve starts")
+}
+
+fn options(serve: &ServeHandle, room: &str, initial: Duration) -> ClientOptions {
+    let mut options = ClientOptions::new(Target::locate_ws(&format!("http://{}", serve.http_addr()), room));
+    options.session = SessionConfig {
+        backoff: Backoff { initial, max: initial * 4, overload_min: initial, stable_after: Duration::from_secs(60) },
+        max_queued_publishes: 16,
+    };
+    options.seed = 7;
+    options
+}
+
+/// Next event within 5 s (every wait in these tests is bounded).
+async fn next(client: &mut Client) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), client.next_event())
+        .await
+        .expect("an event within 5 s")
+        .expect("client running")
+}
+
+async fn wait_joined(client: &mut Client) -> u64 {
+    for _ in 0..100 {
+        if let Event::Joined { last_seq, .. } = next(client).await {
+            return last_seq;
+        }
+    }
+    panic!("no Joined event");
+}
+
+async fn publish(api: &mut HttpApi, room: &str, n: u64) {
+    let body = Bytes::from(format!(r#"{{"n":{n}}}"#));
+    api.publish(room, body, None).await.expect("publish accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_resumes_without_loss_or_duplicates() {
+    let serve = start_serve(1000).await;
+    let room = "resume-room";
+    let mut api = HttpApi::new(&format!("http://{}", serve.http_addr()), None).expect("api");
+    let mut client = Client::start(options(&serve, room, Duration::from_millis(20)));
+    client.join(room).expect("join");
+    assert_eq!(wait_joined(&mut client).await, 0);
+
+    // Publish 300 messages in a background task while the client is cut three times.
+    let publisher = tokio::spawn(async move {
+        for n in 1..=300u64 {
+            publish(&mut api, room, n).await;
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let mut seqs = Vec::new();
+    let mut reconnects = 0;
+    let mut drops_done = 0;
+    while seqs.len() < 300 {
+        match next(&mut client).await {
+            Event::Message(m) => {
+                assert_eq!(m.data["n"], m.seq, "payload and seq agree");
+                seqs.push(m.seq);
+                if drops_done < 3 && seqs.len() == 60 * (drops_done + 1) {
+                    client.drop_connection();
+                    drops_done += 1;
+                }
+            }
+            Event::Reconnecting { .. } => reconnects += 1,
+            Event::Gap { .. } => panic!("no gap expected inside the history window"),
+            _ => {}
+        }
+    }
+    publisher.await.expect("publisher");
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every message once, in order");
+    assert_eq!(reconnects, 3);
+    let stats = client.close().await;
+    assert_eq!(stats.lost, 0);
+    assert!(stats.connects >= 4, "{stats:?}");
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_away_past_the_history_window_gets_a_gap() {
+    let serve = start_serve(20).await;
+    let room = "gap-room";
+    let mut api = HttpApi::new(&format!("http://{}", serve.http_addr()), None).expect("api");
+    // A long backoff keeps the client away while 100 messages go by.
+    let mut client = Client::start(options(&serve, room, Duration::from_millis(1500)));
+    client.join(room).expect("join");
+    wait_joined(&mut client).await;
+    publish(&mut api, room, 1).await;
+    match next(&mut client).await {
+        Event::Message(m) => assert_eq!(m.seq, 1),
+        other => panic!("expected message 1, got {other:?}"),
+    }
+    client.drop_connection();
+    for n in 2..=101 {
+        publish(&mut api, room, n).await;
+    }
+    // Back after ≥ 0.75 s: messages 2..=81 are outside the 20-message window.
+    let mut gap = None;
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&101) {
+        match next(&mut client).await {
+            Event::Gap { first_lost, last_lost, resume_from, .. } => gap = Some((first_lost, last_lost, resume_from)),
+            Event::Message(m) => {
+                assert!(gap.is_some(), "the gap comes before the replay");
+                seqs.push(m.seq);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(gap, Some((2, 81, 82)));
+    assert_eq!(seqs, (82..=101).collect::<Vec<_>>());
+    let stats = client.close().await;
+    assert_eq!(stats.lost, 80);
+    assert_eq!(stats.duplicates, 0);
+    serve.shutdown().await;
+}

@@ -48,8 +48,11 @@ async fn every_scenario_accounts_exactly() {
         if scenario == "resume" {
             assert!(report.connections.drops > 0 && report.connections.reconnects >= report.connections.drops, "{text}");
         }
-        // This process is the server here: CPU was sampled.
-        assert!(report.server.cpu_secs > 0.0, "{text}");
+        // This process is the server here: CPU was sampled. `connect` and `rooms` put too little
+        // load in their window for /proc's 10 ms clock ticks to register reliably.
+        if matches!(scenario, "fanout" | "resume") {
+            assert!(report.server.cpu_secs > 0.0, "{text}");
+        }
     }
     serve.shutdown().await;
 }

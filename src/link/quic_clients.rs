@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
 
 use crate::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_LEN, MAX_ROOM_LEN, MAX_SENDER_LEN};
 use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
 
 use super::limits::{ClientError, Refusal};
 use super::session::{parse_quic, Session, Wire};
-use super::shard::{ConnEvent, ConnSlot, ShardMsg, ShardState};
+use super::shard::{ConnEvent, Registered, ShardMsg, ShardState};
 use super::{now_micros, Shared};
 
 /// Time a client has to open its stream and say `Hello`.
@@ -98,13 +97,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         return;
     }
 
-    let (id, index) = {
-        let mut state = state.borrow_mut();
-        (state.new_id(), state.index)
-    };
-    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
-    let notify = Rc::new(Notify::new());
-    state.borrow_mut().add_conn(id, ConnSlot { inbox: inbox_tx.clone(), notify: notify.clone() });
+    let Registered { id, index, inbox_tx, mut inbox, notify } = state.borrow_mut().register_conn();
     shared.users.register(&claims.sub, id, inbox_tx, link.max_conns_per_user);
     let user = claims.sub.clone();
     let expires = claims.exp;

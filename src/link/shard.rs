@@ -92,6 +92,21 @@ pub struct ConnSlot {
     pub notify: Rc<Notify>,
 }
 
+/// What a connection task gets from [`ShardState::register_conn`].
+#[derive(Debug)]
+pub struct Registered {
+    /// The connection id (carries the shard index).
+    pub id: u64,
+    /// The shard's index.
+    pub index: usize,
+    /// A sender to the connection's own inbox (for the user registry).
+    pub inbox_tx: mpsc::UnboundedSender<ConnEvent>,
+    /// The connection's inbox.
+    pub inbox: mpsc::UnboundedReceiver<ConnEvent>,
+    /// Woken when a ring the connection is parked on gets a frame.
+    pub notify: Rc<Notify>,
+}
+
 /// The state of one shard (single-threaded; see the module docs).
 #[derive(Debug)]
 pub struct ShardState {
@@ -136,6 +151,15 @@ impl ShardState {
     /// Registers a connection task.
     pub fn add_conn(&mut self, id: u64, slot: ConnSlot) {
         self.conns.insert(id, slot);
+    }
+
+    /// Gives a new connection (WebSocket or QUIC) its id, inbox and ring waker, registered.
+    pub fn register_conn(&mut self) -> Registered {
+        let id = self.new_id();
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let notify = Rc::new(Notify::new());
+        self.add_conn(id, ConnSlot { inbox: inbox_tx.clone(), notify: notify.clone() });
+        Registered { id, index: self.index, inbox_tx, inbox, notify }
     }
 
     /// Forgets a connection task and its outstanding requests.

@@ -26,13 +26,12 @@ use futures_util::Sink;
 use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
 use tokio_websockets::{CloseCode, Limits, Message, WebSocketStream};
 
 use super::conn_io::ConnIo;
 use super::limits::{ClientError, Refusal};
 use super::session::{parse_ws, Session, Wire};
-use super::shard::{ConnEvent, ConnSlot, ShardState};
+use super::shard::{ConnEvent, Registered, ShardState};
 use super::{now_micros, Shared};
 
 /// Longest HTTP request head accepted before the upgrade.
@@ -263,13 +262,7 @@ async fn run_connection(
     shared: Arc<Shared>,
     state: Rc<RefCell<ShardState>>,
 ) {
-    let (id, index) = {
-        let mut state = state.borrow_mut();
-        (state.new_id(), state.index)
-    };
-    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
-    let notify = Rc::new(Notify::new());
-    state.borrow_mut().add_conn(id, ConnSlot { inbox: inbox_tx.clone(), notify: notify.clone() });
+    let Registered { id, index, inbox_tx, mut inbox, notify } = state.borrow_mut().register_conn();
     let link = shared.config.link.clone();
     shared.users.register(&claims.sub, id, inbox_tx, link.max_conns_per_user);
     let user = claims.sub.clone();

@@ -1,54 +1,49 @@
-//! The byte pipe under one WebSocket connection: a TCP stream with an output queue of `Bytes`.
+//! The output side of one WebSocket connection: a queue of whole frames, written to the socket
+//! with non-blocking vectored writes.
 //!
-//! tokio-websockets owns the protocol (upgrade, client frames, ping/pong, close); this type is the
-//! `AsyncRead + AsyncWrite` it runs on. It adds two things:
-//! - **Shared output frames.** [`ConnIo::push`] queues a pre-built frame (`wsframe`) as the very
-//!   `Bytes` every other member also holds — no copy. Frames tokio-websockets writes itself
-//!   (pong, close, ping: small) are copied into the same queue, so the two sources are ordered
-//!   and can never interleave inside a frame.
-//! - **Vectored writes.** [`ConnIo::poll_drain`] writes up to [`MAX_IOVECS`] queued frames with
-//!   one `writev`.
+//! Frames are `Bytes`: a room message's frame is the very buffer every other member also holds
+//! (built once per Link by `wsframe`), so queueing it is a reference-count increment. The shard
+//! loop (`WsConn::deliver`) and the connection task both push here and call [`OutQueue::flush`],
+//! which writes up to [`MAX_IOVECS`] frames per `writev` until the queue is empty or the socket
+//! is full; what is left waits for the socket to become writable (the task awaits that).
 //!
-//! It also replays the bytes of the HTTP request head the Link read before deciding to upgrade
-//! (`prefix`), so tokio-websockets sees the request as if unread.
-//!
-//! Bounds: the driver stops filling the queue above `link.write_batch_bytes` and stops reading
-//! client input while the queue is over its cap, so a peer that never reads holds at most a
-//! batch here (the rest stays in the shard's ring, shared).
+//! Bounds: nobody fills the queue above `link.write_batch_bytes` from the rings, and the task
+//! stops reading client input while the queue is over its cap, so a peer that never reads holds
+//! at most a batch here (the rest stays in the shard's ring, shared).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 
 /// Most frames written by one vectored write.
 pub const MAX_IOVECS: usize = 64;
 
-/// A TCP stream with a queue of outgoing frames (see the module docs).
-#[derive(Debug)]
-pub struct ConnIo {
-    tcp: TcpStream,
-    /// Request bytes read before the upgrade, handed to tokio-websockets first.
-    prefix: BytesMut,
+/// Frames waiting for a socket (see the module docs).
+#[derive(Debug, Default)]
+pub struct OutQueue {
     out: VecDeque<Bytes>,
     /// Bytes of `out[0]` already written.
     written: usize,
     /// Bytes queued and not yet written.
     queued: usize,
-    /// Bytes written since the last [`ConnIo::take_written`].
+    /// Bytes written since the last [`OutQueue::take_written`].
     sent: u64,
+    /// Some bytes were written since the last [`OutQueue::take_progress`].
+    progress: bool,
 }
 
-impl ConnIo {
-    /// Wraps `tcp`; `prefix` holds bytes already read from it.
-    pub fn new(tcp: TcpStream, prefix: BytesMut) -> Self {
-        ConnIo { tcp, prefix, out: VecDeque::new(), written: 0, queued: 0, sent: 0 }
-    }
+/// What a flush left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything was written.
+    All,
+    /// The socket is full; the rest waits for it to become writable.
+    Blocked,
+}
 
+impl OutQueue {
     /// Queues a whole frame (shared, not copied).
     pub fn push(&mut self, frame: Bytes) {
         if frame.is_empty() {
@@ -68,6 +63,11 @@ impl ConnIo {
         std::mem::take(&mut self.sent)
     }
 
+    /// Whether bytes left since the last call (a stalled reader makes none).
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progress)
+    }
+
     /// Drops queued frames not yet started (a frame partly written is kept whole, so the
     /// stream stays well-formed for a close frame). Used before closing a slow consumer.
     pub fn discard_unsent(&mut self) {
@@ -80,27 +80,39 @@ impl ConnIo {
     }
 
     /// Writes queued frames until the queue is empty or the socket would block.
-    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, frame) in self.out.iter().take(MAX_IOVECS).enumerate() {
-                let from = if i == 0 { self.written } else { 0 };
-                slices[count] = IoSlice::new(&frame[from..]);
-                count += 1;
+    pub fn flush(&mut self, tcp: &TcpStream) -> io::Result<Flushed> {
+        while let Some(front) = self.out.front() {
+            let sent = if self.out.len() == 1 {
+                // The common case on the delivery path: one frame, no iovec array to build.
+                send(tcp, &[IoSlice::new(&front[self.written..])])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (i, frame) in self.out.iter().take(MAX_IOVECS).enumerate() {
+                    let from = if i == 0 { self.written } else { 0 };
+                    slices[count] = IoSlice::new(&frame[from..]);
+                    count += 1;
+                }
+                send(tcp, &slices[..count])
+            };
+            match sent {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.advance(n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
             }
-            let n = ready!(Pin::new(&mut self.tcp).poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.advance(n);
         }
-        Poll::Ready(Ok(()))
+        if self.out.capacity() > 64 {
+            self.out.shrink_to(8); // a burst's slots are not kept by an idle connection
+        }
+        Ok(Flushed::All)
     }
 
     fn advance(&mut self, mut n: usize) {
         self.queued -= n;
         self.sent += n as u64;
+        self.progress = true;
         while n > 0 {
             let Some(front) = self.out.front() else { break };
             let left = front.len() - self.written;
@@ -116,47 +128,72 @@ impl ConnIo {
     }
 }
 
-impl AsyncRead for ConnIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+/// A peer that went away is an error here, never a SIGPIPE (Linux `MSG_NOSIGNAL`).
+#[cfg(target_os = "linux")]
+const MSG_NOSIGNAL: std::os::raw::c_int = 0x4000;
+#[cfg(not(target_os = "linux"))]
+const MSG_NOSIGNAL: std::os::raw::c_int = 0;
+
+/// One non-blocking `send` (one frame) or `sendmsg` (several), with `MSG_NOSIGNAL`, through
+/// tokio's readiness tracking (`try_io` clears readiness on `WouldBlock`).
+///
+/// Why not `write`/`writev` (`TcpStream::try_write_vectored`): on a socket they go through the
+/// VFS layer (`vfs_writev`, `fdget_pos`), about a tenth of the Link's CPU per delivery when one
+/// small frame goes to each of thousands of sockets (perf, docs/benchmarks.md); the socket calls
+/// reach TCP directly.
+fn send(tcp: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    tcp.try_io(tokio::io::Interest::WRITABLE, || {
+        let socket = socket2::SockRef::from(tcp);
+        match slices {
+            [one] => socket.send_with_flags(one, MSG_NOSIGNAL),
+            many => socket.send_vectored_with_flags(many, MSG_NOSIGNAL),
         }
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
+    })
 }
 
-impl AsyncWrite for ConnIo {
-    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // Only tokio-websockets' own small frames (upgrade response, pong, ping, close) come
-        // this way; data frames are pushed pre-built. Copying them keeps one ordered queue.
-        self.push(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut joined = BytesMut::with_capacity(total);
-        for buf in bufs {
-            joined.extend_from_slice(buf);
+    #[tokio::test]
+    async fn frames_leave_in_order_and_partial_writes_resume() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await.expect("connect") });
+        let (server, _) = listener.accept().await.expect("accept");
+        let mut client = client.await.expect("join");
+        let _ = socket2::SockRef::from(&server).set_send_buffer_size(4096);
+        let mut queue = OutQueue::default();
+        let frame = Bytes::from(vec![7u8; 1000]);
+        let mut expected = 0;
+        for _ in 0..2000 {
+            queue.push(frame.clone());
+            expected += frame.len();
         }
-        self.push(joined.freeze());
-        Poll::Ready(Ok(total))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        queue.push(Bytes::from_static(b"end"));
+        expected += 3;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut got).await.expect("read");
+            got
+        });
+        // The peer reads slower than we write: the queue blocks, then drains.
+        let mut blocked = false;
+        loop {
+            match queue.flush(&server).expect("flush") {
+                Flushed::All => break,
+                Flushed::Blocked => {
+                    blocked = true;
+                    server.writable().await.expect("writable");
+                }
+            }
+        }
+        assert!(blocked, "a 2 MB queue must outgrow a 4 KiB send buffer");
+        assert_eq!(queue.queued(), 0);
+        assert_eq!(queue.take_written(), expected as u64);
+        drop(server);
+        let got = reader.await.expect("join");
+        assert_eq!(got.len(), expected);
+        assert!(got.ends_with(b"end"));
     }
 }

@@ -60,6 +60,13 @@ pub enum CoordMsg {
         /// The frame for the owner hub.
         frame: Frame,
     },
+    /// Close connection `conn` (on whatever shard holds it) with `reason`.
+    CloseConn {
+        /// Connection id (its top bits name the shard).
+        conn: u64,
+        /// Why.
+        reason: ClientError,
+    },
     /// Stop.
     Shutdown,
 }
@@ -243,6 +250,11 @@ impl Coordinator {
                 let room = frame.room().to_owned();
                 if !self.send_to_hub(self.owner(&room), frame) {
                     self.refuse(request, &room, ClientError::HubUnavailable).await;
+                }
+            }
+            CoordMsg::CloseConn { conn, reason } => {
+                if let Some(shard) = self.shards.get(shard_of(conn)) {
+                    let _ = shard.send(ShardMsg::Close { id: conn, reason }).await;
                 }
             }
             CoordMsg::Shutdown => {}

@@ -45,6 +45,12 @@ pub enum ClientError {
     /// A binary WebSocket message.
     #[error("binary frames not supported")]
     Binary,
+    /// A WebSocket framing violation (unmasked, reserved bits or opcode, bad fragmentation).
+    #[error("protocol error")]
+    Protocol,
+    /// A text message or close reason that is not UTF-8.
+    #[error("invalid UTF-8")]
+    BadUtf8,
     /// Rate limit refusals went on: the connection is closed.
     #[error("publish flood")]
     Flood,
@@ -91,6 +97,8 @@ impl ClientError {
             HubUnavailable => Refusal::Error(503, "hub unavailable"),
             TooBig => Refusal::Close(1009, "message too big"),
             Binary => Refusal::Close(1003, "binary frames not supported"),
+            Protocol => Refusal::Close(1002, "protocol error"),
+            BadUtf8 => Refusal::Close(1007, "invalid UTF-8"),
             Flood => Refusal::Close(1008, "publish flood"),
             SlowConsumer => Refusal::Close(1013, "slow consumer"),
             TooManyConnections => Refusal::Close(1008, "too many connections for user"),

@@ -20,7 +20,8 @@
 //!
 //! Files: `shard.rs` (shard thread and state), `coordinator.rs`, `session.rs` (per-connection
 //! rooms), `ws.rs` (HTTP checks, upgrade, WebSocket driver), `conn_io.rs` (socket output queue,
-//! vectored writes), `wsframe.rs` (pre-built server frames and JSON), `quic_clients.rs`,
+//! non-blocking vectored writes), `wsframe.rs` (pre-built server frames and JSON), `wsread.rs`
+//! (client frames decoded in place), `quic_clients.rs`,
 //! `hub_connector.rs`, `registry.rs` (user → connections), `limits.rs` (errors, rate limit).
 
 pub mod conn_io;
@@ -31,7 +32,9 @@ pub mod quic_clients;
 pub mod registry;
 pub mod session;
 pub mod shard;
+pub mod tally;
 pub mod wsframe;
+pub mod wsread;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -119,6 +122,14 @@ impl Shared {
     /// Sends a message to the coordinator (ignored once it stopped).
     pub fn coordinate(&self, msg: CoordMsg) {
         let _ = self.coordinator.send(msg);
+    }
+
+    /// Registers connection `conn` of `user` and closes the user's oldest connections beyond
+    /// `link.max_conns_per_user` (wherever they live).
+    pub fn register_user(&self, user: &str, conn: u64) {
+        for evicted in self.users.register(user, conn, self.config.link.max_conns_per_user) {
+            self.coordinate(CoordMsg::CloseConn { conn: evicted, reason: limits::ClientError::TooManyConnections });
+        }
     }
 
     /// The shards' inboxes.

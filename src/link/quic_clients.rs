@@ -97,14 +97,13 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         return;
     }
 
-    let Registered { id, index, inbox_tx, mut inbox, notify } = state.borrow_mut().register_conn();
-    shared.users.register(&claims.sub, id, inbox_tx, link.max_conns_per_user);
+    let Registered { id, index, mailbox } = state.borrow_mut().register_conn();
+    shared.register_user(&claims.sub, id);
     let user = claims.sub.clone();
     let expires = claims.exp;
     shared.stats[index].connections.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
     gauge.increment(1.0);
-    let bytes_out = metrics::counter!("linkcast_link_bytes_out_total");
     let mut session = Session::new(id, Wire::Quic, claims, shared.clone(), state.clone(), now_micros());
     let batch = link.write_batch_bytes.max(1);
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
@@ -112,7 +111,16 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out: Vec<Bytes> = Vec::new();
 
-    let reason: Option<ClientError> = loop {
+    let reason: Option<ClientError> = 'run: loop {
+        while let Some(event) = mailbox.next_event() {
+            match event {
+                ConnEvent::Hub(frame) => session.handle_hub(frame, &mut out),
+                ConnEvent::Close(error) => break 'run Some(error),
+            }
+        }
+        if mailbox.take_ring() {
+            session.dirty = true;
+        }
         if session.dirty {
             if let Err(error) = session.fill(batch, &mut out) {
                 break Some(error);
@@ -121,7 +129,10 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         if !out.is_empty() {
             let bytes: usize = out.iter().map(Bytes::len).sum();
             match tokio::time::timeout(stall, quic::write_frames(&mut send, &mut out)).await {
-                Ok(Ok(())) => bytes_out.increment(bytes as u64),
+                Ok(Ok(())) => {
+                    super::tally::wrote(bytes as u64);
+                    super::tally::flush();
+                }
                 Ok(Err(_)) => break None,
                 Err(_) => break Some(ClientError::SlowConsumer),
             }
@@ -129,12 +140,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         }
         tokio::select! {
             biased;
-            event = inbox.recv() => match event {
-                Some(ConnEvent::Hub(frame)) => session.handle_hub(frame, &mut out),
-                Some(ConnEvent::Close(error)) => break Some(error),
-                None => break Some(ClientError::ShuttingDown),
-            },
-            _ = notify.notified() => session.dirty = true,
+            _ = mailbox.wait() => {}
             frame = reader.next() => match frame {
                 Ok(Some(frame)) => {
                     let result = match parse_quic(&frame) {

@@ -1,41 +1,39 @@
 //! The Link-wide registry of users → their open connections (a cold path: touched on connect and
 //! disconnect only, so a `DashMap` shared by all shards is fine here).
 //!
-//! It enforces `link.max_conns_per_user`: registering one connection too many asks the user's
-//! *oldest* connection to close with 1008 "too many connections for user" (through that
-//! connection's inbox, on whatever shard it lives).
+//! It enforces `link.max_conns_per_user`: registering one connection too many returns the user's
+//! *oldest* connection ids; the caller asks them to close with 1008 "too many connections for
+//! user" through the coordinator, which routes the request to whatever shard holds them
+//! (`Shared::close_conn`).
 
 use std::collections::VecDeque;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 
-use super::limits::ClientError;
-use super::shard::ConnEvent;
-
-/// User id → connections, oldest first.
+/// User id → connection ids, oldest first.
 #[derive(Debug, Default)]
 pub struct Users {
-    map: DashMap<String, VecDeque<(u64, mpsc::UnboundedSender<ConnEvent>)>>,
+    map: DashMap<String, VecDeque<u64>>,
 }
 
 impl Users {
-    /// Registers connection `conn` of `user`; closes the oldest ones beyond `max`.
-    pub fn register(&self, user: &str, conn: u64, inbox: mpsc::UnboundedSender<ConnEvent>, max: usize) {
+    /// Registers connection `conn` of `user`; returns the oldest connections beyond `max`
+    /// (already forgotten here), which the caller closes.
+    pub fn register(&self, user: &str, conn: u64, max: usize) -> Vec<u64> {
         let mut entry = self.map.entry(user.to_owned()).or_default();
-        entry.push_back((conn, inbox));
+        entry.push_back(conn);
+        let mut evicted = Vec::new();
         while entry.len() > max.max(1) {
-            if let Some((_, oldest)) = entry.pop_front() {
-                let _ = oldest.send(ConnEvent::Close(ClientError::TooManyConnections));
-            }
+            evicted.extend(entry.pop_front());
         }
+        evicted
     }
 
     /// Forgets connection `conn` of `user`.
     pub fn unregister(&self, user: &str, conn: u64) {
         let empty = match self.map.get_mut(user) {
             Some(mut entry) => {
-                entry.retain(|(c, _)| *c != conn);
+                entry.retain(|c| *c != conn);
                 entry.is_empty()
             }
             None => false,
@@ -48,5 +46,22 @@ impl Users {
     /// Connections registered for `user`.
     pub fn count(&self, user: &str) -> usize {
         self.map.get(user).map_or(0, |e| e.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_connections_are_evicted_beyond_the_limit() {
+        let users = Users::default();
+        assert!(users.register("u", 1, 2).is_empty());
+        assert!(users.register("u", 2, 2).is_empty());
+        assert_eq!(users.register("u", 3, 2), vec![1]);
+        assert_eq!(users.count("u"), 2);
+        users.unregister("u", 2);
+        users.unregister("u", 3);
+        assert_eq!(users.count("u"), 0);
     }
 }

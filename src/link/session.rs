@@ -33,6 +33,11 @@ use super::limits::{ClientError, Refusal, TokenBucket, Verdict};
 use super::shard::{Delivery, ShardState};
 use super::{wsframe, Shared};
 
+thread_local! {
+    /// The shard's one list of ring frames on their way to a connection (a connection keeps none).
+    static BATCH: RefCell<Vec<Delivery>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Most publishes of one connection awaiting their hub ack.
 const MAX_PENDING_PUBLISHES: usize = 1024;
 
@@ -174,6 +179,50 @@ struct Member {
     parked: bool,
 }
 
+/// A connection's rooms: a short list (at most `link.max_rooms_per_conn`, usually one), kept as
+/// one small allocation rather than a hash table per connection.
+#[derive(Debug, Default)]
+struct Rooms(Vec<(String, Member)>);
+
+impl Rooms {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn contains_key(&self, room: &str) -> bool {
+        self.get(room).is_some()
+    }
+
+    fn get(&self, room: &str) -> Option<&Member> {
+        self.0.iter().find(|(r, _)| r == room).map(|(_, m)| m)
+    }
+
+    fn get_mut(&mut self, room: &str) -> Option<&mut Member> {
+        self.0.iter_mut().find(|(r, _)| r == room).map(|(_, m)| m)
+    }
+
+    fn insert(&mut self, room: &str, member: Member) {
+        self.0.push((room.to_owned(), member));
+    }
+
+    fn remove(&mut self, room: &str) -> Option<Member> {
+        let at = self.0.iter().position(|(r, _)| r == room)?;
+        let (_, member) = self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(member)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.0.iter().map(|(r, m)| (r, m))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Member)> {
+        self.0.iter_mut().map(|(r, m)| (&*r, m))
+    }
+}
+
 /// One connection's rooms, publishes and limits.
 #[derive(Debug)]
 pub struct Session {
@@ -184,13 +233,11 @@ pub struct Session {
     pub claims: Claims,
     shared: Arc<Shared>,
     state: Rc<RefCell<ShardState>>,
-    rooms: HashMap<String, Member>,
+    rooms: Rooms,
     pending: HashMap<u64, (String, ReqId)>,
     bucket: TokenBucket,
-    batch: Vec<Delivery>,
     /// A ring may have frames for this connection: call [`Session::fill`].
     pub dirty: bool,
-    deliveries: Counter,
     lagging: Counter,
     joins: Counter,
 }
@@ -206,12 +253,10 @@ impl Session {
             claims,
             shared,
             state,
-            rooms: HashMap::new(),
+            rooms: Rooms::default(),
             pending: HashMap::new(),
             bucket,
-            batch: Vec::new(),
             dirty: false,
-            deliveries: metrics::counter!("linkcast_link_deliveries_total"),
             lagging: metrics::counter!("linkcast_link_lagging_total"),
             joins: metrics::counter!("linkcast_link_joins_total"),
         }
@@ -326,7 +371,7 @@ impl Session {
             (state.join_room(room), state.index)
         };
         self.rooms.insert(
-            room.to_owned(),
+            room,
             Member { cursor, joined: false, last_delivered: 0, pending_gap: None, parked: false },
         );
         self.joins.increment(1);
@@ -355,7 +400,7 @@ impl Session {
                     return;
                 }
                 member.last_delivered = frame.seq();
-                self.deliveries.increment(1);
+                super::tally::delivered(1);
                 out.push(match self.wire {
                     Wire::Ws => wsframe::message(&frame),
                     Wire::Quic => frame.into_bytes(),
@@ -414,7 +459,14 @@ impl Session {
 
     /// Moves up to about `budget` bytes of ring frames into `out`. `Err(SlowConsumer)` when a
     /// cursor fell off its ring under `lag_policy = "disconnect"`.
-    pub fn fill(&mut self, mut budget: usize, out: &mut Vec<Bytes>) -> Result<(), ClientError> {
+    pub fn fill(&mut self, budget: usize, out: &mut Vec<Bytes>) -> Result<(), ClientError> {
+        BATCH.with(|batch| match batch.try_borrow_mut() {
+            Ok(mut batch) => self.fill_with(budget, out, &mut batch),
+            Err(_) => self.fill_with(budget, out, &mut Vec::new()),
+        })
+    }
+
+    fn fill_with(&mut self, mut budget: usize, out: &mut Vec<Bytes>, batch: &mut Vec<Delivery>) -> Result<(), ClientError> {
         self.dirty = false;
         let policy = self.shared.config.link.lag_policy;
         let mut delivered = 0u64;
@@ -428,26 +480,19 @@ impl Session {
                     self.dirty = true;
                     break;
                 }
-                self.batch.clear();
-                match state.read(room, &mut member.cursor, budget, &mut self.batch) {
-                    ReadOutcome::Idle => {
-                        if !member.parked {
-                            state.park(room, self.id);
-                            member.parked = true;
-                        }
-                        break;
-                    }
+                batch.clear();
+                match state.read(room, self.id, &mut member.cursor, budget, batch, &mut member.parked) {
+                    ReadOutcome::Idle => break,
                     ReadOutcome::Lagged { .. } => {
                         self.lagging.increment(1);
                         if policy == LagPolicy::Disconnect {
-                            self.deliveries.increment(delivered);
+                            super::tally::delivered(delivered);
                             return Err(ClientError::SlowConsumer);
                         }
                         member.pending_gap.get_or_insert(member.last_delivered + 1);
                     }
                     ReadOutcome::Read { .. } => {
-                        member.parked = false;
-                        for delivery in self.batch.drain(..) {
+                        for delivery in batch.drain(..) {
                             if delivery.seq <= member.last_delivered {
                                 continue;
                             }
@@ -480,7 +525,7 @@ impl Session {
                 }
             }
         }
-        self.deliveries.increment(delivered);
+        super::tally::delivered(delivered);
         Ok(())
     }
 
@@ -492,7 +537,7 @@ impl Session {
 
     /// Leaves every room and forgets outstanding requests (the connection ended).
     pub fn finish(&mut self) {
-        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        let rooms: Vec<String> = self.rooms.0.iter().map(|(room, _)| room.clone()).collect();
         for room in rooms {
             self.leave(&room);
         }

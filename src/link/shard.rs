@@ -3,10 +3,15 @@
 //!
 //! Data flow into a shard is one bounded channel of [`ShardMsg`] from the coordinator:
 //! - [`ShardMsg::Room`]: a room message ([`Delivery`]: the hub's frame plus the WebSocket frame
-//!   built once per Link). The shard pushes it once onto that room's ring and wakes only the
-//!   members parked on it; each connection then drains from its own cursor.
-//! - [`ShardMsg::ToConn`]: a hub answer (replay, gap, joined, ack, error) for one connection or
-//!   one of its requests, found by id in [`ShardState`].
+//!   built once per Link). The shard pushes it once onto that room's ring; the members parked on
+//!   it (caught up, waiting) are then served from the shard loop itself: a WebSocket member's
+//!   frames are written to its socket right there with one non-blocking `writev`
+//!   (`ws::WsConn::deliver`: no task wake, no channel), and only a socket that is full (or a QUIC
+//!   connection) is left to its task, which drains from its own cursor when it can. Messages
+//!   already queued are applied before anyone is served, so a burst leaves as one write.
+//! - [`ShardMsg::ToConn`] / [`ShardMsg::Close`]: a hub answer (replay, gap, joined, ack, error)
+//!   or a close request for one connection (or one of its requests), found by id in
+//!   [`ShardState`] and posted to that connection's [`Mailbox`].
 //! - [`ShardMsg::Quic`]: a QUIC client handed over by the shard that owns the UDP endpoint.
 //!
 //! Everything in [`ShardState`] is touched only from this shard's thread (`Rc<RefCell<..>>`,
@@ -14,8 +19,8 @@
 //! Ids of connections and requests carry the shard index in their top 8 bits
 //! ([`shard_of`]), so the coordinator routes an answer without a shared table.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,11 +28,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
+
 use crate::fanout::{Cursor, ReadOutcome, RingLimits, ShardRoom};
 use crate::frame::Frame;
 
 use super::limits::ClientError;
 use super::{quic_clients, ws, Shared};
+
+/// Most coordinator messages applied before the woken members are written to.
+const MAX_BURST: usize = 256;
 
 /// Bits of an id below the shard index.
 const SHARD_SHIFT: u32 = 56;
@@ -67,6 +76,13 @@ pub enum ShardMsg {
         /// The hub's frame.
         frame: Frame,
     },
+    /// Close connection `id` with `reason` (e.g. the user opened too many).
+    Close {
+        /// Connection id.
+        id: u64,
+        /// Why.
+        reason: ClientError,
+    },
     /// A QUIC client connection to run on this shard (boxed: it is large and rare).
     Quic(Box<quinn::Incoming>),
     /// Close every connection with 1001 and stop.
@@ -82,14 +98,86 @@ pub enum ConnEvent {
     Close(ClientError),
 }
 
-/// How the shard reaches one of its connection tasks.
+/// Most events a mailbox holds. The protocol bounds them far below this (one join answer per
+/// room joined, one ack per rate-limited publish); a connection that gets more is closed.
+const MAX_MAILBOX: usize = 4096;
+
+/// A connection task's inbox on its shard: hub answers, close requests and "a ring has frames
+/// for you". Same thread only (no channel, no allocation while empty).
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    events: RefCell<VecDeque<ConnEvent>>,
+    ring: Cell<bool>,
+    notify: Notify,
+}
+
+impl Mailbox {
+    /// Queues `event` and wakes the task.
+    pub fn post(&self, event: ConnEvent) {
+        {
+            let mut events = self.events.borrow_mut();
+            if events.len() >= MAX_MAILBOX {
+                events.clear();
+                events.push_back(ConnEvent::Close(ClientError::Flood));
+            } else {
+                events.push_back(event);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Tells the task that a ring it is parked on has frames.
+    pub fn ring(&self) {
+        self.ring.set(true);
+        self.notify.notify_one();
+    }
+
+    /// Wakes the task (to look at its socket and state again).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next post, ring or wake (a wake before the wait is not lost).
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The next queued event.
+    pub fn next_event(&self) -> Option<ConnEvent> {
+        self.events.borrow_mut().pop_front()
+    }
+
+    /// Whether a ring had frames since the last call.
+    pub fn take_ring(&self) -> bool {
+        self.ring.replace(false)
+    }
+}
+
+/// How the shard reaches one of its connections.
 #[derive(Debug)]
-pub struct ConnSlot {
-    /// Answers and close requests (bounded by the protocol: at most one join answer per room
-    /// joined and one ack per rate-limited publish are ever outstanding).
-    pub inbox: mpsc::UnboundedSender<ConnEvent>,
-    /// Woken when a ring the connection is parked on gets a frame.
-    pub notify: Rc<Notify>,
+struct ConnSlot {
+    mailbox: Rc<Mailbox>,
+    /// A WebSocket connection the shard writes to directly when its rings get frames.
+    direct: Option<Rc<ws::WsConn>>,
+}
+
+/// A connection a ring push woke: written to right away, or told through its mailbox.
+#[derive(Debug)]
+pub enum Woken {
+    /// A WebSocket connection: [`ws::WsConn::deliver`].
+    Direct(Rc<ws::WsConn>),
+    /// Any other connection task: [`Mailbox::ring`].
+    Task(Rc<Mailbox>),
+}
+
+impl Woken {
+    /// Delivers (direct) or signals (task). Call with no borrow of the shard state held.
+    pub fn wake(self) {
+        match self {
+            Woken::Direct(conn) => conn.deliver(),
+            Woken::Task(mailbox) => mailbox.ring(),
+        }
+    }
 }
 
 /// What a connection task gets from [`ShardState::register_conn`].
@@ -99,12 +187,8 @@ pub struct Registered {
     pub id: u64,
     /// The shard's index.
     pub index: usize,
-    /// A sender to the connection's own inbox (for the user registry).
-    pub inbox_tx: mpsc::UnboundedSender<ConnEvent>,
-    /// The connection's inbox.
-    pub inbox: mpsc::UnboundedReceiver<ConnEvent>,
-    /// Woken when a ring the connection is parked on gets a frame.
-    pub notify: Rc<Notify>,
+    /// The connection's mailbox.
+    pub mailbox: Rc<Mailbox>,
 }
 
 /// The state of one shard (single-threaded; see the module docs).
@@ -148,18 +232,19 @@ impl ShardState {
         id
     }
 
-    /// Registers a connection task.
-    pub fn add_conn(&mut self, id: u64, slot: ConnSlot) {
-        self.conns.insert(id, slot);
-    }
-
-    /// Gives a new connection (WebSocket or QUIC) its id, inbox and ring waker, registered.
+    /// Gives a new connection (WebSocket or QUIC) its id and mailbox, registered.
     pub fn register_conn(&mut self) -> Registered {
         let id = self.new_id();
-        let (inbox_tx, inbox) = mpsc::unbounded_channel();
-        let notify = Rc::new(Notify::new());
-        self.add_conn(id, ConnSlot { inbox: inbox_tx.clone(), notify: notify.clone() });
-        Registered { id, index: self.index, inbox_tx, inbox, notify }
+        let mailbox = Rc::new(Mailbox::default());
+        self.conns.insert(id, ConnSlot { mailbox: mailbox.clone(), direct: None });
+        Registered { id, index: self.index, mailbox }
+    }
+
+    /// Lets the shard write ring frames straight to WebSocket connection `id`.
+    pub fn set_direct(&mut self, id: u64, conn: Rc<ws::WsConn>) {
+        if let Some(slot) = self.conns.get_mut(&id) {
+            slot.direct = Some(conn);
+        }
     }
 
     /// Forgets a connection task and its outstanding requests.
@@ -200,12 +285,29 @@ impl ShardState {
         }
     }
 
-    /// Reads for a member (see `fanout::FanoutRing::read`); `Idle` for an unknown room.
-    pub fn read(&self, room: &str, cursor: &mut Cursor, max_bytes: usize, batch: &mut Vec<Delivery>) -> ReadOutcome {
-        match self.rooms.get(room) {
-            Some(r) => r.read(cursor, max_bytes, batch),
-            None => ReadOutcome::Idle,
+    /// Reads for member `conn` (see `fanout::FanoutRing::read`); `Idle` for an unknown room.
+    /// On `Idle` the member is parked on the room (one lookup for both) unless `parked` says it
+    /// already is; `parked` is updated.
+    pub fn read(
+        &mut self,
+        room: &str,
+        conn: u64,
+        cursor: &mut Cursor,
+        max_bytes: usize,
+        batch: &mut Vec<Delivery>,
+        parked: &mut bool,
+    ) -> ReadOutcome {
+        let Some(r) = self.rooms.get_mut(room) else { return ReadOutcome::Idle };
+        let outcome = r.read(cursor, max_bytes, batch);
+        match outcome {
+            ReadOutcome::Idle if !*parked => {
+                r.park(conn);
+                *parked = true;
+            }
+            ReadOutcome::Read { .. } => *parked = false,
+            _ => {}
         }
+        outcome
     }
 
     /// True when `cursor` has fallen off `room`'s ring.
@@ -213,15 +315,9 @@ impl ShardState {
         self.rooms.get(room).is_some_and(|r| cursor.position() < r.ring().head())
     }
 
-    /// Parks connection `conn` on `room` until the next push.
-    pub fn park(&mut self, room: &str, conn: u64) {
-        if let Some(r) = self.rooms.get_mut(room) {
-            r.park(conn);
-        }
-    }
-
-    /// Pushes a room message once and wakes the room's parked members.
-    pub fn push(&mut self, delivery: Delivery) {
+    /// Pushes a room message once; the room's parked members are added to `woken` (wake them
+    /// once this borrow of the state is released: a direct delivery reads the rings).
+    pub fn push(&mut self, delivery: Delivery, woken: &mut Vec<Woken>) {
         let Some(room) = self.rooms.get_mut(delivery.frame.room()) else { return };
         let (bytes_before, items_before) = (room.ring().bytes(), room.ring().len());
         let size = delivery.size();
@@ -234,7 +330,10 @@ impl ShardState {
         stats.ring_items.fetch_sub(items_before, Ordering::Relaxed);
         for conn in self.wake.drain(..) {
             if let Some(slot) = self.conns.get(&conn) {
-                slot.notify.notify_one();
+                woken.push(match &slot.direct {
+                    Some(direct) => Woken::Direct(direct.clone()),
+                    None => Woken::Task(slot.mailbox.clone()),
+                });
             }
         }
     }
@@ -243,14 +342,21 @@ impl ShardState {
     pub fn route(&mut self, id: u64, frame: Frame) {
         let conn = if self.conns.contains_key(&id) { Some(id) } else { self.requests.get(&id).copied() };
         if let Some(slot) = conn.and_then(|c| self.conns.get(&c)) {
-            let _ = slot.inbox.send(ConnEvent::Hub(frame));
+            slot.mailbox.post(ConnEvent::Hub(frame));
+        }
+    }
+
+    /// Asks connection `id` to close with `reason`.
+    pub fn close(&mut self, id: u64, reason: ClientError) {
+        if let Some(slot) = self.conns.get(&id) {
+            slot.mailbox.post(ConnEvent::Close(reason));
         }
     }
 
     /// Asks every connection to close with `reason`.
     pub fn close_all(&mut self, reason: ClientError) {
         for slot in self.conns.values() {
-            let _ = slot.inbox.send(ConnEvent::Close(reason));
+            slot.mailbox.post(ConnEvent::Close(reason));
         }
     }
 }
@@ -275,15 +381,31 @@ pub fn run(
             Some(socket) => Some(quic_clients::start_endpoint(socket, shared.clone())?),
             None => None,
         };
-        while let Some(msg) = inbox.recv().await {
-            match msg {
-                ShardMsg::Room(delivery) => state.borrow_mut().push(delivery),
-                ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
-                ShardMsg::Quic(incoming) => {
-                    tokio::task::spawn_local(quic_clients::handle(*incoming, shared.clone(), state.clone()));
+        let mut woken = Vec::new();
+        'run: while let Some(first) = inbox.recv().await {
+            // Take what is already queued (up to a bound) before waking anyone, so a burst of
+            // room messages reaches each member socket as one vectored write.
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ShardMsg::Room(delivery) => state.borrow_mut().push(delivery, &mut woken),
+                    ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
+                    ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
+                    ShardMsg::Quic(incoming) => {
+                        tokio::task::spawn_local(quic_clients::handle(*incoming, shared.clone(), state.clone()));
+                    }
+                    ShardMsg::Shutdown => break 'run,
                 }
-                ShardMsg::Shutdown => break,
+                taken += 1;
+                if taken < MAX_BURST {
+                    next = inbox.try_recv().ok();
+                }
             }
+            for conn in woken.drain(..) {
+                conn.wake();
+            }
+            super::tally::flush();
         }
         accept.abort();
         if let Some(endpoint) = &quic_endpoint {

@@ -1,37 +1,43 @@
-//! WebSocket clients: the HTTP checks before the upgrade, then one task per connection.
+//! WebSocket clients: the HTTP checks and the upgrade, then one small task per connection that
+//! the shard can bypass on the delivery path.
 //!
 //! Before the upgrade (plain HTTP/1.1, read here with a size and time limit), in this order:
 //! `GET /healthz` and `GET /metrics` are answered directly; anything but `/ws` is 404; a
-//! refused `Origin` is 403, a full Link 503, a missing/bad/expired token 401 — each with the
-//! JSON body `{"error","reason"}` of docs/protocol.md. Only then is the request handed (bytes
-//! replayed through [`ConnIo`]) to tokio-websockets for the upgrade.
+//! missing upgrade or WebSocket version other than 13 is 400; a refused `Origin` is 403, a full
+//! Link 503, a missing/bad/expired token 401 — each with the JSON body `{"error","reason"}` of
+//! docs/protocol.md. Then the Link answers `101 Switching Protocols` itself (RFC 6455 §4.2.2)
+//! and drops every byte of the HTTP exchange.
 //!
-//! After the upgrade, one task per connection loops over four sources: the shard's inbox (hub
-//! answers, close requests), the ring wake-up, the socket (flush queued frames, read client
-//! messages) and a timer (ping, idle and stall checks). Ring frames are pulled by the
-//! [`Session`] only while less than `write_batch_bytes` wait in the socket queue, so a client
-//! that does not read costs one batch here plus its ring cursor, never a private copy of the room.
+//! After the upgrade a connection is a [`WsConn`] shared by two drivers on the shard's thread:
+//! - **the shard loop** (delivery path): when a ring the connection is parked on gets a frame,
+//!   [`WsConn::deliver`] moves the connection's new frames into its [`OutQueue`] and writes them
+//!   with one non-blocking `writev` — no task wake, no channel, no timer touched;
+//! - **its task** (everything else): hub answers and close requests from its [`Mailbox`],
+//!   client frames (read into the shard's one scratch buffer, decoded in place by `wsread`; only
+//!   a frame cut by a read is kept, in a buffer freed once it completes), waiting for a full
+//!   socket to drain, and a ping timer (keep-alive, idle, stall, lag and token-expiry checks).
+//!
+//! Ring frames are pulled by the [`Session`] only while less than `write_batch_bytes` wait in
+//! the socket queue, so a client that does not read costs one batch here plus its ring cursor,
+//! never a private copy of the room. An idle connection holds no buffer at all: its memory is
+//! its `WsConn`, its task and its room membership.
 
-use std::cell::RefCell;
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::Sink;
-use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_websockets::{CloseCode, Limits, Message, WebSocketStream};
 
-use super::conn_io::ConnIo;
+use super::conn_io::{Flushed, OutQueue};
 use super::limits::{ClientError, Refusal};
 use super::session::{parse_ws, Session, Wire};
-use super::shard::{ConnEvent, Registered, ShardState};
+use super::shard::{ConnEvent, Mailbox, Registered, ShardState};
+use super::{tally, wsframe};
+use super::wsread::{Incoming, MessageReader};
 use super::{now_micros, Shared};
 
 /// Longest HTTP request head accepted before the upgrade.
@@ -65,15 +71,21 @@ struct Head {
     query: String,
     origin: Option<String>,
     upgrade: bool,
+    /// `Sec-WebSocket-Key`.
+    key: Option<String>,
+    /// `Sec-WebSocket-Version`.
+    version: Option<String>,
+    /// Bytes of the head (what follows is the client's first frames, if it sent any early).
+    len: usize,
 }
 
 fn parse_head(buf: &[u8]) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
         _ => return None,
-    }
+    };
     let target = request.path?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let header = |name: &str| {
@@ -89,6 +101,9 @@ fn parse_head(buf: &[u8]) -> Option<Head> {
         query: query.to_owned(),
         origin: header("origin").map(str::to_owned),
         upgrade: header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
+        key: header("sec-websocket-key").map(str::to_owned),
+        version: header("sec-websocket-version").map(str::to_owned),
+        len,
     })
 }
 
@@ -184,45 +199,81 @@ impl Drop for Admitted {
     }
 }
 
-async fn handle_tcp(mut tcp: TcpStream, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
+async fn handle_tcp(tcp: TcpStream, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
+    // Everything of the HTTP exchange is dropped before the connection runs (an idle
+    // connection keeps no request bytes).
+    let Some((tcp, early, claims, admitted)) = upgrade(tcp, &shared, &state).await else { return };
+    run_connection(tcp, early, claims, shared, state).await;
+    drop(admitted);
+}
+
+/// Checks the request head and answers it: an HTTP error, or `101 Switching Protocols` and the
+/// socket, the bytes the client sent behind its head, its claims and its admission.
+async fn upgrade(
+    mut tcp: TcpStream,
+    shared: &Arc<Shared>,
+    state: &Rc<RefCell<ShardState>>,
+) -> Option<(TcpStream, Vec<u8>, crate::auth::Claims, Admitted)> {
     let _ = tcp.set_nodelay(true);
     if shared.config.link.socket_send_buffer > 0 {
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.link.socket_send_buffer);
     }
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
         Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) => return refuse_http(&mut tcp, 431, "bad_request", "request head too large or incomplete").await,
-        _ => return,
+        Ok(Ok(None)) => {
+            refuse_http(&mut tcp, 431, "bad_request", "request head too large or incomplete").await;
+            return None;
+        }
+        _ => return None,
     };
     let Some(request) = parse_head(&head) else {
-        return refuse_http(&mut tcp, 400, "bad_request", "malformed HTTP request").await;
+        refuse_http(&mut tcp, 400, "bad_request", "malformed HTTP request").await;
+        return None;
     };
     if request.method != "GET" {
-        return refuse_http(&mut tcp, 400, "bad_request", "only GET is served").await;
+        refuse_http(&mut tcp, 400, "bad_request", "only GET is served").await;
+        return None;
     }
     match request.path.as_str() {
-        "/healthz" => return respond(&mut tcp, 200, "application/json", r#"{"status":"ok"}"#).await,
+        "/healthz" => {
+            respond(&mut tcp, 200, "application/json", r#"{"status":"ok"}"#).await;
+            return None;
+        }
         "/metrics" => {
             let text = crate::telemetry::prometheus().render();
-            return respond(&mut tcp, 200, "text/plain; version=0.0.4", &text).await;
+            respond(&mut tcp, 200, "text/plain; version=0.0.4", &text).await;
+            return None;
         }
         "/ws" => {}
-        _ => return refuse_http(&mut tcp, 404, "not_found", "no such route").await,
+        _ => {
+            refuse_http(&mut tcp, 404, "not_found", "no such route").await;
+            return None;
+        }
     }
-    if !request.upgrade {
-        return refuse_http(&mut tcp, 400, "bad_request", "expected a WebSocket upgrade").await;
-    }
+    let key = match (&request.key, request.upgrade, request.version.as_deref()) {
+        (Some(key), true, Some("13")) => key,
+        (_, true, Some(version)) if version != "13" => {
+            refuse_http(&mut tcp, 400, "bad_request", "unsupported WebSocket version (need 13)").await;
+            return None;
+        }
+        _ => {
+            refuse_http(&mut tcp, 400, "bad_request", "expected a WebSocket upgrade").await;
+            return None;
+        }
+    };
     let link = &shared.config.link;
     if !link.allowed_origins.is_empty() {
         let allowed = request.origin.as_deref().is_some_and(|o| link.allowed_origins.iter().any(|a| a == o));
         if !allowed {
             metrics::counter!("linkcast_link_closes_total", "reason" => "origin not allowed").increment(1);
-            return refuse_http(&mut tcp, 403, "forbidden", "origin not allowed").await;
+            refuse_http(&mut tcp, 403, "forbidden", "origin not allowed").await;
+            return None;
         }
     }
     if shared.connections.fetch_add(1, Ordering::Relaxed) >= link.max_connections || state.borrow().stopping {
         shared.connections.fetch_sub(1, Ordering::Relaxed);
-        return refuse_http(&mut tcp, 503, "unavailable", "too many connections").await;
+        refuse_http(&mut tcp, 503, "unavailable", "too many connections").await;
+        return None;
     }
     let admitted = Admitted(shared.clone());
     let token = query_param(&request.query, "token");
@@ -232,197 +283,404 @@ async fn handle_tcp(mut tcp: TcpStream, shared: Arc<Shared>, state: Rc<RefCell<S
         Ok(claims) => claims,
         Err(error) => {
             metrics::counter!("linkcast_link_auth_failures_total").increment(1);
-            return refuse_http(&mut tcp, 401, "unauthorized", error.reason()).await;
+            refuse_http(&mut tcp, 401, "unauthorized", error.reason()).await;
+            return None;
         }
     };
-    let limits = Limits::default().max_payload_len(Some(link.max_message_bytes.saturating_mul(2)));
-    let io = ConnIo::new(tcp, head);
-    let ws = match tokio::time::timeout(HEAD_TIMEOUT, tokio_websockets::ServerBuilder::new().limits(limits).accept(io)).await {
-        Ok(Ok((_, ws))) => ws,
-        _ => return,
-    };
-    run_connection(ws, claims, shared, state).await;
-    drop(admitted);
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    );
+    match tokio::time::timeout(HEAD_TIMEOUT, tcp.write_all(response.as_bytes())).await {
+        Ok(Ok(())) => {}
+        _ => return None,
+    }
+    let early = head[request.len..].to_vec();
+    Some((tcp, early, claims, admitted))
 }
 
-/// What woke the connection task.
-enum Event {
-    Inbox(Option<ConnEvent>),
-    Ring,
-    Message(Message),
-    ReadError(tokio_websockets::Error),
-    Drained,
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+fn accept_key(key: &str) -> String {
+    use base64::Engine;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+thread_local! {
+    /// The shard's one read buffer: every socket of the shard is read into it and decoded in place.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
+    /// The shard's one list of frames on their way from a session to a socket queue.
+    static FRAMES: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The Link closes it with this error's close code.
+    Refused(ClientError),
+    /// The client sent a close frame (with this code): answer it, then hang up.
+    PeerClosed(Option<u16>),
+    /// The socket failed or reached EOF: nothing more can be sent.
     Gone,
-    Tick,
 }
 
-async fn run_connection(
-    mut ws: WebSocketStream<ConnIo>,
-    claims: crate::auth::Claims,
-    shared: Arc<Shared>,
-    state: Rc<RefCell<ShardState>>,
-) {
-    let Registered { id, index, inbox_tx, mut inbox, notify } = state.borrow_mut().register_conn();
-    let link = shared.config.link.clone();
-    shared.users.register(&claims.sub, id, inbox_tx, link.max_conns_per_user);
+/// One upgraded WebSocket connection, shared (`Rc`) by its task and its shard (see the module docs).
+#[derive(Debug)]
+pub struct WsConn {
+    tcp: TcpStream,
+    session: RefCell<Session>,
+    out: RefCell<OutQueue>,
+    mailbox: Rc<Mailbox>,
+    /// Ring frames are pulled only while less than this waits in `out`.
+    batch: usize,
+    /// Set by the shard's direct delivery when the connection must end.
+    ended: Cell<Option<End>>,
+}
+
+impl WsConn {
+    /// The shard got frames on a ring this connection is parked on: move them to the socket now
+    /// (one non-blocking vectored write); a full socket is left to the task.
+    pub fn deliver(&self) {
+        if self.ended.get().is_some() {
+            return;
+        }
+        let Ok(mut out) = self.out.try_borrow_mut() else { return self.mailbox.ring() };
+        let Ok(mut session) = self.session.try_borrow_mut() else { return self.mailbox.ring() };
+        session.dirty = true;
+        if out.queued() > 0 {
+            // Waiting for the socket already: the task pulls when it drains.
+            return self.mailbox.ring();
+        }
+        let filled = FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            let result = session.fill(self.batch, &mut frames);
+            for frame in frames.drain(..) {
+                out.push(frame);
+            }
+            result
+        });
+        if let Err(error) = filled {
+            self.end(End::Refused(error));
+            return;
+        }
+        match out.flush(&self.tcp) {
+            Ok(Flushed::All) if !session.dirty => {}
+            Ok(_) => self.mailbox.wake(),
+            Err(_) => self.end(End::Gone),
+        }
+        tally::wrote(out.take_written());
+    }
+
+    fn end(&self, end: End) {
+        if self.ended.get().is_none() {
+            self.ended.set(Some(end));
+        }
+        self.mailbox.wake();
+    }
+
+    /// Moves hub answers and ring frames into the socket queue and writes what the socket takes.
+    fn pump(&self) -> Result<(), End> {
+        if let Some(end) = self.ended.get() {
+            return Err(end);
+        }
+        let mut out = self.out.borrow_mut();
+        let mut session = self.session.borrow_mut();
+        let result = FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            let mut result = Ok(());
+            while let Some(event) = self.mailbox.next_event() {
+                match event {
+                    ConnEvent::Hub(frame) => session.handle_hub(frame, &mut frames),
+                    ConnEvent::Close(error) => {
+                        result = Err(End::Refused(error));
+                        break;
+                    }
+                }
+            }
+            if self.mailbox.take_ring() {
+                session.dirty = true;
+            }
+            if result.is_ok() && session.dirty && out.queued() < self.batch {
+                let budget = self.batch - out.queued();
+                result = session.fill(budget, &mut frames).map_err(End::Refused);
+            }
+            for frame in frames.drain(..) {
+                out.push(frame);
+            }
+            result
+        });
+        let flushed = out.flush(&self.tcp).map_err(|_| End::Gone);
+        tally::wrote(out.take_written());
+        tally::flush();
+        result?;
+        flushed?;
+        Ok(())
+    }
+
+    /// Reads what the socket has (into the shard's scratch buffer) and handles every whole
+    /// message; a frame cut by the read waits in `pending`.
+    fn read(&self, reader: &mut MessageReader, pending: &mut Vec<u8>) -> Result<ReadState, End> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut heard = false;
+            for _ in 0..READS_PER_WAKE {
+                let n = match self.tcp.try_read(&mut scratch) {
+                    Ok(0) => return Err(End::Gone),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(End::Gone),
+                };
+                heard = true;
+                if pending.is_empty() {
+                    let used = self.decode(reader, &mut scratch[..n])?;
+                    if used < n {
+                        pending.extend_from_slice(&scratch[used..n]);
+                    }
+                } else {
+                    pending.extend_from_slice(&scratch[..n]);
+                    let used = self.decode(reader, pending)?;
+                    pending.drain(..used);
+                    if pending.is_empty() {
+                        *pending = Vec::new(); // an idle connection keeps no buffer
+                    }
+                }
+                if n < scratch.len() {
+                    break;
+                }
+            }
+            Ok(if heard { ReadState::Heard } else { ReadState::Nothing })
+        })
+    }
+
+    /// Decodes and handles the whole messages at the front of `buf`; returns the bytes used.
+    fn decode(&self, reader: &mut MessageReader, buf: &mut [u8]) -> Result<usize, End> {
+        let mut at = 0;
+        while let Some((used, message)) = reader.decode(&mut buf[at..]).map_err(End::Refused)? {
+            at += used;
+            match message {
+                Some(Incoming::Text(text)) => self.handle_text(&text)?,
+                Some(Incoming::Ping(payload)) => self.out.borrow_mut().push(wsframe::control_frame(0xa, &payload)),
+                Some(Incoming::Pong) | None => {}
+                Some(Incoming::Close(code)) => return Err(End::PeerClosed(code)),
+            }
+        }
+        Ok(at)
+    }
+
+    fn handle_text(&self, text: &str) -> Result<(), End> {
+        let mut session = self.session.borrow_mut();
+        FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            let result = match parse_ws(text) {
+                Ok(request) => session.handle_request(request, now_micros(), &mut frames),
+                Err((error, room, id)) => {
+                    let id = super::session::ReqId::Json(id);
+                    session.refuse(error, room.as_deref(), Some(&id), &mut frames)
+                }
+            };
+            let mut out = self.out.borrow_mut();
+            for frame in frames.drain(..) {
+                out.push(frame);
+            }
+            result.map_err(End::Refused)
+        })
+    }
+
+    /// Waits until everything queued is written (or `CLOSE_TIMEOUT`); false if it was not.
+    async fn drain(&self) -> bool {
+        let drained = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            loop {
+                let flushed = self.out.borrow_mut().flush(&self.tcp);
+                match flushed {
+                    Ok(Flushed::All) => return true,
+                    Ok(Flushed::Blocked) => {
+                        if self.tcp.writable().await.is_err() {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        tally::wrote(self.out.borrow_mut().take_written());
+        drained
+    }
+}
+
+/// Whether a read found client bytes.
+enum ReadState {
+    Heard,
+    Nothing,
+}
+
+/// Size of each shard's read buffer.
+const SCRATCH_BYTES: usize = 16 * 1024;
+/// Most reads from one socket per wake-up (others on the shard get their turn).
+const READS_PER_WAKE: usize = 4;
+
+async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Claims, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
+    let Registered { id, index, mailbox } = state.borrow_mut().register_conn();
+    let link = &shared.config.link;
+    shared.register_user(&claims.sub, id);
     let user = claims.sub.clone();
     let expires = claims.exp;
     let stats = &shared.stats[index];
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
     gauge.increment(1.0);
-    let bytes_out = metrics::counter!("linkcast_link_bytes_out_total");
-    let mut session = Session::new(id, Wire::Ws, claims, shared.clone(), state.clone(), now_micros());
-
+    let session = Session::new(id, Wire::Ws, claims, shared.clone(), state.clone(), now_micros());
     let batch = link.write_batch_bytes.max(1);
+    let conn = Rc::new(WsConn {
+        tcp,
+        session: RefCell::new(session),
+        out: RefCell::new(OutQueue::default()),
+        mailbox: mailbox.clone(),
+        batch,
+        ended: Cell::new(None),
+    });
+    state.borrow_mut().set_direct(id, conn.clone());
+
     // Above this, client input is not read until the socket drains (replies need room too).
     let input_cap = batch * 2 + 64 * 1024;
     let idle = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut ping = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let mut reader = MessageReader::new(link.max_message_bytes);
+    let mut pending: Vec<u8> = Vec::new();
     let mut last_heard = Instant::now();
     let mut last_progress = Instant::now();
-    let mut out: Vec<Bytes> = Vec::new();
     let mut reported_queue = 0usize;
 
-    let reason: Option<ClientError> = loop {
-        if session.dirty && ws.get_ref().queued() < batch {
-            let budget = batch - ws.get_ref().queued();
-            if let Err(error) = session.fill(budget, &mut out) {
-                break Some(error);
-            }
-            for frame in out.drain(..) {
-                ws.get_mut().push(frame);
-            }
+    let mut end = if early.is_empty() {
+        Ok(())
+    } else {
+        // Bytes the client sent right behind its request head.
+        let mut early = early;
+        conn.decode(&mut reader, &mut early).map(|used| pending.extend_from_slice(&early[used..]))
+    };
+    let end: End = loop {
+        if let Err(e) = end.and_then(|_| conn.pump()) {
+            break e;
         }
-        let queued = ws.get_ref().queued();
+        let queued = conn.out.borrow().queued();
         if queued != reported_queue {
             stats.queued_bytes.fetch_add(queued, Ordering::Relaxed);
             stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
             reported_queue = queued;
         }
-        let read_allowed = queued < input_cap;
-        let event = tokio::select! {
-            biased;
-            event = inbox.recv() => Event::Inbox(event),
-            _ = notify.notified() => Event::Ring,
-            event = poll_fn(|cx| {
-                let before = ws.get_ref().queued();
-                if let Poll::Ready(Err(_)) = Pin::new(&mut ws).poll_flush(cx) {
-                    return Poll::Ready(Event::Gone);
-                }
-                let after = ws.get_ref().queued();
-                if after != reported_queue {
-                    stats.queued_bytes.fetch_add(after, Ordering::Relaxed);
-                    stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
-                    reported_queue = after;
-                }
-                if after < before {
-                    last_progress = Instant::now();
-                    if before >= batch / 2 && after < batch / 2 {
-                        return Poll::Ready(Event::Drained);
-                    }
-                }
-                if read_allowed {
-                    match Pin::new(&mut ws).poll_next(cx) {
-                        Poll::Ready(Some(Ok(message))) => return Poll::Ready(Event::Message(message)),
-                        Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::ReadError(error)),
-                        Poll::Ready(None) => return Poll::Ready(Event::Gone),
-                        Poll::Pending => {}
-                    }
-                }
-                Poll::Pending
-            }) => event,
-            _ = ping.tick() => Event::Tick,
-        };
-        bytes_out.increment(ws.get_mut().take_written());
-        match event {
-            Event::Inbox(Some(ConnEvent::Hub(frame))) => {
-                session.handle_hub(frame, &mut out);
-                for frame in out.drain(..) {
-                    ws.get_mut().push(frame);
-                }
-            }
-            Event::Inbox(Some(ConnEvent::Close(error))) => break Some(error),
-            Event::Inbox(None) => break Some(ClientError::ShuttingDown),
-            Event::Ring | Event::Drained => session.dirty = true,
-            Event::Message(message) => {
-                last_heard = Instant::now();
-                if message.is_close() {
-                    break None;
-                }
-                if message.is_binary() {
-                    break Some(ClientError::Binary);
-                }
-                let Some(text) = message.as_text() else { continue };
-                if text.len() > link.max_message_bytes {
-                    break Some(ClientError::TooBig);
-                }
-                let result = match parse_ws(text) {
-                    Ok(request) => session.handle_request(request, now_micros(), &mut out),
-                    Err((error, room, id)) => {
-                        let id = super::session::ReqId::Json(id);
-                        session.refuse(error, room.as_deref(), Some(&id), &mut out)
-                    }
-                };
-                for frame in out.drain(..) {
-                    ws.get_mut().push(frame);
-                }
-                if let Err(error) = result {
-                    break Some(error);
-                }
-            }
-            Event::ReadError(tokio_websockets::Error::PayloadTooLong { .. }) => {
-                // tokio-websockets has queued its own 1009 close; let it leave.
-                count_close(ClientError::TooBig);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures_util::SinkExt::flush(&mut ws)).await;
-                break None;
-            }
-            Event::ReadError(_) | Event::Gone => break None,
-            Event::Tick => {
-                let now = Instant::now();
-                if now.duration_since(last_heard) > idle {
-                    break Some(ClientError::Idle);
-                }
-                if ws.get_ref().queued() > 0 && now.duration_since(last_progress) > idle {
-                    break Some(ClientError::Idle);
-                }
-                if link.lag_policy == crate::fanout::LagPolicy::Disconnect && session.lagging() {
-                    break Some(ClientError::SlowConsumer);
-                }
-                if expires <= now_micros() / 1_000_000 {
-                    break Some(ClientError::TokenExpired);
-                }
-                let _ = Pin::new(&mut ws).start_send(Message::ping(Bytes::from_static(b"lc")));
-            }
+        if conn.out.borrow_mut().take_progress() {
+            last_progress = Instant::now();
         }
+        let read_allowed = queued < input_cap;
+        end = tokio::select! {
+            biased;
+            _ = mailbox.wait() => Ok(()),
+            ready = conn.tcp.writable(), if queued > 0 => ready.map_err(|_| End::Gone),
+            ready = conn.tcp.readable(), if read_allowed => match ready {
+                Ok(()) => match conn.read(&mut reader, &mut pending) {
+                    Ok(ReadState::Heard) => {
+                        last_heard = Instant::now();
+                        Ok(())
+                    }
+                    Ok(ReadState::Nothing) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Err(_) => Err(End::Gone),
+            },
+            _ = ping.tick() => {
+                let now = Instant::now();
+                let silent = now.duration_since(last_heard) > idle;
+                let stalled = queued > 0 && now.duration_since(last_progress) > idle;
+                if silent || stalled {
+                    Err(End::Refused(ClientError::Idle))
+                } else if link.lag_policy == crate::fanout::LagPolicy::Disconnect && conn.session.borrow().lagging() {
+                    Err(End::Refused(ClientError::SlowConsumer))
+                } else if expires <= now_micros() / 1_000_000 {
+                    Err(End::Refused(ClientError::TokenExpired))
+                } else {
+                    conn.out.borrow_mut().push(wsframe::ping());
+                    Ok(())
+                }
+            }
+        };
     };
 
-    session.finish();
+    conn.ended.set(Some(end));
     state.borrow_mut().remove_conn(id);
+    conn.session.borrow_mut().finish();
     shared.users.unregister(&user, id);
-    if let Some(error) = reason {
-        count_close(error);
-        if let Refusal::Close(code, text) = error.refusal() {
-            if error == ClientError::SlowConsumer {
-                ws.get_mut().discard_unsent();
+    match end {
+        End::Refused(error) => {
+            count_close(error);
+            if let Refusal::Close(code, text) = error.refusal() {
+                if error == ClientError::SlowConsumer {
+                    conn.out.borrow_mut().discard_unsent();
+                }
+                conn.out.borrow_mut().push(wsframe::close(code, text));
+                if conn.drain().await {
+                    // Wait briefly for the client's close reply so it reads our reason before
+                    // the FIN (closing with unread input would reset the connection).
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        let mut closing = MessageReader::new(link.max_message_bytes);
+                        let mut rest = Vec::new();
+                        loop {
+                            if conn.tcp.readable().await.is_err() {
+                                break;
+                            }
+                            match conn.read_until_close(&mut closing, &mut rest) {
+                                Ok(false) => {}
+                                _ => break,
+                            }
+                        }
+                    })
+                    .await;
+                }
             }
-            if let Ok(code) = CloseCode::try_from(code) {
-                let _ = Pin::new(&mut ws).start_send(Message::close(Some(code), text));
-            }
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures_util::SinkExt::flush(&mut ws)).await;
-            // Wait briefly for the client's close reply so it reads our reason before the FIN.
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
-            })
-            .await;
         }
+        End::PeerClosed(code) => {
+            // Echo the client's code (RFC 6455 §5.5.1); 1005 "no code" cannot be sent back.
+            let code = code.filter(|c| *c != 1005).unwrap_or(1000);
+            conn.out.borrow_mut().push(wsframe::close(code, ""));
+            conn.drain().await;
+        }
+        End::Gone => {}
     }
-    bytes_out.increment(ws.get_mut().take_written());
     stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
     stats.connections.fetch_sub(1, Ordering::Relaxed);
     gauge.decrement(1.0);
+}
+
+impl WsConn {
+    /// After our close frame: discards client input until its close frame (`Ok(true)`), EOF or
+    /// an error; `Ok(false)` = nothing more yet.
+    fn read_until_close(&self, reader: &mut MessageReader, pending: &mut Vec<u8>) -> std::io::Result<bool> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = match self.tcp.try_read(&mut scratch) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            pending.extend_from_slice(&scratch[..n]);
+            let mut at = 0;
+            loop {
+                match reader.decode(&mut pending[at..]) {
+                    Ok(Some((_, Some(Incoming::Close(_))))) | Err(_) => return Ok(true),
+                    Ok(Some((used, _))) => at += used,
+                    Ok(None) => break,
+                }
+            }
+            pending.drain(..at);
+            Ok(false)
+        })
+    }
 }
 
 fn count_close(error: ClientError) {

@@ -8,8 +8,8 @@
 //! Why the header is written here rather than by tokio-websockets: its `Sink` encodes a fresh
 //! 2–14 byte header for each socket on every send, which would put per-member work back on the
 //! fan-out path. Only *outgoing data frames* are framed here (one FIN text frame, no extensions,
-//! no masking); everything else — the upgrade, reading and unmasking client frames, ping/pong,
-//! close — stays with tokio-websockets.
+//! no masking), plus the few control frames (close, ping, pong). Client frames are read by
+//! `wsread.rs`; tokio-websockets is the client side (`client/`, tests).
 //!
 //! The JSON shapes are those of docs/protocol.md ("Server → client"). Room names are restricted
 //! to `A-Z a-z 0-9 _ - . : @ #` (`frame::is_valid_room`), so they are written without escaping;
@@ -154,6 +154,30 @@ pub fn pong() -> Bytes {
     text(br#"{"op":"pong"}"#)
 }
 
+/// A server control frame (unmasked, FIN): `opcode` 0x8 close, 0x9 ping, 0xA pong.
+/// `payload` is at most 125 bytes (RFC 6455 §5.5); longer is cut.
+pub fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let payload = &payload[..payload.len().min(125)];
+    let mut out = Vec::with_capacity(2 + payload.len());
+    out.push(0x80 | opcode);
+    out.push(payload.len() as u8);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// A close frame with `code` and `reason`.
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    control_frame(0x8, &payload)
+}
+
+/// The Link's keep-alive ping (payload `lc`), shared by every connection.
+pub fn ping() -> Bytes {
+    Bytes::from_static(&[0x89, 0x02, b'l', b'c'])
+}
+
 /// A replayed message for one connection (rendered like a live one).
 pub fn replay(frame: &Frame) -> Option<Bytes> {
     matches!(frame.body(), ArchivedBody::Replay { .. }).then(|| message(frame))
@@ -218,6 +242,14 @@ mod tests {
             assert_eq!(payload_len, len);
             assert_eq!(bytes.len(), header + len);
         }
+    }
+
+    #[test]
+    fn control_frames() {
+        assert_eq!(&close(1009, "message too big")[..4], &[0x88, 17, 0x03, 0xf1]);
+        assert_eq!(&ping()[..], &[0x89, 2, b'l', b'c']);
+        let long = control_frame(0xa, &[7u8; 300]);
+        assert_eq!((long[0], long[1], long.len()), (0x8a, 125, 127));
     }
 
     #[test]

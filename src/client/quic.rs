@@ -5,9 +5,20 @@
 //! `Publish`/`Heartbeat` frames; incoming frames become the same [`ServerMsg`] values the
 //! WebSocket path decodes from JSON, so the driver in `client/mod.rs` treats both transports
 //! alike. The first frame sent is `Hello` with the token in `secret` (empty in dev mode).
+//!
+//! Two differences from WebSocket are absorbed here so that the driver sees the same thing:
+//! - the Link says why it drops a client with a QUIC *application close* (a WebSocket close code
+//!   such as 1008/1013, or an HTTP-like status such as 401/503 for a refusal before the
+//!   session), usually right after finishing its stream. An ended stream therefore waits briefly
+//!   for that close, and [`QuicError::to_disconnect`] reports 1000–4999 as a close code and
+//!   100–599 as an HTTP status — so a refused token is fatal and 503/1013 back off, as on
+//!   WebSocket;
+//! - the Link does not confirm a `Leave` on QUIC (docs/protocol.md lists no such frame); the
+//!   leave is complete once the frame is written, so [`QuicConn::send_op`] queues the `Left`.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
@@ -42,16 +53,35 @@ pub enum QuicError {
     Timeout,
 }
 
+/// How long an ended stream waits for the Link's application close (which says why). The Link
+/// closes right after finishing its stream, or 50 ms later after a refused `Hello`.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 impl QuicError {
-    /// What the session needs to know to schedule a retry.
+    /// What the session needs to know to schedule a retry: the Link's application close code
+    /// as a close code (1000–4999, WebSocket codes) or an HTTP status (100–599, refusals such
+    /// as 401 bad token or 503 too many connections); anything else is a transport failure.
     pub fn to_disconnect(&self) -> Disconnect {
-        match self {
-            QuicError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => Disconnect {
-                close_code: u16::try_from(close.error_code.into_inner()).ok(),
-                reason: String::from_utf8_lossy(&close.reason).into_owned(),
-                ..Disconnect::default()
-            },
-            other => Disconnect::io(other.to_string()),
+        let Some(close) = self.application_close() else { return Disconnect::io(self.to_string()) };
+        let reason = String::from_utf8_lossy(&close.reason).into_owned();
+        match u16::try_from(close.error_code.into_inner()) {
+            Ok(code @ 100..=599) => Disconnect { http_status: Some(code), reason, ..Disconnect::default() },
+            Ok(code @ 1000..=4999) => Disconnect { close_code: Some(code), reason, ..Disconnect::default() },
+            _ => Disconnect::io(format!("quic application close {}: {reason}", close.error_code)),
+        }
+    }
+
+    /// The peer's application close behind this error, if that is what it is.
+    fn application_close(&self) -> Option<&quinn::ApplicationClose> {
+        let lost = match self {
+            QuicError::Connection(e)
+            | QuicError::Write(quinn::WriteError::ConnectionLost(e))
+            | QuicError::Read(StreamError::Read(quinn::ReadError::ConnectionLost(e))) => e,
+            _ => return None,
+        };
+        match lost {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close),
+            _ => None,
         }
     }
 }
@@ -63,6 +93,8 @@ pub struct QuicConn {
     conn: quinn::Connection,
     send: quinn::SendStream,
     reader: FrameReader,
+    /// Messages made up on this side (`Left`), handed out before the next frame.
+    pending: VecDeque<ServerMsg<'static, serde_json::Value>>,
 }
 
 impl QuicConn {
@@ -72,13 +104,12 @@ impl QuicConn {
     }
 
     async fn connect_inner(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>) -> Result<QuicConn, QuicError> {
-        let local = SocketAddr::new(bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0);
-        let endpoint = client_endpoint(local, ALPN_CLIENT)?;
+        let endpoint = client_endpoint(local_addr(addr, bind), ALPN_CLIENT)?;
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let (mut send, recv) = conn.open_bi().await?;
         let hello = FrameBuilder::new("").build(&Body::Hello { link: 0, secret: token.unwrap_or("").to_owned() });
         send.write_all(hello.as_bytes()).await?;
-        Ok(QuicConn { endpoint, conn, send, reader: FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN) })
+        Ok(QuicConn { endpoint, conn, send, reader: FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN), pending: VecDeque::new() })
     }
 
     /// Sends one op as a frame.
@@ -92,19 +123,43 @@ impl QuicConn {
             Op::Ping => FrameBuilder::new("").build(&Body::Heartbeat { nonce: 0 }),
         };
         self.send.write_all(frame.as_bytes()).await?;
+        if let Op::Leave { room } = op {
+            // No confirmation comes on QUIC: frames are processed in stream order, so the leave
+            // is done for the Link once written; the session ignores the room's stragglers.
+            self.pending.push_back(ServerMsg::Left { room: Cow::Owned(room.clone()) });
+        }
         Ok(())
     }
 
-    /// The next server message (heartbeats are answered here and skipped).
+    /// The next server message (heartbeats, the Link's answers to our pings, are skipped).
+    /// Cancel-safe: a partly read frame stays buffered in the reader.
     pub async fn recv(&mut self) -> Result<ServerMsg<'static, serde_json::Value>, QuicError> {
         loop {
-            let frame = self.reader.next().await?.ok_or(QuicError::Ended)?;
+            if let Some(msg) = self.pending.pop_front() {
+                return Ok(msg);
+            }
+            let frame = match self.reader.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Err(self.why_ended(QuicError::Ended).await),
+                Err(e @ StreamError::Read(_)) => return Err(self.why_ended(QuicError::Read(e)).await),
+                Err(e) => return Err(QuicError::Read(e)),
+            };
             if frame.kind() == Kind::Heartbeat {
                 continue;
             }
             if let Some(msg) = to_server_msg(&frame) {
                 return Ok(msg);
             }
+        }
+    }
+
+    /// The stream ended or failed: the Link finishes its stream and then closes the connection
+    /// with the code that says why (e.g. 401 after a refused token, 1013 for a slow consumer).
+    /// Wait briefly for that close and report it; `fallback` if none comes.
+    async fn why_ended(&self, fallback: QuicError) -> QuicError {
+        match tokio::time::timeout(CLOSE_WAIT, self.conn.closed()).await {
+            Ok(quinn::ConnectionError::LocallyClosed) | Err(_) => fallback,
+            Ok(closed) => QuicError::Connection(closed),
         }
     }
 
@@ -133,7 +188,6 @@ fn to_server_msg(frame: &Frame) -> Option<ServerMsg<'static, serde_json::Value>>
             resume_from: resume_from.to_native(),
         },
         ArchivedBody::Joined { .. } => ServerMsg::Joined { room, last_seq: frame.seq() },
-        ArchivedBody::Leave { .. } => ServerMsg::Left { room },
         ArchivedBody::PublishAck { request } => ServerMsg::Published { room, seq: frame.seq(), id: Some(request.to_native()) },
         ArchivedBody::Error { request, code, reason } => {
             let request = request.to_native();
@@ -146,6 +200,16 @@ fn to_server_msg(frame: &Frame) -> Option<ServerMsg<'static, serde_json::Value>>
         }
         _ => return None,
     })
+}
+
+/// The local address to connect from: `bind` (any port), or the unspecified address of the
+/// Link's family — an IPv4 socket cannot reach an IPv6 Link (`localhost` may resolve to `::1`).
+fn local_addr(link: SocketAddr, bind: Option<IpAddr>) -> SocketAddr {
+    let ip = bind.unwrap_or(match link {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    SocketAddr::new(ip, 0)
 }
 
 /// A payload as JSON: parsed when flagged JSON (and valid), else as a string.
@@ -174,5 +238,42 @@ mod tests {
         let ack = FrameBuilder::new("r").seq(9).build(&Body::PublishAck { request: 5 });
         assert!(matches!(to_server_msg(&ack), Some(ServerMsg::Published { seq: 9, id: Some(5), .. })));
         assert_eq!(payload_value(b"hi", 0), serde_json::Value::String("hi".into()));
+    }
+
+    #[test]
+    fn application_closes_map_to_close_codes_or_http_statuses() {
+        let closed = |code: u32, reason: &'static [u8]| {
+            QuicError::Connection(quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::from_static(reason),
+            }))
+        };
+        let refused = closed(401, b"bad token signature").to_disconnect();
+        assert_eq!((refused.http_status, refused.close_code, refused.reason.as_str()), (Some(401), None, "bad token signature"));
+        assert!(refused.is_fatal());
+        let slow = closed(1013, b"slow consumer").to_disconnect();
+        assert_eq!((slow.close_code, slow.http_status), (Some(1013), None));
+        let expired = closed(1008, b"token expired").to_disconnect();
+        assert!(expired.is_fatal());
+        let bye = closed(0, b"").to_disconnect();
+        assert_eq!((bye.close_code, bye.http_status), (None, None));
+        assert!(!bye.is_fatal());
+        let full = quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(503),
+            reason: bytes::Bytes::from_static(b"too many connections"),
+        };
+        let lost = QuicError::Write(quinn::WriteError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(full)));
+        assert_eq!(lost.to_disconnect().http_status, Some(503));
+        assert_eq!(QuicError::Ended.to_disconnect(), Disconnect::io("stream ended by the Link"));
+    }
+
+    #[test]
+    fn the_local_address_follows_the_links_family() {
+        let v4: SocketAddr = "127.0.0.1:7443".parse().expect("v4");
+        let v6: SocketAddr = "[::1]:7443".parse().expect("v6");
+        assert_eq!(local_addr(v4, None), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        assert_eq!(local_addr(v6, None), SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
+        let bind: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert_eq!(local_addr(v4, Some(bind)), SocketAddr::new(bind, 0));
     }
 }

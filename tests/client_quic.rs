@@ -1,0 +1,374 @@
+//! The client library's QUIC path against a real in-process `serve` (hub + Link on random
+//! 127.0.0.1 ports, QUIC listener on): the client locates the room through the hub's HTTP API,
+//! then connects to the Link over QUIC (ALPN `linkcast/1`, token in `Hello`).
+//!
+//! - a QUIC client and a WebSocket client in the same room get the same messages — same seq,
+//!   sender, time stamp and payload — in order, once; a QUIC publish is acked with its seq and
+//!   seen by both;
+//! - a QUIC client whose connection is cut mid-stream (three times, while publishes go on)
+//!   resumes with `since` and delivers every message once, in order;
+//! - a QUIC client away past the room's history window is told so with a gap, then continues;
+//! - a leave over QUIC completes (`Event::Left`) and stops the room's messages;
+//! - a QUIC client whose token the Link refuses is closed for good, not retried forever.
+//!
+//! Every wait is bounded (`next` gives up after 5 s).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use linkcast::auth::{sign, Claims};
+use linkcast::client::http::HttpApi;
+use linkcast::client::{Backoff, Client, ClientOptions, Event, Message, SessionConfig, Target, Transport};
+use linkcast::config::Config;
+use linkcast::serve::{ServeHandle, ServeOptions};
+use serde_json::json;
+
+const JWT_SECRET: &str = "client-quic-secret";
+const API_KEY: &str = "client-quic-key";
+
+fn any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn start_serve(config: Config) -> ServeHandle {
+    let options = ServeOptions { config: Arc::new(config), http_addr: any(), ws_addr: any(), quic_addr: Some(any()) };
+    let serve = linkcast::serve::start(options).await.expect("serve starts");
+    assert!(serve.quic_addr().is_some(), "serve has a QUIC listener");
+    serve
+}
+
+/// A serve with tokens and API keys required (not dev mode).
+fn secured(history: usize) -> Config {
+    let mut config = Config::default();
+    config.hub.history_messages = history;
+    config.auth.jwt_secret = JWT_SECRET.into();
+    config.auth.api_keys = vec![API_KEY.into()];
+    config
+}
+
+fn token(sub: &str, secret: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    sign(&Claims { sub: sub.into(), exp, rooms: vec!["*".into()] }, secret)
+}
+
+fn api(serve: &ServeHandle) -> HttpApi {
+    HttpApi::new(&format!("http://{}", serve.http_addr()), Some(API_KEY.into())).expect("api")
+}
+
+/// Options for a client that locates `room` through the hub, then uses `transport`.
+fn options(serve: &ServeHandle, room: &str, transport: Transport, token: Option<String>, initial: Duration) -> ClientOptions {
+    let target = Target::Locate { http: format!("http://{}", serve.http_addr()), room: room.into(), transport };
+    let mut options = ClientOptions::new(target);
+    options.token = token;
+    options.session = SessionConfig {
+        backoff: Backoff { initial, max: initial * 4, overload_min: initial, stable_after: Duration::from_secs(60) },
+        max_queued_publishes: 16,
+    };
+    options.seed = 11;
+    options
+}
+
+/// Next event within 5 s.
+async fn next(client: &mut Client) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), client.next_event())
+        .await
+        .expect("an event within 5 s")
+        .expect("client running")
+}
+
+async fn wait_joined(client: &mut Client) -> u64 {
+    for _ in 0..100 {
+        match next(client).await {
+            Event::Joined { last_seq, .. } => return last_seq,
+            Event::Reconnecting { cause, .. } => panic!("connection failed before the join: {cause:?}"),
+            Event::Closed { cause } => panic!("closed before the join: {cause:?}"),
+            _ => {}
+        }
+    }
+    panic!("no Joined event");
+}
+
+/// Messages until `count` have arrived; any gap, error or close fails the test.
+async fn collect(client: &mut Client, count: usize) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(count);
+    while messages.len() < count {
+        match next(client).await {
+            Event::Message(m) => messages.push(m),
+            event @ (Event::Gap { .. } | Event::Error { .. } | Event::Closed { .. } | Event::Reconnecting { .. }) => {
+                panic!("unexpected {event:?} after {} messages", messages.len())
+            }
+            _ => {}
+        }
+    }
+    messages
+}
+
+/// No further room message arrives within `quiet`.
+async fn assert_no_more_messages(client: &mut Client, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Err(_) => return,
+            Ok(Some(Event::Message(m))) => panic!("extra message {m:?}"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("client stopped"),
+        }
+    }
+}
+
+/// The n-th payload of the shared-room test: JSON objects, numbers, JSON strings and plain text.
+fn payload(n: u64) -> (Bytes, serde_json::Value) {
+    match n % 4 {
+        0 => (
+            Bytes::from(format!(r#"{{"n":{n},"text":"héllo ✓","list":[1,2,{{"x":null}}]}}"#)),
+            json!({"n": n, "text": "héllo ✓", "list": [1, 2, {"x": null}]}),
+        ),
+        1 => (Bytes::from(n.to_string()), json!(n)),
+        2 => (Bytes::from(format!(r#""quoted {n}""#)), json!(format!("quoted {n}"))),
+        _ => (Bytes::from(format!("plain text {n} — not JSON")), json!(format!("plain text {n} — not JSON"))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are_acked() {
+    let serve = start_serve(secured(1000)).await;
+    let room = "shared-room";
+    let mut api = api(&serve);
+    let mut quic = Client::start(options(&serve, room, Transport::Quic, Some(token("quic-user", JWT_SECRET)), Duration::from_millis(50)));
+    let mut ws = Client::start(options(&serve, room, Transport::Ws, Some(token("ws-user", JWT_SECRET)), Duration::from_millis(50)));
+    quic.join(room).expect("join");
+    ws.join(room).expect("join");
+    assert_eq!(wait_joined(&mut quic).await, 0);
+    assert_eq!(wait_joined(&mut ws).await, 0);
+
+    // Both clients read concurrently while 200 messages are published over HTTP.
+    let quic_reader = tokio::spawn(async move {
+        let got = collect(&mut quic, 200).await;
+        (quic, got)
+    });
+    let ws_reader = tokio::spawn(async move {
+        let got = collect(&mut ws, 200).await;
+        (ws, got)
+    });
+    for n in 1..=200u64 {
+        let seq = api.publish(room, payload(n).0, Some("backend")).await.expect("publish accepted");
+        assert_eq!(seq, n);
+    }
+    let (mut quic, quic_got) = tokio::time::timeout(Duration::from_secs(30), quic_reader).await.expect("in time").expect("quic reader");
+    let (mut ws, ws_got) = tokio::time::timeout(Duration::from_secs(30), ws_reader).await.expect("in time").expect("ws reader");
+    assert_eq!(quic_got.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "QUIC: in order, once");
+    for (n, m) in (1..=200u64).zip(&quic_got) {
+        assert_eq!((m.room.as_str(), m.from.as_str()), (room, "backend"));
+        assert_eq!(m.data, payload(n).1, "payload of seq {n}");
+        assert!(m.ts > 0);
+    }
+    assert_eq!(quic_got, ws_got, "the QUIC and WebSocket clients see the very same messages");
+    assert!(quic_got.windows(2).all(|w| w[0].ts <= w[1].ts), "ts non-decreasing");
+    assert_no_more_messages(&mut quic, Duration::from_millis(300)).await;
+    assert_no_more_messages(&mut ws, Duration::from_millis(300)).await;
+
+    // A QUIC publish: acked with the seq it got, delivered to both members with the QUIC
+    // user's id as sender.
+    let data = json!({"via": "quic", "text": "ünïcode"});
+    let id = quic.publish(room, &data).await.expect("publish queued");
+    let mut acked = None;
+    let mut echoed = None;
+    while acked.is_none() || echoed.is_none() {
+        match next(&mut quic).await {
+            Event::Published { room: r, seq, id: got } => {
+                assert_eq!((r.as_str(), got), (room, id));
+                acked = Some(seq);
+            }
+            Event::Message(m) => echoed = Some(m),
+            event @ (Event::Error { .. } | Event::Closed { .. } | Event::Reconnecting { .. }) => panic!("{event:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(acked, Some(201));
+    let echoed = echoed.expect("echo");
+    assert_eq!((echoed.seq, echoed.from.as_str(), &echoed.data), (201, "quic-user", &data));
+    let seen_by_ws = collect(&mut ws, 1).await;
+    assert_eq!(seen_by_ws[0], echoed);
+
+    // A WebSocket publish reaches the QUIC member the same way.
+    let id = ws.publish(room, &json!([1, "two"])).await.expect("publish queued");
+    let mut ws_acked = false;
+    while !ws_acked {
+        match next(&mut ws).await {
+            Event::Published { seq, id: got, .. } => {
+                assert_eq!((seq, got), (202, id));
+                ws_acked = true;
+            }
+            Event::Message(m) => assert_eq!(m.seq, 202),
+            event @ (Event::Error { .. } | Event::Closed { .. } | Event::Reconnecting { .. }) => panic!("{event:?}"),
+            _ => {}
+        }
+    }
+    let m = &collect(&mut quic, 1).await[0];
+    assert_eq!((m.seq, m.from.as_str(), &m.data), (202, "ws-user", &json!([1, "two"])));
+
+    let stats = quic.close().await;
+    assert_eq!((stats.duplicates, stats.lost, stats.connects), (0, 0, 1), "{stats:?}");
+    ws.close().await;
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_quic_client_resumes_without_loss_or_duplicates() {
+    let serve = start_serve(secured(1000)).await;
+    let room = "quic-resume";
+    let mut api = api(&serve);
+    let mut client = Client::start(options(&serve, room, Transport::Quic, Some(token("q", JWT_SECRET)), Duration::from_millis(20)));
+    client.join(room).expect("join");
+    assert_eq!(wait_joined(&mut client).await, 0);
+
+    // Publish 300 messages in a background task while the QUIC connection is cut three times.
+    let publisher = tokio::spawn(async move {
+        for n in 1..=300u64 {
+            api.publish(room, Bytes::from(format!(r#"{{"n":{n}}}"#)), None).await.expect("publish accepted");
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let mut seqs = Vec::new();
+    let mut reconnects = 0;
+    let mut rejoins = 0;
+    let mut drops_done = 0;
+    while seqs.len() < 300 {
+        match next(&mut client).await {
+            Event::Message(m) => {
+                assert_eq!(m.data["n"], m.seq, "payload and seq agree");
+                seqs.push(m.seq);
+                if drops_done < 3 && seqs.len() == 60 * (drops_done + 1) {
+                    client.drop_connection();
+                    drops_done += 1;
+                }
+            }
+            Event::Reconnecting { .. } => reconnects += 1,
+            Event::Joined { last_seq, reset, .. } => {
+                assert!(!reset, "no reset expected");
+                assert!(last_seq >= *seqs.last().unwrap_or(&0));
+                rejoins += 1;
+            }
+            Event::Gap { .. } => panic!("no gap expected inside the history window"),
+            event @ (Event::Error { .. } | Event::Closed { .. }) => panic!("{event:?}"),
+            _ => {}
+        }
+    }
+    publisher.await.expect("publisher");
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every message once, in order");
+    assert_eq!((reconnects, rejoins), (3, 3));
+    assert_no_more_messages(&mut client, Duration::from_millis(300)).await;
+    let stats = client.close().await;
+    assert_eq!(stats.lost, 0, "{stats:?}");
+    assert_eq!(stats.connects, 4, "{stats:?}");
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_client_away_past_the_history_window_gets_a_gap() {
+    let serve = start_serve(secured(20)).await;
+    let room = "quic-gap";
+    let mut api = api(&serve);
+    // A long backoff keeps the client away while 100 messages go by.
+    let mut client = Client::start(options(&serve, room, Transport::Quic, Some(token("q", JWT_SECRET)), Duration::from_millis(1500)));
+    client.join(room).expect("join");
+    wait_joined(&mut client).await;
+    api.publish(room, Bytes::from_static(br#"{"n":1}"#), None).await.expect("publish");
+    match next(&mut client).await {
+        Event::Message(m) => assert_eq!((m.seq, &m.data), (1, &json!({"n": 1}))),
+        other => panic!("expected message 1, got {other:?}"),
+    }
+    client.drop_connection();
+    // The drop is a command to the driver, which may still deliver frames already received:
+    // publish only once it is done, so every later message is missed.
+    loop {
+        match next(&mut client).await {
+            Event::Reconnecting { .. } => break,
+            Event::Message(m) => panic!("nothing was published: {m:?}"),
+            _ => {}
+        }
+    }
+    for n in 2..=101u64 {
+        api.publish(room, Bytes::from(format!(r#"{{"n":{n}}}"#)), None).await.expect("publish");
+    }
+    // Back after ≥ 0.75 s: messages 2..=81 are outside the 20-message window.
+    let mut gap = None;
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&101) {
+        match next(&mut client).await {
+            Event::Gap { room: r, first_lost, last_lost, resume_from } => {
+                assert_eq!(r, room);
+                gap = Some((first_lost, last_lost, resume_from));
+            }
+            Event::Message(m) => {
+                assert!(gap.is_some(), "the gap comes before the replay");
+                assert_eq!(m.data["n"], m.seq);
+                seqs.push(m.seq);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(gap, Some((2, 81, 82)));
+    assert_eq!(seqs, (82..=101).collect::<Vec<_>>());
+    // Live messages continue after the replay.
+    api.publish(room, Bytes::from_static(br#"{"n":102}"#), None).await.expect("publish");
+    assert_eq!(collect(&mut client, 1).await[0].seq, 102);
+    let stats = client.close().await;
+    assert_eq!((stats.lost, stats.gaps, stats.duplicates), (80, 1, 0), "{stats:?}");
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_leave_completes_and_stops_the_rooms_messages() {
+    let serve = start_serve(secured(1000)).await;
+    let mut api = api(&serve);
+    let mut client = Client::start(options(&serve, "stay", Transport::Quic, Some(token("q", JWT_SECRET)), Duration::from_millis(50)));
+    client.join("stay").expect("join");
+    client.join("go").expect("join");
+    wait_joined(&mut client).await;
+    wait_joined(&mut client).await;
+    api.publish("go", Bytes::from_static(b"before"), None).await.expect("publish");
+    assert_eq!(collect(&mut client, 1).await[0].data, json!("before"));
+    client.leave("go").expect("leave");
+    loop {
+        match next(&mut client).await {
+            Event::Left { room } => {
+                assert_eq!(room, "go");
+                break;
+            }
+            Event::Message(m) => panic!("unexpected {m:?}"),
+            _ => {}
+        }
+    }
+    api.publish("go", Bytes::from_static(b"after"), None).await.expect("publish");
+    api.publish("stay", Bytes::from_static(b"still here"), None).await.expect("publish");
+    let m = &collect(&mut client, 1).await[0];
+    assert_eq!((m.room.as_str(), &m.data), ("stay", &json!("still here")), "nothing more from the room left");
+    assert_no_more_messages(&mut client, Duration::from_millis(300)).await;
+    client.close().await;
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_client_with_a_refused_token_is_closed_not_retried() {
+    let serve = start_serve(secured(1000)).await;
+    let bad = token("mallory", "not-the-secret");
+    let mut client = Client::start(options(&serve, "lobby", Transport::Quic, Some(bad), Duration::from_millis(20)));
+    client.join("lobby").expect("join");
+    let cause = loop {
+        match next(&mut client).await {
+            Event::Closed { cause } => break cause,
+            Event::Reconnecting { cause, .. } => panic!("a refused token must not be retried: {cause:?}"),
+            Event::Joined { .. } | Event::Message(_) => panic!("joined with a bad token"),
+            _ => {}
+        }
+    };
+    assert_eq!(cause.http_status, Some(401), "{cause:?}");
+    assert!(cause.reason.contains("signature"), "{cause:?}");
+    assert!(tokio::time::timeout(Duration::from_secs(5), client.next_event()).await.expect("driver ends").is_none());
+    serve.shutdown().await;
+}

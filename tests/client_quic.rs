@@ -13,6 +13,8 @@
 //!
 //! Every wait is bounded (`next` gives up after 5 s).
 
+mod client_support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use linkcast::auth::{sign, Claims};
 use linkcast::client::http::HttpApi;
-use linkcast::client::{Backoff, Client, ClientOptions, Event, Message, SessionConfig, Target, Transport};
+use client_support::{next, options};
+use linkcast::client::{Client, Event, Message, Transport};
 use linkcast::config::Config;
 use linkcast::serve::{ServeHandle, ServeOptions};
 use serde_json::json;
@@ -55,27 +58,6 @@ fn token(sub: &str, secret: &str) -> String {
 
 fn api(serve: &ServeHandle) -> HttpApi {
     HttpApi::new(&format!("http://{}", serve.http_addr()), Some(API_KEY.into())).expect("api")
-}
-
-/// Options for a client that locates `room` through the hub, then uses `transport`.
-fn options(serve: &ServeHandle, room: &str, transport: Transport, token: Option<String>, initial: Duration) -> ClientOptions {
-    let target = Target::Locate { http: format!("http://{}", serve.http_addr()), room: room.into(), transport };
-    let mut options = ClientOptions::new(target);
-    options.token = token;
-    options.session = SessionConfig {
-        backoff: Backoff { initial, max: initial * 4, overload_min: initial, stable_after: Duration::from_secs(60) },
-        max_queued_publishes: 16,
-    };
-    options.seed = 11;
-    options
-}
-
-/// Next event within 5 s.
-async fn next(client: &mut Client) -> Event {
-    tokio::time::timeout(Duration::from_secs(5), client.next_event())
-        .await
-        .expect("an event within 5 s")
-        .expect("client running")
 }
 
 async fn wait_joined(client: &mut Client) -> u64 {

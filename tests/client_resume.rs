@@ -2,13 +2,16 @@
 //! `since` and the application sees every message once, in order; a client away for longer than
 //! the room's history window is told so with a gap, then continues.
 
+mod client_support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use linkcast::client::http::HttpApi;
-use linkcast::client::{Backoff, Client, ClientOptions, Event, SessionConfig, Target};
+use client_support::{next, options};
+use linkcast::client::{Client, Event, Transport};
 use linkcast::config::Config;
 use linkcast::serve::{ServeHandle, ServeOptions};
 
@@ -21,24 +24,6 @@ async fn start_serve(history: usize) -> ServeHandle {
     config.hub.history_messages = history;
     let options = ServeOptions { config: Arc::new(config), http_addr: any(), ws_addr: any(), quic_addr: None };
     linkcast::serve::start(options).await.expect("serve starts")
-}
-
-fn options(serve: &ServeHandle, room: &str, initial: Duration) -> ClientOptions {
-    let mut options = ClientOptions::new(Target::locate_ws(&format!("http://{}", serve.http_addr()), room));
-    options.session = SessionConfig {
-        backoff: Backoff { initial, max: initial * 4, overload_min: initial, stable_after: Duration::from_secs(60) },
-        max_queued_publishes: 16,
-    };
-    options.seed = 7;
-    options
-}
-
-/// Next event within 5 s (every wait in these tests is bounded).
-async fn next(client: &mut Client) -> Event {
-    tokio::time::timeout(Duration::from_secs(5), client.next_event())
-        .await
-        .expect("an event within 5 s")
-        .expect("client running")
 }
 
 async fn wait_joined(client: &mut Client) -> u64 {
@@ -60,7 +45,7 @@ async fn a_dropped_client_resumes_without_loss_or_duplicates() {
     let serve = start_serve(1000).await;
     let room = "resume-room";
     let mut api = HttpApi::new(&format!("http://{}", serve.http_addr()), None).expect("api");
-    let mut client = Client::start(options(&serve, room, Duration::from_millis(20)));
+    let mut client = Client::start(options(&serve, room, Transport::Ws, None, Duration::from_millis(20)));
     client.join(room).expect("join");
     assert_eq!(wait_joined(&mut client).await, 0);
 
@@ -106,7 +91,7 @@ async fn a_client_away_past_the_history_window_gets_a_gap() {
     let room = "gap-room";
     let mut api = HttpApi::new(&format!("http://{}", serve.http_addr()), None).expect("api");
     // A long backoff keeps the client away while 100 messages go by.
-    let mut client = Client::start(options(&serve, room, Duration::from_millis(1500)));
+    let mut client = Client::start(options(&serve, room, Transport::Ws, None, Duration::from_millis(1500)));
     client.join(room).expect("join");
     wait_joined(&mut client).await;
     publish(&mut api, room, 1).await;

@@ -163,21 +163,6 @@ impl WsConn {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse_with_tokens() {
-        let u = WsUrl::parse("ws://127.0.0.1:7080/ws", Some("abc")).expect("url");
-        assert_eq!(u.addr, "127.0.0.1:7080".parse::<SocketAddr>().expect("addr"));
-        assert_eq!(u.url, "ws://127.0.0.1:7080/ws?token=abc");
-        let bare = WsUrl::parse("ws://127.0.0.1:9001", None).expect("url");
-        assert_eq!(bare.url, "ws://127.0.0.1:9001/");
-        assert!(WsUrl::parse("http://x", None).is_err());
-    }
-}
-
 /// Lets the kernel pick the source port at `connect` (by the 4-tuple) instead of at `bind`: a
 /// `bind(ip, 0)` searches that address's bound ports and gets slower with every connection
 /// (≈ 2 CPU-ms per connect at 16k connections per source address, measured with perf while
@@ -202,3 +187,19 @@ fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_tokens() {
+        let u = WsUrl::parse("ws://127.0.0.1:7080/ws", Some("abc")).expect("url");
+        assert_eq!(u.addr, "127.0.0.1:7080".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(u.url, "ws://127.0.0.1:7080/ws?token=abc");
+        let bare = WsUrl::parse("ws://127.0.0.1:9001", None).expect("url");
+        assert_eq!(bare.url, "ws://127.0.0.1:9001/");
+        assert!(WsUrl::parse("http://x", None).is_err());
+    }
+}
+

@@ -315,6 +315,18 @@ thread_local! {
     static FRAMES: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `produce` with the shard's frame list and queues what it produced on `out`, in order.
+fn into_queue<R>(out: &mut OutQueue, produce: impl FnOnce(&mut Vec<Bytes>) -> R) -> R {
+    FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let result = produce(&mut frames);
+        for frame in frames.drain(..) {
+            out.push(frame);
+        }
+        result
+    })
+}
+
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -353,14 +365,7 @@ impl WsConn {
             // Waiting for the socket already: the task pulls when it drains.
             return self.mailbox.ring();
         }
-        let filled = FRAMES.with(|frames| {
-            let mut frames = frames.borrow_mut();
-            let result = session.fill(self.batch, &mut frames);
-            for frame in frames.drain(..) {
-                out.push(frame);
-            }
-            result
-        });
+        let filled = into_queue(&mut out, |frames| session.fill(self.batch, frames));
         if let Err(error) = filled {
             self.end(End::Refused(error));
             return;
@@ -387,29 +392,21 @@ impl WsConn {
         }
         let mut out = self.out.borrow_mut();
         let mut session = self.session.borrow_mut();
-        let result = FRAMES.with(|frames| {
-            let mut frames = frames.borrow_mut();
-            let mut result = Ok(());
+        let queued = out.queued();
+        let result = into_queue(&mut out, |frames| {
             while let Some(event) = self.mailbox.next_event() {
                 match event {
-                    ConnEvent::Hub(frame) => session.handle_hub(frame, &mut frames),
-                    ConnEvent::Close(error) => {
-                        result = Err(End::Refused(error));
-                        break;
-                    }
+                    ConnEvent::Hub(frame) => session.handle_hub(frame, frames),
+                    ConnEvent::Close(error) => return Err(End::Refused(error)),
                 }
             }
             if self.mailbox.take_ring() {
                 session.dirty = true;
             }
-            if result.is_ok() && session.dirty && out.queued() < self.batch {
-                let budget = self.batch - out.queued();
-                result = session.fill(budget, &mut frames).map_err(End::Refused);
+            if session.dirty && queued < self.batch {
+                session.fill(self.batch - queued, frames).map_err(End::Refused)?;
             }
-            for frame in frames.drain(..) {
-                out.push(frame);
-            }
-            result
+            Ok(())
         });
         let flushed = out.flush(&self.tcp).map_err(|_| End::Gone);
         tally::wrote(out.take_written());
@@ -472,21 +469,14 @@ impl WsConn {
 
     fn handle_text(&self, text: &str) -> Result<(), End> {
         let mut session = self.session.borrow_mut();
-        FRAMES.with(|frames| {
-            let mut frames = frames.borrow_mut();
-            let result = match parse_ws(text) {
-                Ok(request) => session.handle_request(request, now_micros(), &mut frames),
-                Err((error, room, id)) => {
-                    let id = super::session::ReqId::Json(id);
-                    session.refuse(error, room.as_deref(), Some(&id), &mut frames)
-                }
-            };
-            let mut out = self.out.borrow_mut();
-            for frame in frames.drain(..) {
-                out.push(frame);
+        let result = into_queue(&mut self.out.borrow_mut(), |frames| match parse_ws(text) {
+            Ok(request) => session.handle_request(request, now_micros(), frames),
+            Err((error, room, id)) => {
+                let id = super::session::ReqId::Json(id);
+                session.refuse(error, room.as_deref(), Some(&id), frames)
             }
-            result.map_err(End::Refused)
-        })
+        });
+        result.map_err(End::Refused)
     }
 
     /// Waits until everything queued is written (or `CLOSE_TIMEOUT`); false if it was not.

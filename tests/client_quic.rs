@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use linkcast::auth::{sign, Claims};
 use linkcast::client::http::HttpApi;
-use client_support::{next, options};
+use client_support::{next, options, resume_through_drops, Resumed};
 use linkcast::client::{Client, Event, Message, Transport};
 use linkcast::config::Config;
 use linkcast::serve::{ServeHandle, ServeOptions};
@@ -201,46 +201,13 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
 async fn a_dropped_quic_client_resumes_without_loss_or_duplicates() {
     let serve = start_serve(secured(1000)).await;
     let room = "quic-resume";
-    let mut api = api(&serve);
+    let api = api(&serve);
     let mut client = Client::start(options(&serve, room, Transport::Quic, Some(token("q", JWT_SECRET)), Duration::from_millis(20)));
     client.join(room).expect("join");
     assert_eq!(wait_joined(&mut client).await, 0);
 
-    // Publish 300 messages in a background task while the QUIC connection is cut three times.
-    let publisher = tokio::spawn(async move {
-        for n in 1..=300u64 {
-            api.publish(room, Bytes::from(format!(r#"{{"n":{n}}}"#)), None).await.expect("publish accepted");
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
-    let mut seqs = Vec::new();
-    let mut reconnects = 0;
-    let mut rejoins = 0;
-    let mut drops_done = 0;
-    while seqs.len() < 300 {
-        match next(&mut client).await {
-            Event::Message(m) => {
-                assert_eq!(m.data["n"], m.seq, "payload and seq agree");
-                seqs.push(m.seq);
-                if drops_done < 3 && seqs.len() == 60 * (drops_done + 1) {
-                    client.drop_connection();
-                    drops_done += 1;
-                }
-            }
-            Event::Reconnecting { .. } => reconnects += 1,
-            Event::Joined { last_seq, reset, .. } => {
-                assert!(!reset, "no reset expected");
-                assert!(last_seq >= *seqs.last().unwrap_or(&0));
-                rejoins += 1;
-            }
-            Event::Gap { .. } => panic!("no gap expected inside the history window"),
-            event @ (Event::Error { .. } | Event::Closed { .. }) => panic!("{event:?}"),
-            _ => {}
-        }
-    }
-    publisher.await.expect("publisher");
+    // 300 messages published while the QUIC connection is cut three times.
+    let Resumed { seqs, reconnects, rejoins } = resume_through_drops(&mut client, api, room).await;
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every message once, in order");
     assert_eq!((reconnects, rejoins), (3, 3));
     assert_no_more_messages(&mut client, Duration::from_millis(300)).await;

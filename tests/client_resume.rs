@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use linkcast::client::http::HttpApi;
-use client_support::{next, options};
+use client_support::{next, options, resume_through_drops, Resumed};
 use linkcast::client::{Client, Event, Transport};
 use linkcast::config::Config;
 use linkcast::serve::{ServeHandle, ServeOptions};
@@ -44,39 +44,13 @@ async fn publish(api: &mut HttpApi, room: &str, n: u64) {
 async fn a_dropped_client_resumes_without_loss_or_duplicates() {
     let serve = start_serve(1000).await;
     let room = "resume-room";
-    let mut api = HttpApi::new(&format!("http://{}", serve.http_addr()), None).expect("api");
+    let api = HttpApi::new(&format!("http://{}", serve.http_addr()), None).expect("api");
     let mut client = Client::start(options(&serve, room, Transport::Ws, None, Duration::from_millis(20)));
     client.join(room).expect("join");
     assert_eq!(wait_joined(&mut client).await, 0);
 
-    // Publish 300 messages in a background task while the client is cut three times.
-    let publisher = tokio::spawn(async move {
-        for n in 1..=300u64 {
-            publish(&mut api, room, n).await;
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
-    let mut seqs = Vec::new();
-    let mut reconnects = 0;
-    let mut drops_done = 0;
-    while seqs.len() < 300 {
-        match next(&mut client).await {
-            Event::Message(m) => {
-                assert_eq!(m.data["n"], m.seq, "payload and seq agree");
-                seqs.push(m.seq);
-                if drops_done < 3 && seqs.len() == 60 * (drops_done + 1) {
-                    client.drop_connection();
-                    drops_done += 1;
-                }
-            }
-            Event::Reconnecting { .. } => reconnects += 1,
-            Event::Gap { .. } => panic!("no gap expected inside the history window"),
-            _ => {}
-        }
-    }
-    publisher.await.expect("publisher");
+    // 300 messages published while the client is cut three times.
+    let Resumed { seqs, reconnects, .. } = resume_through_drops(&mut client, api, room).await;
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every message once, in order");
     assert_eq!(reconnects, 3);
     let stats = client.close().await;

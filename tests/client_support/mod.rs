@@ -1,10 +1,15 @@
 //! Shared by the client library's end-to-end tests (`client_resume.rs`, `client_quic.rs`):
-//! client options against a running `serve`, and a bounded wait for the next event.
+//! client options against a running `serve`, a bounded wait for the next event, and the
+//! publish-while-dropping scenario both transports must survive.
 
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use linkcast::client::http::HttpApi;
 use linkcast::client::{Backoff, Client, ClientOptions, Event, SessionConfig, Target, Transport};
 use linkcast::serve::ServeHandle;
 
@@ -28,4 +33,69 @@ pub async fn next(client: &mut Client) -> Event {
         .await
         .expect("an event within 5 s")
         .expect("client running")
+}
+
+/// What [`resume_through_drops`] saw.
+#[derive(Debug)]
+pub struct Resumed {
+    /// Seqs delivered to the application, in delivery order.
+    pub seqs: Vec<u64>,
+    /// `Reconnecting` events.
+    pub reconnects: u32,
+    /// `Joined` events after the first join.
+    pub rejoins: u32,
+}
+
+/// Publishes `{"n":1..=300}` to `room` through `api` in the background while cutting `client`'s
+/// connection three times (after its 60th, 120th and 180th message, each cut waiting until the
+/// connection being cut has rejoined, so every cut lands on a joined connection); returns once
+/// 300 messages were delivered. The publisher stays at most 50 messages ahead of the client, so
+/// the cuts always happen before the last message. Panics on a gap, reset, error or close (none
+/// is expected inside the history window), on a payload that disagrees with its seq, and on a
+/// rejoin that goes back before what was delivered.
+pub async fn resume_through_drops(client: &mut Client, mut api: HttpApi, room: &'static str) -> Resumed {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let delivered = delivered.clone();
+        tokio::spawn(async move {
+            for n in 1..=300u64 {
+                while n > delivered.load(Ordering::Relaxed) + 50 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                api.publish(room, Bytes::from(format!(r#"{{"n":{n}}}"#)), None).await.expect("publish accepted");
+                if n % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let mut seen = Resumed { seqs: Vec::new(), reconnects: 0, rejoins: 0 };
+    let mut drops_done = 0;
+    let mut joined = true; // the caller waited for the first join
+    while seen.seqs.len() < 300 {
+        match next(client).await {
+            Event::Message(m) => {
+                assert_eq!(m.data["n"], m.seq, "payload and seq agree");
+                seen.seqs.push(m.seq);
+                delivered.store(seen.seqs.len() as u64, Ordering::Relaxed);
+                if joined && drops_done < 3 && seen.seqs.len() >= 60 * (drops_done + 1) {
+                    client.drop_connection();
+                    drops_done += 1;
+                    joined = false;
+                }
+            }
+            Event::Reconnecting { .. } => seen.reconnects += 1,
+            Event::Joined { last_seq, reset, .. } => {
+                assert!(!reset, "no reset expected");
+                assert!(last_seq >= *seen.seqs.last().unwrap_or(&0));
+                seen.rejoins += 1;
+                joined = true;
+            }
+            Event::Gap { .. } => panic!("no gap expected inside the history window"),
+            event @ (Event::Error { .. } | Event::Closed { .. }) => panic!("{event:?}"),
+            _ => {}
+        }
+    }
+    publisher.await.expect("publisher");
+    seen
 }

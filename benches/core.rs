@@ -74,7 +74,7 @@ fn placement_benches(c: &mut Criterion) {
 
 fn room_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("room");
-    let mut room = Room::new("lobby", RoomLimits::default());
+    let mut room = Room::new("lobby", RoomLimits::default(), 1);
     for link in 0..4 {
         let _ = room.handle_interest(LinkId(link), 100);
     }

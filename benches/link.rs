@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use linkcast::fanout::{Cursor, ReadOutcome, RingLimits, ShardRoom};
+use linkcast::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
 use linkcast::frame::{Frame, FLAG_JSON};
-use linkcast::link::shard::Delivery;
+use linkcast::link::shard::{Delivery, RingItem};
 use linkcast::link::wsframe;
 
 const SHARDS: usize = 2;
@@ -24,16 +24,17 @@ const PER_SHARD: usize = 5_000;
 /// A connection's output queue, as in `conn_io::ConnIo` (minus the socket).
 struct Sink {
     cursor: Cursor,
+    ticket: ParkTicket,
     out: VecDeque<Bytes>,
     bytes: usize,
 }
 
 struct Shard {
-    room: ShardRoom<Delivery, u32>,
+    room: ShardRoom<RingItem, u32>,
     sinks: Vec<Sink>,
     inbox: crossbeam_channel::Receiver<Delivery>,
     wake: Vec<u32>,
-    batch: Vec<Delivery>,
+    batch: Vec<RingItem>,
 }
 
 impl Shard {
@@ -42,8 +43,9 @@ impl Shard {
         let mut sinks = Vec::with_capacity(PER_SHARD);
         for i in 0..PER_SHARD {
             let cursor = room.join();
-            room.park(i as u32);
-            sinks.push(Sink { cursor, out: VecDeque::with_capacity(4), bytes: 0 });
+            let mut ticket = None;
+            room.park(i as u32, &mut ticket);
+            sinks.push(Sink { cursor, ticket, out: VecDeque::with_capacity(4), bytes: 0 });
         }
         Shard { room, sinks, inbox, wake: Vec::with_capacity(PER_SHARD), batch: Vec::with_capacity(8) }
     }
@@ -52,22 +54,25 @@ impl Shard {
     fn run(&mut self) -> usize {
         let mut delivered = 0;
         while let Ok(delivery) = self.inbox.try_recv() {
-            let size = delivery.size();
-            self.room.push(delivery, size, &mut self.wake);
+            let item = RingItem::Message(delivery);
+            let size = item.size();
+            self.room.push(item, size, &mut self.wake);
         }
         for conn in self.wake.drain(..) {
             let sink = &mut self.sinks[conn as usize];
             self.batch.clear();
             if let ReadOutcome::Read { .. } = self.room.read(&mut sink.cursor, 256 * 1024, &mut self.batch) {
-                for delivery in self.batch.drain(..) {
-                    sink.bytes += delivery.ws.len();
-                    sink.out.push_back(delivery.ws);
-                    delivered += 1;
+                for item in self.batch.drain(..) {
+                    if let RingItem::Message(delivery) = item {
+                        sink.bytes += delivery.ws.len();
+                        sink.out.push_back(delivery.ws);
+                        delivered += 1;
+                    }
                 }
             }
             // The socket "wrote" everything; the member parks again.
             sink.out.clear();
-            self.room.park(conn);
+            self.room.park(conn, &mut sink.ticket);
         }
         delivered
     }
@@ -87,7 +92,7 @@ fn fanout(c: &mut Criterion) {
         b.iter(|| {
             seq += 1;
             let frame = Frame::message("hot", seq, seq, "u", FLAG_JSON, &[b'1'; 64]);
-            let delivery = Delivery { seq, ws: wsframe::message(&frame), frame };
+            let delivery = Delivery { seq, epoch: 1, ws: wsframe::message(&frame), frame };
             for tx in &senders {
                 let _ = tx.try_send(delivery.clone());
             }

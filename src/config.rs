@@ -114,6 +114,10 @@ pub struct HubConfig {
     pub load_factor: f64,
     /// HTTP publishes per second per API key (token bucket); 0 = unlimited.
     pub publish_rate: u32,
+    /// Publish idempotency keys remembered per room (`Idempotency-Key`, WebSocket `id`).
+    pub dedupe_keys: usize,
+    /// Seconds a publish idempotency key is remembered.
+    pub dedupe_secs: u64,
 }
 
 impl Default for HubConfig {
@@ -129,6 +133,8 @@ impl Default for HubConfig {
             group_size: 2,
             load_factor: crate::placement::DEFAULT_LOAD_FACTOR,
             publish_rate: 0,
+            dedupe_keys: room.dedupe_keys,
+            dedupe_secs: room.dedupe_micros / 1_000_000,
         }
     }
 }
@@ -143,6 +149,8 @@ impl HubConfig {
                 history_messages: self.history_messages,
                 history_bytes: self.history_bytes,
                 max_payload: self.max_payload,
+                dedupe_keys: self.dedupe_keys,
+                dedupe_micros: self.dedupe_secs.saturating_mul(1_000_000),
             },
         }
     }

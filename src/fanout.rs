@@ -13,7 +13,9 @@
 //!   gap marker and continue from the oldest, or close it). Memory never grows with a slow reader.
 //!
 //! [`ShardRoom`] adds the wake-up plan on top: members that drained the ring *park*; a push
-//! returns the parked members to wake, so a burst of pushes wakes each waiting member once.
+//! returns the parked members to wake, so a burst of pushes wakes each waiting member once. A
+//! member holds a [`ParkTicket`] so it parks once per idle period, and a wake is never lost: a
+//! member whose ticket predates the last wake parks again.
 //!
 //! Sans-IO and single-threaded by design: a shard owns its rings; nothing here locks.
 
@@ -55,6 +57,11 @@ impl Cursor {
     /// Absolute ring position of the next item this cursor reads.
     pub fn position(&self) -> u64 {
         self.next
+    }
+
+    /// Moves the cursor forward to `position` (never backwards): items before it are skipped.
+    pub fn skip_to(&mut self, position: u64) {
+        self.next = self.next.max(position);
     }
 }
 
@@ -187,12 +194,17 @@ pub struct ShardRoom<T, C> {
     ring: FanoutRing<T>,
     members: usize,
     parked: Vec<C>,
+    /// Wakes so far: a ticket from before the last wake is no longer in `parked`.
+    wakes: u64,
 }
+
+/// A member's record of where it parked: `Some(w)` = in the parked list since wake `w`.
+pub type ParkTicket = Option<u64>;
 
 impl<T: Clone, C> ShardRoom<T, C> {
     /// An empty room.
     pub fn new(limits: RingLimits) -> Self {
-        ShardRoom { ring: FanoutRing::new(limits), members: 0, parked: Vec::new() }
+        ShardRoom { ring: FanoutRing::new(limits), members: 0, parked: Vec::new(), wakes: 0 }
     }
 
     /// The ring.
@@ -219,15 +231,23 @@ impl<T: Clone, C> ShardRoom<T, C> {
         self.members == 0
     }
 
-    /// Registers a member that read everything and now waits. Call once per idle period.
-    pub fn park(&mut self, conn: C) {
+    /// Registers a member that read everything and now waits, unless its `ticket` says it is
+    /// parked already (since the last wake).
+    pub fn park(&mut self, conn: C, ticket: &mut ParkTicket) {
+        if *ticket == Some(self.wakes) {
+            return;
+        }
         self.parked.push(conn);
+        *ticket = Some(self.wakes);
     }
 
     /// Pushes an item and moves every parked member into `wake`.
     pub fn push(&mut self, item: T, bytes: usize, wake: &mut Vec<C>) -> u64 {
         let position = self.ring.push(item, bytes);
-        wake.append(&mut self.parked);
+        if !self.parked.is_empty() {
+            self.wakes += 1;
+            wake.append(&mut self.parked);
+        }
         position
     }
 
@@ -299,12 +319,20 @@ mod tests {
         let mut room: ShardRoom<u32, usize> = ShardRoom::new(RingLimits::default());
         let _c0 = room.join();
         let _c1 = room.join();
-        room.park(0);
-        room.park(1);
+        let (mut t0, mut t1) = (None, None);
+        room.park(0, &mut t0);
+        room.park(0, &mut t0);
+        room.park(1, &mut t1);
         let mut wake = Vec::new();
         room.push(1, 1, &mut wake);
         room.push(2, 1, &mut wake);
-        assert_eq!(wake, vec![0, 1]);
+        assert_eq!(wake, vec![0, 1], "parked once, woken once");
+        // Woken members that park again are woken by the next push: no wake is lost.
+        room.park(0, &mut t0);
+        room.park(0, &mut t0);
+        wake.clear();
+        room.push(3, 1, &mut wake);
+        assert_eq!(wake, vec![0]);
         assert!(!room.leave());
         assert!(room.leave());
     }

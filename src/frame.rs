@@ -26,8 +26,8 @@ use rkyv::rancor;
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"LC";
-/// Wire version this code writes and accepts.
-pub const VERSION: u8 = 1;
+/// Wire version this code writes and accepts (2: request ids, room epochs, `Reset`, publish keys).
+pub const VERSION: u8 = 2;
 /// Size of the fixed plain header.
 pub const HEADER_LEN: usize = 32;
 /// Longest room name, in bytes.
@@ -70,6 +70,8 @@ pub enum Kind {
     Error = 12,
     /// First frame of a Link on a hub connection: who it is.
     Hello = 13,
+    /// A position belongs to another epoch of the room (its history was lost): start over.
+    Reset = 14,
 }
 
 impl Kind {
@@ -89,6 +91,7 @@ impl Kind {
             11 => Kind::Heartbeat,
             12 => Kind::Error,
             13 => Kind::Hello,
+            14 => Kind::Reset,
             _ => return None,
         })
     }
@@ -110,28 +113,31 @@ mod body {
             /// The message payload as the publisher gave it.
             data: Vec<u8>,
         },
-        /// One missed message for one connection.
+        /// One missed message, answering join `request`.
         Replay {
-            /// The Link-local connection the replay is for.
-            conn: u64,
+            /// The join request this replay answers.
+            request: u64,
             /// The message payload.
             data: Vec<u8>,
         },
-        /// Lost messages `first_lost..=last_lost`; the connection continues at `resume_from`.
+        /// Lost messages `first_lost..=last_lost`; delivery continues at `resume_from`.
         Gap {
-            /// Connection concerned (0: every member of the room on that Link).
-            conn: u64,
+            /// Join request concerned (0: every member of the room on that Link).
+            request: u64,
             /// First seq that will never be delivered.
             first_lost: u64,
             /// Last seq that will never be delivered.
             last_lost: u64,
-            /// Next seq the connection will receive.
+            /// Next seq that will be delivered.
             resume_from: u64,
         },
         /// A client publish.
         Publish {
             /// Correlates the `PublishAck` or `Error` with this request.
             request: u64,
+            /// Idempotency key (empty: none): a retry with the same sender, room and key is
+            /// acknowledged with the first publish's seq instead of being sequenced again.
+            key: String,
             /// The payload.
             data: Vec<u8>,
         },
@@ -139,23 +145,29 @@ mod body {
         PublishAck {
             /// The request being answered.
             request: u64,
+            /// The room's epoch the seq belongs to.
+            epoch: u64,
         },
-        /// Join a room, optionally replaying everything after `since`.
+        /// Join a room, optionally replaying everything after `since` of `epoch`.
         Join {
-            /// Connection that joins (Link-local id; 0 from a QUIC client).
-            conn: u64,
-            /// Last seq the client has; `None` for live only.
+            /// Request id of this join (Link-issued; 0 from a QUIC client).
+            request: u64,
+            /// Last seq the member has; `None` for live only.
             since: Option<u64>,
+            /// The room epoch `since` belongs to; `None`: the current one.
+            epoch: Option<u64>,
         },
         /// Answer to a join; header seq = the room's last seq.
         Joined {
-            /// The connection that joined.
-            conn: u64,
+            /// The join request answered.
+            request: u64,
+            /// The room's epoch.
+            epoch: u64,
         },
         /// Leave a room.
         Leave {
-            /// The connection that leaves.
-            conn: u64,
+            /// Request id (0 when none is needed).
+            request: u64,
         },
         /// Interest change of a Link in the header's room.
         Interest {
@@ -177,6 +189,8 @@ mod body {
             code: u16,
             /// Human-readable reason.
             reason: String,
+            /// For retryable refusals (503, 429): retry after this many milliseconds (0: no hint).
+            retry_after_ms: u32,
         },
         /// A Link introduces itself to a hub.
         Hello {
@@ -184,6 +198,15 @@ mod body {
             link: u32,
             /// Shared secret proving the Link belongs to the cluster (empty in dev mode).
             secret: String,
+        },
+        /// The position of join `request` (0: of every member of the room on that Link) belongs
+        /// to another epoch: forget it. The room is now at `epoch`, header seq = its last seq;
+        /// what follows is the epoch's history from its start (after a `Gap` if not all held).
+        Reset {
+            /// Join request concerned (0: every member of the room on that Link).
+            request: u64,
+            /// The room's current epoch.
+            epoch: u64,
         },
     }
 }
@@ -204,6 +227,7 @@ impl Body {
             Body::Heartbeat { .. } => Kind::Heartbeat,
             Body::Error { .. } => Kind::Error,
             Body::Hello { .. } => Kind::Hello,
+            Body::Reset { .. } => Kind::Reset,
         }
     }
 }
@@ -225,6 +249,7 @@ impl ArchivedBody {
                 | (ArchivedBody::Heartbeat { .. }, Kind::Heartbeat)
                 | (ArchivedBody::Error { .. }, Kind::Error)
                 | (ArchivedBody::Hello { .. }, Kind::Hello)
+                | (ArchivedBody::Reset { .. }, Kind::Reset)
         )
     }
 }
@@ -657,14 +682,15 @@ mod tests {
     #[test]
     fn every_control_body_round_trips() {
         let bodies = vec![
-            Body::Replay { conn: 7, data: b"x".to_vec() },
-            Body::Gap { conn: 7, first_lost: 1, last_lost: 9, resume_from: 10 },
-            Body::Publish { request: 3, data: b"{}".to_vec() },
-            Body::PublishAck { request: 3 },
-            Body::Join { conn: 9, since: Some(5) },
-            Body::Join { conn: 9, since: None },
-            Body::Joined { conn: 9 },
-            Body::Leave { conn: 9 },
+            Body::Replay { request: 7, data: b"x".to_vec() },
+            Body::Gap { request: 7, first_lost: 1, last_lost: 9, resume_from: 10 },
+            Body::Publish { request: 3, key: "k-1".into(), data: b"{}".to_vec() },
+            Body::PublishAck { request: 3, epoch: u64::MAX },
+            Body::Join { request: 9, since: Some(5), epoch: Some(77) },
+            Body::Join { request: 9, since: None, epoch: None },
+            Body::Joined { request: 9, epoch: 1 },
+            Body::Reset { request: 0, epoch: 2 },
+            Body::Leave { request: 9 },
             Body::Interest { link: 2, members: 1 },
         ];
         for body in bodies {
@@ -678,7 +704,7 @@ mod tests {
         for body in [
             Body::Heartbeat { nonce: 1 },
             Body::Hello { link: 1, secret: "s".into() },
-            Body::Error { request: 1, code: 403, reason: "no".into() },
+            Body::Error { request: 1, code: 403, reason: "no".into(), retry_after_ms: 0 },
         ] {
             let frame = FrameBuilder::new("").build(&body);
             assert!(Frame::from_bytes(frame.into_bytes()).is_ok());

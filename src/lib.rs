@@ -13,7 +13,14 @@
 //! - [`placement`]: room → ordered Links (consistent hash ring, rendezvous, bounded load).
 //! - [`room`]: per-room sequencer, bounded history, interest set, join/replay/gap answers.
 //! - [`fanout`]: the per-shard ring of recent frames and per-connection cursors.
+//! - [`protocol`]: the client ↔ Link WebSocket JSON operations (both directions, both peers) and
+//!   the error/close-code table.
 //! - [`rooms`]: the hub's room table: every owned room and the frames owed to each Link.
+//! - [`shard_rooms`]: one Link shard's rings (room messages, room-wide gap/reset markers), ids
+//!   and outstanding requests.
+//! - [`link_session`]: one client connection's rooms at a Link: join, replay, live hand-over,
+//!   de-duplication, gaps and resets, as a state machine.
+//! - [`token_bucket`]: the per-connection publish rate limit.
 //! - [`auth`]: JWT HS256 verification of client tokens and room rights.
 //!
 //! Runtimes and glue (tokio):
@@ -28,8 +35,12 @@
 pub mod fanout;
 pub mod frame;
 pub mod placement;
+pub mod protocol;
 pub mod room;
 pub mod rooms;
+pub mod shard_rooms;
+pub mod link_session;
+pub mod token_bucket;
 pub mod auth;
 pub mod config;
 pub mod uplink;

@@ -6,8 +6,16 @@
 //!   **once**, keeps it in history and returns it with the Links to send it to;
 //! - [`Room::handle_interest`] when a Link reports its local member count for the room: the
 //!   answer says whether the Link became interested (first member) or not (last member left);
-//! - [`Room::join`] when a client joins with `since`: the answer is either the frames to replay
-//!   or an explicit gap (what was lost and from which seq the client continues).
+//! - [`Room::join`] when a client (or a Link, for all its members) joins with `since` and the
+//!   `epoch` that position belongs to: the answer is the frames to replay, preceded by an
+//!   explicit gap (what was lost, where the member continues) and/or a reset (the position
+//!   belongs to another epoch of the room: forget it, replay starts at seq 1).
+//! - [`Room::duplicate`] / [`Room::remember_key`] around a publish that carries an idempotency
+//!   key: a retried publish is answered with the first one's seq instead of being sequenced twice.
+//!
+//! Every room has an **epoch**: a random 64-bit id the caller draws when the room's history
+//! begins (new room, restart without a durable store, idle drop). A position is (epoch, seq); a
+//! seq of another epoch is meaningless here, hence the reset.
 //!
 //! History is bounded by count *and* bytes ([`RoomLimits`]); evicting the oldest frames is what
 //! turns a late `join since` into a gap. Interest is a small sorted vector (a room is on a few
@@ -15,7 +23,7 @@
 //!
 //! Sans-IO: no sockets, no clocks, no tokio.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::frame::{Frame, MAX_SENDER_LEN};
 use crate::placement::LinkId;
@@ -29,11 +37,31 @@ pub struct RoomLimits {
     pub history_bytes: usize,
     /// Largest accepted payload.
     pub max_payload: usize,
+    /// Most publish idempotency keys remembered.
+    #[serde(default = "default_dedupe_keys")]
+    pub dedupe_keys: usize,
+    /// How long a publish idempotency key is remembered, microseconds.
+    #[serde(default = "default_dedupe_micros")]
+    pub dedupe_micros: u64,
+}
+
+fn default_dedupe_keys() -> usize {
+    1024
+}
+
+fn default_dedupe_micros() -> u64 {
+    300_000_000
 }
 
 impl Default for RoomLimits {
     fn default() -> Self {
-        RoomLimits { history_messages: 1024, history_bytes: 4 * 1024 * 1024, max_payload: 64 * 1024 }
+        RoomLimits {
+            history_messages: 1024,
+            history_bytes: 4 * 1024 * 1024,
+            max_payload: 64 * 1024,
+            dedupe_keys: default_dedupe_keys(),
+            dedupe_micros: default_dedupe_micros(),
+        }
     }
 }
 
@@ -75,35 +103,33 @@ pub struct Published<'a> {
     pub links: &'a [LinkId],
 }
 
-/// The answer to a join with `since`.
+/// Messages owed to a joining member that history no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostRange {
+    /// First seq that will never be delivered.
+    pub first_lost: u64,
+    /// Last seq that will never be delivered.
+    pub last_lost: u64,
+    /// The first seq the member gets next.
+    pub resume_from: u64,
+}
+
+/// The answer to a join: in this order, a reset (if any), a gap (if any), the frames to
+/// replay, then `joined` with `last_seq` and `epoch`; live messages follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
-pub enum JoinAnswer {
-    /// Send these frames (every message after `since`, in order; maybe none), then live ones.
-    Replay {
-        /// Frames to replay, oldest first.
-        frames: Vec<Frame>,
-        /// The room's last seq at the time of the join.
-        last_seq: u64,
-    },
-    /// `since` is older than the history window: `first_lost..=last_lost` are gone for good.
-    /// The client continues at `resume_from`; `frames` are the ones still in the window.
-    Gap {
-        /// First seq that will never be delivered.
-        first_lost: u64,
-        /// Last seq that will never be delivered.
-        last_lost: u64,
-        /// The first seq the client gets next.
-        resume_from: u64,
-        /// Frames from `resume_from` on, oldest first.
-        frames: Vec<Frame>,
-    },
-    /// `since` is ahead of the room (the room was recreated, e.g. after a hub restart): the
-    /// client must forget its position and continue at `last_seq + 1`.
-    Reset {
-        /// The room's last seq.
-        last_seq: u64,
-    },
+pub struct JoinAnswer {
+    /// The member's position belonged to another epoch (or was ahead of the room): it must
+    /// forget it; what follows starts at seq 1 of `epoch`.
+    pub reset: bool,
+    /// Part of what is owed is no longer held.
+    pub gap: Option<LostRange>,
+    /// Frames to replay, oldest first (maybe none).
+    pub frames: Vec<Frame>,
+    /// The room's last seq at the time of the join.
+    pub last_seq: u64,
+    /// The room's epoch.
+    pub epoch: u64,
 }
 
 /// What an interest report changed.
@@ -122,6 +148,7 @@ pub enum InterestChange {
 pub struct Room {
     name: String,
     limits: RoomLimits,
+    epoch: u64,
     last_seq: u64,
     last_ts: u64,
     /// Oldest first; `history[i].seq() == first_seq_in_history + i`.
@@ -130,20 +157,74 @@ pub struct Room {
     /// Links holding members, sorted by id; parallel to `members_per_link`.
     links: Vec<LinkId>,
     members_per_link: Vec<u64>,
+    /// Publish keys remembered, oldest first: ((sender, key), seq, when).
+    keys: VecDeque<(PublishKey, u64, u64)>,
+    key_index: HashMap<PublishKey, u64>,
 }
 
+/// A publish's idempotency scope within a room: (sender, key).
+type PublishKey = (String, String);
+
 impl Room {
-    /// A new, empty room. `name` must already be valid ([`crate::frame::is_valid_room`]).
-    pub fn new(name: &str, limits: RoomLimits) -> Self {
+    /// A new, empty room whose history begins with `epoch` (a random id drawn by the caller).
+    /// `name` must already be valid ([`crate::frame::is_valid_room`]).
+    pub fn new(name: &str, limits: RoomLimits, epoch: u64) -> Self {
         Room {
             name: name.to_owned(),
             limits,
+            epoch,
             last_seq: 0,
             last_ts: 0,
             history: VecDeque::new(),
             history_bytes: 0,
             links: Vec::new(),
             members_per_link: Vec::new(),
+            keys: VecDeque::new(),
+            key_index: HashMap::new(),
+        }
+    }
+
+    /// The room's epoch: which lifetime of its history its seqs belong to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The seq an earlier publish of `sender` with idempotency `key` got, if it is still
+    /// remembered (keys are kept for `dedupe_keys` publishes and `dedupe_micros`).
+    pub fn duplicate(&mut self, now_micros: u64, sender: &str, key: &str) -> Option<u64> {
+        self.forget_keys(now_micros);
+        // The lookup key is built only for keyed publishes, never on the plain publish path.
+        self.key_index.get(&(sender.to_owned(), key.to_owned())).copied()
+    }
+
+    /// Remembers that `sender`'s publish with idempotency `key` got `seq`.
+    pub fn remember_key(&mut self, now_micros: u64, sender: &str, key: &str, seq: u64) {
+        if self.limits.dedupe_keys == 0 || key.is_empty() {
+            return;
+        }
+        let id = (sender.to_owned(), key.to_owned());
+        self.key_index.insert(id.clone(), seq);
+        self.keys.push_back((id, seq, now_micros));
+        self.forget_keys(now_micros);
+    }
+
+    /// Publish keys remembered.
+    pub fn remembered_keys(&self) -> usize {
+        self.key_index.len()
+    }
+
+    fn forget_keys(&mut self, now_micros: u64) {
+        while let Some((_, _, at)) = self.keys.front() {
+            let expired = now_micros.saturating_sub(*at) >= self.limits.dedupe_micros;
+            if !expired && self.keys.len() <= self.limits.dedupe_keys {
+                break;
+            }
+            if let Some((id, seq, _)) = self.keys.pop_front() {
+                // A key re-used later points at the newer entry: leave that one.
+                if self.key_index.get(&id) == Some(&seq) {
+                    self.key_index.remove(&id);
+                }
+            }
         }
     }
 
@@ -227,27 +308,29 @@ impl Room {
         }
     }
 
-    /// Answers a join: replay after `since`, or an explicit gap, or a reset. `None` = live only.
-    pub fn join(&self, since: Option<u64>) -> JoinAnswer {
+    /// Answers a join of a member whose position is (`epoch`, `since`). `since = None` = live
+    /// only; `epoch = None` = the room's current epoch (clients that do not know it).
+    ///
+    /// A position of another epoch, or ahead of the room, is reset: the member starts over at
+    /// seq 0 of the room's epoch (so it is replayed the epoch's history from its start).
+    pub fn join(&self, since: Option<u64>, epoch: Option<u64>) -> JoinAnswer {
         let last_seq = self.last_seq;
-        let Some(since) = since else {
-            return JoinAnswer::Replay { frames: Vec::new(), last_seq };
-        };
-        if since > last_seq {
-            return JoinAnswer::Reset { last_seq };
+        let mut answer = JoinAnswer { reset: false, gap: None, frames: Vec::new(), last_seq, epoch: self.epoch };
+        let Some(mut since) = since else { return answer };
+        if epoch.is_some_and(|e| e != self.epoch) || since > last_seq {
+            answer.reset = true;
+            since = 0;
         }
         // Everything in (since, last_seq] must be delivered. The window is [oldest, last_seq].
         let oldest = self.oldest_seq().unwrap_or(last_seq + 1);
         if since + 1 >= oldest {
             let skip = (since + 1 - oldest) as usize;
-            return JoinAnswer::Replay { frames: self.history.iter().skip(skip).cloned().collect(), last_seq };
+            answer.frames = self.history.iter().skip(skip).cloned().collect();
+        } else {
+            answer.gap = Some(LostRange { first_lost: since + 1, last_lost: oldest - 1, resume_from: oldest });
+            answer.frames = self.history.iter().cloned().collect();
         }
-        JoinAnswer::Gap {
-            first_lost: since + 1,
-            last_lost: oldest - 1,
-            resume_from: oldest,
-            frames: self.history.iter().cloned().collect(),
-        }
+        answer
     }
 
     /// Up to `limit` history frames with seq > `since`, oldest first (the HTTP history route).
@@ -286,8 +369,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const EPOCH: u64 = 0x9f86_d081_884c_7d65;
+
     fn room(history_messages: usize) -> Room {
-        Room::new("lobby", RoomLimits { history_messages, history_bytes: 1 << 20, max_payload: 1024 })
+        Room::new("lobby", RoomLimits { history_messages, history_bytes: 1 << 20, max_payload: 1024, ..RoomLimits::default() }, EPOCH)
     }
 
     fn seqs(frames: &[Frame]) -> Vec<u64> {
@@ -322,6 +407,10 @@ mod tests {
         assert_eq!(room.publish(1, "a", 0, b"ok").map(|p| p.seq), Ok(1));
     }
 
+    fn replay(frames: &[Frame], last_seq: u64, epoch: u64) -> JoinAnswer {
+        JoinAnswer { reset: false, gap: None, frames: frames.to_vec(), last_seq, epoch }
+    }
+
     #[test]
     fn join_replays_inside_the_window_and_reports_gaps_outside() {
         let mut room = room(5);
@@ -329,27 +418,33 @@ mod tests {
             let _ = room.publish(i, "u", 0, b"m").expect("fits");
         }
         assert_eq!(room.oldest_seq(), Some(8));
-        match room.join(Some(9)) {
-            JoinAnswer::Replay { frames, last_seq } => {
-                assert_eq!(seqs(&frames), vec![10, 11, 12]);
-                assert_eq!(last_seq, 12);
-            }
-            other => panic!("expected replay, got {other:?}"),
+        let answer = room.join(Some(9), Some(EPOCH));
+        assert_eq!((answer.reset, answer.gap, seqs(&answer.frames), answer.last_seq), (false, None, vec![10, 11, 12], 12));
+        assert_eq!(seqs(&room.join(Some(7), None).frames), vec![8, 9, 10, 11, 12]);
+        let answer = room.join(Some(3), Some(EPOCH));
+        assert_eq!(answer.gap, Some(LostRange { first_lost: 4, last_lost: 7, resume_from: 8 }));
+        assert_eq!(seqs(&answer.frames), vec![8, 9, 10, 11, 12]);
+        assert_eq!(room.join(Some(12), Some(EPOCH)), replay(&[], 12, EPOCH));
+        assert_eq!(room.join(None, None), replay(&[], 12, EPOCH));
+    }
+
+    #[test]
+    fn a_position_of_another_epoch_is_reset_and_replayed_from_the_start() {
+        let mut room = room(20);
+        for i in 0..3 {
+            let _ = room.publish(i, "u", 0, b"m").expect("fits");
         }
-        match room.join(Some(7)) {
-            JoinAnswer::Replay { frames, .. } => assert_eq!(seqs(&frames), vec![8, 9, 10, 11, 12]),
-            other => panic!("expected replay, got {other:?}"),
-        }
-        match room.join(Some(3)) {
-            JoinAnswer::Gap { first_lost, last_lost, resume_from, frames } => {
-                assert_eq!((first_lost, last_lost, resume_from), (4, 7, 8));
-                assert_eq!(seqs(&frames), vec![8, 9, 10, 11, 12]);
-            }
-            other => panic!("expected gap, got {other:?}"),
-        }
-        assert_eq!(room.join(Some(12)), JoinAnswer::Replay { frames: vec![], last_seq: 12 });
-        assert_eq!(room.join(None), JoinAnswer::Replay { frames: vec![], last_seq: 12 });
-        assert_eq!(room.join(Some(13)), JoinAnswer::Reset { last_seq: 12 });
+        // The client's seq 2 belonged to an earlier life of the room: even though it is below
+        // last_seq, it must not be taken as a position in this one.
+        let answer = room.join(Some(2), Some(EPOCH ^ 1));
+        assert!(answer.reset);
+        assert_eq!((answer.gap, seqs(&answer.frames), answer.epoch), (None, vec![1, 2, 3], EPOCH));
+        // A position ahead of the room (a client that does not send its epoch): reset too.
+        let answer = room.join(Some(9), None);
+        assert!(answer.reset);
+        assert_eq!(seqs(&answer.frames), vec![1, 2, 3]);
+        // Live-only joins have no position to reset.
+        assert_eq!(room.join(None, Some(EPOCH ^ 1)), replay(&[], 3, EPOCH));
     }
 
     #[test]
@@ -358,16 +453,32 @@ mod tests {
         for i in 0..3 {
             let _ = room.publish(i, "u", 0, b"m").expect("fits");
         }
-        assert_eq!(
-            room.join(Some(1)),
-            JoinAnswer::Gap { first_lost: 2, last_lost: 3, resume_from: 4, frames: vec![] }
-        );
-        assert_eq!(room.join(Some(3)), JoinAnswer::Replay { frames: vec![], last_seq: 3 });
+        let answer = room.join(Some(1), Some(EPOCH));
+        assert_eq!(answer.gap, Some(LostRange { first_lost: 2, last_lost: 3, resume_from: 4 }));
+        assert!(answer.frames.is_empty());
+        assert_eq!(room.join(Some(3), Some(EPOCH)), replay(&[], 3, EPOCH));
+    }
+
+    #[test]
+    fn publish_keys_are_remembered_per_sender_within_count_and_time() {
+        let limits = RoomLimits { dedupe_keys: 2, dedupe_micros: 1_000, ..RoomLimits::default() };
+        let mut room = Room::new("r", limits, EPOCH);
+        assert_eq!(room.duplicate(0, "alice", "k1"), None);
+        room.remember_key(0, "alice", "k1", 1);
+        assert_eq!(room.duplicate(10, "alice", "k1"), Some(1));
+        assert_eq!(room.duplicate(10, "bob", "k1"), None, "keys are per sender");
+        room.remember_key(10, "alice", "k2", 2);
+        room.remember_key(20, "alice", "k3", 3);
+        assert_eq!(room.duplicate(30, "alice", "k1"), None, "count bound: the oldest key is forgotten");
+        assert_eq!(room.duplicate(30, "alice", "k3"), Some(3));
+        assert_eq!(room.duplicate(1_025, "alice", "k3"), None, "time bound");
+        assert_eq!(room.remembered_keys(), 0);
     }
 
     #[test]
     fn history_is_bounded_by_bytes() {
-        let mut room = Room::new("r", RoomLimits { history_messages: 1000, history_bytes: 1000, max_payload: 400 });
+        let limits = RoomLimits { history_messages: 1000, history_bytes: 1000, max_payload: 400, ..RoomLimits::default() };
+        let mut room = Room::new("r", limits, EPOCH);
         for i in 0..20 {
             let _ = room.publish(i, "u", 0, &[b'x'; 300]).expect("fits");
         }
@@ -389,23 +500,16 @@ mod tests {
                 let _ = room.publish(i, "u", 0, b"m").expect("fits");
             }
             let mut seen = Vec::new();
-            match room.join(Some(since)) {
-                JoinAnswer::Replay { frames, last_seq } => {
-                    prop_assert!(since <= last_seq);
-                    seen.extend(seqs(&frames));
-                }
-                JoinAnswer::Gap { first_lost, last_lost, resume_from, frames } => {
-                    prop_assert_eq!(first_lost, since + 1);
-                    prop_assert_eq!(resume_from, last_lost + 1);
-                    seen.extend(first_lost..=last_lost);
-                    prop_assert_eq!(frames.first().map(Frame::seq).unwrap_or(resume_from), resume_from);
-                    seen.extend(seqs(&frames));
-                }
-                JoinAnswer::Reset { last_seq } => {
-                    prop_assert!(since > last_seq);
-                    return Ok(());
-                }
+            let answer = room.join(Some(since), Some(EPOCH));
+            prop_assert_eq!(answer.reset, since > published);
+            let since = if answer.reset { 0 } else { since };
+            if let Some(gap) = answer.gap {
+                prop_assert_eq!(gap.first_lost, since + 1);
+                prop_assert_eq!(gap.resume_from, gap.last_lost + 1);
+                seen.extend(gap.first_lost..=gap.last_lost);
+                prop_assert_eq!(answer.frames.first().map(Frame::seq).unwrap_or(gap.resume_from), gap.resume_from);
             }
+            seen.extend(seqs(&answer.frames));
             let expected: Vec<u64> = (since + 1..=published).collect();
             prop_assert_eq!(seen, expected);
         }

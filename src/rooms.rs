@@ -12,6 +12,11 @@
 //! frames are yielded in the order they were produced, a Link sees the replay for a join before
 //! any live message sequenced after it.
 //!
+//! Epochs: the table draws each new room's epoch from a seeded generator (the driver seeds it
+//! from the OS at start-up; tests and the simulator pass fixed seeds), so a room created again
+//! after a restart or an idle drop gets a different epoch and members' old positions are reset
+//! rather than silently mistaken for positions in the new history.
+//!
 //! Bounds: at most `max_rooms` rooms (a new one beyond that is refused with 503); each room's
 //! history is bounded by [`RoomLimits`]; rooms without interest and idle for `idle_ttl_micros`
 //! are dropped by [`RoomTable::handle_timeout`].
@@ -20,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind};
 use crate::placement::LinkId;
-use crate::room::{InterestChange, JoinAnswer, Room, RoomError, RoomLimits};
+use crate::room::{InterestChange, Room, RoomError, RoomLimits};
 
 /// Limits of a hub's room table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -79,6 +84,17 @@ pub struct TableStats {
     pub refused: u64,
 }
 
+/// What a publish got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Its seq.
+    pub seq: u64,
+    /// The room's epoch the seq belongs to.
+    pub epoch: u64,
+    /// The idempotency key was seen before: `seq` is the first publish's, nothing was sent.
+    pub duplicate: bool,
+}
+
 /// Every room this hub owns.
 #[derive(Debug)]
 pub struct RoomTable {
@@ -86,6 +102,8 @@ pub struct RoomTable {
     limits: TableLimits,
     transmit: VecDeque<(LinkId, Frame)>,
     stats: TableStats,
+    /// State of the epoch generator (splitmix64).
+    epochs: u64,
 }
 
 #[derive(Debug)]
@@ -95,9 +113,10 @@ struct RoomSlot {
 }
 
 impl RoomTable {
-    /// An empty table.
-    pub fn new(limits: TableLimits) -> Self {
-        RoomTable { rooms: HashMap::new(), limits, transmit: VecDeque::new(), stats: TableStats::default() }
+    /// An empty table. `seed` drives the epochs of new rooms: pass fresh randomness in
+    /// production (two hub lifetimes must not share it), a constant in tests.
+    pub fn new(limits: TableLimits, seed: u64) -> Self {
+        RoomTable { rooms: HashMap::new(), limits, transmit: VecDeque::new(), stats: TableStats::default(), epochs: seed }
     }
 
     /// A room, if held.
@@ -120,17 +139,36 @@ impl RoomTable {
         self.stats
     }
 
-    /// Sequences a message and queues it once per interested Link. Returns its seq.
-    pub fn publish(&mut self, now: u64, room: &str, sender: &str, flags: u16, data: &[u8]) -> Result<u64, PublishError> {
-        let slot = slot(&mut self.rooms, &self.limits, room, now)?;
+    /// Sequences a message and queues it once per interested Link. A non-empty `key` is the
+    /// publish's idempotency key: a repeat by the same sender is answered with the first seq.
+    pub fn publish(
+        &mut self,
+        now: u64,
+        room: &str,
+        sender: &str,
+        flags: u16,
+        data: &[u8],
+        key: &str,
+    ) -> Result<PublishAck, PublishError> {
+        let slot = slot(&mut self.rooms, &self.limits, &mut self.epochs, room, now)?;
         slot.last_active_micros = now;
+        let epoch = slot.room.epoch();
+        if !key.is_empty() {
+            if let Some(seq) = slot.room.duplicate(now, sender, key) {
+                return Ok(PublishAck { seq, epoch, duplicate: true });
+            }
+        }
         let published = slot.room.publish(now, sender, flags, data)?;
+        let seq = published.seq;
         self.stats.published += 1;
         self.stats.link_sends += published.links.len() as u64;
         for &link in published.links {
             self.transmit.push_back((link, published.frame.clone()));
         }
-        Ok(published.seq)
+        if !key.is_empty() {
+            slot.room.remember_key(now, sender, key, seq);
+        }
+        Ok(PublishAck { seq, epoch, duplicate: false })
     }
 
     /// Handles one frame a Link sent. Frames a hub does not take are answered with an error.
@@ -140,15 +178,17 @@ impl RoomTable {
                 let members = if frame.kind() == Kind::InterestRemove { 0 } else { members.to_native() };
                 self.handle_interest(now, link, frame.room(), members);
             }
-            (Kind::Join, ArchivedBody::Join { conn, since }) => {
+            (Kind::Join, ArchivedBody::Join { request, since, epoch }) => {
                 let since = since.as_ref().map(|s| s.to_native());
-                self.handle_join(now, link, frame.room(), conn.to_native(), since);
+                let epoch = epoch.as_ref().map(|e| e.to_native());
+                self.handle_join(now, link, frame.room(), request.to_native(), since, epoch);
             }
-            (Kind::Publish, ArchivedBody::Publish { request, data }) => {
+            (Kind::Publish, ArchivedBody::Publish { request, key, data }) => {
                 let request = request.to_native();
-                match self.publish(now, frame.room(), frame.sender(), frame.flags(), data.as_slice()) {
-                    Ok(seq) => {
-                        let ack = FrameBuilder::new(frame.room()).seq(seq).build(&Body::PublishAck { request });
+                match self.publish(now, frame.room(), frame.sender(), frame.flags(), data.as_slice(), key.as_str()) {
+                    Ok(ack) => {
+                        let body = Body::PublishAck { request, epoch: ack.epoch };
+                        let ack = FrameBuilder::new(frame.room()).seq(ack.seq).build(&body);
                         self.transmit.push_back((link, ack));
                     }
                     Err(e) => self.refuse(link, frame.room(), request, e.status()),
@@ -201,52 +241,59 @@ impl RoomTable {
         let _: InterestChange = slot.room.handle_interest(link, members);
     }
 
-    fn handle_join(&mut self, now: u64, link: LinkId, room_name: &str, conn: u64, since: Option<u64>) {
+    fn handle_join(&mut self, now: u64, link: LinkId, room_name: &str, request: u64, since: Option<u64>, epoch: Option<u64>) {
         let slot = match self.slot(room_name, now) {
             Ok(slot) => slot,
-            Err(e) => return self.refuse(link, room_name, conn, e.status()),
+            Err(e) => return self.refuse(link, room_name, request, e.status()),
         };
-        let answer = slot.room.join(since);
-        let last_seq = slot.room.last_seq();
-        let replay = |frames: Vec<Frame>, out: &mut VecDeque<(LinkId, Frame)>| {
-            let count = frames.len() as u64;
-            for frame in frames {
-                let replayed = FrameBuilder::new(room_name)
-                    .seq(frame.seq())
-                    .ts_micros(frame.ts_micros())
-                    .sender(frame.sender())
-                    .flags(frame.flags())
-                    .build(&Body::Replay { conn, data: frame.payload().to_vec() });
-                out.push_back((link, replayed));
-            }
-            count
-        };
-        match answer {
-            JoinAnswer::Replay { frames, .. } => {
-                self.stats.replayed += replay(frames, &mut self.transmit);
-            }
-            JoinAnswer::Gap { first_lost, last_lost, resume_from, frames } => {
-                self.stats.gaps += 1;
-                let gap = FrameBuilder::new(room_name).build(&Body::Gap { conn, first_lost, last_lost, resume_from });
-                self.transmit.push_back((link, gap));
-                self.stats.replayed += replay(frames, &mut self.transmit);
-            }
-            // The client is ahead of the room (it was recreated): `Joined` with a lower
-            // last_seq than the client's `since` tells it to reset its position.
-            JoinAnswer::Reset { .. } => {}
+        let answer = slot.room.join(since, epoch);
+        let out = &mut self.transmit;
+        if answer.reset {
+            let reset = FrameBuilder::new(room_name).seq(answer.last_seq).build(&Body::Reset { request, epoch: answer.epoch });
+            out.push_back((link, reset));
         }
-        let joined = FrameBuilder::new(room_name).seq(last_seq).build(&Body::Joined { conn });
-        self.transmit.push_back((link, joined));
+        if let Some(lost) = answer.gap {
+            self.stats.gaps += 1;
+            let body = Body::Gap { request, first_lost: lost.first_lost, last_lost: lost.last_lost, resume_from: lost.resume_from };
+            out.push_back((link, FrameBuilder::new(room_name).build(&body)));
+        }
+        self.stats.replayed += answer.frames.len() as u64;
+        for frame in answer.frames {
+            let replayed = FrameBuilder::new(room_name)
+                .seq(frame.seq())
+                .ts_micros(frame.ts_micros())
+                .sender(frame.sender())
+                .flags(frame.flags())
+                .build(&Body::Replay { request, data: frame.payload().to_vec() });
+            out.push_back((link, replayed));
+        }
+        let joined = FrameBuilder::new(room_name).seq(answer.last_seq).build(&Body::Joined { request, epoch: answer.epoch });
+        out.push_back((link, joined));
     }
 
     fn refuse(&mut self, link: LinkId, room: &str, request: u64, (code, reason): (u16, &'static str)) {
         let room = if is_valid_room(room) { room } else { "" };
-        let error = FrameBuilder::new(room).build(&Body::Error { request, code, reason: reason.to_owned() });
+        let error = FrameBuilder::new(room).build(&Body::Error { request, code, reason: reason.to_owned(), retry_after_ms: 0 });
         self.transmit.push_back((link, error));
     }
 
     fn slot(&mut self, room: &str, now: u64) -> Result<&mut RoomSlot, PublishError> {
-        slot(&mut self.rooms, &self.limits, room, now)
+        slot(&mut self.rooms, &self.limits, &mut self.epochs, room, now)
+    }
+}
+
+/// The next epoch of a splitmix64 generator: well mixed, never 0 (0 reads as "no epoch" in
+/// logs and tools).
+fn next_epoch(state: &mut u64) -> u64 {
+    loop {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if z != 0 {
+            return z;
+        }
     }
 }
 
@@ -254,6 +301,7 @@ impl RoomTable {
 fn slot<'a>(
     rooms: &'a mut HashMap<String, RoomSlot>,
     limits: &TableLimits,
+    epochs: &mut u64,
     room: &str,
     now: u64,
 ) -> Result<&'a mut RoomSlot, PublishError> {
@@ -267,7 +315,7 @@ fn slot<'a>(
                 return Err(PublishError::TooManyRooms);
             }
         }
-        let fresh = RoomSlot { room: Room::new(room, limits.room), last_active_micros: now };
+        let fresh = RoomSlot { room: Room::new(room, limits.room, next_epoch(epochs)), last_active_micros: now };
         rooms.insert(room.to_owned(), fresh);
     }
     rooms.get_mut(room).ok_or(PublishError::BadRoom)
@@ -293,34 +341,34 @@ mod tests {
 
     #[test]
     fn a_message_goes_once_to_each_interested_link() {
-        let mut table = RoomTable::new(TableLimits::default());
+        let mut table = RoomTable::new(TableLimits::default(), 7);
         table.handle_link_frame(1, LinkId(1), &interest("lobby", 1, 10));
         table.handle_link_frame(1, LinkId(2), &interest("lobby", 2, 1));
         table.handle_link_frame(1, LinkId(3), &interest("other", 3, 1));
-        assert_eq!(table.publish(5, "lobby", "alice", 0, b"hi"), Ok(1));
+        assert_eq!(table.publish(5, "lobby", "alice", 0, b"hi", "").map(|a| a.seq), Ok(1));
         let sent = drain(&mut table);
         assert_eq!(sent.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![LinkId(1), LinkId(2)]);
         assert_eq!(sent[0].1.as_bytes().as_ptr(), sent[1].1.as_bytes().as_ptr(), "one encoding shared");
         assert_eq!(table.stats().link_sends, 2);
         table.handle_link_frame(2, LinkId(2), &interest("lobby", 2, 0));
-        assert_eq!(table.publish(6, "lobby", "alice", 0, b"again"), Ok(2));
+        assert_eq!(table.publish(6, "lobby", "alice", 0, b"again", "").map(|a| a.seq), Ok(2));
         assert_eq!(drain(&mut table).len(), 1);
         assert_eq!(table.room("lobby").map(Room::members), Some(10));
     }
 
     #[test]
     fn join_replays_then_answers_joined_and_client_publish_is_acked() {
-        let mut table = RoomTable::new(TableLimits::default());
+        let mut table = RoomTable::new(TableLimits::default(), 7);
         for i in 0..3 {
-            assert_eq!(table.publish(i, "lobby", "bob", 0, b"m"), Ok(i + 1));
+            assert_eq!(table.publish(i, "lobby", "bob", 0, b"m", "").map(|a| a.seq), Ok(i + 1));
         }
-        let join = FrameBuilder::new("lobby").build(&Body::Join { conn: 77, since: Some(1) });
+        let join = FrameBuilder::new("lobby").build(&Body::Join { request: 77, since: Some(1), epoch: None });
         table.handle_link_frame(10, LinkId(4), &join);
         let out = drain(&mut table);
         let kinds: Vec<(Kind, u64)> = out.iter().map(|(_, f)| (f.kind(), f.seq())).collect();
         assert_eq!(kinds, vec![(Kind::Replay, 2), (Kind::Replay, 3), (Kind::Joined, 3)]);
-        assert!(matches!(out[0].1.body(), ArchivedBody::Replay { conn, .. } if conn.to_native() == 77));
-        let publish = FrameBuilder::new("lobby").sender("carol").build(&Body::Publish { request: 5, data: b"x".to_vec() });
+        assert!(matches!(out[0].1.body(), ArchivedBody::Replay { request, .. } if request.to_native() == 77));
+        let publish = FrameBuilder::new("lobby").sender("carol").build(&Body::Publish { request: 5, key: String::new(), data: b"x".to_vec() });
         table.handle_link_frame(11, LinkId(4), &publish);
         let out = drain(&mut table);
         assert_eq!(out.len(), 1);
@@ -330,11 +378,11 @@ mod tests {
     #[test]
     fn join_outside_the_window_gets_a_gap_first() {
         let limits = TableLimits { room: RoomLimits { history_messages: 2, ..RoomLimits::default() }, ..TableLimits::default() };
-        let mut table = RoomTable::new(limits);
+        let mut table = RoomTable::new(limits, 7);
         for i in 0..5 {
-            let _ = table.publish(i, "r", "u", 0, b"m");
+            let _ = table.publish(i, "r", "u", 0, b"m", "").map(|a| a.seq);
         }
-        table.handle_link_frame(1, LinkId(1), &FrameBuilder::new("r").build(&Body::Join { conn: 1, since: Some(0) }));
+        table.handle_link_frame(1, LinkId(1), &FrameBuilder::new("r").build(&Body::Join { request: 1, since: Some(0), epoch: None }));
         let out = drain(&mut table);
         assert_eq!(out[0].1.kind(), Kind::Gap);
         assert!(matches!(out[0].1.body(),
@@ -346,13 +394,13 @@ mod tests {
     #[test]
     fn bad_input_is_refused_and_the_table_is_bounded() {
         let limits = TableLimits { max_rooms: 2, ..TableLimits::default() };
-        let mut table = RoomTable::new(limits);
-        assert_eq!(table.publish(1, "bad room", "u", 0, b""), Err(PublishError::BadRoom));
-        assert_eq!(table.publish(1, "a", "u", 0, b""), Ok(1));
-        assert_eq!(table.publish(1, "b", "u", 0, b""), Ok(1));
-        assert_eq!(table.publish(2, "c", "u", 0, b""), Err(PublishError::TooManyRooms));
+        let mut table = RoomTable::new(limits, 7);
+        assert_eq!(table.publish(1, "bad room", "u", 0, b"", "").map(|a| a.seq), Err(PublishError::BadRoom));
+        assert_eq!(table.publish(1, "a", "u", 0, b"", "").map(|a| a.seq), Ok(1));
+        assert_eq!(table.publish(1, "b", "u", 0, b"", "").map(|a| a.seq), Ok(1));
+        assert_eq!(table.publish(2, "c", "u", 0, b"", "").map(|a| a.seq), Err(PublishError::TooManyRooms));
         // After the idle TTL the idle rooms make way.
-        assert_eq!(table.publish(2 + limits.idle_ttl_micros, "c", "u", 0, b""), Ok(1));
+        assert_eq!(table.publish(2 + limits.idle_ttl_micros, "c", "u", 0, b"", "").map(|a| a.seq), Ok(1));
         let stray = FrameBuilder::new("a").seq(1).build(&Body::Message { data: vec![] });
         table.handle_link_frame(3, LinkId(1), &stray);
         let out = drain(&mut table);
@@ -360,11 +408,54 @@ mod tests {
     }
 
     #[test]
+    fn rooms_get_distinct_epochs_and_a_stale_epoch_is_reset() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        let first = table.publish(1, "a", "u", 0, b"m", "").expect("ok").epoch;
+        let other = table.publish(1, "b", "u", 0, b"m", "").expect("ok").epoch;
+        assert_ne!(first, other);
+        let mut restarted = RoomTable::new(TableLimits::default(), 8);
+        let again = restarted.publish(1, "a", "u", 0, b"m", "").expect("ok").epoch;
+        assert_ne!(first, again, "another hub lifetime, another epoch");
+        // A Link that still holds a position of the old life of "a" is told to reset, then
+        // gets the new life's history from its start.
+        let join = FrameBuilder::new("a").build(&Body::Join { request: 3, since: Some(1), epoch: Some(first) });
+        restarted.handle_link_frame(2, LinkId(1), &join);
+        let out = drain(&mut restarted);
+        let kinds: Vec<(Kind, u64)> = out.iter().map(|(_, f)| (f.kind(), f.seq())).collect();
+        assert_eq!(kinds, vec![(Kind::Reset, 1), (Kind::Replay, 1), (Kind::Joined, 1)]);
+        assert!(matches!(out[0].1.body(),
+            ArchivedBody::Reset { request, epoch } if request.to_native() == 3 && epoch.to_native() == again));
+        assert!(matches!(out[2].1.body(),
+            ArchivedBody::Joined { request, epoch } if request.to_native() == 3 && epoch.to_native() == again));
+    }
+
+    #[test]
+    fn a_retried_publish_is_sequenced_once() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        table.handle_link_frame(1, LinkId(1), &interest("r", 1, 1));
+        let first = table.publish(2, "r", "alice", 0, b"m", "k").expect("ok");
+        assert!(!first.duplicate);
+        let retry = table.publish(3, "r", "alice", 0, b"m", "k").expect("ok");
+        assert_eq!((retry.seq, retry.epoch, retry.duplicate), (first.seq, first.epoch, true));
+        assert_eq!(drain(&mut table).len(), 1, "the retry is not sent again");
+        assert_eq!(table.publish(4, "r", "bob", 0, b"m", "k").map(|a| (a.seq, a.duplicate)), Ok((2, false)));
+        assert_eq!(drain(&mut table).len(), 1, "another sender's key is another publish");
+        // Over the Link: the ack of a retried client publish carries the first seq.
+        let publish = FrameBuilder::new("r").sender("alice").build(&Body::Publish { request: 9, key: "k".into(), data: b"m".to_vec() });
+        table.handle_link_frame(5, LinkId(1), &publish);
+        let out = drain(&mut table);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].1.body(), ArchivedBody::PublishAck { request, epoch }
+            if request.to_native() == 9 && epoch.to_native() == first.epoch));
+        assert_eq!(out[0].1.seq(), first.seq);
+    }
+
+    #[test]
     fn link_down_voids_its_interest() {
-        let mut table = RoomTable::new(TableLimits::default());
+        let mut table = RoomTable::new(TableLimits::default(), 7);
         table.handle_link_frame(1, LinkId(1), &interest("lobby", 1, 3));
         table.handle_link_down(2, LinkId(1));
-        let _ = table.publish(3, "lobby", "u", 0, b"m");
+        let _ = table.publish(3, "lobby", "u", 0, b"m", "").map(|a| a.seq);
         assert!(drain(&mut table).is_empty());
     }
 }

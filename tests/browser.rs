@@ -6,7 +6,13 @@
 //!
 //! Steps: both tabs pick a name and join a room (through locate + WebSocket); each sends a
 //! line, both see both lines with seq and sender; then tab A's socket is dropped, tab B sends
-//! while A is away, and A — after reconnecting with `since` — shows every line exactly once.
+//! while A is away, and A — after reconnecting with `since` and the room's `epoch` — shows every
+//! line exactly once; every publish (sent with an id) is acknowledged. Then refusals and a reset
+//! are handed to tab A's message handler (what its Link says when it lost its hub, or when the
+//! room's history was lost under a live member): a publish refused with 503 + `retry_after_ms` is
+//! sent again, the same text with the same id, and shown once; a refused join is sent again with
+//! the page's position (since, epoch); a `reset` shows "room history was reset" and the new
+//! epoch's seq 1, not dropped as already seen.
 //! A screenshot of tab A is written to `$CARGO_TARGET_TMPDIR/browser-chat.png`.
 
 mod hub_support;
@@ -220,6 +226,50 @@ async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-chat.png");
     std::fs::write(&path, &png).expect("write screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+
+    // The page keeps the room's epoch (16 hex digits, as a string) next to its last seq, and
+    // every publish it sent (with an id) was acknowledged.
+    let epoch = alice.eval("return chat.epoch;").await;
+    assert!(epoch.as_str().is_some_and(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit())), "epoch {epoch}");
+    alice.wait_for("return chat.pending.size;", json!(0), "alice's publish acked").await;
+    bob.wait_for("return chat.pending.size;", json!(0), "bob's publishes acked").await;
+
+    // Record what alice's page sends; hold back its next publish as a Link without a hub would.
+    alice
+        .eval("window.sent = []; const ws = chat.socket, send = ws.send.bind(ws); \
+               ws.send = (t) => { sent.push(t); if (sent.length > 1) send(t); }; return true;")
+        .await;
+    alice.say("sent twice, shown once").await;
+    alice.wait_for("return sent.length;", json!(1), "publish recorded").await;
+    let refuse = r#"const id = JSON.parse(sent[0]).id;
+                    onServer({data: JSON.stringify({op: "error", code: 503, reason: "hub connection lost",
+                                                    room: chat.room, id, retry_after_ms: 50})});
+                    return typeof id;"#;
+    assert_eq!(alice.eval(refuse).await, json!("string"), "publish ids are strings unique to the page load");
+    alice.wait_for("return sent.length;", json!(2), "publish sent again").await;
+    assert_eq!(alice.eval("return sent[0] === sent[1];").await, json!(true), "same text, same id");
+    alice.wait_for(count, json!(5), "alice sees her line once").await;
+    bob.wait_for(count, json!(5), "bob sees it once").await;
+    alice.wait_for("return chat.pending.size;", json!(0), "the retried publish acked").await;
+    // A join refused the same way is sent again with the page's position.
+    let refuse_join = r#"onServer({data: JSON.stringify({op: "error", code: 503, reason: "hub unavailable",
+                                                         room: chat.room, retry_after_ms: 50})});
+                         return true;"#;
+    alice.eval(refuse_join).await;
+    alice.wait_for("return sent.length;", json!(3), "join sent again").await;
+    let rejoin = alice.eval("return JSON.parse(sent[2]);").await;
+    assert_eq!(rejoin, json!({"op": "join", "room": "browser-room", "since": 5, "epoch": epoch}));
+    // A reset: position forgotten, the new epoch's messages shown from seq 1.
+    let reset = r#"onServer({data: JSON.stringify({op: "reset", room: chat.room, epoch: "00000000000000aa", last_seq: 1})});
+                   onServer({data: JSON.stringify({room: chat.room, seq: 1, from: "u", ts: 1000,
+                                                   data: {name: "carol", text: "after the reset"}})});
+                   return [chat.epoch, chat.lastSeq];"#;
+    assert_eq!(alice.eval(reset).await, json!(["00000000000000aa", 1]));
+    let notices = alice.eval("return [...document.querySelectorAll('#messages li.notice')].map(li => li.textContent);").await;
+    assert!(notices.as_array().is_some_and(|n| n.iter().any(|t| t == "room history was reset")), "{notices}");
+    let lines = alice.lines().await;
+    assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 1], "{lines:?}");
+    assert_eq!(lines[5].2, "after the reset");
 
     alice.close().await;
     bob.close().await;

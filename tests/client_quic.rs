@@ -157,11 +157,13 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
     let id = quic.publish(room, &data).await.expect("publish queued");
     let mut acked = None;
     let mut echoed = None;
+    let mut quic_epoch = 0;
     while acked.is_none() || echoed.is_none() {
         match next(&mut quic).await {
-            Event::Published { room: r, seq, id: got } => {
+            Event::Published { room: r, seq, id: got, epoch } => {
                 assert_eq!((r.as_str(), got), (room, id));
                 acked = Some(seq);
+                quic_epoch = epoch;
             }
             Event::Message(m) => echoed = Some(m),
             event @ (Event::Error { .. } | Event::Closed { .. } | Event::Reconnecting { .. }) => panic!("{event:?}"),
@@ -179,8 +181,9 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
     let mut ws_acked = false;
     while !ws_acked {
         match next(&mut ws).await {
-            Event::Published { seq, id: got, .. } => {
+            Event::Published { seq, id: got, epoch, .. } => {
                 assert_eq!((seq, got), (202, id));
+                assert_eq!(epoch, quic_epoch, "both acks name the room's one epoch");
                 ws_acked = true;
             }
             Event::Message(m) => assert_eq!(m.seq, 202),

@@ -191,11 +191,11 @@ async fn history_room_info_and_join_replay() {
 
     // A connection's join with since, relayed by the Link: replay, then joined.
     link.messages(30).await;
-    link.send(FrameBuilder::new("talk").build(&Body::Join { conn: 9, since: Some(27) })).await;
+    link.send(FrameBuilder::new("talk").build(&Body::Join { request: 9, since: Some(27), epoch: None })).await;
     let answer = link.sync().await;
     let kinds: Vec<(Kind, u64)> = answer.iter().map(|f| (f.kind(), f.seq())).collect();
     assert_eq!(kinds, vec![(Kind::Replay, 28), (Kind::Replay, 29), (Kind::Replay, 30), (Kind::Joined, 30)]);
-    assert!(matches!(answer[0].body(), ArchivedBody::Replay { conn, .. } if conn.to_native() == 9));
+    assert!(matches!(answer[0].body(), ArchivedBody::Replay { request, .. } if request.to_native() == 9));
     hub.shutdown().await;
 }
 
@@ -288,7 +288,7 @@ async fn a_link_that_cannot_keep_up_gets_a_gap_and_others_are_unaffected() {
         let frame = slow.recv().await.expect("port open");
         match frame.body() {
             ArchivedBody::Message { .. } => covered.push(frame.seq()),
-            ArchivedBody::Gap { conn, first_lost, last_lost, resume_from } => {
+            ArchivedBody::Gap { request: conn, first_lost, last_lost, resume_from } => {
                 gaps += 1;
                 assert_eq!(conn.to_native(), 0, "room-wide gap");
                 assert_eq!(frame.room(), "busy");

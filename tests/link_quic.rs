@@ -31,7 +31,7 @@ async fn quic_and_websocket_members_get_the_same_messages() {
     let mut reader = FrameReader::new(recv, 1 << 20);
     let mut out: Vec<Bytes> = vec![
         FrameBuilder::new("").build(&Body::Hello { link: 0, secret: String::new() }).into_bytes(),
-        FrameBuilder::new("both").build(&Body::Join { conn: 0, since: None }).into_bytes(),
+        FrameBuilder::new("both").build(&Body::Join { request: 0, since: None, epoch: None }).into_bytes(),
     ];
     write_frames(&mut send, &mut out).await.expect("write");
     let joined = next_frame(&mut reader).await;
@@ -56,15 +56,16 @@ async fn quic_and_websocket_members_get_the_same_messages() {
     }
 
     // A QUIC publish: acked with the client's request id, seen by the WebSocket member.
-    let publish = FrameBuilder::new("both").flags(FLAG_JSON).build(&Body::Publish { request: 77, data: br#"{"via":"quic"}"#.to_vec() });
+    let publish = FrameBuilder::new("both").flags(FLAG_JSON).build(&Body::Publish { request: 77, key: String::new(), data: br#"{"via":"quic"}"#.to_vec() });
     write_frames(&mut send, &mut vec![publish.into_bytes()]).await.expect("write");
     let mut acked = false;
     let mut echoed = false;
     while !(acked && echoed) {
         let frame = next_frame(&mut reader).await;
         match (frame.kind(), frame.body()) {
-            (Kind::PublishAck, ArchivedBody::PublishAck { request }) => {
+            (Kind::PublishAck, ArchivedBody::PublishAck { request, epoch }) => {
                 assert_eq!((request.to_native(), frame.seq()), (77, 101));
+                assert_ne!(epoch.to_native(), 0, "a publish ack names the room's epoch");
                 acked = true;
             }
             (Kind::Message, _) => {

@@ -107,7 +107,7 @@ impl ShardGroup {
     pub fn new(room: u32, limits: RingLimits, last_seq: u64) -> Self {
         let mut shard_room = ShardRoom::new(limits);
         // The aggregate cursor starts idle: parked, so the first push wakes it.
-        shard_room.park(());
+        shard_room.park((), &mut None);
         let cursor = shard_room.ring().cursor();
         ShardGroup {
             room,
@@ -211,7 +211,7 @@ impl ShardGroup {
         let mut batch = Vec::with_capacity(1);
         match self.shard_room.read(&mut self.cursor, 0, &mut batch) {
             ReadOutcome::Idle => {
-                self.shard_room.park(());
+                self.shard_room.park((), &mut None);
                 Next::Idle
             }
             ReadOutcome::Lagged { missed } => {

@@ -27,7 +27,7 @@
 //! [`World::finish`] checks completeness and conservation for every member.
 
 use linkcast::placement::{BoundedLoad, HashRing, LinkId, Placement};
-use linkcast::room::{JoinAnswer, Room};
+use linkcast::room::Room;
 
 use crate::config::{SimConfig, LATENCY_SPREAD_BUCKETS};
 use crate::events::{Event, EventQueue};
@@ -194,8 +194,10 @@ impl World {
         let rooms = workload
             .rooms
             .iter()
-            .map(|name| RoomState {
-                room: Room::new(name, cfg.room_limits),
+            .enumerate()
+            .map(|(index, name)| RoomState {
+                // One epoch per room for the whole run: the simulated hub never loses a room.
+                room: Room::new(name, cfg.room_limits, index as u64 + 1),
                 pub_times: Vec::new(),
                 present: 0,
                 links: Vec::new(),
@@ -662,10 +664,16 @@ impl World {
         // The hub answers the join: replay after `since`, a gap, or (never here) a reset.
         let m = self.members[member as usize];
         let since = m.has_position.then_some(m.last_seq);
-        let answer = self.rooms[room as usize].room.join(since);
+        let answer = self.rooms[room as usize].room.join(since, None);
         let room_last = self.rooms[room as usize].room.last_seq();
-        let (replay, lost) = match answer {
-            JoinAnswer::Replay { frames, last_seq } => {
+        if answer.reset {
+            self.counters.resets += 1;
+            self.violation(format!("member {member}: reset at {} with since {since:?}", answer.last_seq));
+        }
+        let frames = answer.frames;
+        let last_seq = answer.last_seq;
+        let (replay, lost) = match answer.gap {
+            None => {
                 let from = since.map_or(last_seq + 1, |s| s + 1);
                 let ok = last_seq == room_last
                     && frames.len() as u64 == (last_seq + 1).saturating_sub(from)
@@ -675,7 +683,8 @@ impl World {
                 }
                 (frames, 0)
             }
-            JoinAnswer::Gap { first_lost, last_lost, resume_from, frames } => {
+            Some(gap) => {
+                let (first_lost, last_lost, resume_from) = (gap.first_lost, gap.last_lost, gap.resume_from);
                 let ok = Some(first_lost - 1) == since
                     && resume_from == last_lost + 1
                     && frames.iter().enumerate().all(|(i, f)| f.seq() == resume_from + i as u64)
@@ -684,11 +693,6 @@ impl World {
                     self.violation(format!("member {member}: gap {first_lost}..={last_lost} inconsistent"));
                 }
                 (frames, last_lost + 1 - first_lost)
-            }
-            JoinAnswer::Reset { last_seq } => {
-                self.counters.resets += 1;
-                self.violation(format!("member {member}: reset at {last_seq} with since {since:?}"));
-                (Vec::new(), 0)
             }
         };
         // Replays are delivered by the member's shard, after whatever it is already doing.

@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::session::{Backoff, Delivery, Session, SessionConfig};
-use crate::client::wire::{self, ServerMsg};
 use crate::client::ws::{WsConn, WsUrl};
+use crate::protocol::ServerMsg;
 
 use super::nats::{self, NatsOp, NatsParser};
 use super::payload::{self, Stamp};
@@ -445,7 +445,7 @@ async fn linkcast_conn(
 ) -> Result<Next, String> {
     session.handle_connected(Instant::now().into_std());
     while let Some(op) = session.poll_transmit() {
-        conn.feed_text(wire::encode_op(&op)).await.map_err(|e| e.to_string())?;
+        conn.feed_text(op.to_json()).await.map_err(|e| e.to_string())?;
     }
     conn.flush().await.map_err(|e| e.to_string())?;
     let join_deadline = started + timeout;
@@ -468,7 +468,7 @@ async fn linkcast_conn(
             Err(e) => break Err(e.to_string()),
         };
         let Some(text) = msg.as_text() else { continue };
-        match wire::decode::<Stamp>(text) {
+        match ServerMsg::<Stamp>::decode(text) {
             Ok(ServerMsg::Message { room, seq, data, .. }) => match session.handle_message(&room, seq) {
                 Delivery::Deliver => ctx.deliver(index, data.t),
                 Delivery::Duplicate => {
@@ -476,8 +476,9 @@ async fn linkcast_conn(
                 }
                 Delivery::NotJoined => {}
             },
-            Ok(ServerMsg::Joined { room, last_seq }) => {
-                session.handle_joined(&room, last_seq);
+            Ok(ServerMsg::Reset { room, epoch, last_seq }) => session.handle_reset(&room, epoch, last_seq),
+            Ok(ServerMsg::Joined { room, epoch, last_seq }) => {
+                session.handle_joined(&room, epoch, last_seq);
                 if !*joined_once {
                     *joined_once = true;
                     ctx.joined(index, started);

@@ -21,9 +21,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::client::http::HttpApi;
-use crate::client::session::Op;
-use crate::client::wire;
 use crate::client::ws::{WsConn, WsUrl};
+use crate::protocol;
 
 use super::fleet::Proto;
 use super::nats;
@@ -194,7 +193,9 @@ async fn ws_publisher(
             let room = (k % plan.rooms.len() as u64) as usize;
             let data = payload::make(payload::now_micros(), plan.size);
             let text = match plan.proto {
-                Proto::Linkcast => wire::encode_op(&Op::Publish { room: plan.rooms[room].clone(), data: Bytes::from(data), id: k + 1 }),
+                // No id: nobody reads the acks here, and an id would be an idempotency key the hub
+                // remembers — a rerun with the same token would have its publishes deduped.
+                Proto::Linkcast => protocol::publish_json(&plan.rooms[room], data.as_bytes(), None),
                 Proto::Raw => data,
                 Proto::Nats => nats::publish(&plan.rooms[room], &data),
             };

@@ -4,14 +4,18 @@
 //! time — WebSocket or QUIC, found directly or through the hub's `locate` — and a sans-IO
 //! [`Session`] that decides everything about rooms and retries. When the connection drops the
 //! driver waits the session's jittered backoff (longer after close 1013 or an HTTP 503 / retry
-//! hint), locates again, reconnects and rejoins every room with `since` = the last seq it
-//! delivered; replayed messages it already had are dropped; what the server could no longer
-//! replay arrives as an [`Event::Gap`]. So the application sees each room's messages in order,
-//! once, and is told explicitly about any hole (docs/protocol.md, "Ordering and exactly-once").
+//! hint), locates again, reconnects and rejoins every room with its position — the room's epoch
+//! and the last seq it delivered; replayed messages it already had are dropped; what the server
+//! could no longer replay arrives as an [`Event::Gap`], a room whose history was lost (new epoch)
+//! as an [`Event::Reset`]. So the application sees each room's messages in order, once, and is
+//! told explicitly about any hole (docs/protocol.md, "Ordering and exactly-once"). A join or
+//! publish the Link refuses with 503 and a retry hint (it lost its hub) is sent again after the
+//! hint — a publish with the same id, so the hub sequences it once.
 //!
 //! Layout:
-//! - [`session`]: the resume/dedupe/backoff state machine (sans-IO, unit-tested);
-//! - [`wire`]: the WebSocket JSON messages; [`ws`], [`quic`]: the two transports;
+//! - [`session`]: the resume/dedupe/retry/backoff state machine (sans-IO, unit-tested);
+//! - [`crate::protocol`]: the WebSocket JSON messages (shared with the Link); [`ws`], [`quic`]:
+//!   the two transports;
 //! - [`http`]: the hub's HTTP API (locate, publish) over a keep-alive connection;
 //! - this file: the driver task and the public handle.
 //!
@@ -38,7 +42,6 @@
 pub mod http;
 pub mod quic;
 pub mod session;
-pub mod wire;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};
@@ -51,8 +54,8 @@ use tokio::time::Instant;
 pub use self::session::{Backoff, Delivery, Disconnect, Event, Message, Op, Session, SessionConfig, SessionError, SessionStats};
 use self::http::{HttpApi, HttpError};
 use self::quic::QuicConn;
-use self::wire::ServerMsg;
 use self::ws::{WsConn, WsUrl};
+use crate::protocol::ServerMsg;
 
 /// Where a client connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,7 +247,7 @@ enum Conn {
 impl Conn {
     async fn send(&mut self, op: &Op) -> Result<(), Disconnect> {
         match self {
-            Conn::Ws(ws) => ws.send_text(wire::encode_op(op)).await.map_err(|e| e.to_disconnect()),
+            Conn::Ws(ws) => ws.send_text(op.to_json()).await.map_err(|e| e.to_disconnect()),
             Conn::Quic(q) => q.send_op(op).await.map_err(|e| e.to_disconnect()),
         }
     }
@@ -255,8 +258,8 @@ impl Conn {
             Conn::Ws(ws) => loop {
                 let msg = ws.recv().await.map_err(|e| e.to_disconnect())?;
                 let Some(text) = msg.as_text() else { continue };
-                match wire::decode::<serde_json::Value>(text) {
-                    Ok(decoded) => return Ok(into_owned(decoded)),
+                match ServerMsg::<serde_json::Value>::decode(text) {
+                    Ok(decoded) => return Ok(decoded.into_owned()),
                     Err(e) => tracing::debug!("client: skipping server message: {e}"),
                 }
             },
@@ -269,28 +272,6 @@ impl Conn {
             Conn::Ws(ws) => ws.close().await,
             Conn::Quic(q) => q.close().await,
         }
-    }
-}
-
-fn into_owned<D>(msg: ServerMsg<'_, D>) -> ServerMsg<'static, D> {
-    use std::borrow::Cow::Owned;
-    match msg {
-        ServerMsg::Message { room, seq, from, ts, data } => {
-            ServerMsg::Message { room: Owned(room.into_owned()), seq, from: Owned(from.into_owned()), ts, data }
-        }
-        ServerMsg::Joined { room, last_seq } => ServerMsg::Joined { room: Owned(room.into_owned()), last_seq },
-        ServerMsg::Gap { room, first_lost, last_lost, resume_from } => {
-            ServerMsg::Gap { room: Owned(room.into_owned()), first_lost, last_lost, resume_from }
-        }
-        ServerMsg::Left { room } => ServerMsg::Left { room: Owned(room.into_owned()) },
-        ServerMsg::Published { room, seq, id } => ServerMsg::Published { room: Owned(room.into_owned()), seq, id },
-        ServerMsg::Error { code, reason, room, id } => ServerMsg::Error {
-            code,
-            reason: Owned(reason.into_owned()),
-            room: room.map(|r| Owned(r.into_owned())),
-            id,
-        },
-        ServerMsg::Pong => ServerMsg::Pong,
     }
 }
 
@@ -436,6 +417,9 @@ impl Driver {
                     Some(command) => self.apply(command),
                 },
                 _ = ping.tick() => self.session.ping(),
+                _ = sleep_until(self.session.poll_timeout().map(Instant::from_std)) => {
+                    self.session.handle_timeout(Instant::now().into_std());
+                }
             }
         }
     }
@@ -447,8 +431,12 @@ impl Driver {
                 Delivery::Deliver => Some(Message { room: room.into_owned(), seq, from: from.into_owned(), ts, data }),
                 Delivery::Duplicate | Delivery::NotJoined => None,
             },
-            ServerMsg::Joined { room, last_seq } => {
-                self.session.handle_joined(&room, last_seq);
+            ServerMsg::Joined { room, epoch, last_seq } => {
+                self.session.handle_joined(&room, epoch, last_seq);
+                None
+            }
+            ServerMsg::Reset { room, epoch, last_seq } => {
+                self.session.handle_reset(&room, epoch, last_seq);
                 None
             }
             ServerMsg::Gap { room, first_lost, last_lost, resume_from } => {
@@ -459,12 +447,13 @@ impl Driver {
                 self.session.handle_left(&room);
                 None
             }
-            ServerMsg::Published { room, seq, id } => {
-                self.session.handle_published(&room, seq, id.unwrap_or(0));
+            ServerMsg::Published { room, seq, epoch, id } => {
+                self.session.handle_published(&room, seq, epoch, id.unwrap_or(0));
                 None
             }
-            ServerMsg::Error { code, reason, room, id } => {
-                self.session.handle_error(code, &reason, room.as_deref(), id);
+            ServerMsg::Error { code, reason, room, id, retry_after_ms } => {
+                let now = Instant::now().into_std();
+                self.session.handle_error(now, code, &reason, room.as_deref(), id, retry_after_ms);
                 None
             }
             ServerMsg::Pong => None,

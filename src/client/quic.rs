@@ -25,7 +25,7 @@ use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FR
 use crate::quic::{client_endpoint, FrameReader, QuicSetupError, StreamError, ALPN_CLIENT};
 
 use super::session::{Disconnect, Op};
-use super::wire::ServerMsg;
+use crate::protocol::ServerMsg;
 
 /// Why a QUIC connection failed or ended.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +115,15 @@ impl QuicConn {
     /// Sends one op as a frame.
     pub async fn send_op(&mut self, op: &Op) -> Result<(), QuicError> {
         let frame = match op {
-            Op::Join { room, since } => FrameBuilder::new(room).build(&Body::Join { conn: 0, since: *since }),
-            Op::Leave { room } => FrameBuilder::new(room).build(&Body::Leave { conn: 0 }),
-            Op::Publish { room, data, id } => {
-                FrameBuilder::new(room).flags(FLAG_JSON).build(&Body::Publish { request: *id, data: data.to_vec() })
+            Op::Join { room, since, epoch } => {
+                FrameBuilder::new(room).build(&Body::Join { request: 0, since: *since, epoch: *epoch })
             }
+            Op::Leave { room } => FrameBuilder::new(room).build(&Body::Leave { request: 0 }),
+            // The key is the id's text, as a WebSocket publish's key is its id's JSON text: the
+            // hub dedupes a retry of either.
+            Op::Publish { room, data, id } => FrameBuilder::new(room)
+                .flags(FLAG_JSON)
+                .build(&Body::Publish { request: *id, key: id.to_string(), data: data.to_vec() }),
             Op::Ping => FrameBuilder::new("").build(&Body::Heartbeat { nonce: 0 }),
         };
         self.send.write_all(frame.as_bytes()).await?;
@@ -187,15 +191,19 @@ fn to_server_msg(frame: &Frame) -> Option<ServerMsg<'static, serde_json::Value>>
             last_lost: last_lost.to_native(),
             resume_from: resume_from.to_native(),
         },
-        ArchivedBody::Joined { .. } => ServerMsg::Joined { room, last_seq: frame.seq() },
-        ArchivedBody::PublishAck { request } => ServerMsg::Published { room, seq: frame.seq(), id: Some(request.to_native()) },
-        ArchivedBody::Error { request, code, reason } => {
-            let request = request.to_native();
+        ArchivedBody::Joined { epoch, .. } => ServerMsg::Joined { room, epoch: epoch.to_native(), last_seq: frame.seq() },
+        ArchivedBody::Reset { epoch, .. } => ServerMsg::Reset { room, epoch: epoch.to_native(), last_seq: frame.seq() },
+        ArchivedBody::PublishAck { request, epoch } => {
+            ServerMsg::Published { room, seq: frame.seq(), epoch: epoch.to_native(), id: Some(request.to_native()) }
+        }
+        ArchivedBody::Error { request, code, reason, retry_after_ms } => {
+            let (request, retry_after_ms) = (request.to_native(), retry_after_ms.to_native());
             ServerMsg::Error {
                 code: code.to_native(),
                 reason: Cow::Owned(reason.as_str().to_owned()),
                 room: (!frame.room().is_empty()).then_some(room),
                 id: (request != 0).then_some(request),
+                retry_after_ms: (retry_after_ms != 0).then_some(retry_after_ms),
             }
         }
         _ => return None,
@@ -233,10 +241,28 @@ mod tests {
             Some(ServerMsg::Message { seq: 4, ts: 10, data, .. }) => assert_eq!(data["a"], 1),
             other => panic!("{other:?}"),
         }
-        let gap = FrameBuilder::new("r").build(&Body::Gap { conn: 0, first_lost: 1, last_lost: 2, resume_from: 3 });
+        let gap = FrameBuilder::new("r").build(&Body::Gap { request: 0, first_lost: 1, last_lost: 2, resume_from: 3 });
         assert!(matches!(to_server_msg(&gap), Some(ServerMsg::Gap { resume_from: 3, .. })));
-        let ack = FrameBuilder::new("r").seq(9).build(&Body::PublishAck { request: 5 });
-        assert!(matches!(to_server_msg(&ack), Some(ServerMsg::Published { seq: 9, id: Some(5), .. })));
+        let ack = FrameBuilder::new("r").seq(9).build(&Body::PublishAck { request: 5, epoch: 77 });
+        assert_eq!(to_server_msg(&ack), Some(ServerMsg::Published { room: "r".into(), seq: 9, epoch: 77, id: Some(5) }));
+        let joined = FrameBuilder::new("r").seq(4).build(&Body::Joined { request: 0, epoch: u64::MAX });
+        assert_eq!(to_server_msg(&joined), Some(ServerMsg::Joined { room: "r".into(), epoch: u64::MAX, last_seq: 4 }));
+        let reset = FrameBuilder::new("r").seq(2).build(&Body::Reset { request: 0, epoch: 9 });
+        assert_eq!(to_server_msg(&reset), Some(ServerMsg::Reset { room: "r".into(), epoch: 9, last_seq: 2 }));
+        let refused = FrameBuilder::new("r")
+            .build(&Body::Error { request: 5, code: 503, reason: "hub connection lost".into(), retry_after_ms: 1000 });
+        assert_eq!(
+            to_server_msg(&refused),
+            Some(ServerMsg::Error {
+                code: 503,
+                reason: "hub connection lost".into(),
+                room: Some("r".into()),
+                id: Some(5),
+                retry_after_ms: Some(1000)
+            })
+        );
+        let join_refused = FrameBuilder::new("r").build(&Body::Error { request: 0, code: 403, reason: "no".into(), retry_after_ms: 0 });
+        assert!(matches!(to_server_msg(&join_refused), Some(ServerMsg::Error { id: None, retry_after_ms: None, .. })));
         assert_eq!(payload_value(b"hi", 0), serde_json::Value::String("hi".into()));
     }
 

@@ -6,24 +6,37 @@
 //! thousands of these without the driver — feeds it with `handle_*` and drains `poll_*`:
 //!
 //! - input: [`Session::handle_connected`], [`Session::handle_disconnected`],
-//!   [`Session::handle_message`], [`Session::handle_joined`], [`Session::handle_gap`],
-//!   [`Session::handle_published`], [`Session::handle_error`], [`Session::handle_left`]; user
-//!   intents [`Session::join`], [`Session::leave`], [`Session::publish`], [`Session::close`];
+//!   [`Session::handle_message`], [`Session::handle_joined`], [`Session::handle_reset`],
+//!   [`Session::handle_gap`], [`Session::handle_published`], [`Session::handle_error`],
+//!   [`Session::handle_left`], [`Session::handle_timeout`]; user intents [`Session::join`],
+//!   [`Session::leave`], [`Session::publish`], [`Session::close`];
 //! - output, in this order after every input: [`Session::poll_transmit`] (ops to send now),
 //!   [`Session::poll_event`] (what the application sees), [`Session::poll_timeout`] (when to call
-//!   [`Session::poll_connect`] next).
+//!   [`Session::poll_connect`] — while disconnected — or [`Session::handle_timeout`] — while
+//!   connected, for retries — next).
 //!
-//! What it guarantees (docs/protocol.md, "Ordering and exactly-once"): per room it remembers the
-//! last seq delivered; after a reconnect it rejoins every room with `since` = that seq; a message
-//! with seq ≤ last is dropped as a duplicate and counted; a hole in the seqs, a server `gap` or a
-//! `joined` whose `last_seq` is behind our position (the room was reset) becomes an event, never
-//! a silent loss. Reconnects wait a jittered exponential backoff, at least the server's retry hint
-//! and at least [`Backoff::overload_min`] after close 1012/1013 or HTTP 503.
+//! What it guarantees (docs/protocol.md, "Ordering and exactly-once"): per room it remembers its
+//! position, the room's epoch and the last seq delivered; after a reconnect it rejoins every room
+//! with `since` and `epoch`; a message with seq ≤ last is dropped as a duplicate and counted; a
+//! hole in the seqs or a server `gap` becomes an [`Event::Gap`], a server `reset` (the room's
+//! history was lost: new epoch) an [`Event::Reset`] after which the position restarts at
+//! (new epoch, 0) — never a silent loss, and nothing of the new epoch dropped as a duplicate of the
+//! old one. A join or publish refused with 503 and a `retry_after_ms` hint (the Link lost its hub)
+//! is sent again after that delay, up to [`MAX_RETRIES`] times — a publish with the same id, which
+//! the hub dedupes, so it is sequenced once. Reconnects wait a jittered exponential backoff, at
+//! least the server's retry hint and at least [`Backoff::overload_min`] after close 1012/1013 or
+//! HTTP 503.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::protocol::{self, ClientOp};
+
+/// Most times one refused join or publish is retried (on 503 with `retry_after_ms`) before its
+/// error reaches the application.
+pub const MAX_RETRIES: u32 = 10;
 
 /// Reconnect timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,15 +85,18 @@ impl Default for SessionConfig {
     }
 }
 
-/// An operation for the server, transport-neutral (WebSocket JSON or QUIC frame).
+/// An operation for the server, transport-neutral (WebSocket JSON through [`Op::to_json`], or
+/// a QUIC frame).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Join `room`, replaying everything after `since` (None: live only).
+    /// Join `room`, replaying everything after `since` of `epoch` (None: live only).
     Join {
         /// The room.
         room: String,
         /// Last seq the client has.
         since: Option<u64>,
+        /// The room epoch `since` belongs to.
+        epoch: Option<u64>,
     },
     /// Leave `room`.
     Leave {
@@ -93,11 +109,24 @@ pub enum Op {
         room: String,
         /// The payload as JSON text.
         data: Bytes,
-        /// Correlates the ack.
+        /// Correlates the ack; also the publish's idempotency key (a retry reuses it).
         id: u64,
     },
     /// Application-level ping.
     Ping,
+}
+
+impl Op {
+    /// The op as a WebSocket text message (`protocol`'s encoding; a publish's payload is
+    /// spliced in without a copy of its own).
+    pub fn to_json(&self) -> String {
+        match self {
+            Op::Join { room, since, epoch } => protocol::join_json(room, *since, *epoch),
+            Op::Leave { room } => ClientOp::Leave { room: room.clone() }.to_json(),
+            Op::Publish { room, data, id } => protocol::publish_json(room, data, Some(&serde_json::Value::from(*id))),
+            Op::Ping => ClientOp::Ping.to_json(),
+        }
+    }
 }
 
 /// Why a connection ended or could not be made.
@@ -152,10 +181,21 @@ pub enum Event {
     Joined {
         /// The room.
         room: String,
+        /// The room's epoch.
+        epoch: u64,
         /// The room's last seq at the server.
         last_seq: u64,
-        /// The server's `last_seq` was behind our position: the room was reset, positions restart.
-        reset: bool,
+    },
+    /// The room's history was lost (hub restart without a store, idle drop): the position kept
+    /// belonged to an older epoch and is forgotten. Messages of `epoch` follow from seq 1 (after
+    /// a gap if not all are held); seqs restart, so they are new messages, not duplicates.
+    Reset {
+        /// The room.
+        room: String,
+        /// The room's new epoch.
+        epoch: u64,
+        /// The room's last seq in that epoch.
+        last_seq: u64,
     },
     /// A leave completed.
     Left {
@@ -181,10 +221,13 @@ pub enum Event {
         room: String,
         /// The seq it got.
         seq: u64,
+        /// The room epoch the seq belongs to.
+        epoch: u64,
         /// The id [`Session::publish`] returned.
         id: u64,
     },
-    /// The server refused a request (the connection stays up), or a publish's fate is unknown.
+    /// The server refused a request (the connection stays up) and it will not be retried (or
+    /// was retried [`MAX_RETRIES`] times), or a publish's fate is unknown.
     Error {
         /// HTTP-like code (docs/protocol.md); 0 for "connection lost before the ack".
         code: u16,
@@ -249,8 +292,10 @@ pub struct SessionStats {
     pub lost: u64,
     /// Gap events emitted.
     pub gaps: u64,
-    /// Rooms found reset on rejoin.
+    /// Room resets (new epoch) seen.
     pub resets: u64,
+    /// Joins and publishes sent again after a 503 with a retry hint.
+    pub retries: u64,
     /// Connections made (first included).
     pub connects: u64,
     /// Connections lost or refused.
@@ -271,20 +316,45 @@ enum LinkState {
     Closed,
 }
 
+/// Where the session stands in one room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RoomState {
+    /// The room epoch `last` belongs to (None until the first `joined` or `reset`).
+    epoch: Option<u64>,
+    /// Last seq delivered (None: nothing yet — the first join is live only).
+    last: Option<u64>,
+    /// Refused joins retried in a row (reset by `joined`).
+    retries: u32,
+    /// A refused join is sent again at this instant.
+    rejoin_at: Option<Instant>,
+}
+
+/// A publish sent and not yet acknowledged.
+#[derive(Clone, Debug)]
+struct InFlight {
+    room: String,
+    /// Kept to send it again, with the same id, after a retryable refusal.
+    data: Bytes,
+    /// Times it was refused and sent again.
+    retries: u32,
+    /// Scheduled to be sent again at this instant.
+    resend_at: Option<Instant>,
+}
+
 /// The resume state of one client connection (sans-IO; see the module docs).
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
-    /// Rooms the application wants to be in → last seq delivered (None: nothing yet).
-    rooms: BTreeMap<String, Option<u64>>,
+    /// Rooms the application wants to be in, and where it stands in each.
+    rooms: BTreeMap<String, RoomState>,
     link: LinkState,
     /// Retry number of the current outage (0 while stable).
     attempt: u32,
     connected_at: Option<Instant>,
     /// Ops to send; while disconnected only publishes wait here (joins are rebuilt from `rooms`).
     outbox: VecDeque<Op>,
-    /// Publishes sent and not yet acknowledged: id → room.
-    in_flight: BTreeMap<u64, String>,
+    /// Publishes sent and not yet acknowledged (or waiting to be sent again), by id.
+    in_flight: BTreeMap<u64, InFlight>,
     events: VecDeque<Event>,
     next_id: u64,
     rng: u64,
@@ -303,7 +373,7 @@ impl Session {
             outbox: VecDeque::new(),
             in_flight: BTreeMap::new(),
             events: VecDeque::new(),
-            next_id: 1,
+            next_id: first_publish_id(seed),
             // xorshift must not start at 0.
             rng: seed | 1,
             stats: SessionStats::default(),
@@ -324,7 +394,12 @@ impl Session {
 
     /// The last seq delivered in `room`, if the session is in it and has seen one.
     pub fn last_seq(&self, room: &str) -> Option<u64> {
-        self.rooms.get(room).copied().flatten()
+        self.rooms.get(room).and_then(|r| r.last)
+    }
+
+    /// The epoch of `room` that [`Session::last_seq`] belongs to, once the server told it.
+    pub fn epoch(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).and_then(|r| r.epoch)
     }
 
     /// The rooms the session is in (or rejoining).
@@ -344,9 +419,9 @@ impl Session {
         if self.link == LinkState::Closed || self.rooms.contains_key(room) {
             return;
         }
-        self.rooms.insert(room.to_owned(), None);
+        self.rooms.insert(room.to_owned(), RoomState::default());
         if self.link == LinkState::Connected {
-            self.outbox.push_back(Op::Join { room: room.to_owned(), since: None });
+            self.outbox.push_back(Op::Join { room: room.to_owned(), since: None, epoch: None });
         }
     }
 
@@ -359,6 +434,10 @@ impl Session {
 
     /// Publishes `data` (JSON text) to `room`; returns the id the [`Event::Published`] will carry.
     /// While disconnected the publish waits (bounded) for the next connection.
+    ///
+    /// The id is also the publish's idempotency key at the hub (per room and user), so ids must
+    /// not repeat across the sessions of one user: they count up from an offset drawn from the
+    /// session's seed (below 2^52, so they stay exact as JSON numbers in JavaScript too).
     pub fn publish(&mut self, room: &str, data: Bytes) -> Result<u64, SessionError> {
         if self.link == LinkState::Closed {
             return Err(SessionError::Closed);
@@ -407,10 +486,16 @@ impl Session {
         }
     }
 
-    /// When `poll_connect` will next say yes, if the session is waiting.
+    /// When to call [`Session::poll_connect`] (while waiting to reconnect) or
+    /// [`Session::handle_timeout`] (while connected: the next retry of a refused request).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.link {
             LinkState::Waiting(at) => Some(at),
+            LinkState::Connected => {
+                let rejoins = self.rooms.values().filter_map(|r| r.rejoin_at);
+                let resends = self.in_flight.values().filter_map(|p| p.resend_at);
+                rejoins.chain(resends).min()
+            }
             _ => None,
         }
     }
@@ -425,8 +510,10 @@ impl Session {
         self.stats.connects += 1;
         self.events.push_back(Event::Connected { attempt: self.attempt });
         let publishes = std::mem::take(&mut self.outbox);
-        for (room, since) in &self.rooms {
-            self.outbox.push_back(Op::Join { room: room.clone(), since: *since });
+        for (room, state) in &mut self.rooms {
+            state.retries = 0;
+            state.rejoin_at = None;
+            self.outbox.push_back(Op::Join { room: room.clone(), since: state.last, epoch: state.epoch });
         }
         self.outbox.extend(publishes);
     }
@@ -437,9 +524,11 @@ impl Session {
             return;
         }
         self.stats.disconnects += 1;
+        // Joins, leaves and pings are rebuilt from `rooms` at the next connect; publishes sent
+        // before (resends of in-flight ones) are in doubt, reported below, not sent again.
+        let in_flight = &self.in_flight;
+        self.outbox.retain(|op| matches!(op, Op::Publish { id, .. } if !in_flight.contains_key(id)));
         self.fail_in_flight();
-        // Joins, leaves and pings are rebuilt from `rooms` at the next connect.
-        self.outbox.retain(|op| matches!(op, Op::Publish { .. }));
         if cause.is_fatal() {
             self.link = LinkState::Closed;
             self.events.push_back(Event::Closed { cause });
@@ -460,79 +549,142 @@ impl Session {
 
     /// A room message arrived: deliver, or drop as a duplicate. A hole before it becomes a gap.
     pub fn handle_message(&mut self, room: &str, seq: u64) -> Delivery {
-        let Some(last) = self.rooms.get_mut(room) else {
+        let Some(state) = self.rooms.get_mut(room) else {
             return Delivery::NotJoined;
         };
-        match *last {
+        match state.last {
             Some(l) if seq <= l => {
                 self.stats.duplicates += 1;
                 return Delivery::Duplicate;
             }
             Some(l) if seq > l + 1 => {
-                *last = Some(seq);
+                state.last = Some(seq);
                 self.note_gap(room, l + 1, seq - 1, seq);
             }
-            _ => *last = Some(seq),
+            _ => state.last = Some(seq),
         }
         Delivery::Deliver
     }
 
-    /// A join completed at the server's `last_seq` (replays, if any, came before).
-    pub fn handle_joined(&mut self, room: &str, last_seq: u64) {
-        let Some(last) = self.rooms.get_mut(room) else {
+    /// A join completed at the server's (`epoch`, `last_seq`) (replays, if any, came before).
+    pub fn handle_joined(&mut self, room: &str, epoch: u64, last_seq: u64) {
+        let Some(state) = self.rooms.get_mut(room) else {
             return;
         };
-        let mut reset = false;
+        state.retries = 0;
+        state.rejoin_at = None;
+        // The protocol sends `reset` before a join answer of another epoch, and never answers
+        // behind our position within one. A server that does either anyway reset the room under
+        // us: say so rather than drop the new epoch's messages as duplicates.
+        let other_epoch = state.epoch.is_some_and(|e| e != epoch);
+        let behind = state.last.is_some_and(|l| l > last_seq);
+        if other_epoch || behind {
+            state.epoch = Some(epoch);
+            state.last = Some(if other_epoch { 0 } else { last_seq });
+            self.note_reset(room, epoch, last_seq);
+        }
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        state.epoch = Some(epoch);
         let mut hole = None;
-        match *last {
-            None => *last = Some(last_seq),
-            Some(l) if l > last_seq => {
-                // The server is behind us: the room was reset. Start over from its position.
-                reset = true;
-                *last = Some(last_seq);
-            }
+        match state.last {
+            None => state.last = Some(last_seq),
             Some(l) if l < last_seq => {
                 // Replay ended short of the room's position without a `gap`: say so.
-                *last = Some(last_seq);
+                state.last = Some(last_seq);
                 hole = Some(l + 1);
             }
             Some(_) => {}
         }
-        if reset {
-            self.stats.resets += 1;
-        }
         if let Some(first) = hole {
             self.note_gap(room, first, last_seq, last_seq + 1);
         }
-        self.events.push_back(Event::Joined { room: room.to_owned(), last_seq, reset });
+        self.events.push_back(Event::Joined { room: room.to_owned(), epoch, last_seq });
+    }
+
+    /// The room's history was lost: our position belonged to another epoch. It becomes
+    /// (`epoch`, 0): the messages of `epoch` that follow are delivered from seq 1.
+    pub fn handle_reset(&mut self, room: &str, epoch: u64, last_seq: u64) {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        state.epoch = Some(epoch);
+        state.last = Some(0);
+        self.note_reset(room, epoch, last_seq);
     }
 
     /// The server says `first_lost..=last_lost` will never come; the next is `resume_from`.
     pub fn handle_gap(&mut self, room: &str, first_lost: u64, last_lost: u64, resume_from: u64) {
-        let Some(last) = self.rooms.get_mut(room) else {
+        let Some(state) = self.rooms.get_mut(room) else {
             return;
         };
         let position = resume_from.saturating_sub(1);
-        if last.is_none_or(|l| l < position) {
-            *last = Some(position);
+        if state.last.is_none_or(|l| l < position) {
+            state.last = Some(position);
         }
         self.note_gap(room, first_lost, last_lost, resume_from);
     }
 
-    /// A publish got `seq`.
-    pub fn handle_published(&mut self, room: &str, seq: u64, id: u64) {
+    /// A publish got `seq` of `epoch`.
+    pub fn handle_published(&mut self, room: &str, seq: u64, epoch: u64, id: u64) {
         self.in_flight.remove(&id);
-        self.events.push_back(Event::Published { room: room.to_owned(), seq, id });
+        self.events.push_back(Event::Published { room: room.to_owned(), seq, epoch, id });
     }
 
-    /// A request was refused. A refused join (no publish id) takes the room out of the session.
-    pub fn handle_error(&mut self, code: u16, reason: &str, room: Option<&str>, id: Option<u64>) {
+    /// A request was refused. A refusal with code 503 and a `retry_after_ms` hint (the Link lost
+    /// or cannot reach the room's hub) is retried after that delay, at most [`MAX_RETRIES`]
+    /// times: a join with the position kept, a publish with the same id. Anything else — or the
+    /// last refusal — becomes an [`Event::Error`]; a refused join (no publish id) then takes the
+    /// room out of the session (except 409: already joined).
+    pub fn handle_error(&mut self, now: Instant, code: u16, reason: &str, room: Option<&str>, id: Option<u64>, retry_after_ms: Option<u32>) {
+        let retry_in = match (code, retry_after_ms, self.link) {
+            (503, Some(ms), LinkState::Connected) => Some(Duration::from_millis(u64::from(ms.max(1)))),
+            _ => None,
+        };
         if let Some(id) = id {
+            if let (Some(delay), Some(publish)) = (retry_in, self.in_flight.get_mut(&id)) {
+                if publish.retries < MAX_RETRIES {
+                    publish.retries += 1;
+                    publish.resend_at = Some(now + delay);
+                    self.stats.retries += 1;
+                    return;
+                }
+            }
             self.in_flight.remove(&id);
-        } else if let (Some(room), 400 | 403 | 404) = (room, code) {
-            self.rooms.remove(room);
+        } else if let Some(name) = room {
+            if let (Some(delay), Some(state)) = (retry_in, self.rooms.get_mut(name)) {
+                if state.retries < MAX_RETRIES {
+                    state.retries += 1;
+                    state.rejoin_at = Some(now + delay);
+                    self.stats.retries += 1;
+                    return;
+                }
+            }
+            if code != 409 {
+                self.rooms.remove(name);
+            }
         }
         self.events.push_back(Event::Error { code, reason: reason.to_owned(), room: room.map(str::to_owned), id });
+    }
+
+    /// Time passed: joins and publishes whose retry delay is over are queued again.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.link != LinkState::Connected {
+            return;
+        }
+        for (room, state) in &mut self.rooms {
+            if state.rejoin_at.is_some_and(|at| at <= now) {
+                state.rejoin_at = None;
+                self.outbox.push_back(Op::Join { room: room.clone(), since: state.last, epoch: state.epoch });
+            }
+        }
+        for (id, publish) in &mut self.in_flight {
+            if publish.resend_at.is_some_and(|at| at <= now) {
+                publish.resend_at = None;
+                self.outbox.push_back(Op::Publish { room: publish.room.clone(), data: publish.data.clone(), id: *id });
+            }
+        }
     }
 
     /// A leave completed.
@@ -549,8 +701,14 @@ impl Session {
             return None;
         }
         let op = self.outbox.pop_front()?;
-        if let Op::Publish { room, id, .. } = &op {
-            self.in_flight.insert(*id, room.clone());
+        if let Op::Publish { room, data, id } = &op {
+            let publish = self.in_flight.entry(*id).or_insert_with(|| InFlight {
+                room: room.clone(),
+                data: data.clone(),
+                retries: 0,
+                resend_at: None,
+            });
+            publish.resend_at = None;
         }
         Some(op)
     }
@@ -563,6 +721,11 @@ impl Session {
 
     // ---- internals ----
 
+    fn note_reset(&mut self, room: &str, epoch: u64, last_seq: u64) {
+        self.stats.resets += 1;
+        self.events.push_back(Event::Reset { room: room.to_owned(), epoch, last_seq });
+    }
+
     fn note_gap(&mut self, room: &str, first_lost: u64, last_lost: u64, resume_from: u64) {
         self.stats.gaps += 1;
         self.stats.lost += last_lost.saturating_sub(first_lost) + 1;
@@ -570,11 +733,11 @@ impl Session {
     }
 
     fn fail_in_flight(&mut self) {
-        for (id, room) in std::mem::take(&mut self.in_flight) {
+        for (id, publish) in std::mem::take(&mut self.in_flight) {
             self.events.push_back(Event::Error {
                 code: 0,
                 reason: "connection lost before the ack; the publish may or may not have happened".into(),
-                room: Some(room),
+                room: Some(publish.room),
                 id: Some(id),
             });
         }
@@ -608,6 +771,16 @@ impl Session {
     }
 }
 
+/// The first publish id of a session seeded with `seed`: a splitmix64 draw below 2^52 (ids stay
+/// exact as JavaScript numbers for 2^52 more publishes), never 0.
+fn first_publish_id(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 12) | 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,8 +806,29 @@ mod tests {
         std::iter::from_fn(|| s.poll_event()).take(1000).collect()
     }
 
-    fn join(room: &str, since: Option<u64>) -> Op {
-        Op::Join { room: room.into(), since }
+    fn join(room: &str, since: Option<u64>, epoch: Option<u64>) -> Op {
+        Op::Join { room: room.into(), since, epoch }
+    }
+
+    /// A session connected at `t0` and joined to `room` at (epoch 7, `last_seq`).
+    fn joined(t0: Instant, room: &str, last_seq: u64) -> Session {
+        let mut s = session();
+        s.join(room);
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        assert_eq!(drain_ops(&mut s), vec![join(room, None, None)]);
+        s.handle_joined(room, 7, last_seq);
+        drain_events(&mut s);
+        s
+    }
+
+    /// Drops the connection at `now` and reconnects at the scheduled time; returns it.
+    fn reconnect(s: &mut Session, now: Instant) -> Instant {
+        s.handle_disconnected(now, Disconnect::io("eof"));
+        let at = s.poll_timeout().expect("waiting");
+        assert!(s.poll_connect(at));
+        s.handle_connected(at);
+        at
     }
 
     #[test]
@@ -645,8 +839,8 @@ mod tests {
         assert!(drain_ops(&mut s).is_empty(), "nothing is sent before a connection");
         assert!(s.poll_connect(t0));
         s.handle_connected(t0);
-        assert_eq!(drain_ops(&mut s), vec![join("lobby", None)]);
-        s.handle_joined("lobby", 10);
+        assert_eq!(drain_ops(&mut s), vec![join("lobby", None, None)]);
+        s.handle_joined("lobby", 7, 10);
         for seq in 11..=13 {
             assert_eq!(s.handle_message("lobby", seq), Delivery::Deliver);
         }
@@ -655,11 +849,11 @@ mod tests {
         let at = s.poll_timeout().expect("waiting");
         assert!(s.poll_connect(at));
         s.handle_connected(at);
-        assert_eq!(drain_ops(&mut s), vec![join("lobby", Some(13))]);
+        assert_eq!(drain_ops(&mut s), vec![join("lobby", Some(13), Some(7))], "since and epoch");
         // Replays overlap what we had: duplicates dropped, new ones delivered.
         assert_eq!(s.handle_message("lobby", 13), Delivery::Duplicate);
         assert_eq!(s.handle_message("lobby", 14), Delivery::Deliver);
-        s.handle_joined("lobby", 14);
+        s.handle_joined("lobby", 7, 14);
         assert_eq!(s.stats().duplicates, 1);
         assert_eq!(s.stats().lost, 0);
         let events = drain_events(&mut s);
@@ -673,7 +867,7 @@ mod tests {
         s.join("r");
         assert!(s.poll_connect(t0));
         s.handle_connected(t0);
-        s.handle_joined("r", 0);
+        s.handle_joined("r", 7, 0);
         assert_eq!(s.handle_message("r", 1), Delivery::Deliver);
         assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
         s.handle_gap("r", 5, 9, 10);
@@ -690,21 +884,173 @@ mod tests {
     }
 
     #[test]
-    fn a_room_behind_our_position_is_a_reset() {
+    fn a_reset_forgets_the_position_instead_of_dropping_the_new_epoch() {
         let t0 = Instant::now();
-        let mut s = session();
-        s.join("r");
-        assert!(s.poll_connect(t0));
-        s.handle_connected(t0);
-        s.handle_joined("r", 50);
-        s.handle_disconnected(t0, Disconnect::io("eof"));
-        let at = s.poll_timeout().expect("waiting");
-        assert!(s.poll_connect(at));
-        s.handle_connected(at);
+        let mut s = joined(t0, "r", 50);
+        for seq in 51..=60 {
+            assert_eq!(s.handle_message("r", seq), Delivery::Deliver);
+        }
+        let at = reconnect(&mut s, t0);
+        assert_eq!(drain_ops(&mut s), vec![join("r", Some(60), Some(7))]);
         drain_events(&mut s);
-        s.handle_joined("r", 3);
-        assert_eq!(drain_events(&mut s), vec![Event::Joined { room: "r".into(), last_seq: 3, reset: true }]);
+        // The hub restarted without a store: epoch 9, three messages so far, all held.
+        s.handle_reset("r", 9, 3);
+        assert_eq!((s.epoch("r"), s.last_seq("r")), (Some(9), Some(0)), "position is (new epoch, 0)");
+        for seq in 1..=3 {
+            assert_eq!(s.handle_message("r", seq), Delivery::Deliver, "seq {seq} of the new epoch is new");
+        }
+        s.handle_joined("r", 9, 3);
         assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+        assert_eq!(
+            drain_events(&mut s),
+            vec![Event::Reset { room: "r".into(), epoch: 9, last_seq: 3 }, Event::Joined { room: "r".into(), epoch: 9, last_seq: 3 }]
+        );
+        assert_eq!((s.stats().resets, s.stats().duplicates, s.stats().lost), (1, 0, 0));
+        // The next rejoin carries the new position.
+        reconnect(&mut s, at);
+        assert_eq!(drain_ops(&mut s), vec![join("r", Some(4), Some(9))]);
+    }
+
+    #[test]
+    fn a_live_reset_restarts_the_room_and_a_gap_may_follow() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 5);
+        s.handle_reset("r", 11, 40);
+        s.handle_gap("r", 1, 30, 31);
+        assert_eq!(s.handle_message("r", 30), Delivery::Duplicate, "covered by the gap");
+        assert_eq!(s.handle_message("r", 31), Delivery::Deliver);
+        let events = drain_events(&mut s);
+        assert_eq!(events[0], Event::Reset { room: "r".into(), epoch: 11, last_seq: 40 });
+        assert!(matches!(events[1], Event::Gap { first_lost: 1, last_lost: 30, resume_from: 31, .. }), "{events:?}");
+    }
+
+    #[test]
+    fn a_join_answer_of_another_epoch_without_reset_is_still_a_reset() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 50);
+        reconnect(&mut s, t0);
+        drain_events(&mut s);
+        s.handle_joined("r", 8, 3);
+        let events = drain_events(&mut s);
+        assert_eq!(events[0], Event::Reset { room: "r".into(), epoch: 8, last_seq: 3 });
+        assert!(matches!(events[1], Event::Gap { first_lost: 1, last_lost: 3, resume_from: 4, .. }), "{events:?}");
+        assert_eq!(events[2], Event::Joined { room: "r".into(), epoch: 8, last_seq: 3 });
+        assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+    }
+
+    #[test]
+    fn a_join_refused_for_a_lost_hub_is_retried_after_the_hint_then_surfaced() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 20);
+        let at = reconnect(&mut s, t0);
+        assert_eq!(drain_ops(&mut s), vec![join("r", Some(20), Some(7))]);
+        drain_events(&mut s);
+        let mut now = at;
+        for attempt in 1..=MAX_RETRIES {
+            s.handle_error(now, 503, "hub connection lost", Some("r"), None, Some(250));
+            assert!(drain_events(&mut s).is_empty(), "retried silently (attempt {attempt})");
+            let due = s.poll_timeout().expect("a retry is scheduled");
+            assert_eq!(due - now, Duration::from_millis(250));
+            s.handle_timeout(due - Duration::from_millis(1));
+            assert!(drain_ops(&mut s).is_empty(), "not before the hint");
+            s.handle_timeout(due);
+            assert_eq!(drain_ops(&mut s), vec![join("r", Some(20), Some(7))], "same position");
+            assert_eq!(s.poll_timeout(), None);
+            now = due;
+        }
+        assert_eq!(s.stats().retries, u64::from(MAX_RETRIES));
+        s.handle_error(now, 503, "hub connection lost", Some("r"), None, Some(250));
+        assert!(matches!(drain_events(&mut s)[..], [Event::Error { code: 503, .. }]), "bounded: surfaced at last");
+        assert_eq!(s.rooms().count(), 0, "a refused join left the room");
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_successful_rejoin_resets_the_retry_budget() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 0);
+        for _ in 0..3 {
+            s.handle_error(t0, 503, "hub unavailable", Some("r"), None, Some(10));
+            s.handle_timeout(t0 + Duration::from_millis(10));
+            let _ = drain_ops(&mut s);
+        }
+        s.handle_joined("r", 7, 0);
+        for _ in 0..MAX_RETRIES {
+            s.handle_error(t0, 503, "hub unavailable", Some("r"), None, Some(10));
+            s.handle_timeout(t0 + Duration::from_millis(10));
+        }
+        assert!(drain_events(&mut s).iter().all(|e| !matches!(e, Event::Error { .. })));
+        assert_eq!(s.rooms().count(), 1);
+    }
+
+    #[test]
+    fn a_publish_refused_for_a_lost_hub_is_resent_with_the_same_id() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 0);
+        let id = s.publish("r", Bytes::from_static(br#"{"n":1}"#)).expect("queued");
+        let sent = drain_ops(&mut s);
+        assert_eq!(sent, vec![Op::Publish { room: "r".into(), data: Bytes::from_static(br#"{"n":1}"#), id }]);
+        s.handle_error(t0, 503, "hub connection lost", Some("r"), Some(id), Some(1000));
+        assert!(drain_events(&mut s).is_empty());
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+        s.handle_timeout(t0 + Duration::from_secs(1));
+        assert_eq!(drain_ops(&mut s), sent, "the same op, the same id: the hub dedupes it");
+        s.handle_published("r", 1, 7, id);
+        assert_eq!(drain_events(&mut s), vec![Event::Published { room: "r".into(), seq: 1, epoch: 7, id }]);
+        // Other refusals are not retried.
+        let other = s.publish("r", Bytes::from_static(b"2")).expect("queued");
+        let _ = drain_ops(&mut s);
+        s.handle_error(t0, 429, "rate limited", Some("r"), Some(other), Some(1000));
+        assert!(matches!(drain_events(&mut s)[..], [Event::Error { code: 429, id: Some(i), .. }] if i == other));
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn publish_retries_are_bounded_and_a_drop_puts_them_in_doubt() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 0);
+        let id = s.publish("r", Bytes::from_static(b"1")).expect("queued");
+        let _ = drain_ops(&mut s);
+        for _ in 0..MAX_RETRIES {
+            s.handle_error(t0, 503, "hub unavailable", Some("r"), Some(id), Some(5));
+            s.handle_timeout(t0 + Duration::from_millis(5));
+            assert_eq!(drain_ops(&mut s).len(), 1);
+        }
+        s.handle_error(t0, 503, "hub unavailable", Some("r"), Some(id), Some(5));
+        assert!(matches!(drain_events(&mut s)[..], [Event::Error { code: 503, id: Some(i), .. }] if i == id));
+        // A publish waiting for its retry when the connection drops is in doubt, not resent.
+        let second = s.publish("r", Bytes::from_static(b"2")).expect("queued");
+        let _ = drain_ops(&mut s);
+        s.handle_error(t0, 503, "hub unavailable", Some("r"), Some(second), Some(5));
+        s.handle_timeout(t0 + Duration::from_millis(5));
+        reconnect(&mut s, t0 + Duration::from_millis(5));
+        let ops = drain_ops(&mut s);
+        assert!(ops.iter().all(|op| !matches!(op, Op::Publish { .. })), "{ops:?}");
+        let doubt: Vec<_> = drain_events(&mut s).into_iter().filter(|e| matches!(e, Event::Error { code: 0, .. })).collect();
+        assert_eq!(doubt.len(), 1, "{doubt:?}");
+    }
+
+    #[test]
+    fn publish_ids_depend_on_the_seed_and_stay_javascript_safe() {
+        let mut a = Session::new(SessionConfig::default(), 1);
+        let mut b = Session::new(SessionConfig::default(), 2);
+        let (ia, ib) = (a.publish("r", Bytes::from_static(b"1")).expect("a"), b.publish("r", Bytes::from_static(b"1")).expect("b"));
+        assert_ne!(ia, ib, "two sessions of one user do not share idempotency keys");
+        assert_eq!(a.publish("r", Bytes::from_static(b"2")).expect("a"), ia + 1);
+        assert!(ia < 1 << 52 && ib < 1 << 52 && ia > 0);
+    }
+
+    #[test]
+    fn ops_encode_through_the_protocol() {
+        let join = join("lobby", Some(7), Some(0xab)).to_json();
+        assert_eq!(ClientOp::parse(&join), Ok(ClientOp::Join { room: "lobby".into(), since: Some(7), epoch: Some(0xab) }));
+        let publish = Op::Publish { room: "a".into(), data: Bytes::from_static(br#"{"x":1}"#), id: 3 }.to_json();
+        assert_eq!(
+            ClientOp::parse(&publish),
+            Ok(ClientOp::Publish { room: "a".into(), data: br#"{"x":1}"#.to_vec(), id: Some(serde_json::json!(3)) })
+        );
+        assert_eq!(ClientOp::parse(&Op::Leave { room: "a".into() }.to_json()), Ok(ClientOp::Leave { room: "a".into() }));
+        assert_eq!(ClientOp::parse(&Op::Ping.to_json()), Ok(ClientOp::Ping));
     }
 
     #[test]
@@ -775,8 +1121,8 @@ mod tests {
         s.handle_connected(t0);
         let ops = drain_ops(&mut s);
         assert_eq!(ops.len(), 3, "join first, then the two publishes: {ops:?}");
-        assert_eq!(ops[0], join("r", None));
-        s.handle_published("r", 1, a);
+        assert_eq!(ops[0], join("r", None, None));
+        s.handle_published("r", 1, 7, a);
         s.handle_disconnected(t0, Disconnect::io("eof"));
         let lost: Vec<_> = drain_events(&mut s)
             .into_iter()
@@ -793,7 +1139,7 @@ mod tests {
         assert!(s.poll_connect(t0));
         s.handle_connected(t0);
         let _ = drain_ops(&mut s);
-        s.handle_error(403, "room not allowed", Some("secret"), None);
+        s.handle_error(t0, 403, "room not allowed", Some("secret"), None, None);
         assert_eq!(s.rooms().count(), 0);
         assert_eq!(s.handle_message("secret", 1), Delivery::NotJoined);
     }

@@ -2,7 +2,7 @@
 //! send ops as JSON text, read server messages.
 //!
 //! Owns the socket and the upgrade; it knows nothing of rooms or seqs (that is `session.rs`) and
-//! does not parse messages (that is `wire.rs`): [`WsConn::recv`] hands back the text frame as a
+//! does not parse messages (that is `protocol.rs`): [`WsConn::recv`] hands back the text frame as a
 //! [`tokio_websockets::Message`] so the caller decodes it in place, borrowing from the frame.
 //! Binding a source address (127.0.0.2, 127.0.0.3, …) before connect is how `linkcast bench`
 //! gets more than one ephemeral port range on loopback.

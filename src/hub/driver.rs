@@ -23,7 +23,8 @@ use super::queue::{LinkQueue, Offer};
 use super::HubMetrics;
 use crate::frame::Frame;
 use crate::placement::LinkId;
-use crate::rooms::{PublishError, RoomTable, TableLimits, TableStats};
+use crate::room::LostRange;
+use crate::rooms::{PublishAck, PublishError, RoomTable, TableLimits, TableStats};
 
 /// Capacity of the hub task's event channel (HTTP handlers and Link readers wait when full).
 pub(crate) const EVENT_CAPACITY: usize = 8192;
@@ -40,12 +41,14 @@ pub(crate) enum Event {
         sender: String,
         flags: u16,
         data: Bytes,
-        reply: oneshot::Sender<Result<u64, PublishError>>,
+        /// Idempotency key (`""`: none).
+        key: String,
+        reply: oneshot::Sender<Result<PublishAck, PublishError>>,
     },
     /// `GET /v1/rooms/{room}`.
     RoomInfo { room: String, reply: oneshot::Sender<Option<RoomInfo>> },
     /// `GET /v1/rooms/{room}/messages`.
-    History { room: String, since: u64, limit: usize, reply: oneshot::Sender<Option<History>> },
+    History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Option<History>> },
     /// A Link connection is established; frames for it go to `queue`.
     LinkUp { link: LinkId, generation: u64, queue: LinkQueue },
     /// A frame from a Link.
@@ -58,6 +61,8 @@ pub(crate) enum Event {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct RoomInfo {
     pub(crate) room: String,
+    /// The room's epoch, as 16 hex digits.
+    pub(crate) epoch: String,
     pub(crate) members: u64,
     pub(crate) links: Vec<u32>,
     pub(crate) last_seq: u64,
@@ -68,8 +73,11 @@ pub(crate) struct RoomInfo {
 pub(crate) struct History {
     pub(crate) frames: Vec<Frame>,
     pub(crate) last_seq: u64,
-    /// `(first_lost, last_lost, resume_from)` when `since` is older than the window.
-    pub(crate) gap: Option<(u64, u64, u64)>,
+    pub(crate) epoch: u64,
+    /// `since` belonged to another epoch: the frames start the current one over.
+    pub(crate) reset: bool,
+    /// What after `since` is no longer held.
+    pub(crate) gap: Option<LostRange>,
 }
 
 struct Connected {
@@ -85,7 +93,7 @@ pub(crate) async fn run(
     metrics: HubMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut driver = Driver { table: RoomTable::new(limits), links: HashMap::new(), locator, metrics, seen: TableStats::default() };
+    let mut driver = Driver { table: RoomTable::new(limits, epoch_seed()), links: HashMap::new(), locator, metrics, seen: TableStats::default() };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -134,20 +142,21 @@ impl Driver {
     fn handle(&mut self, event: Event) {
         let now = now_micros();
         match event {
-            Event::Publish { room, sender, flags, data, reply } => {
-                let _ = reply.send(self.table.publish(now, &room, &sender, flags, &data));
+            Event::Publish { room, sender, flags, data, key, reply } => {
+                let _ = reply.send(self.table.publish(now, &room, &sender, flags, &data, &key));
             }
             Event::RoomInfo { room, reply } => {
                 let info = self.table.room(&room).map(|r| RoomInfo {
                     room: r.name().to_owned(),
+                    epoch: crate::protocol::format_epoch(r.epoch()),
                     members: r.members(),
                     links: r.links().iter().map(|l| l.0).collect(),
                     last_seq: r.last_seq(),
                 });
                 let _ = reply.send(info);
             }
-            Event::History { room, since, limit, reply } => {
-                let _ = reply.send(self.table.room(&room).map(|r| history(r, since, limit)));
+            Event::History { room, since, epoch, limit, reply } => {
+                let _ = reply.send(self.table.room(&room).map(|r| history(r, since, epoch, limit)));
             }
             Event::LinkUp { link, generation, queue } => {
                 if let Some(old) = self.links.remove(&link) {
@@ -210,13 +219,21 @@ impl Driver {
     }
 }
 
-fn history(room: &crate::room::Room, since: u64, limit: usize) -> History {
-    let last_seq = room.last_seq();
-    let frames: Vec<Frame> = room.history_after(since, limit).cloned().collect();
-    // Messages after `since` that history no longer holds form the gap.
-    let resume_from = room.oldest_seq().unwrap_or(last_seq + 1);
-    let gap = (since < last_seq && since + 1 < resume_from).then(|| (since + 1, resume_from - 1, resume_from));
-    History { frames, last_seq, gap }
+fn history(room: &crate::room::Room, since: u64, epoch: Option<u64>, limit: usize) -> History {
+    // The same answer a joining member gets (reset, gap, frames), cut to `limit` frames.
+    let answer = room.join(Some(since), epoch);
+    let frames = answer.frames.into_iter().take(limit).collect();
+    History { frames, last_seq: answer.last_seq, epoch: answer.epoch, reset: answer.reset, gap: answer.gap }
+}
+
+/// Fresh randomness for the room table's epochs: std's per-process random hash keys (drawn
+/// from the OS), mixed with the time and the pid, so two lifetimes of a hub never share a seed.
+fn epoch_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_micros());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Locks the locator; a poisoned lock is still consistent (each method finishes its update

@@ -32,9 +32,16 @@ use super::error::ApiError;
 use super::forward::{self, FORWARDED_HEADER};
 use super::Shared;
 use crate::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
+use crate::protocol::{format_epoch, parse_epoch};
 
 /// Header naming the sender of an HTTP publish (default `"server"`).
 pub const FROM_HEADER: &str = "x-linkcast-from";
+
+/// Header carrying an HTTP publish's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Longest idempotency key, bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// Default `limit` of the history route.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -112,6 +119,7 @@ async fn publish(
         return Err(ApiError::BadRequest("body is not valid JSON (Content-Type says application/json)"));
     }
     let sender = sender(&headers)?;
+    let idempotency_key = idempotency_key(&headers)?;
     if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
         return forward(&shared, owner, Method::POST, &uri, &headers, &body).await;
     }
@@ -120,9 +128,9 @@ async fn publish(
     }
     let flags = if is_json(&body) { FLAG_JSON } else { 0 };
     let (reply, answer) = oneshot::channel();
-    let event = Event::Publish { room, sender, flags, data: body, reply };
-    let seq = ask(&shared, event, answer).await??;
-    Ok(Json(serde_json::json!({ "seq": seq })).into_response())
+    let event = Event::Publish { room, sender, flags, data: body, key: idempotency_key, reply };
+    let ack = ask(&shared, event, answer).await??;
+    Ok(Json(serde_json::json!({ "seq": ack.seq, "epoch": format_epoch(ack.epoch) })).into_response())
 }
 
 async fn room_info(
@@ -145,6 +153,7 @@ async fn room_info(
 #[derive(Debug, serde::Deserialize)]
 struct HistoryQuery {
     since: Option<u64>,
+    epoch: Option<String>,
     limit: Option<usize>,
 }
 
@@ -158,6 +167,10 @@ async fn history(
     let room = room_name(room)?;
     let Query(query) = query.map_err(ApiError::rejected)?;
     let since = query.since.unwrap_or(0);
+    let epoch = match query.epoch.as_deref() {
+        None => None,
+        Some(text) => Some(parse_epoch(text).ok_or(ApiError::BadRequest("epoch must be 1-16 hex digits"))?),
+    };
     let limit = match query.limit {
         Some(0) => return Err(ApiError::BadRequest("limit must be at least 1")),
         Some(limit) => limit.min(MAX_HISTORY_LIMIT),
@@ -167,15 +180,20 @@ async fn history(
         return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
     }
     let (reply, answer) = oneshot::channel();
-    let History { frames, last_seq, gap } =
-        ask(&shared, Event::History { room: room.clone(), since, limit, reply }, answer).await?.ok_or(ApiError::NotFound("unknown room"))?;
+    let History { frames, last_seq, epoch, reset, gap } = ask(&shared, Event::History { room: room.clone(), since, epoch, limit, reply }, answer)
+        .await?
+        .ok_or(ApiError::NotFound("unknown room"))?;
     let mut body = serde_json::json!({
         "room": room,
+        "epoch": format_epoch(epoch),
         "messages": frames.iter().map(message_json).collect::<Vec<_>>(),
         "last_seq": last_seq,
     });
-    if let Some((first_lost, last_lost, resume_from)) = gap {
-        body["gap"] = serde_json::json!({ "first_lost": first_lost, "last_lost": last_lost, "resume_from": resume_from });
+    if reset {
+        body["reset"] = serde_json::Value::Bool(true);
+    }
+    if let Some(lost) = gap {
+        body["gap"] = serde_json::json!({ "first_lost": lost.first_lost, "last_lost": lost.last_lost, "resume_from": lost.resume_from });
     }
     Ok(Json(body).into_response())
 }
@@ -239,6 +257,20 @@ fn sender(headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
+/// The optional `Idempotency-Key` header: 1-128 bytes of visible ASCII (`""` when absent).
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(String::new()),
+        Some(value) => {
+            let bytes = value.as_bytes();
+            if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::BadRequest("Idempotency-Key must be 1-128 bytes of visible ASCII"));
+            }
+            Ok(String::from_utf8_lossy(bytes).into_owned())
+        }
+    }
+}
+
 /// Sends `event` to the hub task and waits for its answer.
 async fn ask<T>(shared: &Shared, event: Event, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
     shared.events.send(event).await.map_err(|_| ApiError::Unavailable("hub shutting down"))?;
@@ -257,7 +289,7 @@ async fn forward(
     let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let id = shared.id.0.to_string();
     let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, &id)];
-    for name in [header::AUTHORIZATION.as_str(), FROM_HEADER, header::CONTENT_TYPE.as_str()] {
+    for name in [header::AUTHORIZATION.as_str(), FROM_HEADER, header::CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY_HEADER] {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
             pass.push((name, value));
         }

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use error::ApiError;
-pub use http::{DEFAULT_HISTORY_LIMIT, FROM_HEADER};
+pub use http::{DEFAULT_HISTORY_LIMIT, FROM_HEADER, IDEMPOTENCY_KEY_HEADER};
 pub use locate::Located;
 
 use crate::config::{Config, LinkEntry};

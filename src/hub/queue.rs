@@ -113,7 +113,7 @@ impl LinkQueue {
         let count = lost.len();
         for (room, (first_lost, last_lost)) in lost {
             let resume_from = last_lost + 1;
-            let gap = FrameBuilder::new(&room).build(&Body::Gap { conn: 0, first_lost, last_lost, resume_from });
+            let gap = FrameBuilder::new(&room).build(&Body::Gap { request: 0, first_lost, last_lost, resume_from });
             self.push(gap);
         }
         count
@@ -174,8 +174,8 @@ mod tests {
         let next = drain(&mut reader);
         assert_eq!(next.len(), 3);
         assert!(matches!(next[1].body(),
-            ArchivedBody::Gap { conn, first_lost, last_lost, resume_from }
-            if (conn.to_native(), first_lost.to_native(), last_lost.to_native(), resume_from.to_native()) == (0, 4, 5, 6)));
+            ArchivedBody::Gap { request, first_lost, last_lost, resume_from }
+            if (request.to_native(), first_lost.to_native(), last_lost.to_native(), resume_from.to_native()) == (0, 4, 5, 6)));
         assert_eq!(next[1].room(), "a");
         assert_eq!(next[2].seq(), 6);
         assert!(!queue.is_lagging());
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn answers_get_slack_then_overflow() {
-        let ack = FrameBuilder::new("a").seq(1).build(&Body::PublishAck { request: 1 });
+        let ack = FrameBuilder::new("a").seq(1).build(&Body::PublishAck { request: 1, epoch: 1 });
         let (mut queue, _reader) = link_queue(ack.len() * 2);
         for _ in 0..4 {
             assert_eq!(queue.offer(ack.clone()), Offer::Queued);

@@ -8,14 +8,24 @@
 //!   the last, count updates at most once per second in between, and every room re-announced
 //!   after a hub (re)connects. `InterestAdd` is always queued before the `Join` that caused it, on
 //!   the same ordered hub channel, so the hub knows the Link is interested before it answers the
-//!   join — the basis of the no-loss join (`session.rs`).
+//!   join — the basis of the no-loss join (`link_session.rs`).
+//! - **the Link's position in each room**: the room's epoch and the last seq it pushed into the
+//!   shards' rings. Every `Message` is pushed once (a seq at or below it is a duplicate); a hub's
+//!   room-wide `Gap {request: 0}` (its queue to this Link overflowed) becomes a gap marker in
+//!   every ring, in order.
+//! - **requests in flight**: every join and publish sent to a hub until its answer. When a hub
+//!   connection ends, each is answered `503 hub connection lost` with a retry hint; after the
+//!   reconnect, every room the hub owns is rejoined **once** (`Join {since: pushed, epoch}` with
+//!   a request id of the coordinator's own), and its answer — replay, gap or reset — goes into
+//!   the rings as room-wide items, so members see the outage replayed, a `gap`, or a `reset`.
+//!   Live messages of a room whose rejoin is not answered yet are dropped: the replay covers them.
 //! - **hub connections**: one task per hub calls `HubConnector::connect` again whenever the
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
 //!   (`wsframe::message`) and a [`Delivery`] (two shared `Bytes`) goes to every shard with members;
-//!   `Replay`/`Gap`/`Joined`/`PublishAck`/`Error` → the one shard whose index is in the id's top
-//!   bits (`shard::shard_of`).
+//!   answers to a connection's request → the one shard whose index is in the id's top bits
+//!   (`shard::shard_of`), with the ring tail recorded by the shard.
 //!
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that
 //! finds it full, or the hub disconnected, is answered `503 hub unavailable` instead of waiting.
@@ -26,27 +36,31 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind};
+use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder};
 use crate::placement::LinkId;
+use crate::room::LostRange;
+use crate::shard_rooms::{make_id, COORDINATOR_SHARD};
 use crate::uplink::{HubConnector, HubDirectory, HubId};
 
-use super::limits::{ClientError, Refusal};
-use super::shard::{shard_of, Delivery, ShardMsg};
+use crate::protocol::{ClientError, Refusal};
+use super::shard::{shard_of, Delivery, RingItem, ShardMsg};
 use super::wsframe;
 
 /// Shard / connection → coordinator.
 #[derive(Debug)]
 pub enum CoordMsg {
-    /// Connection `conn` on `shard` joins `room`.
+    /// A connection on `shard` joins `room` with join request `request`.
     Join {
         /// Shard of the connection.
         shard: usize,
-        /// Connection id.
-        conn: u64,
+        /// The join's request id (issued by the shard).
+        request: u64,
         /// Room.
         room: String,
         /// Replay after this seq.
         since: Option<u64>,
+        /// The epoch `since` belongs to.
+        epoch: Option<u64>,
     },
     /// A member on `shard` left `room` (or its connection ended).
     Leave {
@@ -79,10 +93,33 @@ enum HubEvent {
     Down { hub: HubId, generation: u64 },
 }
 
+/// The Link's state of one room.
 #[derive(Debug, Default)]
-struct RoomInterest {
+struct RoomState {
     per_shard: Vec<u32>,
     total: u64,
+    /// The room's epoch as far as this Link knows (from a `Joined` or `Reset`).
+    epoch: Option<u64>,
+    /// Last seq pushed into the rings (of `epoch`).
+    pushed: u64,
+    /// The coordinator's own rejoin in flight: live messages are dropped until it is answered.
+    rejoin: Option<u64>,
+    /// A rejoin is owed as soon as the owner hub is connected.
+    rejoin_owed: bool,
+}
+
+impl RoomState {
+    /// True while the room's live messages must wait for a rejoin's answer.
+    fn rejoining(&self) -> bool {
+        self.rejoin.is_some() || self.rejoin_owed
+    }
+}
+
+/// A request sent to a hub and not answered yet.
+#[derive(Debug)]
+struct InFlight {
+    hub: HubId,
+    room: String,
 }
 
 /// The coordinator's state (see the module docs).
@@ -91,9 +128,12 @@ struct Coordinator {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     directory: HubDirectory,
     hubs: HashMap<HubId, (u64, mpsc::Sender<Frame>)>,
-    rooms: HashMap<String, RoomInterest>,
+    rooms: HashMap<String, RoomState>,
     /// Rooms whose member count changed since it was last announced.
     dirty: HashSet<String>,
+    /// Joins and publishes (of connections, and the coordinator's rejoins) awaiting an answer.
+    in_flight: HashMap<u64, InFlight>,
+    next_id: u64,
     /// Where the count of connected hubs is published.
     shared: Arc<super::Shared>,
 }
@@ -122,6 +162,8 @@ pub fn run(
             hubs: HashMap::new(),
             rooms: HashMap::new(),
             dirty: HashSet::new(),
+            in_flight: HashMap::new(),
+            next_id: 1,
             shared,
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -134,7 +176,10 @@ pub fn run(
                     Some(msg) => coordinator.handle_client(msg).await,
                 },
                 Some(event) = events.recv() => coordinator.handle_hub_event(event).await,
-                _ = tick.tick() => coordinator.announce_dirty(),
+                _ = tick.tick() => {
+                    coordinator.announce_dirty();
+                    coordinator.rejoin_owed();
+                }
             }
         }
         for task in tasks {
@@ -189,6 +234,17 @@ impl Coordinator {
         }
     }
 
+    /// Sends `frame` (a join or publish with request id `request`) to the owner of `room` and
+    /// remembers it until answered. False if it could not be queued.
+    fn send_request(&mut self, request: u64, room: &str, frame: Frame) -> bool {
+        let hub = self.owner(room);
+        if !self.send_to_hub(hub, frame) {
+            return false;
+        }
+        self.in_flight.insert(request, InFlight { hub, room: room.to_owned() });
+        true
+    }
+
     /// Sends the room's current interest to its owner. False if it could not be queued.
     fn announce(&mut self, room: &str) -> bool {
         let members = self.rooms.get(room).map_or(0, |r| r.total);
@@ -211,28 +267,63 @@ impl Coordinator {
         }
     }
 
+    /// Rejoins `room` once for all its members: `Join {since: pushed, epoch}` under a request
+    /// id of the coordinator's own. Stays owed when the hub cannot take it now.
+    fn rejoin(&mut self, room: &str) {
+        let Some(state) = self.rooms.get(room) else { return };
+        if state.total == 0 || state.rejoin.is_some() {
+            return;
+        }
+        let (since, epoch) = (state.epoch.map(|_| state.pushed), state.epoch);
+        let request = make_id(COORDINATOR_SHARD, self.next_id);
+        self.next_id += 1;
+        let frame = FrameBuilder::new(room).build(&Body::Join { request, since, epoch });
+        let sent = self.send_request(request, room, frame);
+        if let Some(state) = self.rooms.get_mut(room) {
+            if sent {
+                state.rejoin = Some(request);
+                state.rejoin_owed = false;
+            } else {
+                state.rejoin_owed = true;
+            }
+        }
+    }
+
+    /// Retries the rejoins still owed to connected hubs.
+    fn rejoin_owed(&mut self) {
+        let owed: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(room, state)| state.rejoin_owed && self.hubs.contains_key(&self.owner(room)))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in owed {
+            self.rejoin(&room);
+        }
+    }
+
     async fn handle_client(&mut self, msg: CoordMsg) {
         match msg {
-            CoordMsg::Join { shard, conn, room, since } => {
+            CoordMsg::Join { shard, request, room, since, epoch } => {
                 let shard_count = self.shards.len();
-                let interest = self.rooms.entry(room.clone()).or_default();
-                interest.per_shard.resize(shard_count, 0);
-                interest.per_shard[shard] += 1;
-                interest.total += 1;
-                let first = interest.total == 1;
+                let state = self.rooms.entry(room.clone()).or_default();
+                state.per_shard.resize(shard_count, 0);
+                state.per_shard[shard] += 1;
+                state.total += 1;
+                let first = state.total == 1;
                 let announced = if first { self.announce(&room) } else { !self.dirty.contains(&room) || self.announce(&room) };
-                let join = FrameBuilder::new(&room).build(&Body::Join { conn, since });
-                if !(announced && self.send_to_hub(self.owner(&room), join)) {
-                    self.refuse(conn, &room, ClientError::HubUnavailable).await;
+                let join = FrameBuilder::new(&room).build(&Body::Join { request, since, epoch });
+                if !(announced && self.send_request(request, &room, join)) {
+                    self.refuse(request, &room, ClientError::HubUnavailable).await;
                 }
             }
             CoordMsg::Leave { shard, room } => {
-                let Some(interest) = self.rooms.get_mut(&room) else { return };
-                if let Some(count) = interest.per_shard.get_mut(shard) {
+                let Some(state) = self.rooms.get_mut(&room) else { return };
+                if let Some(count) = state.per_shard.get_mut(shard) {
                     *count = count.saturating_sub(1);
                 }
-                interest.total = interest.total.saturating_sub(1);
-                if interest.total == 0 {
+                state.total = state.total.saturating_sub(1);
+                if state.total == 0 {
                     self.announce(&room);
                     // Keep the entry while a removal is still owed to the hub.
                     if !self.dirty.contains(&room) {
@@ -248,7 +339,7 @@ impl Coordinator {
                     _ => return,
                 };
                 let room = frame.room().to_owned();
-                if !self.send_to_hub(self.owner(&room), frame) {
+                if !self.send_request(request, &room, frame) {
                     self.refuse(request, &room, ClientError::HubUnavailable).await;
                 }
             }
@@ -261,10 +352,12 @@ impl Coordinator {
         }
     }
 
-    /// Answers connection/request `id` with an error frame, as a hub would.
+    /// Answers connection/request `id` with an error frame, as a hub would, with the error's
+    /// retry hint.
     async fn refuse(&self, id: u64, room: &str, error: ClientError) {
         let (Refusal::Error(code, reason) | Refusal::Close(code, reason)) = error.refusal();
-        let frame = FrameBuilder::new(room).build(&Body::Error { request: id, code, reason: reason.to_owned() });
+        let retry_after_ms = error.retry_after_ms().unwrap_or(0);
+        let frame = FrameBuilder::new(room).build(&Body::Error { request: id, code, reason: reason.to_owned(), retry_after_ms });
         if let Some(shard) = self.shards.get(shard_of(id)) {
             let _ = shard.send(ShardMsg::ToConn { id, frame }).await;
         }
@@ -273,7 +366,7 @@ impl Coordinator {
     async fn handle_hub_event(&mut self, event: HubEvent) {
         match event {
             HubEvent::Up { hub, generation, to_hub } => {
-                tracing::info!(hub = hub.0, "hub connected; announcing interest");
+                tracing::info!(hub = hub.0, "hub connected; announcing interest and rejoining rooms");
                 self.hubs.insert(hub, (generation, to_hub));
                 self.shared.hubs_connected.store(self.hubs.len(), std::sync::atomic::Ordering::Relaxed);
                 let rooms: Vec<String> =
@@ -281,6 +374,9 @@ impl Coordinator {
                 for room in rooms {
                     if self.rooms.get(&room).is_some_and(|r| r.total > 0) {
                         self.announce(&room);
+                        if self.rooms.get(&room).is_some_and(|r| r.rejoin_owed) {
+                            self.rejoin(&room);
+                        }
                     } else {
                         self.dirty.remove(&room);
                         self.rooms.remove(&room);
@@ -291,33 +387,100 @@ impl Coordinator {
                 if self.hubs.get(&hub).is_some_and(|(g, _)| *g == generation) {
                     self.hubs.remove(&hub);
                     self.shared.hubs_connected.store(self.hubs.len(), std::sync::atomic::Ordering::Relaxed);
+                    self.hub_lost(hub).await;
                 }
             }
             HubEvent::Frame(frame) => self.route(frame).await,
         }
     }
 
-    async fn route(&mut self, frame: Frame) {
-        let target = match (frame.kind(), frame.body()) {
-            (Kind::Message, _) => {
-                let Some(interest) = self.rooms.get(frame.room()) else { return };
-                if interest.total == 0 {
-                    return;
+    /// The connection to `hub` ended: what was in flight there will never be answered. Every
+    /// request is failed with a retry hint; every room the hub owns owes a rejoin.
+    async fn hub_lost(&mut self, hub: HubId) {
+        let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.hub == hub).map(|(id, _)| *id).collect();
+        for request in lost {
+            let Some(flight) = self.in_flight.remove(&request) else { continue };
+            if shard_of(request) == COORDINATOR_SHARD {
+                if let Some(state) = self.rooms.get_mut(&flight.room) {
+                    state.rejoin = None;
                 }
-                // Built once per message per Link; every shard and socket shares these bytes.
-                let delivery = Delivery { seq: frame.seq(), ws: wsframe::message(&frame), frame };
-                for (shard, &count) in interest.per_shard.iter().enumerate() {
-                    if count > 0 {
-                        let _ = self.shards[shard].send(ShardMsg::Room(delivery.clone())).await;
-                    }
+            } else {
+                self.refuse(request, &flight.room, ClientError::HubLost).await;
+            }
+        }
+        for (room, state) in self.rooms.iter_mut() {
+            // A room whose epoch the Link never learnt has no joined member to catch up.
+            if state.total > 0 && state.epoch.is_some() && self.directory.owner(room).unwrap_or(HubId(0)) == hub {
+                state.rejoin = None;
+                state.rejoin_owed = true;
+            }
+        }
+    }
+
+    /// Sends a room-wide ring item to every shard with members of `room`.
+    async fn to_rings(&self, room: &str, state_shards: &[u32], item: RingItem) {
+        for (shard, &count) in state_shards.iter().enumerate() {
+            if count > 0 {
+                let _ = self.shards[shard].send(ShardMsg::Marker { room: room.to_owned(), item: item.clone() }).await;
+            }
+        }
+    }
+
+    /// Pushes a room message (live, or replayed by a rejoin) into the rings, once.
+    async fn push_message(&mut self, frame: Frame) {
+        let Some(state) = self.rooms.get_mut(frame.room()) else { return };
+        if state.total == 0 || frame.seq() <= state.pushed {
+            return;
+        }
+        state.pushed = frame.seq();
+        // Built once per message per Link; every shard and socket shares these bytes.
+        let delivery = Delivery { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: wsframe::message(&frame), frame };
+        for (shard, &count) in state.per_shard.iter().enumerate() {
+            if count > 0 {
+                let _ = self.shards[shard].send(ShardMsg::Room(delivery.clone())).await;
+            }
+        }
+    }
+
+    /// A room-wide gap: every member of the room on this Link lost `lost`.
+    async fn push_gap(&mut self, room: &str, lost: LostRange) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if state.total == 0 || lost.last_lost <= state.pushed {
+            return;
+        }
+        state.pushed = lost.last_lost;
+        let item = RingItem::Gap { epoch: state.epoch.unwrap_or(0), lost };
+        let shards = state.per_shard.clone();
+        self.to_rings(room, &shards, item).await;
+    }
+
+    async fn route(&mut self, frame: Frame) {
+        let request = match frame.body() {
+            ArchivedBody::Message { .. } => {
+                if self.rooms.get(frame.room()).is_some_and(|s| !s.rejoining()) {
+                    self.push_message(frame).await;
                 }
                 return;
             }
-            (_, ArchivedBody::Replay { conn, .. })
-            | (_, ArchivedBody::Gap { conn, .. })
-            | (_, ArchivedBody::Joined { conn }) => conn.to_native(),
-            (_, ArchivedBody::PublishAck { request }) => request.to_native(),
-            (_, ArchivedBody::Error { request, code, reason }) => {
+            ArchivedBody::Gap { request, first_lost, last_lost, resume_from } if request.to_native() == 0 => {
+                // The hub's queue to this Link overflowed: every member missed these.
+                let lost = LostRange {
+                    first_lost: first_lost.to_native(),
+                    last_lost: last_lost.to_native(),
+                    resume_from: resume_from.to_native(),
+                };
+                let room = frame.room().to_owned();
+                if self.rooms.get(&room).is_some_and(|s| !s.rejoining()) {
+                    self.push_gap(&room, lost).await;
+                }
+                return;
+            }
+            ArchivedBody::Replay { request, .. }
+            | ArchivedBody::Gap { request, .. }
+            | ArchivedBody::Reset { request, .. }
+            | ArchivedBody::Joined { request, .. }
+            | ArchivedBody::PublishAck { request, .. } => request.to_native(),
+            ArchivedBody::Error { request, code, reason, .. } => {
                 let request = request.to_native();
                 if request == 0 {
                     tracing::warn!(code = code.to_native(), reason = reason.as_str(), "hub refused a frame");
@@ -327,8 +490,91 @@ impl Coordinator {
             }
             _ => return,
         };
-        if let Some(shard) = self.shards.get(shard_of(target)) {
-            let _ = shard.send(ShardMsg::ToConn { id: target, frame }).await;
+        if shard_of(request) == COORDINATOR_SHARD {
+            return self.rejoin_answer(request, frame).await;
+        }
+        match frame.body() {
+            ArchivedBody::Joined { epoch, .. } => {
+                self.in_flight.remove(&request);
+                let epoch = epoch.to_native();
+                let room = frame.room().to_owned();
+                let mut stale = false;
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    match state.epoch {
+                        None => state.epoch = Some(epoch),
+                        Some(known) if known != epoch => stale = !state.rejoining(),
+                        Some(_) => {}
+                    }
+                    if state.epoch == Some(epoch) {
+                        state.pushed = state.pushed.max(frame.seq());
+                    }
+                }
+                if stale {
+                    // The room's history changed under this Link without a reconnect: catch the
+                    // room up (the hub answers with a reset) rather than trust either epoch.
+                    tracing::warn!(room = %room, "room epoch changed under the Link; rejoining");
+                    self.rejoin(&room);
+                }
+            }
+            ArchivedBody::PublishAck { .. } | ArchivedBody::Error { .. } => {
+                self.in_flight.remove(&request);
+            }
+            _ => {}
+        }
+        if let Some(shard) = self.shards.get(shard_of(request)) {
+            let _ = shard.send(ShardMsg::ToConn { id: request, frame }).await;
+        }
+    }
+
+    /// The hub's answer to the coordinator's rejoin `request` of a room: into the rings.
+    async fn rejoin_answer(&mut self, request: u64, frame: Frame) {
+        let room = frame.room().to_owned();
+        if self.rooms.get(&room).and_then(|s| s.rejoin) != Some(request) {
+            // The room is gone, or this rejoin was abandoned at a disconnect.
+            self.in_flight.remove(&request);
+            return;
+        }
+        match frame.body() {
+            ArchivedBody::Reset { epoch, .. } => {
+                let epoch = epoch.to_native();
+                tracing::info!(room = %room, "room history was lost at its hub (new epoch): resetting members");
+                let Some(state) = self.rooms.get_mut(&room) else { return };
+                state.epoch = Some(epoch);
+                state.pushed = 0;
+                let shards = state.per_shard.clone();
+                self.to_rings(&room, &shards, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
+            }
+            ArchivedBody::Gap { first_lost, last_lost, resume_from, .. } => {
+                let lost = LostRange {
+                    first_lost: first_lost.to_native(),
+                    last_lost: last_lost.to_native(),
+                    resume_from: resume_from.to_native(),
+                };
+                self.push_gap(&room, lost).await;
+            }
+            ArchivedBody::Replay { .. } => self.push_message(frame).await,
+            ArchivedBody::Joined { epoch, .. } => {
+                self.in_flight.remove(&request);
+                let last_seq = frame.seq();
+                let Some(state) = self.rooms.get_mut(&room) else { return };
+                state.epoch = Some(epoch.to_native());
+                state.rejoin = None;
+                let pushed = state.pushed;
+                if pushed < last_seq {
+                    // The replay should have covered it; if not, never skip silently.
+                    let lost = LostRange { first_lost: pushed + 1, last_lost: last_seq, resume_from: last_seq + 1 };
+                    self.push_gap(&room, lost).await;
+                }
+            }
+            ArchivedBody::Error { code, reason, .. } => {
+                self.in_flight.remove(&request);
+                tracing::warn!(room = %room, code = code.to_native(), reason = reason.as_str(), "room rejoin refused; retrying");
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.rejoin = None;
+                    state.rejoin_owed = true;
+                }
+            }
+            _ => {}
         }
     }
 }

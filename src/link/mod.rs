@@ -18,16 +18,17 @@
 //! - [`QuicHubConnector`] reaches remote hubs; `serve` and tests pass their own
 //!   [`HubConnector`] (e.g. over `uplink::pair`).
 //!
-//! Files: `shard.rs` (shard thread and state), `coordinator.rs`, `session.rs` (per-connection
-//! rooms), `ws.rs` (HTTP checks, upgrade, WebSocket driver), `conn_io.rs` (socket output queue,
-//! non-blocking vectored writes), `wsframe.rs` (pre-built server frames and JSON), `wsread.rs`
-//! (client frames decoded in place), `quic_clients.rs`,
-//! `hub_connector.rs`, `registry.rs` (user → connections), `limits.rs` (errors, rate limit).
+//! Files: `shard.rs` (shard thread and state), `coordinator.rs`, `session.rs` (glue between a
+//! connection and its sans-IO `link_session::Session`), `ws.rs` (HTTP checks, upgrade, WebSocket
+//! driver), `conn_io.rs` (socket output queue, non-blocking vectored writes), `wsframe.rs`
+//! (pre-built server frames and JSON), `wsread.rs` (client frames decoded in place),
+//! `quic_clients.rs`, `hub_connector.rs`, `registry.rs` (user → connections). The session's
+//! state machine, client errors and the publish rate limit are core modules
+//! (`link_session.rs`, `protocol.rs`, `token_bucket.rs`, `shard_rooms.rs`).
 
 pub mod conn_io;
 pub mod coordinator;
 pub mod hub_connector;
-pub mod limits;
 pub mod quic_clients;
 pub mod registry;
 pub mod session;
@@ -128,7 +129,7 @@ impl Shared {
     /// `link.max_conns_per_user` (wherever they live).
     pub fn register_user(&self, user: &str, conn: u64) {
         for evicted in self.users.register(user, conn, self.config.link.max_conns_per_user) {
-            self.coordinate(CoordMsg::CloseConn { conn: evicted, reason: limits::ClientError::TooManyConnections });
+            self.coordinate(CoordMsg::CloseConn { conn: evicted, reason: crate::protocol::ClientError::TooManyConnections });
         }
     }
 

@@ -20,8 +20,9 @@ use bytes::Bytes;
 use crate::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_LEN, MAX_ROOM_LEN, MAX_SENDER_LEN};
 use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
 
-use super::limits::{ClientError, Refusal};
-use super::session::{parse_quic, Session, Wire};
+use crate::protocol::{ClientError, Refusal};
+use super::session::{encode, Request, Session, ToClient, Wire};
+use crate::link_session::refuse;
 use super::shard::{ConnEvent, Registered, ShardMsg, ShardState};
 use super::{now_micros, Shared};
 
@@ -71,7 +72,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         _ => None,
     };
     let Some(token) = token else {
-        let refusal = FrameBuilder::new("").build(&Body::Error { request: 0, code: 400, reason: "expected hello".into() });
+        let refusal = FrameBuilder::new("").build(&Body::Error { request: 0, code: 400, reason: "expected hello".into(), retry_after_ms: 0 });
         let _ = send.write_all(refusal.as_bytes()).await;
         conn.close(quinn::VarInt::from_u32(400), b"expected hello");
         return;
@@ -83,7 +84,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         Err(error) => {
             metrics::counter!("linkcast_link_auth_failures_total").increment(1);
             let refusal =
-                FrameBuilder::new("").build(&Body::Error { request: 0, code: 401, reason: error.reason().into() });
+                FrameBuilder::new("").build(&Body::Error { request: 0, code: 401, reason: error.reason().into(), retry_after_ms: 0 });
             let _ = send.write_all(refusal.as_bytes()).await;
             let _ = send.finish();
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,28 +105,39 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
     shared.stats[index].connections.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
     gauge.increment(1.0);
-    let mut session = Session::new(id, Wire::Quic, claims, shared.clone(), state.clone(), now_micros());
+    let mut session = Session::new(id, Wire::Quic, claims, super::session::limits(&link), now_micros());
     let batch = link.write_batch_bytes.max(1);
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut tick = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut items: Vec<ToClient> = Vec::new();
     let mut out: Vec<Bytes> = Vec::new();
 
     let reason: Option<ClientError> = 'run: loop {
-        while let Some(event) = mailbox.next_event() {
-            match event {
-                ConnEvent::Hub(frame) => session.handle_hub(frame, &mut out),
-                ConnEvent::Close(error) => break 'run Some(error),
+        let mut closing = None;
+        {
+            let mut state = state.borrow_mut();
+            while let Some(event) = mailbox.next_event() {
+                match event {
+                    ConnEvent::Hub { frame, ring_tail } => session.handle_hub_frame(frame, ring_tail, &mut state.rooms, &mut items),
+                    ConnEvent::Close(error) => {
+                        closing = Some(error);
+                        break;
+                    }
+                }
+            }
+            if mailbox.take_ring() {
+                session.dirty = true;
+            }
+            if closing.is_none() && session.dirty {
+                closing = session.fill(batch, &mut state.rooms, &mut items).err();
             }
         }
-        if mailbox.take_ring() {
-            session.dirty = true;
+        super::session::forward(&mut session, &shared);
+        if let Some(error) = closing {
+            break 'run Some(error);
         }
-        if session.dirty {
-            if let Err(error) = session.fill(batch, &mut out) {
-                break Some(error);
-            }
-        }
+        out.extend(items.drain(..).map(|item| encode(Wire::Quic, item)).filter(|b| !b.is_empty()));
         if !out.is_empty() {
             let bytes: usize = out.iter().map(Bytes::len).sum();
             match tokio::time::timeout(stall, quic::write_frames(&mut send, &mut out)).await {
@@ -143,10 +155,11 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
             _ = mailbox.wait() => {}
             frame = reader.next() => match frame {
                 Ok(Some(frame)) => {
-                    let result = match parse_quic(&frame) {
-                        Ok(request) => session.handle_request(request, now_micros(), &mut out),
-                        Err(error) => session.refuse(error, Some(frame.room()), None, &mut out),
+                    let result = match Request::from_quic(&frame) {
+                        Ok(request) => session.handle_request(request, now_micros(), &mut state.borrow_mut().rooms, &mut items),
+                        Err(error) => refuse(error, Some(frame.room()), None, &mut items),
                     };
+                    super::session::forward(&mut session, &shared);
                     if let Err(error) = result {
                         break Some(error);
                     }
@@ -155,7 +168,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
                 Err(StreamError::Frame(FrameError::TooLong { .. })) => break Some(ClientError::TooBig),
                 Err(StreamError::Frame(error)) => {
                     let refusal = FrameBuilder::new("")
-                        .build(&Body::Error { request: 0, code: 400, reason: error.reason().into() });
+                        .build(&Body::Error { request: 0, code: 400, reason: error.reason().into(), retry_after_ms: 0 });
                     let _ = send.write_all(refusal.as_bytes()).await;
                     conn.close(quinn::VarInt::from_u32(1003), error.reason().as_bytes());
                     break None;
@@ -163,7 +176,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
                 Err(_) => break None,
             },
             _ = tick.tick() => {
-                if link.lag_policy == crate::fanout::LagPolicy::Disconnect && session.lagging() {
+                if link.lag_policy == crate::fanout::LagPolicy::Disconnect && session.lagging(&state.borrow().rooms) {
                     break Some(ClientError::SlowConsumer);
                 }
                 if expires <= now_micros() / 1_000_000 {
@@ -173,7 +186,8 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         }
     };
 
-    session.finish();
+    session.finish(&mut state.borrow_mut().rooms);
+    super::session::forward(&mut session, &shared);
     state.borrow_mut().remove_conn(id);
     shared.users.unregister(&user, id);
     if let Some(error) = reason {

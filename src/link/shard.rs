@@ -3,7 +3,8 @@
 //!
 //! Data flow into a shard is one bounded channel of [`ShardMsg`] from the coordinator:
 //! - [`ShardMsg::Room`]: a room message ([`Delivery`]: the hub's frame plus the WebSocket frame
-//!   built once per Link). The shard pushes it once onto that room's ring; the members parked on
+//!   built once per Link), or [`ShardMsg::Marker`]: a room-wide gap or reset (`shard_rooms.rs`).
+//!   The shard pushes it once onto that room's ring; the members parked on
 //!   it (caught up, waiting) are then served from the shard loop itself: a WebSocket member's
 //!   frames are written to its socket right there with one non-blocking `writev`
 //!   (`ws::WsConn::deliver`: no task wake, no channel), and only a socket that is full (or a QUIC
@@ -11,13 +12,15 @@
 //!   already queued are applied before anyone is served, so a burst leaves as one write.
 //! - [`ShardMsg::ToConn`] / [`ShardMsg::Close`]: a hub answer (replay, gap, joined, ack, error)
 //!   or a close request for one connection (or one of its requests), found by id in
-//!   [`ShardState`] and posted to that connection's [`Mailbox`].
+//!   [`ShardState`] and posted to that connection's [`Mailbox`] with the room ring's tail at
+//!   that moment (the boundary between what a `Joined` covers and what the ring delivers).
 //! - [`ShardMsg::Quic`]: a QUIC client handed over by the shard that owns the UDP endpoint.
 //!
 //! Everything in [`ShardState`] is touched only from this shard's thread (`Rc<RefCell<..>>`,
 //! never borrowed across an `.await`); nothing on the delivery path is shared with another shard.
-//! Ids of connections and requests carry the shard index in their top 8 bits
-//! ([`shard_of`]), so the coordinator routes an answer without a shared table.
+//! The rings, ids and request routing are the sans-IO [`ShardRooms`]; ids of connections and
+//! requests carry the shard index in their top 8 bits ([`shard_of`]), so the coordinator routes
+//! an answer without a shared table.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -25,50 +28,31 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 
-use crate::fanout::{Cursor, ReadOutcome, RingLimits, ShardRoom};
 use crate::frame::Frame;
 
-use super::limits::ClientError;
+use crate::protocol::ClientError;
 use super::{quic_clients, ws, Shared};
 
 /// Most coordinator messages applied before the woken members are written to.
 const MAX_BURST: usize = 256;
 
-/// Bits of an id below the shard index.
-const SHARD_SHIFT: u32 = 56;
-
-/// The shard that issued connection or request id `id`.
-pub fn shard_of(id: u64) -> usize {
-    (id >> SHARD_SHIFT) as usize
-}
-
-/// One room message as a shard holds it: shared buffers only.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    /// The room seq (dedupe against replay).
-    pub seq: u64,
-    /// The complete WebSocket text frame, built once per Link (`wsframe::message`).
-    pub ws: Bytes,
-    /// The hub's frame, forwarded unchanged to QUIC clients.
-    pub frame: Frame,
-}
-
-impl Delivery {
-    /// Bytes this delivery pins in a ring.
-    pub fn size(&self) -> usize {
-        self.ws.len() + self.frame.len()
-    }
-}
+pub use crate::shard_rooms::{shard_of, Delivery, RingItem, ShardRooms};
 
 /// Coordinator → shard.
 #[derive(Debug)]
 pub enum ShardMsg {
     /// A room message for every member of the room on this shard.
     Room(Delivery),
+    /// A room-wide gap or reset for every member of `room` on this shard.
+    Marker {
+        /// The room.
+        room: String,
+        /// [`RingItem::Gap`] or [`RingItem::Reset`].
+        item: RingItem,
+    },
     /// A hub answer for connection (or request) `id`.
     ToConn {
         /// Connection or request id issued by this shard.
@@ -92,8 +76,13 @@ pub enum ShardMsg {
 /// Shard → one connection task.
 #[derive(Debug)]
 pub enum ConnEvent {
-    /// A hub answer for this connection.
-    Hub(Frame),
+    /// A hub answer for this connection, and where the room's ring stood when it was routed.
+    Hub {
+        /// The hub's frame.
+        frame: Frame,
+        /// The ring's tail at routing time (`None`: the shard has no ring for the room).
+        ring_tail: Option<u64>,
+    },
     /// Close the connection for this reason.
     Close(ClientError),
 }
@@ -194,15 +183,12 @@ pub struct Registered {
 /// The state of one shard (single-threaded; see the module docs).
 #[derive(Debug)]
 pub struct ShardState {
-    /// This shard's index.
-    pub index: usize,
-    rooms: HashMap<String, ShardRoom<Delivery, u64>>,
+    /// Rings, ids and outstanding requests.
+    pub rooms: ShardRooms,
     conns: HashMap<u64, ConnSlot>,
-    /// Publish request id → connection id.
-    requests: HashMap<u64, u64>,
-    next_id: u64,
-    limits: RingLimits,
-    wake: Vec<u64>,
+    woken_ids: Vec<u64>,
+    /// Ring bytes and items last added to the shared stats.
+    reported: (usize, usize),
     shared: Arc<Shared>,
     /// Set once shutdown started: new connections are refused.
     pub stopping: bool,
@@ -213,31 +199,26 @@ impl ShardState {
     pub fn new(index: usize, shared: Arc<Shared>) -> Self {
         let limits = shared.config.link.ring_limits();
         ShardState {
-            index,
-            rooms: HashMap::new(),
+            rooms: ShardRooms::new(index, limits),
             conns: HashMap::new(),
-            requests: HashMap::new(),
-            next_id: 1,
-            limits,
-            wake: Vec::new(),
+            woken_ids: Vec::new(),
+            reported: (0, 0),
             shared,
             stopping: false,
         }
     }
 
-    /// A fresh id (connection or request) carrying this shard's index.
-    pub fn new_id(&mut self) -> u64 {
-        let id = ((self.index as u64) << SHARD_SHIFT) | (self.next_id & ((1 << SHARD_SHIFT) - 1));
-        self.next_id += 1;
-        id
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.rooms.index()
     }
 
     /// Gives a new connection (WebSocket or QUIC) its id and mailbox, registered.
     pub fn register_conn(&mut self) -> Registered {
-        let id = self.new_id();
+        let id = self.rooms.new_id();
         let mailbox = Rc::new(Mailbox::default());
         self.conns.insert(id, ConnSlot { mailbox: mailbox.clone(), direct: None });
-        Registered { id, index: self.index, mailbox }
+        Registered { id, index: self.index(), mailbox }
     }
 
     /// Lets the shard write ring frames straight to WebSocket connection `id`.
@@ -247,7 +228,7 @@ impl ShardState {
         }
     }
 
-    /// Forgets a connection task and its outstanding requests.
+    /// Forgets a connection task.
     pub fn remove_conn(&mut self, id: u64) {
         self.conns.remove(&id);
     }
@@ -257,78 +238,24 @@ impl ShardState {
         self.conns.len()
     }
 
-    /// Records that publish `request` belongs to connection `conn`.
-    pub fn add_request(&mut self, request: u64, conn: u64) {
-        self.requests.insert(request, conn);
-    }
-
-    /// Forgets a request (answered, or its connection ended).
-    pub fn remove_request(&mut self, request: u64) {
-        self.requests.remove(&request);
-    }
-
-    /// Adds a member to `room` (creating its ring); the cursor reads from now on.
-    pub fn join_room(&mut self, room: &str) -> Cursor {
-        let limits = self.limits;
-        self.rooms.entry(room.to_owned()).or_insert_with(|| ShardRoom::new(limits)).join()
-    }
-
-    /// Removes a member; drops the ring with the last one.
-    pub fn leave_room(&mut self, room: &str) {
-        let last = self.rooms.get_mut(room).is_some_and(|r| r.leave());
-        if last {
-            if let Some(gone) = self.rooms.remove(room) {
-                let stats = &self.shared.stats[self.index];
-                stats.ring_bytes.fetch_sub(gone.ring().bytes(), Ordering::Relaxed);
-                stats.ring_items.fetch_sub(gone.ring().len(), Ordering::Relaxed);
-            }
+    /// Brings the shared ring counters up to date with the rings.
+    pub fn sync_stats(&mut self) {
+        let now = (self.rooms.ring_bytes(), self.rooms.ring_items());
+        if now != self.reported {
+            let stats = &self.shared.stats[self.index()];
+            stats.ring_bytes.fetch_add(now.0, Ordering::Relaxed);
+            stats.ring_bytes.fetch_sub(self.reported.0, Ordering::Relaxed);
+            stats.ring_items.fetch_add(now.1, Ordering::Relaxed);
+            stats.ring_items.fetch_sub(self.reported.1, Ordering::Relaxed);
+            self.reported = now;
         }
     }
 
-    /// Reads for member `conn` (see `fanout::FanoutRing::read`); `Idle` for an unknown room.
-    /// On `Idle` the member is parked on the room (one lookup for both) unless `parked` says it
-    /// already is; `parked` is updated.
-    pub fn read(
-        &mut self,
-        room: &str,
-        conn: u64,
-        cursor: &mut Cursor,
-        max_bytes: usize,
-        batch: &mut Vec<Delivery>,
-        parked: &mut bool,
-    ) -> ReadOutcome {
-        let Some(r) = self.rooms.get_mut(room) else { return ReadOutcome::Idle };
-        let outcome = r.read(cursor, max_bytes, batch);
-        match outcome {
-            ReadOutcome::Idle if !*parked => {
-                r.park(conn);
-                *parked = true;
-            }
-            ReadOutcome::Read { .. } => *parked = false,
-            _ => {}
-        }
-        outcome
-    }
-
-    /// True when `cursor` has fallen off `room`'s ring.
-    pub fn lagging(&self, room: &str, cursor: &Cursor) -> bool {
-        self.rooms.get(room).is_some_and(|r| cursor.position() < r.ring().head())
-    }
-
-    /// Pushes a room message once; the room's parked members are added to `woken` (wake them
+    /// Pushes a ring item once; the room's parked members are added to `woken` (wake them
     /// once this borrow of the state is released: a direct delivery reads the rings).
-    pub fn push(&mut self, delivery: Delivery, woken: &mut Vec<Woken>) {
-        let Some(room) = self.rooms.get_mut(delivery.frame.room()) else { return };
-        let (bytes_before, items_before) = (room.ring().bytes(), room.ring().len());
-        let size = delivery.size();
-        room.push(delivery, size, &mut self.wake);
-        let stats = &self.shared.stats[self.index];
-        let (bytes_after, items_after) = (room.ring().bytes(), room.ring().len());
-        stats.ring_bytes.fetch_add(bytes_after, Ordering::Relaxed);
-        stats.ring_bytes.fetch_sub(bytes_before, Ordering::Relaxed);
-        stats.ring_items.fetch_add(items_after, Ordering::Relaxed);
-        stats.ring_items.fetch_sub(items_before, Ordering::Relaxed);
-        for conn in self.wake.drain(..) {
+    pub fn push(&mut self, room: &str, item: RingItem, woken: &mut Vec<Woken>) {
+        self.rooms.push(room, item, &mut self.woken_ids);
+        for conn in self.woken_ids.drain(..) {
             if let Some(slot) = self.conns.get(&conn) {
                 woken.push(match &slot.direct {
                     Some(direct) => Woken::Direct(direct.clone()),
@@ -338,11 +265,12 @@ impl ShardState {
         }
     }
 
-    /// Hands a hub answer to the connection it is for (directly or through its request).
+    /// Hands a hub answer to the connection it is for (by connection or request id).
     pub fn route(&mut self, id: u64, frame: Frame) {
-        let conn = if self.conns.contains_key(&id) { Some(id) } else { self.requests.get(&id).copied() };
+        let conn = if self.conns.contains_key(&id) { Some(id) } else { self.rooms.conn_of(id) };
         if let Some(slot) = conn.and_then(|c| self.conns.get(&c)) {
-            slot.mailbox.post(ConnEvent::Hub(frame));
+            let ring_tail = self.rooms.tail(frame.room());
+            slot.mailbox.post(ConnEvent::Hub { frame, ring_tail });
         }
     }
 
@@ -389,7 +317,11 @@ pub fn run(
             let mut taken = 0;
             while let Some(msg) = next.take() {
                 match msg {
-                    ShardMsg::Room(delivery) => state.borrow_mut().push(delivery, &mut woken),
+                    ShardMsg::Room(delivery) => {
+                        let room = delivery.frame.clone();
+                        state.borrow_mut().push(room.room(), RingItem::Message(delivery), &mut woken);
+                    }
+                    ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
                     ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
                     ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
                     ShardMsg::Quic(incoming) => {
@@ -405,6 +337,7 @@ pub fn run(
             for conn in woken.drain(..) {
                 conn.wake();
             }
+            state.borrow_mut().sync_stats();
             super::tally::flush();
         }
         accept.abort();

@@ -28,13 +28,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn_io::{Flushed, OutQueue};
-use super::limits::{ClientError, Refusal};
-use super::session::{parse_ws, Session, Wire};
+use crate::protocol::{ClientError, Refusal};
+use super::session::{encode, ReqId, Session, ToClient, Wire};
+use crate::link_session::refuse;
+use crate::protocol::ClientOp;
 use super::shard::{ConnEvent, Mailbox, Registered, ShardState};
 use super::{tally, wsframe};
 use super::wsread::{Incoming, MessageReader};
@@ -311,19 +313,29 @@ fn accept_key(key: &str) -> String {
 thread_local! {
     /// The shard's one read buffer: every socket of the shard is read into it and decoded in place.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
-    /// The shard's one list of frames on their way from a session to a socket queue.
-    static FRAMES: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
+    /// The shard's one list of items on their way from a session to a socket queue.
+    static FRAMES: RefCell<Vec<ToClient>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `produce` with the shard's frame list and queues what it produced on `out`, in order.
-fn into_queue<R>(out: &mut OutQueue, produce: impl FnOnce(&mut Vec<Bytes>) -> R) -> R {
-    FRAMES.with(|frames| {
-        let mut frames = frames.borrow_mut();
-        let result = produce(&mut frames);
-        for frame in frames.drain(..) {
-            out.push(frame);
+/// Runs `produce` with the shard's item list and queues what it produced on `out`, encoded, in
+/// order.
+fn into_queue<R>(out: &mut OutQueue, produce: impl FnOnce(&mut Vec<ToClient>) -> R) -> R {
+    FRAMES.with(|frames| match frames.try_borrow_mut() {
+        Ok(mut frames) => {
+            let result = produce(&mut frames);
+            for item in frames.drain(..) {
+                out.push(encode(Wire::Ws, item));
+            }
+            result
         }
-        result
+        Err(_) => {
+            let mut frames = Vec::new();
+            let result = produce(&mut frames);
+            for item in frames {
+                out.push(encode(Wire::Ws, item));
+            }
+            result
+        }
     })
 }
 
@@ -343,6 +355,8 @@ enum End {
 pub struct WsConn {
     tcp: TcpStream,
     session: RefCell<Session>,
+    state: Rc<RefCell<ShardState>>,
+    shared: Arc<Shared>,
     out: RefCell<OutQueue>,
     mailbox: Rc<Mailbox>,
     /// Ring frames are pulled only while less than this waits in `out`.
@@ -365,7 +379,10 @@ impl WsConn {
             // Waiting for the socket already: the task pulls when it drains.
             return self.mailbox.ring();
         }
-        let filled = into_queue(&mut out, |frames| session.fill(self.batch, frames));
+        let Ok(mut state) = self.state.try_borrow_mut() else { return self.mailbox.ring() };
+        let filled = into_queue(&mut out, |items| session.fill(self.batch, &mut state.rooms, items));
+        drop(state);
+        super::session::forward(&mut session, &self.shared);
         if let Err(error) = filled {
             self.end(End::Refused(error));
             return;
@@ -385,35 +402,50 @@ impl WsConn {
         self.mailbox.wake();
     }
 
-    /// Moves hub answers and ring frames into the socket queue and writes what the socket takes.
+    /// Moves hub answers and ring frames into the socket queue and writes what the socket takes,
+    /// pulling more from the rings each time the socket drained, until it is full or there is
+    /// nothing more: a connection that was stalled hears of what it lost the moment its socket
+    /// drains, not at the next timer tick.
     fn pump(&self) -> Result<(), End> {
         if let Some(end) = self.ended.get() {
             return Err(end);
         }
         let mut out = self.out.borrow_mut();
         let mut session = self.session.borrow_mut();
-        let queued = out.queued();
-        let result = into_queue(&mut out, |frames| {
+        let result = into_queue(&mut out, |items| {
+            let mut state = self.state.borrow_mut();
             while let Some(event) = self.mailbox.next_event() {
                 match event {
-                    ConnEvent::Hub(frame) => session.handle_hub(frame, frames),
+                    ConnEvent::Hub { frame, ring_tail } => session.handle_hub_frame(frame, ring_tail, &mut state.rooms, items),
                     ConnEvent::Close(error) => return Err(End::Refused(error)),
                 }
             }
-            if self.mailbox.take_ring() {
-                session.dirty = true;
-            }
-            if session.dirty && queued < self.batch {
-                session.fill(self.batch - queued, frames).map_err(End::Refused)?;
-            }
             Ok(())
         });
-        let flushed = out.flush(&self.tcp).map_err(|_| End::Gone);
+        if self.mailbox.take_ring() {
+            session.dirty = true;
+        }
+        let outcome = loop {
+            if let Err(end) = result {
+                break Err(end);
+            }
+            let queued = out.queued();
+            if session.dirty && queued < self.batch {
+                let filled = into_queue(&mut out, |items| session.fill(self.batch - queued, &mut self.state.borrow_mut().rooms, items));
+                if let Err(error) = filled {
+                    break Err(End::Refused(error));
+                }
+            }
+            match out.flush(&self.tcp) {
+                Ok(Flushed::All) if session.dirty => continue,
+                Ok(_) => break Ok(()),
+                Err(_) => break Err(End::Gone),
+            }
+        };
+        super::session::forward(&mut session, &self.shared);
         tally::wrote(out.take_written());
         tally::flush();
-        result?;
-        flushed?;
-        Ok(())
+        outcome
     }
 
     /// Reads what the socket has (into the shard's scratch buffer) and handles every whole
@@ -469,13 +501,11 @@ impl WsConn {
 
     fn handle_text(&self, text: &str) -> Result<(), End> {
         let mut session = self.session.borrow_mut();
-        let result = into_queue(&mut self.out.borrow_mut(), |frames| match parse_ws(text) {
-            Ok(request) => session.handle_request(request, now_micros(), frames),
-            Err((error, room, id)) => {
-                let id = super::session::ReqId::Json(id);
-                session.refuse(error, room.as_deref(), Some(&id), frames)
-            }
+        let result = into_queue(&mut self.out.borrow_mut(), |items| match ClientOp::parse(text) {
+            Ok(op) => session.handle_request(op.into(), now_micros(), &mut self.state.borrow_mut().rooms, items),
+            Err(refused) => refuse(refused.error, refused.room.as_deref(), Some(ReqId::Json(refused.id)), items),
         });
+        super::session::forward(&mut session, &self.shared);
         result.map_err(End::Refused)
     }
 
@@ -523,11 +553,13 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Cla
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
     gauge.increment(1.0);
-    let session = Session::new(id, Wire::Ws, claims, shared.clone(), state.clone(), now_micros());
+    let session = Session::new(id, Wire::Ws, claims, super::session::limits(link), now_micros());
     let batch = link.write_batch_bytes.max(1);
     let conn = Rc::new(WsConn {
         tcp,
         session: RefCell::new(session),
+        state: state.clone(),
+        shared: shared.clone(),
         out: RefCell::new(OutQueue::default()),
         mailbox: mailbox.clone(),
         batch,
@@ -589,7 +621,7 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Cla
                 let stalled = queued > 0 && now.duration_since(last_progress) > idle;
                 if silent || stalled {
                     Err(End::Refused(ClientError::Idle))
-                } else if link.lag_policy == crate::fanout::LagPolicy::Disconnect && conn.session.borrow().lagging() {
+                } else if link.lag_policy == crate::fanout::LagPolicy::Disconnect && conn.session.borrow().lagging(&state.borrow().rooms) {
                     Err(End::Refused(ClientError::SlowConsumer))
                 } else if expires <= now_micros() / 1_000_000 {
                     Err(End::Refused(ClientError::TokenExpired))
@@ -603,7 +635,11 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Cla
 
     conn.ended.set(Some(end));
     state.borrow_mut().remove_conn(id);
-    conn.session.borrow_mut().finish();
+    {
+        let mut session = conn.session.borrow_mut();
+        session.finish(&mut state.borrow_mut().rooms);
+        super::session::forward(&mut session, &shared);
+    }
     shared.users.unregister(&user, id);
     match end {
         End::Refused(error) => {

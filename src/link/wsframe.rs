@@ -11,13 +11,17 @@
 //! no masking), plus the few control frames (close, ping, pong). Client frames are read by
 //! `wsread.rs`; tokio-websockets is the client side (`client/`, tests).
 //!
-//! The JSON shapes are those of docs/protocol.md ("Server → client"). Room names are restricted
-//! to `A-Z a-z 0-9 _ - . : @ #` (`frame::is_valid_room`), so they are written without escaping;
-//! user ids and reasons go through serde_json.
+//! The JSON shapes are those of docs/protocol.md ("Server → client"). Control messages (joined,
+//! reset, gap, left, published, error, pong) are written by `protocol.rs`'s encoder, the same
+//! module whose decoder the client library uses. The room message, the hot path, is rendered here
+//! straight from the hub's frame (no intermediate value); a test checks that it decodes with
+//! `protocol::ServerMsg`. Room names are restricted to `A-Z a-z 0-9 _ - . : @ #`
+//! (`frame::is_valid_room`), so they are written without escaping; user ids go through serde_json.
 
 use bytes::Bytes;
 
 use crate::frame::{ArchivedBody, Frame, FLAG_JSON};
+use crate::protocol::{self, ServerMsg};
 
 /// Room-message JSON payload room reserved for the longest WebSocket header (1 + 1 + 8 bytes).
 const MAX_HEADER: usize = 10;
@@ -109,44 +113,38 @@ pub fn render_message(frame: &Frame, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-/// `{"op":"joined","room":R,"last_seq":N}`.
-pub fn joined(room: &str, last_seq: u64) -> Bytes {
-    control(&serde_json::json!({"op": "joined", "room": room, "last_seq": last_seq}))
+/// `{"op":"joined","room":R,"epoch":E,"last_seq":N}`.
+pub fn joined(room: &str, epoch: u64, last_seq: u64) -> Bytes {
+    control(&ServerMsg::Joined { room: room.into(), epoch, last_seq })
+}
+
+/// `{"op":"reset","room":R,"epoch":E,"last_seq":N}`.
+pub fn reset(room: &str, epoch: u64, last_seq: u64) -> Bytes {
+    control(&ServerMsg::Reset { room: room.into(), epoch, last_seq })
 }
 
 /// `{"op":"gap","room":R,"first_lost":A,"last_lost":B,"resume_from":C}`.
 pub fn gap(room: &str, first_lost: u64, last_lost: u64, resume_from: u64) -> Bytes {
-    control(&serde_json::json!({
-        "op": "gap", "room": room, "first_lost": first_lost, "last_lost": last_lost, "resume_from": resume_from
-    }))
+    control(&ServerMsg::Gap { room: room.into(), first_lost, last_lost, resume_from })
 }
 
 /// `{"op":"left","room":R}`.
 pub fn left(room: &str) -> Bytes {
-    control(&serde_json::json!({"op": "left", "room": room}))
+    control(&ServerMsg::Left { room: room.into() })
 }
 
-/// `{"op":"published","room":R,"seq":N,"id":K}` (`id` only when the client gave one).
-pub fn published(room: &str, seq: u64, id: Option<&serde_json::Value>) -> Bytes {
-    let mut value = serde_json::json!({"op": "published", "room": room, "seq": seq});
-    if let (Some(id), Some(map)) = (id, value.as_object_mut()) {
-        map.insert("id".into(), id.clone());
-    }
-    control(&value)
+/// `{"op":"published","room":R,"seq":N,"epoch":E,"id":K}` (`id` only when the client gave one).
+pub fn published(room: &str, seq: u64, epoch: u64, id: Option<&serde_json::Value>) -> Bytes {
+    let mut out = TextFrame::with_capacity(80 + room.len());
+    protocol::encode_published(&mut out.buf, room, seq, epoch, id);
+    out.finish()
 }
 
-/// `{"op":"error","code":C,"reason":TEXT,"room":R?,"id":K?}`.
-pub fn error(code: u16, reason: &str, room: Option<&str>, id: Option<&serde_json::Value>) -> Bytes {
-    let mut value = serde_json::json!({"op": "error", "code": code, "reason": reason});
-    if let Some(map) = value.as_object_mut() {
-        if let Some(room) = room {
-            map.insert("room".into(), room.into());
-        }
-        if let Some(id) = id {
-            map.insert("id".into(), id.clone());
-        }
-    }
-    control(&value)
+/// `{"op":"error","code":C,"reason":TEXT,"room":R?,"id":K?,"retry_after_ms":T?}`.
+pub fn error(code: u16, reason: &str, room: Option<&str>, id: Option<&serde_json::Value>, retry_after_ms: Option<u32>) -> Bytes {
+    let mut out = TextFrame::with_capacity(96 + reason.len() + room.map_or(0, str::len));
+    protocol::encode_error(&mut out.buf, code, reason, room, id, retry_after_ms);
+    out.finish()
 }
 
 /// `{"op":"pong"}`.
@@ -183,9 +181,11 @@ pub fn replay(frame: &Frame) -> Option<Bytes> {
     matches!(frame.body(), ArchivedBody::Replay { .. }).then(|| message(frame))
 }
 
-fn control(value: &serde_json::Value) -> Bytes {
-    // Serializing a `Value` into a Vec cannot fail.
-    text(&serde_json::to_vec(value).unwrap_or_default())
+/// A control message encoded by `protocol` straight into a frame buffer.
+fn control(msg: &ServerMsg<'_, ()>) -> Bytes {
+    let mut out = TextFrame::with_capacity(96);
+    msg.encode(&mut out.buf);
+    out.finish()
 }
 
 fn json_string(out: &mut Vec<u8>, text: &str) {
@@ -250,6 +250,71 @@ mod tests {
         assert_eq!(&ping()[..], &[0x89, 2, b'l', b'c']);
         let long = control_frame(0xa, &[7u8; 300]);
         assert_eq!((long[0], long[1], long.len()), (0x8a, 125, 127));
+    }
+
+    /// The Link's encoder and the client's decoder agree on every server message.
+    #[test]
+    fn every_server_frame_decodes_with_the_client_protocol() {
+        use std::borrow::Cow;
+        type Msg = ServerMsg<'static, serde_json::Value>;
+        fn decoded(frame: &Bytes) -> Msg {
+            let payload = match frame[1] {
+                126 => &frame[4..],
+                127 => &frame[10..],
+                _ => &frame[2..],
+            };
+            let text = std::str::from_utf8(payload).expect("utf-8");
+            ServerMsg::decode(text).map(ServerMsg::into_owned).unwrap_or_else(|e| panic!("{text}: {e}"))
+        }
+        let room = || Cow::Borrowed("lobby");
+        let frame = Frame::message("lobby", 42, 7, "al\"ice", FLAG_JSON, br#"{"t":[1,null]}"#);
+        assert_eq!(
+            decoded(&message(&frame)),
+            Msg::Message { room: room(), seq: 42, from: "al\"ice".into(), ts: 7, data: serde_json::json!({"t": [1, null]}) }
+        );
+        let plain = Frame::message("lobby", 1, 2, "u", 0, b"not \"json\"");
+        assert!(matches!(decoded(&message(&plain)), Msg::Message { data: serde_json::Value::String(s), .. } if s == "not \"json\""));
+        let big = Frame::message("lobby", 3, 4, "u", FLAG_JSON, format!("\"{}\"", "x".repeat(70_000)).as_bytes());
+        assert!(matches!(decoded(&message(&big)), Msg::Message { seq: 3, .. }));
+        assert_eq!(decoded(&joined("lobby", u64::MAX, 9)), Msg::Joined { room: room(), epoch: u64::MAX, last_seq: 9 });
+        assert_eq!(decoded(&reset("lobby", 0x9f86_d081_884c_7d65, 0)), Msg::Reset { room: room(), epoch: 0x9f86_d081_884c_7d65, last_seq: 0 });
+        assert_eq!(
+            decoded(&gap("lobby", 2, 81, 82)),
+            Msg::Gap { room: room(), first_lost: 2, last_lost: 81, resume_from: 82 }
+        );
+        assert_eq!(decoded(&left("lobby")), Msg::Left { room: room() });
+        let id = serde_json::json!(17);
+        assert_eq!(decoded(&published("lobby", 5, 1, Some(&id))), Msg::Published { room: room(), seq: 5, epoch: 1, id: Some(17) });
+        assert_eq!(decoded(&published("lobby", 5, 1, None)), Msg::Published { room: room(), seq: 5, epoch: 1, id: None });
+        assert_eq!(
+            decoded(&error(503, "hub unavailable", Some("lobby"), Some(&id), Some(1000))),
+            Msg::Error { code: 503, reason: "hub unavailable".into(), room: Some(room()), id: Some(17), retry_after_ms: Some(1000) }
+        );
+        assert_eq!(decoded(&pong()), Msg::Pong);
+    }
+
+    #[test]
+    fn control_json_is_exactly_the_documented_shape() {
+        let json = |frame: Bytes| serde_json::from_slice::<serde_json::Value>(&frame[2..]).expect("json");
+        assert_eq!(
+            json(joined("r", 0x9f86_d081_884c_7d65, 4)),
+            serde_json::json!({"op": "joined", "room": "r", "epoch": "9f86d081884c7d65", "last_seq": 4})
+        );
+        assert_eq!(json(reset("r", 2, 0)), serde_json::json!({"op": "reset", "room": "r", "epoch": "0000000000000002", "last_seq": 0}));
+        let id = serde_json::json!("k-1");
+        assert_eq!(
+            json(published("r", 3, 1, Some(&id))),
+            serde_json::json!({"op": "published", "room": "r", "seq": 3, "epoch": "0000000000000001", "id": "k-1"})
+        );
+        assert_eq!(
+            json(error(400, "bad field", None, None, None)),
+            serde_json::json!({"op": "error", "code": 400, "reason": "bad field"}),
+            "no room, id or retry_after_ms unless given"
+        );
+        assert_eq!(
+            json(error(503, "hub connection lost", Some("r"), Some(&id), Some(1000))),
+            serde_json::json!({"op": "error", "code": 503, "reason": "hub connection lost", "room": "r", "id": "k-1", "retry_after_ms": 1000})
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! may arrive between fragments, as the RFC allows. Every violation is a [`ClientError`] whose
 //! close code the driver sends: 1002 protocol error, 1003 binary, 1007 invalid UTF-8, 1009 too big.
 
-use super::limits::ClientError;
+use crate::protocol::ClientError;
 
 /// Longest control frame payload (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;

@@ -51,8 +51,9 @@ pub struct Resumed {
 /// connection being cut has rejoined, so every cut lands on a joined connection); returns once
 /// 300 messages were delivered. The publisher stays at most 50 messages ahead of the client, so
 /// the cuts always happen before the last message. Panics on a gap, reset, error or close (none
-/// is expected inside the history window), on a payload that disagrees with its seq, and on a
-/// rejoin that goes back before what was delivered.
+/// is expected inside the history window), on a payload that disagrees with its seq, on a rejoin
+/// that goes back before what was delivered, and on a rejoin answered in another epoch than the
+/// first join (the room's history was never lost).
 pub async fn resume_through_drops(client: &mut Client, mut api: HttpApi, room: &'static str) -> Resumed {
     let delivered = Arc::new(AtomicU64::new(0));
     let publisher = {
@@ -72,6 +73,7 @@ pub async fn resume_through_drops(client: &mut Client, mut api: HttpApi, room: &
     let mut seen = Resumed { seqs: Vec::new(), reconnects: 0, rejoins: 0 };
     let mut drops_done = 0;
     let mut joined = true; // the caller waited for the first join
+    let mut epoch = None;
     while seen.seqs.len() < 300 {
         match next(client).await {
             Event::Message(m) => {
@@ -85,13 +87,14 @@ pub async fn resume_through_drops(client: &mut Client, mut api: HttpApi, room: &
                 }
             }
             Event::Reconnecting { .. } => seen.reconnects += 1,
-            Event::Joined { last_seq, reset, .. } => {
-                assert!(!reset, "no reset expected");
+            Event::Joined { last_seq, epoch: e, .. } => {
+                assert_eq!(*epoch.get_or_insert(e), e, "every rejoin lands in the room's one epoch");
                 assert!(last_seq >= *seen.seqs.last().unwrap_or(&0));
                 seen.rejoins += 1;
                 joined = true;
             }
             Event::Gap { .. } => panic!("no gap expected inside the history window"),
+            event @ Event::Reset { .. } => panic!("no reset expected: {event:?}"),
             event @ (Event::Error { .. } | Event::Closed { .. }) => panic!("{event:?}"),
             _ => {}
         }

@@ -66,7 +66,7 @@ impl FakeHub {
     pub fn start(limits: TableLimits) -> FakeHub {
         let (cmd, mut commands) = mpsc::unbounded_channel::<Cmd>();
         tokio::spawn(async move {
-            let mut table = RoomTable::new(limits);
+            let mut table = RoomTable::new(limits, 0x5eed);
             let (frames_tx, mut frames) = mpsc::channel::<(placement::LinkId, Option<Frame>)>(PORT_CAPACITY);
             let mut links: HashMap<placement::LinkId, mpsc::Sender<Frame>> = HashMap::new();
             loop {
@@ -86,7 +86,7 @@ impl FakeHub {
                             });
                         }
                         Some(Cmd::Publish { room, sender, flags, data, reply }) => {
-                            let seq = table.publish(now_micros(), &room, &sender, flags, &data).expect("publish accepted");
+                            let seq = table.publish(now_micros(), &room, &sender, flags, &data, "").expect("publish accepted").seq;
                             let _ = reply.send(seq);
                         }
                         None => break,

@@ -1,0 +1,959 @@
+//! One client connection's rooms at a Link — join, replay, live hand-over, de-duplication,
+//! gaps and resets — as a sans-IO state machine, whatever carries the connection (WebSocket or
+//! QUIC).
+//!
+//! Driven the quinn-proto way: events in, actions out, time passed in.
+//! - [`Session::handle_request`]: a parsed client operation ([`Request`], from
+//!   [`crate::protocol::ClientOp`] or a QUIC frame);
+//! - [`Session::handle_hub_frame`]: a hub answer for this connection (routed by request id);
+//! - [`Session::fill`]: read the shard's rings ([`ShardRooms`]) from this connection's cursors.
+//!
+//! Out come [`ToClient`] values (what to send the client, still to be encoded for the wire by
+//! the driver — ring deliveries already are, as shared buffers) and, through
+//! [`Session::poll_coordinator`], what the Link's coordinator must tell the hub.
+//!
+//! The join, exactly as docs/protocol.md promises (no loss, no duplicate, never a silent jump):
+//! 1. take a cursor at the tail of the shard's ring for the room *now*, give the join its own
+//!    request id, and ask the owner hub for `Join {request, since, epoch}`;
+//! 2. until `Joined`, deliver only the hub's answers to *that* request, in order: `Reset` (the
+//!    position was of another epoch: it restarts at (epoch, 0)), `Gap`, `Replay`…; answers to
+//!    an earlier join of the same room (left meanwhile) carry another request id and are dropped;
+//! 3. on `Joined {epoch}` (header seq `L`) send `joined`, move the cursor to where the ring stood
+//!    when the shard routed `Joined` (everything before it in the hub's stream is covered by the
+//!    replay), then read the ring.
+//!
+//! Reading the ring, per member: a message at or below the member's last seq is a duplicate and
+//! skipped; a message beyond `last + 1` is preceded by a `gap` (the member fell off the ring, or
+//! the Link missed messages); a room-wide [`RingItem::Gap`] or [`RingItem::Reset`] becomes the
+//! member's `gap` / `reset` in order; an item of an epoch the member has not been told of is
+//! preceded by a `reset`. So a member never sees a lower seq or a jump without being told. A
+//! cursor that fell off its ring counts as lagging; with `lag_policy = "disconnect"` the session
+//! ends with [`ClientError::SlowConsumer`] instead.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::auth::Claims;
+use crate::fanout::{Cursor, LagPolicy, ParkTicket, ReadOutcome};
+use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON};
+use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
+use crate::room::LostRange;
+use crate::shard_rooms::{RingItem, ShardRooms};
+use crate::token_bucket::{TokenBucket, Verdict};
+
+/// Most publishes of one connection awaiting their hub ack.
+pub const MAX_PENDING_PUBLISHES: usize = 1024;
+
+/// How a session's output is encoded by its driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// JSON text frames.
+    Ws,
+    /// linkcast frames (`frame.rs`).
+    Quic,
+}
+
+/// The client's correlation id of a publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReqId {
+    /// A WebSocket publish's optional `id` (any JSON scalar, echoed; its idempotency key).
+    Json(Option<serde_json::Value>),
+    /// A QUIC `Publish {request}`.
+    Quic(u64),
+}
+
+/// A parsed client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Join `room`, replaying after `since` of `epoch`.
+    Join {
+        /// Room.
+        room: String,
+        /// Last seq the client has.
+        since: Option<u64>,
+        /// The epoch `since` belongs to.
+        epoch: Option<u64>,
+    },
+    /// Leave `room`.
+    Leave {
+        /// Room.
+        room: String,
+    },
+    /// Publish `data` (JSON when `flags` has `FLAG_JSON`) to `room`.
+    Publish {
+        /// Room.
+        room: String,
+        /// Payload.
+        data: Vec<u8>,
+        /// Header flags for the hub.
+        flags: u16,
+        /// Echoed in the ack.
+        id: ReqId,
+        /// Idempotency key (`""`: none).
+        key: String,
+    },
+    /// Application ping (`{"op":"ping"}` or a QUIC `Heartbeat`).
+    Ping {
+        /// QUIC heartbeat nonce (0 for WebSocket).
+        nonce: u64,
+    },
+}
+
+impl From<ClientOp> for Request {
+    fn from(op: ClientOp) -> Request {
+        match op {
+            ClientOp::Join { room, since, epoch } => Request::Join { room, since, epoch },
+            ClientOp::Leave { room } => Request::Leave { room },
+            ClientOp::Publish { room, data, id } => {
+                let key = id.as_ref().map(publish_key).unwrap_or_default();
+                Request::Publish { room, data, flags: FLAG_JSON, id: ReqId::Json(id), key }
+            }
+            ClientOp::Ping => Request::Ping { nonce: 0 },
+        }
+    }
+}
+
+impl Request {
+    /// Parses one frame from a QUIC client (after its `Hello`).
+    pub fn from_quic(frame: &Frame) -> Result<Request, ClientError> {
+        match frame.body() {
+            ArchivedBody::Join { since, epoch, .. } => Ok(Request::Join {
+                room: frame.room().to_owned(),
+                since: since.as_ref().map(|s| s.to_native()),
+                epoch: epoch.as_ref().map(|e| e.to_native()),
+            }),
+            ArchivedBody::Leave { .. } => Ok(Request::Leave { room: frame.room().to_owned() }),
+            ArchivedBody::Publish { request, key, data } => {
+                let flags = frame.flags();
+                if flags & FLAG_JSON != 0 && serde_json::from_slice::<serde::de::IgnoredAny>(data.as_slice()).is_err() {
+                    return Err(ClientError::MalformedJson);
+                }
+                if flags & FLAG_JSON == 0 && std::str::from_utf8(data.as_slice()).is_err() {
+                    return Err(ClientError::BadField);
+                }
+                if key.len() > crate::protocol::MAX_ID_BYTES {
+                    return Err(ClientError::BadField);
+                }
+                Ok(Request::Publish {
+                    room: frame.room().to_owned(),
+                    data: data.as_slice().to_vec(),
+                    flags,
+                    id: ReqId::Quic(request.to_native()),
+                    key: key.as_str().to_owned(),
+                })
+            }
+            ArchivedBody::Heartbeat { nonce } => Ok(Request::Ping { nonce: nonce.to_native() }),
+            _ => Err(ClientError::UnknownOp),
+        }
+    }
+}
+
+/// Something to send the client; the driver encodes it for its [`Wire`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToClient {
+    /// Bytes already encoded for this connection's wire (ring deliveries: shared buffers).
+    Encoded(Bytes),
+    /// A replayed message (the hub's `Replay` frame).
+    Replay(Frame),
+    /// A join completed.
+    Joined {
+        /// Room.
+        room: String,
+        /// Its epoch.
+        epoch: u64,
+        /// Its last seq.
+        last_seq: u64,
+    },
+    /// The client's position in the room is void: it is now (epoch, 0).
+    Reset {
+        /// Room.
+        room: String,
+        /// The room's epoch.
+        epoch: u64,
+        /// The room's last seq (0 when not known).
+        last_seq: u64,
+    },
+    /// Messages `first_lost..=last_lost` will never come.
+    Gap {
+        /// Room.
+        room: String,
+        /// What was lost.
+        lost: LostRange,
+    },
+    /// A leave completed.
+    Left {
+        /// Room.
+        room: String,
+    },
+    /// A publish got its seq.
+    Published {
+        /// Room.
+        room: String,
+        /// Seq.
+        seq: u64,
+        /// Epoch.
+        epoch: u64,
+        /// The client's id.
+        id: ReqId,
+    },
+    /// A refused request; the connection stays open.
+    Error {
+        /// HTTP-like code.
+        code: u16,
+        /// Reason.
+        reason: String,
+        /// Room concerned.
+        room: Option<String>,
+        /// The client's publish id.
+        id: Option<ReqId>,
+        /// Retry hint.
+        retry_after_ms: Option<u32>,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// QUIC heartbeat nonce.
+        nonce: u64,
+    },
+}
+
+/// What the Link's coordinator must do for this connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToCoordinator {
+    /// Count a member in `room` and send `Join` to its owner hub.
+    Join {
+        /// The join's request id.
+        request: u64,
+        /// Room.
+        room: String,
+        /// Position's seq.
+        since: Option<u64>,
+        /// Position's epoch.
+        epoch: Option<u64>,
+    },
+    /// A member left `room`.
+    Leave {
+        /// Room.
+        room: String,
+    },
+    /// Send this `Publish` frame to the room's owner hub.
+    Publish {
+        /// The frame (request id and key inside).
+        frame: Frame,
+    },
+}
+
+/// A session's limits (from `[link]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    /// Rooms one connection may be in.
+    pub max_rooms: usize,
+    /// Largest publish payload.
+    pub max_message_bytes: usize,
+    /// What to do with a member that fell off its ring.
+    pub lag_policy: LagPolicy,
+    /// Publishes per second.
+    pub publish_rate: u32,
+    /// Publish burst.
+    pub publish_burst: u32,
+}
+
+/// Counters since the last [`Session::take_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Joins requested.
+    pub joins: u64,
+    /// Times a cursor fell off its ring.
+    pub lagging: u64,
+    /// Messages delivered (replayed or live).
+    pub delivered: u64,
+    /// Gaps told to the client.
+    pub gaps: u64,
+    /// Resets told to the client.
+    pub resets: u64,
+}
+
+#[derive(Debug)]
+struct Member {
+    cursor: Cursor,
+    /// The request id of the join in progress (answers to other ids are stale).
+    request: u64,
+    /// `Joined` arrived: the ring may be read.
+    joined: bool,
+    /// The join asked for a replay (it had a position).
+    replay: bool,
+    /// The epoch of `last`, once known.
+    epoch: Option<u64>,
+    /// Highest seq delivered or accounted for (by a gap) in `epoch`.
+    last: u64,
+    ticket: ParkTicket,
+}
+
+/// One connection's rooms, publishes and limits (see the module docs).
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    wire: Wire,
+    claims: Claims,
+    limits: SessionLimits,
+    rooms: Vec<(String, Member)>,
+    /// Publish request id → (room, client id).
+    pending: HashMap<u64, (String, ReqId)>,
+    bucket: TokenBucket,
+    /// A ring may have items for this connection: call [`Session::fill`].
+    pub dirty: bool,
+    to_coordinator: VecDeque<ToCoordinator>,
+    stats: SessionStats,
+    batch: Vec<RingItem>,
+}
+
+impl Session {
+    /// A session for connection `id` (issued by its shard) with `claims`.
+    pub fn new(id: u64, wire: Wire, claims: Claims, limits: SessionLimits, now_micros: u64) -> Self {
+        Session {
+            id,
+            wire,
+            bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now_micros),
+            claims,
+            limits,
+            rooms: Vec::new(),
+            pending: HashMap::new(),
+            dirty: false,
+            to_coordinator: VecDeque::new(),
+            stats: SessionStats::default(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The token's claims.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// Rooms joined (or joining).
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The next thing the coordinator must do for this connection.
+    pub fn poll_coordinator(&mut self) -> Option<ToCoordinator> {
+        self.to_coordinator.pop_front()
+    }
+
+    /// Counters since the last call.
+    pub fn take_stats(&mut self) -> SessionStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Handles a client request; refusals that keep the connection open are answered into
+    /// `out`. `Err` means: close the connection with that error.
+    pub fn handle_request(
+        &mut self,
+        request: Request,
+        now_micros: u64,
+        shard: &mut ShardRooms,
+        out: &mut Vec<ToClient>,
+    ) -> Result<(), ClientError> {
+        match request {
+            Request::Join { room, since, epoch } => {
+                if let Err(e) = self.join(&room, since, epoch, shard) {
+                    return refuse(e, Some(&room), None, out);
+                }
+            }
+            Request::Leave { room } => {
+                if !self.leave(&room, shard) {
+                    return refuse(ClientError::NotJoined, Some(&room), None, out);
+                }
+                out.push(ToClient::Left { room });
+            }
+            Request::Publish { room, data, flags, id, key } => {
+                if !is_valid_room(&room) {
+                    return refuse(ClientError::BadRoom, None, Some(id), out);
+                }
+                if !self.claims.allows(&room) {
+                    return refuse(ClientError::RoomNotAllowed, Some(&room), Some(id), out);
+                }
+                if data.len() > self.limits.max_message_bytes {
+                    return Err(ClientError::TooBig);
+                }
+                match self.bucket.take(now_micros) {
+                    Verdict::Allow => {}
+                    Verdict::Limited => return refuse(ClientError::RateLimited, Some(&room), Some(id), out),
+                    Verdict::Flood => return Err(ClientError::Flood),
+                }
+                if self.pending.len() >= MAX_PENDING_PUBLISHES {
+                    return refuse(ClientError::RateLimited, Some(&room), Some(id), out);
+                }
+                let request = shard.new_id();
+                shard.add_request(request, self.id);
+                let frame = FrameBuilder::new(&room)
+                    .sender(&self.claims.sub)
+                    .flags(flags)
+                    .build(&Body::Publish { request, key, data });
+                self.pending.insert(request, (room, id));
+                self.to_coordinator.push_back(ToCoordinator::Publish { frame });
+            }
+            Request::Ping { nonce } => out.push(ToClient::Pong { nonce }),
+        }
+        Ok(())
+    }
+
+    fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, shard: &mut ShardRooms) -> Result<(), ClientError> {
+        if !is_valid_room(room) {
+            return Err(ClientError::BadRoom);
+        }
+        if !self.claims.allows(room) {
+            return Err(ClientError::RoomNotAllowed);
+        }
+        if self.member(room).is_some() {
+            return Err(ClientError::AlreadyJoined);
+        }
+        if self.rooms.len() >= self.limits.max_rooms {
+            return Err(ClientError::TooManyRooms);
+        }
+        let cursor = shard.join_room(room);
+        let request = shard.new_id();
+        shard.add_request(request, self.id);
+        let member = Member {
+            cursor,
+            request,
+            joined: false,
+            replay: since.is_some(),
+            epoch,
+            last: since.unwrap_or(0),
+            ticket: None,
+        };
+        self.rooms.push((room.to_owned(), member));
+        self.stats.joins += 1;
+        self.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since, epoch });
+        Ok(())
+    }
+
+    /// Leaves `room`; false if the connection was not in it.
+    fn leave(&mut self, room: &str, shard: &mut ShardRooms) -> bool {
+        let Some(at) = self.rooms.iter().position(|(r, _)| r == room) else { return false };
+        let (room, member) = self.rooms.swap_remove(at);
+        if self.rooms.is_empty() {
+            self.rooms = Vec::new(); // an idle connection keeps no allocation
+        }
+        shard.leave_room(&room);
+        shard.remove_request(member.request);
+        self.to_coordinator.push_back(ToCoordinator::Leave { room });
+        true
+    }
+
+    fn member(&self, room: &str) -> Option<&Member> {
+        self.rooms.iter().find(|(r, _)| r == room).map(|(_, m)| m)
+    }
+
+    /// Handles a hub answer routed to this connection. `ring_tail` is where the room's ring on
+    /// this shard stood when the shard routed the answer (the boundary of a `Joined`).
+    pub fn handle_hub_frame(&mut self, frame: Frame, ring_tail: Option<u64>, shard: &mut ShardRooms, out: &mut Vec<ToClient>) {
+        match frame.body() {
+            ArchivedBody::PublishAck { request, epoch } => {
+                let request = request.to_native();
+                shard.remove_request(request);
+                if let Some((room, id)) = self.pending.remove(&request) {
+                    out.push(ToClient::Published { room, seq: frame.seq(), epoch: epoch.to_native(), id });
+                }
+                return;
+            }
+            ArchivedBody::Error { request, code, reason, retry_after_ms } => {
+                let request = request.to_native();
+                let code = code.to_native();
+                let retry = Some(retry_after_ms.to_native()).filter(|ms| *ms > 0);
+                shard.remove_request(request);
+                if let Some((room, _)) = self.rooms.iter().find(|(_, m)| m.request == request && !m.joined) {
+                    // A join was refused: the connection is not in the room.
+                    let room = room.clone();
+                    self.leave(&room, shard);
+                    out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: None, retry_after_ms: retry });
+                } else if let Some((room, id)) = self.pending.remove(&request) {
+                    out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: Some(id), retry_after_ms: retry });
+                }
+                return;
+            }
+            _ => {}
+        }
+        let request = match frame.body() {
+            ArchivedBody::Reset { request, .. }
+            | ArchivedBody::Gap { request, .. }
+            | ArchivedBody::Replay { request, .. }
+            | ArchivedBody::Joined { request, .. } => request.to_native(),
+            _ => return,
+        };
+        let room = frame.room();
+        let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| r == room && m.request == request && !m.joined) else {
+            return; // an answer to a join left meanwhile, or a duplicate
+        };
+        let room = room.to_owned();
+        match (frame.kind(), frame.body()) {
+            (Kind::Reset, ArchivedBody::Reset { epoch, .. }) => {
+                let epoch = epoch.to_native();
+                member.epoch = Some(epoch);
+                member.last = 0;
+                self.stats.resets += 1;
+                out.push(ToClient::Reset { room, epoch, last_seq: frame.seq() });
+            }
+            (Kind::Gap, ArchivedBody::Gap { first_lost, last_lost, resume_from, .. }) => {
+                let lost = LostRange {
+                    first_lost: first_lost.to_native(),
+                    last_lost: last_lost.to_native(),
+                    resume_from: resume_from.to_native(),
+                };
+                tell_gap(&room, member, lost, &mut self.stats, out);
+            }
+            (Kind::Replay, _) => {
+                let seq = frame.seq();
+                if seq <= member.last {
+                    return;
+                }
+                jump(&room, member, seq, &mut self.stats, out);
+                member.last = seq;
+                self.stats.delivered += 1;
+                out.push(ToClient::Replay(frame));
+            }
+            (Kind::Joined, ArchivedBody::Joined { epoch, .. }) => {
+                let epoch = epoch.to_native();
+                let last_seq = frame.seq();
+                if member.epoch != Some(epoch) && member.replay && member.epoch.is_some() {
+                    // The hub answers a stale position with Reset first; this is defence in depth.
+                    out.push(ToClient::Reset { room: room.clone(), epoch, last_seq: 0 });
+                    self.stats.resets += 1;
+                    member.last = 0;
+                }
+                member.epoch = Some(epoch);
+                if member.replay && member.last < last_seq {
+                    let lost = LostRange { first_lost: member.last + 1, last_lost: last_seq, resume_from: last_seq + 1 };
+                    tell_gap(&room, member, lost, &mut self.stats, out);
+                }
+                member.last = member.last.max(last_seq);
+                member.joined = true;
+                if let Some(tail) = ring_tail {
+                    member.cursor.skip_to(tail);
+                }
+                shard.remove_request(request);
+                self.dirty = true;
+                out.push(ToClient::Joined { room, epoch, last_seq });
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves up to about `budget` bytes of ring items into `out`, in order, with the `gap` and
+    /// `reset` messages they call for. `Err(SlowConsumer)` when a cursor fell off its ring under
+    /// `lag_policy = "disconnect"`. Leaves `dirty` set when the budget ran out first.
+    pub fn fill(&mut self, mut budget: usize, shard: &mut ShardRooms, out: &mut Vec<ToClient>) -> Result<(), ClientError> {
+        self.dirty = false;
+        let mut batch = std::mem::take(&mut self.batch);
+        let result = 'rooms: {
+            for (room, member) in self.rooms.iter_mut() {
+                if !member.joined {
+                    continue;
+                }
+                loop {
+                    if budget == 0 {
+                        self.dirty = true;
+                        break 'rooms Ok(());
+                    }
+                    batch.clear();
+                    match shard.read(room, self.id, &mut member.cursor, budget, &mut batch, &mut member.ticket) {
+                        ReadOutcome::Idle => break,
+                        ReadOutcome::Lagged { .. } => {
+                            self.stats.lagging += 1;
+                            if self.limits.lag_policy == LagPolicy::Disconnect {
+                                break 'rooms Err(ClientError::SlowConsumer);
+                            }
+                            // The next item read is beyond the member's last seq: it gets its gap.
+                        }
+                        ReadOutcome::Read { .. } => {
+                            for item in batch.drain(..) {
+                                budget = budget.saturating_sub(deliver(room, member, item, self.wire, &mut self.stats, out));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        batch.clear();
+        self.batch = batch;
+        result
+    }
+
+    /// True when some cursor fell off its ring (checked on timer ticks for stalled sockets).
+    pub fn lagging(&self, shard: &ShardRooms) -> bool {
+        self.rooms.iter().any(|(room, m)| m.joined && shard.lagging(room, &m.cursor))
+    }
+
+    /// Leaves every room and forgets outstanding requests (the connection ended).
+    pub fn finish(&mut self, shard: &mut ShardRooms) {
+        while let Some((room, _)) = self.rooms.last() {
+            let room = room.clone();
+            self.leave(&room, shard);
+        }
+        for request in self.pending.keys() {
+            shard.remove_request(*request);
+        }
+        self.pending.clear();
+    }
+}
+
+/// Answers a refusal into `out`, or turns it into a close.
+pub fn refuse(error: ClientError, room: Option<&str>, id: Option<ReqId>, out: &mut Vec<ToClient>) -> Result<(), ClientError> {
+    match error.refusal() {
+        Refusal::Close(..) => Err(error),
+        Refusal::Error(code, reason) => {
+            out.push(ToClient::Error {
+                code,
+                reason: reason.to_owned(),
+                room: room.filter(|r| is_valid_room(r)).map(str::to_owned),
+                id,
+                retry_after_ms: error.retry_after_ms(),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Tells the member of a lost range (the part after what it already has), and moves it past.
+fn tell_gap(room: &str, member: &mut Member, lost: LostRange, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
+    if lost.last_lost <= member.last {
+        return;
+    }
+    let first_lost = lost.first_lost.max(member.last + 1);
+    stats.gaps += 1;
+    out.push(ToClient::Gap { room: room.to_owned(), lost: LostRange { first_lost, ..lost } });
+    member.last = lost.last_lost;
+}
+
+/// Before delivering `seq`: a gap for anything between the member's last seq and it.
+fn jump(room: &str, member: &mut Member, seq: u64, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
+    if seq > member.last + 1 {
+        let lost = LostRange { first_lost: member.last + 1, last_lost: seq - 1, resume_from: seq };
+        tell_gap(room, member, lost, stats, out);
+    }
+}
+
+/// Before an item of `epoch`: a reset if the member's position is of another epoch (it missed
+/// the room-wide reset, e.g. because it fell off the ring).
+fn follow_epoch(room: &str, member: &mut Member, epoch: u64, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
+    if epoch != 0 && member.epoch != Some(epoch) {
+        member.epoch = Some(epoch);
+        member.last = 0;
+        stats.resets += 1;
+        out.push(ToClient::Reset { room: room.to_owned(), epoch, last_seq: 0 });
+    }
+}
+
+/// Delivers one ring item to a joined member; returns the bytes queued.
+fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &mut SessionStats, out: &mut Vec<ToClient>) -> usize {
+    match item {
+        RingItem::Message(delivery) => {
+            follow_epoch(room, member, delivery.epoch, stats, out);
+            if delivery.seq <= member.last {
+                return 0;
+            }
+            jump(room, member, delivery.seq, stats, out);
+            member.last = delivery.seq;
+            stats.delivered += 1;
+            let bytes = match wire {
+                Wire::Ws => delivery.ws,
+                Wire::Quic => delivery.frame.into_bytes(),
+            };
+            let len = bytes.len();
+            out.push(ToClient::Encoded(bytes));
+            len
+        }
+        RingItem::Gap { epoch, lost } => {
+            follow_epoch(room, member, epoch, stats, out);
+            tell_gap(room, member, lost, stats, out);
+            0
+        }
+        RingItem::Reset { epoch, last_seq } => {
+            if member.epoch != Some(epoch) {
+                member.epoch = Some(epoch);
+                member.last = 0;
+                stats.resets += 1;
+                out.push(ToClient::Reset { room: room.to_owned(), epoch, last_seq });
+            }
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::RingLimits;
+    use crate::shard_rooms::Delivery;
+
+    const E1: u64 = 0x1111;
+    const E2: u64 = 0x2222;
+
+    fn limits(lag_policy: LagPolicy) -> SessionLimits {
+        SessionLimits { max_rooms: 4, max_message_bytes: 1024, lag_policy, publish_rate: 0, publish_burst: 10 }
+    }
+
+    fn claims() -> Claims {
+        Claims { sub: "alice".into(), exp: u64::MAX, rooms: vec!["*".into()] }
+    }
+
+    /// A shard with one session on it, driven as the Link drives it.
+    struct Rig {
+        shard: ShardRooms,
+        session: Session,
+        out: Vec<ToClient>,
+    }
+
+    impl Rig {
+        fn new(ring_items: usize, policy: LagPolicy) -> Rig {
+            let mut shard = ShardRooms::new(2, RingLimits { max_bytes: 1 << 20, max_items: ring_items });
+            let id = shard.new_id();
+            Rig { shard, session: Session::new(id, Wire::Ws, claims(), limits(policy), 0), out: Vec::new() }
+        }
+
+        fn request(&mut self, request: Request) -> Result<(), ClientError> {
+            self.session.handle_request(request, 0, &mut self.shard, &mut self.out)
+        }
+
+        fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>) -> u64 {
+            self.request(Request::Join { room: room.into(), since, epoch }).expect("join accepted");
+            match self.session.poll_coordinator() {
+                Some(ToCoordinator::Join { request, .. }) => request,
+                other => panic!("expected a join for the coordinator, got {other:?}"),
+            }
+        }
+
+        /// The hub's answer, routed as the shard routes it (with the ring tail at that moment).
+        fn hub(&mut self, frame: Frame) {
+            let tail = self.shard.tail(frame.room());
+            self.session.handle_hub_frame(frame, tail, &mut self.shard, &mut self.out);
+        }
+
+        fn ring(&mut self, room: &str, item: RingItem) {
+            let mut woken = Vec::new();
+            self.shard.push(room, item, &mut woken);
+        }
+
+        fn live(&mut self, room: &str, seq: u64, epoch: u64) {
+            let frame = Frame::message(room, seq, 1, "u", 0, b"m");
+            let ws = Bytes::from(format!("{room}:{seq}"));
+            self.ring(room, RingItem::Message(Delivery { seq, epoch, ws, frame }));
+        }
+
+        fn fill(&mut self) -> Result<(), ClientError> {
+            self.session.fill(usize::MAX, &mut self.shard, &mut self.out)
+        }
+
+        /// What the client got so far, as short strings.
+        fn seen(&mut self) -> Vec<String> {
+            self.out
+                .drain(..)
+                .map(|item| match item {
+                    ToClient::Encoded(bytes) => format!("live {}", String::from_utf8_lossy(&bytes)),
+                    ToClient::Replay(frame) => format!("replay {}", frame.seq()),
+                    ToClient::Joined { epoch, last_seq, .. } => format!("joined {epoch:x} {last_seq}"),
+                    ToClient::Reset { epoch, last_seq, .. } => format!("reset {epoch:x} {last_seq}"),
+                    ToClient::Gap { lost, .. } => format!("gap {}..={} next {}", lost.first_lost, lost.last_lost, lost.resume_from),
+                    ToClient::Left { room } => format!("left {room}"),
+                    ToClient::Published { seq, epoch, .. } => format!("published {seq} {epoch:x}"),
+                    ToClient::Error { code, retry_after_ms, .. } => format!("error {code} {retry_after_ms:?}"),
+                    ToClient::Pong { .. } => "pong".into(),
+                })
+                .collect()
+        }
+    }
+
+    fn replay(room: &str, request: u64, seq: u64) -> Frame {
+        FrameBuilder::new(room).seq(seq).sender("u").build(&Body::Replay { request, data: b"m".to_vec() })
+    }
+
+    fn joined(room: &str, request: u64, epoch: u64, last_seq: u64) -> Frame {
+        FrameBuilder::new(room).seq(last_seq).build(&Body::Joined { request, epoch })
+    }
+
+    fn gap(room: &str, request: u64, first_lost: u64, last_lost: u64) -> Frame {
+        FrameBuilder::new(room).build(&Body::Gap { request, first_lost, last_lost, resume_from: last_lost + 1 })
+    }
+
+    fn reset(room: &str, request: u64, epoch: u64, last_seq: u64) -> Frame {
+        FrameBuilder::new(room).seq(last_seq).build(&Body::Reset { request, epoch })
+    }
+
+    #[test]
+    fn replay_then_joined_then_only_newer_live_messages() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let request = rig.join("r", Some(3), Some(E1));
+        // Live messages reach the ring before the hub's answer; the replay covers them.
+        rig.live("r", 4, E1);
+        rig.live("r", 5, E1);
+        rig.fill().expect("fill");
+        assert!(rig.seen().is_empty(), "nothing from the ring before joined");
+        rig.hub(replay("r", request, 4));
+        rig.hub(replay("r", request, 5));
+        rig.hub(joined("r", request, E1, 5));
+        rig.live("r", 6, E1);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["replay 4", "replay 5", "joined 1111 5", "live r:6"]);
+    }
+
+    #[test]
+    fn joined_moves_the_cursor_past_what_the_replay_covered() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let request = rig.join("r", None, None);
+        rig.live("r", 7, E1);
+        rig.hub(joined("r", request, E1, 7));
+        rig.live("r", 8, E1);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["joined 1111 7", "live r:8"]);
+    }
+
+    #[test]
+    fn answers_to_a_join_that_was_left_are_ignored_and_the_rejoin_is_exact() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let first = rig.join("r", Some(0), Some(E1));
+        rig.request(Request::Leave { room: "r".into() }).expect("leave");
+        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
+        let second = rig.join("r", Some(2), Some(E1));
+        assert_ne!(first, second);
+        // The first join's answers arrive late: they belong to nobody now.
+        rig.hub(replay("r", first, 1));
+        rig.hub(replay("r", first, 2));
+        rig.hub(replay("r", first, 3));
+        rig.hub(joined("r", first, E1, 3));
+        rig.live("r", 4, E1);
+        rig.hub(replay("r", second, 3));
+        rig.hub(replay("r", second, 4));
+        rig.hub(joined("r", second, E1, 4));
+        rig.live("r", 5, E1);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["left r", "replay 3", "replay 4", "joined 1111 4", "live r:5"]);
+        assert_eq!(rig.shard.pending_requests(), 0, "answered and abandoned requests are forgotten");
+    }
+
+    #[test]
+    fn a_gap_before_joined_and_a_stale_epoch_reset() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let request = rig.join("r", Some(2), Some(E1));
+        rig.hub(reset("r", request, E2, 6));
+        rig.hub(gap("r", request, 1, 4));
+        rig.hub(replay("r", request, 5));
+        rig.hub(replay("r", request, 6));
+        rig.hub(joined("r", request, E2, 6));
+        rig.live("r", 7, E2);
+        rig.fill().expect("fill");
+        assert_eq!(
+            rig.seen(),
+            vec!["reset 2222 6", "gap 1..=4 next 5", "replay 5", "replay 6", "joined 2222 6", "live r:7"]
+        );
+    }
+
+    #[test]
+    fn room_wide_gap_and_reset_reach_every_joined_member_in_order() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let request = rig.join("r", None, None);
+        rig.hub(joined("r", request, E1, 10));
+        rig.live("r", 11, E1);
+        let lost = LostRange { first_lost: 12, last_lost: 20, resume_from: 21 };
+        rig.ring("r", RingItem::Gap { epoch: E1, lost });
+        rig.live("r", 21, E1);
+        rig.ring("r", RingItem::Reset { epoch: E2, last_seq: 0 });
+        rig.live("r", 1, E2);
+        rig.fill().expect("fill");
+        assert_eq!(
+            rig.seen(),
+            vec!["joined 1111 10", "live r:11", "gap 12..=20 next 21", "live r:21", "reset 2222 0", "live r:1"]
+        );
+        // A room-wide gap the member already has (it joined later) is not repeated.
+        rig.ring("r", RingItem::Gap { epoch: E2, lost: LostRange { first_lost: 1, last_lost: 1, resume_from: 2 } });
+        rig.fill().expect("fill");
+        assert!(rig.seen().is_empty());
+    }
+
+    #[test]
+    fn a_member_that_fell_off_the_ring_gets_its_gap_then_the_live_stream() {
+        let mut rig = Rig::new(4, LagPolicy::Gap);
+        let request = rig.join("r", None, None);
+        rig.hub(joined("r", request, E1, 0));
+        rig.fill().expect("fill");
+        for seq in 1..=10 {
+            rig.live("r", seq, E1);
+        }
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["joined 1111 0", "gap 1..=6 next 7", "live r:7", "live r:8", "live r:9", "live r:10"]);
+        assert_eq!(rig.session.take_stats().lagging, 1);
+        // Over a reset it missed, the member is told of the reset first.
+        rig.ring("r", RingItem::Reset { epoch: E2, last_seq: 0 });
+        for seq in 1..=6 {
+            rig.live("r", seq, E2);
+        }
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["reset 2222 0", "gap 1..=2 next 3", "live r:3", "live r:4", "live r:5", "live r:6"]);
+    }
+
+    #[test]
+    fn disconnect_policy_ends_a_member_that_fell_off() {
+        let mut rig = Rig::new(2, LagPolicy::Disconnect);
+        let request = rig.join("r", None, None);
+        rig.hub(joined("r", request, E1, 0));
+        for seq in 1..=5 {
+            rig.live("r", seq, E1);
+        }
+        assert!(rig.session.lagging(&rig.shard));
+        assert_eq!(rig.fill(), Err(ClientError::SlowConsumer));
+    }
+
+    #[test]
+    fn a_refused_join_leaves_the_room_and_carries_the_retry_hint() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        let request = rig.join("r", Some(1), Some(E1));
+        let error = FrameBuilder::new("r").build(&Body::Error {
+            request,
+            code: 503,
+            reason: "hub connection lost".into(),
+            retry_after_ms: 1000,
+        });
+        rig.hub(error);
+        assert_eq!(rig.seen(), vec!["error 503 Some(1000)"]);
+        assert_eq!(rig.session.room_count(), 0);
+        assert!(!rig.shard.has_room("r"));
+        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
+        // The room can be joined again.
+        rig.join("r", Some(1), Some(E1));
+    }
+
+    #[test]
+    fn publishes_carry_their_key_and_acks_their_epoch() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        let id = ReqId::Json(Some(serde_json::json!("k-1")));
+        let publish = Request::Publish { room: "r".into(), data: b"{}".to_vec(), flags: FLAG_JSON, id, key: "\"k-1\"".into() };
+        rig.request(publish).expect("publish");
+        let Some(ToCoordinator::Publish { frame }) = rig.session.poll_coordinator() else { panic!("expected a publish") };
+        let ArchivedBody::Publish { request, key, .. } = frame.body() else { panic!("not a publish frame") };
+        assert_eq!(key.as_str(), "\"k-1\"");
+        let request = request.to_native();
+        rig.hub(FrameBuilder::new("r").seq(9).build(&Body::PublishAck { request, epoch: E1 }));
+        assert_eq!(rig.seen(), vec!["published 9 1111"]);
+        assert_eq!(rig.shard.pending_requests(), 0);
+    }
+
+    #[test]
+    fn client_ops_become_requests_with_their_idempotency_key() {
+        let op = ClientOp::parse(r#"{"op":"publish","room":"r","data":1,"id":7}"#).expect("valid");
+        match Request::from(op) {
+            Request::Publish { key, id, .. } => {
+                assert_eq!(key, "7");
+                assert_eq!(id, ReqId::Json(Some(serde_json::json!(7))));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let op = ClientOp::parse(r#"{"op":"join","room":"r","since":3,"epoch":"00000000000000ff"}"#).expect("valid");
+        assert_eq!(Request::from(op), Request::Join { room: "r".into(), since: Some(3), epoch: Some(255) });
+    }
+}

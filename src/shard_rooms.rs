@@ -1,0 +1,269 @@
+//! One Link shard's rooms: the per-room fan-out rings, the ids the shard hands out and which
+//! connection each outstanding request belongs to.
+//!
+//! Data flow: the Link's coordinator turns what the hub sends for a room into [`RingItem`]s —
+//! room messages ([`Delivery`]: the hub's frame plus the WebSocket frame built once per Link),
+//! and two room-wide markers, a [`RingItem::Gap`] (the Link itself missed messages: its hub
+//! queue overflowed, or its rejoin after a reconnect found them gone) and a [`RingItem::Reset`]
+//! (the room's history was lost: new epoch). The shard pushes each item once onto the room's
+//! ring ([`ShardRooms::push`]); every member reads it from its own cursor through its
+//! [`crate::link_session::Session`], which turns markers into `gap` / `reset` messages in order
+//! with the room's messages. Markers therefore reach every member of the room on the Link,
+//! including members whose socket was full when the marker was pushed.
+//!
+//! Ids: connection and request ids carry the shard index in their top 8 bits ([`shard_of`]),
+//! so the coordinator routes a hub answer to the right shard without a shared table; index
+//! [`COORDINATOR_SHARD`] is reserved for the coordinator's own requests (room rejoins).
+//!
+//! Sans-IO and single-threaded: a shard owns its `ShardRooms`; nothing here locks.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
+use crate::frame::Frame;
+use crate::room::LostRange;
+
+/// Bits of an id below the shard index.
+const SHARD_SHIFT: u32 = 56;
+
+/// The "shard index" of ids issued by the Link's coordinator (room rejoins after a reconnect).
+pub const COORDINATOR_SHARD: usize = 255;
+
+/// Ring bytes charged for a marker (it holds no payload).
+const MARKER_BYTES: usize = 64;
+
+/// The shard that issued connection or request id `id`.
+pub fn shard_of(id: u64) -> usize {
+    (id >> SHARD_SHIFT) as usize
+}
+
+/// The id number `n` of shard `index`.
+pub fn make_id(index: usize, n: u64) -> u64 {
+    ((index as u64) << SHARD_SHIFT) | (n & ((1 << SHARD_SHIFT) - 1))
+}
+
+/// One room message as a shard holds it: shared buffers only.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The room seq.
+    pub seq: u64,
+    /// The room epoch the seq belongs to (0: not known yet to the Link).
+    pub epoch: u64,
+    /// The complete WebSocket text frame, built once per Link.
+    pub ws: Bytes,
+    /// The hub's frame, forwarded unchanged to QUIC clients.
+    pub frame: Frame,
+}
+
+/// One item of a room's ring, in the order the hub's stream put it there.
+#[derive(Clone, Debug)]
+pub enum RingItem {
+    /// A room message.
+    Message(Delivery),
+    /// Every member of the room on this Link missed `lost` (of `epoch`).
+    Gap {
+        /// The epoch the lost seqs belong to.
+        epoch: u64,
+        /// What was lost and where delivery continues.
+        lost: LostRange,
+    },
+    /// The room's history was lost under its members: positions restart at (`epoch`, 0).
+    Reset {
+        /// The room's new epoch.
+        epoch: u64,
+        /// Its last seq when the Link learnt of it.
+        last_seq: u64,
+    },
+}
+
+impl RingItem {
+    /// The bytes this item pins in a ring.
+    pub fn size(&self) -> usize {
+        match self {
+            RingItem::Message(d) => d.ws.len() + d.frame.len(),
+            RingItem::Gap { .. } | RingItem::Reset { .. } => MARKER_BYTES,
+        }
+    }
+}
+
+/// A shard's rooms, ids and outstanding requests (see the module docs).
+#[derive(Debug)]
+pub struct ShardRooms {
+    index: usize,
+    rooms: HashMap<String, ShardRoom<RingItem, u64>>,
+    /// Outstanding join and publish request id → connection id.
+    requests: HashMap<u64, u64>,
+    next_id: u64,
+    limits: RingLimits,
+    wake: Vec<u64>,
+    bytes: usize,
+    items: usize,
+}
+
+impl ShardRooms {
+    /// Shard `index`'s empty rooms, with rings bounded by `limits`.
+    pub fn new(index: usize, limits: RingLimits) -> Self {
+        ShardRooms {
+            index,
+            rooms: HashMap::new(),
+            requests: HashMap::new(),
+            next_id: 1,
+            limits,
+            wake: Vec::new(),
+            bytes: 0,
+            items: 0,
+        }
+    }
+
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// A fresh id (connection or request) carrying this shard's index.
+    pub fn new_id(&mut self) -> u64 {
+        let id = make_id(self.index, self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Records that request `request` belongs to connection `conn`.
+    pub fn add_request(&mut self, request: u64, conn: u64) {
+        self.requests.insert(request, conn);
+    }
+
+    /// Forgets a request (answered, or its connection or membership ended).
+    pub fn remove_request(&mut self, request: u64) {
+        self.requests.remove(&request);
+    }
+
+    /// The connection an outstanding request belongs to.
+    pub fn conn_of(&self, request: u64) -> Option<u64> {
+        self.requests.get(&request).copied()
+    }
+
+    /// Outstanding requests.
+    pub fn pending_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Adds a member to `room` (creating its ring); the cursor reads from now on.
+    pub fn join_room(&mut self, room: &str) -> Cursor {
+        let limits = self.limits;
+        self.rooms.entry(room.to_owned()).or_insert_with(|| ShardRoom::new(limits)).join()
+    }
+
+    /// Removes a member; drops the ring with the last one.
+    pub fn leave_room(&mut self, room: &str) {
+        let last = self.rooms.get_mut(room).is_some_and(|r| r.leave());
+        if last {
+            if let Some(gone) = self.rooms.remove(room) {
+                self.bytes -= gone.ring().bytes();
+                self.items -= gone.ring().len();
+            }
+        }
+    }
+
+    /// True when the shard has members in `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Position the next item pushed onto `room`'s ring will get.
+    pub fn tail(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).map(|r| r.ring().tail())
+    }
+
+    /// Reads for member `conn` (see [`crate::fanout::FanoutRing::read`]); `Idle` for an unknown
+    /// room. On `Idle` the member is parked on the room unless its `ticket` says it is already.
+    pub fn read(
+        &mut self,
+        room: &str,
+        conn: u64,
+        cursor: &mut Cursor,
+        max_bytes: usize,
+        batch: &mut Vec<RingItem>,
+        ticket: &mut ParkTicket,
+    ) -> ReadOutcome {
+        let Some(r) = self.rooms.get_mut(room) else { return ReadOutcome::Idle };
+        let outcome = r.read(cursor, max_bytes, batch);
+        if outcome == ReadOutcome::Idle {
+            r.park(conn, ticket);
+        }
+        outcome
+    }
+
+    /// True when `cursor` has fallen off `room`'s ring.
+    pub fn lagging(&self, room: &str, cursor: &Cursor) -> bool {
+        self.rooms.get(room).is_some_and(|r| cursor.position() < r.ring().head())
+    }
+
+    /// Pushes `item` once onto `room`'s ring (nothing if the shard has no member there) and adds
+    /// the connections parked on it to `woken`.
+    pub fn push(&mut self, room: &str, item: RingItem, woken: &mut Vec<u64>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let (bytes_before, items_before) = (r.ring().bytes(), r.ring().len());
+        let size = item.size();
+        r.push(item, size, &mut self.wake);
+        self.bytes = self.bytes + r.ring().bytes() - bytes_before;
+        self.items = self.items + r.ring().len() - items_before;
+        woken.append(&mut self.wake);
+    }
+
+    /// Bytes held in this shard's rings.
+    pub fn ring_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Items held in this shard's rings.
+    pub fn ring_items(&self) -> usize {
+        self.items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(room: &str, seq: u64) -> RingItem {
+        let frame = Frame::message(room, seq, 1, "u", 0, b"x");
+        RingItem::Message(Delivery { seq, epoch: 1, ws: Bytes::from_static(b"ws"), frame })
+    }
+
+    #[test]
+    fn ids_name_their_shard_and_requests_route_to_connections() {
+        let mut shard = ShardRooms::new(3, RingLimits::default());
+        let conn = shard.new_id();
+        let request = shard.new_id();
+        assert_eq!((shard_of(conn), shard_of(request)), (3, 3));
+        assert_ne!(conn, request);
+        shard.add_request(request, conn);
+        assert_eq!(shard.conn_of(request), Some(conn));
+        shard.remove_request(request);
+        assert_eq!(shard.conn_of(request), None);
+        assert_eq!(shard_of(make_id(COORDINATOR_SHARD, 9)), COORDINATOR_SHARD);
+    }
+
+    #[test]
+    fn pushes_reach_members_rooms_only_and_ring_totals_follow() {
+        let mut shard = ShardRooms::new(0, RingLimits { max_bytes: 1 << 20, max_items: 2 });
+        let mut woken = Vec::new();
+        shard.push("nobody", message("nobody", 1), &mut woken);
+        assert_eq!(shard.ring_items(), 0);
+        let mut cursor = shard.join_room("r");
+        let mut ticket = None;
+        let mut batch = Vec::new();
+        assert_eq!(shard.read("r", 7, &mut cursor, usize::MAX, &mut batch, &mut ticket), ReadOutcome::Idle);
+        shard.push("r", message("r", 1), &mut woken);
+        assert_eq!(woken, vec![7], "the parked member is woken");
+        shard.push("r", RingItem::Reset { epoch: 2, last_seq: 0 }, &mut woken);
+        shard.push("r", message("r", 1), &mut woken);
+        assert_eq!(shard.ring_items(), 2, "bounded by count");
+        assert!(shard.lagging("r", &cursor));
+        shard.leave_room("r");
+        assert_eq!((shard.ring_items(), shard.ring_bytes()), (0, 0));
+        assert!(!shard.has_room("r"));
+    }
+}

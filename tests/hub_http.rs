@@ -171,10 +171,13 @@ async fn history_room_info_and_join_replay() {
         assert_eq!(publish_ok(addr, "talk", None, format!("{{\"i\":{i}}}").as_bytes()).await, i);
     }
     let info = get(addr, "/v1/rooms/talk").await.json();
-    assert_eq!(info, serde_json::json!({"room": "talk", "members": 3, "links": [4], "last_seq": 30}));
+    let epoch = info["epoch"].as_str().expect("epoch string").to_string();
+    assert!(epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()), "epoch is 16 hex digits: {epoch}");
+    assert_eq!(info, serde_json::json!({"room": "talk", "members": 3, "links": [4], "last_seq": 30, "epoch": epoch}));
 
     let all = get(addr, "/v1/rooms/talk/messages").await.json();
     assert_eq!(all["last_seq"], 30);
+    assert_eq!(all["epoch"], serde_json::json!(epoch));
     assert_eq!(all["gap"], serde_json::json!({"first_lost": 1, "last_lost": 20, "resume_from": 21}));
     let seqs: Vec<u64> = all["messages"].as_array().expect("array").iter().filter_map(|m| m["seq"].as_u64()).collect();
     assert_eq!(seqs, (21..=30).collect::<Vec<_>>());
@@ -188,6 +191,14 @@ async fn history_room_info_and_join_replay() {
     assert_eq!(seqs, vec![26, 27]);
     let none = get(addr, "/v1/rooms/talk/messages?since=30").await.json();
     assert_eq!(none["messages"], serde_json::json!([]));
+    // A position of another epoch (the room was re-created under the reader): reset, then the
+    // history of the current epoch from its start.
+    let stale = get(addr, "/v1/rooms/talk/messages?since=25&epoch=0000000000000001").await.json();
+    assert_eq!((&stale["reset"], &stale["epoch"]), (&serde_json::json!(true), &serde_json::json!(epoch)));
+    assert_eq!(stale["messages"][0]["seq"], 21, "{stale}");
+    // A position past the room's last seq (the room forgot messages the reader saw): reset too.
+    let ahead = get(addr, "/v1/rooms/talk/messages?since=99").await.json();
+    assert_eq!(ahead["reset"], serde_json::json!(true), "{ahead}");
 
     // A connection's join with since, relayed by the Link: replay, then joined.
     link.messages(30).await;

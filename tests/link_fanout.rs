@@ -42,7 +42,8 @@ async fn publish_reaches_a_member_with_the_protocol_shape() {
         }
     }
     let (ack, echo) = (ack.expect("ack"), echo.expect("message"));
-    assert_eq!(ack, json!({"op":"published","room":"lobby","seq":3,"id":"k1"}));
+    let epoch = ack["epoch"].as_str().expect("the ack names the room's epoch").to_owned();
+    assert_eq!(ack, json!({"op":"published","room":"lobby","seq":3,"id":"k1","epoch":epoch}));
     assert_eq!(echo["seq"], 3);
     assert_eq!(echo["data"], json!({"n": 1}));
     assert!(echo["from"].as_str().is_some_and(|f| f.starts_with("anon-")));
@@ -163,11 +164,16 @@ async fn a_join_beyond_history_gets_a_gap_then_the_window() {
     assert_eq!(before[0], json!({"op":"gap","room":"old","first_lost":3,"last_lost":15,"resume_from":16}));
     let seqs: Vec<u64> = before[1..].iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
     assert_eq!(seqs, vec![16, 17, 18, 19, 20]);
-    // A `since` ahead of the room (room reset) gets joined with the lower last_seq.
+    // A `since` ahead of the room (the room forgot messages this member saw): an explicit
+    // reset, then the room's current history from its start (a gap for what it no longer holds).
     let mut again = connect(link.ws_addr(), None).await;
     let (before, last_seq) = join(&mut again, "old", Some(99)).await;
-    assert!(before.is_empty());
     assert_eq!(last_seq, 20);
+    assert_eq!((&before[0]["op"], &before[0]["room"], &before[0]["last_seq"]), (&json!("reset"), &json!("old"), &json!(20)), "{before:?}");
+    assert!(before[0]["epoch"].as_str().is_some_and(|e| e.len() == 16), "{before:?}");
+    assert_eq!(before[1], json!({"op":"gap","room":"old","first_lost":1,"last_lost":15,"resume_from":16}));
+    let seqs: Vec<u64> = before[2..].iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, vec![16, 17, 18, 19, 20]);
     hub.publish("old", "21").await;
     assert_eq!(next_json(&mut again).await["seq"], 21);
     assert_eq!(next_json(&mut ws).await["seq"], 21);

@@ -100,7 +100,7 @@ fn the_checker_rejects_every_silent_jump_and_accepts_declared_ones() {
     let good = [m(1), m(2), joined(e1, 2), m(3), gap(4, 9, 10), m(10), reset(e2, 0), m(1), gap(2, 2, 3), m(3)];
     assert_eq!(run(&[join_since(0)], &good), Ok(()));
     // A live-only join: the first message follows `joined`'s last_seq.
-    assert_eq!(run(&[live_join.clone()], &[joined(e1, 41), m(42), m(43)]), Ok(()));
+    assert_eq!(run(std::slice::from_ref(&live_join), &[joined(e1, 41), m(42), m(43)]), Ok(()));
     // Leave, then rejoin: after `left` the stream belongs to the second join.
     let sent = [join_since(3), json!({"op": "leave", "room": "r"}), join_since(1)];
     let got = [m(4), json!({"op": "left", "room": "r"}), m(2), m(3), m(4), joined(e1, 4), m(5)];

@@ -921,7 +921,7 @@ impl Relay {
                         dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    if !upstreams.contains_key(&from) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = upstreams.entry(from) {
                         let Ok(up) = UdpSocket::bind("127.0.0.1:0").await else { continue };
                         if up.connect(target).await.is_err() {
                             continue;
@@ -948,7 +948,7 @@ impl Relay {
                             })
                         };
                         lock(&tasks).push(back);
-                        upstreams.insert(from, up);
+                        slot.insert(up);
                     }
                     if let Some(up) = upstreams.get(&from) {
                         forwarded.fetch_add(1, Ordering::Relaxed);

@@ -107,7 +107,7 @@ impl From<ClientOp> for Request {
             ClientOp::Leave { room } => Request::Leave { room },
             ClientOp::Publish { room, data, id } => {
                 let key = id.as_ref().map(publish_key).unwrap_or_default();
-                Request::Publish { room, data, flags: FLAG_JSON, id: ReqId::Json(id), key }
+                Request::Publish { room, data: data.into(), flags: FLAG_JSON, id: ReqId::Json(id), key }
             }
             ClientOp::Ping => Request::Ping { nonce: 0 },
         }

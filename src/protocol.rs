@@ -31,6 +31,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use bytes::Bytes;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -61,7 +63,7 @@ pub enum ClientOp {
         /// The room.
         room: String,
         /// The JSON text of `data` (compact when parsed; spliced verbatim when written).
-        data: Vec<u8>,
+        data: Bytes,
         /// The publish id (a JSON scalar, at most [`MAX_ID_BYTES`] as JSON text): echoed in the
         /// answer and the publish's idempotency key ([`publish_key`]). `null` counts as none.
         id: Option<Value>,
@@ -134,11 +136,19 @@ impl ClientOp {
                     return Err(fail(ClientError::BadField));
                 }
                 // Re-serializing a parsed value cannot fail.
-                let data = serde_json::to_vec(data).unwrap_or_default();
+                let data = Bytes::from(serde_json::to_vec(data).unwrap_or_default());
                 Ok(ClientOp::Publish { room, data, id })
             }
             "ping" => Ok(ClientOp::Ping),
             _ => Err(fail(ClientError::UnknownOp)),
+        }
+    }
+
+    /// A publish's id when it is an unsigned integer (the ids the client library hands out).
+    pub fn publish_id(&self) -> Option<u64> {
+        match self {
+            ClientOp::Publish { id: Some(id), .. } => id.as_u64(),
+            _ => None,
         }
     }
 
@@ -733,11 +743,11 @@ mod tests {
         assert_eq!(ClientOp::parse(r#"{"op":"ping"}"#), Ok(ClientOp::Ping));
         assert_eq!(
             ClientOp::parse(r#"{"op":"publish","room":"r","data":{ "a" : [1, 2] },"id":"k"}"#),
-            Ok(ClientOp::Publish { room: "r".into(), data: br#"{"a":[1,2]}"#.to_vec(), id: Some(json!("k")) })
+            Ok(ClientOp::Publish { room: "r".into(), data: Bytes::from_static(br#"{"a":[1,2]}"#), id: Some(json!("k")) })
         );
         assert_eq!(
             ClientOp::parse(r#"{"op":"publish","room":"r","data":1,"id":null}"#),
-            Ok(ClientOp::Publish { room: "r".into(), data: b"1".to_vec(), id: None }),
+            Ok(ClientOp::Publish { room: "r".into(), data: Bytes::from_static(b"1"), id: None }),
             "a null id is no id (else every null-id publish would share one dedupe key)"
         );
         let longest = format!(r#"{{"op":"publish","room":"r","data":1,"id":"{}"}}"#, "x".repeat(MAX_ID_BYTES - 2));
@@ -901,7 +911,7 @@ mod tests {
             room().prop_map(|room| ClientOp::Leave { room }),
             (room(), json_value(), id()).prop_map(|(room, data, id)| ClientOp::Publish {
                 room,
-                data: serde_json::to_vec(&data).expect("json"),
+                data: Bytes::from(serde_json::to_vec(&data).expect("json")),
                 id
             }),
             Just(ClientOp::Ping),

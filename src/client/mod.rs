@@ -51,10 +51,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use self::session::{Backoff, Delivery, Disconnect, Event, Message, Op, Session, SessionConfig, SessionError, SessionStats};
+pub use self::session::{Backoff, Delivery, Disconnect, Event, Message, Session, SessionConfig, SessionError, SessionStats};
 use self::http::{HttpApi, HttpError};
 use self::quic::QuicConn;
 use self::ws::{WsConn, WsUrl};
+pub use crate::protocol::ClientOp;
 use crate::protocol::ServerMsg;
 
 /// Where a client connects.
@@ -245,7 +246,7 @@ enum Conn {
 }
 
 impl Conn {
-    async fn send(&mut self, op: &Op) -> Result<(), Disconnect> {
+    async fn send(&mut self, op: &ClientOp) -> Result<(), Disconnect> {
         match self {
             Conn::Ws(ws) => ws.send_text(op.to_json()).await.map_err(|e| e.to_disconnect()),
             Conn::Quic(q) => q.send_op(op).await.map_err(|e| e.to_disconnect()),

@@ -1,7 +1,7 @@
 //! QUIC transport of the client: one bidirectional stream to a Link carrying frames
 //! (`frame.rs`, ALPN `linkcast/1`, docs/protocol.md "QUIC").
 //!
-//! Owns the endpoint, the connection and the stream. Outgoing [`Op`]s become `Join`/`Leave`/
+//! Owns the endpoint, the connection and the stream. Outgoing [`ClientOp`]s become `Join`/`Leave`/
 //! `Publish`/`Heartbeat` frames; incoming frames become the same [`ServerMsg`] values the
 //! WebSocket path decodes from JSON, so the driver in `client/mod.rs` treats both transports
 //! alike. The first frame sent is `Hello` with the token in `secret` (empty in dev mode).
@@ -24,8 +24,8 @@ use std::time::Duration;
 use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
 use crate::quic::{client_endpoint, FrameReader, QuicSetupError, StreamError, ALPN_CLIENT};
 
-use super::session::{Disconnect, Op};
-use crate::protocol::ServerMsg;
+use super::session::Disconnect;
+use crate::protocol::{self, ClientOp, ServerMsg};
 
 /// Why a QUIC connection failed or ended.
 #[derive(Debug, thiserror::Error)]
@@ -113,21 +113,23 @@ impl QuicConn {
     }
 
     /// Sends one op as a frame.
-    pub async fn send_op(&mut self, op: &Op) -> Result<(), QuicError> {
+    pub async fn send_op(&mut self, op: &ClientOp) -> Result<(), QuicError> {
         let frame = match op {
-            Op::Join { room, since, epoch } => {
+            ClientOp::Join { room, since, epoch } => {
                 FrameBuilder::new(room).build(&Body::Join { request: 0, since: *since, epoch: *epoch })
             }
-            Op::Leave { room } => FrameBuilder::new(room).build(&Body::Leave { request: 0 }),
+            ClientOp::Leave { room } => FrameBuilder::new(room).build(&Body::Leave { request: 0 }),
             // The key is the id's text, as a WebSocket publish's key is its id's JSON text: the
             // hub dedupes a retry of either.
-            Op::Publish { room, data, id } => FrameBuilder::new(room)
-                .flags(FLAG_JSON)
-                .build(&Body::Publish { request: *id, key: id.to_string(), data: data.to_vec() }),
-            Op::Ping => FrameBuilder::new("").build(&Body::Heartbeat { nonce: 0 }),
+            ClientOp::Publish { room, data, id } => FrameBuilder::new(room).flags(FLAG_JSON).build(&Body::Publish {
+                request: op.publish_id().unwrap_or(0),
+                key: id.as_ref().map(protocol::publish_key).unwrap_or_default(),
+                data: data.to_vec(),
+            }),
+            ClientOp::Ping => FrameBuilder::new("").build(&Body::Heartbeat { nonce: 0 }),
         };
         self.send.write_all(frame.as_bytes()).await?;
-        if let Op::Leave { room } = op {
+        if let ClientOp::Leave { room } = op {
             // No confirmation comes on QUIC: frames are processed in stream order, so the leave
             // is done for the Link once written; the session ignores the room's stragglers.
             self.pending.push_back(ServerMsg::Left { room: Cow::Owned(room.clone()) });

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::{self, ClientOp};
+use crate::protocol::ClientOp;
 
 /// Most times one refused join or publish is retried (on 503 with `retry_after_ms`) before its
 /// error reaches the application.
@@ -82,50 +82,6 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig { backoff: Backoff::default(), max_queued_publishes: 1024 }
-    }
-}
-
-/// An operation for the server, transport-neutral (WebSocket JSON through [`Op::to_json`], or
-/// a QUIC frame).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Join `room`, replaying everything after `since` of `epoch` (None: live only).
-    Join {
-        /// The room.
-        room: String,
-        /// Last seq the client has.
-        since: Option<u64>,
-        /// The room epoch `since` belongs to.
-        epoch: Option<u64>,
-    },
-    /// Leave `room`.
-    Leave {
-        /// The room.
-        room: String,
-    },
-    /// Publish `data` (JSON text) to `room`; the ack echoes `id`.
-    Publish {
-        /// The room.
-        room: String,
-        /// The payload as JSON text.
-        data: Bytes,
-        /// Correlates the ack; also the publish's idempotency key (a retry reuses it).
-        id: u64,
-    },
-    /// Application-level ping.
-    Ping,
-}
-
-impl Op {
-    /// The op as a WebSocket text message (`protocol`'s encoding; a publish's payload is
-    /// spliced in without a copy of its own).
-    pub fn to_json(&self) -> String {
-        match self {
-            Op::Join { room, since, epoch } => protocol::join_json(room, *since, *epoch),
-            Op::Leave { room } => ClientOp::Leave { room: room.clone() }.to_json(),
-            Op::Publish { room, data, id } => protocol::publish_json(room, data, Some(&serde_json::Value::from(*id))),
-            Op::Ping => ClientOp::Ping.to_json(),
-        }
     }
 }
 
@@ -352,7 +308,7 @@ pub struct Session {
     attempt: u32,
     connected_at: Option<Instant>,
     /// Ops to send; while disconnected only publishes wait here (joins are rebuilt from `rooms`).
-    outbox: VecDeque<Op>,
+    outbox: VecDeque<ClientOp>,
     /// Publishes sent and not yet acknowledged (or waiting to be sent again), by id.
     in_flight: BTreeMap<u64, InFlight>,
     events: VecDeque<Event>,
@@ -421,14 +377,14 @@ impl Session {
         }
         self.rooms.insert(room.to_owned(), RoomState::default());
         if self.link == LinkState::Connected {
-            self.outbox.push_back(Op::Join { room: room.to_owned(), since: None, epoch: None });
+            self.outbox.push_back(ClientOp::Join { room: room.to_owned(), since: None, epoch: None });
         }
     }
 
     /// Leaves `room` and forgets its position.
     pub fn leave(&mut self, room: &str) {
         if self.rooms.remove(room).is_some() && self.link == LinkState::Connected {
-            self.outbox.push_back(Op::Leave { room: room.to_owned() });
+            self.outbox.push_back(ClientOp::Leave { room: room.to_owned() });
         }
     }
 
@@ -447,14 +403,14 @@ impl Session {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.outbox.push_back(Op::Publish { room: room.to_owned(), data, id });
+        self.outbox.push_back(ClientOp::Publish { room: room.to_owned(), data, id: Some(id.into()) });
         Ok(id)
     }
 
     /// Queues an application ping (the driver sends one when the connection is quiet).
     pub fn ping(&mut self) {
         if self.link == LinkState::Connected {
-            self.outbox.push_back(Op::Ping);
+            self.outbox.push_back(ClientOp::Ping);
         }
     }
 
@@ -513,7 +469,7 @@ impl Session {
         for (room, state) in &mut self.rooms {
             state.retries = 0;
             state.rejoin_at = None;
-            self.outbox.push_back(Op::Join { room: room.clone(), since: state.last, epoch: state.epoch });
+            self.outbox.push_back(ClientOp::Join { room: room.clone(), since: state.last, epoch: state.epoch });
         }
         self.outbox.extend(publishes);
     }
@@ -527,7 +483,7 @@ impl Session {
         // Joins, leaves and pings are rebuilt from `rooms` at the next connect; publishes sent
         // before (resends of in-flight ones) are in doubt, reported below, not sent again.
         let in_flight = &self.in_flight;
-        self.outbox.retain(|op| matches!(op, Op::Publish { id, .. } if !in_flight.contains_key(id)));
+        self.outbox.retain(|op| op.publish_id().is_some_and(|id| !in_flight.contains_key(&id)));
         self.fail_in_flight();
         if cause.is_fatal() {
             self.link = LinkState::Closed;
@@ -676,13 +632,13 @@ impl Session {
         for (room, state) in &mut self.rooms {
             if state.rejoin_at.is_some_and(|at| at <= now) {
                 state.rejoin_at = None;
-                self.outbox.push_back(Op::Join { room: room.clone(), since: state.last, epoch: state.epoch });
+                self.outbox.push_back(ClientOp::Join { room: room.clone(), since: state.last, epoch: state.epoch });
             }
         }
         for (id, publish) in &mut self.in_flight {
             if publish.resend_at.is_some_and(|at| at <= now) {
                 publish.resend_at = None;
-                self.outbox.push_back(Op::Publish { room: publish.room.clone(), data: publish.data.clone(), id: *id });
+                self.outbox.push_back(ClientOp::Publish { room: publish.room.clone(), data: publish.data.clone(), id: Some((*id).into()) });
             }
         }
     }
@@ -696,13 +652,13 @@ impl Session {
 
     /// The next op to send, if connected.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Op> {
+    pub fn poll_transmit(&mut self) -> Option<ClientOp> {
         if self.link != LinkState::Connected {
             return None;
         }
         let op = self.outbox.pop_front()?;
-        if let Op::Publish { room, data, id } = &op {
-            let publish = self.in_flight.entry(*id).or_insert_with(|| InFlight {
+        if let (ClientOp::Publish { room, data, .. }, Some(id)) = (&op, op.publish_id()) {
+            let publish = self.in_flight.entry(id).or_insert_with(|| InFlight {
                 room: room.clone(),
                 data: data.clone(),
                 retries: 0,
@@ -798,7 +754,7 @@ mod tests {
         Session::new(config, 42)
     }
 
-    fn drain_ops(s: &mut Session) -> Vec<Op> {
+    fn drain_ops(s: &mut Session) -> Vec<ClientOp> {
         std::iter::from_fn(|| s.poll_transmit()).take(1000).collect()
     }
 
@@ -806,8 +762,8 @@ mod tests {
         std::iter::from_fn(|| s.poll_event()).take(1000).collect()
     }
 
-    fn join(room: &str, since: Option<u64>, epoch: Option<u64>) -> Op {
-        Op::Join { room: room.into(), since, epoch }
+    fn join(room: &str, since: Option<u64>, epoch: Option<u64>) -> ClientOp {
+        ClientOp::Join { room: room.into(), since, epoch }
     }
 
     /// A session connected at `t0` and joined to `room` at (epoch 7, `last_seq`).
@@ -989,7 +945,7 @@ mod tests {
         let mut s = joined(t0, "r", 0);
         let id = s.publish("r", Bytes::from_static(br#"{"n":1}"#)).expect("queued");
         let sent = drain_ops(&mut s);
-        assert_eq!(sent, vec![Op::Publish { room: "r".into(), data: Bytes::from_static(br#"{"n":1}"#), id }]);
+        assert_eq!(sent, vec![ClientOp::Publish { room: "r".into(), data: Bytes::from_static(br#"{"n":1}"#), id: Some(id.into()) }]);
         s.handle_error(t0, 503, "hub connection lost", Some("r"), Some(id), Some(1000));
         assert!(drain_events(&mut s).is_empty());
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(1)));
@@ -1025,7 +981,7 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_millis(5));
         reconnect(&mut s, t0 + Duration::from_millis(5));
         let ops = drain_ops(&mut s);
-        assert!(ops.iter().all(|op| !matches!(op, Op::Publish { .. })), "{ops:?}");
+        assert!(ops.iter().all(|op| !matches!(op, ClientOp::Publish { .. })), "{ops:?}");
         let doubt: Vec<_> = drain_events(&mut s).into_iter().filter(|e| matches!(e, Event::Error { code: 0, .. })).collect();
         assert_eq!(doubt.len(), 1, "{doubt:?}");
     }
@@ -1044,13 +1000,13 @@ mod tests {
     fn ops_encode_through_the_protocol() {
         let join = join("lobby", Some(7), Some(0xab)).to_json();
         assert_eq!(ClientOp::parse(&join), Ok(ClientOp::Join { room: "lobby".into(), since: Some(7), epoch: Some(0xab) }));
-        let publish = Op::Publish { room: "a".into(), data: Bytes::from_static(br#"{"x":1}"#), id: 3 }.to_json();
+        let publish = ClientOp::Publish { room: "a".into(), data: Bytes::from_static(br#"{"x":1}"#), id: Some(3.into()) }.to_json();
         assert_eq!(
             ClientOp::parse(&publish),
-            Ok(ClientOp::Publish { room: "a".into(), data: br#"{"x":1}"#.to_vec(), id: Some(serde_json::json!(3)) })
+            Ok(ClientOp::Publish { room: "a".into(), data: Bytes::from_static(br#"{"x":1}"#), id: Some(serde_json::json!(3)) })
         );
-        assert_eq!(ClientOp::parse(&Op::Leave { room: "a".into() }.to_json()), Ok(ClientOp::Leave { room: "a".into() }));
-        assert_eq!(ClientOp::parse(&Op::Ping.to_json()), Ok(ClientOp::Ping));
+        assert_eq!(ClientOp::parse(&ClientOp::Leave { room: "a".into() }.to_json()), Ok(ClientOp::Leave { room: "a".into() }));
+        assert_eq!(ClientOp::parse(&ClientOp::Ping.to_json()), Ok(ClientOp::Ping));
     }
 
     #[test]

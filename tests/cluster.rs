@@ -9,60 +9,17 @@
 //! - a Link process killed mid-stream: its clients re-locate, reconnect to another Link and
 //!   resume with `since`; nothing lost, nothing duplicated.
 
+mod fault_support;
 mod hub_support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fault_support::{free_udp_port, Processes};
 use hub_support::*;
 use linkcast::uplink::{HubDirectory, HubId};
 
 const KEY: &str = "cluster-test-key";
-
-/// Child processes, killed when the test ends however it ends.
-struct Processes {
-    children: Vec<(String, Child)>,
-    dir: PathBuf,
-}
-
-impl Processes {
-    fn spawn(&mut self, name: &str, args: &[&str]) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_linkcast"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn linkcast");
-        self.children.push((name.to_owned(), child));
-    }
-
-    fn kill(&mut self, name: &str) {
-        if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("cluster logs are in {}", self.dir.display());
-        }
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
-}
 
 struct Cluster {
     hubs: Vec<SocketAddr>,
@@ -71,8 +28,7 @@ struct Cluster {
 }
 
 async fn start_cluster() -> Cluster {
-    let dir = std::env::temp_dir().join(format!("linkcast-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut processes = Processes::new("cluster");
     let hubs: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_udp_port())).collect();
     let links: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_udp_port())).collect();
     let mut toml = format!("[auth]\napi_keys = [\"{KEY}\"]\ncluster_secret = \"cluster-test-secret\"\n\n");
@@ -83,10 +39,7 @@ async fn start_cluster() -> Cluster {
     for (i, (ws, quic)) in links.iter().enumerate() {
         toml.push_str(&format!("[[links]]\nid = {}\nws = \"127.0.0.1:{ws}\"\nquic = \"127.0.0.1:{quic}\"\n\n", i + 1));
     }
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let path = path.to_str().expect("utf-8 path").to_owned();
-    let mut processes = Processes { children: Vec::new(), dir };
+    let path = processes.write_config(&toml);
     for id in 0..2 {
         processes.spawn(&format!("hub-{id}"), &["hub", "--config", &path, "--id", &id.to_string()]);
     }

@@ -97,7 +97,6 @@ pub struct ShardRooms {
     requests: HashMap<u64, u64>,
     next_id: u64,
     limits: RingLimits,
-    wake: Vec<u64>,
     bytes: usize,
     items: usize,
 }
@@ -111,7 +110,6 @@ impl ShardRooms {
             requests: HashMap::new(),
             next_id: 1,
             limits,
-            wake: Vec::new(),
             bytes: 0,
             items: 0,
         }
@@ -204,12 +202,14 @@ impl ShardRooms {
     /// the connections parked on it to `woken`.
     pub fn push(&mut self, room: &str, item: RingItem, woken: &mut Vec<u64>) {
         let Some(r) = self.rooms.get_mut(room) else { return };
-        let (bytes_before, items_before) = (r.ring().bytes(), r.ring().len());
-        let size = item.size();
-        r.push(item, size, &mut self.wake);
-        self.bytes = self.bytes + r.ring().bytes() - bytes_before;
-        self.items = self.items + r.ring().len() - items_before;
-        woken.append(&mut self.wake);
+        push_counted(r, item, (&mut self.bytes, &mut self.items), woken);
+    }
+
+    /// [`ShardRooms::push`] of a room message, its room read from the message itself (no copy
+    /// of the room name or refcount bump on the hot path).
+    pub fn push_message(&mut self, delivery: Delivery, woken: &mut Vec<u64>) {
+        let Some(r) = self.rooms.get_mut(delivery.frame.room()) else { return };
+        push_counted(r, RingItem::Message(delivery), (&mut self.bytes, &mut self.items), woken);
     }
 
     /// Bytes held in this shard's rings.
@@ -221,6 +221,15 @@ impl ShardRooms {
     pub fn ring_items(&self) -> usize {
         self.items
     }
+}
+
+/// Pushes `item` onto ring `r`, keeping the shard's byte and item totals (`held`) current.
+fn push_counted(r: &mut ShardRoom<RingItem, u64>, item: RingItem, held: (&mut usize, &mut usize), woken: &mut Vec<u64>) {
+    let (bytes_before, items_before) = (r.ring().bytes(), r.ring().len());
+    let size = item.size();
+    r.push(item, size, woken);
+    *held.0 = *held.0 + r.ring().bytes() - bytes_before;
+    *held.1 = *held.1 + r.ring().len() - items_before;
 }
 
 #[cfg(test)]

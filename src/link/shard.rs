@@ -255,6 +255,17 @@ impl ShardState {
     /// once this borrow of the state is released: a direct delivery reads the rings).
     pub fn push(&mut self, room: &str, item: RingItem, woken: &mut Vec<Woken>) {
         self.rooms.push(room, item, &mut self.woken_ids);
+        self.wake(woken);
+    }
+
+    /// [`ShardState::push`] of a room message (the room is read from the message).
+    pub fn push_message(&mut self, delivery: Delivery, woken: &mut Vec<Woken>) {
+        self.rooms.push_message(delivery, &mut self.woken_ids);
+        self.wake(woken);
+    }
+
+    /// Turns the ids the last push woke into connections to serve.
+    fn wake(&mut self, woken: &mut Vec<Woken>) {
         for conn in self.woken_ids.drain(..) {
             if let Some(slot) = self.conns.get(&conn) {
                 woken.push(match &slot.direct {
@@ -317,10 +328,7 @@ pub fn run(
             let mut taken = 0;
             while let Some(msg) = next.take() {
                 match msg {
-                    ShardMsg::Room(delivery) => {
-                        let room = delivery.frame.clone();
-                        state.borrow_mut().push(room.room(), RingItem::Message(delivery), &mut woken);
-                    }
+                    ShardMsg::Room(delivery) => state.borrow_mut().push_message(delivery, &mut woken),
                     ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
                     ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
                     ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),

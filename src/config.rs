@@ -10,9 +10,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::fanout::{LagPolicy, RingLimits};
-use crate::room::RoomLimits;
-use crate::rooms::TableLimits;
+use linkcast_core::fanout::{LagPolicy, RingLimits};
+use linkcast_core::room::RoomLimits;
+use linkcast_core::room_table::TableLimits;
 
 /// The whole cluster's configuration.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -131,7 +131,7 @@ impl Default for HubConfig {
             room_idle_secs: 3600,
             link_queue_bytes: 64 * 1024 * 1024,
             group_size: 2,
-            load_factor: crate::placement::DEFAULT_LOAD_FACTOR,
+            load_factor: linkcast_core::placement::DEFAULT_LOAD_FACTOR,
             publish_rate: 0,
             dedupe_keys: room.dedupe_keys,
             dedupe_secs: room.dedupe_micros / 1_000_000,
@@ -296,7 +296,7 @@ impl Config {
         if self.hub.max_payload == 0 || self.link.max_message_bytes == 0 {
             return Err(ConfigError::Invalid("message size limits must be positive".into()));
         }
-        if self.hub.max_payload + 4096 > crate::frame::DEFAULT_MAX_FRAME_LEN {
+        if self.hub.max_payload + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
             return Err(ConfigError::Invalid("hub.max_payload must be below 1 MiB".into()));
         }
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
-use crate::frame::{self, Frame, FrameError};
+use linkcast_core::frame::{self, Frame, FrameError};
 
 /// ALPN of the client protocol.
 pub const ALPN_CLIENT: &[u8] = b"linkcast/1";

@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 use crate::config::{Config, LinkEntry};
 use crate::hub::{HubHandle, HubOptions};
 use crate::link::{LinkHandle, LinkOptions};
-use crate::placement::LinkId;
-use crate::uplink::{pair, BoxFuture, HubConnector, HubId, HubPort, LinkPort, PORT_CAPACITY};
+use linkcast_core::placement::LinkId;
+use linkcast_core::hub_directory::HubId;
+use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, LinkPort, PORT_CAPACITY};
 
 /// The hub id of `serve`'s hub (the Link's default hub list when the config has no hubs).
 pub const SERVE_HUB: HubId = HubId(0);

@@ -21,12 +21,9 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
-use crate::frame::Frame;
-use crate::placement::{HashRing, LinkId, Placement};
-
-/// A hub's cluster-wide id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HubId(pub u32);
+use linkcast_core::frame::Frame;
+use linkcast_core::hub_directory::HubId;
+use linkcast_core::placement::LinkId;
 
 /// Default capacity, in frames, of each direction of a port.
 pub const PORT_CAPACITY: usize = 4096;
@@ -69,49 +66,9 @@ pub trait HubConnector: Send + Sync + 'static {
     fn connect(&self, hub: HubId) -> BoxFuture<'_, std::io::Result<HubPort>>;
 }
 
-/// Which hub owns which room: the same stable ring every process computes.
-#[derive(Clone)]
-pub struct HubDirectory {
-    ring: HashRing,
-    hubs: Vec<HubId>,
-}
-
-impl HubDirectory {
-    /// A directory of `hubs`.
-    pub fn new(hubs: impl IntoIterator<Item = HubId>) -> Self {
-        let hubs: Vec<HubId> = hubs.into_iter().collect();
-        HubDirectory { ring: HashRing::with_links(hubs.iter().map(|h| LinkId(h.0))), hubs }
-    }
-
-    /// The hub that owns (sequences) `room`; `None` without hubs.
-    pub fn owner(&self, room: &str) -> Option<HubId> {
-        let mut out = Vec::with_capacity(1);
-        self.ring.locate_into(room, 1, &mut out);
-        out.first().map(|l| HubId(l.0))
-    }
-
-    /// Every hub.
-    pub fn hubs(&self) -> &[HubId] {
-        &self.hubs
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_room_has_one_owner_among_the_hubs() {
-        let directory = HubDirectory::new([HubId(0), HubId(1)]);
-        let mut owners = [0usize; 2];
-        for r in 0..1000 {
-            let owner = directory.owner(&format!("room-{r}")).expect("hubs exist");
-            owners[owner.0 as usize] += 1;
-            assert_eq!(directory.owner(&format!("room-{r}")), Some(owner));
-        }
-        assert!(owners.iter().all(|&n| n > 300), "{owners:?}");
-        assert_eq!(HubDirectory::new([]).owner("x"), None);
-    }
 
     #[tokio::test]
     async fn a_pair_carries_frames_both_ways() {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use linkcast::auth::{sign, Claims};
+use linkcast_core::auth::{sign, Claims};
 use linkcast::client::http::HttpApi;
 use client_support::{next, options, resume_through_drops, Resumed};
 use linkcast::client::{Client, Event, Message, Transport};

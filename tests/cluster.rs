@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fault_support::{free_udp_port, Processes};
 use hub_support::*;
-use linkcast::uplink::{HubDirectory, HubId};
+use linkcast_core::hub_directory::{HubDirectory, HubId};
 
 const KEY: &str = "cluster-test-key";
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use hub_support::*;
 use linkcast::config::{Config, HubEntry};
-use linkcast::uplink::{HubDirectory, HubId};
+use linkcast_core::hub_directory::{HubDirectory, HubId};
 
 fn cluster_config(http: [SocketAddr; 2]) -> Config {
     let mut config = Config::default();

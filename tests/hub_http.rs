@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hub_support::*;
 use linkcast::config::{Config, LinkEntry};
-use linkcast::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
 use linkcast::quic::{self, FrameReader, ALPN_HUB};
 
 fn secured(keys: &[&str]) -> Config {

@@ -4,8 +4,8 @@
 mod link_support;
 
 use futures_util::SinkExt;
-use linkcast::auth::{sign, Claims};
-use linkcast::rooms::TableLimits;
+use linkcast_core::auth::{sign, Claims};
+use linkcast_core::room_table::TableLimits;
 use link_support::*;
 use serde_json::json;
 use tokio_websockets::Message;

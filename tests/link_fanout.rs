@@ -8,8 +8,8 @@ mod link_support;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use linkcast::room::RoomLimits;
-use linkcast::rooms::TableLimits;
+use linkcast_core::room::RoomLimits;
+use linkcast_core::room_table::TableLimits;
 use link_support::*;
 use serde_json::json;
 

@@ -4,9 +4,9 @@
 mod link_support;
 
 use bytes::Bytes;
-use linkcast::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON};
 use linkcast::quic::{client_endpoint, write_frames, FrameReader, ALPN_CLIENT};
-use linkcast::rooms::TableLimits;
+use linkcast_core::room_table::TableLimits;
 use link_support::*;
 use serde_json::json;
 

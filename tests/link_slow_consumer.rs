@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use linkcast::fanout::LagPolicy;
+use linkcast_core::fanout::LagPolicy;
 use linkcast::link::LinkStats;
-use linkcast::rooms::TableLimits;
+use linkcast_core::room_table::TableLimits;
 use link_support::*;
 
 const RING_BYTES: usize = 256 * 1024;

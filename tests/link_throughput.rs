@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use linkcast::rooms::TableLimits;
+use linkcast_core::room_table::TableLimits;
 use link_support::*;
 
 /// CPU seconds (user + system) of this process's threads whose name starts with `prefix`.

@@ -8,8 +8,8 @@ mod link_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use linkcast::link::wsread::client_frame;
-use linkcast::rooms::TableLimits;
+use linkcast_core::ws_read::client_frame;
+use linkcast_core::room_table::TableLimits;
 use link_support::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

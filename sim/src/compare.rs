@@ -17,7 +17,7 @@
 //! size), and rooms / members moved when Link `N` is added and when Link 0 is removed.
 //! No sockets, no clocks; a pure function of (config, seed).
 
-use linkcast::placement::{stable_hash, BoundedLoad, HashRing, LinkId, Placement, Rendezvous};
+use linkcast_core::placement::{stable_hash, BoundedLoad, HashRing, LinkId, Placement, Rendezvous};
 
 use crate::scenario::zipf_cdf;
 

@@ -7,8 +7,8 @@
 //!
 //! Units: virtual time in microseconds (`_us`), rates per second, sizes in bytes.
 
-use linkcast::fanout::{LagPolicy, RingLimits};
-use linkcast::room::RoomLimits;
+use linkcast_core::fanout::{LagPolicy, RingLimits};
+use linkcast_core::room::RoomLimits;
 
 /// Deliveries per second one Link shard (one core) sustains: one `Bytes` clone + a vectored
 /// socket write per member. 2 M/s ≈ 500 ns per delivery, the order of one `writev` per
@@ -114,7 +114,7 @@ impl SimConfig {
             admission_rate: DEFAULT_ADMISSION_RATE,
             admission_max_wait_us: DEFAULT_ADMISSION_MAX_WAIT_US,
             group_size: DEFAULT_GROUP_SIZE,
-            load_factor: linkcast::placement::DEFAULT_LOAD_FACTOR,
+            load_factor: linkcast_core::placement::DEFAULT_LOAD_FACTOR,
             hub_link_latency_us: DEFAULT_HUB_LINK_LATENCY_US,
             hub_link_jitter_us: DEFAULT_HUB_LINK_JITTER_US,
             client_latency_us: DEFAULT_CLIENT_LATENCY_US,

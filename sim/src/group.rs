@@ -19,13 +19,13 @@
 //! seq in `[live_from, processed_upto]` except the lost ones. The event side adds `active` per
 //! committed frame; the member side sums lazily; `world.rs` cross-checks the two totals.
 //!
-//! [`ShardRoom`]: linkcast::fanout::ShardRoom
-//! [`Cursor`]: linkcast::fanout::Cursor
-//! [`ReadOutcome::Lagged`]: linkcast::fanout::ReadOutcome::Lagged
+//! [`ShardRoom`]: linkcast_core::fanout::ShardRoom
+//! [`Cursor`]: linkcast_core::fanout::Cursor
+//! [`ReadOutcome::Lagged`]: linkcast_core::fanout::ReadOutcome::Lagged
 
 use std::collections::VecDeque;
 
-use linkcast::fanout::{Cursor, ReadOutcome, RingLimits, ShardRoom};
+use linkcast_core::fanout::{Cursor, ReadOutcome, RingLimits, ShardRoom};
 
 /// What the shard worker found when it read the group's next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use linkcast::frame::is_valid_room;
+use linkcast_core::frame::is_valid_room;
 
 /// One input operation. Ids are dense indices into [`Workload`]'s tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

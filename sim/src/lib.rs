@@ -3,8 +3,8 @@
 //!
 //! Operators run it before a live event to size a cluster: how many Links, what a million joins in
 //! a minute do, what happens when a Link dies mid-broadcast or one is added. The simulator drives
-//! the very code production runs — [`linkcast::placement`] for locate, [`linkcast::room::Room`]
-//! for seq, history, interest and join answers, [`linkcast::fanout::ShardRoom`] rings per
+//! the very code production runs — [`linkcast_core::placement`] for locate, [`linkcast_core::room::Room`]
+//! for seq, history, interest and join answers, [`linkcast_core::fanout::ShardRoom`] rings per
 //! (shard, room) — and models only what is around it: time, network latency, shard capacity,
 //! admission control and client behaviour. A run is a pure function of (seed, input): the same
 //! seed gives a byte-identical report.

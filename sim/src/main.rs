@@ -20,8 +20,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use linkcast::fanout::RingLimits;
-use linkcast::room::RoomLimits;
+use linkcast_core::fanout::RingLimits;
+use linkcast_core::room::RoomLimits;
 use linkcast_sim::config::SimConfig;
 use linkcast_sim::input::{parse_trace, Workload};
 use linkcast_sim::report::{self, Output, RunInfo};

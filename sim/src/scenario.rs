@@ -15,7 +15,7 @@
 //!   before it joins, odd rooms after: the report shows how many placed rooms moved (pure ring vs
 //!   bounded load) and what the new Link took.
 
-use linkcast::placement::{BoundedLoad, HashRing, LinkId, Placement};
+use linkcast_core::placement::{BoundedLoad, HashRing, LinkId, Placement};
 
 use crate::input::{Input, Op, Workload};
 use crate::rng::SimRng;
@@ -192,7 +192,7 @@ pub fn generate(scenario: Scenario, p: &Params, seed: u64) -> Workload {
 /// The order in which Links of room `room` are failed: its placement group first (the Links
 /// holding most of its members), then the rest of the ring.
 fn failure_order(links: u32, group_size: usize, room: &str) -> Vec<u32> {
-    let mut placement = BoundedLoad::new(HashRing::with_links((0..links).map(LinkId)), linkcast::placement::DEFAULT_LOAD_FACTOR);
+    let mut placement = BoundedLoad::new(HashRing::with_links((0..links).map(LinkId)), linkcast_core::placement::DEFAULT_LOAD_FACTOR);
     let mut order: Vec<u32> = placement.place(room, group_size, 1).iter().map(|l| l.0).collect();
     for LinkId(l) in placement.inner().locate(room, links as usize) {
         if !order.contains(&l) {

@@ -26,8 +26,8 @@
 //! draw comes from the seeded [`SimRng`], so a run is a pure function of (config, workload).
 //! [`World::finish`] checks completeness and conservation for every member.
 
-use linkcast::placement::{BoundedLoad, HashRing, LinkId, Placement};
-use linkcast::room::Room;
+use linkcast_core::placement::{BoundedLoad, HashRing, LinkId, Placement};
+use linkcast_core::room::Room;
 
 use crate::config::{SimConfig, LATENCY_SPREAD_BUCKETS};
 use crate::events::{Event, EventQueue};
@@ -186,7 +186,7 @@ impl World {
         let root = SimRng::new(cfg.seed);
         let links_needed = (workload.max_link_id().map_or(0, |l| l + 1)).max(cfg.links) as usize;
         let mut links: Vec<Link> = (0..links_needed).map(|_| Link::new(cfg.shards)).collect();
-        let mut placement = BoundedLoad::new(HashRing::new(linkcast::placement::DEFAULT_VNODES), cfg.load_factor);
+        let mut placement = BoundedLoad::new(HashRing::new(linkcast_core::placement::DEFAULT_VNODES), cfg.load_factor);
         for (id, link) in links.iter_mut().enumerate().take(cfg.links as usize) {
             link.up = true;
             placement.add_link(LinkId(id as u32));
@@ -542,7 +542,7 @@ impl World {
         self.refresh_candidates(room);
         let state = &self.rooms[room as usize];
         let group_len = state.group_len.max(1);
-        let preferred = (linkcast::placement::stable_hash(&member.to_le_bytes()) % group_len as u64) as usize;
+        let preferred = (linkcast_core::placement::stable_hash(&member.to_le_bytes()) % group_len as u64) as usize;
         let order = (0..state.group_len)
             .map(|i| state.candidates[(preferred + i) % state.group_len])
             .chain(state.candidates[state.group_len..].iter().copied());
@@ -638,7 +638,7 @@ impl World {
         }
         let now = self.now;
         let room = self.members[member as usize].room;
-        let shard = (linkcast::placement::stable_hash(&member.to_le_bytes()).rotate_left(32)
+        let shard = (linkcast_core::placement::stable_hash(&member.to_le_bytes()).rotate_left(32)
             % self.links[link as usize].shards.len() as u64) as u32;
         // The Link tells the hub its new member count for the room (interest).
         let at = match self.link_room_index(room, link) {

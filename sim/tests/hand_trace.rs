@@ -20,7 +20,7 @@
 //!
 //! alice and bob: expected 8 = 6 delivered (1, 2 live; 5, 6, 7 replayed; 8 live) + 2 lost.
 
-use linkcast::placement::{HashRing, LinkId, Placement};
+use linkcast_core::placement::{HashRing, LinkId, Placement};
 use linkcast_sim::config::SimConfig;
 use linkcast_sim::input::parse_trace;
 use linkcast_sim::world::World;

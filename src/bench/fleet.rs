@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::client::session::{Backoff, Delivery, Session, SessionConfig};
 use crate::client::ws::{WsConn, WsUrl};
-use crate::protocol::ServerMsg;
+use linkcast_core::protocol::ServerMsg;
 
 use super::nats::{self, NatsOp, NatsParser};
 use super::payload::{self, Stamp};
@@ -191,7 +191,7 @@ struct Ctx {
 
 impl Ctx {
     fn deliver(&self, index: u64, sent_us: u64) {
-        let now = payload::now_micros();
+        let now = crate::clock::now_micros();
         self.received.fetch_add(1, Ordering::Relaxed);
         self.last_delivery_us.fetch_max(now, Ordering::Relaxed);
         self.recorder.record(index as usize, now / 1_000_000, now.saturating_sub(sent_us));

@@ -219,7 +219,7 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
     let rooms_n = if scenario == "rooms" { args.rooms.max(1) } else { 1 };
     let per_room = args.subscribers;
     let total_subs = rooms_n * per_room;
-    let run_id = payload::now_micros() % 1_000_000_000;
+    let run_id = crate::clock::now_micros() % 1_000_000_000;
     let rooms: Vec<String> = (0..rooms_n).map(|i| format!("{}-{run_id}-{i}", args.room_prefix)).collect();
     let messages = args.messages.unwrap_or(if scenario == "connect" { 1 } else { 10_000 });
 

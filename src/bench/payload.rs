@@ -21,13 +21,6 @@ pub struct Stamp {
 }
 
 /// Wall clock now, microseconds since the Unix epoch.
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// A payload stamped `t`, padded to `size` bytes (never shorter than the stamp needs).
 pub fn make(t: u64, size: usize) -> String {
     let mut out = format!(r#"{{"t":{t},"p":""#);

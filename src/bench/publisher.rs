@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::client::http::HttpApi;
 use crate::client::ws::{WsConn, WsUrl};
-use crate::protocol;
+use linkcast_core::protocol;
 
 use super::fleet::Proto;
 use super::nats;
@@ -83,7 +83,7 @@ pub struct PublishCounters {
 pub async fn run(plan: PublishPlan, counters: Arc<PublishCounters>) -> Published {
     let total = plan.messages.min((plan.rate * plan.duration.as_secs_f64()).ceil() as u64).max(1);
     let per_room: Arc<Vec<AtomicU64>> = Arc::new((0..plan.rooms.len()).map(|_| AtomicU64::new(0)).collect());
-    let first_send_us = payload::now_micros();
+    let first_send_us = crate::clock::now_micros();
     let start = Instant::now();
     let (errors, first_error) = match (&plan.proto, &plan.http) {
         (Proto::Linkcast, Some(http)) => http_publishers(&plan, http, total, start, &per_room, &counters).await,
@@ -96,7 +96,7 @@ pub async fn run(plan: PublishPlan, counters: Arc<PublishCounters>) -> Published
         first_error,
         per_room,
         first_send_us,
-        last_send_us: payload::now_micros(),
+        last_send_us: crate::clock::now_micros(),
     }
 }
 
@@ -131,7 +131,7 @@ async fn http_publishers(
                 }
                 tokio::time::sleep_until(due(start, k, plan.rate)).await;
                 let room = (k % plan.rooms.len() as u64) as usize;
-                let body = Bytes::from(payload::make(payload::now_micros(), plan.size));
+                let body = Bytes::from(payload::make(crate::clock::now_micros(), plan.size));
                 match api.publish(&plan.rooms[room], body, None).await {
                     Ok(_seq) => {
                         per_room[room].fetch_add(1, Ordering::Relaxed);
@@ -191,7 +191,7 @@ async fn ws_publisher(
         let mut batch = 0;
         while k < total && due(start, k, plan.rate) <= now && batch < 1024 {
             let room = (k % plan.rooms.len() as u64) as usize;
-            let data = payload::make(payload::now_micros(), plan.size);
+            let data = payload::make(crate::clock::now_micros(), plan.size);
             let text = match plan.proto {
                 // No id: nobody reads the acks here, and an id would be an idempotency key the hub
                 // remembers — a rerun with the same token would have its publishes deduped.

@@ -14,7 +14,7 @@
 //!
 //! Layout:
 //! - [`session`]: the resume/dedupe/retry/backoff state machine (sans-IO, unit-tested);
-//! - [`crate::protocol`]: the WebSocket JSON messages (shared with the Link); [`ws`], [`quic`]:
+//! - [`linkcast_core::protocol`]: the WebSocket JSON messages (shared with the Link); [`ws`], [`quic`]:
 //!   the two transports;
 //! - [`http`]: the hub's HTTP API (locate, publish) over a keep-alive connection;
 //! - this file: the driver task and the public handle.
@@ -55,8 +55,8 @@ pub use self::session::{Backoff, Delivery, Disconnect, Event, Message, Session, 
 use self::http::{HttpApi, HttpError};
 use self::quic::QuicConn;
 use self::ws::{WsConn, WsUrl};
-pub use crate::protocol::ClientOp;
-use crate::protocol::ServerMsg;
+pub use linkcast_core::protocol::ClientOp;
+use linkcast_core::protocol::ServerMsg;
 
 /// Where a client connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,10 +116,7 @@ pub struct ClientOptions {
 impl ClientOptions {
     /// Defaults for `target`: no token, 5 s connect timeout, 15 s pings, random jitter seed.
     pub fn new(target: Target) -> ClientOptions {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let seed = crate::clock::now_micros() | 1;
         ClientOptions {
             target,
             token: None,
@@ -232,7 +229,7 @@ impl Client {
 }
 
 fn check_room(room: &str) -> Result<(), ClientError> {
-    if crate::frame::is_valid_room(room) {
+    if linkcast_core::frame::is_valid_room(room) {
         Ok(())
     } else {
         Err(ClientError::BadRoom(room.to_owned()))

@@ -21,11 +21,11 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
 use crate::quic::{client_endpoint, FrameReader, QuicSetupError, StreamError, ALPN_CLIENT};
 
 use super::session::Disconnect;
-use crate::protocol::{self, ClientOp, ServerMsg};
+use linkcast_core::protocol::{self, ClientOp, ServerMsg};
 
 /// Why a QUIC connection failed or ended.
 #[derive(Debug, thiserror::Error)]

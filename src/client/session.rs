@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::ClientOp;
+use linkcast_core::protocol::ClientOp;
 
 /// Most times one refused join or publish is retried (on 503 with `retry_after_ms`) before its
 /// error reaches the application.

@@ -11,6 +11,7 @@
 //! Link connections carry a generation number: a Link that reconnects replaces its old
 //! connection (whose interest is dropped first), and late events of the old one are ignored.
 
+use crate::clock::now_micros;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,12 +20,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::locate::Locator;
-use super::queue::{LinkQueue, Offer};
+use super::queue::LinkQueue;
+use linkcast_core::link_queue::Admit;
 use super::HubMetrics;
-use crate::frame::Frame;
-use crate::placement::LinkId;
-use crate::room::LostRange;
-use crate::rooms::{PublishAck, PublishError, RoomTable, TableLimits, TableStats};
+use linkcast_core::frame::Frame;
+use linkcast_core::placement::LinkId;
+use linkcast_core::room::LostRange;
+use linkcast_core::room_table::{PublishAck, PublishError, RoomTable, TableLimits, TableStats};
 
 /// Capacity of the hub task's event channel (HTTP handlers and Link readers wait when full).
 pub(crate) const EVENT_CAPACITY: usize = 8192;
@@ -148,7 +150,7 @@ impl Driver {
             Event::RoomInfo { room, reply } => {
                 let info = self.table.room(&room).map(|r| RoomInfo {
                     room: r.name().to_owned(),
-                    epoch: crate::protocol::format_epoch(r.epoch()),
+                    epoch: linkcast_core::protocol::format_epoch(r.epoch()),
                     members: r.members(),
                     links: r.links().iter().map(|l| l.0).collect(),
                     last_seq: r.last_seq(),
@@ -188,9 +190,9 @@ impl Driver {
         while let Some((link, frame)) = self.table.poll_transmit() {
             let Some(connected) = self.links.get_mut(&link) else { continue };
             match connected.queue.offer(frame) {
-                Offer::Queued => {}
-                Offer::Dropped => self.metrics.queue_dropped.increment(1),
-                Offer::Overflow => overflowed.push(link),
+                Admit::Queue => {}
+                Admit::Drop => self.metrics.queue_dropped.increment(1),
+                Admit::Overflow => overflowed.push(link),
             }
         }
         for link in overflowed {
@@ -219,7 +221,7 @@ impl Driver {
     }
 }
 
-fn history(room: &crate::room::Room, since: u64, epoch: Option<u64>, limit: usize) -> History {
+fn history(room: &linkcast_core::room::Room, since: u64, epoch: Option<u64>, limit: usize) -> History {
     // The same answer a joining member gets (reset, gap, frames), cut to `limit` frames.
     let answer = room.join(Some(since), epoch);
     let frames = answer.frames.into_iter().take(limit).collect();
@@ -242,7 +244,3 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Wall-clock time in microseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn now_micros() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}

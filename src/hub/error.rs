@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::rooms::PublishError;
+use linkcast_core::room_table::PublishError;
 
 /// Why an HTTP request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -31,8 +31,8 @@ use super::driver::{lock, Event, History, MAX_HISTORY_LIMIT};
 use super::error::ApiError;
 use super::forward::{self, FORWARDED_HEADER};
 use super::Shared;
-use crate::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
-use crate::protocol::{format_epoch, parse_epoch};
+use linkcast_core::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
+use linkcast_core::protocol::{format_epoch, parse_epoch};
 
 /// Header naming the sender of an HTTP publish (default `"server"`).
 pub const FROM_HEADER: &str = "x-linkcast-from";

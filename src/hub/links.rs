@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::driver::Event;
 use super::queue::{link_queue, Outgoing, QueueReader};
-use crate::frame::{ArchivedBody, Kind, DEFAULT_MAX_FRAME_LEN};
-use crate::placement::LinkId;
+use linkcast_core::frame::{ArchivedBody, Kind, DEFAULT_MAX_FRAME_LEN};
+use linkcast_core::placement::LinkId;
 use crate::quic::{self, FrameReader, StreamError, ALPN_HUB};
 use crate::uplink::LinkPort;
 

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::LinkEntry;
-use crate::placement::{BoundedLoad, HashRing, LinkId, Placement, DEFAULT_VNODES};
+use linkcast_core::placement::{BoundedLoad, HashRing, LinkId, Placement, DEFAULT_VNODES};
 
 /// One Link in a locate answer.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -18,7 +18,7 @@
 //! tasks (the shutdown signal is passed to each as an argument, STYLE.md §8). [`run_cli`] is
 //! `linkcast hub --config F --id N`.
 //!
-//! [`RoomTable`]: crate::rooms::RoomTable
+//! [`RoomTable`]: linkcast_core::room_table::RoomTable
 
 mod driver;
 mod error;
@@ -43,7 +43,8 @@ pub use http::{DEFAULT_HISTORY_LIMIT, FROM_HEADER, IDEMPOTENCY_KEY_HEADER};
 pub use locate::Located;
 
 use crate::config::{Config, LinkEntry};
-use crate::uplink::{HubDirectory, HubId, LinkPort};
+use linkcast_core::hub_directory::{HubDirectory, HubId};
+use crate::uplink::LinkPort;
 use driver::{lock, Event, EVENT_CAPACITY};
 use links::LinkContext;
 use locate::Locator;
@@ -97,7 +98,7 @@ impl HubHandle {
     }
 
     /// True while Link `link` is connected to this hub (in-process or over QUIC).
-    pub fn is_link_connected(&self, link: crate::placement::LinkId) -> bool {
+    pub fn is_link_connected(&self, link: linkcast_core::placement::LinkId) -> bool {
         lock(&self.locator).is_connected(link)
     }
 

@@ -23,7 +23,7 @@
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
-//!   (`wsframe::message`) and a [`Delivery`] (two shared `Bytes`) goes to every shard with members;
+//!   (`ws_frame::message`) and a [`Delivery`] (two shared `Bytes`) goes to every shard with members;
 //!   answers to a connection's request → the one shard whose index is in the id's top bits
 //!   (`shard::shard_of`), with the ring tail recorded by the shard.
 //!
@@ -36,15 +36,16 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::frame::{ArchivedBody, Body, Frame, FrameBuilder};
-use crate::placement::LinkId;
-use crate::room::LostRange;
-use crate::shard_rooms::{make_id, COORDINATOR_SHARD};
-use crate::uplink::{HubConnector, HubDirectory, HubId};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder};
+use linkcast_core::placement::LinkId;
+use linkcast_core::room::LostRange;
+use linkcast_core::shard_rooms::{make_id, COORDINATOR_SHARD};
+use linkcast_core::hub_directory::{HubDirectory, HubId};
+use crate::uplink::HubConnector;
 
-use crate::protocol::{ClientError, Refusal};
+use linkcast_core::protocol::{ClientError, Refusal};
 use super::shard::{shard_of, Delivery, RingItem, ShardMsg};
-use super::wsframe;
+use linkcast_core::ws_frame;
 
 /// Shard / connection → coordinator.
 #[derive(Debug)]
@@ -434,7 +435,7 @@ impl Coordinator {
         }
         state.pushed = frame.seq();
         // Built once per message per Link; every shard and socket shares these bytes.
-        let delivery = Delivery { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: wsframe::message(&frame), frame };
+        let delivery = Delivery { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
         for (shard, &count) in state.per_shard.iter().enumerate() {
             if count > 0 {
                 let _ = self.shards[shard].send(ShardMsg::Room(delivery.clone())).await;

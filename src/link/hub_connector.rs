@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
-use crate::frame::{Body, FrameBuilder, DEFAULT_MAX_FRAME_LEN};
-use crate::placement::LinkId;
+use linkcast_core::frame::{Body, FrameBuilder, DEFAULT_MAX_FRAME_LEN};
+use linkcast_core::placement::LinkId;
 use crate::quic::{self, FrameReader, ALPN_HUB};
-use crate::uplink::{pair, BoxFuture, HubConnector, HubId, HubPort, PORT_CAPACITY};
+use linkcast_core::hub_directory::HubId;
+use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, PORT_CAPACITY};
 
 /// Connects a Link to hubs over QUIC (see the module docs).
 pub struct QuicHubConnector {

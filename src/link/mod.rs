@@ -34,8 +34,6 @@ pub mod registry;
 pub mod session;
 pub mod shard;
 pub mod tally;
-pub mod wsframe;
-pub mod wsread;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -45,11 +43,12 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use crate::auth::Verifier;
+use linkcast_core::auth::Verifier;
 use crate::config::Config;
-use crate::uplink::{HubConnector, HubId};
+use linkcast_core::hub_directory::HubId;
+use crate::uplink::HubConnector;
 
-pub use crate::placement::LinkId;
+pub use linkcast_core::placement::LinkId;
 pub use hub_connector::QuicHubConnector;
 
 use coordinator::CoordMsg;
@@ -129,7 +128,7 @@ impl Shared {
     /// `link.max_conns_per_user` (wherever they live).
     pub fn register_user(&self, user: &str, conn: u64) {
         for evicted in self.users.register(user, conn, self.config.link.max_conns_per_user) {
-            self.coordinate(CoordMsg::CloseConn { conn: evicted, reason: crate::protocol::ClientError::TooManyConnections });
+            self.coordinate(CoordMsg::CloseConn { conn: evicted, reason: linkcast_core::protocol::ClientError::TooManyConnections });
         }
     }
 
@@ -320,11 +319,6 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
 }
 
 /// Microseconds since the Unix epoch (wall clock; for token expiry and rate limits).
-pub(crate) fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// Command-line flags of `linkcast link`.
 #[derive(Debug, clap::Args)]

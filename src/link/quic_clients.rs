@@ -17,14 +17,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_LEN, MAX_ROOM_LEN, MAX_SENDER_LEN};
+use linkcast_core::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_LEN, MAX_ROOM_LEN, MAX_SENDER_LEN};
 use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
 
-use crate::protocol::{ClientError, Refusal};
+use linkcast_core::protocol::{ClientError, Refusal};
 use super::session::{encode, Request, Session, ToClient, Wire};
-use crate::link_session::refuse;
+use linkcast_core::link_session::refuse;
 use super::shard::{ConnEvent, Registered, ShardMsg, ShardState};
-use super::{now_micros, Shared};
+use super::Shared;
+use crate::clock::now_micros;
 
 /// Time a client has to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,7 +177,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
                 Err(_) => break None,
             },
             _ = tick.tick() => {
-                if link.lag_policy == crate::fanout::LagPolicy::Disconnect && session.lagging(&state.borrow().rooms) {
+                if link.lag_policy == linkcast_core::fanout::LagPolicy::Disconnect && session.lagging(&state.borrow().rooms) {
                     break Some(ClientError::SlowConsumer);
                 }
                 if expires <= now_micros() / 1_000_000 {

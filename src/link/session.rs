@@ -1,5 +1,5 @@
 //! Glue between a connection driver (`ws.rs`, `quic_clients.rs`) and the sans-IO
-//! [`crate::link_session::Session`]: what the core says goes out here.
+//! [`linkcast_core::link_session::Session`]: what the core says goes out here.
 //!
 //! - [`encode`] turns a [`ToClient`] into bytes for the connection's [`Wire`]: WebSocket text
 //!   frames from `wsframe`, or linkcast frames for QUIC. Ring deliveries arrive already encoded
@@ -12,11 +12,13 @@
 use bytes::Bytes;
 
 use crate::config::LinkConfig;
-use crate::frame::{Body, FrameBuilder};
-pub use crate::link_session::{ReqId, Request, Session, SessionLimits, ToClient, ToCoordinator, Wire};
+use linkcast_core::frame::{Body, FrameBuilder};
+pub use linkcast_core::link_session::{ReqId, Request, Session, SessionLimits, ToClient, ToCoordinator, Wire};
 
 use super::coordinator::CoordMsg;
-use super::{tally, wsframe, Shared};
+use linkcast_core::ws_frame;
+
+use super::{tally, Shared};
 
 /// The session limits of `[link]`.
 pub fn limits(link: &LinkConfig) -> SessionLimits {
@@ -33,21 +35,21 @@ pub fn limits(link: &LinkConfig) -> SessionLimits {
 pub fn encode(wire: Wire, item: ToClient) -> Bytes {
     match (wire, item) {
         (_, ToClient::Encoded(bytes)) => bytes,
-        (Wire::Ws, ToClient::Replay(frame)) => wsframe::message(&frame),
+        (Wire::Ws, ToClient::Replay(frame)) => ws_frame::message(&frame),
         (Wire::Quic, ToClient::Replay(frame)) => frame.into_bytes(),
-        (Wire::Ws, ToClient::Joined { room, epoch, last_seq }) => wsframe::joined(&room, epoch, last_seq),
+        (Wire::Ws, ToClient::Joined { room, epoch, last_seq }) => ws_frame::joined(&room, epoch, last_seq),
         (Wire::Quic, ToClient::Joined { room, epoch, last_seq }) => {
             FrameBuilder::new(&room).seq(last_seq).build(&Body::Joined { request: 0, epoch }).into_bytes()
         }
-        (Wire::Ws, ToClient::Reset { room, epoch, last_seq }) => wsframe::reset(&room, epoch, last_seq),
+        (Wire::Ws, ToClient::Reset { room, epoch, last_seq }) => ws_frame::reset(&room, epoch, last_seq),
         (Wire::Quic, ToClient::Reset { room, epoch, last_seq }) => {
             FrameBuilder::new(&room).seq(last_seq).build(&Body::Reset { request: 0, epoch }).into_bytes()
         }
-        (Wire::Ws, ToClient::Gap { room, lost }) => wsframe::gap(&room, lost.first_lost, lost.last_lost, lost.resume_from),
+        (Wire::Ws, ToClient::Gap { room, lost }) => ws_frame::gap(&room, lost.first_lost, lost.last_lost, lost.resume_from),
         (Wire::Quic, ToClient::Gap { room, lost }) => FrameBuilder::new(&room)
             .build(&Body::Gap { request: 0, first_lost: lost.first_lost, last_lost: lost.last_lost, resume_from: lost.resume_from })
             .into_bytes(),
-        (Wire::Ws, ToClient::Left { room }) => wsframe::left(&room),
+        (Wire::Ws, ToClient::Left { room }) => ws_frame::left(&room),
         // QUIC has no leave acknowledgement.
         (Wire::Quic, ToClient::Left { .. }) => Bytes::new(),
         (Wire::Ws, ToClient::Published { room, seq, epoch, id }) => {
@@ -55,7 +57,7 @@ pub fn encode(wire: Wire, item: ToClient) -> Bytes {
                 ReqId::Json(id) => id.as_ref(),
                 ReqId::Quic(_) => None,
             };
-            wsframe::published(&room, seq, epoch, json)
+            ws_frame::published(&room, seq, epoch, json)
         }
         (Wire::Quic, ToClient::Published { room, seq, epoch, id }) => {
             let request = match id {
@@ -69,7 +71,7 @@ pub fn encode(wire: Wire, item: ToClient) -> Bytes {
                 Some(ReqId::Json(id)) => id.as_ref(),
                 _ => None,
             };
-            wsframe::error(code, &reason, room.as_deref(), json, retry_after_ms)
+            ws_frame::error(code, &reason, room.as_deref(), json, retry_after_ms)
         }
         (Wire::Quic, ToClient::Error { code, reason, room, id, retry_after_ms }) => {
             let request = match id {
@@ -80,7 +82,7 @@ pub fn encode(wire: Wire, item: ToClient) -> Bytes {
             let body = Body::Error { request, code, reason, retry_after_ms: retry_after_ms.unwrap_or(0) };
             FrameBuilder::new(room).build(&body).into_bytes()
         }
-        (Wire::Ws, ToClient::Pong { .. }) => wsframe::pong(),
+        (Wire::Ws, ToClient::Pong { .. }) => ws_frame::pong(),
         (Wire::Quic, ToClient::Pong { nonce }) => FrameBuilder::new("").build(&Body::Heartbeat { nonce }).into_bytes(),
     }
 }

@@ -31,15 +31,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 
-use crate::frame::Frame;
+use linkcast_core::frame::Frame;
 
-use crate::protocol::ClientError;
+use linkcast_core::protocol::ClientError;
 use super::{quic_clients, ws, Shared};
 
 /// Most coordinator messages applied before the woken members are written to.
 const MAX_BURST: usize = 256;
 
-pub use crate::shard_rooms::{shard_of, Delivery, RingItem, ShardRooms};
+pub use linkcast_core::shard_rooms::{shard_of, Delivery, RingItem, ShardRooms};
 
 /// Coordinator → shard.
 #[derive(Debug)]

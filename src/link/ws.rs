@@ -13,7 +13,7 @@
 //!   [`WsConn::deliver`] moves the connection's new frames into its [`OutQueue`] and writes them
 //!   with one non-blocking `writev` — no task wake, no channel, no timer touched;
 //! - **its task** (everything else): hub answers and close requests from its [`Mailbox`],
-//!   client frames (read into the shard's one scratch buffer, decoded in place by `wsread`; only
+//!   client frames (read into the shard's one scratch buffer, decoded in place by `linkcast_core::ws_read`; only
 //!   a frame cut by a read is kept, in a buffer freed once it completes), waiting for a full
 //!   socket to drain, and a ping timer (keep-alive, idle, stall, lag and token-expiry checks).
 //!
@@ -33,14 +33,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn_io::{Flushed, OutQueue};
-use crate::protocol::{ClientError, Refusal};
+use linkcast_core::protocol::{ClientError, Refusal};
 use super::session::{encode, ReqId, Session, ToClient, Wire};
-use crate::link_session::refuse;
-use crate::protocol::ClientOp;
+use linkcast_core::link_session::refuse;
+use linkcast_core::protocol::ClientOp;
 use super::shard::{ConnEvent, Mailbox, Registered, ShardState};
-use super::{tally, wsframe};
-use super::wsread::{Incoming, MessageReader};
-use super::{now_micros, Shared};
+use linkcast_core::ws_frame;
+
+use super::tally;
+use linkcast_core::ws_read::{Incoming, MessageReader};
+use super::Shared;
+use crate::clock::now_micros;
 
 /// Longest HTTP request head accepted before the upgrade.
 const MAX_HEAD: usize = 8 * 1024;
@@ -215,7 +218,7 @@ async fn upgrade(
     mut tcp: TcpStream,
     shared: &Arc<Shared>,
     state: &Rc<RefCell<ShardState>>,
-) -> Option<(TcpStream, Vec<u8>, crate::auth::Claims, Admitted)> {
+) -> Option<(TcpStream, Vec<u8>, linkcast_core::auth::Claims, Admitted)> {
     let _ = tcp.set_nodelay(true);
     if shared.config.link.socket_send_buffer > 0 {
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.link.socket_send_buffer);
@@ -491,7 +494,7 @@ impl WsConn {
             at += used;
             match message {
                 Some(Incoming::Text(text)) => self.handle_text(&text)?,
-                Some(Incoming::Ping(payload)) => self.out.borrow_mut().push(wsframe::control_frame(0xa, &payload)),
+                Some(Incoming::Ping(payload)) => self.out.borrow_mut().push(ws_frame::control_frame(0xa, &payload)),
                 Some(Incoming::Pong) | None => {}
                 Some(Incoming::Close(code)) => return Err(End::PeerClosed(code)),
             }
@@ -543,7 +546,7 @@ const SCRATCH_BYTES: usize = 16 * 1024;
 /// Most reads from one socket per wake-up (others on the shard get their turn).
 const READS_PER_WAKE: usize = 4;
 
-async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Claims, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
+async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: linkcast_core::auth::Claims, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
     let Registered { id, index, mailbox } = state.borrow_mut().register_conn();
     let link = &shared.config.link;
     shared.register_user(&claims.sub, id);
@@ -621,12 +624,12 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Cla
                 let stalled = queued > 0 && now.duration_since(last_progress) > idle;
                 if silent || stalled {
                     Err(End::Refused(ClientError::Idle))
-                } else if link.lag_policy == crate::fanout::LagPolicy::Disconnect && conn.session.borrow().lagging(&state.borrow().rooms) {
+                } else if link.lag_policy == linkcast_core::fanout::LagPolicy::Disconnect && conn.session.borrow().lagging(&state.borrow().rooms) {
                     Err(End::Refused(ClientError::SlowConsumer))
                 } else if expires <= now_micros() / 1_000_000 {
                     Err(End::Refused(ClientError::TokenExpired))
                 } else {
-                    conn.out.borrow_mut().push(wsframe::ping());
+                    conn.out.borrow_mut().push(ws_frame::ping());
                     Ok(())
                 }
             }
@@ -648,7 +651,7 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Cla
                 if error == ClientError::SlowConsumer {
                     conn.out.borrow_mut().discard_unsent();
                 }
-                conn.out.borrow_mut().push(wsframe::close(code, text));
+                conn.out.borrow_mut().push(ws_frame::close(code, text));
                 if conn.drain().await {
                     // Wait briefly for the client's close reply so it reads our reason before
                     // the FIN (closing with unread input would reset the connection).
@@ -672,7 +675,7 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: crate::auth::Cla
         End::PeerClosed(code) => {
             // Echo the client's code (RFC 6455 §5.5.1); 1005 "no code" cannot be sent back.
             let code = code.filter(|c| *c != 1005).unwrap_or(1000);
-            conn.out.borrow_mut().push(wsframe::close(code, ""));
+            conn.out.borrow_mut().push(ws_frame::close(code, ""));
             conn.drain().await;
         }
         End::Gone => {}

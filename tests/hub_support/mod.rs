@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkcast::config::Config;
-use linkcast::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind};
 use linkcast::hub::forward::{self, HttpResponse};
 use linkcast::hub::{HubHandle, HubOptions};
-use linkcast::placement::LinkId;
-use linkcast::uplink::{pair, HubId, HubPort};
+use linkcast_core::placement::LinkId;
+use linkcast_core::hub_directory::HubId;
+use linkcast::uplink::{pair, HubPort};
 
 /// Longest a test waits for any one thing.
 pub const WAIT: Duration = Duration::from_secs(10);

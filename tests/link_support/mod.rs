@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use linkcast::config::Config;
-use linkcast::frame::{Frame, FLAG_JSON};
+use linkcast_core::frame::{Frame, FLAG_JSON};
 use linkcast::link::{self, LinkHandle, LinkId, LinkOptions};
-use linkcast::placement;
-use linkcast::rooms::{RoomTable, TableLimits};
-use linkcast::uplink::{pair, BoxFuture, HubConnector, HubId, HubPort, LinkPort, PORT_CAPACITY};
+use linkcast_core::placement;
+use linkcast_core::room_table::{RoomTable, TableLimits};
+use linkcast_core::hub_directory::HubId;
+use linkcast::uplink::{pair, BoxFuture, HubConnector, HubPort, LinkPort, PORT_CAPACITY};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

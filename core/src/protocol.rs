@@ -846,7 +846,7 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_a_code_docs_protocol_md_lists() {
-        let doc = include_str!("../docs/protocol.md");
+        let doc = include_str!("../../docs/protocol.md");
         let error_codes = doc
             .split("Error codes (`code`, HTTP-like):")
             .nth(1)

@@ -13,10 +13,10 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use linkcast::fanout::{FanoutRing, ReadOutcome, RingLimits};
-use linkcast::frame::{Frame, FLAG_JSON};
-use linkcast::placement::{HashRing, LinkId, Placement, Rendezvous};
-use linkcast::room::{Room, RoomLimits};
+use linkcast_core::fanout::{FanoutRing, ReadOutcome, RingLimits};
+use linkcast_core::frame::{Frame, FLAG_JSON};
+use linkcast_core::placement::{HashRing, LinkId, Placement, Rendezvous};
+use linkcast_core::room::{Room, RoomLimits};
 
 fn frame_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");

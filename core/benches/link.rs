@@ -13,10 +13,10 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use linkcast::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
-use linkcast::frame::{Frame, FLAG_JSON};
-use linkcast::link::shard::{Delivery, RingItem};
-use linkcast::link::wsframe;
+use linkcast_core::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
+use linkcast_core::frame::{Frame, FLAG_JSON};
+use linkcast_core::shard_rooms::{Delivery, RingItem};
+use linkcast_core::ws_frame;
 
 const SHARDS: usize = 2;
 const PER_SHARD: usize = 5_000;
@@ -92,7 +92,7 @@ fn fanout(c: &mut Criterion) {
         b.iter(|| {
             seq += 1;
             let frame = Frame::message("hot", seq, seq, "u", FLAG_JSON, &[b'1'; 64]);
-            let delivery = Delivery { seq, epoch: 1, ws: wsframe::message(&frame), frame };
+            let delivery = Delivery { seq, epoch: 1, ws: ws_frame::message(&frame), frame };
             for tx in &senders {
                 let _ = tx.try_send(delivery.clone());
             }
@@ -110,7 +110,7 @@ fn wsframe_build(c: &mut Criterion) {
         let frame = Frame::message("lobby", 42, 1_700_000_000_000_000, "alice", FLAG_JSON, json.as_bytes());
         group.throughput(Throughput::Elements(1));
         group.bench_function(format!("message_{size}B"), |b| {
-            b.iter_batched(|| frame.clone(), |frame| wsframe::message(&frame), BatchSize::SmallInput)
+            b.iter_batched(|| frame.clone(), |frame| ws_frame::message(&frame), BatchSize::SmallInput)
         });
     }
     group.finish();

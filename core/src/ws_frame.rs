@@ -9,7 +9,7 @@
 //! 2–14 byte header for each socket on every send, which would put per-member work back on the
 //! fan-out path. Only *outgoing data frames* are framed here (one FIN text frame, no extensions,
 //! no masking), plus the few control frames (close, ping, pong). Client frames are read by
-//! `wsread.rs`; tokio-websockets is the client side (`client/`, tests).
+//! `ws_read.rs`; tokio-websockets is the client side (`client/`, tests).
 //!
 //! The JSON shapes are those of docs/protocol.md ("Server → client"). Control messages (joined,
 //! reset, gap, left, published, error, pong) are written by `protocol.rs`'s encoder, the same

@@ -1,0 +1,51 @@
+//! linkcast-core: the sans-IO heart of linkcast — no sockets, no clocks, no tokio.
+//!
+//! Everything that decides *what* happens to a room message lives here; the runtime crate
+//! (`linkcast`: hub, Link, serve, client library) only moves bytes between sockets and these
+//! state machines and reads the clock. Tests, criterion benches (`core/benches/`) and the
+//! simulator (`sim/`) drive the very code production runs, the way quinn drives quinn-proto.
+//! Time enters every function as an argument (`now_micros`), never from a clock.
+//!
+//! A room message's path through the core:
+//! 1. hub: [`room_table::RoomTable`] gives it the room's next seq in its [`room::Room`], keeps it in
+//!    the bounded history and encodes it once as a [`frame::Frame`] (the wire frame); the room's
+//!    interest set says which Links get it.
+//! 2. Link: [`ws_frame`] builds the WebSocket frame of that message once; each shard's
+//!    [`shard_rooms::ShardRooms`] pushes it on the room's [`fanout`] ring; each member's
+//!    [`link_session::LinkSession`] reads it from its cursor, in order, with replay, de-duplication
+//!    and gap / reset markers ([`protocol`] is the JSON both ends speak).
+//!
+//! Modules, one concept each:
+//! - [`frame`]: the Link ↔ hub wire frame: plain header + rkyv archive in one `Bytes`, validated once.
+//! - [`placement`]: room → ordered Links (consistent hash ring, rendezvous, bounded load).
+//! - [`hub_directory`]: room → owner hub, the same stable ring in every process.
+//! - [`room`]: one room at its owner hub: sequencer, epoch, bounded history, interest set,
+//!   join answers (replay / gap / reset), publish de-duplication.
+//! - [`room_table`]: the hub's table of owned rooms and the frames owed to each Link.
+//! - [`link_queue`]: the hub's per-Link send queue accounting (byte limit, what a drop loses).
+
+//! - [`fanout`]: a shard's ring of recent frames per room and per-connection cursors.
+//! - [`shard_rooms`]: one Link shard's rings, with room-wide gap / reset markers in order.
+//! - [`link_session`]: one client connection's rooms at a Link, as a state machine.
+//! - [`protocol`]: the client ↔ Link JSON operations (both directions) and the error table.
+//! - [`ws_frame`] / [`ws_read`]: server → client WebSocket frames built once; client frames
+//!   decoded in place.
+//! - [`auth`]: JWT HS256 client tokens, room rights, constant-time secret comparison.
+//! - [`token_bucket`]: rate limits (per connection at the Link, per API key at the hub).
+#![warn(missing_docs)]
+#![deny(unreachable_pub)]
+
+pub mod auth;
+pub mod fanout;
+pub mod frame;
+pub mod hub_directory;
+pub mod link_queue;
+pub mod link_session;
+pub mod placement;
+pub mod protocol;
+pub mod room;
+pub mod room_table;
+pub mod shard_rooms;
+pub mod token_bucket;
+pub mod ws_frame;
+pub mod ws_read;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use linkcast_core::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
 use linkcast_core::frame::{Frame, FLAG_JSON};
-use linkcast_core::shard_rooms::{Delivery, RingItem};
+use linkcast_core::shard_rooms::{RoomMessage, RingItem};
 use linkcast_core::ws_frame;
 
 const SHARDS: usize = 2;
@@ -32,13 +32,13 @@ struct Sink {
 struct Shard {
     room: ShardRoom<RingItem, u32>,
     sinks: Vec<Sink>,
-    inbox: crossbeam_channel::Receiver<Delivery>,
+    inbox: crossbeam_channel::Receiver<RoomMessage>,
     wake: Vec<u32>,
     batch: Vec<RingItem>,
 }
 
 impl Shard {
-    fn new(inbox: crossbeam_channel::Receiver<Delivery>) -> Self {
+    fn new(inbox: crossbeam_channel::Receiver<RoomMessage>) -> Self {
         let mut room = ShardRoom::new(RingLimits::default());
         let mut sinks = Vec::with_capacity(PER_SHARD);
         for i in 0..PER_SHARD {
@@ -53,8 +53,8 @@ impl Shard {
     /// Applies queued messages: push once, then every woken member drains into its sink.
     fn run(&mut self) -> usize {
         let mut delivered = 0;
-        while let Ok(delivery) = self.inbox.try_recv() {
-            let item = RingItem::Message(delivery);
+        while let Ok(message) = self.inbox.try_recv() {
+            let item = RingItem::Message(message);
             let size = item.size();
             self.room.push(item, size, &mut self.wake);
         }
@@ -63,9 +63,9 @@ impl Shard {
             self.batch.clear();
             if let ReadOutcome::Read { .. } = self.room.read(&mut sink.cursor, 256 * 1024, &mut self.batch) {
                 for item in self.batch.drain(..) {
-                    if let RingItem::Message(delivery) = item {
-                        sink.bytes += delivery.ws.len();
-                        sink.out.push_back(delivery.ws);
+                    if let RingItem::Message(message) = item {
+                        sink.bytes += message.ws.len();
+                        sink.out.push_back(message.ws);
                         delivered += 1;
                     }
                 }
@@ -92,9 +92,9 @@ fn fanout(c: &mut Criterion) {
         b.iter(|| {
             seq += 1;
             let frame = Frame::message("hot", seq, seq, "u", FLAG_JSON, &[b'1'; 64]);
-            let delivery = Delivery { seq, epoch: 1, ws: ws_frame::message(&frame), frame };
+            let message = RoomMessage { seq, epoch: 1, ws: ws_frame::message(&frame), frame };
             for tx in &senders {
-                let _ = tx.try_send(delivery.clone());
+                let _ = tx.try_send(message.clone());
             }
             let delivered: usize = shards.iter_mut().map(Shard::run).sum();
             assert_eq!(delivered, SHARDS * PER_SHARD);

@@ -3,14 +3,14 @@
 //! QUIC).
 //!
 //! Driven the quinn-proto way: events in, actions out, time passed in.
-//! - [`Session::handle_request`]: a parsed client operation ([`Request`], from
+//! - [`LinkSession::handle_request`]: a parsed client operation ([`Request`], from
 //!   [`crate::protocol::ClientOp`] or a QUIC frame);
-//! - [`Session::handle_hub_frame`]: a hub answer for this connection (routed by request id);
-//! - [`Session::fill`]: read the shard's rings ([`ShardRooms`]) from this connection's cursors.
+//! - [`LinkSession::handle_hub_frame`]: a hub answer for this connection (routed by request id);
+//! - [`LinkSession::fill`]: read the shard's rings ([`ShardRooms`]) from this connection's cursors.
 //!
 //! Out come [`ToClient`] values (what to send the client, still to be encoded for the wire by
 //! the driver — ring deliveries already are, as shared buffers) and, through
-//! [`Session::poll_coordinator`], what the Link's coordinator must tell the hub.
+//! [`LinkSession::poll_coordinator`], what the Link's coordinator must tell the hub.
 //!
 //! The join, exactly as docs/protocol.md promises (no loss, no duplicate, never a silent jump):
 //! 1. take a cursor at the tail of the shard's ring for the room *now*, give the join its own
@@ -258,7 +258,7 @@ pub struct SessionLimits {
     pub publish_burst: u32,
 }
 
-/// Counters since the last [`Session::take_stats`].
+/// Counters since the last [`LinkSession::take_stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
     /// Joins requested.
@@ -291,7 +291,7 @@ struct Member {
 
 /// One connection's rooms, publishes and limits (see the module docs).
 #[derive(Debug)]
-pub struct Session {
+pub struct LinkSession {
     id: u64,
     wire: Wire,
     claims: Claims,
@@ -300,17 +300,17 @@ pub struct Session {
     /// Publish request id → (room, client id).
     pending: HashMap<u64, (String, ReqId)>,
     bucket: TokenBucket,
-    /// A ring may have items for this connection: call [`Session::fill`].
+    /// A ring may have items for this connection: call [`LinkSession::fill`].
     pub dirty: bool,
     to_coordinator: VecDeque<ToCoordinator>,
     stats: SessionStats,
     batch: Vec<RingItem>,
 }
 
-impl Session {
+impl LinkSession {
     /// A session for connection `id` (issued by its shard) with `claims`.
     pub fn new(id: u64, wire: Wire, claims: Claims, limits: SessionLimits, now_micros: u64) -> Self {
-        Session {
+        LinkSession {
             id,
             wire,
             bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now_micros),
@@ -691,7 +691,7 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
 mod tests {
     use super::*;
     use crate::fanout::RingLimits;
-    use crate::shard_rooms::Delivery;
+    use crate::shard_rooms::RoomMessage;
 
     const E1: u64 = 0x1111;
     const E2: u64 = 0x2222;
@@ -707,7 +707,7 @@ mod tests {
     /// A shard with one session on it, driven as the Link drives it.
     struct Rig {
         shard: ShardRooms,
-        session: Session,
+        session: LinkSession,
         out: Vec<ToClient>,
     }
 
@@ -715,7 +715,7 @@ mod tests {
         fn new(ring_items: usize, policy: LagPolicy) -> Rig {
             let mut shard = ShardRooms::new(2, RingLimits { max_bytes: 1 << 20, max_items: ring_items });
             let id = shard.new_id();
-            Rig { shard, session: Session::new(id, Wire::Ws, claims(), limits(policy), 0), out: Vec::new() }
+            Rig { shard, session: LinkSession::new(id, Wire::Ws, claims(), limits(policy), 0), out: Vec::new() }
         }
 
         fn request(&mut self, request: Request) -> Result<(), ClientError> {
@@ -744,7 +744,7 @@ mod tests {
         fn live(&mut self, room: &str, seq: u64, epoch: u64) {
             let frame = Frame::message(room, seq, 1, "u", 0, b"m");
             let ws = Bytes::from(format!("{room}:{seq}"));
-            self.ring(room, RingItem::Message(Delivery { seq, epoch, ws, frame }));
+            self.ring(room, RingItem::Message(RoomMessage { seq, epoch, ws, frame }));
         }
 
         fn fill(&mut self) -> Result<(), ClientError> {

@@ -2,12 +2,12 @@
 //! connection each outstanding request belongs to.
 //!
 //! Data flow: the Link's coordinator turns what the hub sends for a room into [`RingItem`]s —
-//! room messages ([`Delivery`]: the hub's frame plus the WebSocket frame built once per Link),
+//! room messages ([`RoomMessage`]: the hub's frame plus the WebSocket frame built once per Link),
 //! and two room-wide markers, a [`RingItem::Gap`] (the Link itself missed messages: its hub
 //! queue overflowed, or its rejoin after a reconnect found them gone) and a [`RingItem::Reset`]
 //! (the room's history was lost: new epoch). The shard pushes each item once onto the room's
 //! ring ([`ShardRooms::push`]); every member reads it from its own cursor through its
-//! [`crate::link_session::Session`], which turns markers into `gap` / `reset` messages in order
+//! [`crate::link_session::LinkSession`], which turns markers into `gap` / `reset` messages in order
 //! with the room's messages. Markers therefore reach every member of the room on the Link,
 //! including members whose socket was full when the marker was pushed.
 //!
@@ -44,9 +44,9 @@ pub fn make_id(index: usize, n: u64) -> u64 {
     ((index as u64) << SHARD_SHIFT) | (n & ((1 << SHARD_SHIFT) - 1))
 }
 
-/// One room message as a shard holds it: shared buffers only.
+/// A room message as a shard ring holds it: shared buffers only.
 #[derive(Clone, Debug)]
-pub struct Delivery {
+pub struct RoomMessage {
     /// The room seq.
     pub seq: u64,
     /// The room epoch the seq belongs to (0: not known yet to the Link).
@@ -61,7 +61,7 @@ pub struct Delivery {
 #[derive(Clone, Debug)]
 pub enum RingItem {
     /// A room message.
-    Message(Delivery),
+    Message(RoomMessage),
     /// Every member of the room on this Link missed `lost` (of `epoch`).
     Gap {
         /// The epoch the lost seqs belong to.
@@ -207,9 +207,9 @@ impl ShardRooms {
 
     /// [`ShardRooms::push`] of a room message, its room read from the message itself (no copy
     /// of the room name or refcount bump on the hot path).
-    pub fn push_message(&mut self, delivery: Delivery, woken: &mut Vec<u64>) {
-        let Some(r) = self.rooms.get_mut(delivery.frame.room()) else { return };
-        push_counted(r, RingItem::Message(delivery), (&mut self.bytes, &mut self.items), woken);
+    pub fn push_message(&mut self, message: RoomMessage, woken: &mut Vec<u64>) {
+        let Some(r) = self.rooms.get_mut(message.frame.room()) else { return };
+        push_counted(r, RingItem::Message(message), (&mut self.bytes, &mut self.items), woken);
     }
 
     /// Bytes held in this shard's rings.
@@ -238,7 +238,7 @@ mod tests {
 
     fn message(room: &str, seq: u64) -> RingItem {
         let frame = Frame::message(room, seq, 1, "u", 0, b"x");
-        RingItem::Message(Delivery { seq, epoch: 1, ws: Bytes::from_static(b"ws"), frame })
+        RingItem::Message(RoomMessage { seq, epoch: 1, ws: Bytes::from_static(b"ws"), frame })
     }
 
     #[test]

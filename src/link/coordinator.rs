@@ -23,7 +23,7 @@
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
-//!   (`ws_frame::message`) and a [`Delivery`] (two shared `Bytes`) goes to every shard with members;
+//!   (`ws_frame::message`) and a [`RoomMessage`] (two shared `Bytes`) goes to every shard with members;
 //!   answers to a connection's request → the one shard whose index is in the id's top bits
 //!   (`shard::shard_of`), with the ring tail recorded by the shard.
 //!
@@ -44,7 +44,7 @@ use linkcast_core::hub_directory::{HubDirectory, HubId};
 use crate::uplink::HubConnector;
 
 use linkcast_core::protocol::{ClientError, Refusal};
-use super::shard::{shard_of, Delivery, RingItem, ShardMsg};
+use super::shard::{shard_of, RoomMessage, RingItem, ShardMsg};
 use linkcast_core::ws_frame;
 
 /// Shard / connection → coordinator.
@@ -435,7 +435,7 @@ impl Coordinator {
         }
         state.pushed = frame.seq();
         // Built once per message per Link; every shard and socket shares these bytes.
-        let delivery = Delivery { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
+        let delivery = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
         for (shard, &count) in state.per_shard.iter().enumerate() {
             if count > 0 {
                 let _ = self.shards[shard].send(ShardMsg::Room(delivery.clone())).await;

@@ -5,7 +5,7 @@
 //! whole life, like a WebSocket connection. The client opens one bidirectional stream whose
 //! first frame is `Hello {secret = token}` (empty in dev mode); then `Join`/`Leave`/`Publish`/
 //! `Heartbeat` frames. Room messages go out as the hub's own frame bytes (the ring's
-//! `Delivery::frame`) — not re-encoded. Liveness is QUIC's keep-alive and idle timeout
+//! `RoomMessage::frame`) — not re-encoded. Liveness is QUIC's keep-alive and idle timeout
 //! (`quic::server_config`). Refusals are `Error` frames; closes are QUIC application closes with
 //! the WebSocket close code and reason (e.g. 1009 "message too big").
 
@@ -21,7 +21,7 @@ use linkcast_core::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_
 use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
 
 use linkcast_core::protocol::{ClientError, Refusal};
-use super::session::{encode, Request, Session, ToClient, Wire};
+use super::session::{encode, Request, LinkSession, ToClient, Wire};
 use linkcast_core::link_session::refuse;
 use super::shard::{ConnEvent, Registered, ShardMsg, ShardState};
 use super::Shared;
@@ -106,7 +106,7 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
     shared.stats[index].connections.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
     gauge.increment(1.0);
-    let mut session = Session::new(id, Wire::Quic, claims, super::session::limits(&link), now_micros());
+    let mut session = LinkSession::new(id, Wire::Quic, claims, super::session::limits(&link), now_micros());
     let batch = link.write_batch_bytes.max(1);
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut tick = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));

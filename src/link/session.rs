@@ -1,5 +1,5 @@
 //! Glue between a connection driver (`ws.rs`, `quic_clients.rs`) and the sans-IO
-//! [`linkcast_core::link_session::Session`]: what the core says goes out here.
+//! [`linkcast_core::link_session::LinkSession`]: what the core says goes out here.
 //!
 //! - [`encode`] turns a [`ToClient`] into bytes for the connection's [`Wire`]: WebSocket text
 //!   frames from `wsframe`, or linkcast frames for QUIC. Ring deliveries arrive already encoded
@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::config::LinkConfig;
 use linkcast_core::frame::{Body, FrameBuilder};
-pub use linkcast_core::link_session::{ReqId, Request, Session, SessionLimits, ToClient, ToCoordinator, Wire};
+pub use linkcast_core::link_session::{ReqId, Request, LinkSession, SessionLimits, ToClient, ToCoordinator, Wire};
 
 use super::coordinator::CoordMsg;
 use linkcast_core::ws_frame;
@@ -88,7 +88,7 @@ pub fn encode(wire: Wire, item: ToClient) -> Bytes {
 }
 
 /// Sends what `session` owes the coordinator and exports its counters.
-pub fn forward(session: &mut Session, shared: &Shared) {
+pub fn forward(session: &mut LinkSession, shared: &Shared) {
     let shard = super::shard::shard_of(session.id());
     while let Some(action) = session.poll_coordinator() {
         shared.coordinate(match action {

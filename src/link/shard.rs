@@ -2,7 +2,7 @@
 //! connections and its per-room rings (DESIGN principle 3).
 //!
 //! Data flow into a shard is one bounded channel of [`ShardMsg`] from the coordinator:
-//! - [`ShardMsg::Room`]: a room message ([`Delivery`]: the hub's frame plus the WebSocket frame
+//! - [`ShardMsg::Room`]: a room message ([`RoomMessage`]: the hub's frame plus the WebSocket frame
 //!   built once per Link), or [`ShardMsg::Marker`]: a room-wide gap or reset (`shard_rooms.rs`).
 //!   The shard pushes it once onto that room's ring; the members parked on
 //!   it (caught up, waiting) are then served from the shard loop itself: a WebSocket member's
@@ -39,13 +39,13 @@ use super::{quic_clients, ws, Shared};
 /// Most coordinator messages applied before the woken members are written to.
 const MAX_BURST: usize = 256;
 
-pub use linkcast_core::shard_rooms::{shard_of, Delivery, RingItem, ShardRooms};
+pub use linkcast_core::shard_rooms::{shard_of, RoomMessage, RingItem, ShardRooms};
 
 /// Coordinator → shard.
 #[derive(Debug)]
 pub enum ShardMsg {
     /// A room message for every member of the room on this shard.
-    Room(Delivery),
+    Room(RoomMessage),
     /// A room-wide gap or reset for every member of `room` on this shard.
     Marker {
         /// The room.
@@ -259,7 +259,7 @@ impl ShardState {
     }
 
     /// [`ShardState::push`] of a room message (the room is read from the message).
-    pub fn push_message(&mut self, delivery: Delivery, woken: &mut Vec<Woken>) {
+    pub fn push_message(&mut self, delivery: RoomMessage, woken: &mut Vec<Woken>) {
         self.rooms.push_message(delivery, &mut self.woken_ids);
         self.wake(woken);
     }

@@ -17,7 +17,7 @@
 //!   a frame cut by a read is kept, in a buffer freed once it completes), waiting for a full
 //!   socket to drain, and a ping timer (keep-alive, idle, stall, lag and token-expiry checks).
 //!
-//! Ring frames are pulled by the [`Session`] only while less than `write_batch_bytes` wait in
+//! Ring frames are pulled by the [`LinkSession`] only while less than `write_batch_bytes` wait in
 //! the socket queue, so a client that does not read costs one batch here plus its ring cursor,
 //! never a private copy of the room. An idle connection holds no buffer at all: its memory is
 //! its `WsConn`, its task and its room membership.
@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 
 use super::conn_io::{Flushed, OutQueue};
 use linkcast_core::protocol::{ClientError, Refusal};
-use super::session::{encode, ReqId, Session, ToClient, Wire};
+use super::session::{encode, ReqId, LinkSession, ToClient, Wire};
 use linkcast_core::link_session::refuse;
 use linkcast_core::protocol::ClientOp;
 use super::shard::{ConnEvent, Mailbox, Registered, ShardState};
@@ -357,7 +357,7 @@ enum End {
 #[derive(Debug)]
 pub struct WsConn {
     tcp: TcpStream,
-    session: RefCell<Session>,
+    session: RefCell<LinkSession>,
     state: Rc<RefCell<ShardState>>,
     shared: Arc<Shared>,
     out: RefCell<OutQueue>,
@@ -556,7 +556,7 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: linkcast_core::a
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
     gauge.increment(1.0);
-    let session = Session::new(id, Wire::Ws, claims, super::session::limits(link), now_micros());
+    let session = LinkSession::new(id, Wire::Ws, claims, super::session::limits(link), now_micros());
     let batch = link.write_batch_bytes.max(1);
     let conn = Rc::new(WsConn {
         tcp,

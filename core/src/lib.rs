@@ -27,6 +27,7 @@
 //! - [`fanout`]: a shard's ring of recent frames per room and per-connection cursors.
 //! - [`shard_rooms`]: one Link shard's rings, with room-wide gap / reset markers in order.
 //! - [`link_session`]: one client connection's rooms at a Link, as a state machine.
+//! - [`interest`]: a Link's member counts per room and what it owes the owner hubs about them.
 //! - [`protocol`]: the client ↔ Link JSON operations (both directions) and the error table.
 //! - [`ws_frame`] / [`ws_read`]: server → client WebSocket frames built once; client frames
 //!   decoded in place.
@@ -39,6 +40,7 @@ pub mod auth;
 pub mod fanout;
 pub mod frame;
 pub mod hub_directory;
+pub mod interest;
 pub mod link_queue;
 pub mod link_session;
 pub mod placement;

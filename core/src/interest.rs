@@ -1,0 +1,285 @@
+//! A Link's interest in rooms: how many of its members are in each room, on which shards, and
+//! what the rooms' owner hubs must be told about it (DESIGN "interest set"). No sockets, no
+//! clocks.
+//!
+//! Data flow: the Link's coordinator (and the simulator's model of a Link) reports members
+//! coming and going with [`LinkInterest::handle_join`] / [`LinkInterest::handle_leave`]. They
+//! return the [`Announcement`] that must reach the owner hub *right away*:
+//! - a join while the hub does not know the Link is interested in the room (its first member,
+//!   or an earlier announcement that could not be queued): the announcement goes before the
+//!   join, on the same ordered channel, so the hub counts the Link in before it answers the
+//!   join (the no-loss join of `link_session`);
+//! - the last member leaving: the hub stops sending the room to this Link.
+//!
+//! Any other change of a room's count only marks the room *dirty*;
+//! [`LinkInterest::poll_announcements`] hands out every dirty room with its current count (the
+//! coordinator calls it once a second, so a busy room costs at most one announcement per
+//! second; the simulator after every change). The caller says with
+//! [`LinkInterest::handle_sent`] whether each announcement was queued; one that was not stays
+//! owed. After a hub (re)connects, [`LinkInterest::handle_hub_up`] owes it every room it owns
+//! that still has members, and forgets the ones without (a new hub connection starts with no
+//! interest). A room is forgotten once it has no member and its removal was sent.
+//!
+//! Rooms are keys of any hashable type: room names at the Link, room indices in the simulator.
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+
+/// "Tell `room`'s owner hub that this Link has `members` members there" (0: interest removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Announcement<K> {
+    /// The room.
+    pub room: K,
+    /// The Link's member count in the room.
+    pub members: u64,
+}
+
+/// One room's members at the Link.
+#[derive(Debug, Default)]
+struct RoomMembers {
+    /// Members per shard: the shards that get the room's messages are those with members.
+    per_shard: Vec<u32>,
+    /// Members on all shards.
+    total: u64,
+    /// The count the owner hub was last told (0: the hub does not count this Link in).
+    announced: u64,
+}
+
+/// A Link's member counts per room and the announcements it owes (see the module docs).
+#[derive(Debug)]
+pub struct LinkInterest<K> {
+    shards: usize,
+    rooms: HashMap<K, RoomMembers>,
+    /// Rooms whose count the hub must still be told; every key is also in `rooms`.
+    dirty: HashSet<K>,
+}
+
+impl<K: Hash + Eq + Clone> LinkInterest<K> {
+    /// No interest, for a Link of `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        LinkInterest { shards, rooms: HashMap::new(), dirty: HashSet::new() }
+    }
+
+    /// Members of `room` on this Link.
+    pub fn members<Q>(&self, room: &Q) -> u64
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.rooms.get(room).map_or(0, |r| r.total)
+    }
+
+    /// Members of `room` per shard (empty when the room has none).
+    pub fn per_shard<Q>(&self, room: &Q) -> &[u32]
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.rooms.get(room).map_or(&[], |r| r.per_shard.as_slice())
+    }
+
+    /// Rooms known (with members, or with a removal still owed).
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// True when no room is known.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// A member on `shard` joined `room`. Returns the announcement that must go to the owner hub
+    /// before the join when the hub does not count this Link in yet; otherwise the room is
+    /// marked dirty.
+    pub fn handle_join<Q>(&mut self, room: &Q, shard: usize) -> Option<Announcement<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let key = self.rooms.get_key_value(room).map_or_else(|| room.to_owned(), |(key, _)| key.clone());
+        let shards = self.shards;
+        let state = self.rooms.entry(key.clone()).or_default();
+        if state.per_shard.len() <= shard {
+            state.per_shard.resize(shards.max(shard + 1), 0);
+        }
+        state.per_shard[shard] += 1;
+        state.total += 1;
+        if state.announced == 0 {
+            self.dirty.remove(room);
+            Some(Announcement { room: key, members: state.total })
+        } else {
+            self.dirty.insert(key);
+            None
+        }
+    }
+
+    /// A member on `shard` left `room`. Returns the removal to send now when it was the room's
+    /// last member; otherwise the room is marked dirty. Unknown rooms are ignored.
+    pub fn handle_leave<Q>(&mut self, room: &Q, shard: usize) -> Option<Announcement<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (key, _) = self.rooms.get_key_value(room)?;
+        let key = key.clone();
+        let state = self.rooms.get_mut(room)?;
+        if let Some(count) = state.per_shard.get_mut(shard) {
+            *count = count.saturating_sub(1);
+        }
+        state.total = state.total.saturating_sub(1);
+        if state.total == 0 {
+            self.dirty.remove(room);
+            Some(Announcement { room: key, members: 0 })
+        } else {
+            self.dirty.insert(key);
+            None
+        }
+    }
+
+    /// Whether `announcement` was queued to the hub. Sent: the hub counts what it says (and a
+    /// room without members is forgotten). Not sent: the room stays owed.
+    pub fn handle_sent(&mut self, announcement: &Announcement<K>, sent: bool) {
+        let Some(state) = self.rooms.get_mut(&announcement.room) else { return };
+        if !sent {
+            self.dirty.insert(announcement.room.clone());
+            return;
+        }
+        state.announced = announcement.members;
+        if state.total == announcement.members {
+            self.dirty.remove(&announcement.room);
+        }
+        if state.total == 0 && announcement.members == 0 {
+            self.rooms.remove(&announcement.room);
+        }
+    }
+
+    /// Hands out every owed announcement, with the rooms' current counts, into `out`; report
+    /// each with [`LinkInterest::handle_sent`].
+    pub fn poll_announcements(&mut self, out: &mut Vec<Announcement<K>>) {
+        for room in self.dirty.drain() {
+            let members = self.rooms.get(&room).map_or(0, |r| r.total);
+            out.push(Announcement { room, members });
+        }
+    }
+
+    /// A hub (re)connected with no knowledge of this Link: every room it `owns` that has members
+    /// is announced again (pushed on `out`; report each with [`LinkInterest::handle_sent`]), every
+    /// one without members is forgotten.
+    pub fn handle_hub_up(&mut self, owns: impl Fn(&K) -> bool, out: &mut Vec<Announcement<K>>) {
+        let dirty = &mut self.dirty;
+        self.rooms.retain(|room, state| {
+            if !owns(room) {
+                return true;
+            }
+            state.announced = 0;
+            if state.total == 0 {
+                dirty.remove(room);
+                return false;
+            }
+            out.push(Announcement { room: room.clone(), members: state.total });
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announce(room: &str, members: u64) -> Option<Announcement<String>> {
+        Some(Announcement { room: room.to_owned(), members })
+    }
+
+    fn polled(interest: &mut LinkInterest<String>) -> Vec<Announcement<String>> {
+        let mut out = Vec::new();
+        interest.poll_announcements(&mut out);
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        out
+    }
+
+    #[test]
+    fn first_member_in_and_last_out_are_announced_at_once() {
+        let mut interest = LinkInterest::new(2);
+        let first = interest.handle_join("r", 0);
+        assert_eq!(first, announce("r", 1));
+        interest.handle_sent(&first.expect("first"), true);
+        assert_eq!(interest.handle_join("r", 1), None, "the hub counts the Link in already");
+        assert_eq!(interest.per_shard("r"), &[1, 1]);
+        assert_eq!(interest.handle_leave("r", 0), None);
+        let last = interest.handle_leave("r", 1);
+        assert_eq!(last, announce("r", 0));
+        interest.handle_sent(&last.expect("last"), true);
+        assert!(interest.is_empty(), "a room without members is forgotten once its removal is sent");
+        assert!(polled(&mut interest).is_empty(), "nothing owed");
+    }
+
+    #[test]
+    fn count_changes_are_owed_until_polled_once() {
+        let mut interest = LinkInterest::new(1);
+        let first = interest.handle_join("r", 0).expect("first");
+        interest.handle_sent(&first, true);
+        for _ in 0..5 {
+            assert_eq!(interest.handle_join("r", 0), None);
+        }
+        assert_eq!(interest.handle_leave("r", 0), None);
+        let owed = polled(&mut interest);
+        assert_eq!(owed, vec![Announcement { room: "r".to_owned(), members: 5 }], "one announcement, latest count");
+        interest.handle_sent(&owed[0], true);
+        assert!(polled(&mut interest).is_empty());
+    }
+
+    #[test]
+    fn an_announcement_not_sent_stays_owed_and_a_join_repeats_it() {
+        let mut interest = LinkInterest::new(1);
+        let first = interest.handle_join("r", 0).expect("first");
+        interest.handle_sent(&first, false);
+        // The hub still does not count the Link in: the next join must announce again.
+        let again = interest.handle_join("r", 0);
+        assert_eq!(again, announce("r", 2));
+        interest.handle_sent(&again.expect("again"), false);
+        assert_eq!(polled(&mut interest), vec![Announcement { room: "r".to_owned(), members: 2 }]);
+    }
+
+    #[test]
+    fn a_removal_not_sent_keeps_the_room_until_it_is() {
+        let mut interest = LinkInterest::new(1);
+        let first = interest.handle_join("r", 0).expect("first");
+        interest.handle_sent(&first, true);
+        let last = interest.handle_leave("r", 0).expect("last");
+        interest.handle_sent(&last, false);
+        assert_eq!(interest.len(), 1);
+        let owed = polled(&mut interest);
+        assert_eq!(owed, vec![Announcement { room: "r".to_owned(), members: 0 }]);
+        interest.handle_sent(&owed[0], true);
+        assert!(interest.is_empty());
+    }
+
+    #[test]
+    fn a_reconnected_hub_is_told_every_room_it_owns_again() {
+        let mut interest = LinkInterest::new(1);
+        for room in ["a", "b", "gone"] {
+            let first = interest.handle_join(room, 0).expect("first");
+            interest.handle_sent(&first, true);
+        }
+        let last = interest.handle_leave("gone", 0).expect("last");
+        interest.handle_sent(&last, false);
+        let mut out = Vec::new();
+        interest.handle_hub_up(|room| room != "b", &mut out);
+        assert_eq!(out, vec![Announcement { room: "a".to_owned(), members: 1 }], "b has another owner");
+        assert_eq!(interest.len(), 2, "the empty room is forgotten: a new connection has no interest");
+        interest.handle_sent(&out[0], false);
+        // Still not counted in at the hub: the next join announces before joining.
+        assert_eq!(interest.handle_join("a", 0), announce("a", 2));
+    }
+
+    #[test]
+    fn leaving_an_unknown_room_is_ignored_and_keys_may_be_indices() {
+        let mut interest: LinkInterest<u32> = LinkInterest::new(4);
+        assert_eq!(interest.handle_leave(&7, 0), None);
+        assert_eq!(interest.handle_join(&7, 3), Some(Announcement { room: 7, members: 1 }));
+        assert_eq!(interest.per_shard(&7), &[0, 0, 0, 1]);
+        assert_eq!(interest.members(&7), 1);
+    }
+}

@@ -28,6 +28,7 @@
 //! - [`shard_rooms`]: one Link shard's rings, with room-wide gap / reset markers in order.
 //! - [`link_session`]: one client connection's rooms at a Link, as a state machine.
 //! - [`interest`]: a Link's member counts per room and what it owes the owner hubs about them.
+//! - [`http_upgrade`]: the HTTP/1.1 request head and answers of a Link's WebSocket upgrade.
 //! - [`protocol`]: the client ↔ Link JSON operations (both directions) and the error table.
 //! - [`ws_frame`] / [`ws_read`]: server → client WebSocket frames built once; client frames
 //!   decoded in place.
@@ -39,6 +40,7 @@
 pub mod auth;
 pub mod fanout;
 pub mod frame;
+pub mod http_upgrade;
 pub mod hub_directory;
 pub mod interest;
 pub mod link_queue;

@@ -12,8 +12,14 @@
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
 //! - [`bench`] (feature `bench`, on by default): the `linkcast bench` load generator.
 //!
-//! Internal glue: `uplink` (the Link–hub frame ports), `quic` (endpoint configs and frame
-//! streams), `telemetry` (the Prometheus recorder), `clock` (the one place the wall clock is read).
+//! - [`uplink`]: the Link ↔ hub seam (frame ports, [`uplink::HubConnector`]): `serve` joins a hub and
+//!   a Link through it in-process, and tests drive a real Link with a fake hub (or a hub with a fake
+//!   Link) through it.
+//! - [`quic`]: QUIC endpoint configs (ALPNs, certificates) and the length-prefixed frame streams —
+//!   what a native QUIC peer needs besides `linkcast_core::frame`.
+//!
+//! Private glue: `telemetry` (the process-wide Prometheus recorder) and `clock` (the one place the
+//! wall clock is read).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod bench;
@@ -24,5 +30,5 @@ pub mod hub;
 pub mod link;
 pub mod quic;
 pub mod serve;
-pub mod telemetry;
+mod telemetry;
 pub mod uplink;

@@ -191,8 +191,25 @@ pub fn sign(claims: &Claims, secret: &str) -> String {
     format!("{signing_input}.{signature}")
 }
 
+/// Compares two secrets (API keys, the cluster secret) in time that depends only on their
+/// lengths, not on where they first differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+        assert!(super::constant_time_eq(b"", b""));
+    }
+
     use super::*;
 
     fn claims(exp: u64) -> Claims {

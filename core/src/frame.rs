@@ -183,7 +183,7 @@ mod body {
         },
         /// A refusal.
         Error {
-            /// Request or connection it answers (0 if none).
+            /// Request it answers (0: none, e.g. a refused handshake).
             request: u64,
             /// Machine-readable code (HTTP-like: 400, 401, 403, 404, 413, 429, 503).
             code: u16,

@@ -11,7 +11,7 @@
 //!   (borrowing room and sender from the text, generic over the payload type); the Link writes the
 //!   control messages with [`ServerMsg::encode`], [`encode_published`] and [`encode_error`] (its
 //!   hot path, the room message, is rendered straight from the hub's frame by
-//!   `link/wsframe.rs`, and tested there to decode here).
+//!   `ws_frame.rs`, and tested there to decode here).
 //! - [`ClientError`] / [`Refusal`]: everything a client can do wrong and what it gets for it
 //!   (error code or close code, reason), and which refusals may be retried
 //!   ([`ClientError::retry_after_ms`]).
@@ -20,12 +20,12 @@
 //!
 //! What it does not own: what the operations mean for a room's position (`client/session.rs` on
 //! the client, the Link session on the server) and how bytes are framed (WebSocket framing is
-//! `link/wsframe.rs` and `link/wsread.rs`; QUIC clients use `frame.rs` frames instead).
+//! `ws_frame.rs` and `ws_read.rs`; QUIC clients use `frame.rs` frames instead).
 //!
 //! ```text
 //!  client library                                   Link
 //!  ClientOp::to_json ──── {"op":"join",...} ──────▶ ClientOp::parse ─▶ session
-//!  ServerMsg::decode ◀─── {"op":"joined",...} ───── ServerMsg::encode / wsframe
+//!  ServerMsg::decode ◀─── {"op":"joined",...} ───── ServerMsg::encode / ws_frame
 //! ```
 
 use std::borrow::Cow;

@@ -333,15 +333,6 @@ impl Room {
         answer
     }
 
-    /// Up to `limit` history frames with seq > `since`, oldest first (the HTTP history route).
-    pub fn history_after(&self, since: u64, limit: usize) -> impl Iterator<Item = &Frame> + '_ {
-        let skip = match self.oldest_seq() {
-            Some(oldest) if since >= oldest => (since - oldest + 1) as usize,
-            _ => 0,
-        };
-        self.history.iter().skip(skip).take(limit)
-    }
-
     /// Drops one Link's interest (the hub lost that Link); true if it was interested.
     pub fn clear_interest_of(&mut self, link: LinkId) -> bool {
         self.handle_interest(link, 0) == InterestChange::Removed
@@ -485,9 +476,9 @@ mod tests {
         let (count, bytes) = room.history_len();
         assert!(bytes <= 1000, "{bytes}");
         assert!(count >= 2);
-        assert_eq!(room.history_after(0, 100).last().map(Frame::seq), Some(20));
-        assert_eq!(room.history_after(18, 100).map(Frame::seq).collect::<Vec<_>>(), vec![19, 20]);
-        assert_eq!(room.history_after(18, 1).map(Frame::seq).collect::<Vec<_>>(), vec![19]);
+        let seqs = |since| room.join(Some(since), None).frames.iter().map(Frame::seq).collect::<Vec<_>>();
+        assert_eq!(seqs(0).last(), Some(&20));
+        assert_eq!(seqs(18), vec![19, 20]);
     }
 
     proptest! {

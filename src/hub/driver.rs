@@ -1,12 +1,12 @@
 //! The hub task: the one owner of the [`RoomTable`], a thin driver around it.
 //!
-//! Everything that reads or changes rooms arrives here as an [`Event`] on one bounded channel:
+//! Everything that reads or changes rooms arrives here as a [`HubInput`] on one bounded channel:
 //! HTTP publishes and queries (each with a oneshot for the answer) and Link traffic (connection
 //! up, frame, connection down). The loop reads the wall clock once per event, calls the table's
 //! `handle_*`/`publish` with that `now`, then drains `poll_transmit` into the per-Link
-//! [`LinkQueue`]s, which never block (queue.rs says what a lagging Link gets). A timer calls
+//! [`LinkQueue`]s, which never block (`linkcast_core::link_queue` says what a lagging Link gets). A timer calls
 //! `handle_timeout` and lets lagging Links catch up. No lock is taken on this path; decisions
-//! about rooms stay in `rooms.rs` where the simulator sees them.
+//! about rooms stay in the core's `room_table.rs`, where the simulator sees them.
 //!
 //! Link connections carry a generation number: a Link that reconnects replaces its old
 //! connection (whose interest is dropped first), and late events of the old one are ignored.
@@ -25,7 +25,7 @@ use linkcast_core::link_queue::Admit;
 use super::HubMetrics;
 use linkcast_core::frame::Frame;
 use linkcast_core::placement::LinkId;
-use linkcast_core::room::LostRange;
+use linkcast_core::room::JoinAnswer;
 use linkcast_core::room_table::{PublishAck, PublishError, RoomTable, TableLimits, TableStats};
 
 /// Capacity of the hub task's event channel (HTTP handlers and Link readers wait when full).
@@ -36,7 +36,7 @@ pub(crate) const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// Input to the hub task.
 #[derive(Debug)]
-pub(crate) enum Event {
+pub(crate) enum HubInput {
     /// An authenticated HTTP publish for a room this hub owns.
     Publish {
         room: String,
@@ -50,7 +50,9 @@ pub(crate) enum Event {
     /// `GET /v1/rooms/{room}`.
     RoomInfo { room: String, reply: oneshot::Sender<Option<RoomInfo>> },
     /// `GET /v1/rooms/{room}/messages`.
-    History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Option<History>> },
+    ///
+    /// Answered like a join at (`epoch`, `since`) — reset, gap, frames — cut to `limit` frames.
+    History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Option<JoinAnswer>> },
     /// A Link connection is established; frames for it go to `queue`.
     LinkUp { link: LinkId, generation: u64, queue: LinkQueue },
     /// A frame from a Link.
@@ -70,18 +72,6 @@ pub(crate) struct RoomInfo {
     pub(crate) last_seq: u64,
 }
 
-/// A history answer: frames after `since`, and the gap before them if any.
-#[derive(Debug)]
-pub(crate) struct History {
-    pub(crate) frames: Vec<Frame>,
-    pub(crate) last_seq: u64,
-    pub(crate) epoch: u64,
-    /// `since` belonged to another epoch: the frames start the current one over.
-    pub(crate) reset: bool,
-    /// What after `since` is no longer held.
-    pub(crate) gap: Option<LostRange>,
-}
-
 struct Connected {
     generation: u64,
     queue: LinkQueue,
@@ -90,12 +80,12 @@ struct Connected {
 /// Runs the hub task until `shutdown` turns true or every event sender is gone.
 pub(crate) async fn run(
     limits: TableLimits,
-    mut events: mpsc::Receiver<Event>,
+    mut events: mpsc::Receiver<HubInput>,
     locator: Arc<Mutex<Locator>>,
     metrics: HubMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut driver = Driver { table: RoomTable::new(limits, epoch_seed()), links: HashMap::new(), locator, metrics, seen: TableStats::default() };
+    let mut driver = HubTask { table: RoomTable::new(limits, epoch_seed()), links: HashMap::new(), locator, metrics, seen: TableStats::default() };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -131,7 +121,7 @@ pub(crate) async fn run(
     }
 }
 
-struct Driver {
+struct HubTask {
     table: RoomTable,
     links: HashMap<LinkId, Connected>,
     locator: Arc<Mutex<Locator>>,
@@ -140,14 +130,14 @@ struct Driver {
     seen: TableStats,
 }
 
-impl Driver {
-    fn handle(&mut self, event: Event) {
+impl HubTask {
+    fn handle(&mut self, event: HubInput) {
         let now = now_micros();
         match event {
-            Event::Publish { room, sender, flags, data, key, reply } => {
+            HubInput::Publish { room, sender, flags, data, key, reply } => {
                 let _ = reply.send(self.table.publish(now, &room, &sender, flags, &data, &key));
             }
-            Event::RoomInfo { room, reply } => {
+            HubInput::RoomInfo { room, reply } => {
                 let info = self.table.room(&room).map(|r| RoomInfo {
                     room: r.name().to_owned(),
                     epoch: linkcast_core::protocol::format_epoch(r.epoch()),
@@ -157,10 +147,14 @@ impl Driver {
                 });
                 let _ = reply.send(info);
             }
-            Event::History { room, since, epoch, limit, reply } => {
-                let _ = reply.send(self.table.room(&room).map(|r| history(r, since, epoch, limit)));
+            HubInput::History { room, since, epoch, limit, reply } => {
+                let _ = reply.send(self.table.room(&room).map(|r| {
+                    let mut answer = r.join(Some(since), epoch);
+                    answer.frames.truncate(limit);
+                    answer
+                }));
             }
-            Event::LinkUp { link, generation, queue } => {
+            HubInput::LinkUp { link, generation, queue } => {
                 if let Some(old) = self.links.remove(&link) {
                     // A reconnect: the old connection's interest is void; the Link re-announces.
                     self.table.handle_link_down(now, link);
@@ -170,12 +164,12 @@ impl Driver {
                 lock(&self.locator).link_up(link);
                 tracing::info!(%link, generation, "link connected");
             }
-            Event::LinkFrame { link, generation, frame } => {
+            HubInput::LinkFrame { link, generation, frame } => {
                 if self.links.get(&link).is_some_and(|c| c.generation == generation) {
                     self.table.handle_link_frame(now, link, &frame);
                 }
             }
-            Event::LinkDown { link, generation } => {
+            HubInput::LinkDown { link, generation } => {
                 if self.links.get(&link).is_some_and(|c| c.generation == generation) {
                     self.drop_link(now, link, "link connection ended");
                     tracing::info!(%link, generation, "link disconnected");
@@ -219,13 +213,6 @@ impl Driver {
         }
         lock(&self.locator).link_down(link);
     }
-}
-
-fn history(room: &linkcast_core::room::Room, since: u64, epoch: Option<u64>, limit: usize) -> History {
-    // The same answer a joining member gets (reset, gap, frames), cut to `limit` frames.
-    let answer = room.join(Some(since), epoch);
-    let frames = answer.frames.into_iter().take(limit).collect();
-    History { frames, last_seq: answer.last_seq, epoch: answer.epoch, reset: answer.reset, gap: answer.gap }
 }
 
 /// Fresh randomness for the room table's epochs: std's per-process random hash keys (drawn

@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -27,10 +26,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::oneshot;
 
-use super::driver::{lock, Event, History, MAX_HISTORY_LIMIT};
+use super::driver::{lock, HubInput, MAX_HISTORY_LIMIT};
+use linkcast_core::room::JoinAnswer;
 use super::error::ApiError;
 use super::forward::{self, FORWARDED_HEADER};
-use super::Shared;
+use super::ApiState;
 use linkcast_core::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
 use linkcast_core::protocol::{format_epoch, parse_epoch};
 
@@ -50,7 +50,7 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 const DEMO_PAGE: &str = include_str!("../../static/index.html");
 
 /// The router of every route, with body limit, JSON fallbacks and request metrics.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<ApiState>) -> Router {
     let body_limit = shared.config.hub.max_payload;
     Router::new()
         .route("/", get(demo_page))
@@ -100,7 +100,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn publish(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<ApiState>>,
     room: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
@@ -120,31 +120,31 @@ async fn publish(
     }
     let sender = sender(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
-    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
-        return forward(&shared, owner, Method::POST, &uri, &headers, &body).await;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body.clone()).await? {
+        return Ok(answer);
     }
-    if !shared.rate.allow(&key, Instant::now()) {
+    if !shared.rate.allow(&key, crate::clock::now_micros()) {
         return Err(ApiError::RateLimited);
     }
     let flags = if is_json(&body) { FLAG_JSON } else { 0 };
     let (reply, answer) = oneshot::channel();
-    let event = Event::Publish { room, sender, flags, data: body, key: idempotency_key, reply };
+    let event = HubInput::Publish { room, sender, flags, data: body, key: idempotency_key, reply };
     let ack = ask(&shared, event, answer).await??;
     Ok(Json(serde_json::json!({ "seq": ack.seq, "epoch": format_epoch(ack.epoch) })).into_response())
 }
 
 async fn room_info(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<ApiState>>,
     room: Result<Path<String>, PathRejection>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = room_name(room)?;
-    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
-        return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
+        return Ok(answer);
     }
     let (reply, answer) = oneshot::channel();
-    let info = ask(&shared, Event::RoomInfo { room, reply }, answer).await?;
+    let info = ask(&shared, HubInput::RoomInfo { room, reply }, answer).await?;
     let info = info.ok_or(ApiError::NotFound("unknown room"))?;
     Ok(Json(info).into_response())
 }
@@ -158,7 +158,7 @@ struct HistoryQuery {
 }
 
 async fn history(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<ApiState>>,
     room: Result<Path<String>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
     uri: Uri,
@@ -176,11 +176,11 @@ async fn history(
         Some(limit) => limit.min(MAX_HISTORY_LIMIT),
         None => DEFAULT_HISTORY_LIMIT,
     };
-    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
-        return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
+        return Ok(answer);
     }
     let (reply, answer) = oneshot::channel();
-    let History { frames, last_seq, epoch, reset, gap } = ask(&shared, Event::History { room: room.clone(), since, epoch, limit, reply }, answer)
+    let JoinAnswer { frames, last_seq, epoch, reset, gap } = ask(&shared, HubInput::History { room: room.clone(), since, epoch, limit, reply }, answer)
         .await?
         .ok_or(ApiError::NotFound("unknown room"))?;
     let mut body = serde_json::json!({
@@ -205,7 +205,7 @@ struct LocateQuery {
 }
 
 async fn locate(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<ApiState>>,
     query: Result<Query<LocateQuery>, QueryRejection>,
     uri: Uri,
     headers: HeaderMap,
@@ -215,8 +215,8 @@ async fn locate(
     if !is_valid_room(&room) {
         return Err(ApiError::BadRoom);
     }
-    if let Some(owner) = shared.owner_elsewhere(&room, &headers)? {
-        return forward(&shared, owner, Method::GET, &uri, &headers, b"").await;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
+        return Ok(answer);
     }
     let links = lock(&shared.locator).locate(&room);
     if links.is_empty() {
@@ -272,19 +272,35 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// Sends `event` to the hub task and waits for its answer.
-async fn ask<T>(shared: &Shared, event: Event, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
+async fn ask<T>(shared: &ApiState, event: HubInput, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
     shared.events.send(event).await.map_err(|_| ApiError::Unavailable("hub shutting down"))?;
     answer.await.map_err(|_| ApiError::Unavailable("hub shutting down"))
 }
 
+/// Passes the request on to `room`'s owner hub when that is another hub, and returns its answer
+/// unchanged (`None`: this hub owns the room and answers itself).
+async fn forward_unless_owner(
+    shared: &ApiState,
+    room: &str,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Option<Response>, ApiError> {
+    match shared.owner_elsewhere(room, headers)? {
+        Some(owner) => forward(shared, owner, method, uri, headers, body).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Passes the request on to the owner hub and returns its answer unchanged.
 async fn forward(
-    shared: &Shared,
+    shared: &ApiState,
     owner: SocketAddr,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let id = shared.id.0.to_string();
@@ -294,12 +310,12 @@ async fn forward(
             pass.push((name, value));
         }
     }
-    let answer = forward::request(owner, method.as_str(), target, &pass, body).await.map_err(|e| {
+    let answer = forward::request(owner, method, target, &pass, body).await.map_err(|e| {
         tracing::warn!(%owner, "forwarding to the owner hub failed: {e}");
         ApiError::Unavailable("owner hub unreachable")
     })?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = answer.header("content-type").unwrap_or("application/json").to_owned();
+    let content_type = answer.content_type.unwrap_or_else(|| "application/json".to_owned());
     Ok((status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response())
 }
 

@@ -9,9 +9,9 @@
 //!   ([`HelloError::close`]); nothing reaches the room table before that check.
 //!
 //! Either way a connection becomes two tasks: a reader turning frames into
-//! `Event::LinkFrame`s for the hub task (awaiting when the event channel is full, which slows
+//! `HubInput::LinkFrame`s for the hub task (awaiting when the event channel is full, which slows
 //! only this Link), and a writer emptying the Link's byte-bounded queue (queue.rs) onto the
-//! port or stream. When the reader ends, the hub task gets `Event::LinkDown` and drops the
+//! port or stream. When the reader ends, the hub task gets `HubInput::LinkDown` and drops the
 //! Link's interest. The hub's QUIC transport sends keep-alives every 2 s and gives up on a
 //! silent Link after 8 s, so a killed Link leaves `locate` answers quickly.
 
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::driver::Event;
+use super::driver::HubInput;
 use super::queue::{link_queue, Outgoing, QueueReader};
 use linkcast_core::frame::{ArchivedBody, Kind, DEFAULT_MAX_FRAME_LEN};
 use linkcast_core::placement::LinkId;
@@ -39,7 +39,7 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// What every Link connection needs from the hub.
 #[derive(Clone)]
 pub(crate) struct LinkContext {
-    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) events: mpsc::Sender<HubInput>,
     pub(crate) generations: Arc<AtomicU64>,
     pub(crate) queue_bytes: usize,
     pub(crate) cluster_secret: Arc<str>,
@@ -51,7 +51,7 @@ impl LinkContext {
     async fn link_up(&self, link: LinkId) -> Option<(u64, QueueReader)> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let (queue, reader) = link_queue(self.queue_bytes);
-        self.events.send(Event::LinkUp { link, generation, queue }).await.ok()?;
+        self.events.send(HubInput::LinkUp { link, generation, queue }).await.ok()?;
         Some((generation, reader))
     }
 }
@@ -119,11 +119,11 @@ async fn serve_port(ctx: LinkContext, port: LinkPort) {
         // Dropping `to_link` tells the Link this connection is over; it reconnects.
     });
     while let Some(frame) = from_link.recv().await {
-        if ctx.events.send(Event::LinkFrame { link, generation, frame }).await.is_err() {
+        if ctx.events.send(HubInput::LinkFrame { link, generation, frame }).await.is_err() {
             return;
         }
     }
-    let _ = ctx.events.send(Event::LinkDown { link, generation }).await;
+    let _ = ctx.events.send(HubInput::LinkDown { link, generation }).await;
 }
 
 /// The hub's QUIC endpoint for Links on `addr`, with fast dead-Link detection.
@@ -179,7 +179,7 @@ async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming) {
     tracing::debug!(%remote, %link, "link hello accepted");
     tokio::spawn(write_quic(send, queue, connection.clone()));
     read_quic(&ctx, link, generation, reader).await;
-    let _ = ctx.events.send(Event::LinkDown { link, generation }).await;
+    let _ = ctx.events.send(HubInput::LinkDown { link, generation }).await;
 }
 
 async fn hello(
@@ -192,7 +192,7 @@ async fn hello(
     let Some(first) = first else { return Err(HelloError::NotHello) };
     match (first.kind(), first.body()) {
         (Kind::Hello, ArchivedBody::Hello { link, secret }) => {
-            if !constant_time_eq(secret.as_bytes(), ctx.cluster_secret.as_bytes()) {
+            if !linkcast_core::auth::constant_time_eq(secret.as_bytes(), ctx.cluster_secret.as_bytes()) {
                 return Err(HelloError::BadSecret);
             }
             Ok((LinkId(link.to_native()), send, reader))
@@ -205,7 +205,7 @@ async fn read_quic(ctx: &LinkContext, link: LinkId, generation: u64, mut reader:
     loop {
         match reader.next().await {
             Ok(Some(frame)) => {
-                if ctx.events.send(Event::LinkFrame { link, generation, frame }).await.is_err() {
+                if ctx.events.send(HubInput::LinkFrame { link, generation, frame }).await.is_err() {
                     return;
                 }
             }
@@ -249,23 +249,4 @@ async fn write_quic(mut send: quinn::SendStream, mut queue: QueueReader, connect
     }
     let reason = close.unwrap_or("hub closed the link");
     connection.close(quinn::VarInt::from_u32(0), reason.as_bytes());
-}
-
-/// Compares secrets without an early exit on the first differing byte.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
-        assert!(super::constant_time_eq(b"", b""));
-    }
 }

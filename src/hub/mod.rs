@@ -22,7 +22,7 @@
 
 mod driver;
 mod error;
-pub mod forward;
+mod forward;
 mod http;
 mod links;
 mod locate;
@@ -45,7 +45,7 @@ pub use locate::Located;
 use crate::config::{Config, LinkEntry};
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 use crate::uplink::LinkPort;
-use driver::{lock, Event, EVENT_CAPACITY};
+use driver::{lock, HubInput, EVENT_CAPACITY};
 use links::LinkContext;
 use locate::Locator;
 use rate::RateLimiter;
@@ -114,18 +114,18 @@ impl HubHandle {
     }
 }
 
-/// State shared by the HTTP handlers.
-pub(crate) struct Shared {
+/// What the HTTP handlers share: the hub task's inbox, the locator, rate limits, ownership.
+pub(crate) struct ApiState {
     id: HubId,
     config: Arc<Config>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<HubInput>,
     locator: Arc<Mutex<Locator>>,
     rate: RateLimiter,
     /// `None` when the config lists no hubs: this hub owns every room.
     directory: Option<HubDirectory>,
 }
 
-impl Shared {
+impl ApiState {
     /// The API key of a publish (`""` in dev mode without keys), or why it is refused.
     fn api_key(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         let keys = &self.config.auth.api_keys;
@@ -143,7 +143,7 @@ impl Shared {
         }
         let Some(bearer) = bearer else { return Err(ApiError::Unauthorized("API key required (Authorization: Bearer)")) };
         keys.iter()
-            .find(|key| links::constant_time_eq(key.as_bytes(), bearer.as_bytes()))
+            .find(|key| linkcast_core::auth::constant_time_eq(key.as_bytes(), bearer.as_bytes()))
             .cloned()
             .ok_or(ApiError::Unauthorized("bad API key"))
     }
@@ -203,7 +203,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     let hub = &config.hub;
     let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms)));
     let directory = (!config.hubs.is_empty()).then(|| HubDirectory::new(config.hubs.iter().map(|h| HubId(h.id))));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ApiState {
         id,
         config: config.clone(),
         events: events.clone(),

@@ -41,7 +41,7 @@ pub(crate) struct LinkQueue {
 pub(crate) struct QueueReader {
     /// Frames in hub order.
     pub(crate) rx: mpsc::UnboundedReceiver<Outgoing>,
-    /// Shared with [`LinkQueue`]; decrement by a frame's length once it is written.
+    /// ApiState with [`LinkQueue`]; decrement by a frame's length once it is written.
     pub(crate) queued: Arc<AtomicUsize>,
 }
 

@@ -8,19 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+
+use linkcast_core::token_bucket::{TokenBucket, Verdict};
 
 /// Token buckets keyed by API key.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     rate: u32,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 impl RateLimiter {
@@ -29,43 +24,34 @@ impl RateLimiter {
         RateLimiter { rate, buckets: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes one token for `key` at `now`; false when the bucket is empty.
-    pub(crate) fn allow(&self, key: &str, now: Instant) -> bool {
+    /// Takes one token for `key` at `now_micros`; false when the bucket is empty. A key that keeps
+    /// publishing into an empty bucket is simply refused again (HTTP has no connection to close).
+    pub(crate) fn allow(&self, key: &str, now_micros: u64) -> bool {
         if self.rate == 0 {
             return true;
         }
-        let rate = f64::from(self.rate);
         // A poisoned lock only means another handler panicked mid-update; the buckets are
         // still plain numbers, so keep using them.
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: rate, last: now });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let bucket = buckets.entry(key.to_owned()).or_insert_with(|| TokenBucket::new(self.rate, self.rate, now_micros));
+        bucket.take(now_micros) == Verdict::Allow
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn a_key_gets_its_burst_then_refills_and_keys_are_separate() {
         let limiter = RateLimiter::new(3);
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         assert!((0..3).all(|_| limiter.allow("a", t0)));
         assert!(!limiter.allow("a", t0));
         assert!(limiter.allow("b", t0));
-        assert!(limiter.allow("a", t0 + Duration::from_millis(400)));
-        assert!(!limiter.allow("a", t0 + Duration::from_millis(400)));
+        assert!(limiter.allow("a", t0 + 400_000));
+        assert!(!limiter.allow("a", t0 + 400_000));
+        assert!((0..100).all(|_| !limiter.allow("a", t0 + 400_000)), "refusals in a row stay refusals");
         assert!((0..1000).all(|_| RateLimiter::new(0).allow("a", t0)));
     }
 }

@@ -49,36 +49,28 @@ pub(crate) async fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> std::io::Result<Forwarded> {
-    tokio::time::timeout(FORWARD_TIMEOUT, request_inner(addr, method, target, headers, body))
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(other)?;
+        // The connection future ends when the connection closes; errors surface on the request.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = hyper::Request::builder().method(method).uri(target).header(http::header::HOST, addr.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender.send_request(request.body(Full::new(body)).map_err(other)?).await.map_err(other)?;
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| other(&*e))?.to_bytes();
+        Ok(Forwarded { status, content_type, body })
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "forwarded request timed out"))?
-}
-
-async fn request_inner(
-    addr: SocketAddr,
-    method: http::Method,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> std::io::Result<Forwarded> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(other)?;
-    // The connection future ends when the connection closes; errors surface on the request.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut request = hyper::Request::builder().method(method).uri(target).header(http::header::HOST, addr.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(body)).map_err(other)?;
-    let response = sender.send_request(request).await.map_err(other)?;
-    let status = response.status().as_u16();
-    let content_type =
-        response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| other(&*e))?.to_bytes();
-    Ok(Forwarded { status, content_type, body })
 }
 
 fn other(error: impl std::fmt::Display) -> std::io::Error {

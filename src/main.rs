@@ -3,7 +3,8 @@
 //! - `serve`: hub + Link in one process on loopback, with the demo page (the default setup);
 //! - `hub --config F --id N`: one hub of a cluster;
 //! - `link --config F --id N`: one Link of a cluster;
-//! - `bench SCENARIO`: the load generator (fanout, rooms, connect, resume).
+//! - `bench SCENARIO`: the load generator (fanout, rooms, connect, resume); cargo feature `bench`,
+//!   on by default.
 //!
 //! Parsing and logging live here; each role's module owns its flags and its runtime.
 
@@ -32,6 +33,7 @@ enum Command {
     /// Run one Link (gateway) of a cluster.
     Link(linkcast::link::LinkArgs),
     /// Generate bounded load against a server on loopback and report throughput and latency.
+    #[cfg(feature = "bench")]
     Bench(linkcast::bench::BenchArgs),
 }
 
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => linkcast::serve::run_cli(args),
         Command::Hub(args) => linkcast::hub::run_cli(args),
         Command::Link(args) => linkcast::link::run_cli(args),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => linkcast::bench::run_cli(args),
     };
     match result {

@@ -22,9 +22,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
+use tokio_websockets::Message;
 
-use crate::client::session::{Backoff, Delivery, Session, SessionConfig};
-use crate::client::ws::{WsConn, WsUrl};
+use crate::client::ws::{WsTransport, WsUrl};
+use crate::client::{Backoff, Received, Session, SessionConfig};
 use linkcast_core::protocol::ServerMsg;
 
 use super::nats::{self, NatsOp, NatsParser};
@@ -50,7 +51,7 @@ pub enum Proto {
 
 /// What one fleet runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FleetSpec {
+pub(crate) struct FleetSpec {
     /// Wire dialect.
     pub proto: Proto,
     /// WebSocket URLs; subscriber `i` uses `targets[i % len]`.
@@ -77,7 +78,7 @@ pub struct FleetSpec {
 
 /// Sent once every subscriber joined or failed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Ready {
+pub(crate) struct Ready {
     /// Connections that joined.
     pub opened: u64,
     /// Connections that failed (connect, upgrade or join refused, or timed out).
@@ -98,7 +99,7 @@ pub struct Ready {
 
 /// Periodic counters.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Deliveries so far (unique).
     pub received: u64,
     /// Connections up now.
@@ -107,7 +108,7 @@ pub struct Progress {
 
 /// Sent after `Stop`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Final {
+pub(crate) struct Final {
     /// Unique deliveries.
     pub received: u64,
     /// Duplicates dropped (linkcast: seq ≤ last; others: not detectable).
@@ -135,7 +136,7 @@ pub struct Final {
 /// A fleet's answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FleetMsg {
+pub(crate) enum FleetMsg {
     /// All subscribers joined or failed.
     Ready(Ready),
     /// Counters.
@@ -147,7 +148,7 @@ pub enum FleetMsg {
 /// What a fleet is told.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FleetCmd {
+pub(crate) enum FleetCmd {
     /// Cut `fraction` of the connections (chosen by `generation`), then let them resume.
     Drop {
         /// Share of connections to cut, 0..=1.
@@ -222,7 +223,7 @@ impl Ctx {
 }
 
 /// Runs a fleet until `Stop` (or the command channel closes), reporting on `out`.
-pub async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<FleetCmd>, out: mpsc::Sender<FleetMsg>) {
+pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<FleetCmd>, out: mpsc::Sender<FleetMsg>) {
     let rss_before = ProcSample::own().rss_bytes;
     let urls: Vec<WsUrl> = spec.targets.iter().filter_map(|t| WsUrl::parse(t, spec.token.as_deref()).ok()).collect();
     let ctx = Arc::new(Ctx {
@@ -334,7 +335,9 @@ enum Next {
     Stop,
 }
 
-async fn subscriber(ctx: Arc<Ctx>, index: u64, mut control: watch::Receiver<Control>) {
+/// One subscriber: connects, reads until the connection ends or the control says stop or cut,
+/// and reconnects (up to [`MAX_RECONNECTS`] times) after the backoff of its [`Session`].
+async fn subscriber(ctx: Arc<Ctx>, index: u64, control: watch::Receiver<Control>) {
     let spec = &ctx.spec;
     let url = &ctx.urls[(index % ctx.urls.len() as u64) as usize];
     let room = spec.rooms[(index % spec.rooms.len() as u64) as usize].as_str();
@@ -351,14 +354,14 @@ async fn subscriber(ctx: Arc<Ctx>, index: u64, mut control: watch::Receiver<Cont
     };
     let mut session = Session::new(config, spec.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     session.join(room);
-    let mut seen_generation = control.borrow().drop_generation;
-    let mut joined_once = false;
+    let seen_generation = control.borrow().drop_generation;
+    let mut sub = Subscriber { ctx: &ctx, index, control, seen_generation, joined_once: false };
     for attempt in 0..=MAX_RECONNECTS {
         // Backoff wait (none before the first connect).
         if let Some(at) = session.poll_timeout() {
             tokio::select! {
                 _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
-                _ = control.wait_for(|c| c.stop) => return,
+                _ = sub.control.wait_for(|c| c.stop) => return,
             }
         }
         if !session.poll_connect(Instant::now().into_std()) {
@@ -367,17 +370,17 @@ async fn subscriber(ctx: Arc<Ctx>, index: u64, mut control: watch::Receiver<Cont
         if attempt > 0 {
             ctx.reconnects.fetch_add(1, Ordering::Relaxed);
         }
-        if !joined_once {
+        if !sub.joined_once {
             // A connect slot, given back by `Ctx::joined` / `Ctx::failed` once this one settles.
             if let Ok(permit) = ctx.connect_slots.acquire().await {
                 permit.forget();
             }
         }
         let started = Instant::now();
-        let conn = match WsConn::connect(url, bind, timeout).await {
+        let conn = match WsTransport::connect(url, bind, timeout).await {
             Ok(conn) => conn,
             Err(e) => {
-                if !joined_once {
+                if !sub.joined_once {
                     ctx.failed(e.to_string());
                     return;
                 }
@@ -385,20 +388,17 @@ async fn subscriber(ctx: Arc<Ctx>, index: u64, mut control: watch::Receiver<Cont
                 continue;
             }
         };
-        let outcome = match spec.proto {
-            Proto::Linkcast => {
-                linkcast_conn(&ctx, index, conn, &mut session, &mut control, &mut seen_generation, &mut joined_once, started, timeout).await
-            }
-            Proto::Raw => raw_conn(&ctx, index, conn, &mut control, &mut seen_generation, &mut joined_once, started).await,
-            Proto::Nats => {
-                nats_conn(&ctx, index, room, conn, &mut control, &mut seen_generation, &mut joined_once, started, timeout).await
-            }
+        let mut dialect = match spec.proto {
+            Proto::Linkcast => Dialect::Linkcast(&mut session),
+            Proto::Raw => Dialect::Raw,
+            Proto::Nats => Dialect::Nats { room, parser: NatsParser::default() },
         };
+        let outcome = sub.connection(conn, &mut dialect, started, timeout).await;
         while session.poll_event().is_some() {}
         match outcome {
             Ok(Next::Stop) => break,
             Ok(Next::Reconnect) => {}
-            Err(why) if !joined_once => {
+            Err(why) if !sub.joined_once => {
                 ctx.failed(why);
                 return;
             }
@@ -415,208 +415,206 @@ async fn subscriber(ctx: Arc<Ctx>, index: u64, mut control: watch::Receiver<Cont
     ctx.gaps.fetch_add(stats.gaps, Ordering::Relaxed);
 }
 
-/// Whether the control says: stop (Some(Stop)) or cut this connection (Some(Reconnect)).
-fn control_says(ctx: &Ctx, index: u64, control: &watch::Receiver<Control>, seen: &mut u64) -> Option<Next> {
-    let c = *control.borrow();
-    if c.stop {
-        return Some(Next::Stop);
-    }
-    if c.drop_generation != *seen {
-        *seen = c.drop_generation;
-        if chosen(index, c.drop_generation, c.drop_fraction, ctx.spec.seed) {
-            ctx.drops.fetch_add(1, Ordering::Relaxed);
-            return Some(Next::Reconnect);
-        }
-    }
-    None
+/// What one subscriber carries from connection to connection.
+struct Subscriber<'c> {
+    ctx: &'c Ctx,
+    /// Global subscriber index (picks target, room, source address, drop selection).
+    index: u64,
+    control: watch::Receiver<Control>,
+    /// The last drop generation this subscriber has looked at.
+    seen_generation: u64,
+    /// Joined at least once: later failures reconnect instead of counting as a failed connect.
+    joined_once: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn linkcast_conn(
-    ctx: &Ctx,
-    index: u64,
-    mut conn: WsConn,
-    session: &mut Session,
-    control: &mut watch::Receiver<Control>,
-    seen: &mut u64,
-    joined_once: &mut bool,
-    started: Instant,
-    timeout: Duration,
-) -> Result<Next, String> {
-    session.handle_connected(Instant::now().into_std());
-    while let Some(op) = session.poll_transmit() {
-        conn.feed_text(op.to_json()).await.map_err(|e| e.to_string())?;
+impl Subscriber<'_> {
+    /// Runs one connection (opened at `started`) in `dialect` until it ends, the control cuts it,
+    /// or it does not come up (joined, subscribed) within `timeout` where the dialect bounds that.
+    async fn connection(&mut self, mut conn: WsTransport, dialect: &mut Dialect<'_>, started: Instant, timeout: Duration) -> Result<Next, String> {
+        let deadline = dialect.open(&mut conn, self.joined_once, started + timeout).await?;
+        let mut up = false;
+        if matches!(dialect, Dialect::Raw) {
+            up = true;
+            self.counts_up(started);
+        }
+        let result = loop {
+            tokio::select! {
+                biased;
+                changed = self.control.changed() => {
+                    if changed.is_err() { break Ok(Next::Stop); }
+                    match self.control_says() {
+                        Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
+                        Some(Next::Reconnect) => break Ok(Next::Reconnect),
+                        None => {}
+                    }
+                }
+                msg = conn.recv() => {
+                    let msg = match msg { Ok(msg) => msg, Err(e) => break Err(e.to_string()) };
+                    match dialect.handle(self.ctx, self.index, &msg, &mut conn, self.joined_once).await {
+                        Ok(true) if !up => {
+                            up = true;
+                            self.counts_up(started);
+                        }
+                        Ok(_) => {}
+                        Err(why) => break Err(why),
+                    }
+                }
+                _ = sleep_until(deadline.map(|(at, _)| at)), if !up => {
+                    break Err(deadline.map_or("timed out", |(_, why)| why).to_string());
+                }
+            }
+        };
+        if up {
+            self.ctx.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        result
     }
-    conn.flush().await.map_err(|e| e.to_string())?;
-    let join_deadline = started + timeout;
-    let result = loop {
-        let msg = tokio::select! {
-            biased;
-            changed = control.changed() => {
-                if changed.is_err() { break Ok(Next::Stop); }
-                match control_says(ctx, index, control, seen) {
-                    Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
-                    Some(Next::Reconnect) => break Ok(Next::Reconnect),
-                    None => continue,
-                }
-            }
-            msg = conn.recv() => msg,
-            _ = tokio::time::sleep_until(join_deadline), if !*joined_once => break Err("join timed out".to_string()),
-        };
-        let msg = match msg {
-            Ok(msg) => msg,
-            Err(e) => break Err(e.to_string()),
-        };
-        let Some(text) = msg.as_text() else { continue };
-        match ServerMsg::<Stamp>::decode(text) {
-            Ok(ServerMsg::Message { room, seq, data, .. }) => match session.handle_message(&room, seq) {
-                Delivery::Deliver => ctx.deliver(index, data.t),
-                Delivery::Duplicate => {
-                    ctx.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                Delivery::NotJoined => {}
-            },
-            Ok(ServerMsg::Reset { room, epoch, last_seq }) => session.handle_reset(&room, epoch, last_seq),
-            Ok(ServerMsg::Joined { room, epoch, last_seq }) => {
-                session.handle_joined(&room, epoch, last_seq);
-                if !*joined_once {
-                    *joined_once = true;
-                    ctx.joined(index, started);
-                } else {
-                    ctx.connected.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok(ServerMsg::Gap { room, first_lost, last_lost, resume_from }) => {
-                session.handle_gap(&room, first_lost, last_lost, resume_from);
-            }
-            Ok(ServerMsg::Error { code, reason, .. }) => {
-                ctx.errors.fetch_add(1, Ordering::Relaxed);
-                if !*joined_once {
-                    break Err(format!("server error {code}: {reason}"));
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                ctx.errors.fetch_add(1, Ordering::Relaxed);
+
+    /// The connection is up (joined, subscribed): the first time ever a join, later a reconnect.
+    fn counts_up(&mut self, started: Instant) {
+        if !self.joined_once {
+            self.joined_once = true;
+            self.ctx.joined(self.index, started);
+        } else {
+            self.ctx.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the control says: stop (Some(Stop)) or cut this connection (Some(Reconnect)).
+    fn control_says(&mut self) -> Option<Next> {
+        let c = *self.control.borrow();
+        if c.stop {
+            return Some(Next::Stop);
+        }
+        if c.drop_generation != self.seen_generation {
+            self.seen_generation = c.drop_generation;
+            if chosen(self.index, c.drop_generation, c.drop_fraction, self.ctx.spec.seed) {
+                self.ctx.drops.fetch_add(1, Ordering::Relaxed);
+                return Some(Next::Reconnect);
             }
         }
-        while session.poll_event().is_some() {}
-    };
-    if *joined_once && session.is_connected() {
-        ctx.connected.fetch_sub(1, Ordering::Relaxed);
+        None
     }
-    result
 }
 
-async fn raw_conn(
-    ctx: &Ctx,
-    index: u64,
-    mut conn: WsConn,
-    control: &mut watch::Receiver<Control>,
-    seen: &mut u64,
-    joined_once: &mut bool,
-    started: Instant,
-) -> Result<Next, String> {
-    // The peer subscribes every socket on open: connected = joined.
-    if !*joined_once {
-        *joined_once = true;
-        ctx.joined(index, started);
-    } else {
-        ctx.connected.fetch_add(1, Ordering::Relaxed);
-    }
-    let result = loop {
-        tokio::select! {
-            biased;
-            changed = control.changed() => {
-                if changed.is_err() { break Ok(Next::Stop); }
-                match control_says(ctx, index, control, seen) {
-                    Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
-                    Some(Next::Reconnect) => break Ok(Next::Reconnect),
-                    None => {}
+/// The dialect half of a subscriber connection: what opens the subscription and how a received
+/// WebSocket message is read. The loop around it ([`Subscriber::connection`]) is shared.
+enum Dialect<'s> {
+    /// linkcast JSON: the client library's session applies every server message (duplicates,
+    /// gaps, rejoins with `since`), as in an application's client.
+    Linkcast(&'s mut Session),
+    /// A server that subscribes every socket on open and relays payloads verbatim.
+    Raw,
+    /// NATS text protocol: CONNECT, SUB and PING on open; subscribed at the PONG.
+    Nats {
+        /// The subject subscribed to.
+        room: &'s str,
+        /// This connection's parser (bytes of an operation may span WebSocket messages).
+        parser: NatsParser,
+    },
+}
+
+impl Dialect<'_> {
+    /// Sends what opens the subscription. Returns when it must be up at the latest, and the
+    /// failure to report otherwise (None: no bound; a linkcast rejoin has none, as it is the
+    /// session's to retry).
+    async fn open(&mut self, conn: &mut WsTransport, joined_once: bool, deadline: Instant) -> Result<Option<(Instant, &'static str)>, String> {
+        match self {
+            Dialect::Linkcast(session) => {
+                session.handle_connected(Instant::now().into_std());
+                while let Some(op) = session.poll_transmit() {
+                    conn.feed_text(op.to_json()).await.map_err(|e| e.to_string())?;
                 }
+                conn.flush().await.map_err(|e| e.to_string())?;
+                Ok((!joined_once).then_some((deadline, "join timed out")))
             }
-            msg = conn.recv() => match msg {
-                Ok(msg) => match payload::stamp_of(msg.as_payload()) {
+            Dialect::Raw => Ok(None),
+            Dialect::Nats { room, .. } => {
+                conn.send_text(nats::connect_and_subscribe(room)).await.map_err(|e| e.to_string())?;
+                Ok(Some((deadline, "nats subscribe timed out")))
+            }
+        }
+    }
+
+    /// Reads one received message: records deliveries, counts duplicates and errors. Ok(true)
+    /// when it says the subscription is up (joined, subscribed); Err ends the connection.
+    async fn handle(&mut self, ctx: &Ctx, index: u64, msg: &Message, conn: &mut WsTransport, joined_once: bool) -> Result<bool, String> {
+        match self {
+            Dialect::Linkcast(session) => {
+                let Some(text) = msg.as_text() else { return Ok(false) };
+                let mut up = false;
+                match ServerMsg::<Stamp>::decode(text) {
+                    Ok(decoded) => match session.handle_server_msg(Instant::now().into_std(), decoded) {
+                        Received::Deliver { data, .. } => ctx.deliver(index, data.t),
+                        Received::Duplicate => {
+                            ctx.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Received::Joined => up = true,
+                        Received::Refused { code, reason } => {
+                            ctx.errors.fetch_add(1, Ordering::Relaxed);
+                            if !joined_once {
+                                return Err(format!("server error {code}: {reason}"));
+                            }
+                        }
+                        Received::Absorbed => {}
+                    },
+                    Err(_) => {
+                        ctx.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                while session.poll_event().is_some() {}
+                Ok(up)
+            }
+            Dialect::Raw => {
+                match payload::stamp_of(msg.as_payload()) {
                     Some(t) => ctx.deliver(index, t),
-                    None => { ctx.errors.fetch_add(1, Ordering::Relaxed); }
-                },
-                Err(e) => break Err(e.to_string()),
-            },
-        }
-    };
-    ctx.connected.fetch_sub(1, Ordering::Relaxed);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn nats_conn(
-    ctx: &Ctx,
-    index: u64,
-    room: &str,
-    mut conn: WsConn,
-    control: &mut watch::Receiver<Control>,
-    seen: &mut u64,
-    joined_once: &mut bool,
-    started: Instant,
-    timeout: Duration,
-) -> Result<Next, String> {
-    conn.send_text(nats::connect_and_subscribe(room)).await.map_err(|e| e.to_string())?;
-    let mut parser = NatsParser::default();
-    let mut subscribed = false;
-    let deadline = started + timeout;
-    let result = loop {
-        tokio::select! {
-            biased;
-            changed = control.changed() => {
-                if changed.is_err() { break Ok(Next::Stop); }
-                match control_says(ctx, index, control, seen) {
-                    Some(Next::Stop) => { conn.close().await; break Ok(Next::Stop); }
-                    Some(Next::Reconnect) => break Ok(Next::Reconnect),
-                    None => {}
+                    None => {
+                        ctx.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                Ok(false)
             }
-            _ = tokio::time::sleep_until(deadline), if !subscribed => break Err("nats subscribe timed out".to_string()),
-            msg = conn.recv() => {
-                let msg = match msg { Ok(m) => m, Err(e) => break Err(e.to_string()) };
-                if let Err(e) = parser.push(msg.as_payload()) {
-                    break Err(e.to_string());
-                }
-                let mut pong = false;
+            Dialect::Nats { parser, .. } => {
+                parser.push(msg.as_payload()).map_err(|e| e.to_string())?;
+                let (mut up, mut pong) = (false, false);
                 // Bounded: each op consumes bytes from a buffer of at most MAX_PENDING.
                 loop {
                     match parser.next_op() {
                         Ok(Some(NatsOp::Msg(p))) => match payload::stamp_of(&p) {
                             Some(t) => ctx.deliver(index, t),
-                            None => { ctx.errors.fetch_add(1, Ordering::Relaxed); }
+                            None => {
+                                ctx.errors.fetch_add(1, Ordering::Relaxed);
+                            }
                         },
                         Ok(Some(NatsOp::Ping)) => pong = true,
-                        Ok(Some(NatsOp::Pong)) if !subscribed => {
-                            subscribed = true;
-                            if !*joined_once {
-                                *joined_once = true;
-                                ctx.joined(index, started);
-                            } else {
-                                ctx.connected.fetch_add(1, Ordering::Relaxed);
-                            }
+                        Ok(Some(NatsOp::Pong)) => up = true,
+                        Ok(Some(NatsOp::Err(e))) => {
+                            ctx.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("nats: {e}");
                         }
-                        Ok(Some(NatsOp::Err(e))) => { ctx.errors.fetch_add(1, Ordering::Relaxed); tracing::debug!("nats: {e}"); }
-                        Ok(Some(_)) => {}
+                        Ok(Some(NatsOp::Info)) => {}
                         Ok(None) => break,
-                        Err(e) => { ctx.errors.fetch_add(1, Ordering::Relaxed); tracing::debug!("{e}"); break; }
+                        Err(e) => {
+                            ctx.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("{e}");
+                            break;
+                        }
                     }
                 }
                 if pong {
-                    if let Err(e) = conn.send_text("PONG\r\n".into()).await {
-                        break Err(e.to_string());
-                    }
+                    conn.send_text("PONG\r\n".into()).await.map_err(|e| e.to_string())?;
                 }
+                Ok(up)
             }
         }
-    };
-    if subscribed {
-        ctx.connected.fetch_sub(1, Ordering::Relaxed);
     }
-    result
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

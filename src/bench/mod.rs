@@ -16,19 +16,28 @@
 //! server CPU around it → wait until every owed delivery arrived or `--drain` passed → stop the
 //! fleets, merge their counts and histograms → [`report::Report`] (text, `--json`, `--plot`).
 //!
-//! Modules: [`fleet`] (subscribers), [`publisher`], [`worker`] (processes), [`stats`]
-//! (histograms), [`procstat`] (/proc), [`payload`] (the stamped message), [`nats`] (NATS lines),
-//! [`report`], [`plot`].
+//! Modules: `fleet` (subscribers), `publisher`, `worker` (processes), `stats` (histograms),
+//! `procstat` (/proc), `payload` (the stamped message), `nats` (NATS lines), [`report`],
+//! [`plot`]. Public: what the `linkcast` binary and the tests call ([`run_cli`], [`run_load`] and
+//! their flags, the report and its plot); the rest is private.
+//!
+//! Why a cargo feature (`bench`, on by default) and not a crate of its own under tools/: the
+//! bench drives the client library ([`crate::client`]), so a bench crate would depend on
+//! `linkcast`, and the `linkcast` binary, which keeps the `bench` subcommand, could not depend on
+//! that crate without a package cycle. Behind the feature, its dependencies (hdrhistogram,
+//! indicatif, plotters) stay out of the library for client-library users who build with
+//! `default-features = false`.
+#![cfg(feature = "bench")]
 
-pub mod fleet;
-pub mod nats;
-pub mod payload;
+mod fleet;
+mod nats;
+mod payload;
 pub mod plot;
-pub mod procstat;
-pub mod publisher;
+mod procstat;
+mod publisher;
 pub mod report;
-pub mod stats;
-pub mod worker;
+mod stats;
+mod worker;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -40,12 +49,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::fleet::{FleetCmd, FleetMsg, FleetSpec, Proto};
+use self::fleet::{FleetCmd, FleetMsg, FleetSpec};
 use self::procstat::ProcSample;
 use self::publisher::{PublishCounters, PublishPlan};
 use self::report::Report;
 use self::stats::{Percentiles, Recorder};
 use self::worker::{FleetHandle, MAX_PER_WORKER};
+
+pub use self::fleet::Proto;
 
 /// Command-line flags of `linkcast bench`.
 #[derive(Debug, clap::Args)]

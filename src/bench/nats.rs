@@ -9,11 +9,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Most bytes buffered waiting for the end of an operation.
-pub const MAX_PENDING: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_PENDING: usize = 4 * 1024 * 1024;
 
 /// One server operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NatsOp {
+pub(crate) enum NatsOp {
     /// A delivered message's payload.
     Msg(Bytes),
     /// The server pings: answer `PONG`.
@@ -28,7 +28,7 @@ pub enum NatsOp {
 
 /// Why the byte stream is not NATS.
 #[derive(Debug, thiserror::Error)]
-pub enum NatsError {
+pub(crate) enum NatsError {
     /// A line this parser does not know or cannot read.
     #[error("nats: unexpected line {0:?}")]
     Line(String),
@@ -39,13 +39,13 @@ pub enum NatsError {
 
 /// Incremental parser of server operations.
 #[derive(Debug, Default)]
-pub struct NatsParser {
+pub(crate) struct NatsParser {
     buf: BytesMut,
 }
 
 impl NatsParser {
     /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), NatsError> {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), NatsError> {
         if self.buf.len() + bytes.len() > MAX_PENDING {
             return Err(NatsError::TooLarge);
         }
@@ -54,7 +54,7 @@ impl NatsParser {
     }
 
     /// The next complete operation, `Ok(None)` if more bytes are needed.
-    pub fn next_op(&mut self) -> Result<Option<NatsOp>, NatsError> {
+    pub(crate) fn next_op(&mut self) -> Result<Option<NatsOp>, NatsError> {
         let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
             return Ok(None);
         };
@@ -94,17 +94,17 @@ impl NatsParser {
 
 /// The lines a subscriber sends first: CONNECT, SUB `subject` with sid 1, and a PING whose PONG
 /// says the subscription is in place.
-pub fn connect_and_subscribe(subject: &str) -> String {
+pub(crate) fn connect_and_subscribe(subject: &str) -> String {
     format!("{}SUB {subject} 1\r\nPING\r\n", connect())
 }
 
 /// The CONNECT line (no echo, no verbose acks).
-pub fn connect() -> String {
+pub(crate) fn connect() -> String {
     "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"lang\":\"rust\",\"version\":\"linkcast-bench\"}\r\n".into()
 }
 
 /// A PUB of `payload` to `subject`.
-pub fn publish(subject: &str, payload: &str) -> String {
+pub(crate) fn publish(subject: &str, payload: &str) -> String {
     format!("PUB {subject} {}\r\n{payload}\r\n", payload.len())
 }
 

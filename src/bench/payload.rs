@@ -9,20 +9,16 @@
 
 use serde::Deserialize;
 
-/// Smallest payload (`{"t":` + 16 digits + `,"p":""}`): smaller sizes are rounded up to it.
-pub const MIN_SIZE: usize = 30;
-
 /// The part of a payload a receiver reads: the send time stamp.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     /// Send time, microseconds since the Unix epoch.
     #[serde(default)]
     pub t: u64,
 }
 
-/// Wall clock now, microseconds since the Unix epoch.
 /// A payload stamped `t`, padded to `size` bytes (never shorter than the stamp needs).
-pub fn make(t: u64, size: usize) -> String {
+pub(crate) fn make(t: u64, size: usize) -> String {
     let mut out = format!(r#"{{"t":{t},"p":""#);
     let pad = size.saturating_sub(out.len() + 2);
     out.extend(std::iter::repeat_n('x', pad));
@@ -32,7 +28,7 @@ pub fn make(t: u64, size: usize) -> String {
 
 /// The stamp of a raw payload (uWebSockets.js / NATS deliver the bytes as sent). Reads the
 /// digits after the leading `{"t":` without a JSON parse.
-pub fn stamp_of(raw: &[u8]) -> Option<u64> {
+pub(crate) fn stamp_of(raw: &[u8]) -> Option<u64> {
     let digits = raw.strip_prefix(br#"{"t":"#)?;
     let end = digits.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()

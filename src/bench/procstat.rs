@@ -13,7 +13,7 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// One sample of one or several processes (summed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProcSample {
+pub(crate) struct ProcSample {
     /// User + system CPU seconds so far.
     pub cpu_secs: f64,
     /// Resident set size, bytes.
@@ -24,7 +24,7 @@ pub struct ProcSample {
 
 impl ProcSample {
     /// Sums a sample of every pid in `pids`.
-    pub fn of(pids: &[u32]) -> ProcSample {
+    pub(crate) fn of(pids: &[u32]) -> ProcSample {
         let mut total = ProcSample::default();
         for pid in pids {
             match (cpu_secs(&pid.to_string()), rss_bytes(&pid.to_string())) {
@@ -39,7 +39,7 @@ impl ProcSample {
     }
 
     /// This process.
-    pub fn own() -> ProcSample {
+    pub(crate) fn own() -> ProcSample {
         ProcSample {
             cpu_secs: cpu_secs("self").unwrap_or(0.0),
             rss_bytes: rss_bytes("self").unwrap_or(0),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::client::http::HttpApi;
-use crate::client::ws::{WsConn, WsUrl};
+use crate::client::ws::{WsTransport, WsUrl};
 use linkcast_core::protocol;
 
 use super::fleet::Proto;
@@ -30,7 +30,7 @@ use super::payload;
 
 /// What to publish, where, how fast.
 #[derive(Clone, Debug)]
-pub struct PublishPlan {
+pub(crate) struct PublishPlan {
     /// Wire dialect.
     pub proto: Proto,
     /// Hub base URL (linkcast): publish over HTTP.
@@ -57,7 +57,7 @@ pub struct PublishPlan {
 
 /// What the publisher did.
 #[derive(Clone, Debug, Default)]
-pub struct Published {
+pub(crate) struct Published {
     /// Messages accepted (HTTP 200 / written to the socket).
     pub sent: u64,
     /// Publishes refused or failed.
@@ -74,13 +74,13 @@ pub struct Published {
 
 /// Live counters (for the progress bar and the resume scenario's timing).
 #[derive(Debug, Default)]
-pub struct PublishCounters {
+pub(crate) struct PublishCounters {
     /// Messages sent so far.
     pub sent: AtomicU64,
 }
 
 /// Runs the plan to completion.
-pub async fn run(plan: PublishPlan, counters: Arc<PublishCounters>) -> Published {
+pub(crate) async fn run(plan: PublishPlan, counters: Arc<PublishCounters>) -> Published {
     let total = plan.messages.min((plan.rate * plan.duration.as_secs_f64()).ceil() as u64).max(1);
     let per_room: Arc<Vec<AtomicU64>> = Arc::new((0..plan.rooms.len()).map(|_| AtomicU64::new(0)).collect());
     let first_send_us = crate::clock::now_micros();
@@ -173,7 +173,7 @@ async fn ws_publisher(
         Ok(url) => url,
         Err(e) => return (total, Some(e.to_string())),
     };
-    let mut conn = match WsConn::connect(&url, None, Duration::from_secs(10)).await {
+    let mut conn = match WsTransport::connect(&url, None, Duration::from_secs(10)).await {
         Ok(conn) => conn,
         Err(e) => return (total, Some(e.to_string())),
     };

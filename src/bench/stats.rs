@@ -6,7 +6,7 @@
 //! for the plot. Recording is done under a `Mutex` that only a handful of subscriber tasks share
 //! ([`ShardedRecorder`] spreads them), so it is uncontended in practice. Merging is exact:
 //! [`encode_histogram`] writes every non-empty bucket as (value, count) LEB128 pairs, base64'd,
-//! and [`decode_histogram`] records them back into a histogram of the same configuration, where
+//! and [`decode_histogram_into`] records them back into a histogram of the same configuration, where
 //! each lands in the bucket it came from. (hdrhistogram's own V2 serializer would pull in flate2
 //! and nom; this form is as lossless for our use and needs nothing new.)
 
@@ -19,10 +19,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Largest latency recorded (µs); larger values saturate here.
-pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// A whole-run latency histogram.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds: low 1, high > 2·low, 3 digits")
 }
 
@@ -33,7 +33,7 @@ fn new_second_histogram() -> Histogram<u64> {
 
 /// Why an encoded histogram could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum HistogramCodecError {
+pub(crate) enum HistogramCodecError {
     /// Not base64.
     #[error("histogram: bad base64")]
     Base64,
@@ -43,7 +43,7 @@ pub enum HistogramCodecError {
 }
 
 /// `hist` as base64 of LEB128 (value delta, count) pairs over its non-empty buckets.
-pub fn encode_histogram(hist: &Histogram<u64>) -> String {
+pub(crate) fn encode_histogram(hist: &Histogram<u64>) -> String {
     let mut out = Vec::new();
     let mut previous = 0u64;
     for v in hist.iter_recorded() {
@@ -56,7 +56,7 @@ pub fn encode_histogram(hist: &Histogram<u64>) -> String {
 }
 
 /// Adds an [`encode_histogram`] text into `into`.
-pub fn decode_histogram_into(text: &str, into: &mut Histogram<u64>) -> Result<(), HistogramCodecError> {
+pub(crate) fn decode_histogram_into(text: &str, into: &mut Histogram<u64>) -> Result<(), HistogramCodecError> {
     let raw = STANDARD.decode(text).map_err(|_| HistogramCodecError::Base64)?;
     let mut rest = raw.as_slice();
     let mut value = 0u64;
@@ -67,13 +67,6 @@ pub fn decode_histogram_into(text: &str, into: &mut Histogram<u64>) -> Result<()
         into.saturating_record_n(value, count);
     }
     Ok(())
-}
-
-/// A fresh whole-run histogram holding `text`.
-pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, HistogramCodecError> {
-    let mut hist = new_histogram();
-    decode_histogram_into(text, &mut hist)?;
-    Ok(hist)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -143,7 +136,7 @@ struct Second {
 
 /// Latencies and deliveries of one set of subscribers.
 #[derive(Debug)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     latency: Histogram<u64>,
     /// Unix second → that second's deliveries and latencies (bounded by the run's length).
     seconds: BTreeMap<u64, Second>,
@@ -157,7 +150,7 @@ impl Default for Recorder {
 
 /// A [`Recorder`]'s content in transferable form (worker → parent, JSON).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RecorderDump {
+pub(crate) struct RecorderDump {
     /// [`encode_histogram`] of the whole-run latencies.
     pub latency: String,
     /// (unix second, deliveries, encoded latencies of that second).
@@ -179,7 +172,7 @@ pub struct SeriesPoint {
 
 impl Recorder {
     /// Records one delivery of latency `latency_us` at unix second `now_sec`.
-    pub fn record(&mut self, now_sec: u64, latency_us: u64) {
+    pub(crate) fn record(&mut self, now_sec: u64, latency_us: u64) {
         let latency_us = latency_us.max(1);
         self.latency.saturating_record(latency_us);
         let second = self
@@ -191,7 +184,7 @@ impl Recorder {
     }
 
     /// Adds `other` into this recorder.
-    pub fn merge(&mut self, other: &Recorder) {
+    pub(crate) fn merge(&mut self, other: &Recorder) {
         let _ = self.latency.add(&other.latency);
         for (sec, s) in &other.seconds {
             let mine = self.seconds.entry(*sec).or_insert_with(|| Second { delivered: 0, latency: new_second_histogram() });
@@ -201,7 +194,7 @@ impl Recorder {
     }
 
     /// The transferable form.
-    pub fn dump(&self) -> RecorderDump {
+    pub(crate) fn dump(&self) -> RecorderDump {
         RecorderDump {
             latency: encode_histogram(&self.latency),
             seconds: self.seconds.iter().map(|(sec, s)| (*sec, s.delivered, encode_histogram(&s.latency))).collect(),
@@ -209,7 +202,7 @@ impl Recorder {
     }
 
     /// Adds a dump into this recorder.
-    pub fn merge_dump(&mut self, dump: &RecorderDump) -> Result<(), HistogramCodecError> {
+    pub(crate) fn merge_dump(&mut self, dump: &RecorderDump) -> Result<(), HistogramCodecError> {
         decode_histogram_into(&dump.latency, &mut self.latency)?;
         for (sec, delivered, hist) in &dump.seconds {
             let mine = self.seconds.entry(*sec).or_insert_with(|| Second { delivered: 0, latency: new_second_histogram() });
@@ -220,12 +213,12 @@ impl Recorder {
     }
 
     /// The whole-run latency histogram.
-    pub fn latency(&self) -> &Histogram<u64> {
+    pub(crate) fn latency(&self) -> &Histogram<u64> {
         &self.latency
     }
 
     /// The per-second series from unix second `start_sec` on.
-    pub fn series(&self, start_sec: u64) -> Vec<SeriesPoint> {
+    pub(crate) fn series(&self, start_sec: u64) -> Vec<SeriesPoint> {
         self.seconds
             .range(start_sec..)
             .map(|(sec, s)| SeriesPoint {
@@ -241,18 +234,18 @@ impl Recorder {
 /// Recorders shared by many subscriber tasks: task `i` uses shard `i % n`, so locks are rarely
 /// contended on a 2-core machine.
 #[derive(Debug)]
-pub struct ShardedRecorder {
+pub(crate) struct ShardedRecorder {
     shards: Vec<Mutex<Recorder>>,
 }
 
 impl ShardedRecorder {
     /// `n` shards (at least one).
-    pub fn new(n: usize) -> ShardedRecorder {
+    pub(crate) fn new(n: usize) -> ShardedRecorder {
         ShardedRecorder { shards: (0..n.max(1)).map(|_| Mutex::new(Recorder::default())).collect() }
     }
 
     /// Records a delivery for subscriber `index`.
-    pub fn record(&self, index: usize, now_sec: u64, latency_us: u64) {
+    pub(crate) fn record(&self, index: usize, now_sec: u64, latency_us: u64) {
         let shard = &self.shards[index % self.shards.len()];
         // A poisoned lock only means another task panicked mid-record; the data is still usable.
         let mut recorder = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -260,7 +253,7 @@ impl ShardedRecorder {
     }
 
     /// All shards merged.
-    pub fn merged(&self) -> Recorder {
+    pub(crate) fn merged(&self) -> Recorder {
         let mut all = Recorder::default();
         for shard in &self.shards {
             let recorder = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,6 +266,12 @@ impl ShardedRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_histogram(text: &str) -> Result<Histogram<u64>, HistogramCodecError> {
+        let mut hist = new_histogram();
+        decode_histogram_into(text, &mut hist)?;
+        Ok(hist)
+    }
 
     #[test]
     fn histograms_round_trip_exactly() {

@@ -19,17 +19,17 @@ use super::fleet::{run_fleet, FleetCmd, FleetMsg, FleetSpec};
 
 /// Most connections one worker process is given (the open-file limit is 20,000 per process;
 /// the rest is headroom for the runtime, stdio and the publisher).
-pub const MAX_PER_WORKER: u64 = 19_000;
+pub(crate) const MAX_PER_WORKER: u64 = 19_000;
 
 /// Marks protocol lines on a worker's stdout.
-pub const LINE_PREFIX: &str = "@fleet ";
+pub(crate) const LINE_PREFIX: &str = "@fleet ";
 
 /// Lines read from a worker's stdout per run at most (bounds the reader loop).
 const MAX_LINES: u64 = 100_000_000;
 
 /// The parent's handle on one fleet.
 #[derive(Debug)]
-pub struct FleetHandle {
+pub(crate) struct FleetHandle {
     /// Commands to the fleet.
     pub commands: mpsc::Sender<FleetCmd>,
     /// The child process, when the fleet runs in one.
@@ -37,7 +37,7 @@ pub struct FleetHandle {
 }
 
 /// Runs a fleet as a task of this process; its messages go to `out` tagged with `id`.
-pub fn spawn_local(id: usize, spec: FleetSpec, out: mpsc::Sender<(usize, FleetMsg)>) -> FleetHandle {
+pub(crate) fn spawn_local(id: usize, spec: FleetSpec, out: mpsc::Sender<(usize, FleetMsg)>) -> FleetHandle {
     let (commands, command_rx) = mpsc::channel(16);
     let (msg_tx, mut msg_rx) = mpsc::channel(64);
     tokio::spawn(run_fleet(spec, command_rx, msg_tx));
@@ -63,7 +63,7 @@ pub enum WorkerError {
 }
 
 /// Runs a fleet in a child process (`current_exe bench worker`).
-pub async fn spawn_process(id: usize, spec: &FleetSpec, out: mpsc::Sender<(usize, FleetMsg)>) -> Result<FleetHandle, WorkerError> {
+pub(crate) async fn spawn_process(id: usize, spec: &FleetSpec, out: mpsc::Sender<(usize, FleetMsg)>) -> Result<FleetHandle, WorkerError> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .args(["bench", "worker"])
@@ -107,7 +107,7 @@ pub async fn spawn_process(id: usize, spec: &FleetSpec, out: mpsc::Sender<(usize
 }
 
 /// The child side: read the spec and commands from stdin, run the fleet, answer on stdout.
-pub fn worker_main() -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn worker_main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -1,9 +1,9 @@
 //! The linkcast client library: connect to a Link, join rooms, publish, and survive drops.
 //!
-//! A [`Client`] is a handle to one background task (the *driver*) that owns one connection at a
-//! time — WebSocket or QUIC, found directly or through the hub's `locate` — and a sans-IO
-//! [`Session`] that decides everything about rooms and retries. When the connection drops the
-//! driver waits the session's jittered backoff (longer after close 1013 or an HTTP 503 / retry
+//! A [`Client`] is a handle to one background task (the *connection task*) that owns one
+//! connection at a time — WebSocket or QUIC, found directly or through the hub's `locate` — and a
+//! sans-IO [`Session`] that decides everything about rooms and retries. When the connection drops
+//! the task waits the session's jittered backoff (longer after close 1013 or an HTTP 503 / retry
 //! hint), locates again, reconnects and rejoins every room with its position — the room's epoch
 //! and the last seq it delivered; replayed messages it already had are dropped; what the server
 //! could no longer replay arrives as an [`Event::Gap`], a room whose history was lost (new epoch)
@@ -13,11 +13,12 @@
 //! hint — a publish with the same id, so the hub sequences it once.
 //!
 //! Layout:
-//! - [`session`]: the resume/dedupe/retry/backoff state machine (sans-IO, unit-tested);
-//! - [`linkcast_core::protocol`]: the WebSocket JSON messages (shared with the Link); [`ws`], [`quic`]:
-//!   the two transports;
+//! - `session.rs`: the resume/dedupe/retry/backoff state machine ([`Session`], sans-IO,
+//!   unit-tested; [`Session::handle_server_msg`] is the one place a server message is applied);
+//! - [`linkcast_core::protocol`]: the WebSocket JSON messages (shared with the Link); `ws.rs`,
+//!   `quic.rs`: the two transports (crate-internal; `linkcast bench` dials with `ws.rs` too);
 //! - [`http`]: the hub's HTTP API (locate, publish) over a keep-alive connection;
-//! - this file: the driver task and the public handle.
+//! - this file: the connection task and the public handle.
 //!
 //! ```no_run
 //! use linkcast::client::{Client, ClientOptions, Event, Target};
@@ -40,9 +41,9 @@
 //! ```
 
 pub mod http;
-pub mod quic;
-pub mod session;
-pub mod ws;
+mod quic;
+mod session;
+pub(crate) mod ws;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -51,10 +52,12 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use self::session::{Backoff, Delivery, Disconnect, Event, Message, Session, SessionConfig, SessionError, SessionStats};
 use self::http::{HttpApi, HttpError};
-use self::quic::QuicConn;
-use self::ws::{WsConn, WsUrl};
+use self::quic::QuicTransport;
+pub use self::session::{
+    Backoff, Disconnect, Event, Message, MessageVerdict, Received, Session, SessionConfig, SessionError, SessionStats, MAX_RETRIES,
+};
+use self::ws::{WsTransport, WsUrl};
 pub use linkcast_core::protocol::ClientOp;
 use linkcast_core::protocol::ServerMsg;
 
@@ -109,7 +112,7 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Application ping period while the connection is quiet.
     pub ping_interval: Duration,
-    /// Events buffered for the application before the driver waits for it.
+    /// Events buffered for the application before the connection task waits for it.
     pub event_buffer: usize,
 }
 
@@ -132,7 +135,7 @@ impl ClientOptions {
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum Error {
     /// The room name is not valid (docs/protocol.md "Names and limits").
     #[error("invalid room name {0:?}")]
     BadRoom(String),
@@ -142,7 +145,7 @@ pub enum ClientError {
     /// The payload could not be serialized.
     #[error("payload: {0}")]
     Payload(#[from] serde_json::Error),
-    /// The driver task has ended.
+    /// The connection task has ended.
     #[error("client stopped")]
     Stopped,
 }
@@ -155,7 +158,7 @@ enum Command {
     Close,
 }
 
-/// A resuming client (see the module docs). Dropping it stops the driver.
+/// A resuming client (see the module docs). Dropping it stops the connection task.
 #[derive(Debug)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
@@ -176,38 +179,38 @@ impl std::fmt::Debug for Command {
 }
 
 impl Client {
-    /// Starts the driver (on the current tokio runtime); it connects right away.
+    /// Starts the connection task (on the current tokio runtime); it connects right away.
     pub fn start(options: ClientOptions) -> Client {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::channel(options.event_buffer.max(1));
         let session = Session::new(options.session, options.seed);
-        let task = tokio::spawn(Driver { options, session, commands: command_rx, events: event_tx, http: None }.run());
+        let task = tokio::spawn(ConnectionTask { options, session, commands: command_rx, events: event_tx, http: None }.run());
         Client { commands, events, task }
     }
 
     /// Joins `room` (rejoined automatically after reconnects).
-    pub fn join(&self, room: &str) -> Result<(), ClientError> {
+    pub fn join(&self, room: &str) -> Result<(), Error> {
         check_room(room)?;
-        self.commands.send(Command::Join(room.to_owned())).map_err(|_| ClientError::Stopped)
+        self.commands.send(Command::Join(room.to_owned())).map_err(|_| Error::Stopped)
     }
 
     /// Leaves `room`.
-    pub fn leave(&self, room: &str) -> Result<(), ClientError> {
+    pub fn leave(&self, room: &str) -> Result<(), Error> {
         check_room(room)?;
-        self.commands.send(Command::Leave(room.to_owned())).map_err(|_| ClientError::Stopped)
+        self.commands.send(Command::Leave(room.to_owned())).map_err(|_| Error::Stopped)
     }
 
     /// Publishes `data` to `room`; returns the id the matching [`Event::Published`] (or
     /// [`Event::Error`]) carries. Waits for a connection if there is none (bounded queue).
-    pub async fn publish(&self, room: &str, data: &serde_json::Value) -> Result<u64, ClientError> {
+    pub async fn publish(&self, room: &str, data: &serde_json::Value) -> Result<u64, Error> {
         check_room(room)?;
         let bytes = Bytes::from(serde_json::to_vec(data)?);
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Publish(room.to_owned(), bytes, tx)).map_err(|_| ClientError::Stopped)?;
-        Ok(rx.await.map_err(|_| ClientError::Stopped)??)
+        self.commands.send(Command::Publish(room.to_owned(), bytes, tx)).map_err(|_| Error::Stopped)?;
+        Ok(rx.await.map_err(|_| Error::Stopped)??)
     }
 
-    /// The next event; `None` once the driver has ended (after [`Event::Closed`]).
+    /// The next event; `None` once the connection task has ended (after [`Event::Closed`]).
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -218,28 +221,28 @@ impl Client {
         let _ = self.commands.send(Command::DropConnection);
     }
 
-    /// Closes the connection politely and ends the driver; returns the session's counters.
+    /// Closes the connection politely and ends the connection task; returns the session's counters.
     pub async fn close(self) -> SessionStats {
         let _ = self.commands.send(Command::Close);
         let Client { events, task, .. } = self;
-        // The driver may be waiting for room in the event channel: let it finish.
+        // The task may be waiting for room in the event channel: let it finish.
         drop(events);
         task.await.unwrap_or_default()
     }
 }
 
-fn check_room(room: &str) -> Result<(), ClientError> {
+fn check_room(room: &str) -> Result<(), Error> {
     if linkcast_core::frame::is_valid_room(room) {
         Ok(())
     } else {
-        Err(ClientError::BadRoom(room.to_owned()))
+        Err(Error::BadRoom(room.to_owned()))
     }
 }
 
 /// One live connection of either transport.
 enum Conn {
-    Ws(Box<WsConn>),
-    Quic(Box<QuicConn>),
+    Ws(Box<WsTransport>),
+    Quic(Box<QuicTransport>),
 }
 
 impl Conn {
@@ -281,15 +284,20 @@ enum Ended {
     Closed,
 }
 
-struct Driver {
+/// The task behind a [`Client`]: owns the session and one connection at a time, applies the
+/// handle's commands and hands the session's events to the application.
+struct ConnectionTask {
     options: ClientOptions,
     session: Session,
+    /// From the [`Client`] handle; closed when it is dropped.
     commands: mpsc::UnboundedReceiver<Command>,
+    /// To the application (bounded by [`ClientOptions::event_buffer`]).
     events: mpsc::Sender<Event>,
+    /// The hub's HTTP API, kept across reconnects for `locate` (opened at the first one).
     http: Option<HttpApi>,
 }
 
-impl Driver {
+impl ConnectionTask {
     /// Connect, run, wait, reconnect — until the session closes or the handle is dropped.
     async fn run(mut self) -> SessionStats {
         loop {
@@ -362,11 +370,11 @@ impl Driver {
             Transport::Ws => {
                 let url = ws_url.ok_or_else(|| Disconnect::io("no WebSocket URL"))?;
                 let url = WsUrl::parse(&url, token.as_deref()).map_err(|e| Disconnect::io(e.to_string()))?;
-                WsConn::connect(&url, bind, timeout).await.map(|c| Conn::Ws(Box::new(c))).map_err(|e| e.to_disconnect())
+                WsTransport::connect(&url, bind, timeout).await.map(|c| Conn::Ws(Box::new(c))).map_err(|e| e.to_disconnect())
             }
             Transport::Quic => {
                 let addr = quic_addr.ok_or_else(|| Disconnect::io("no QUIC address"))?;
-                QuicConn::connect(addr, token.as_deref(), bind, timeout)
+                QuicTransport::connect(addr, token.as_deref(), bind, timeout)
                     .await
                     .map(|q| Conn::Quic(Box::new(q)))
                     .map_err(|e| e.to_disconnect())
@@ -424,37 +432,9 @@ impl Driver {
 
     /// Feeds one server message to the session; returns a message to deliver, if any.
     fn handle(&mut self, msg: ServerMsg<'static, serde_json::Value>) -> Option<Message> {
-        match msg {
-            ServerMsg::Message { room, seq, from, ts, data } => match self.session.handle_message(&room, seq) {
-                Delivery::Deliver => Some(Message { room: room.into_owned(), seq, from: from.into_owned(), ts, data }),
-                Delivery::Duplicate | Delivery::NotJoined => None,
-            },
-            ServerMsg::Joined { room, epoch, last_seq } => {
-                self.session.handle_joined(&room, epoch, last_seq);
-                None
-            }
-            ServerMsg::Reset { room, epoch, last_seq } => {
-                self.session.handle_reset(&room, epoch, last_seq);
-                None
-            }
-            ServerMsg::Gap { room, first_lost, last_lost, resume_from } => {
-                self.session.handle_gap(&room, first_lost, last_lost, resume_from);
-                None
-            }
-            ServerMsg::Left { room } => {
-                self.session.handle_left(&room);
-                None
-            }
-            ServerMsg::Published { room, seq, epoch, id } => {
-                self.session.handle_published(&room, seq, epoch, id.unwrap_or(0));
-                None
-            }
-            ServerMsg::Error { code, reason, room, id, retry_after_ms } => {
-                let now = Instant::now().into_std();
-                self.session.handle_error(now, code, &reason, room.as_deref(), id, retry_after_ms);
-                None
-            }
-            ServerMsg::Pong => None,
+        match self.session.handle_server_msg(Instant::now().into_std(), msg) {
+            Received::Deliver { room, seq, from, ts, data } => Some(Message { room: room.into_owned(), seq, from: from.into_owned(), ts, data }),
+            Received::Duplicate | Received::Joined | Received::Refused { .. } | Received::Absorbed => None,
         }
     }
 

@@ -14,7 +14,7 @@
 //!   100–599 as an HTTP status — so a refused token is fatal and 503/1013 back off, as on
 //!   WebSocket;
 //! - the Link does not confirm a `Leave` on QUIC (docs/protocol.md lists no such frame); the
-//!   leave is complete once the frame is written, so [`QuicConn::send_op`] queues the `Left`.
+//!   leave is complete once the frame is written, so [`QuicTransport::send_op`] queues the `Left`.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -29,7 +29,7 @@ use linkcast_core::protocol::{self, ClientOp, ServerMsg};
 
 /// Why a QUIC connection failed or ended.
 #[derive(Debug, thiserror::Error)]
-pub enum QuicError {
+pub(crate) enum QuicError {
     /// Endpoint setup failed.
     #[error("quic setup: {0}")]
     Setup(#[from] QuicSetupError),
@@ -61,7 +61,7 @@ impl QuicError {
     /// What the session needs to know to schedule a retry: the Link's application close code
     /// as a close code (1000–4999, WebSocket codes) or an HTTP status (100–599, refusals such
     /// as 401 bad token or 503 too many connections); anything else is a transport failure.
-    pub fn to_disconnect(&self) -> Disconnect {
+    pub(crate) fn to_disconnect(&self) -> Disconnect {
         let Some(close) = self.application_close() else { return Disconnect::io(self.to_string()) };
         let reason = String::from_utf8_lossy(&close.reason).into_owned();
         match u16::try_from(close.error_code.into_inner()) {
@@ -88,7 +88,7 @@ impl QuicError {
 
 /// One QUIC connection to a Link.
 #[derive(Debug)]
-pub struct QuicConn {
+pub(crate) struct QuicTransport {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
@@ -97,23 +97,23 @@ pub struct QuicConn {
     pending: VecDeque<ServerMsg<'static, serde_json::Value>>,
 }
 
-impl QuicConn {
+impl QuicTransport {
     /// Connects to `addr` from `bind` (any port), says `Hello` with `token`, within `timeout`.
-    pub async fn connect(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>, timeout: Duration) -> Result<QuicConn, QuicError> {
+    pub(crate) async fn connect(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>, timeout: Duration) -> Result<QuicTransport, QuicError> {
         tokio::time::timeout(timeout, Self::connect_inner(addr, token, bind)).await.map_err(|_| QuicError::Timeout)?
     }
 
-    async fn connect_inner(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>) -> Result<QuicConn, QuicError> {
+    async fn connect_inner(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>) -> Result<QuicTransport, QuicError> {
         let endpoint = client_endpoint(local_addr(addr, bind), ALPN_CLIENT)?;
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let (mut send, recv) = conn.open_bi().await?;
         let hello = FrameBuilder::new("").build(&Body::Hello { link: 0, secret: token.unwrap_or("").to_owned() });
         send.write_all(hello.as_bytes()).await?;
-        Ok(QuicConn { endpoint, conn, send, reader: FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN), pending: VecDeque::new() })
+        Ok(QuicTransport { endpoint, conn, send, reader: FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN), pending: VecDeque::new() })
     }
 
     /// Sends one op as a frame.
-    pub async fn send_op(&mut self, op: &ClientOp) -> Result<(), QuicError> {
+    pub(crate) async fn send_op(&mut self, op: &ClientOp) -> Result<(), QuicError> {
         let frame = match op {
             ClientOp::Join { room, since, epoch } => {
                 FrameBuilder::new(room).build(&Body::Join { request: 0, since: *since, epoch: *epoch })
@@ -139,7 +139,7 @@ impl QuicConn {
 
     /// The next server message (heartbeats, the Link's answers to our pings, are skipped).
     /// Cancel-safe: a partly read frame stays buffered in the reader.
-    pub async fn recv(&mut self) -> Result<ServerMsg<'static, serde_json::Value>, QuicError> {
+    pub(crate) async fn recv(&mut self) -> Result<ServerMsg<'static, serde_json::Value>, QuicError> {
         loop {
             if let Some(msg) = self.pending.pop_front() {
                 return Ok(msg);
@@ -170,7 +170,7 @@ impl QuicConn {
     }
 
     /// Closes the connection (code 0) and the endpoint.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }

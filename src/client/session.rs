@@ -2,13 +2,14 @@
 //!
 //! This file is sans-IO (the quinn-proto shape of STYLE.md §2): no sockets, no clocks, no tokio.
 //! Time comes in as `now: Instant`, randomness (backoff jitter) from a seed given to
-//! [`Session::new`]. The runtime driver in `client/mod.rs` — and `linkcast bench`, which drives
-//! thousands of these without the driver — feeds it with `handle_*` and drains `poll_*`:
+//! [`Session::new`]. The client's connection task in `client/mod.rs` — and `linkcast bench`,
+//! which drives thousands of these without it — feeds it with `handle_*` and drains `poll_*`:
 //!
 //! - input: [`Session::handle_connected`], [`Session::handle_disconnected`],
 //!   [`Session::handle_message`], [`Session::handle_joined`], [`Session::handle_reset`],
 //!   [`Session::handle_gap`], [`Session::handle_published`], [`Session::handle_error`],
-//!   [`Session::handle_left`], [`Session::handle_timeout`]; user intents [`Session::join`],
+//!   [`Session::handle_left`], [`Session::handle_timeout`] — or, for any decoded server message,
+//!   [`Session::handle_server_msg`], which calls the right one; user intents [`Session::join`],
 //!   [`Session::leave`], [`Session::publish`], [`Session::close`];
 //! - output, in this order after every input: [`Session::poll_transmit`] (ops to send now),
 //!   [`Session::poll_event`] (what the application sees), [`Session::poll_timeout`] (when to call
@@ -27,12 +28,13 @@
 //! least the server's retry hint and at least [`Backoff::overload_min`] after close 1012/1013 or
 //! HTTP 503.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use linkcast_core::protocol::ClientOp;
+use linkcast_core::protocol::{ClientOp, ServerMsg};
 
 /// Most times one refused join or publish is retried (on 503 with `retry_after_ms`) before its
 /// error reaches the application.
@@ -216,10 +218,44 @@ pub struct Message {
     pub data: serde_json::Value,
 }
 
-/// What to do with an incoming room message.
+/// What one server message leaves for the caller of [`Session::handle_server_msg`], once the
+/// session has taken its part (positions, gaps, retries, events).
+#[derive(Clone, Debug, PartialEq)]
+#[must_use]
+pub enum Received<'a, D> {
+    /// A room message new to the session: hand it to the application.
+    Deliver {
+        /// The room.
+        room: Cow<'a, str>,
+        /// Its seq.
+        seq: u64,
+        /// The sender.
+        from: Cow<'a, str>,
+        /// Hub time stamp, microseconds since the Unix epoch.
+        ts: u64,
+        /// The payload.
+        data: D,
+    },
+    /// A room message already delivered: dropped (counted in [`SessionStats::duplicates`]).
+    Duplicate,
+    /// A join (or rejoin) completed.
+    Joined,
+    /// The server refused a request; the session retries it or emits [`Event::Error`].
+    Refused {
+        /// HTTP-like code.
+        code: u16,
+        /// Reason text.
+        reason: Cow<'a, str>,
+    },
+    /// Nothing beyond what the session itself emits (a message for a room it is not in, a gap,
+    /// a reset, a leave, a publish ack, a pong).
+    Absorbed,
+}
+
+/// What to do with an incoming room message, by its seq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
-pub enum Delivery {
+pub enum MessageVerdict {
     /// New: hand it to the application.
     Deliver,
     /// seq ≤ the last delivered: drop it (counted in [`SessionStats::duplicates`]).
@@ -262,7 +298,7 @@ pub struct SessionStats {
 enum LinkState {
     /// Never connected: connect right away.
     Idle,
-    /// The driver is connecting.
+    /// The caller is connecting.
     Connecting,
     /// Up.
     Connected,
@@ -407,7 +443,7 @@ impl Session {
         Ok(id)
     }
 
-    /// Queues an application ping (the driver sends one when the connection is quiet).
+    /// Queues an application ping (the connection task sends one when the connection is quiet).
     pub fn ping(&mut self) {
         if self.link == LinkState::Connected {
             self.outbox.push_back(ClientOp::Ping);
@@ -426,7 +462,7 @@ impl Session {
 
     // ---- connection lifecycle ----
 
-    /// Whether the driver should open a connection now (then it reports back with
+    /// Whether the caller should open a connection now (then it reports back with
     /// `handle_connected` or `handle_disconnected`).
     pub fn poll_connect(&mut self, now: Instant) -> bool {
         match self.link {
@@ -504,14 +540,14 @@ impl Session {
     // ---- server messages ----
 
     /// A room message arrived: deliver, or drop as a duplicate. A hole before it becomes a gap.
-    pub fn handle_message(&mut self, room: &str, seq: u64) -> Delivery {
+    pub fn handle_message(&mut self, room: &str, seq: u64) -> MessageVerdict {
         let Some(state) = self.rooms.get_mut(room) else {
-            return Delivery::NotJoined;
+            return MessageVerdict::NotJoined;
         };
         match state.last {
             Some(l) if seq <= l => {
                 self.stats.duplicates += 1;
-                return Delivery::Duplicate;
+                return MessageVerdict::Duplicate;
             }
             Some(l) if seq > l + 1 => {
                 state.last = Some(seq);
@@ -519,7 +555,7 @@ impl Session {
             }
             _ => state.last = Some(seq),
         }
-        Delivery::Deliver
+        MessageVerdict::Deliver
     }
 
     /// A join completed at the server's (`epoch`, `last_seq`) (replays, if any, came before).
@@ -646,6 +682,44 @@ impl Session {
     /// A leave completed.
     pub fn handle_left(&mut self, room: &str) {
         self.events.push_back(Event::Left { room: room.to_owned() });
+    }
+
+    /// One decoded server message, whatever its kind: calls the `handle_*` above that it is for
+    /// and returns what is left for the caller (a message to deliver, mostly). `now` is used by
+    /// refusals that schedule a retry.
+    pub fn handle_server_msg<'a, D>(&mut self, now: Instant, msg: ServerMsg<'a, D>) -> Received<'a, D> {
+        match msg {
+            ServerMsg::Message { room, seq, from, ts, data } => match self.handle_message(&room, seq) {
+                MessageVerdict::Deliver => Received::Deliver { room, seq, from, ts, data },
+                MessageVerdict::Duplicate => Received::Duplicate,
+                MessageVerdict::NotJoined => Received::Absorbed,
+            },
+            ServerMsg::Joined { room, epoch, last_seq } => {
+                self.handle_joined(&room, epoch, last_seq);
+                Received::Joined
+            }
+            ServerMsg::Reset { room, epoch, last_seq } => {
+                self.handle_reset(&room, epoch, last_seq);
+                Received::Absorbed
+            }
+            ServerMsg::Gap { room, first_lost, last_lost, resume_from } => {
+                self.handle_gap(&room, first_lost, last_lost, resume_from);
+                Received::Absorbed
+            }
+            ServerMsg::Left { room } => {
+                self.handle_left(&room);
+                Received::Absorbed
+            }
+            ServerMsg::Published { room, seq, epoch, id } => {
+                self.handle_published(&room, seq, epoch, id.unwrap_or(0));
+                Received::Absorbed
+            }
+            ServerMsg::Error { code, reason, room, id, retry_after_ms } => {
+                self.handle_error(now, code, &reason, room.as_deref(), id, retry_after_ms);
+                Received::Refused { code, reason }
+            }
+            ServerMsg::Pong => Received::Absorbed,
+        }
     }
 
     // ---- outputs ----
@@ -798,7 +872,7 @@ mod tests {
         assert_eq!(drain_ops(&mut s), vec![join("lobby", None, None)]);
         s.handle_joined("lobby", 7, 10);
         for seq in 11..=13 {
-            assert_eq!(s.handle_message("lobby", seq), Delivery::Deliver);
+            assert_eq!(s.handle_message("lobby", seq), MessageVerdict::Deliver);
         }
         s.handle_disconnected(t0 + Duration::from_secs(1), Disconnect::io("reset"));
         assert!(!s.poll_connect(t0 + Duration::from_secs(1)));
@@ -807,8 +881,8 @@ mod tests {
         s.handle_connected(at);
         assert_eq!(drain_ops(&mut s), vec![join("lobby", Some(13), Some(7))], "since and epoch");
         // Replays overlap what we had: duplicates dropped, new ones delivered.
-        assert_eq!(s.handle_message("lobby", 13), Delivery::Duplicate);
-        assert_eq!(s.handle_message("lobby", 14), Delivery::Deliver);
+        assert_eq!(s.handle_message("lobby", 13), MessageVerdict::Duplicate);
+        assert_eq!(s.handle_message("lobby", 14), MessageVerdict::Deliver);
         s.handle_joined("lobby", 7, 14);
         assert_eq!(s.stats().duplicates, 1);
         assert_eq!(s.stats().lost, 0);
@@ -824,10 +898,10 @@ mod tests {
         assert!(s.poll_connect(t0));
         s.handle_connected(t0);
         s.handle_joined("r", 7, 0);
-        assert_eq!(s.handle_message("r", 1), Delivery::Deliver);
-        assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+        assert_eq!(s.handle_message("r", 1), MessageVerdict::Deliver);
+        assert_eq!(s.handle_message("r", 4), MessageVerdict::Deliver);
         s.handle_gap("r", 5, 9, 10);
-        assert_eq!(s.handle_message("r", 10), Delivery::Deliver);
+        assert_eq!(s.handle_message("r", 10), MessageVerdict::Deliver);
         let gaps: Vec<_> = drain_events(&mut s)
             .into_iter()
             .filter_map(|e| match e {
@@ -844,7 +918,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = joined(t0, "r", 50);
         for seq in 51..=60 {
-            assert_eq!(s.handle_message("r", seq), Delivery::Deliver);
+            assert_eq!(s.handle_message("r", seq), MessageVerdict::Deliver);
         }
         let at = reconnect(&mut s, t0);
         assert_eq!(drain_ops(&mut s), vec![join("r", Some(60), Some(7))]);
@@ -853,10 +927,10 @@ mod tests {
         s.handle_reset("r", 9, 3);
         assert_eq!((s.epoch("r"), s.last_seq("r")), (Some(9), Some(0)), "position is (new epoch, 0)");
         for seq in 1..=3 {
-            assert_eq!(s.handle_message("r", seq), Delivery::Deliver, "seq {seq} of the new epoch is new");
+            assert_eq!(s.handle_message("r", seq), MessageVerdict::Deliver, "seq {seq} of the new epoch is new");
         }
         s.handle_joined("r", 9, 3);
-        assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+        assert_eq!(s.handle_message("r", 4), MessageVerdict::Deliver);
         assert_eq!(
             drain_events(&mut s),
             vec![Event::Reset { room: "r".into(), epoch: 9, last_seq: 3 }, Event::Joined { room: "r".into(), epoch: 9, last_seq: 3 }]
@@ -873,8 +947,8 @@ mod tests {
         let mut s = joined(t0, "r", 5);
         s.handle_reset("r", 11, 40);
         s.handle_gap("r", 1, 30, 31);
-        assert_eq!(s.handle_message("r", 30), Delivery::Duplicate, "covered by the gap");
-        assert_eq!(s.handle_message("r", 31), Delivery::Deliver);
+        assert_eq!(s.handle_message("r", 30), MessageVerdict::Duplicate, "covered by the gap");
+        assert_eq!(s.handle_message("r", 31), MessageVerdict::Deliver);
         let events = drain_events(&mut s);
         assert_eq!(events[0], Event::Reset { room: "r".into(), epoch: 11, last_seq: 40 });
         assert!(matches!(events[1], Event::Gap { first_lost: 1, last_lost: 30, resume_from: 31, .. }), "{events:?}");
@@ -891,7 +965,7 @@ mod tests {
         assert_eq!(events[0], Event::Reset { room: "r".into(), epoch: 8, last_seq: 3 });
         assert!(matches!(events[1], Event::Gap { first_lost: 1, last_lost: 3, resume_from: 4, .. }), "{events:?}");
         assert_eq!(events[2], Event::Joined { room: "r".into(), epoch: 8, last_seq: 3 });
-        assert_eq!(s.handle_message("r", 4), Delivery::Deliver);
+        assert_eq!(s.handle_message("r", 4), MessageVerdict::Deliver);
     }
 
     #[test]
@@ -1097,6 +1171,6 @@ mod tests {
         let _ = drain_ops(&mut s);
         s.handle_error(t0, 403, "room not allowed", Some("secret"), None, None);
         assert_eq!(s.rooms().count(), 0);
-        assert_eq!(s.handle_message("secret", 1), Delivery::NotJoined);
+        assert_eq!(s.handle_message("secret", 1), MessageVerdict::NotJoined);
     }
 }

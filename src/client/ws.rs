@@ -2,8 +2,8 @@
 //! send ops as JSON text, read server messages.
 //!
 //! Owns the socket and the upgrade; it knows nothing of rooms or seqs (that is `session.rs`) and
-//! does not parse messages (that is `protocol.rs`): [`WsConn::recv`] hands back the text frame as a
-//! [`tokio_websockets::Message`] so the caller decodes it in place, borrowing from the frame.
+//! does not parse messages (that is `protocol.rs`): [`WsTransport::recv`] hands back the text
+//! frame as a [`tokio_websockets::Message`] so the caller decodes it in place, borrowing from it.
 //! Binding a source address (127.0.0.2, 127.0.0.3, …) before connect is how `linkcast bench`
 //! gets more than one ephemeral port range on loopback.
 
@@ -17,11 +17,11 @@ use tokio_websockets::{ClientBuilder, Limits, Message, WebSocketStream};
 use super::session::Disconnect;
 
 /// Largest server message accepted (replays of big payloads fit well below).
-pub const MAX_SERVER_MESSAGE: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_SERVER_MESSAGE: usize = 2 * 1024 * 1024;
 
 /// Why a WebSocket connection failed or ended.
 #[derive(Debug, thiserror::Error)]
-pub enum WsError {
+pub(crate) enum WsError {
     /// The URL is not `ws://host:port/path`.
     #[error("bad WebSocket URL {0:?}")]
     BadUrl(String),
@@ -46,7 +46,7 @@ pub enum WsError {
 
 impl WsError {
     /// What the session needs to know to schedule (or refuse) a retry.
-    pub fn to_disconnect(&self) -> Disconnect {
+    pub(crate) fn to_disconnect(&self) -> Disconnect {
         match self {
             WsError::Closed { code, reason } => Disconnect { close_code: *code, reason: reason.clone(), ..Disconnect::default() },
             WsError::Protocol(tokio_websockets::Error::Upgrade(e)) => {
@@ -63,7 +63,7 @@ impl WsError {
 
 /// A parsed `ws://host:port/path?query` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WsUrl {
+pub(crate) struct WsUrl {
     /// Where to connect.
     pub addr: SocketAddr,
     /// The full URL, for the upgrade request.
@@ -72,7 +72,7 @@ pub struct WsUrl {
 
 impl WsUrl {
     /// Parses `url`, appending `token` as the `token` query parameter if given.
-    pub fn parse(url: &str, token: Option<&str>) -> Result<WsUrl, WsError> {
+    pub(crate) fn parse(url: &str, token: Option<&str>) -> Result<WsUrl, WsError> {
         let rest = url.strip_prefix("ws://").ok_or_else(|| WsError::BadUrl(url.into()))?;
         let authority = rest.split(['/', '?']).next().unwrap_or(rest);
         let addr = super::http::resolve(authority).ok_or_else(|| WsError::BadUrl(url.into()))?;
@@ -91,17 +91,17 @@ impl WsUrl {
 
 /// One WebSocket connection.
 #[derive(Debug)]
-pub struct WsConn {
+pub(crate) struct WsTransport {
     stream: WebSocketStream<TcpStream>,
 }
 
-impl WsConn {
+impl WsTransport {
     /// Dials `url` (from source address `bind`, if given) and upgrades, within `timeout`.
-    pub async fn connect(url: &WsUrl, bind: Option<IpAddr>, timeout: Duration) -> Result<WsConn, WsError> {
+    pub(crate) async fn connect(url: &WsUrl, bind: Option<IpAddr>, timeout: Duration) -> Result<WsTransport, WsError> {
         tokio::time::timeout(timeout, Self::connect_inner(url, bind)).await.map_err(|_| WsError::Timeout)?
     }
 
-    async fn connect_inner(url: &WsUrl, bind: Option<IpAddr>) -> Result<WsConn, WsError> {
+    async fn connect_inner(url: &WsUrl, bind: Option<IpAddr>) -> Result<WsTransport, WsError> {
         let socket = match url.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -115,30 +115,33 @@ impl WsConn {
         let uri = url.url.parse::<http::Uri>().map_err(|_| WsError::BadUrl(url.url.clone()))?;
         let limits = Limits::default().max_payload_len(Some(MAX_SERVER_MESSAGE));
         let (stream, _response) = ClientBuilder::from_uri(uri).limits(limits).connect_on(tcp).await?;
-        Ok(WsConn { stream })
+        Ok(WsTransport { stream })
     }
 
     /// Sends one text message (and flushes).
-    pub async fn send_text(&mut self, text: String) -> Result<(), WsError> {
+    pub(crate) async fn send_text(&mut self, text: String) -> Result<(), WsError> {
         self.stream.send(Message::text(text)).await?;
         Ok(())
     }
 
-    /// Queues one text message without flushing (follow with [`WsConn::flush`]).
-    pub async fn feed_text(&mut self, text: String) -> Result<(), WsError> {
+    /// Queues one text message without flushing (follow with [`WsTransport::flush`]). The bench
+    /// batches a subscriber's opening ops this way.
+    #[cfg(feature = "bench")]
+    pub(crate) async fn feed_text(&mut self, text: String) -> Result<(), WsError> {
         self.stream.feed(Message::text(text)).await?;
         Ok(())
     }
 
     /// Flushes queued messages.
-    pub async fn flush(&mut self) -> Result<(), WsError> {
+    #[cfg(feature = "bench")]
+    pub(crate) async fn flush(&mut self) -> Result<(), WsError> {
         self.stream.flush().await?;
         Ok(())
     }
 
     /// The next text or binary message. Pings are answered inside tokio-websockets; a close
     /// becomes [`WsError::Closed`], end of stream `Closed { code: None }`.
-    pub async fn recv(&mut self) -> Result<Message, WsError> {
+    pub(crate) async fn recv(&mut self) -> Result<Message, WsError> {
         loop {
             match self.stream.next().await {
                 Some(Ok(msg)) if msg.is_text() || msg.is_binary() => return Ok(msg),
@@ -157,7 +160,7 @@ impl WsConn {
     }
 
     /// Closes politely (code 1000), bounded by a short timeout.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let close = Message::close(Some(tokio_websockets::CloseCode::NORMAL_CLOSURE), "bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.send(close)).await;
     }

@@ -34,6 +34,8 @@
 //!   decoded in place.
 //! - [`auth`]: JWT HS256 client tokens, room rights, constant-time secret comparison.
 //! - [`token_bucket`]: rate limits (per connection at the Link, per API key at the hub).
+//! - [`quantiles`]: the latency summary (p50 … p99.9, max) that `linkcast bench` and the
+//!   simulator both report.
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
@@ -47,6 +49,7 @@ pub mod link_queue;
 pub mod link_session;
 pub mod placement;
 pub mod protocol;
+pub mod quantiles;
 pub mod room;
 pub mod room_table;
 pub mod shard_rooms;

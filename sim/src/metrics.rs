@@ -9,6 +9,8 @@
 
 use hdrhistogram::Histogram;
 
+use linkcast_core::quantiles::Quantiles;
+
 /// One hour in microseconds: the histogram's range (a latency above it is clamped).
 const HIST_MAX_US: u64 = 3_600_000_000;
 
@@ -51,18 +53,14 @@ impl Latency {
         self.hist.len()
     }
 
-    /// Value at quantile `q` (0 when empty).
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.hist.is_empty() {
-            0
-        } else {
-            self.hist.value_at_quantile(q)
-        }
-    }
-
     /// Largest latency seen.
     pub fn max(&self) -> u64 {
         self.max
+    }
+
+    /// The report's summary: the histogram's quantiles and the exact largest latency seen.
+    pub fn quantiles(&self) -> Quantiles {
+        Quantiles::read(self.count(), self.max, None, |q| self.hist.value_at_quantile(q))
     }
 
     /// Adds another histogram's records.

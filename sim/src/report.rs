@@ -11,40 +11,11 @@
 
 use std::fmt::Write as _;
 
+use linkcast_core::quantiles::Quantiles;
+
 use crate::compare::{round3, Balance, PlacementComparison};
 use crate::config::{SimConfig, HUB_SEND_COST_NS};
-use crate::metrics::Latency;
 use crate::world::{Completeness, PlacementChange, World};
-
-/// Latency quantiles in microseconds.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Quantiles {
-    /// Deliveries measured.
-    pub count: u64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Largest.
-    pub max: u64,
-}
-
-impl Quantiles {
-    fn of(l: &Latency) -> Quantiles {
-        Quantiles {
-            count: l.count(),
-            p50: l.quantile(0.5),
-            p90: l.quantile(0.9),
-            p99: l.quantile(0.99),
-            p999: l.quantile(0.999),
-            max: l.max(),
-        }
-    }
-}
 
 /// Delivery latency (publish at the hub → frame at the client).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -306,9 +277,9 @@ pub fn build(
         },
         completeness,
         latency_us: LatencySection {
-            live: Quantiles::of(&world.live_latency),
-            replay: Quantiles::of(&world.replay_latency),
-            all: Quantiles::of(&all),
+            live: world.live_latency.quantiles(),
+            replay: world.replay_latency.quantiles(),
+            all: all.quantiles(),
         },
         hub: HubSection {
             publishes: c.publishes,

@@ -34,7 +34,7 @@ enum Command {
     Link(linkcast::link::LinkArgs),
     /// Generate bounded load against a server on loopback and report throughput and latency.
     #[cfg(feature = "bench")]
-    Bench(linkcast::bench::BenchArgs),
+    Bench(Box<linkcast::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Hub(args) => linkcast::hub::run_cli(args),
         Command::Link(args) => linkcast::link::run_cli(args),
         #[cfg(feature = "bench")]
-        Command::Bench(args) => linkcast::bench::run_cli(args),
+        Command::Bench(args) => linkcast::bench::run_cli(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

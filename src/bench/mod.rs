@@ -53,7 +53,7 @@ use self::fleet::{FleetCmd, FleetMsg, FleetSpec};
 use self::procstat::ProcSample;
 use self::publisher::{PublishCounters, PublishPlan};
 use self::report::Report;
-use self::stats::{Percentiles, Recorder};
+use self::stats::Recorder;
 use self::worker::{FleetHandle, MAX_PER_WORKER};
 
 pub use self::fleet::Proto;
@@ -446,7 +446,7 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             first_error: readies.iter().find_map(|r| r.first_error.clone()),
             connect_secs,
             joins_per_sec: opened as f64 / connect_secs.max(1e-6),
-            connect_latency_us: Percentiles::of(&connect_latency),
+            connect_latency_us: stats::quantiles(&connect_latency),
             drops: finals.iter().map(|f| f.drops).sum(),
             reconnects: finals.iter().map(|f| f.reconnects).sum(),
         },
@@ -466,7 +466,7 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             messages_per_sec: published.sent as f64
                 / ((published.last_send_us.saturating_sub(published.first_send_us)) as f64 / 1e6).max(1e-6),
         },
-        latency_us: Percentiles::of(recorder.latency()),
+        latency_us: stats::quantiles(recorder.latency()),
         server: report::ServerStats {
             pids: args.server_pid.clone(),
             cpu_secs: server_cpu,

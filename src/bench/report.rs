@@ -10,7 +10,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::stats::{Percentiles, SeriesPoint};
+use linkcast_core::quantiles::Quantiles;
+
+use super::stats::SeriesPoint;
 
 /// Connections.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -28,7 +30,7 @@ pub struct ConnectionStats {
     /// Joins per second.
     pub joins_per_sec: f64,
     /// Connect→joined time, µs.
-    pub connect_latency_us: Percentiles,
+    pub connect_latency_us: Quantiles,
     /// Connections cut on purpose (resume).
     pub drops: u64,
     /// Reconnects after cuts.
@@ -118,7 +120,7 @@ pub struct Report {
     /// Deliveries.
     pub deliveries: DeliveryStats,
     /// Publish→deliver latency, µs.
-    pub latency_us: Percentiles,
+    pub latency_us: Quantiles,
     /// Server cost.
     pub server: ServerStats,
     /// Client cost.

@@ -18,6 +18,8 @@ use base64::Engine as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use linkcast_core::quantiles::Quantiles;
+
 /// Largest latency recorded (µs); larger values saturate here.
 pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -90,41 +92,12 @@ fn take_varint(rest: &mut &[u8]) -> Result<u64, HistogramCodecError> {
     Err(HistogramCodecError::Varint)
 }
 
-/// Percentiles of a latency histogram, in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    /// Samples.
-    pub count: u64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Largest.
-    pub max: u64,
-    /// Mean.
-    pub mean: f64,
-}
-
-impl Percentiles {
-    /// Reads the percentiles of `hist`.
-    pub fn of(hist: &Histogram<u64>) -> Percentiles {
-        if hist.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            count: hist.len(),
-            p50: hist.value_at_quantile(0.50),
-            p90: hist.value_at_quantile(0.90),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
-            mean: hist.mean(),
-        }
+/// The report's summary of a latency histogram, in microseconds (all zero when it is empty).
+pub(crate) fn quantiles(hist: &Histogram<u64>) -> Quantiles {
+    if hist.is_empty() {
+        return Quantiles { mean: Some(0.0), ..Quantiles::default() };
     }
+    Quantiles::read(hist.len(), hist.max(), Some(hist.mean()), |q| hist.value_at_quantile(q))
 }
 
 /// One second of the run.
@@ -301,7 +274,7 @@ mod tests {
         let mut merged = Recorder::default();
         merged.merge_dump(&a.dump()).expect("a");
         merged.merge_dump(&b.dump()).expect("b");
-        assert_eq!(Percentiles::of(merged.latency()), Percentiles::of(one.latency()));
+        assert_eq!(quantiles(merged.latency()), quantiles(one.latency()));
         assert_eq!(merged.series(100), one.series(100));
         assert_eq!(merged.series(100).iter().map(|p| p.delivered).sum::<u64>(), 1000);
     }

@@ -1173,4 +1173,30 @@ mod tests {
         assert_eq!(s.rooms().count(), 0);
         assert_eq!(s.handle_message("secret", 1), MessageVerdict::NotJoined);
     }
+
+    #[test]
+    fn server_messages_are_dispatched_to_their_handlers() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.join("r");
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        drain_ops(&mut s);
+        drain_events(&mut s);
+        let joined: ServerMsg<u64> = ServerMsg::Joined { room: "r".into(), epoch: 7, last_seq: 2 };
+        assert_eq!(s.handle_server_msg(t0, joined), Received::Joined);
+        let message = |seq| ServerMsg::Message { room: "r".into(), seq, from: "u".into(), ts: 5, data: seq * 10 };
+        assert_eq!(s.handle_server_msg(t0, message(3)), Received::Deliver { room: "r".into(), seq: 3, from: "u".into(), ts: 5, data: 30 });
+        assert_eq!(s.handle_server_msg(t0, message(3)), Received::Duplicate);
+        let elsewhere = ServerMsg::Message { room: "other".into(), seq: 1, from: "u".into(), ts: 5, data: 0 };
+        assert_eq!(s.handle_server_msg(t0, elsewhere), Received::Absorbed);
+        let gap: ServerMsg<u64> = ServerMsg::Gap { room: "r".into(), first_lost: 4, last_lost: 5, resume_from: 6 };
+        assert_eq!(s.handle_server_msg(t0, gap), Received::Absorbed);
+        assert_eq!(s.last_seq("r"), Some(5));
+        let refusal: ServerMsg<u64> = ServerMsg::Error { code: 403, reason: "no".into(), room: Some("r".into()), id: None, retry_after_ms: None };
+        assert_eq!(s.handle_server_msg(t0, refusal), Received::Refused { code: 403, reason: "no".into() });
+        assert_eq!(s.rooms().count(), 0, "a refused join takes the room out, as handle_error does");
+        let events = drain_events(&mut s);
+        assert!(matches!(events.as_slice(), [Event::Joined { .. }, Event::Gap { first_lost: 4, .. }, Event::Error { code: 403, .. }]), "{events:?}");
+    }
 }

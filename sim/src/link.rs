@@ -1,11 +1,14 @@
 //! A Link node in the model: its liveness, connection count, admission control and shards.
 //!
 //! Owns no member state (members point at their Link, see `member.rs`) and no ring (rings are
-//! per (shard, room) in `group.rs`). A shard here is just a delivery worker: a run queue of
+//! per (shard, room) in `group.rs`). Its member count per room and what it tells the hub about
+//! it is the real core [`LinkInterest`], keyed by room index, as in a real Link's coordinator. A shard here is just a delivery worker: a run queue of
 //! groups with frames to deliver, the job it is doing, and how long it is busy. Data flows in
 //! from the hub as `FrameArrive` events and out as `JobDone` events, both driven by `world.rs`.
 
 use std::collections::VecDeque;
+
+use linkcast_core::interest::LinkInterest;
 
 /// One delivery job: a frame delivered to all active members of one group.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +41,7 @@ pub struct Shard {
 }
 
 /// One Link.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Link {
     /// Accepting connections and receiving frames.
     pub up: bool,
@@ -56,6 +59,8 @@ pub struct Link {
     pub deliveries: u64,
     /// The shards.
     pub shards: Vec<Shard>,
+    /// Members per room (by room index) and the announcements owed to the hub.
+    pub interest: LinkInterest<u32>,
 }
 
 impl Link {
@@ -70,6 +75,7 @@ impl Link {
             last_arrival_us: 0,
             deliveries: 0,
             shards: vec![Shard::default(); usize::from(shards.max(1))],
+            interest: LinkInterest::new(usize::from(shards.max(1))),
         }
     }
 
@@ -83,5 +89,6 @@ impl Link {
         for shard in &mut self.shards {
             *shard = Shard::default();
         }
+        self.interest = LinkInterest::new(self.shards.len());
     }
 }

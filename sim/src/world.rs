@@ -17,7 +17,8 @@
 //!
 //! Data flow of a member: `Op::Join` → locate (group of the room, then the rest of the ring) →
 //! first Link that is up and below its connection cap → admission slot (refused and backed off if
-//! the wait is too long) → `Connected` → `Room::handle_interest` (per-Link member count) and
+//! the wait is too long) → `Connected` → the Link's core `LinkInterest` counts the member and
+//! its announcements reach `Room::handle_interest` (per-Link member count) at once, then
 //! `Room::join(since)` → replay / gap accounted → joins a group. `Op::LinkDown` disconnects every
 //! member of the Link at once; each notices after a jittered timeout, backs off, locates again
 //! (the dead Link is out of the placement) and re-joins with `since = last_seq`.
@@ -26,6 +27,7 @@
 //! draw comes from the seeded [`SimRng`], so a run is a pure function of (config, workload).
 //! [`World::finish`] checks completeness and conservation for every member.
 
+use linkcast_core::interest::Announcement;
 use linkcast_core::placement::{BoundedLoad, HashRing, LinkId, Placement};
 use linkcast_core::room::Room;
 
@@ -43,12 +45,10 @@ const NO_GROUP: u32 = u32::MAX;
 /// Violations kept verbatim in the report (all are counted).
 const MAX_VIOLATION_SAMPLES: usize = 20;
 
-/// A room's presence on one Link, as that Link reports it to the hub.
+/// A room's presence on one Link (its member count is in the Link's `interest`).
 #[derive(Clone, Debug)]
 struct LinkRoom {
     link: u32,
-    /// Connected members of the room on this Link (what `Room::handle_interest` is told).
-    members: u64,
     /// Group slot per shard, or [`NO_GROUP`].
     groups: Vec<u32>,
 }
@@ -159,6 +159,8 @@ pub struct World {
     groups: Vec<GroupSlot>,
     free_groups: Vec<u32>,
     payload: Vec<u8>,
+    /// Announcements on their way from a Link's interest to the hub's rooms (reused).
+    announcements: Vec<Announcement<u32>>,
     /// Counters (public to the report).
     pub counters: Counters,
     /// Latency of live deliveries.
@@ -220,6 +222,7 @@ impl World {
             groups: Vec::new(),
             free_groups: Vec::new(),
             payload: vec![0; 1024],
+            announcements: Vec::new(),
             counters: Counters::default(),
             live_latency: Latency::default(),
             replay_latency: Latency::default(),
@@ -647,14 +650,13 @@ impl World {
                 let links = &mut self.rooms[room as usize].links;
                 let at = links.partition_point(|lr| lr.link < link);
                 let shards = self.links[link as usize].shards.len();
-                links.insert(at, LinkRoom { link, members: 0, groups: vec![NO_GROUP; shards] });
+                links.insert(at, LinkRoom { link, groups: vec![NO_GROUP; shards] });
                 at
             }
         };
+        let due = self.links[link as usize].interest.handle_join(&room, shard as usize);
+        self.announce(link, due);
         let state = &mut self.rooms[room as usize];
-        state.links[at].members += 1;
-        let count = state.links[at].members;
-        let _ = state.room.handle_interest(LinkId(link), count);
         let mut slot = state.links[at].groups[shard as usize];
         if slot == NO_GROUP {
             let group = ShardGroup::new(room, self.cfg.ring_limits, state.room.last_seq());
@@ -759,15 +761,13 @@ impl World {
         let link_state = &mut self.links[link as usize];
         link_state.conns = link_state.conns.saturating_sub(1);
         if let Some(at) = self.link_room_index(room, link) {
-            let state = &mut self.rooms[room as usize];
             if empty {
-                state.links[at].groups[shard as usize] = NO_GROUP;
+                self.rooms[room as usize].links[at].groups[shard as usize] = NO_GROUP;
             }
-            state.links[at].members -= 1;
-            let count = state.links[at].members;
-            let _ = state.room.handle_interest(LinkId(link), count);
-            if count == 0 {
-                state.links.remove(at);
+            let due = self.links[link as usize].interest.handle_leave(&room, shard as usize);
+            self.announce(link, due);
+            if self.links[link as usize].interest.members(&room) == 0 {
+                self.rooms[room as usize].links.remove(at);
             }
         }
     }
@@ -863,6 +863,9 @@ impl World {
         for room in leaked {
             self.violation(format!("room {room} still had interest in dead link {link}"));
         }
+        if !self.links[link as usize].interest.is_empty() {
+            self.violation(format!("dead link {link} still counts members"));
+        }
         self.links[link as usize].crash();
     }
 
@@ -917,6 +920,20 @@ impl World {
     }
 
     // ---- helpers ----------------------------------------------------------------------------
+
+    /// The Link tells the hub its member count for rooms: the announcement `due` now, then every
+    /// count change it owes (a simulated Link sends them at once, and the hub always takes them).
+    fn announce(&mut self, link: u32, due: Option<Announcement<u32>>) {
+        let mut owed = std::mem::take(&mut self.announcements);
+        owed.extend(due);
+        let interest = &mut self.links[link as usize].interest;
+        interest.poll_announcements(&mut owed);
+        for announcement in owed.drain(..) {
+            let _ = self.rooms[announcement.room as usize].room.handle_interest(LinkId(link), announcement.members);
+            interest.handle_sent(&announcement, true);
+        }
+        self.announcements = owed;
+    }
 
     fn link_room_index(&self, room: u32, link: u32) -> Option<usize> {
         self.rooms[room as usize].links.binary_search_by_key(&link, |lr| lr.link).ok()
@@ -1023,7 +1040,7 @@ impl World {
         let mut mismatched = Vec::new();
         for (room, state) in self.rooms.iter().enumerate() {
             let hub = state.room.members();
-            let links: u64 = state.links.iter().map(|lr| lr.members).sum();
+            let links: u64 = state.links.iter().map(|lr| self.links[lr.link as usize].interest.members(&(room as u32))).sum();
             if hub != links {
                 mismatched.push(format!("room {room}: hub counts {hub} members, Links {links}"));
             }

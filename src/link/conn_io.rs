@@ -18,11 +18,11 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 /// Most frames written by one vectored write.
-pub const MAX_IOVECS: usize = 64;
+pub(crate) const MAX_IOVECS: usize = 64;
 
 /// Frames waiting for a socket (see the module docs).
 #[derive(Debug, Default)]
-pub struct OutQueue {
+pub(crate) struct OutQueue {
     out: VecDeque<Bytes>,
     /// Bytes of `out[0]` already written.
     written: usize,
@@ -36,7 +36,7 @@ pub struct OutQueue {
 
 /// What a flush left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flushed {
+pub(crate) enum Flushed {
     /// Everything was written.
     All,
     /// The socket is full; the rest waits for it to become writable.
@@ -45,7 +45,7 @@ pub enum Flushed {
 
 impl OutQueue {
     /// Queues a whole frame (shared, not copied).
-    pub fn push(&mut self, frame: Bytes) {
+    pub(crate) fn push(&mut self, frame: Bytes) {
         if frame.is_empty() {
             return;
         }
@@ -54,23 +54,23 @@ impl OutQueue {
     }
 
     /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queued
     }
 
     /// Bytes written to the socket since the last call (for metrics).
-    pub fn take_written(&mut self) -> u64 {
+    pub(crate) fn take_written(&mut self) -> u64 {
         std::mem::take(&mut self.sent)
     }
 
     /// Whether bytes left since the last call (a stalled reader makes none).
-    pub fn take_progress(&mut self) -> bool {
+    pub(crate) fn take_progress(&mut self) -> bool {
         std::mem::take(&mut self.progress)
     }
 
     /// Drops queued frames not yet started (a frame partly written is kept whole, so the
     /// stream stays well-formed for a close frame). Used before closing a slow consumer.
-    pub fn discard_unsent(&mut self) {
+    pub(crate) fn discard_unsent(&mut self) {
         let keep = usize::from(self.written > 0).min(self.out.len());
         while self.out.len() > keep {
             if let Some(frame) = self.out.pop_back() {
@@ -80,7 +80,7 @@ impl OutQueue {
     }
 
     /// Writes queued frames until the queue is empty or the socket would block.
-    pub fn flush(&mut self, tcp: &TcpStream) -> io::Result<Flushed> {
+    pub(crate) fn flush(&mut self, tcp: &TcpStream) -> io::Result<Flushed> {
         while let Some(front) = self.out.front() {
             let sent = if self.out.len() == 1 {
                 // The common case on the delivery path: one frame, no iovec array to build.

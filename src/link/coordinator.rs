@@ -1,14 +1,14 @@
 //! The coordinator: the Link's one view of room membership and its only talker to hubs.
 //!
-//! It runs on its own thread (a current-thread runtime) and owns:
-//! - **membership**: room → member count per shard. A shard is sent a room's messages only while
-//!   it has members there.
-//! - **interest** (DESIGN "Interest"): `InterestAdd` to the room's owner hub
-//!   (`HubDirectory::owner`) when the Link gains its first member, `InterestRemove` when it loses
-//!   the last, count updates at most once per second in between, and every room re-announced
-//!   after a hub (re)connects. `InterestAdd` is always queued before the `Join` that caused it, on
-//!   the same ordered hub channel, so the hub knows the Link is interested before it answers the
-//!   join — the basis of the no-loss join (`link_session.rs`).
+//! It runs on its own thread (a current-thread runtime) and only routes: connections' joins,
+//! leaves and publishes to the rooms' owner hubs, and hub frames to the shards. It owns:
+//! - **membership and interest**: a core [`LinkInterest`] (room → member count per shard, and
+//!   the announcements owed to owner hubs, `HubDirectory::owner`). A shard is sent a room's
+//!   messages only while it has members there. An announcement the core says is due now (first
+//!   member in, last out) is queued before the `Join` that caused it, on the same ordered hub
+//!   channel, so the hub knows the Link is interested before it answers the join — the basis of
+//!   the no-loss join (`link_session.rs`); the other count changes leave once a second, and
+//!   every room is re-announced after its hub (re)connects.
 //! - **the Link's position in each room**: the room's epoch and the last seq it pushed into the
 //!   shards' rings. Every `Message` is pushed once (a seq at or below it is a duplicate); a hub's
 //!   room-wide `Gap {request: 0}` (its queue to this Link overflowed) becomes a gap marker in
@@ -30,26 +30,28 @@
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that
 //! finds it full, or the hub disconnected, is answered `503 hub unavailable` instead of waiting.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder};
+use linkcast_core::hub_directory::{HubDirectory, HubId};
+use linkcast_core::interest::{Announcement, LinkInterest};
 use linkcast_core::placement::LinkId;
+use linkcast_core::protocol::{ClientError, Refusal};
 use linkcast_core::room::LostRange;
 use linkcast_core::shard_rooms::{make_id, COORDINATOR_SHARD};
-use linkcast_core::hub_directory::{HubDirectory, HubId};
-use crate::uplink::HubConnector;
-
-use linkcast_core::protocol::{ClientError, Refusal};
-use super::shard::{shard_of, RoomMessage, RingItem, ShardMsg};
 use linkcast_core::ws_frame;
+
+use super::shard::{shard_of, RingItem, RoomMessage, ShardMsg};
+use crate::uplink::HubConnector;
 
 /// Shard / connection → coordinator.
 #[derive(Debug)]
-pub enum CoordMsg {
+pub(crate) enum CoordMsg {
     /// A connection on `shard` joins `room` with join request `request`.
     Join {
         /// Shard of the connection.
@@ -94,11 +96,9 @@ enum HubEvent {
     Down { hub: HubId, generation: u64 },
 }
 
-/// The Link's state of one room.
+/// The Link's position in one room it has members in (membership itself is in [`LinkInterest`]).
 #[derive(Debug, Default)]
-struct RoomState {
-    per_shard: Vec<u32>,
-    total: u64,
+struct RoomPosition {
     /// The room's epoch as far as this Link knows (from a `Joined` or `Reset`).
     epoch: Option<u64>,
     /// Last seq pushed into the rings (of `epoch`).
@@ -109,7 +109,7 @@ struct RoomState {
     rejoin_owed: bool,
 }
 
-impl RoomState {
+impl RoomPosition {
     /// True while the room's live messages must wait for a rejoin's answer.
     fn rejoining(&self) -> bool {
         self.rejoin.is_some() || self.rejoin_owed
@@ -129,24 +129,25 @@ struct Coordinator {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     directory: HubDirectory,
     hubs: HashMap<HubId, (u64, mpsc::Sender<Frame>)>,
-    rooms: HashMap<String, RoomState>,
-    /// Rooms whose member count changed since it was last announced.
-    dirty: HashSet<String>,
+    /// Member counts per room and shard, and the announcements owed to hubs.
+    interest: LinkInterest<String>,
+    /// Where the Link stands in each room that has members.
+    rooms: HashMap<String, RoomPosition>,
     /// Joins and publishes (of connections, and the coordinator's rejoins) awaiting an answer.
     in_flight: HashMap<u64, InFlight>,
     next_id: u64,
-    /// Where the count of connected hubs is published.
-    shared: Arc<super::Shared>,
+    /// Where the count of connected hubs is published (read by `LinkHandle::connected_hubs`).
+    hubs_connected: Arc<AtomicUsize>,
 }
 
 /// Runs the coordinator on the current thread until [`CoordMsg::Shutdown`].
-pub fn run(
+pub(crate) fn run(
     link: LinkId,
     hubs: Vec<HubId>,
     connector: Arc<dyn HubConnector>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
     mut inbox: mpsc::UnboundedReceiver<CoordMsg>,
-    shared: Arc<super::Shared>,
+    hubs_connected: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -158,14 +159,14 @@ pub fn run(
         drop(events_tx);
         let mut coordinator = Coordinator {
             link,
+            interest: LinkInterest::new(shards.len()),
             shards,
             directory: HubDirectory::new(hubs),
             hubs: HashMap::new(),
             rooms: HashMap::new(),
-            dirty: HashSet::new(),
             in_flight: HashMap::new(),
             next_id: 1,
-            shared,
+            hubs_connected,
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,7 +179,7 @@ pub fn run(
                 },
                 Some(event) = events.recv() => coordinator.handle_hub_event(event).await,
                 _ = tick.tick() => {
-                    coordinator.announce_dirty();
+                    coordinator.announce_owed();
                     coordinator.rejoin_owed();
                 }
             }
@@ -246,25 +247,23 @@ impl Coordinator {
         true
     }
 
-    /// Sends the room's current interest to its owner. False if it could not be queued.
-    fn announce(&mut self, room: &str) -> bool {
-        let members = self.rooms.get(room).map_or(0, |r| r.total);
-        let builder = FrameBuilder::new(room);
+    /// Sends `announcement` to the room's owner and tells the interest whether it was queued.
+    fn announce(&mut self, announcement: Announcement<String>) -> bool {
+        let members = announcement.members;
+        let builder = FrameBuilder::new(&announcement.room);
         let builder = if members == 0 { builder.interest_remove() } else { builder };
         let frame = builder.build(&Body::Interest { link: self.link.0, members });
-        let sent = self.send_to_hub(self.owner(room), frame);
-        if sent {
-            self.dirty.remove(room);
-        } else {
-            self.dirty.insert(room.to_owned());
-        }
+        let sent = self.send_to_hub(self.owner(&announcement.room), frame);
+        self.interest.handle_sent(&announcement, sent);
         sent
     }
 
-    fn announce_dirty(&mut self) {
-        let dirty: Vec<String> = self.dirty.iter().cloned().collect();
-        for room in dirty {
-            self.announce(&room);
+    /// Sends the count changes owed to hubs (once a second).
+    fn announce_owed(&mut self) {
+        let mut owed = Vec::new();
+        self.interest.poll_announcements(&mut owed);
+        for announcement in owed {
+            self.announce(announcement);
         }
     }
 
@@ -272,7 +271,7 @@ impl Coordinator {
     /// id of the coordinator's own. Stays owed when the hub cannot take it now.
     fn rejoin(&mut self, room: &str) {
         let Some(state) = self.rooms.get(room) else { return };
-        if state.total == 0 || state.rejoin.is_some() {
+        if self.interest.members(room) == 0 || state.rejoin.is_some() {
             return;
         }
         let (since, epoch) = (state.epoch.map(|_| state.pushed), state.epoch);
@@ -306,32 +305,22 @@ impl Coordinator {
     async fn handle_client(&mut self, msg: CoordMsg) {
         match msg {
             CoordMsg::Join { shard, request, room, since, epoch } => {
-                let shard_count = self.shards.len();
-                let state = self.rooms.entry(room.clone()).or_default();
-                state.per_shard.resize(shard_count, 0);
-                state.per_shard[shard] += 1;
-                state.total += 1;
-                let first = state.total == 1;
-                let announced = if first { self.announce(&room) } else { !self.dirty.contains(&room) || self.announce(&room) };
+                self.rooms.entry(room.clone()).or_default();
+                let announced = match self.interest.handle_join(room.as_str(), shard) {
+                    Some(announcement) => self.announce(announcement),
+                    None => true,
+                };
                 let join = FrameBuilder::new(&room).build(&Body::Join { request, since, epoch });
                 if !(announced && self.send_request(request, &room, join)) {
                     self.refuse(request, &room, ClientError::HubUnavailable).await;
                 }
             }
             CoordMsg::Leave { shard, room } => {
-                let Some(state) = self.rooms.get_mut(&room) else { return };
-                if let Some(count) = state.per_shard.get_mut(shard) {
-                    *count = count.saturating_sub(1);
+                if let Some(removal) = self.interest.handle_leave(room.as_str(), shard) {
+                    self.announce(removal);
                 }
-                state.total = state.total.saturating_sub(1);
-                if state.total == 0 {
-                    self.announce(&room);
-                    // Keep the entry while a removal is still owed to the hub.
-                    if !self.dirty.contains(&room) {
-                        self.rooms.remove(&room);
-                    }
-                } else {
-                    self.dirty.insert(room);
+                if self.interest.members(room.as_str()) == 0 {
+                    self.rooms.remove(&room);
                 }
             }
             CoordMsg::Publish { frame } => {
@@ -369,25 +358,22 @@ impl Coordinator {
             HubEvent::Up { hub, generation, to_hub } => {
                 tracing::info!(hub = hub.0, "hub connected; announcing interest and rejoining rooms");
                 self.hubs.insert(hub, (generation, to_hub));
-                self.shared.hubs_connected.store(self.hubs.len(), std::sync::atomic::Ordering::Relaxed);
-                let rooms: Vec<String> =
-                    self.rooms.keys().filter(|room| self.owner(room) == hub).cloned().collect();
-                for room in rooms {
-                    if self.rooms.get(&room).is_some_and(|r| r.total > 0) {
-                        self.announce(&room);
-                        if self.rooms.get(&room).is_some_and(|r| r.rejoin_owed) {
-                            self.rejoin(&room);
-                        }
-                    } else {
-                        self.dirty.remove(&room);
-                        self.rooms.remove(&room);
+                self.hubs_connected.store(self.hubs.len(), Ordering::Relaxed);
+                let mut owed = Vec::new();
+                let directory = &self.directory;
+                self.interest.handle_hub_up(|room| directory.owner(room).unwrap_or(HubId(0)) == hub, &mut owed);
+                for announcement in owed {
+                    let room = announcement.room.clone();
+                    self.announce(announcement);
+                    if self.rooms.get(&room).is_some_and(|r| r.rejoin_owed) {
+                        self.rejoin(&room);
                     }
                 }
             }
             HubEvent::Down { hub, generation } => {
                 if self.hubs.get(&hub).is_some_and(|(g, _)| *g == generation) {
                     self.hubs.remove(&hub);
-                    self.shared.hubs_connected.store(self.hubs.len(), std::sync::atomic::Ordering::Relaxed);
+                    self.hubs_connected.store(self.hubs.len(), Ordering::Relaxed);
                     self.hub_lost(hub).await;
                 }
             }
@@ -411,7 +397,8 @@ impl Coordinator {
         }
         for (room, state) in self.rooms.iter_mut() {
             // A room whose epoch the Link never learnt has no joined member to catch up.
-            if state.total > 0 && state.epoch.is_some() && self.directory.owner(room).unwrap_or(HubId(0)) == hub {
+            let members = self.interest.members(room.as_str());
+            if members > 0 && state.epoch.is_some() && self.directory.owner(room).unwrap_or(HubId(0)) == hub {
                 state.rejoin = None;
                 state.rejoin_owed = true;
             }
@@ -419,8 +406,8 @@ impl Coordinator {
     }
 
     /// Sends a room-wide ring item to every shard with members of `room`.
-    async fn to_rings(&self, room: &str, state_shards: &[u32], item: RingItem) {
-        for (shard, &count) in state_shards.iter().enumerate() {
+    async fn to_rings(&self, room: &str, item: RingItem) {
+        for (shard, &count) in self.interest.per_shard(room).iter().enumerate() {
             if count > 0 {
                 let _ = self.shards[shard].send(ShardMsg::Marker { room: room.to_owned(), item: item.clone() }).await;
             }
@@ -430,15 +417,16 @@ impl Coordinator {
     /// Pushes a room message (live, or replayed by a rejoin) into the rings, once.
     async fn push_message(&mut self, frame: Frame) {
         let Some(state) = self.rooms.get_mut(frame.room()) else { return };
-        if state.total == 0 || frame.seq() <= state.pushed {
+        if self.interest.members(frame.room()) == 0 || frame.seq() <= state.pushed {
             return;
         }
         state.pushed = frame.seq();
+        let per_shard = self.interest.per_shard(frame.room());
         // Built once per message per Link; every shard and socket shares these bytes.
-        let delivery = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
-        for (shard, &count) in state.per_shard.iter().enumerate() {
+        let message = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
+        for (shard, &count) in per_shard.iter().enumerate() {
             if count > 0 {
-                let _ = self.shards[shard].send(ShardMsg::Room(delivery.clone())).await;
+                let _ = self.shards[shard].send(ShardMsg::Room(message.clone())).await;
             }
         }
     }
@@ -446,13 +434,12 @@ impl Coordinator {
     /// A room-wide gap: every member of the room on this Link lost `lost`.
     async fn push_gap(&mut self, room: &str, lost: LostRange) {
         let Some(state) = self.rooms.get_mut(room) else { return };
-        if state.total == 0 || lost.last_lost <= state.pushed {
+        if self.interest.members(room) == 0 || lost.last_lost <= state.pushed {
             return;
         }
         state.pushed = lost.last_lost;
         let item = RingItem::Gap { epoch: state.epoch.unwrap_or(0), lost };
-        let shards = state.per_shard.clone();
-        self.to_rings(room, &shards, item).await;
+        self.to_rings(room, item).await;
     }
 
     async fn route(&mut self, frame: Frame) {
@@ -542,8 +529,7 @@ impl Coordinator {
                 let Some(state) = self.rooms.get_mut(&room) else { return };
                 state.epoch = Some(epoch);
                 state.pushed = 0;
-                let shards = state.per_shard.clone();
-                self.to_rings(&room, &shards, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
+                self.to_rings(&room, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
             }
             ArchivedBody::Gap { first_lost, last_lost, resume_from, .. } => {
                 let lost = LostRange {

@@ -8,52 +8,61 @@
 //!
 //! - [`start`] binds one WebSocket listening socket per shard on the same port (SO_REUSEPORT,
 //!   so the kernel spreads accepts) and the optional QUIC client socket, then spawns the shard
-//!   threads (`shard.rs`, each a current-thread runtime) and the coordinator thread
-//!   (`coordinator.rs`: membership, interest, hub connections, routing of hub frames).
-//! - A client connection is pinned to the shard that accepted it (`ws.rs`, `quic_clients.rs`);
-//!   its room state and join/replay/live logic is a [`session`] over the shard's rings.
-//! - A room message is turned into its WebSocket frame once per Link (`wsframe.rs`); each shard
-//!   pushes it once on its ring for the room; members drain it from their cursors
-//!   (`fanout.rs`), so a slow member costs a cursor, never a copy.
+//!   threads (`shard_thread.rs`, each a current-thread runtime over its `shard.rs` state: its
+//!   connections and rings) and the coordinator thread (`coordinator.rs`: routing between hubs
+//!   and shards, with the core's `LinkInterest` for membership and announcements).
+//! - A client connection is pinned to the shard that accepted it. Its life (admission, the core
+//!   `LinkSession`, close) is `connection.rs`, whatever carries it: WebSocket (`upgrade.rs` for
+//!   the HTTP exchange, `ws.rs` for the connection) or QUIC (`quic_clients.rs`); `wire.rs`
+//!   encodes what the session sends for either.
+//! - A room message is turned into its WebSocket frame once per Link (`ws_frame`); each shard
+//!   pushes it once on its ring for the room; members drain it from their cursors (`fanout`),
+//!   so a slow member costs a cursor, never a copy.
 //! - [`QuicHubConnector`] reaches remote hubs; `serve` and tests pass their own
 //!   [`HubConnector`] (e.g. over `uplink::pair`).
 //!
-//! Files: `shard.rs` (shard thread and state), `coordinator.rs`, `session.rs` (glue between a
-//! connection and its sans-IO `link_session::Session`), `ws.rs` (HTTP checks, upgrade, WebSocket
-//! driver), `conn_io.rs` (socket output queue, non-blocking vectored writes), `wsframe.rs`
-//! (pre-built server frames and JSON), `wsread.rs` (client frames decoded in place),
-//! `quic_clients.rs`, `hub_connector.rs`, `registry.rs` (user → connections). The session's
-//! state machine, client errors and the publish rate limit are core modules
-//! (`link_session.rs`, `protocol.rs`, `token_bucket.rs`, `shard_rooms.rs`).
+//! Each piece gets what it needs, no more: the shard threads a `ShardSetup` (the Link-wide
+//! [`connection::Admission`] and user registry, the coordinator's inbox, their own counters),
+//! the coordinator the shards' inboxes and the hubs-connected counter, and [`LinkHandle`] the
+//! counters and inboxes it reads or signals.
+//!
+//! Module dependency order (each file uses only files listed before it; no cycle):
+//! `tally`, `registry`, `conn_io`, `wire`, `hub_connector` (leaves) → `shard` → `coordinator`
+//! → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` → this file.
 
-pub mod conn_io;
-pub mod coordinator;
-pub mod hub_connector;
-pub mod quic_clients;
-pub mod registry;
-pub mod session;
-pub mod shard;
-pub mod tally;
-pub mod ws;
+mod conn_io;
+mod connection;
+mod coordinator;
+mod hub_connector;
+mod quic_clients;
+mod registry;
+mod shard;
+mod shard_thread;
+mod tally;
+mod upgrade;
+mod wire;
+mod ws;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
 use linkcast_core::auth::Verifier;
-use crate::config::Config;
 use linkcast_core::hub_directory::HubId;
+
+use crate::config::Config;
 use crate::uplink::HubConnector;
-
-pub use linkcast_core::placement::LinkId;
-pub use hub_connector::QuicHubConnector;
-
+use connection::Admission;
 use coordinator::CoordMsg;
 use registry::Users;
-use shard::ShardMsg;
+use shard::{ShardMsg, ShardStats};
+use shard_thread::ShardSetup;
+
+pub use hub_connector::QuicHubConnector;
+pub use linkcast_core::placement::LinkId;
 
 /// Capacity, in messages, of each coordinator → shard channel.
 const SHARD_QUEUE: usize = 16 * 1024;
@@ -71,19 +80,6 @@ pub struct LinkOptions {
     pub quic_addr: Option<SocketAddr>,
 }
 
-/// Counters of one shard, readable from any thread (tests and `/metrics` use them).
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    /// Open client connections.
-    pub connections: AtomicUsize,
-    /// Bytes held in this shard's rooms' rings.
-    pub ring_bytes: AtomicUsize,
-    /// Frames held in this shard's rooms' rings.
-    pub ring_items: AtomicUsize,
-    /// Bytes queued in connections' socket queues, not yet written.
-    pub queued_bytes: AtomicUsize,
-}
-
 /// A snapshot of a Link's memory-relevant counters (summed over shards).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
@@ -97,53 +93,19 @@ pub struct LinkStats {
     pub queued_bytes: usize,
 }
 
-/// State every shard and the coordinator share (read-mostly; atomics and a cold `DashMap`).
-#[derive(Debug)]
-pub struct Shared {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// Token verifier (dev mode without `auth.jwt_secret`).
-    pub verifier: Verifier,
-    /// Open connections on this Link (for `max_connections`).
-    pub connections: AtomicUsize,
-    /// Counter for anonymous dev-mode user ids.
-    pub anonymous: AtomicU64,
-    /// User → connections.
-    pub users: Users,
-    /// Per-shard counters.
-    pub stats: Vec<ShardStats>,
-    /// Hubs currently connected (maintained by the coordinator).
-    pub hubs_connected: AtomicUsize,
-    coordinator: mpsc::UnboundedSender<CoordMsg>,
-    shards: OnceLock<Vec<mpsc::Sender<ShardMsg>>>,
-}
-
-impl Shared {
-    /// Sends a message to the coordinator (ignored once it stopped).
-    pub fn coordinate(&self, msg: CoordMsg) {
-        let _ = self.coordinator.send(msg);
-    }
-
-    /// Registers connection `conn` of `user` and closes the user's oldest connections beyond
-    /// `link.max_conns_per_user` (wherever they live).
-    pub fn register_user(&self, user: &str, conn: u64) {
-        for evicted in self.users.register(user, conn, self.config.link.max_conns_per_user) {
-            self.coordinate(CoordMsg::CloseConn { conn: evicted, reason: linkcast_core::protocol::ClientError::TooManyConnections });
-        }
-    }
-
-    /// The shards' inboxes.
-    pub fn shards(&self) -> &[mpsc::Sender<ShardMsg>] {
-        self.shards.get().map_or(&[], Vec::as_slice)
-    }
-}
-
 /// A running Link. Dropping it without [`LinkHandle::shutdown`] stops it without waiting.
 #[derive(Debug)]
 pub struct LinkHandle {
     ws_addr: SocketAddr,
     quic_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+    /// Each shard's counters.
+    stats: Vec<Arc<ShardStats>>,
+    /// Hubs connected right now (kept by the coordinator).
+    hubs_connected: Arc<AtomicUsize>,
+    /// The shards' inboxes (to stop them).
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// The coordinator's inbox (to stop it).
+    coordinator: mpsc::UnboundedSender<CoordMsg>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -161,18 +123,18 @@ impl LinkHandle {
     /// Hubs this Link is connected to right now (a join or publish for a room whose owner hub
     /// is not connected is answered `503 hub unavailable`).
     pub fn connected_hubs(&self) -> usize {
-        self.shared.hubs_connected.load(Ordering::Relaxed)
+        self.hubs_connected.load(Ordering::Relaxed)
     }
 
     /// Open client connections per shard (how the kernel spread them).
     pub fn shard_connections(&self) -> Vec<usize> {
-        self.shared.stats.iter().map(|s| s.connections.load(Ordering::Relaxed)).collect()
+        self.stats.iter().map(|s| s.connections.load(Ordering::Relaxed)).collect()
     }
 
     /// Memory-relevant counters summed over shards.
     pub fn stats(&self) -> LinkStats {
         let mut total = LinkStats::default();
-        for s in &self.shared.stats {
+        for s in &self.stats {
             total.connections += s.connections.load(Ordering::Relaxed);
             total.ring_bytes += s.ring_bytes.load(Ordering::Relaxed);
             total.ring_items += s.ring_items.load(Ordering::Relaxed);
@@ -200,7 +162,7 @@ impl LinkHandle {
     }
 
     fn signal_stop(&self) {
-        for shard in self.shared.shards() {
+        for shard in &self.shards {
             // A full queue is drained by the shard soon; `try_send` keeps this non-blocking,
             // and a blocking retry on a helper thread covers the rare full case.
             if let Err(mpsc::error::TrySendError::Full(msg)) = shard.try_send(ShardMsg::Shutdown) {
@@ -210,7 +172,7 @@ impl LinkHandle {
                 });
             }
         }
-        self.shared.coordinate(CoordMsg::Shutdown);
+        let _ = self.coordinator.send(CoordMsg::Shutdown);
     }
 }
 
@@ -245,18 +207,11 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
         None => None,
     };
 
+    let admission = Arc::new(Admission::new(verifier, config.link.max_connections));
+    let users = Arc::new(Users::default());
+    let stats: Vec<Arc<ShardStats>> = (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect();
+    let hubs_connected = Arc::new(AtomicUsize::new(0));
     let (coord_tx, coord_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        verifier,
-        connections: AtomicUsize::new(0),
-        anonymous: AtomicU64::new(0),
-        users: Users::default(),
-        stats: (0..shard_count).map(|_| ShardStats::default()).collect(),
-        hubs_connected: AtomicUsize::new(0),
-        coordinator: coord_tx,
-        shards: OnceLock::new(),
-    });
     let mut senders = Vec::with_capacity(shard_count);
     let mut receivers = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {
@@ -264,15 +219,23 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
         senders.push(tx);
         receivers.push(rx);
     }
-    let _ = shared.shards.set(senders.clone());
 
     let mut threads = Vec::with_capacity(shard_count + 1);
-    let mut quic_socket = quic_socket;
+    let mut quic = quic_socket.map(|socket| (socket, senders.clone()));
     for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
-        let shared = shared.clone();
-        let quic = if index == 0 { quic_socket.take() } else { None };
+        let setup = ShardSetup {
+            index,
+            link: config.link.clone(),
+            admission: admission.clone(),
+            users: users.clone(),
+            coordinator: coord_tx.clone(),
+            stats: stats[index].clone(),
+            listener,
+            inbox,
+            quic: if index == 0 { quic.take() } else { None },
+        };
         let thread = std::thread::Builder::new().name(format!("link-{}-shard-{index}", options.id)).spawn(move || {
-            if let Err(error) = shard::run(index, shared, listener, inbox, quic) {
+            if let Err(error) = shard_thread::run(setup) {
                 tracing::error!(%error, shard = index, "shard stopped with an error");
             }
         })?;
@@ -284,15 +247,16 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
         config.hubs.iter().map(|h| HubId(h.id)).collect()
     };
     let link = options.id;
-    let coordinator_shared = shared.clone();
+    let coordinator_shards = senders.clone();
+    let coordinator_hubs = hubs_connected.clone();
     let thread = std::thread::Builder::new().name(format!("link-{}-coordinator", options.id)).spawn(move || {
-        if let Err(error) = coordinator::run(link, hubs, connector, senders, coord_rx, coordinator_shared) {
+        if let Err(error) = coordinator::run(link, hubs, connector, coordinator_shards, coord_rx, coordinator_hubs) {
             tracing::error!(%error, "coordinator stopped with an error");
         }
     })?;
     threads.push(thread);
     tracing::info!(link = %options.id, %ws_addr, ?quic_addr, shards = shard_count, "link started");
-    Ok(LinkHandle { ws_addr, quic_addr, shared, threads })
+    Ok(LinkHandle { ws_addr, quic_addr, stats, hubs_connected, shards: senders, coordinator: coord_tx, threads })
 }
 
 /// `count` listening sockets on the same address with SO_REUSEPORT; the first binds `addr`
@@ -317,8 +281,6 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
     }
     Ok(listeners)
 }
-
-/// Microseconds since the Unix epoch (wall clock; for token expiry and rate limits).
 
 /// Command-line flags of `linkcast link`.
 #[derive(Debug, clap::Args)]

@@ -1,37 +1,38 @@
 //! QUIC clients (ALPN `linkcast/1`): the same operations as WebSocket, in linkcast frames.
 //!
-//! One UDP endpoint per Link, driven by the runtime of the shard that owns it; each accepted
-//! connection is handed round-robin to a shard ([`ShardMsg::Quic`]) and lives there for its
-//! whole life, like a WebSocket connection. The client opens one bidirectional stream whose
-//! first frame is `Hello {secret = token}` (empty in dev mode); then `Join`/`Leave`/`Publish`/
-//! `Heartbeat` frames. Room messages go out as the hub's own frame bytes (the ring's
-//! `RoomMessage::frame`) — not re-encoded. Liveness is QUIC's keep-alive and idle timeout
-//! (`quic::server_config`). Refusals are `Error` frames; closes are QUIC application closes with
-//! the WebSocket close code and reason (e.g. 1009 "message too big").
+//! One UDP endpoint per Link, driven by the runtime of the shard that owns it
+//! ([`start_endpoint`]); each accepted connection is handed round-robin to a shard
+//! ([`ShardMsg::Quic`]) and lives there for its whole life ([`handle`]), like a WebSocket
+//! connection, with the same life ([`Connection`]: admission, session, close). The client opens
+//! one bidirectional stream whose first frame is `Hello {secret = token}` (empty in dev mode);
+//! then `Join`/`Leave`/`Publish`/`Heartbeat` frames. Room messages go out as the hub's own frame
+//! bytes (the ring's `RoomMessage::frame`) — not re-encoded. Liveness is QUIC's keep-alive and
+//! idle timeout (`quic::server_config`). Refusals are `Error` frames; closes are QUIC
+//! application closes with the WebSocket close code and reason (e.g. 1009 "message too big").
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use linkcast_core::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_LEN, MAX_ROOM_LEN, MAX_SENDER_LEN};
-use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
-
+use linkcast_core::link_session::{refuse, Request, ToClient, Wire};
 use linkcast_core::protocol::{ClientError, Refusal};
-use super::session::{encode, Request, LinkSession, ToClient, Wire};
-use linkcast_core::link_session::refuse;
-use super::shard::{ConnEvent, Registered, ShardMsg, ShardState};
-use super::Shared;
-use crate::clock::now_micros;
+
+use super::connection::{count_close, ConnContext, Connection};
+use super::shard::ShardMsg;
+use super::tally;
+use super::wire::encode;
+use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
 
 /// Time a client has to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts the client endpoint on `socket` (on the current shard's runtime) and its accept loop.
-pub fn start_endpoint(socket: std::net::UdpSocket, shared: Arc<Shared>) -> std::io::Result<quinn::Endpoint> {
+/// Starts the client endpoint on `socket` (on the current shard's runtime) and its accept loop,
+/// which hands each connection to one of `shards` in turn.
+pub(crate) fn start_endpoint(socket: std::net::UdpSocket, shards: Vec<mpsc::Sender<ShardMsg>>) -> std::io::Result<quinn::Endpoint> {
     let config = quic::server_config(&[ALPN_CLIENT]).map_err(std::io::Error::other)?;
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?;
@@ -39,7 +40,6 @@ pub fn start_endpoint(socket: std::net::UdpSocket, shared: Arc<Shared>) -> std::
     tokio::task::spawn_local(async move {
         let next = AtomicUsize::new(0);
         while let Some(incoming) = accepting.accept().await {
-            let shards = shared.shards();
             if shards.is_empty() {
                 incoming.refuse();
                 continue;
@@ -52,16 +52,16 @@ pub fn start_endpoint(socket: std::net::UdpSocket, shared: Arc<Shared>) -> std::
 }
 
 fn close(conn: &quinn::Connection, error: ClientError) {
-    metrics::counter!("linkcast_link_closes_total", "reason" => error.label()).increment(1);
+    count_close(error);
     let (Refusal::Close(code, reason) | Refusal::Error(code, reason)) = error.refusal();
     conn.close(quinn::VarInt::from_u32(u32::from(code)), reason.as_bytes());
 }
 
 /// Runs one QUIC client connection on this shard.
-pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
+pub(crate) async fn handle(incoming: quinn::Incoming, ctx: Rc<ConnContext>) {
     let Ok(Ok(conn)) = tokio::time::timeout(HELLO_TIMEOUT, async { incoming.accept()?.await }).await else { return };
     let Ok(Ok((mut send, recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else { return };
-    let link = shared.config.link.clone();
+    let link = &ctx.link;
     let max_frame = link.max_message_bytes + HEADER_LEN + MAX_ROOM_LEN + MAX_SENDER_LEN + 256;
     let mut reader = FrameReader::new(recv, max_frame);
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await;
@@ -78,12 +78,9 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
         conn.close(quinn::VarInt::from_u32(400), b"expected hello");
         return;
     };
-    let anonymous = format!("anon-{}", shared.anonymous.fetch_add(1, Ordering::Relaxed) + 1);
-    let token = Some(token.as_str()).filter(|t| !t.is_empty());
-    let claims = match shared.verifier.verify(token, now_micros() / 1_000_000, &anonymous) {
+    let claims = match ctx.admission.verify(Some(token.as_str()).filter(|t| !t.is_empty())) {
         Ok(claims) => claims,
         Err(error) => {
-            metrics::counter!("linkcast_link_auth_failures_total").increment(1);
             let refusal =
                 FrameBuilder::new("").build(&Body::Error { request: 0, code: 401, reason: error.reason().into(), retry_after_ms: 0 });
             let _ = send.write_all(refusal.as_bytes()).await;
@@ -93,20 +90,13 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
             return;
         }
     };
-    if shared.connections.fetch_add(1, Ordering::Relaxed) >= link.max_connections || state.borrow().stopping {
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
+    let Some(admitted) = ctx.admit() else {
         conn.close(quinn::VarInt::from_u32(503), b"too many connections");
         return;
-    }
+    };
 
-    let Registered { id, index, mailbox } = state.borrow_mut().register_conn();
-    shared.register_user(&claims.sub, id);
-    let user = claims.sub.clone();
-    let expires = claims.exp;
-    shared.stats[index].connections.fetch_add(1, Ordering::Relaxed);
-    let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
-    gauge.increment(1.0);
-    let mut session = LinkSession::new(id, Wire::Quic, claims, super::session::limits(&link), now_micros());
+    let mut client = Connection::open(ctx.clone(), Wire::Quic, claims, admitted);
+    let mailbox = client.mailbox().clone();
     let batch = link.write_batch_bytes.max(1);
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut tick = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
@@ -114,37 +104,22 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
     let mut items: Vec<ToClient> = Vec::new();
     let mut out: Vec<Bytes> = Vec::new();
 
-    let reason: Option<ClientError> = 'run: loop {
-        let mut closing = None;
-        {
-            let mut state = state.borrow_mut();
-            while let Some(event) = mailbox.next_event() {
-                match event {
-                    ConnEvent::Hub { frame, ring_tail } => session.handle_hub_frame(frame, ring_tail, &mut state.rooms, &mut items),
-                    ConnEvent::Close(error) => {
-                        closing = Some(error);
-                        break;
-                    }
-                }
-            }
-            if mailbox.take_ring() {
-                session.dirty = true;
-            }
-            if closing.is_none() && session.dirty {
-                closing = session.fill(batch, &mut state.rooms, &mut items).err();
-            }
-        }
-        super::session::forward(&mut session, &shared);
+    let reason: Option<ClientError> = loop {
+        let closing = match client.handle_events(&mut items) {
+            Ok(()) if client.wants_fill() => client.fill(batch, &mut items).err(),
+            Ok(()) => None,
+            Err(error) => Some(error),
+        };
         if let Some(error) = closing {
-            break 'run Some(error);
+            break Some(error);
         }
         out.extend(items.drain(..).map(|item| encode(Wire::Quic, item)).filter(|b| !b.is_empty()));
         if !out.is_empty() {
             let bytes: usize = out.iter().map(Bytes::len).sum();
             match tokio::time::timeout(stall, quic::write_frames(&mut send, &mut out)).await {
                 Ok(Ok(())) => {
-                    super::tally::wrote(bytes as u64);
-                    super::tally::flush();
+                    tally::wrote(bytes as u64);
+                    tally::flush();
                 }
                 Ok(Err(_)) => break None,
                 Err(_) => break Some(ClientError::SlowConsumer),
@@ -157,10 +132,9 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
             frame = reader.next() => match frame {
                 Ok(Some(frame)) => {
                     let result = match Request::from_quic(&frame) {
-                        Ok(request) => session.handle_request(request, now_micros(), &mut state.borrow_mut().rooms, &mut items),
+                        Ok(request) => client.handle_request(request, &mut items),
                         Err(error) => refuse(error, Some(frame.room()), None, &mut items),
                     };
-                    super::session::forward(&mut session, &shared);
                     if let Err(error) = result {
                         break Some(error);
                     }
@@ -177,25 +151,16 @@ pub async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, state: Rc<Re
                 Err(_) => break None,
             },
             _ = tick.tick() => {
-                if link.lag_policy == linkcast_core::fanout::LagPolicy::Disconnect && session.lagging(&state.borrow().rooms) {
-                    break Some(ClientError::SlowConsumer);
-                }
-                if expires <= now_micros() / 1_000_000 {
-                    break Some(ClientError::TokenExpired);
+                if let Err(error) = client.check() {
+                    break Some(error);
                 }
             }
         }
     };
 
-    session.finish(&mut state.borrow_mut().rooms);
-    super::session::forward(&mut session, &shared);
-    state.borrow_mut().remove_conn(id);
-    shared.users.unregister(&user, id);
+    client.finish();
     if let Some(error) = reason {
         let _ = send.finish();
         close(&conn, error);
     }
-    shared.connections.fetch_sub(1, Ordering::Relaxed);
-    shared.stats[index].connections.fetch_sub(1, Ordering::Relaxed);
-    gauge.decrement(1.0);
 }

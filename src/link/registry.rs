@@ -4,7 +4,7 @@
 //! It enforces `link.max_conns_per_user`: registering one connection too many returns the user's
 //! *oldest* connection ids; the caller asks them to close with 1008 "too many connections for
 //! user" through the coordinator, which routes the request to whatever shard holds them
-//! (`Shared::close_conn`).
+//! (`connection.rs`).
 
 use std::collections::VecDeque;
 
@@ -12,14 +12,14 @@ use dashmap::DashMap;
 
 /// User id → connection ids, oldest first.
 #[derive(Debug, Default)]
-pub struct Users {
+pub(crate) struct Users {
     map: DashMap<String, VecDeque<u64>>,
 }
 
 impl Users {
     /// Registers connection `conn` of `user`; returns the oldest connections beyond `max`
     /// (already forgotten here), which the caller closes.
-    pub fn register(&self, user: &str, conn: u64, max: usize) -> Vec<u64> {
+    pub(crate) fn register(&self, user: &str, conn: u64, max: usize) -> Vec<u64> {
         let mut entry = self.map.entry(user.to_owned()).or_default();
         entry.push_back(conn);
         let mut evicted = Vec::new();
@@ -30,7 +30,7 @@ impl Users {
     }
 
     /// Forgets connection `conn` of `user`.
-    pub fn unregister(&self, user: &str, conn: u64) {
+    pub(crate) fn unregister(&self, user: &str, conn: u64) {
         let empty = match self.map.get_mut(user) {
             Some(mut entry) => {
                 entry.retain(|c| *c != conn);
@@ -44,7 +44,8 @@ impl Users {
     }
 
     /// Connections registered for `user`.
-    pub fn count(&self, user: &str) -> usize {
+    #[cfg(test)]
+    fn count(&self, user: &str) -> usize {
         self.map.get(user).map_or(0, |e| e.len())
     }
 }

@@ -1,15 +1,15 @@
-//! One shard: a thread with its own single-threaded tokio runtime, its listening socket, its
-//! connections and its per-room rings (DESIGN principle 3).
+//! One shard's state: its connections and its per-room rings (DESIGN principle 3). The thread
+//! that drives it is `shard_thread.rs`; the connections' drivers are `ws.rs` and
+//! `quic_clients.rs`.
 //!
 //! Data flow into a shard is one bounded channel of [`ShardMsg`] from the coordinator:
-//! - [`ShardMsg::Room`]: a room message ([`RoomMessage`]: the hub's frame plus the WebSocket frame
-//!   built once per Link), or [`ShardMsg::Marker`]: a room-wide gap or reset (`shard_rooms.rs`).
-//!   The shard pushes it once onto that room's ring; the members parked on
-//!   it (caught up, waiting) are then served from the shard loop itself: a WebSocket member's
-//!   frames are written to its socket right there with one non-blocking `writev`
-//!   (`ws::WsConn::deliver`: no task wake, no channel), and only a socket that is full (or a QUIC
-//!   connection) is left to its task, which drains from its own cursor when it can. Messages
-//!   already queued are applied before anyone is served, so a burst leaves as one write.
+//! - [`ShardMsg::Room`]: a room message ([`RoomMessage`]: the hub's frame plus the WebSocket
+//!   frame built once per Link), or [`ShardMsg::Marker`]: a room-wide gap or reset
+//!   (`shard_rooms.rs`). [`ShardState::push`] puts it once onto that room's ring and returns the
+//!   members parked on it (caught up, waiting) as [`Woken`]: a connection registered for
+//!   [`DirectDelivery`] (WebSocket) is written to from the shard loop itself, with no task wake
+//!   and no channel; any other (a full socket, QUIC) is told through its [`Mailbox`] and drains
+//!   from its own cursor when it can.
 //! - [`ShardMsg::ToConn`] / [`ShardMsg::Close`]: a hub answer (replay, gap, joined, ack, error)
 //!   or a close request for one connection (or one of its requests), found by id in
 //!   [`ShardState`] and posted to that connection's [`Mailbox`] with the room ring's tail at
@@ -20,30 +20,38 @@
 //! never borrowed across an `.await`); nothing on the delivery path is shared with another shard.
 //! The rings, ids and request routing are the sans-IO [`ShardRooms`]; ids of connections and
 //! requests carry the shard index in their top 8 bits ([`shard_of`]), so the coordinator routes
-//! an answer without a shared table.
+//! an answer without a shared table. The shard's counters ([`ShardStats`]) are the only thing
+//! other threads read.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-
+use linkcast_core::fanout::RingLimits;
 use linkcast_core::frame::Frame;
-
 use linkcast_core::protocol::ClientError;
-use super::{quic_clients, ws, Shared};
+pub(crate) use linkcast_core::shard_rooms::{shard_of, RingItem, RoomMessage, ShardRooms};
 
-/// Most coordinator messages applied before the woken members are written to.
-const MAX_BURST: usize = 256;
-
-pub use linkcast_core::shard_rooms::{shard_of, RoomMessage, RingItem, ShardRooms};
+/// Counters of one shard, readable from any thread (tests and `/metrics` use them).
+#[derive(Debug, Default)]
+pub(crate) struct ShardStats {
+    /// Open client connections.
+    pub(crate) connections: AtomicUsize,
+    /// Bytes held in this shard's rooms' rings.
+    pub(crate) ring_bytes: AtomicUsize,
+    /// Frames held in this shard's rooms' rings.
+    pub(crate) ring_items: AtomicUsize,
+    /// Bytes queued in connections' socket queues, not yet written.
+    pub(crate) queued_bytes: AtomicUsize,
+}
 
 /// Coordinator → shard.
 #[derive(Debug)]
-pub enum ShardMsg {
+pub(crate) enum ShardMsg {
     /// A room message for every member of the room on this shard.
     Room(RoomMessage),
     /// A room-wide gap or reset for every member of `room` on this shard.
@@ -75,7 +83,7 @@ pub enum ShardMsg {
 
 /// Shard → one connection task.
 #[derive(Debug)]
-pub enum ConnEvent {
+pub(crate) enum ConnEvent {
     /// A hub answer for this connection, and where the room's ring stood when it was routed.
     Hub {
         /// The hub's frame.
@@ -94,7 +102,7 @@ const MAX_MAILBOX: usize = 4096;
 /// A connection task's inbox on its shard: hub answers, close requests and "a ring has frames
 /// for you". Same thread only (no channel, no allocation while empty).
 #[derive(Debug, Default)]
-pub struct Mailbox {
+pub(crate) struct Mailbox {
     events: RefCell<VecDeque<ConnEvent>>,
     ring: Cell<bool>,
     notify: Notify,
@@ -102,7 +110,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Queues `event` and wakes the task.
-    pub fn post(&self, event: ConnEvent) {
+    pub(crate) fn post(&self, event: ConnEvent) {
         {
             let mut events = self.events.borrow_mut();
             if events.len() >= MAX_MAILBOX {
@@ -116,52 +124,60 @@ impl Mailbox {
     }
 
     /// Tells the task that a ring it is parked on has frames.
-    pub fn ring(&self) {
+    pub(crate) fn ring(&self) {
         self.ring.set(true);
         self.notify.notify_one();
     }
 
     /// Wakes the task (to look at its socket and state again).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.notify.notify_one();
     }
 
     /// Waits for the next post, ring or wake (a wake before the wait is not lost).
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         self.notify.notified().await;
     }
 
     /// The next queued event.
-    pub fn next_event(&self) -> Option<ConnEvent> {
+    pub(crate) fn next_event(&self) -> Option<ConnEvent> {
         self.events.borrow_mut().pop_front()
     }
 
     /// Whether a ring had frames since the last call.
-    pub fn take_ring(&self) -> bool {
+    pub(crate) fn take_ring(&self) -> bool {
         self.ring.replace(false)
     }
+}
+
+/// A connection the shard loop writes ring frames to itself, the moment a ring it is parked on
+/// gets them (a WebSocket connection: one non-blocking vectored write, no task wake).
+pub(crate) trait DirectDelivery: std::fmt::Debug {
+    /// A ring this connection is parked on got items: move them to the socket now, or leave
+    /// them to the connection's task if the socket is full.
+    fn deliver(&self);
 }
 
 /// How the shard reaches one of its connections.
 #[derive(Debug)]
 struct ConnSlot {
     mailbox: Rc<Mailbox>,
-    /// A WebSocket connection the shard writes to directly when its rings get frames.
-    direct: Option<Rc<ws::WsConn>>,
+    /// Set for a connection the shard writes to directly when its rings get frames.
+    direct: Option<Rc<dyn DirectDelivery>>,
 }
 
 /// A connection a ring push woke: written to right away, or told through its mailbox.
 #[derive(Debug)]
-pub enum Woken {
-    /// A WebSocket connection: [`ws::WsConn::deliver`].
-    Direct(Rc<ws::WsConn>),
+pub(crate) enum Woken {
+    /// A connection written to by the shard loop: [`DirectDelivery::deliver`].
+    Direct(Rc<dyn DirectDelivery>),
     /// Any other connection task: [`Mailbox::ring`].
     Task(Rc<Mailbox>),
 }
 
 impl Woken {
     /// Delivers (direct) or signals (task). Call with no borrow of the shard state held.
-    pub fn wake(self) {
+    pub(crate) fn wake(self) {
         match self {
             Woken::Direct(conn) => conn.deliver(),
             Woken::Task(mailbox) => mailbox.ring(),
@@ -171,78 +187,78 @@ impl Woken {
 
 /// What a connection task gets from [`ShardState::register_conn`].
 #[derive(Debug)]
-pub struct Registered {
+pub(crate) struct Registered {
     /// The connection id (carries the shard index).
-    pub id: u64,
+    pub(crate) id: u64,
     /// The shard's index.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The connection's mailbox.
-    pub mailbox: Rc<Mailbox>,
+    pub(crate) mailbox: Rc<Mailbox>,
 }
 
 /// The state of one shard (single-threaded; see the module docs).
 #[derive(Debug)]
-pub struct ShardState {
+pub(crate) struct ShardState {
     /// Rings, ids and outstanding requests.
-    pub rooms: ShardRooms,
+    pub(crate) rooms: ShardRooms,
     conns: HashMap<u64, ConnSlot>,
     woken_ids: Vec<u64>,
-    /// Ring bytes and items last added to the shared stats.
+    /// Ring bytes and items last added to `stats`.
     reported: (usize, usize),
-    shared: Arc<Shared>,
+    /// This shard's counters, read by other threads.
+    stats: Arc<ShardStats>,
     /// Set once shutdown started: new connections are refused.
-    pub stopping: bool,
+    pub(crate) stopping: bool,
 }
 
 impl ShardState {
     /// An empty shard.
-    pub fn new(index: usize, shared: Arc<Shared>) -> Self {
-        let limits = shared.config.link.ring_limits();
+    pub(crate) fn new(index: usize, limits: RingLimits, stats: Arc<ShardStats>) -> Self {
         ShardState {
             rooms: ShardRooms::new(index, limits),
             conns: HashMap::new(),
             woken_ids: Vec::new(),
             reported: (0, 0),
-            shared,
+            stats,
             stopping: false,
         }
     }
 
     /// This shard's index.
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         self.rooms.index()
     }
 
     /// Gives a new connection (WebSocket or QUIC) its id and mailbox, registered.
-    pub fn register_conn(&mut self) -> Registered {
+    pub(crate) fn register_conn(&mut self) -> Registered {
         let id = self.rooms.new_id();
         let mailbox = Rc::new(Mailbox::default());
         self.conns.insert(id, ConnSlot { mailbox: mailbox.clone(), direct: None });
         Registered { id, index: self.index(), mailbox }
     }
 
-    /// Lets the shard write ring frames straight to WebSocket connection `id`.
-    pub fn set_direct(&mut self, id: u64, conn: Rc<ws::WsConn>) {
+    /// Lets the shard write ring frames straight to connection `id`.
+    pub(crate) fn set_direct(&mut self, id: u64, conn: Rc<dyn DirectDelivery>) {
         if let Some(slot) = self.conns.get_mut(&id) {
             slot.direct = Some(conn);
         }
     }
 
     /// Forgets a connection task.
-    pub fn remove_conn(&mut self, id: u64) {
+    pub(crate) fn remove_conn(&mut self, id: u64) {
         self.conns.remove(&id);
     }
 
     /// Connections on this shard.
-    pub fn conn_count(&self) -> usize {
+    pub(crate) fn conn_count(&self) -> usize {
         self.conns.len()
     }
 
     /// Brings the shared ring counters up to date with the rings.
-    pub fn sync_stats(&mut self) {
+    pub(crate) fn sync_stats(&mut self) {
         let now = (self.rooms.ring_bytes(), self.rooms.ring_items());
         if now != self.reported {
-            let stats = &self.shared.stats[self.index()];
+            let stats = &self.stats;
             stats.ring_bytes.fetch_add(now.0, Ordering::Relaxed);
             stats.ring_bytes.fetch_sub(self.reported.0, Ordering::Relaxed);
             stats.ring_items.fetch_add(now.1, Ordering::Relaxed);
@@ -253,14 +269,14 @@ impl ShardState {
 
     /// Pushes a ring item once; the room's parked members are added to `woken` (wake them
     /// once this borrow of the state is released: a direct delivery reads the rings).
-    pub fn push(&mut self, room: &str, item: RingItem, woken: &mut Vec<Woken>) {
+    pub(crate) fn push(&mut self, room: &str, item: RingItem, woken: &mut Vec<Woken>) {
         self.rooms.push(room, item, &mut self.woken_ids);
         self.wake(woken);
     }
 
     /// [`ShardState::push`] of a room message (the room is read from the message).
-    pub fn push_message(&mut self, delivery: RoomMessage, woken: &mut Vec<Woken>) {
-        self.rooms.push_message(delivery, &mut self.woken_ids);
+    pub(crate) fn push_message(&mut self, message: RoomMessage, woken: &mut Vec<Woken>) {
+        self.rooms.push_message(message, &mut self.woken_ids);
         self.wake(woken);
     }
 
@@ -277,7 +293,7 @@ impl ShardState {
     }
 
     /// Hands a hub answer to the connection it is for (by connection or request id).
-    pub fn route(&mut self, id: u64, frame: Frame) {
+    pub(crate) fn route(&mut self, id: u64, frame: Frame) {
         let conn = if self.conns.contains_key(&id) { Some(id) } else { self.rooms.conn_of(id) };
         if let Some(slot) = conn.and_then(|c| self.conns.get(&c)) {
             let ring_tail = self.rooms.tail(frame.room());
@@ -286,86 +302,16 @@ impl ShardState {
     }
 
     /// Asks connection `id` to close with `reason`.
-    pub fn close(&mut self, id: u64, reason: ClientError) {
+    pub(crate) fn close(&mut self, id: u64, reason: ClientError) {
         if let Some(slot) = self.conns.get(&id) {
             slot.mailbox.post(ConnEvent::Close(reason));
         }
     }
 
     /// Asks every connection to close with `reason`.
-    pub fn close_all(&mut self, reason: ClientError) {
+    pub(crate) fn close_all(&mut self, reason: ClientError) {
         for slot in self.conns.values() {
             slot.mailbox.post(ConnEvent::Close(reason));
         }
     }
-}
-
-/// Runs shard `index` on the current thread until shutdown: accepts on `listener`, applies
-/// coordinator messages, and runs QUIC clients handed to it. `quic` is the client endpoint's
-/// socket when this shard hosts the endpoint.
-pub fn run(
-    index: usize,
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-    mut inbox: mpsc::Receiver<ShardMsg>,
-    quic: Option<std::net::UdpSocket>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let state = Rc::new(RefCell::new(ShardState::new(index, shared.clone())));
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let accept = tokio::task::spawn_local(ws::accept_loop(listener, shared.clone(), state.clone()));
-        let quic_endpoint = match quic {
-            Some(socket) => Some(quic_clients::start_endpoint(socket, shared.clone())?),
-            None => None,
-        };
-        let mut woken = Vec::new();
-        'run: while let Some(first) = inbox.recv().await {
-            // Take what is already queued (up to a bound) before waking anyone, so a burst of
-            // room messages reaches each member socket as one vectored write.
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(msg) = next.take() {
-                match msg {
-                    ShardMsg::Room(delivery) => state.borrow_mut().push_message(delivery, &mut woken),
-                    ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
-                    ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
-                    ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
-                    ShardMsg::Quic(incoming) => {
-                        tokio::task::spawn_local(quic_clients::handle(*incoming, shared.clone(), state.clone()));
-                    }
-                    ShardMsg::Shutdown => break 'run,
-                }
-                taken += 1;
-                if taken < MAX_BURST {
-                    next = inbox.try_recv().ok();
-                }
-            }
-            for conn in woken.drain(..) {
-                conn.wake();
-            }
-            state.borrow_mut().sync_stats();
-            super::tally::flush();
-        }
-        accept.abort();
-        if let Some(endpoint) = &quic_endpoint {
-            endpoint.set_server_config(None);
-        }
-        {
-            let mut state = state.borrow_mut();
-            state.stopping = true;
-            state.close_all(ClientError::ShuttingDown);
-        }
-        // Give connections a moment to send their close frames.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-        while state.borrow().conn_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        if let Some(endpoint) = quic_endpoint {
-            endpoint.close(quinn::VarInt::from_u32(1001), b"server shutting down");
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
-        }
-        Ok::<(), std::io::Error>(())
-    })
 }

@@ -1,10 +1,10 @@
 //! Hot-path counters of one shard, added to the process-wide metrics once per burst.
 //!
-//! A delivery used to bump two shared `metrics` counters (deliveries, bytes out): two atomic
-//! read-modify-writes on cache lines every shard writes, per member per message. Now the shard's
-//! thread adds to plain cells here ([`delivered`], [`wrote`]) and [`flush`] moves the sums into
-//! the counters — the shard loop calls it after each burst of room messages, connection tasks
-//! after their own work — so `/metrics` lags by at most one burst.
+//! Bumping the shared `metrics` counters (deliveries, bytes out) per member per message would be
+//! two atomic read-modify-writes on cache lines every shard writes. Instead the shard's thread
+//! adds to plain cells here ([`delivered`], [`wrote`]) and [`flush`] moves the sums into the
+//! counters — the shard loop calls it after each burst of room messages, connection tasks after
+//! their own work — so `/metrics` lags by at most one burst.
 
 use std::cell::Cell;
 
@@ -27,21 +27,21 @@ thread_local! {
 }
 
 /// Counts `n` messages delivered to a client.
-pub fn delivered(n: u64) {
+pub(crate) fn delivered(n: u64) {
     if n > 0 {
         TALLY.with(|t| t.deliveries.set(t.deliveries.get() + n));
     }
 }
 
 /// Counts `n` bytes written to client sockets.
-pub fn wrote(n: u64) {
+pub(crate) fn wrote(n: u64) {
     if n > 0 {
         TALLY.with(|t| t.bytes_out.set(t.bytes_out.get() + n));
     }
 }
 
 /// Adds this thread's sums to the metrics.
-pub fn flush() {
+pub(crate) fn flush() {
     TALLY.with(|t| {
         let deliveries = t.deliveries.replace(0);
         if deliveries > 0 {

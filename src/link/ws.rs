@@ -1,317 +1,45 @@
-//! WebSocket clients: the HTTP checks and the upgrade, then one small task per connection that
-//! the shard can bypass on the delivery path.
-//!
-//! Before the upgrade (plain HTTP/1.1, read here with a size and time limit), in this order:
-//! `GET /healthz` and `GET /metrics` are answered directly; anything but `/ws` is 404; a
-//! missing upgrade or WebSocket version other than 13 is 400; a refused `Origin` is 403, a full
-//! Link 503, a missing/bad/expired token 401 — each with the JSON body `{"error","reason"}` of
-//! docs/protocol.md. Then the Link answers `101 Switching Protocols` itself (RFC 6455 §4.2.2)
-//! and drops every byte of the HTTP exchange.
-//!
-//! After the upgrade a connection is a [`WsConn`] shared by two drivers on the shard's thread:
+//! The WebSocket connection driver: one upgraded connection (`upgrade.rs` did the HTTP part)
+//! run as a [`WsConnection`] shared by two drivers on the shard's thread:
 //! - **the shard loop** (delivery path): when a ring the connection is parked on gets a frame,
-//!   [`WsConn::deliver`] moves the connection's new frames into its [`OutQueue`] and writes them
-//!   with one non-blocking `writev` — no task wake, no channel, no timer touched;
-//! - **its task** (everything else): hub answers and close requests from its [`Mailbox`],
-//!   client frames (read into the shard's one scratch buffer, decoded in place by `linkcast_core::ws_read`; only
-//!   a frame cut by a read is kept, in a buffer freed once it completes), waiting for a full
-//!   socket to drain, and a ping timer (keep-alive, idle, stall, lag and token-expiry checks).
+//!   [`WsConnection::deliver`] moves the connection's new frames into its [`OutQueue`] and
+//!   writes them with one non-blocking `writev` — no task wake, no channel, no timer touched;
+//! - **its task** ([`run`], everything else): hub answers and close requests from its mailbox,
+//!   client frames (read into the shard's one scratch buffer, decoded in place by
+//!   `linkcast_core::ws_read`; only a frame cut by a read is kept, in a buffer freed once it
+//!   completes), waiting for a full socket to drain, and a ping timer (keep-alive, idle, stall,
+//!   lag and token-expiry checks).
 //!
-//! Ring frames are pulled by the [`LinkSession`] only while less than `write_batch_bytes` wait in
-//! the socket queue, so a client that does not read costs one batch here plus its ring cursor,
-//! never a private copy of the room. An idle connection holds no buffer at all: its memory is
-//! its `WsConn`, its task and its room membership.
+//! The connection's life (admission, session, close) is the shared [`Connection`]; this file
+//! only moves WebSocket frames. Ring frames are pulled only while less than
+//! `write_batch_bytes` wait in the socket queue, so a client that does not read costs one batch
+//! here plus its ring cursor, never a private copy of the room. An idle connection holds no
+//! buffer at all: its memory is its `WsConnection`, its task and its room membership.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conn_io::{Flushed, OutQueue};
-use linkcast_core::protocol::{ClientError, Refusal};
-use super::session::{encode, ReqId, LinkSession, ToClient, Wire};
-use linkcast_core::link_session::refuse;
-use linkcast_core::protocol::ClientOp;
-use super::shard::{ConnEvent, Mailbox, Registered, ShardState};
+use linkcast_core::auth::Claims;
+use linkcast_core::link_session::{refuse, ReqId, ToClient, Wire};
+use linkcast_core::protocol::{ClientError, ClientOp, Refusal};
 use linkcast_core::ws_frame;
-
-use super::tally;
 use linkcast_core::ws_read::{Incoming, MessageReader};
-use super::Shared;
-use crate::clock::now_micros;
 
-/// Longest HTTP request head accepted before the upgrade.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+use super::conn_io::{Flushed, OutQueue};
+use super::connection::{count_close, Admitted, ConnContext, Connection};
+use super::shard::{DirectDelivery, Mailbox};
+use super::tally;
+use super::wire::encode;
+
 /// Time given to a close frame to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Accepts TCP connections on this shard's listening socket until aborted.
-pub async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, _)) => {
-                tokio::task::spawn_local(handle_tcp(tcp, shared.clone(), state.clone()));
-            }
-            Err(error) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-/// What the Link needs from the request head.
-#[derive(Debug)]
-struct Head {
-    method: String,
-    path: String,
-    query: String,
-    origin: Option<String>,
-    upgrade: bool,
-    /// `Sec-WebSocket-Key`.
-    key: Option<String>,
-    /// `Sec-WebSocket-Version`.
-    version: Option<String>,
-    /// Bytes of the head (what follows is the client's first frames, if it sent any early).
-    len: usize,
-}
-
-fn parse_head(buf: &[u8]) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        _ => return None,
-    };
-    let target = request.path?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    Some(Head {
-        method: request.method?.to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
-        origin: header("origin").map(str::to_owned),
-        upgrade: header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
-        key: header("sec-websocket-key").map(str::to_owned),
-        version: header("sec-websocket-version").map(str::to_owned),
-        len,
-    })
-}
-
-/// The value of `name` in a query string, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads up to the end of the request head; `None` if the peer closed or sent too much.
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Some(buf));
-        }
-        if buf.len() >= MAX_HEAD {
-            return Ok(None);
-        }
-        if tcp.read_buf(&mut buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-async fn respond(tcp: &mut TcpStream, status: u16, content_type: &str, body: &str) {
-    let text = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {text}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = tcp.write_all(response.as_bytes()).await;
-        let _ = tcp.shutdown().await;
-    })
-    .await;
-}
-
-async fn refuse_http(tcp: &mut TcpStream, status: u16, error: &str, reason: &str) {
-    let body = serde_json::json!({"error": error, "reason": reason}).to_string();
-    respond(tcp, status, "application/json", &body).await;
-}
-
-/// Decrements the Link's connection count when dropped.
-struct Admitted(Arc<Shared>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn handle_tcp(tcp: TcpStream, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
-    // Everything of the HTTP exchange is dropped before the connection runs (an idle
-    // connection keeps no request bytes).
-    let Some((tcp, early, claims, admitted)) = upgrade(tcp, &shared, &state).await else { return };
-    run_connection(tcp, early, claims, shared, state).await;
-    drop(admitted);
-}
-
-/// Checks the request head and answers it: an HTTP error, or `101 Switching Protocols` and the
-/// socket, the bytes the client sent behind its head, its claims and its admission.
-async fn upgrade(
-    mut tcp: TcpStream,
-    shared: &Arc<Shared>,
-    state: &Rc<RefCell<ShardState>>,
-) -> Option<(TcpStream, Vec<u8>, linkcast_core::auth::Claims, Admitted)> {
-    let _ = tcp.set_nodelay(true);
-    if shared.config.link.socket_send_buffer > 0 {
-        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.link.socket_send_buffer);
-    }
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
-        Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) => {
-            refuse_http(&mut tcp, 431, "bad_request", "request head too large or incomplete").await;
-            return None;
-        }
-        _ => return None,
-    };
-    let Some(request) = parse_head(&head) else {
-        refuse_http(&mut tcp, 400, "bad_request", "malformed HTTP request").await;
-        return None;
-    };
-    if request.method != "GET" {
-        refuse_http(&mut tcp, 400, "bad_request", "only GET is served").await;
-        return None;
-    }
-    match request.path.as_str() {
-        "/healthz" => {
-            respond(&mut tcp, 200, "application/json", r#"{"status":"ok"}"#).await;
-            return None;
-        }
-        "/metrics" => {
-            let text = crate::telemetry::prometheus().render();
-            respond(&mut tcp, 200, "text/plain; version=0.0.4", &text).await;
-            return None;
-        }
-        "/ws" => {}
-        _ => {
-            refuse_http(&mut tcp, 404, "not_found", "no such route").await;
-            return None;
-        }
-    }
-    let key = match (&request.key, request.upgrade, request.version.as_deref()) {
-        (Some(key), true, Some("13")) => key,
-        (_, true, Some(version)) if version != "13" => {
-            refuse_http(&mut tcp, 400, "bad_request", "unsupported WebSocket version (need 13)").await;
-            return None;
-        }
-        _ => {
-            refuse_http(&mut tcp, 400, "bad_request", "expected a WebSocket upgrade").await;
-            return None;
-        }
-    };
-    let link = &shared.config.link;
-    if !link.allowed_origins.is_empty() {
-        let allowed = request.origin.as_deref().is_some_and(|o| link.allowed_origins.iter().any(|a| a == o));
-        if !allowed {
-            metrics::counter!("linkcast_link_closes_total", "reason" => "origin not allowed").increment(1);
-            refuse_http(&mut tcp, 403, "forbidden", "origin not allowed").await;
-            return None;
-        }
-    }
-    if shared.connections.fetch_add(1, Ordering::Relaxed) >= link.max_connections || state.borrow().stopping {
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
-        refuse_http(&mut tcp, 503, "unavailable", "too many connections").await;
-        return None;
-    }
-    let admitted = Admitted(shared.clone());
-    let token = query_param(&request.query, "token");
-    let anonymous = format!("anon-{}", shared.anonymous.fetch_add(1, Ordering::Relaxed) + 1);
-    let now_secs = now_micros() / 1_000_000;
-    let claims = match shared.verifier.verify(token.as_deref(), now_secs, &anonymous) {
-        Ok(claims) => claims,
-        Err(error) => {
-            metrics::counter!("linkcast_link_auth_failures_total").increment(1);
-            refuse_http(&mut tcp, 401, "unauthorized", error.reason()).await;
-            return None;
-        }
-    };
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        accept_key(key)
-    );
-    match tokio::time::timeout(HEAD_TIMEOUT, tcp.write_all(response.as_bytes())).await {
-        Ok(Ok(())) => {}
-        _ => return None,
-    }
-    let early = head[request.len..].to_vec();
-    Some((tcp, early, claims, admitted))
-}
-
-/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
-fn accept_key(key: &str) -> String {
-    use base64::Engine;
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.trim().as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-}
+/// Size of each shard's read buffer.
+const SCRATCH_BYTES: usize = 16 * 1024;
+/// Most reads from one socket per wake-up (others on the shard get their turn).
+const READS_PER_WAKE: usize = 4;
 
 thread_local! {
     /// The shard's one read buffer: every socket of the shard is read into it and decoded in place.
@@ -353,14 +81,14 @@ enum End {
     Gone,
 }
 
-/// One upgraded WebSocket connection, shared (`Rc`) by its task and its shard (see the module docs).
+/// One upgraded WebSocket connection, shared (`Rc`) by its task and its shard (see the module
+/// docs).
 #[derive(Debug)]
-pub struct WsConn {
+pub(crate) struct WsConnection {
     tcp: TcpStream,
-    session: RefCell<LinkSession>,
-    state: Rc<RefCell<ShardState>>,
-    shared: Arc<Shared>,
+    conn: RefCell<Connection>,
     out: RefCell<OutQueue>,
+    /// The connection's mailbox (also in `conn`; here to reach it while `conn` is borrowed).
     mailbox: Rc<Mailbox>,
     /// Ring frames are pulled only while less than this waits in `out`.
     batch: usize,
@@ -368,36 +96,38 @@ pub struct WsConn {
     ended: Cell<Option<End>>,
 }
 
-impl WsConn {
+impl DirectDelivery for WsConnection {
     /// The shard got frames on a ring this connection is parked on: move them to the socket now
     /// (one non-blocking vectored write); a full socket is left to the task.
-    pub fn deliver(&self) {
+    fn deliver(&self) {
         if self.ended.get().is_some() {
             return;
         }
         let Ok(mut out) = self.out.try_borrow_mut() else { return self.mailbox.ring() };
-        let Ok(mut session) = self.session.try_borrow_mut() else { return self.mailbox.ring() };
-        session.dirty = true;
+        let Ok(mut conn) = self.conn.try_borrow_mut() else { return self.mailbox.ring() };
+        conn.mark_ring();
         if out.queued() > 0 {
             // Waiting for the socket already: the task pulls when it drains.
             return self.mailbox.ring();
         }
-        let Ok(mut state) = self.state.try_borrow_mut() else { return self.mailbox.ring() };
-        let filled = into_queue(&mut out, |items| session.fill(self.batch, &mut state.rooms, items));
-        drop(state);
-        super::session::forward(&mut session, &self.shared);
+        if !conn.shard_free() {
+            return self.mailbox.ring();
+        }
+        let filled = into_queue(&mut out, |items| conn.fill(self.batch, items));
         if let Err(error) = filled {
             self.end(End::Refused(error));
             return;
         }
         match out.flush(&self.tcp) {
-            Ok(Flushed::All) if !session.dirty => {}
+            Ok(Flushed::All) if !conn.wants_fill() => {}
             Ok(_) => self.mailbox.wake(),
             Err(_) => self.end(End::Gone),
         }
         tally::wrote(out.take_written());
     }
+}
 
+impl WsConnection {
     fn end(&self, end: End) {
         if self.ended.get().is_none() {
             self.ended.set(Some(end));
@@ -414,38 +144,25 @@ impl WsConn {
             return Err(end);
         }
         let mut out = self.out.borrow_mut();
-        let mut session = self.session.borrow_mut();
-        let result = into_queue(&mut out, |items| {
-            let mut state = self.state.borrow_mut();
-            while let Some(event) = self.mailbox.next_event() {
-                match event {
-                    ConnEvent::Hub { frame, ring_tail } => session.handle_hub_frame(frame, ring_tail, &mut state.rooms, items),
-                    ConnEvent::Close(error) => return Err(End::Refused(error)),
-                }
-            }
-            Ok(())
-        });
-        if self.mailbox.take_ring() {
-            session.dirty = true;
-        }
+        let mut conn = self.conn.borrow_mut();
+        let result = into_queue(&mut out, |items| conn.handle_events(items)).map_err(End::Refused);
         let outcome = loop {
             if let Err(end) = result {
                 break Err(end);
             }
             let queued = out.queued();
-            if session.dirty && queued < self.batch {
-                let filled = into_queue(&mut out, |items| session.fill(self.batch - queued, &mut self.state.borrow_mut().rooms, items));
+            if conn.wants_fill() && queued < self.batch {
+                let filled = into_queue(&mut out, |items| conn.fill(self.batch - queued, items));
                 if let Err(error) = filled {
                     break Err(End::Refused(error));
                 }
             }
             match out.flush(&self.tcp) {
-                Ok(Flushed::All) if session.dirty => continue,
+                Ok(Flushed::All) if conn.wants_fill() => continue,
                 Ok(_) => break Ok(()),
                 Err(_) => break Err(End::Gone),
             }
         };
-        super::session::forward(&mut session, &self.shared);
         tally::wrote(out.take_written());
         tally::flush();
         outcome
@@ -503,12 +220,11 @@ impl WsConn {
     }
 
     fn handle_text(&self, text: &str) -> Result<(), End> {
-        let mut session = self.session.borrow_mut();
+        let mut conn = self.conn.borrow_mut();
         let result = into_queue(&mut self.out.borrow_mut(), |items| match ClientOp::parse(text) {
-            Ok(op) => session.handle_request(op.into(), now_micros(), &mut self.state.borrow_mut().rooms, items),
+            Ok(op) => conn.handle_request(op.into(), items),
             Err(refused) => refuse(refused.error, refused.room.as_deref(), Some(ReqId::Json(refused.id)), items),
         });
-        super::session::forward(&mut session, &self.shared);
         result.map_err(End::Refused)
     }
 
@@ -541,34 +257,23 @@ enum ReadState {
     Nothing,
 }
 
-/// Size of each shard's read buffer.
-const SCRATCH_BYTES: usize = 16 * 1024;
-/// Most reads from one socket per wake-up (others on the shard get their turn).
-const READS_PER_WAKE: usize = 4;
-
-async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: linkcast_core::auth::Claims, shared: Arc<Shared>, state: Rc<RefCell<ShardState>>) {
-    let Registered { id, index, mailbox } = state.borrow_mut().register_conn();
-    let link = &shared.config.link;
-    shared.register_user(&claims.sub, id);
-    let user = claims.sub.clone();
-    let expires = claims.exp;
-    let stats = &shared.stats[index];
-    stats.connections.fetch_add(1, Ordering::Relaxed);
-    let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
-    gauge.increment(1.0);
-    let session = LinkSession::new(id, Wire::Ws, claims, super::session::limits(link), now_micros());
+/// Runs an upgraded connection on this shard until it ends: `early` holds the bytes the client
+/// sent right behind its request head.
+pub(crate) async fn run(tcp: TcpStream, early: Vec<u8>, claims: Claims, admitted: Admitted, ctx: Rc<ConnContext>) {
+    let conn = Connection::open(ctx.clone(), Wire::Ws, claims, admitted);
+    let (id, mailbox) = (conn.id(), conn.mailbox().clone());
+    let link = &ctx.link;
+    let stats = &ctx.stats;
     let batch = link.write_batch_bytes.max(1);
-    let conn = Rc::new(WsConn {
+    let ws = Rc::new(WsConnection {
         tcp,
-        session: RefCell::new(session),
-        state: state.clone(),
-        shared: shared.clone(),
+        conn: RefCell::new(conn),
         out: RefCell::new(OutQueue::default()),
         mailbox: mailbox.clone(),
         batch,
         ended: Cell::new(None),
     });
-    state.borrow_mut().set_direct(id, conn.clone());
+    ctx.shard.borrow_mut().set_direct(id, ws.clone());
 
     // Above this, client input is not read until the socket drains (replies need room too).
     let input_cap = batch * 2 + 64 * 1024;
@@ -585,30 +290,29 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: linkcast_core::a
     let mut end = if early.is_empty() {
         Ok(())
     } else {
-        // Bytes the client sent right behind its request head.
         let mut early = early;
-        conn.decode(&mut reader, &mut early).map(|used| pending.extend_from_slice(&early[used..]))
+        ws.decode(&mut reader, &mut early).map(|used| pending.extend_from_slice(&early[used..]))
     };
     let end: End = loop {
-        if let Err(e) = end.and_then(|_| conn.pump()) {
+        if let Err(e) = end.and_then(|_| ws.pump()) {
             break e;
         }
-        let queued = conn.out.borrow().queued();
+        let queued = ws.out.borrow().queued();
         if queued != reported_queue {
             stats.queued_bytes.fetch_add(queued, Ordering::Relaxed);
             stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
             reported_queue = queued;
         }
-        if conn.out.borrow_mut().take_progress() {
+        if ws.out.borrow_mut().take_progress() {
             last_progress = Instant::now();
         }
         let read_allowed = queued < input_cap;
         end = tokio::select! {
             biased;
             _ = mailbox.wait() => Ok(()),
-            ready = conn.tcp.writable(), if queued > 0 => ready.map_err(|_| End::Gone),
-            ready = conn.tcp.readable(), if read_allowed => match ready {
-                Ok(()) => match conn.read(&mut reader, &mut pending) {
+            ready = ws.tcp.writable(), if queued > 0 => ready.map_err(|_| End::Gone),
+            ready = ws.tcp.readable(), if read_allowed => match ready {
+                Ok(()) => match ws.read(&mut reader, &mut pending) {
                     Ok(ReadState::Heard) => {
                         last_heard = Instant::now();
                         Ok(())
@@ -624,45 +328,37 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: linkcast_core::a
                 let stalled = queued > 0 && now.duration_since(last_progress) > idle;
                 if silent || stalled {
                     Err(End::Refused(ClientError::Idle))
-                } else if link.lag_policy == linkcast_core::fanout::LagPolicy::Disconnect && conn.session.borrow().lagging(&state.borrow().rooms) {
-                    Err(End::Refused(ClientError::SlowConsumer))
-                } else if expires <= now_micros() / 1_000_000 {
-                    Err(End::Refused(ClientError::TokenExpired))
+                } else if let Err(error) = ws.conn.borrow().check() {
+                    Err(End::Refused(error))
                 } else {
-                    conn.out.borrow_mut().push(ws_frame::ping());
+                    ws.out.borrow_mut().push(ws_frame::ping());
                     Ok(())
                 }
             }
         };
     };
 
-    conn.ended.set(Some(end));
-    state.borrow_mut().remove_conn(id);
-    {
-        let mut session = conn.session.borrow_mut();
-        session.finish(&mut state.borrow_mut().rooms);
-        super::session::forward(&mut session, &shared);
-    }
-    shared.users.unregister(&user, id);
+    ws.ended.set(Some(end));
+    ws.conn.borrow_mut().finish();
     match end {
         End::Refused(error) => {
             count_close(error);
             if let Refusal::Close(code, text) = error.refusal() {
                 if error == ClientError::SlowConsumer {
-                    conn.out.borrow_mut().discard_unsent();
+                    ws.out.borrow_mut().discard_unsent();
                 }
-                conn.out.borrow_mut().push(ws_frame::close(code, text));
-                if conn.drain().await {
+                ws.out.borrow_mut().push(ws_frame::close(code, text));
+                if ws.drain().await {
                     // Wait briefly for the client's close reply so it reads our reason before
                     // the FIN (closing with unread input would reset the connection).
                     let _ = tokio::time::timeout(Duration::from_millis(500), async {
                         let mut closing = MessageReader::new(link.max_message_bytes);
                         let mut rest = Vec::new();
                         loop {
-                            if conn.tcp.readable().await.is_err() {
+                            if ws.tcp.readable().await.is_err() {
                                 break;
                             }
-                            match conn.read_until_close(&mut closing, &mut rest) {
+                            match ws.read_until_close(&mut closing, &mut rest) {
                                 Ok(false) => {}
                                 _ => break,
                             }
@@ -675,17 +371,15 @@ async fn run_connection(tcp: TcpStream, early: Vec<u8>, claims: linkcast_core::a
         End::PeerClosed(code) => {
             // Echo the client's code (RFC 6455 §5.5.1); 1005 "no code" cannot be sent back.
             let code = code.filter(|c| *c != 1005).unwrap_or(1000);
-            conn.out.borrow_mut().push(ws_frame::close(code, ""));
-            conn.drain().await;
+            ws.out.borrow_mut().push(ws_frame::close(code, ""));
+            ws.drain().await;
         }
         End::Gone => {}
     }
     stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
-    stats.connections.fetch_sub(1, Ordering::Relaxed);
-    gauge.decrement(1.0);
 }
 
-impl WsConn {
+impl WsConnection {
     /// After our close frame: discards client input until its close frame (`Ok(true)`), EOF or
     /// an error; `Ok(false)` = nothing more yet.
     fn read_until_close(&self, reader: &mut MessageReader, pending: &mut Vec<u8>) -> std::io::Result<bool> {
@@ -709,27 +403,5 @@ impl WsConn {
             pending.drain(..at);
             Ok(false)
         })
-    }
-}
-
-fn count_close(error: ClientError) {
-    metrics::counter!("linkcast_link_closes_total", "reason" => error.label()).increment(1);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_heads_and_queries_parse() {
-        let head = b"GET /ws?token=a.b%2Ec&x=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nOrigin: https://a\r\n\r\n";
-        let parsed = parse_head(head).expect("valid");
-        assert_eq!(parsed.path, "/ws");
-        assert!(parsed.upgrade);
-        assert_eq!(parsed.origin.as_deref(), Some("https://a"));
-        assert_eq!(query_param(&parsed.query, "token").as_deref(), Some("a.b.c"));
-        assert_eq!(query_param("a=1", "token"), None);
-        assert_eq!(percent_decode("%zz%"), "%zz%");
-        assert!(parse_head(b"garbage\r\n\r\n").is_none());
     }
 }

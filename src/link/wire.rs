@@ -1,38 +1,17 @@
-//! Glue between a connection driver (`ws.rs`, `quic_clients.rs`) and the sans-IO
-//! [`linkcast_core::link_session::LinkSession`]: what the core says goes out here.
-//!
-//! - [`encode`] turns a [`ToClient`] into bytes for the connection's [`Wire`]: WebSocket text
-//!   frames from `wsframe`, or linkcast frames for QUIC. Ring deliveries arrive already encoded
-//!   (shared buffers) and pass through untouched.
-//! - [`forward`] moves what the session owes the coordinator (joins, leaves, publishes) onto the
-//!   coordinator's channel, and its counters into the process metrics.
-//!
-//! All decisions (join, replay, live hand-over, de-duplication, gaps, resets) are the core's.
+//! What the Link sends a client, in the client's encoding: [`encode`] turns a core
+//! [`ToClient`] action into bytes for the connection's [`Wire`] — WebSocket text frames from
+//! `ws_frame`, or linkcast frames for QUIC. Ring deliveries arrive already encoded (buffers
+//! shared by every member) and pass through untouched. Called by the connection drivers
+//! (`ws.rs`, `quic_clients.rs`); no state, no I/O.
 
 use bytes::Bytes;
 
-use crate::config::LinkConfig;
 use linkcast_core::frame::{Body, FrameBuilder};
-pub use linkcast_core::link_session::{ReqId, Request, LinkSession, SessionLimits, ToClient, ToCoordinator, Wire};
-
-use super::coordinator::CoordMsg;
+use linkcast_core::link_session::{ReqId, ToClient, Wire};
 use linkcast_core::ws_frame;
 
-use super::{tally, Shared};
-
-/// The session limits of `[link]`.
-pub fn limits(link: &LinkConfig) -> SessionLimits {
-    SessionLimits {
-        max_rooms: link.max_rooms_per_conn,
-        max_message_bytes: link.max_message_bytes,
-        lag_policy: link.lag_policy,
-        publish_rate: link.publish_rate,
-        publish_burst: link.publish_burst,
-    }
-}
-
 /// Encodes one outgoing item for `wire`.
-pub fn encode(wire: Wire, item: ToClient) -> Bytes {
+pub(crate) fn encode(wire: Wire, item: ToClient) -> Bytes {
     match (wire, item) {
         (_, ToClient::Encoded(bytes)) => bytes,
         (Wire::Ws, ToClient::Replay(frame)) => ws_frame::message(&frame),
@@ -84,31 +63,5 @@ pub fn encode(wire: Wire, item: ToClient) -> Bytes {
         }
         (Wire::Ws, ToClient::Pong { .. }) => ws_frame::pong(),
         (Wire::Quic, ToClient::Pong { nonce }) => FrameBuilder::new("").build(&Body::Heartbeat { nonce }).into_bytes(),
-    }
-}
-
-/// Sends what `session` owes the coordinator and exports its counters.
-pub fn forward(session: &mut LinkSession, shared: &Shared) {
-    let shard = super::shard::shard_of(session.id());
-    while let Some(action) = session.poll_coordinator() {
-        shared.coordinate(match action {
-            ToCoordinator::Join { request, room, since, epoch } => CoordMsg::Join { shard, request, room, since, epoch },
-            ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room },
-            ToCoordinator::Publish { frame } => CoordMsg::Publish { frame },
-        });
-    }
-    let stats = session.take_stats();
-    tally::delivered(stats.delivered);
-    if stats.joins > 0 {
-        metrics::counter!("linkcast_link_joins_total").increment(stats.joins);
-    }
-    if stats.lagging > 0 {
-        metrics::counter!("linkcast_link_lagging_total").increment(stats.lagging);
-    }
-    if stats.gaps > 0 {
-        metrics::counter!("linkcast_link_gaps_total").increment(stats.gaps);
-    }
-    if stats.resets > 0 {
-        metrics::counter!("linkcast_link_resets_total").increment(stats.resets);
     }
 }

@@ -1,0 +1,118 @@
+//! One shard's thread: a single-threaded tokio runtime that owns the shard's state
+//! (`shard.rs`), its listening socket and its connections, and applies the coordinator's
+//! messages.
+//!
+//! [`run`] starts the WebSocket accept loop (`upgrade.rs`) and, on the shard that owns it, the
+//! QUIC client endpoint (`quic_clients.rs`), then loops over the shard's inbox: room messages
+//! and markers are pushed onto the rings, hub answers and close requests routed to their
+//! connection, QUIC clients handed over started here. Messages already queued are applied (up to
+//! [`MAX_BURST`]) before any woken member is served, so a burst leaves each socket as one write.
+//! On [`ShardMsg::Shutdown`] new connections are refused, every connection is asked to close with
+//! 1001, and the thread waits briefly for their close frames to leave.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use linkcast_core::protocol::ClientError;
+
+use super::connection::{Admission, ConnContext};
+use super::coordinator::CoordMsg;
+use super::registry::Users;
+use super::shard::{ShardMsg, ShardState, ShardStats};
+use super::{quic_clients, tally, upgrade};
+use crate::config::LinkConfig;
+
+/// Most coordinator messages applied before the woken members are written to.
+const MAX_BURST: usize = 256;
+
+/// What a shard's thread is started with (everything `Send`; the thread builds its
+/// single-threaded state from it).
+#[derive(Debug)]
+pub(crate) struct ShardSetup {
+    /// The shard's index.
+    pub(crate) index: usize,
+    /// The `[link]` configuration.
+    pub(crate) link: LinkConfig,
+    /// The Link's admission (shared by all shards).
+    pub(crate) admission: Arc<Admission>,
+    /// User → connections (shared by all shards).
+    pub(crate) users: Arc<Users>,
+    /// The coordinator's inbox.
+    pub(crate) coordinator: mpsc::UnboundedSender<CoordMsg>,
+    /// This shard's counters.
+    pub(crate) stats: Arc<ShardStats>,
+    /// The shard's WebSocket listening socket (SO_REUSEPORT, one per shard).
+    pub(crate) listener: std::net::TcpListener,
+    /// The coordinator → shard channel.
+    pub(crate) inbox: mpsc::Receiver<ShardMsg>,
+    /// On the shard that hosts the QUIC client endpoint: its socket, and every shard's inbox
+    /// to hand connections to.
+    pub(crate) quic: Option<(std::net::UdpSocket, Vec<mpsc::Sender<ShardMsg>>)>,
+}
+
+/// Runs the shard on the current thread until shutdown (see the module docs).
+pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
+    let ShardSetup { index, link, admission, users, coordinator, stats, listener, mut inbox, quic } = setup;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let state = Rc::new(RefCell::new(ShardState::new(index, link.ring_limits(), stats.clone())));
+        let ctx = Rc::new(ConnContext::new(link, admission, users, coordinator, stats, state.clone()));
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let accept = tokio::task::spawn_local(upgrade::accept_loop(listener, ctx.clone()));
+        let quic_endpoint = match quic {
+            Some((socket, shards)) => Some(quic_clients::start_endpoint(socket, shards)?),
+            None => None,
+        };
+        let mut woken = Vec::new();
+        'run: while let Some(first) = inbox.recv().await {
+            // Take what is already queued (up to a bound) before waking anyone, so a burst of
+            // room messages reaches each member socket as one vectored write.
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ShardMsg::Room(message) => state.borrow_mut().push_message(message, &mut woken),
+                    ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
+                    ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
+                    ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
+                    ShardMsg::Quic(incoming) => {
+                        tokio::task::spawn_local(quic_clients::handle(*incoming, ctx.clone()));
+                    }
+                    ShardMsg::Shutdown => break 'run,
+                }
+                taken += 1;
+                if taken < MAX_BURST {
+                    next = inbox.try_recv().ok();
+                }
+            }
+            for conn in woken.drain(..) {
+                conn.wake();
+            }
+            state.borrow_mut().sync_stats();
+            tally::flush();
+        }
+        accept.abort();
+        if let Some(endpoint) = &quic_endpoint {
+            endpoint.set_server_config(None);
+        }
+        {
+            let mut state = state.borrow_mut();
+            state.stopping = true;
+            state.close_all(ClientError::ShuttingDown);
+        }
+        // Give connections a moment to send their close frames.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while state.borrow().conn_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if let Some(endpoint) = quic_endpoint {
+            endpoint.close(quinn::VarInt::from_u32(1001), b"server shutting down");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+        Ok::<(), std::io::Error>(())
+    })
+}

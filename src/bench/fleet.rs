@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_websockets::Message;
 
 use crate::client::ws::{WsTransport, WsUrl};
-use crate::client::{Backoff, Received, Session, SessionConfig};
+use crate::client::{sleep_until, Backoff, Received, Session, SessionConfig};
 use linkcast_core::protocol::ServerMsg;
 
 use super::nats::{self, NatsOp, NatsParser};
@@ -607,13 +607,6 @@ impl Dialect<'_> {
                 Ok(up)
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

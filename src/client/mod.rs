@@ -469,7 +469,8 @@ fn locate_disconnect(e: HttpError) -> Disconnect {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+/// Sleeps until `at`; with no instant, forever (a `select!` arm that never fires).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -2,7 +2,7 @@
 //!
 //! - `link_fanout/10k_sinks_2_shards`: one message dispatched to 2 shards (the coordinator →
 //!   shard queue hop), pushed once on each shard's ring, and drained by 5,000 cursors per shard
-//!   into in-memory sinks (each sink queues the shared `Bytes`, as `ConnIo` does) — the
+//!   into in-memory sinks (each sink queues the shared `Bytes`, as the Link's `OutQueue` does) — the
 //!   per-member cost is a cursor read and a refcount bump.
 //! - `link_wsframe/*`: building the WebSocket frame (header + JSON) of a message, which happens
 //!   once per message per Link.
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use linkcast_core::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
 use linkcast_core::frame::{Frame, FLAG_JSON};
-use linkcast_core::shard_rooms::{RoomMessage, RingItem};
+use linkcast_core::shard_rooms::{RingItem, RoomMessage};
 use linkcast_core::ws_frame;
 
 const SHARDS: usize = 2;

@@ -2,9 +2,10 @@
 //!
 //! Owns no member state (members point at their Link, see `member.rs`) and no ring (rings are
 //! per (shard, room) in `group.rs`). Its member count per room and what it tells the hub about
-//! it is the real core [`LinkInterest`], keyed by room index, as in a real Link's coordinator. A shard here is just a delivery worker: a run queue of
-//! groups with frames to deliver, the job it is doing, and how long it is busy. Data flows in
-//! from the hub as `FrameArrive` events and out as `JobDone` events, both driven by `world.rs`.
+//! it is the real core [`LinkInterest`], keyed by room index, as in a real Link's coordinator.
+//! A shard here is just a delivery worker: a run queue of groups with frames to deliver, the
+//! job it is doing, and how long it is busy. Data flows in from the hub as `FrameArrive` events
+//! and out as `JobDone` events, both driven by `world.rs`.
 
 use std::collections::VecDeque;
 

@@ -2,10 +2,11 @@
 //! with non-blocking vectored writes.
 //!
 //! Frames are `Bytes`: a room message's frame is the very buffer every other member also holds
-//! (built once per Link by `wsframe`), so queueing it is a reference-count increment. The shard
-//! loop (`WsConn::deliver`) and the connection task both push here and call [`OutQueue::flush`],
-//! which writes up to [`MAX_IOVECS`] frames per `writev` until the queue is empty or the socket
-//! is full; what is left waits for the socket to become writable (the task awaits that).
+//! (built once per Link by `ws_frame`), so queueing it is a reference-count increment. The shard
+//! loop (`WsConnection::deliver`) and the connection task both push here and call
+//! [`OutQueue::flush`], which writes up to [`MAX_IOVECS`] frames per `writev` until the queue is
+//! empty or the socket is full; what is left waits for the socket to become writable (the task
+//! awaits that).
 //!
 //! Bounds: nobody fills the queue above `link.write_batch_bytes` from the rings, and the task
 //! stops reading client input while the queue is over its cap, so a peer that never reads holds

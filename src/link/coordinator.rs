@@ -23,8 +23,8 @@
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
-//!   (`ws_frame::message`) and a [`RoomMessage`] (two shared `Bytes`) goes to every shard with members;
-//!   answers to a connection's request → the one shard whose index is in the id's top bits
+//!   (`ws_frame::message`) and a [`RoomMessage`] (two shared `Bytes`) goes to every shard with
+//!   members; answers to a connection's request → the one shard whose index is in the id's top bits
 //!   (`shard::shard_of`), with the ring tail recorded by the shard.
 //!
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that

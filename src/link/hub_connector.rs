@@ -17,7 +17,7 @@ use linkcast_core::hub_directory::HubId;
 use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, PORT_CAPACITY};
 
 /// Connects a Link to hubs over QUIC (see the module docs).
-pub struct QuicHubConnector {
+pub(crate) struct QuicHubConnector {
     link: LinkId,
     config: Arc<Config>,
     /// One client endpoint per address family, made on first use (inside a runtime).
@@ -32,7 +32,7 @@ impl std::fmt::Debug for QuicHubConnector {
 
 impl QuicHubConnector {
     /// A connector for Link `link` of the cluster described by `config`.
-    pub fn new(link: LinkId, config: Arc<Config>) -> Self {
+    pub(crate) fn new(link: LinkId, config: Arc<Config>) -> Self {
         QuicHubConnector { link, config, endpoints: Mutex::new(Vec::new()) }
     }
 

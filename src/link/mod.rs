@@ -18,8 +18,8 @@
 //! - A room message is turned into its WebSocket frame once per Link (`ws_frame`); each shard
 //!   pushes it once on its ring for the room; members drain it from their cursors (`fanout`),
 //!   so a slow member costs a cursor, never a copy.
-//! - [`QuicHubConnector`] reaches remote hubs; `serve` and tests pass their own
-//!   [`HubConnector`] (e.g. over `uplink::pair`).
+//! - `QuicHubConnector` (`hub_connector.rs`) reaches remote hubs for `linkcast link`; `serve`
+//!   and tests pass their own [`HubConnector`] (e.g. over `uplink::pair`).
 //!
 //! Each piece gets what it needs, no more: the shard threads a `ShardSetup` (the Link-wide
 //! [`connection::Admission`] and user registry, the coordinator's inbox, their own counters),
@@ -57,11 +57,11 @@ use crate::config::Config;
 use crate::uplink::HubConnector;
 use connection::Admission;
 use coordinator::CoordMsg;
+use hub_connector::QuicHubConnector;
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
 use shard_thread::ShardSetup;
 
-pub use hub_connector::QuicHubConnector;
 pub use linkcast_core::placement::LinkId;
 
 /// Capacity, in messages, of each coordinator → shard channel.

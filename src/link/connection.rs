@@ -1,9 +1,9 @@
 //! One client connection's life at the Link, whatever carries it: the WebSocket driver
 //! (`ws.rs`) and the QUIC driver (`quic_clients.rs`) both run it.
 //!
-//! 1. **Admission** ([`ConnContext::admit`], [`Admission::verify`]): a slot under
-//!    `link.max_connections` (none once the shard is stopping), and the client's token checked
-//!    (dev mode: an anonymous user id). The slot is held by an [`Admitted`] until the end.
+//! 1. **Admission** ([`ConnContext::admit`], [`Admission::verify`], `admission.rs`): a slot
+//!    under `link.max_connections` (none once the shard is stopping), and the client's token
+//!    checked. The slot is held by an [`Admitted`] until the end.
 //! 2. **Open** ([`Connection::open`]): an id and a [`Mailbox`] on the shard, the user registered
 //!    (the user's oldest connections beyond `link.max_conns_per_user` are asked to close through
 //!    the coordinator), the shard's counters, and the core [`LinkSession`].
@@ -21,70 +21,23 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use linkcast_core::auth::{AuthError, Claims, Verifier};
+use linkcast_core::auth::Claims;
 use linkcast_core::fanout::LagPolicy;
 use linkcast_core::link_session::{LinkSession, Request, SessionLimits, ToClient, ToCoordinator, Wire};
 use linkcast_core::protocol::ClientError;
 
+use super::admission::{Admission, Admitted};
 use super::coordinator::CoordMsg;
 use super::registry::Users;
 use super::shard::{shard_of, ConnEvent, Mailbox, Registered, ShardState, ShardStats};
 use super::tally;
 use crate::clock::now_micros;
 use crate::config::LinkConfig;
-
-/// Who may open a connection to the Link: shared by every shard (one per Link).
-#[derive(Debug)]
-pub(crate) struct Admission {
-    /// Token verifier (dev mode without `auth.jwt_secret`).
-    verifier: Verifier,
-    /// Open connections on the Link, against `max_connections`.
-    connections: AtomicUsize,
-    max_connections: usize,
-    /// Counter for anonymous dev-mode user ids.
-    anonymous: AtomicU64,
-}
-
-impl Admission {
-    /// Admits up to `max_connections` connections whose tokens `verifier` accepts.
-    pub(crate) fn new(verifier: Verifier, max_connections: usize) -> Self {
-        Admission { verifier, connections: AtomicUsize::new(0), max_connections, anonymous: AtomicU64::new(0) }
-    }
-
-    /// Checks a client's token (`None` or empty: none given) now; in dev mode a client without
-    /// one gets an anonymous user id.
-    pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
-        let anonymous = format!("anon-{}", self.anonymous.fetch_add(1, Ordering::Relaxed) + 1);
-        let result = self.verifier.verify(token, now_micros() / 1_000_000, &anonymous);
-        if result.is_err() {
-            metrics::counter!("linkcast_link_auth_failures_total").increment(1);
-        }
-        result
-    }
-
-    fn admit(self: &Arc<Self>) -> Option<Admitted> {
-        if self.connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Admitted(self.clone()))
-    }
-}
-
-/// One of the Link's connection slots, returned when dropped.
-#[derive(Debug)]
-pub(crate) struct Admitted(Arc<Admission>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// What the connections of one shard share (built by the shard's thread, `shard_thread.rs`).
 #[derive(Debug)]

@@ -22,14 +22,15 @@
 //!   and tests pass their own [`HubConnector`] (e.g. over `uplink::pair`).
 //!
 //! Each piece gets what it needs, no more: the shard threads a `ShardSetup` (the Link-wide
-//! [`connection::Admission`] and user registry, the coordinator's inbox, their own counters),
+//! `Admission` (`admission.rs`) and user registry, the coordinator's inbox, their own counters),
 //! the coordinator the shards' inboxes and the hubs-connected counter, and [`LinkHandle`] the
 //! counters and inboxes it reads or signals.
 //!
 //! Module dependency order (each file uses only files listed before it; no cycle):
-//! `tally`, `registry`, `conn_io`, `wire`, `hub_connector` (leaves) → `shard` → `coordinator`
-//! → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` → this file.
+//! `tally`, `registry`, `admission`, `conn_io`, `wire`, `hub_connector` (leaves) → `shard` →
+//! `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` → this file.
 
+mod admission;
 mod conn_io;
 mod connection;
 mod coordinator;
@@ -55,7 +56,7 @@ use linkcast_core::hub_directory::HubId;
 
 use crate::config::Config;
 use crate::uplink::HubConnector;
-use connection::Admission;
+use admission::Admission;
 use coordinator::CoordMsg;
 use hub_connector::QuicHubConnector;
 use registry::Users;

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 
 use linkcast_core::protocol::ClientError;
 
-use super::connection::{Admission, ConnContext};
+use super::admission::Admission;
+use super::connection::ConnContext;
 use super::coordinator::CoordMsg;
 use super::registry::Users;
 use super::shard::{ShardMsg, ShardState, ShardStats};

@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 use linkcast_core::auth::Claims;
 use linkcast_core::http_upgrade::{self, HeadScanner, RequestHead, MAX_HEAD};
 
-use super::connection::{Admitted, ConnContext};
+use super::admission::Admitted;
+use super::connection::ConnContext;
 use super::ws;
 
 /// Time a client has to send its request head (and to take the `101` answer).

@@ -29,7 +29,8 @@ use linkcast_core::ws_frame;
 use linkcast_core::ws_read::{Incoming, MessageReader};
 
 use super::conn_io::{Flushed, OutQueue};
-use super::connection::{count_close, Admitted, ConnContext, Connection};
+use super::admission::Admitted;
+use super::connection::{count_close, ConnContext, Connection};
 use super::shard::{DirectDelivery, Mailbox};
 use super::tally;
 use super::wire::encode;

@@ -1,0 +1,90 @@
+//! Who may open a connection to the Link: one [`Admission`] shared by every shard, holding the
+//! Link-wide connection count (against `link.max_connections`) and the token verifier.
+//!
+//! A driver (`upgrade.rs` for WebSocket, `quic_clients.rs` for QUIC) takes a slot with
+//! [`Admission::admit`] (through `ConnContext::admit`, which also refuses while the shard stops)
+//! and checks the client's token with [`Admission::verify`] (dev mode: an anonymous user id,
+//! `anon-N`). The slot is an [`Admitted`] guard: the connection holds it for its whole life and
+//! the count goes down when it is dropped.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use linkcast_core::auth::{AuthError, Claims, Verifier};
+
+use crate::clock::now_micros;
+
+/// Who may open a connection to the Link: shared by every shard (one per Link).
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Token verifier (dev mode without `auth.jwt_secret`).
+    verifier: Verifier,
+    /// Open connections on the Link, against `max_connections`.
+    connections: AtomicUsize,
+    max_connections: usize,
+    /// Counter for anonymous dev-mode user ids.
+    anonymous: AtomicU64,
+}
+
+impl Admission {
+    /// Admits up to `max_connections` connections whose tokens `verifier` accepts.
+    pub(crate) fn new(verifier: Verifier, max_connections: usize) -> Self {
+        Admission { verifier, connections: AtomicUsize::new(0), max_connections, anonymous: AtomicU64::new(0) }
+    }
+
+    /// Checks a client's token (`None` or empty: none given) now; in dev mode a client without
+    /// one gets an anonymous user id.
+    pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
+        let anonymous = format!("anon-{}", self.anonymous.fetch_add(1, Ordering::Relaxed) + 1);
+        let result = self.verifier.verify(token, now_micros() / 1_000_000, &anonymous);
+        if result.is_err() {
+            metrics::counter!("linkcast_link_auth_failures_total").increment(1);
+        }
+        result
+    }
+
+    /// Takes one of the Link's connection slots; `None` when all are taken.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted(self.clone()))
+    }
+}
+
+/// One of the Link's connection slots, returned when dropped.
+#[derive(Debug)]
+pub(crate) struct Admitted(Arc<Admission>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_returned_on_drop() {
+        let admission = Arc::new(Admission::new(Verifier::new(None), 2));
+        let first = admission.admit().expect("first slot");
+        let second = admission.admit().expect("second slot");
+        assert!(admission.admit().is_none(), "the Link is full");
+        drop(first);
+        let third = admission.admit().expect("a returned slot is free again");
+        drop((second, third));
+        assert_eq!(admission.connections.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn dev_mode_gives_each_anonymous_client_its_own_id() {
+        let admission = Admission::new(Verifier::new(None), 1);
+        let a = admission.verify(None).expect("dev mode admits anonymous clients");
+        let b = admission.verify(Some("")).expect("an empty token is none");
+        assert_ne!(a.sub, b.sub);
+        assert!(a.sub.starts_with("anon-"));
+    }
+}

@@ -9,65 +9,30 @@
 //! - a Link process killed mid-stream: its clients re-locate, reconnect to another Link and
 //!   resume with `since`; nothing lost, nothing duplicated.
 
-mod fault_support;
-mod hub_support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fault_support::{free_udp_port, Processes};
-use hub_support::*;
 use linkcast_core::hub_directory::{HubDirectory, HubId};
+
+use crate::support::cluster::{Cluster, ClusterSpec};
+use crate::support::http::{get, hub_metric, publish_ok, try_get};
+use crate::support::ws::{Got, WsClient};
+use crate::support::{eventually, STEP};
 
 const KEY: &str = "cluster-test-key";
 
-struct Cluster {
-    hubs: Vec<SocketAddr>,
-    links: Vec<String>,
-    processes: Processes,
-}
-
+/// 2 hubs and 3 Links (Links ↔ hubs over QUIC), up: both hubs see all three Links.
 async fn start_cluster() -> Cluster {
-    let mut processes = Processes::new("cluster");
-    let hubs: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_udp_port())).collect();
-    let links: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_udp_port())).collect();
-    let mut toml = format!("[auth]\napi_keys = [\"{KEY}\"]\ncluster_secret = \"cluster-test-secret\"\n\n");
-    toml.push_str("[hub]\ngroup_size = 2\n\n[link]\nshards = 1\n\n");
-    for (id, (http, quic)) in hubs.iter().enumerate() {
-        toml.push_str(&format!("[[hubs]]\nid = {id}\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\n\n"));
-    }
-    for (i, (ws, quic)) in links.iter().enumerate() {
-        toml.push_str(&format!("[[links]]\nid = {}\nws = \"127.0.0.1:{ws}\"\nquic = \"127.0.0.1:{quic}\"\n\n", i + 1));
-    }
-    let path = processes.write_config(&toml);
-    for id in 0..2 {
-        processes.spawn(&format!("hub-{id}"), &["hub", "--config", &path, "--id", &id.to_string()]);
-    }
-    for id in 1..=3 {
-        processes.spawn(&format!("link-{id}"), &["link", "--config", &path, "--id", &id.to_string()]);
-    }
-    let hubs: Vec<SocketAddr> = hubs.iter().map(|(http, _)| SocketAddr::from(([127, 0, 0, 1], *http))).collect();
-    let links = links.iter().map(|(ws, _)| format!("ws://127.0.0.1:{ws}/ws")).collect();
-    // Ready when both hubs answer and see all three Links.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    'wait: loop {
-        assert!(Instant::now() < deadline, "cluster did not come up; logs in {}", processes.dir.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for (id, hub) in hubs.iter().enumerate() {
-            let Ok(res) = linkcast::hub::forward::request(*hub, "GET", "/metrics", &[], b"").await else { continue 'wait };
-            if metric(&res.text(), "linkcast_hub_links", id as u32) != 3.0 {
-                continue 'wait;
-            }
-        }
-        break;
-    }
-    Cluster { hubs, links, processes }
+    let settings = format!(
+        "[auth]\napi_keys = [\"{KEY}\"]\ncluster_secret = \"cluster-test-secret\"\n\n[hub]\ngroup_size = 2\n\n[link]\nshards = 1\n"
+    );
+    Cluster::start(ClusterSpec { tag: "cluster", hubs: 2, links: 3, settings: &settings, relay: false, link_quic: true }).await
 }
 
 /// Published-message and hub→Link-send counters of hub `id`.
 async fn counters(cluster: &Cluster, id: usize) -> (f64, f64) {
     let text = get(cluster.hubs[id], "/metrics").await.text();
-    (metric(&text, "linkcast_hub_published_total", id as u32), metric(&text, "linkcast_hub_link_sends_total", id as u32))
+    (hub_metric(&text, "linkcast_hub_published_total", id as u32), hub_metric(&text, "linkcast_hub_link_sends_total", id as u32))
 }
 
 /// A room owned by hub `owner`.
@@ -91,7 +56,7 @@ async fn resuming_client(hubs: Vec<SocketAddr>, room: String, mut client: WsClie
     let mut last = 0u64;
     loop {
         match client.next_within(Duration::from_secs(20)).await.expect("traffic in time") {
-            Some(message) => {
+            Got::Json(message) => {
                 assert!(message.get("op").is_none() || message["op"] == "joined", "unexpected {message}");
                 if let Some(seq) = message["seq"].as_u64() {
                     seqs.push(seq);
@@ -101,15 +66,15 @@ async fn resuming_client(hubs: Vec<SocketAddr>, room: String, mut client: WsClie
                     }
                 }
             }
-            None => {
+            Got::Close(..) | Got::End => {
                 reconnects += 1;
                 let deadline = Instant::now() + Duration::from_secs(30);
                 client = 'reconnect: loop {
                     assert!(Instant::now() < deadline, "could not reconnect");
                     let hub = hubs[reconnects % hubs.len()];
-                    if let Ok(answer) = linkcast::hub::forward::request(hub, "GET", &format!("/v1/locate?room={room}"), &[], b"").await {
+                    if let Some(answer) = try_get(hub, &format!("/v1/locate?room={room}")).await {
                         for link in answer.json()["links"].as_array().cloned().unwrap_or_default() {
-                            if let Some(mut fresh) = WsClient::try_connect(link["ws"].as_str().unwrap_or("")).await {
+                            if let Ok(mut fresh) = WsClient::try_connect(link["ws"].as_str().unwrap_or("")).await {
                                 fresh.send(serde_json::json!({"op": "join", "room": room, "since": last})).await;
                                 break 'reconnect fresh;
                             }
@@ -124,8 +89,8 @@ async fn resuming_client(hubs: Vec<SocketAddr>, room: String, mut client: WsClie
 
 async fn joined_client(url: &str, room: &str) -> WsClient {
     let mut client = WsClient::connect(url).await;
-    let (before, joined) = client.join(room, Some(0)).await;
-    assert!(before.is_empty() && joined["last_seq"] == 0, "fresh room");
+    let (before, last_seq) = client.join(room, Some(0)).await;
+    assert!(before.is_empty() && last_seq == 0, "fresh room");
     client
 }
 
@@ -146,18 +111,14 @@ async fn two_hubs_three_links_deliver_by_interest_and_survive_a_link_crash() {
         let on: Vec<usize> = if spread == 2 { vec![group[0], outside, outside] } else { vec![1, 2, 3, group[0]] };
         let mut clients = Vec::new();
         for &link in &on {
-            clients.push(joined_client(&cluster.links[link - 1], &room).await);
+            clients.push(joined_client(&cluster.url(link - 1), &room).await);
         }
         // Interest reaches the owner asynchronously; wait until it lists every Link with members.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        eventually(STEP, &format!("the owner of {room} lists {spread} Links with members"), || async {
             let info = get(cluster.hubs[other], &format!("/v1/rooms/{room}")).await.json();
-            if info["links"].as_array().map(Vec::len) == Some(spread) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "interest not seen: {info}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (info["links"].as_array().map(Vec::len) == Some(spread)).then_some(())
+        })
+        .await;
         let (published_before, sends_before) = counters(&cluster, owner).await;
         let (other_published_before, _) = counters(&cluster, other).await;
         for i in 1..=100u64 {
@@ -168,7 +129,7 @@ async fn two_hubs_three_links_deliver_by_interest_and_survive_a_link_crash() {
         for (n, mut client) in clients.into_iter().enumerate() {
             let mut seqs = Vec::new();
             while seqs.len() < 100 {
-                let message = client.next().await.expect("open");
+                let message = client.next_json().await;
                 seqs.push(message["seq"].as_u64().unwrap_or_else(|| panic!("room message expected: {message}")));
             }
             assert_eq!(seqs, expected(100), "room {room}, client {n} on Link {}", on[n]);
@@ -186,10 +147,19 @@ async fn two_hubs_three_links_deliver_by_interest_and_survive_a_link_crash() {
     let survivor = (1..=3).find(|&id| id != victim).expect("another Link");
     let mut tasks = Vec::new();
     for link in [victim, victim, victim, survivor] {
-        let client = joined_client(&cluster.links[link - 1], &room).await;
+        let client = joined_client(&cluster.url(link - 1), &room).await;
         tasks.push(tokio::spawn(resuming_client(cluster.hubs.clone(), room.clone(), client, 300)));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // interest settles at the owner
+    // Interest reaches the owner asynchronously: wait until it lists both Links.
+    let mut both = vec![victim as u64, survivor as u64];
+    both.sort_unstable();
+    eventually(STEP, &format!("the owner of {room} lists Links {both:?}"), || async {
+        let info = get(cluster.hubs[0], &format!("/v1/rooms/{room}")).await.json();
+        let mut links: Vec<u64> = info["links"].as_array().map(|l| l.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default();
+        links.sort_unstable();
+        (links == both).then_some(())
+    })
+    .await;
     for i in 1..=300u64 {
         assert_eq!(publish_ok(cluster.hubs[(i as usize) % 2], &room, Some(KEY), b"\"tick\"").await, i);
         if i == 100 {

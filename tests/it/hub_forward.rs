@@ -2,19 +2,20 @@
 //! not own it are forwarded to the owner (one sequencer per room); an unreachable owner or
 //! disagreeing configs give a JSON 503, never a second sequencing.
 
-mod hub_support;
-
 use std::net::SocketAddr;
 
-use hub_support::*;
 use linkcast::config::{Config, HubEntry};
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 
-fn cluster_config(http: [SocketAddr; 2]) -> Config {
+use crate::support::any_addr;
+use crate::support::http::{assert_error, get, http, hub_metric, publish, publish_ok};
+use crate::support::hub::start_hubs_on_free_ports;
+
+fn cluster_config(http: &[SocketAddr]) -> Config {
     let mut config = Config::default();
     config.auth.jwt_secret = "jwt".into();
     config.auth.api_keys = vec!["key".into()];
-    for (id, http) in http.into_iter().enumerate() {
+    for (id, &http) in http.iter().enumerate() {
         // Ids 40 and 41: metrics are process-wide, labelled by hub id.
         config.hubs.push(HubEntry { id: 40 + id as u32, http, quic: any_addr() });
     }
@@ -28,10 +29,9 @@ fn room_owned_by(owner: u32) -> String {
 
 #[tokio::test]
 async fn requests_reaching_the_wrong_hub_are_answered_by_the_owner() {
-    let addrs: [SocketAddr; 2] = [0, 1].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let config = cluster_config(addrs);
-    let hub0 = start_hub_at(40, config.clone(), addrs[0], None).await;
-    let hub1 = start_hub_at(41, config, addrs[1], None).await;
+    let mut hubs = start_hubs_on_free_ports(&[40, 41], cluster_config).await;
+    let (hub1, hub0) = (hubs.pop().expect("hub 41"), hubs.pop().expect("hub 40"));
+    let addrs = [hub0.http_addr(), hub1.http_addr()];
     let owned_by_1 = room_owned_by(41);
     let owned_by_0 = room_owned_by(40);
 
@@ -50,8 +50,8 @@ async fn requests_reaching_the_wrong_hub_are_answered_by_the_owner() {
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
     assert_error(&get(addrs[0], "/v1/rooms/fw-unknown-room-owned-anywhere").await, 404, "unknown room via either hub");
     let metrics = get(addrs[0], "/metrics").await.text();
-    assert_eq!(metric(&metrics, "linkcast_hub_published_total", 40), 10.0, "hub 0 sequenced only its rooms");
-    assert_eq!(metric(&metrics, "linkcast_hub_published_total", 41), 10.0);
+    assert_eq!(hub_metric(&metrics, "linkcast_hub_published_total", 40), 10.0, "hub 0 sequenced only its rooms");
+    assert_eq!(hub_metric(&metrics, "linkcast_hub_published_total", 41), 10.0);
 
     // A request marked as forwarded that reaches a non-owner is refused, not forwarded again.
     let looped = http(

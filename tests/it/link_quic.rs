@@ -1,14 +1,15 @@
 //! A QUIC client (quinn, ALPN `linkcast/1`) and a WebSocket client in the same room receive the
 //! same messages; the QUIC client gets the hub's frames (kind `Message`), and can publish.
 
-mod link_support;
-
 use bytes::Bytes;
-use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON};
 use linkcast::quic::{client_endpoint, write_frames, FrameReader, ALPN_CLIENT};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON};
 use linkcast_core::room_table::TableLimits;
-use link_support::*;
 use serde_json::json;
+
+use crate::support::link::{config, start_link};
+use crate::support::ws::WsClient;
+use crate::support::{any_addr, STEP};
 
 async fn next_frame(reader: &mut FrameReader) -> Frame {
     tokio::time::timeout(STEP, reader.next())
@@ -21,7 +22,7 @@ async fn next_frame(reader: &mut FrameReader) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_and_websocket_members_get_the_same_messages() {
     let (link, hub) = start_link(config(2, |_| {}), TableLimits::default()).await;
-    let endpoint = client_endpoint("127.0.0.1:0".parse().expect("addr"), ALPN_CLIENT).expect("endpoint");
+    let endpoint = client_endpoint(any_addr(), ALPN_CLIENT).expect("endpoint");
     let conn = endpoint
         .connect(link.quic_addr().expect("quic listener"), "localhost")
         .expect("connect")
@@ -37,14 +38,14 @@ async fn quic_and_websocket_members_get_the_same_messages() {
     let joined = next_frame(&mut reader).await;
     assert_eq!((joined.kind(), joined.room(), joined.seq()), (Kind::Joined, "both", 0));
 
-    let mut ws = connect(link.ws_addr(), None).await;
-    join(&mut ws, "both", None).await;
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    ws.join("both", None).await;
     for n in 1..=100u64 {
         hub.publish("both", &format!(r#"{{"n":{n}}}"#)).await;
     }
     for n in 1..=100u64 {
         let frame = next_frame(&mut reader).await;
-        let json = next_json(&mut ws).await;
+        let json = ws.next_json().await;
         assert_eq!(frame.kind(), Kind::Message);
         assert_eq!(frame.seq(), n);
         assert_eq!(json["seq"], n);
@@ -75,7 +76,7 @@ async fn quic_and_websocket_members_get_the_same_messages() {
             (kind, _) => panic!("unexpected {kind:?}"),
         }
     }
-    let json = next_json(&mut ws).await;
+    let json = ws.next_json().await;
     assert_eq!((json["seq"].as_u64(), &json["data"]), (Some(101), &json!({"via":"quic"})));
 
     // Bad input over QUIC: a room not allowed does not exist in dev mode, but a bad room name

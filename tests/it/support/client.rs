@@ -1,8 +1,6 @@
-//! Shared by the client library's end-to-end tests (`client_resume.rs`, `client_quic.rs`):
-//! client options against a running `serve`, a bounded wait for the next event, and the
-//! publish-while-dropping scenario both transports must survive.
-
-#![allow(dead_code)]
+//! The client library (`linkcast::client`) against a running `serve`: options that locate a room
+//! through the hub, a bounded wait for the next event, and the publish-while-dropping scenario
+//! both transports (WebSocket, QUIC) must survive.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +25,7 @@ pub fn options(serve: &ServeHandle, room: &str, transport: Transport, token: Opt
     options
 }
 
-/// Next event within 5 s (every wait in these tests is bounded).
+/// The next event within 5 s (every wait is bounded).
 pub async fn next(client: &mut Client) -> Event {
     tokio::time::timeout(Duration::from_secs(5), client.next_event())
         .await
@@ -101,4 +99,22 @@ pub async fn resume_through_drops(client: &mut Client, mut api: HttpApi, room: &
     }
     publisher.await.expect("publisher");
     seen
+}
+
+/// Reads events until the next room message and asserts it is `seq` with `data`: the sentinel
+/// published after everything else, so nothing unexpected was delivered before it. A gap, reset,
+/// error or close on the way fails the test.
+pub async fn assert_next_message(client: &mut Client, room: &str, seq: u64, data: &serde_json::Value) {
+    loop {
+        match next(client).await {
+            Event::Message(m) => {
+                assert_eq!((m.room.as_str(), m.seq, &m.data), (room, seq, data), "the sentinel is the next message");
+                return;
+            }
+            event @ (Event::Gap { .. } | Event::Reset { .. } | Event::Error { .. } | Event::Closed { .. }) => {
+                panic!("{event:?} before the sentinel")
+            }
+            _ => {}
+        }
+    }
 }

@@ -3,17 +3,18 @@
 //! frames cut across TCP writes, ping/pong, the close handshake, and the close codes for
 //! framing violations (1002) and invalid UTF-8 (1007) — while a bystander keeps receiving.
 
-mod link_support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use linkcast_core::ws_read::client_frame;
 use linkcast_core::room_table::TableLimits;
-use link_support::*;
+use linkcast_core::ws_read::client_frame;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::http::UPGRADE;
+use crate::support::link::{config, start_link};
+use crate::support::ws::WsClient;
 
 const MASK: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];
 
@@ -26,7 +27,8 @@ struct Raw {
 impl Raw {
     async fn open(addr: SocketAddr) -> Raw {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{}\r\n", upgrade_headers(""));
+        let headers: String = UPGRADE.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        let request = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
         tcp.write_all(request.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
         let head_end = loop {
@@ -110,8 +112,8 @@ async fn the_links_own_websocket_reader_follows_rfc_6455() {
     let config = config(2, |c| c.link.max_message_bytes = 4096);
     let (link, hub) = start_link(config, TableLimits::default()).await;
     let addr = link.ws_addr();
-    let mut bystander = connect(addr, None).await;
-    join(&mut bystander, "r", None).await;
+    let mut bystander = WsClient::connect_to(addr, None).await;
+    bystander.join("r", None).await;
 
     // A join sent one byte per TCP write: frames cut anywhere are reassembled.
     let mut client = Raw::open(addr).await;
@@ -138,7 +140,7 @@ async fn the_links_own_websocket_reader_follows_rfc_6455() {
     // Room messages reach the raw client and the bystander alike.
     let seq = hub.publish("r", r#"{"n":1}"#).await;
     assert_eq!(client.next_json().await["seq"], seq);
-    assert_eq!(next_json(&mut bystander).await["seq"], seq);
+    assert_eq!(bystander.next_json().await["seq"], seq);
 
     // The close handshake: the Link echoes the client's code.
     let mut close = vec![0x03, 0xe8];
@@ -164,6 +166,6 @@ async fn the_links_own_websocket_reader_follows_rfc_6455() {
 
     // Nobody else was harmed.
     let seq = hub.publish("r", r#"{"n":2}"#).await;
-    assert_eq!(next_json(&mut bystander).await["seq"], seq);
+    assert_eq!(bystander.next_json().await["seq"], seq);
     link.shutdown().await;
 }

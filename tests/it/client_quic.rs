@@ -13,33 +13,24 @@
 //!
 //! Every wait is bounded (`next` gives up after 5 s).
 
-mod client_support;
-
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use linkcast_core::auth::{sign, Claims};
 use linkcast::client::http::HttpApi;
-use client_support::{next, options, resume_through_drops, Resumed};
 use linkcast::client::{Client, Event, Message, Transport};
 use linkcast::config::Config;
-use linkcast::serve::{ServeHandle, ServeOptions};
+use linkcast::serve::ServeHandle;
+use linkcast_core::auth::{sign, Claims};
 use serde_json::json;
+
+use crate::support::an_hour_from_now;
+use crate::support::client::{assert_next_message, next, options, resume_through_drops, Resumed};
 
 const JWT_SECRET: &str = "client-quic-secret";
 const API_KEY: &str = "client-quic-key";
 
-fn any() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 async fn start_serve(config: Config) -> ServeHandle {
-    let options = ServeOptions { config: Arc::new(config), http_addr: any(), ws_addr: any(), quic_addr: Some(any()) };
-    let serve = linkcast::serve::start(options).await.expect("serve starts");
-    assert!(serve.quic_addr().is_some(), "serve has a QUIC listener");
-    serve
+    crate::support::start_serve(config, true).await
 }
 
 /// A serve with tokens and API keys required (not dev mode).
@@ -52,8 +43,7 @@ fn secured(history: usize) -> Config {
 }
 
 fn token(sub: &str, secret: &str) -> String {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
-    sign(&Claims { sub: sub.into(), exp, rooms: vec!["*".into()] }, secret)
+    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: vec!["*".into()] }, secret)
 }
 
 fn api(serve: &ServeHandle) -> HttpApi {
@@ -85,19 +75,6 @@ async fn collect(client: &mut Client, count: usize) -> Vec<Message> {
         }
     }
     messages
-}
-
-/// No further room message arrives within `quiet`.
-async fn assert_no_more_messages(client: &mut Client, quiet: Duration) {
-    let deadline = tokio::time::Instant::now() + quiet;
-    loop {
-        match tokio::time::timeout_at(deadline, client.next_event()).await {
-            Err(_) => return,
-            Ok(Some(Event::Message(m))) => panic!("extra message {m:?}"),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("client stopped"),
-        }
-    }
 }
 
 /// The n-th payload of the shared-room test: JSON objects, numbers, JSON strings and plain text.
@@ -148,8 +125,11 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
     }
     assert_eq!(quic_got, ws_got, "the QUIC and WebSocket clients see the very same messages");
     assert!(quic_got.windows(2).all(|w| w[0].ts <= w[1].ts), "ts non-decreasing");
-    assert_no_more_messages(&mut quic, Duration::from_millis(300)).await;
-    assert_no_more_messages(&mut ws, Duration::from_millis(300)).await;
+    // Nothing more (no duplicate): the sentinel published after the 200 is the next message.
+    let sentinel = json!("sentinel");
+    assert_eq!(api.publish(room, Bytes::from_static(br#""sentinel""#), Some("backend")).await.expect("publish accepted"), 201);
+    assert_next_message(&mut quic, room, 201, &sentinel).await;
+    assert_next_message(&mut ws, room, 201, &sentinel).await;
 
     // A QUIC publish: acked with the seq it got, delivered to both members with the QUIC
     // user's id as sender.
@@ -170,9 +150,9 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
             _ => {}
         }
     }
-    assert_eq!(acked, Some(201));
+    assert_eq!(acked, Some(202));
     let echoed = echoed.expect("echo");
-    assert_eq!((echoed.seq, echoed.from.as_str(), &echoed.data), (201, "quic-user", &data));
+    assert_eq!((echoed.seq, echoed.from.as_str(), &echoed.data), (202, "quic-user", &data));
     let seen_by_ws = collect(&mut ws, 1).await;
     assert_eq!(seen_by_ws[0], echoed);
 
@@ -182,17 +162,17 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
     while !ws_acked {
         match next(&mut ws).await {
             Event::Published { seq, id: got, epoch, .. } => {
-                assert_eq!((seq, got), (202, id));
+                assert_eq!((seq, got), (203, id));
                 assert_eq!(epoch, quic_epoch, "both acks name the room's one epoch");
                 ws_acked = true;
             }
-            Event::Message(m) => assert_eq!(m.seq, 202),
+            Event::Message(m) => assert_eq!(m.seq, 203),
             event @ (Event::Error { .. } | Event::Closed { .. } | Event::Reconnecting { .. }) => panic!("{event:?}"),
             _ => {}
         }
     }
     let m = &collect(&mut quic, 1).await[0];
-    assert_eq!((m.seq, m.from.as_str(), &m.data), (202, "ws-user", &json!([1, "two"])));
+    assert_eq!((m.seq, m.from.as_str(), &m.data), (203, "ws-user", &json!([1, "two"])));
 
     let stats = quic.close().await;
     assert_eq!((stats.duplicates, stats.lost, stats.connects), (0, 0, 1), "{stats:?}");
@@ -204,7 +184,7 @@ async fn quic_and_websocket_clients_get_the_same_messages_and_quic_publishes_are
 async fn a_dropped_quic_client_resumes_without_loss_or_duplicates() {
     let serve = start_serve(secured(1000)).await;
     let room = "quic-resume";
-    let api = api(&serve);
+    let (api, mut sentinel_api) = (api(&serve), api(&serve));
     let mut client = Client::start(options(&serve, room, Transport::Quic, Some(token("q", JWT_SECRET)), Duration::from_millis(20)));
     client.join(room).expect("join");
     assert_eq!(wait_joined(&mut client).await, 0);
@@ -213,7 +193,9 @@ async fn a_dropped_quic_client_resumes_without_loss_or_duplicates() {
     let Resumed { seqs, reconnects, rejoins } = resume_through_drops(&mut client, api, room).await;
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every message once, in order");
     assert_eq!((reconnects, rejoins), (3, 3));
-    assert_no_more_messages(&mut client, Duration::from_millis(300)).await;
+    // Nothing more (no duplicate): the sentinel published after the 300 is the next message.
+    assert_eq!(sentinel_api.publish(room, Bytes::from_static(br#""sentinel""#), None).await.expect("publish accepted"), 301);
+    assert_next_message(&mut client, room, 301, &json!("sentinel")).await;
     let stats = client.close().await;
     assert_eq!(stats.lost, 0, "{stats:?}");
     assert_eq!(stats.connects, 4, "{stats:?}");
@@ -300,7 +282,9 @@ async fn a_quic_leave_completes_and_stops_the_rooms_messages() {
     api.publish("stay", Bytes::from_static(b"still here"), None).await.expect("publish");
     let m = &collect(&mut client, 1).await[0];
     assert_eq!((m.room.as_str(), &m.data), ("stay", &json!("still here")), "nothing more from the room left");
-    assert_no_more_messages(&mut client, Duration::from_millis(300)).await;
+    // Nor later: a sentinel published after both is the next message.
+    assert_eq!(api.publish("stay", Bytes::from_static(br#""sentinel""#), None).await.expect("publish"), 2);
+    assert_next_message(&mut client, "stay", 2, &json!("sentinel")).await;
     client.close().await;
     serve.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! The demo page in real headless Chromium: two tabs chat through an in-process `serve`.
 //!
-//! Drives `chromedriver` over its W3C WebDriver HTTP API with the hub's small HTTP client (no
-//! extra dependency). Needs the Debian packages `chromium` and `chromium-driver` (installed by
+//! Drives `chromedriver` (started on port 0; it prints the port it got) over its W3C WebDriver
+//! HTTP API with the tests' own small HTTP client (no extra dependency). Needs the Debian packages `chromium` and `chromium-driver` (installed by
 //! .ci/run); without them this test FAILS with a message saying so — it never skips.
 //!
 //! Steps: both tabs pick a name and join a room (through locate + WebSocket); each sends a
@@ -15,19 +15,17 @@
 //! epoch's seq 1, not dropped as already seen.
 //! A screenshot of tab A is written to `$CARGO_TARGET_TMPDIR/browser-chat.png`.
 
-mod hub_support;
-
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hub_support::*;
 use linkcast::config::Config;
-use linkcast::hub::forward;
-use linkcast::serve::ServeOptions;
 use serde_json::{json, Value};
+
+use crate::support::http::{request, try_get};
+use crate::support::{eventually, local, start_serve, STEP};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -51,9 +49,35 @@ impl Drop for Driver {
 }
 
 impl Driver {
+    /// Starts chromedriver on port 0 and reads the port it got from its first lines of output
+    /// ("ChromeDriver was started successfully on port N.").
+    async fn start(chromedriver: &str) -> Driver {
+        let mut child = Command::new(chromedriver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {chromedriver}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let port = tokio::task::spawn_blocking(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+                line.split_once("started successfully on port ").and_then(|(_, rest)| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+            });
+            // Keep draining its output so chromedriver never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            port
+        });
+        // Built before waiting, so a failing test still kills chromedriver (Drop).
+        let mut driver = Driver { addr: local(0), child };
+        let port = tokio::time::timeout(STEP, port).await.expect("chromedriver starts in time").expect("reader");
+        driver.addr = local(port.unwrap_or_else(|| panic!("chromedriver did not say which port it listens on")));
+        driver
+    }
+
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
         let body = if method == "GET" { Vec::new() } else { body.to_string().into_bytes() };
-        let res = forward::request(self.addr, method, path, &[("content-type", "application/json")], &body)
+        let res = request(self.addr, method, path, &[("content-type", "application/json")], &body)
             .await
             .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
         let value = res.json();
@@ -166,29 +190,14 @@ async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
         panic!("this test needs chromedriver: install the Debian package `chromium-driver`")
     });
 
-    let serve = linkcast::serve::start(ServeOptions {
-        config: Arc::new(Config::default()),
-        http_addr: any_addr(),
-        ws_addr: any_addr(),
-        quic_addr: None,
-    })
-    .await
-    .expect("serve starts");
+    let serve = start_serve(Config::default(), false).await;
     let page = format!("http://{}/", serve.http_addr());
 
-    let port = free_port();
-    let child = Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {chromedriver}: {e}"));
-    let driver = Driver { addr: SocketAddr::from(([127, 0, 0, 1], port)), child };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !forward::request(driver.addr, "GET", "/status", &[], b"").await.is_ok_and(|r| r.json()["value"]["ready"] == true) {
-        assert!(Instant::now() < deadline, "chromedriver did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let driver = Driver::start(&chromedriver).await;
+    eventually(STEP, "chromedriver becomes ready", || async {
+        try_get(driver.addr, "/status").await.filter(|r| r.json()["value"]["ready"] == true)
+    })
+    .await;
 
     let alice = Tab::open(&driver, &chromium).await;
     let bob = Tab::open(&driver, &chromium).await;

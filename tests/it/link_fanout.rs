@@ -3,25 +3,26 @@
 //! without duplicates or loss against concurrent live traffic; the history window's edge is an
 //! explicit gap.
 
-mod link_support;
-
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use linkcast_core::room::RoomLimits;
 use linkcast_core::room_table::TableLimits;
-use link_support::*;
 use serde_json::json;
+
+use crate::support::http::get;
+use crate::support::link::{config, start_link};
+use crate::support::ws::WsClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_a_member_with_the_protocol_shape() {
     let (link, hub) = start_link(config(1, |_| {}), TableLimits::default()).await;
-    let mut ws = connect(link.ws_addr(), None).await;
-    let (replayed, last_seq) = join(&mut ws, "lobby", None).await;
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    let (replayed, last_seq) = ws.join("lobby", None).await;
     assert!(replayed.is_empty());
     assert_eq!(last_seq, 0);
     let seq = hub.publish("lobby", r#"{"text":"hi"}"#).await;
-    let got = next_json(&mut ws).await;
+    let got = ws.next_json().await;
     assert_eq!(got["room"], "lobby");
     assert_eq!(got["seq"], seq);
     assert_eq!(got["from"], "server");
@@ -29,12 +30,12 @@ async fn publish_reaches_a_member_with_the_protocol_shape() {
     assert!(got["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000_000));
     // Text payloads are delivered as JSON strings.
     hub.publish_raw("lobby", "bob", 0, b"plain text").await;
-    assert_eq!(next_json(&mut ws).await["data"], "plain text");
+    assert_eq!(ws.next_json().await["data"], "plain text");
     // A client publish comes back as a message and an ack.
-    send(&mut ws, json!({"op":"publish","room":"lobby","data":{"n":1},"id":"k1"})).await;
+    ws.send(json!({"op":"publish","room":"lobby","data":{"n":1},"id":"k1"})).await;
     let (mut ack, mut echo) = (None, None);
     for _ in 0..2 {
-        let value = next_json(&mut ws).await;
+        let value = ws.next_json().await;
         if value["op"] == "published" {
             ack = Some(value);
         } else {
@@ -47,15 +48,14 @@ async fn publish_reaches_a_member_with_the_protocol_shape() {
     assert_eq!(echo["seq"], 3);
     assert_eq!(echo["data"], json!({"n": 1}));
     assert!(echo["from"].as_str().is_some_and(|f| f.starts_with("anon-")));
-    send(&mut ws, json!({"op":"ping"})).await;
-    assert_eq!(next_json(&mut ws).await, json!({"op":"pong"}));
-    send(&mut ws, json!({"op":"leave","room":"lobby"})).await;
-    assert_eq!(next_json(&mut ws).await, json!({"op":"left","room":"lobby"}));
+    ws.send(json!({"op":"ping"})).await;
+    assert_eq!(ws.next_json().await, json!({"op":"pong"}));
+    ws.send(json!({"op":"leave","room":"lobby"})).await;
+    assert_eq!(ws.next_json().await, json!({"op":"left","room":"lobby"}));
     // /healthz and /metrics share the port.
-    let (status, body) = http_get(link.ws_addr(), "/healthz", "").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
-    let (status, _) = http_get(link.ws_addr(), "/metrics", "").await;
-    assert_eq!(status, 200);
+    let health = get(link.ws_addr(), "/healthz").await;
+    assert_eq!((health.status, health.text().as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(get(link.ws_addr(), "/metrics").await.status, 200);
     link.shutdown().await;
 }
 
@@ -66,8 +66,8 @@ async fn a_thousand_clients_across_shards_get_every_message_once_in_order() {
     let (link, hub) = start_link(config(2, |_| {}), TableLimits::default()).await;
     let addr = link.ws_addr();
     let clients = join_all((0..CLIENTS).map(|_| async move {
-        let mut ws = connect(addr, None).await;
-        let (_, last_seq) = join(&mut ws, "hot", None).await;
+        let mut ws = WsClient::connect_to(addr, None).await;
+        let (_, last_seq) = ws.join("hot", None).await;
         assert_eq!(last_seq, 0);
         ws
     }))
@@ -81,13 +81,13 @@ async fn a_thousand_clients_across_shards_get_every_message_once_in_order() {
             tokio::spawn(async move {
                 let mut seqs = Vec::with_capacity(MESSAGES as usize);
                 while seqs.len() < MESSAGES as usize {
-                    let value = next_json(&mut ws).await;
+                    let value = ws.next_json().await;
                     assert_eq!(value["data"]["n"], value["seq"], "payload matches its seq");
                     seqs.push(value["seq"].as_u64().expect("seq"));
                 }
                 // Nothing extra arrives afterwards.
-                send(&mut ws, json!({"op":"ping"})).await;
-                assert_eq!(next_json(&mut ws).await, json!({"op":"pong"}));
+                ws.send(json!({"op":"ping"})).await;
+                assert_eq!(ws.next_json().await, json!({"op":"pong"}));
                 seqs
             })
         })
@@ -107,8 +107,8 @@ async fn join_since_replays_then_live_without_duplicates_or_loss() {
     let (link, hub) = start_link(config(2, |_| {}), TableLimits::default()).await;
     let addr = link.ws_addr();
     // A member keeps the room's interest up, so live frames flow while others join.
-    let mut anchor = connect(addr, None).await;
-    join(&mut anchor, "r", None).await;
+    let mut anchor = WsClient::connect_to(addr, None).await;
+    anchor.join("r", None).await;
     for n in 1..=20u64 {
         hub.publish("r", &format!(r#"{{"n":{n}}}"#)).await;
     }
@@ -130,13 +130,13 @@ async fn join_since_replays_then_live_without_duplicates_or_loss() {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(i * 3)).await;
                 let since = (i * 7) % 20;
-                let mut ws = connect(addr, None).await;
-                let (replayed, last_seq) = join(&mut ws, "r", Some(since)).await;
+                let mut ws = WsClient::connect_to(addr, None).await;
+                let (replayed, last_seq) = ws.join("r", Some(since)).await;
                 let mut seqs: Vec<u64> = replayed.iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
                 assert_eq!(seqs.first().copied().unwrap_or(since + 1), since + 1, "replay starts after since");
                 assert_eq!(seqs.last().copied().unwrap_or(since), last_seq, "replay ends at last_seq");
                 while seqs.last().copied().unwrap_or(since) < TOTAL {
-                    seqs.push(next_json(&mut ws).await["seq"].as_u64().expect("seq"));
+                    seqs.push(ws.next_json().await["seq"].as_u64().expect("seq"));
                 }
                 (since, seqs)
             })
@@ -158,16 +158,16 @@ async fn a_join_beyond_history_gets_a_gap_then_the_window() {
     for n in 1..=20u64 {
         hub.publish("old", &format!("{n}")).await;
     }
-    let mut ws = connect(link.ws_addr(), None).await;
-    let (before, last_seq) = join(&mut ws, "old", Some(2)).await;
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    let (before, last_seq) = ws.join("old", Some(2)).await;
     assert_eq!(last_seq, 20);
     assert_eq!(before[0], json!({"op":"gap","room":"old","first_lost":3,"last_lost":15,"resume_from":16}));
     let seqs: Vec<u64> = before[1..].iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
     assert_eq!(seqs, vec![16, 17, 18, 19, 20]);
     // A `since` ahead of the room (the room forgot messages this member saw): an explicit
     // reset, then the room's current history from its start (a gap for what it no longer holds).
-    let mut again = connect(link.ws_addr(), None).await;
-    let (before, last_seq) = join(&mut again, "old", Some(99)).await;
+    let mut again = WsClient::connect_to(link.ws_addr(), None).await;
+    let (before, last_seq) = again.join("old", Some(99)).await;
     assert_eq!(last_seq, 20);
     assert_eq!((&before[0]["op"], &before[0]["room"], &before[0]["last_seq"]), (&json!("reset"), &json!("old"), &json!(20)), "{before:?}");
     assert!(before[0]["epoch"].as_str().is_some_and(|e| e.len() == 16), "{before:?}");
@@ -175,7 +175,7 @@ async fn a_join_beyond_history_gets_a_gap_then_the_window() {
     let seqs: Vec<u64> = before[2..].iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
     assert_eq!(seqs, vec![16, 17, 18, 19, 20]);
     hub.publish("old", "21").await;
-    assert_eq!(next_json(&mut again).await["seq"], 21);
-    assert_eq!(next_json(&mut ws).await["seq"], 21);
+    assert_eq!(again.next_json().await["seq"], 21);
+    assert_eq!(ws.next_json().await["seq"], 21);
     link.shutdown().await;
 }

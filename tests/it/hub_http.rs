@@ -3,16 +3,17 @@
 //! answered with a status and a JSON reason while the hub keeps serving; a Link that cannot
 //! keep up gets an explicit gap; Links over QUIC must say `Hello` with the cluster secret.
 //!
-//! Metrics are process-wide, so every test uses its own hub id (the `hub` label).
-
-mod hub_support;
+//! Metrics are process-wide, so every test uses its own hub id (the `hub` label), 11 to 18.
 
 use std::time::Duration;
 
-use hub_support::*;
 use linkcast::config::{Config, LinkEntry};
-use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
 use linkcast::quic::{self, FrameReader, ALPN_HUB};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
+
+use crate::support::http::{assert_error, get, http, hub_metric, publish, publish_ok};
+use crate::support::hub::{start_hub, start_hub_at, FakeLink};
+use crate::support::{any_addr, eventually, STEP};
 
 fn secured(keys: &[&str]) -> Config {
     let mut config = Config::default();
@@ -55,9 +56,9 @@ async fn publish_reaches_each_interested_link_exactly_once() {
     assert!(c.sync().await.is_empty(), "a Link without members of the room gets nothing");
 
     let metrics = get(addr, "/metrics").await.text();
-    assert_eq!(metric(&metrics, "linkcast_hub_published_total", 11), 21.0);
-    assert_eq!(metric(&metrics, "linkcast_hub_link_sends_total", 11), 42.0, "one send per interested Link");
-    assert_eq!(metric(&metrics, "linkcast_hub_links", 11), 3.0);
+    assert_eq!(hub_metric(&metrics, "linkcast_hub_published_total", 11), 21.0);
+    assert_eq!(hub_metric(&metrics, "linkcast_hub_link_sends_total", 11), 42.0, "one send per interested Link");
+    assert_eq!(hub_metric(&metrics, "linkcast_hub_links", 11), 3.0);
     assert!(metrics.contains("linkcast_hub_http_requests_total{route=\"/v1/rooms/{room}/messages\",status=\"200\"}"));
 
     // A Link that leaves the room stops getting it.
@@ -257,16 +258,11 @@ async fn locate_answers_connected_known_links_best_first() {
     // A Link that disconnects is no longer located.
     let gone = links[0]["id"].as_u64().expect("id") as u32;
     attached.retain(|link| link.id != gone);
-    let mut ok = false;
-    for _ in 0..100 {
+    eventually(STEP, &format!("link {gone} no longer located after disconnecting"), || async {
         let answer = get(addr, "/v1/locate?room=lobby").await.json();
-        if answer["links"].as_array().is_some_and(|l| l.iter().all(|x| x["id"].as_u64() != Some(u64::from(gone)))) {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ok, "link {gone} still located after disconnecting");
+        answer["links"].as_array().is_some_and(|l| l.iter().all(|x| x["id"].as_u64() != Some(u64::from(gone)))).then_some(())
+    })
+    .await;
     hub.shutdown().await;
 }
 
@@ -316,7 +312,7 @@ async fn a_link_that_cannot_keep_up_gets_a_gap_and_others_are_unaffected() {
     assert_eq!(publish_ok(addr, "busy", None, b"live").await, 201);
     assert_eq!(slow.messages(1).await[0].seq(), 201);
     let metrics = get(addr, "/metrics").await.text();
-    assert!(metric(&metrics, "linkcast_hub_link_queue_dropped_total", 16) > 0.0);
+    assert!(hub_metric(&metrics, "linkcast_hub_link_queue_dropped_total", 16) > 0.0);
     hub.shutdown().await;
 }
 
@@ -333,7 +329,7 @@ async fn quic_links_must_say_hello_with_the_cluster_secret() {
     let (mut send, _recv) = conn.open_bi().await.expect("stream");
     let hello = FrameBuilder::new("").build(&Body::Hello { link: 5, secret: "wrong".into() });
     quic::write_frames(&mut send, &mut vec![hello.into_bytes()]).await.expect("write");
-    let closed = tokio::time::timeout(WAIT, conn.closed()).await.expect("closed in time");
+    let closed = tokio::time::timeout(STEP, conn.closed()).await.expect("closed in time");
     match closed {
         quinn::ConnectionError::ApplicationClosed(close) => {
             assert_eq!(u64::from(close.error_code), 401);
@@ -352,25 +348,20 @@ async fn quic_links_must_say_hello_with_the_cluster_secret() {
         FrameBuilder::new("").build(&Body::Heartbeat { nonce: 1 }),
     ];
     quic::write_frames(&mut send, &mut frames.into_iter().map(Frame::into_bytes).collect()).await.expect("write");
-    let echo = tokio::time::timeout(WAIT, reader.next()).await.expect("in time").expect("frame").expect("open");
+    let echo = tokio::time::timeout(STEP, reader.next()).await.expect("in time").expect("frame").expect("open");
     assert_eq!(echo.kind(), Kind::Heartbeat);
     assert_eq!(publish_ok(hub.http_addr(), "q", None, b"over quic").await, 1);
-    let message = tokio::time::timeout(WAIT, reader.next()).await.expect("in time").expect("frame").expect("open");
+    let message = tokio::time::timeout(STEP, reader.next()).await.expect("in time").expect("frame").expect("open");
     assert_eq!((message.kind(), message.seq(), message.payload()), (Kind::Message, 1, &b"over quic"[..]));
     let info = get(hub.http_addr(), "/v1/rooms/q").await.json();
     assert_eq!(info["links"], serde_json::json!([5]));
 
     // The Link goes away: its interest is dropped.
     conn.close(0u32.into(), b"bye");
-    let mut dropped = false;
-    for _ in 0..100 {
-        if get(hub.http_addr(), "/v1/rooms/q").await.json()["links"] == serde_json::json!([]) {
-            dropped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(dropped, "interest of a disconnected Link is dropped");
+    eventually(STEP, "interest of a disconnected Link is dropped", || async {
+        (get(hub.http_addr(), "/v1/rooms/q").await.json()["links"] == serde_json::json!([])).then_some(())
+    })
+    .await;
     hub.shutdown().await;
 }
 

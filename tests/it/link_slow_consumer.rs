@@ -3,17 +3,22 @@
 //! close 1013 under `lag_policy = "disconnect"`); the Link's ring and socket-queue bytes stay
 //! within their configured limits the whole time.
 
-mod link_support;
+//!
+//! Making a client lag counts in the process-wide `linkcast_link_lagging_total`, so these tests
+//! hold [`LAGGING_METRIC`] (tests asserting exact deltas of it run apart from them).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use linkcast_core::fanout::LagPolicy;
 use linkcast::link::LinkStats;
+use linkcast_core::fanout::LagPolicy;
 use linkcast_core::room_table::TableLimits;
-use link_support::*;
+
+use crate::support::link::{config, start_link, FakeHub};
+use crate::support::ws::{Got, WsClient};
+use crate::support::LAGGING_METRIC;
 
 const RING_BYTES: usize = 256 * 1024;
 const BATCH: usize = 64 * 1024;
@@ -40,6 +45,7 @@ fn payload(n: u64) -> String {
 async fn a_stalled_client_gets_a_gap_while_500_readers_get_everything_and_memory_stays_bounded() {
     const READERS: usize = 500;
     const MESSAGES: u64 = 1500;
+    let _lagging = LAGGING_METRIC.lock().await;
     let config = config(2, |c| {
         c.link.ring_bytes = RING_BYTES;
         c.link.write_batch_bytes = BATCH;
@@ -48,11 +54,11 @@ async fn a_stalled_client_gets_a_gap_while_500_readers_get_everything_and_memory
     });
     let (link, hub) = start_link(config, TableLimits::default()).await;
     let addr = link.ws_addr();
-    let mut stalled = connect_small_buffer(addr).await;
-    join(&mut stalled, "busy", None).await;
+    let mut stalled = WsClient::connect_small(addr, 4096).await;
+    stalled.join("busy", None).await;
     let readers = join_all((0..READERS).map(|_| async move {
-        let mut ws = connect(addr, None).await;
-        join(&mut ws, "busy", None).await;
+        let mut ws = WsClient::connect_to(addr, None).await;
+        ws.join("busy", None).await;
         ws
     }))
     .await;
@@ -65,7 +71,7 @@ async fn a_stalled_client_gets_a_gap_while_500_readers_get_everything_and_memory
             tokio::spawn(async move {
                 let mut expected = 1;
                 while expected <= MESSAGES {
-                    let value = next_json(&mut ws).await;
+                    let value = ws.next_json().await;
                     assert_eq!(value["seq"], expected, "in order, no loss, no duplicate");
                     progress[i].store(expected, Ordering::Relaxed);
                     expected += 1;
@@ -108,14 +114,14 @@ async fn a_stalled_client_gets_a_gap_while_500_readers_get_everything_and_memory
     let mut last = 0u64;
     let mut gaps = 0;
     while last < MESSAGES {
-        let value = next_json(&mut stalled).await;
+        let value = stalled.next_json().await;
         if value["op"] == "gap" {
             gaps += 1;
             assert_eq!(value["room"], "busy");
             assert_eq!(value["first_lost"], last + 1);
             let resume = value["resume_from"].as_u64().expect("resume_from");
             assert_eq!(value["last_lost"], resume - 1);
-            let next = next_json(&mut stalled).await;
+            let next = stalled.next_json().await;
             assert_eq!(next["seq"], resume, "continues where the gap says");
             last = resume;
         } else {
@@ -132,6 +138,7 @@ async fn a_stalled_client_gets_a_gap_while_500_readers_get_everything_and_memory
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_disconnect_policy_a_stalled_client_is_closed_with_1013() {
     const MESSAGES: u64 = 1500;
+    let _lagging = LAGGING_METRIC.lock().await;
     let config = config(2, |c| {
         c.link.ring_bytes = RING_BYTES;
         c.link.write_batch_bytes = BATCH;
@@ -141,16 +148,16 @@ async fn with_the_disconnect_policy_a_stalled_client_is_closed_with_1013() {
     });
     let (link, hub) = start_link(config, TableLimits::default()).await;
     let addr = link.ws_addr();
-    let mut stalled = connect_small_buffer(addr).await;
-    join(&mut stalled, "busy", None).await;
-    let mut reader = connect(addr, None).await;
-    join(&mut reader, "busy", None).await;
+    let mut stalled = WsClient::connect_small(addr, 4096).await;
+    stalled.join("busy", None).await;
+    let mut reader = WsClient::connect_to(addr, None).await;
+    reader.join("busy", None).await;
     let progress: Arc<Vec<AtomicU64>> = Arc::new(vec![AtomicU64::new(0)]);
     let reading = {
         let progress = progress.clone();
         tokio::spawn(async move {
             for n in 1..=MESSAGES {
-                assert_eq!(next_json(&mut reader).await["seq"], n);
+                assert_eq!(reader.next_json().await["seq"], n);
                 progress[0].store(n, Ordering::Relaxed);
             }
         })
@@ -159,7 +166,7 @@ async fn with_the_disconnect_policy_a_stalled_client_is_closed_with_1013() {
     reading.await.expect("the reader is unaffected");
     let mut last = 0;
     let end = loop {
-        match next(&mut stalled).await {
+        match stalled.next().await {
             Got::Json(value) => {
                 assert_eq!(value["seq"], last + 1, "in order up to the close");
                 last += 1;

@@ -6,23 +6,16 @@
 //!   with no gap and no duplicate;
 //! - `since` older than the history window: an explicit gap first, then the window, then live.
 
-mod hub_support;
+use std::time::Duration;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use hub_support::*;
 use linkcast::config::Config;
-use linkcast::serve::{ServeHandle, ServeOptions};
+use linkcast::serve::ServeHandle;
+
+use crate::support::http::{get, publish_ok};
+use crate::support::ws::WsClient;
 
 async fn start_serve(config: Config) -> ServeHandle {
-    let options = ServeOptions {
-        config: Arc::new(config),
-        http_addr: any_addr(),
-        ws_addr: any_addr(),
-        quic_addr: Some(any_addr()),
-    };
-    linkcast::serve::start(options).await.expect("serve starts")
+    crate::support::start_serve(config, true).await
 }
 
 /// The ws URL `locate` gives for `room`.
@@ -37,18 +30,16 @@ fn seq(message: &serde_json::Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_get_five_hundred_messages_in_order_exactly_once() {
-    let started = Instant::now();
     let serve = start_serve(Config::default()).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "serve starts in under a second: {:?}", started.elapsed());
     let url = located_ws(&serve, "fanout").await;
     assert_eq!(url, format!("ws://{}/ws", serve.ws_addr()));
 
     let mut clients = Vec::new();
     for _ in 0..200 {
         let mut client = WsClient::connect(&url).await;
-        let (before, joined) = client.join("fanout", None).await;
+        let (before, last_seq) = client.join("fanout", None).await;
         assert!(before.is_empty());
-        assert_eq!(joined["last_seq"], 0);
+        assert_eq!(last_seq, 0);
         clients.push(client);
     }
     let receivers: Vec<_> = clients
@@ -57,13 +48,14 @@ async fn two_hundred_clients_get_five_hundred_messages_in_order_exactly_once() {
             tokio::spawn(async move {
                 let mut seqs = Vec::with_capacity(500);
                 while seqs.len() < 500 {
-                    let message = client.next().await.expect("open");
+                    let message = client.next_json().await;
                     assert_eq!(message["room"], "fanout", "{message}");
                     assert_eq!(message["from"], "server");
                     seqs.push(seq(&message));
                 }
-                // Nothing more (no duplicate) arrives.
-                assert!(client.next_within(Duration::from_millis(200)).await.is_err(), "extra message");
+                // Nothing more (no duplicate): the sentinel published after the 500 comes next.
+                let sentinel = client.next_json().await;
+                assert_eq!((seq(&sentinel), &sentinel["data"]), (501, &serde_json::json!("sentinel")), "extra message");
                 seqs
             })
         })
@@ -72,6 +64,7 @@ async fn two_hundred_clients_get_five_hundred_messages_in_order_exactly_once() {
         let body = format!("{{\"i\":{i}}}");
         assert_eq!(publish_ok(serve.http_addr(), "fanout", None, body.as_bytes()).await, i);
     }
+    assert_eq!(publish_ok(serve.http_addr(), "fanout", None, b"\"sentinel\"").await, 501);
     let expected: Vec<u64> = (1..=500).collect();
     for receiver in receivers {
         let seqs = tokio::time::timeout(Duration::from_secs(60), receiver).await.expect("in time").expect("client task");
@@ -89,13 +82,13 @@ async fn join_since_replays_then_continues_live_without_gap_or_duplicate() {
         assert_eq!(publish_ok(http, "replay", None, format!("m{i}").as_bytes()).await, i);
     }
     let mut client = WsClient::connect(&url).await;
-    let (replayed, joined) = client.join("replay", Some(20)).await;
+    let (replayed, last_seq) = client.join("replay", Some(20)).await;
     assert_eq!(replayed.iter().map(seq).collect::<Vec<_>>(), (21..=50).collect::<Vec<_>>());
     assert_eq!(replayed[0]["data"], "m21");
-    assert_eq!(joined["last_seq"], 50);
+    assert_eq!(last_seq, 50);
     for i in 51..=60u64 {
         publish_ok(http, "replay", None, b"live").await;
-        assert_eq!(seq(&client.next().await.expect("open")), i);
+        assert_eq!(seq(&client.next_json().await), i);
     }
 
     // Joins racing with publishes: whatever the interleaving, each client sees since+1..=end.
@@ -111,11 +104,11 @@ async fn join_since_replays_then_continues_live_without_gap_or_duplicate() {
         let url = url.clone();
         racers.push(tokio::spawn(async move {
             let mut client = WsClient::connect(&url).await;
-            let (replayed, joined) = client.join("replay", Some(since)).await;
+            let (replayed, last_seq) = client.join("replay", Some(since)).await;
             let mut seqs: Vec<u64> = replayed.iter().map(seq).collect();
-            assert!(joined["last_seq"].as_u64().is_some_and(|last| last >= since));
+            assert!(last_seq >= since);
             while seqs.last().copied().unwrap_or(since) < 300 {
-                let message = client.next().await.expect("open");
+                let message = client.next_json().await;
                 assert!(message.get("op").is_none(), "no gap or error expected: {message}");
                 seqs.push(seq(&message));
             }
@@ -141,14 +134,14 @@ async fn since_older_than_the_window_gets_an_explicit_gap_then_live() {
         publish_ok(http, "window", None, b"old").await;
     }
     let mut client = WsClient::connect(&url).await;
-    let (before, joined) = client.join("window", Some(5)).await;
+    let (before, last_seq) = client.join("window", Some(5)).await;
     let gap = &before[0];
     assert_eq!(gap["op"], "gap", "{gap}");
     assert_eq!((gap["first_lost"].as_u64(), gap["last_lost"].as_u64(), gap["resume_from"].as_u64()), (Some(6), Some(30), Some(31)));
     assert_eq!(before[1..].iter().map(seq).collect::<Vec<_>>(), (31..=50).collect::<Vec<_>>());
-    assert_eq!(joined["last_seq"], 50);
+    assert_eq!(last_seq, 50);
     publish_ok(http, "window", None, b"new").await;
-    assert_eq!(seq(&client.next().await.expect("open")), 51);
+    assert_eq!(seq(&client.next_json().await), 51);
 
     // The HTTP history route tells the same story.
     let history = get(http, "/v1/rooms/window/messages?since=5").await.json();

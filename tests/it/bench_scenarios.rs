@@ -1,13 +1,10 @@
 //! Each `linkcast bench` scenario, small and bounded, against a real in-process `serve`: the
 //! accounting must close (expected = received, nothing lost, nothing duplicated).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use clap::Parser;
 use linkcast::bench::{run_load, LoadArgs};
 use linkcast::config::Config;
-use linkcast::serve::{ServeHandle, ServeOptions};
+use linkcast::serve::ServeHandle;
 
 #[derive(Parser)]
 struct Cli {
@@ -16,9 +13,7 @@ struct Cli {
 }
 
 async fn start_serve() -> ServeHandle {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let options = ServeOptions { config: Arc::new(Config::default()), http_addr: any, ws_addr: any, quic_addr: None };
-    linkcast::serve::start(options).await.expect("serve starts")
+    crate::support::start_serve(Config::default(), false).await
 }
 
 fn args(serve: &ServeHandle, flags: &str) -> LoadArgs {

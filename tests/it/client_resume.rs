@@ -5,28 +5,21 @@
 //! retry hint are retried (a publish with the same id), and a `reset` restarts the room's
 //! position at the new epoch.
 
-mod client_support;
-
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use linkcast::client::http::HttpApi;
-use client_support::{next, options, resume_through_drops, Resumed};
 use linkcast::client::{Client, Event, Transport};
 use linkcast::config::Config;
-use linkcast::serve::{ServeHandle, ServeOptions};
+use linkcast::serve::ServeHandle;
 
-fn any() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
+use crate::support::any_addr as any;
+use crate::support::client::{next, options, resume_through_drops, Resumed};
 
 async fn start_serve(history: usize) -> ServeHandle {
     let mut config = Config::default();
     config.hub.history_messages = history;
-    let options = ServeOptions { config: Arc::new(config), http_addr: any(), ws_addr: any(), quic_addr: None };
-    linkcast::serve::start(options).await.expect("serve starts")
+    crate::support::start_serve(config, false).await
 }
 
 async fn wait_joined(client: &mut Client) -> u64 {

@@ -1,0 +1,34 @@
+//! The integration tests of `linkcast`: one test binary (`it`), one module per subject, one
+//! shared [`support`] module — rather than one binary per file, each linking the whole crate
+//! again (matklad, "Delete Cargo Integration Tests").
+//!
+//! Every test starts real nodes on 127.0.0.1 (in this process, or as processes of the
+//! `linkcast` binary) and talks to them with real clients. Run one module with
+//! `cargo test --test it hub_http::`, one test by (part of) its name.
+//!
+//! - hub alone (fake in-process Links): [`hub_http`], two hubs forwarding: [`hub_forward`];
+//! - Link alone (fake in-process hub): [`link_fanout`], [`link_bad_input`], [`link_ws_framing`],
+//!   [`link_quic`], [`link_slow_consumer`], [`link_throughput`];
+//! - `serve` (hub + Link in-process): [`serve_e2e`], [`no_silent_loss_link`], the client library
+//!   [`client_resume`], [`client_quic`], the load generator [`bench_scenarios`], the demo page in
+//!   Chromium [`browser`];
+//! - processes of the binary: [`cluster`] (2 hubs, 3 Links), [`no_silent_loss`] (faults).
+
+mod support;
+
+mod bench_scenarios;
+mod browser;
+mod client_quic;
+mod client_resume;
+mod cluster;
+mod hub_forward;
+mod hub_http;
+mod link_bad_input;
+mod link_fanout;
+mod link_quic;
+mod link_slow_consumer;
+mod link_throughput;
+mod link_ws_framing;
+mod no_silent_loss;
+mod no_silent_loss_link;
+mod serve_e2e;

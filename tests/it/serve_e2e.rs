@@ -93,7 +93,7 @@ async fn join_since_replays_then_continues_live_without_gap_or_duplicate() {
 
     // Joins racing with publishes: whatever the interleaving, each client sees since+1..=end.
     // (Metrics are process-wide and every serve is hub 0, so the per-Link send count is
-    // checked in tests/hub_http.rs and tests/cluster.rs instead.)
+    // checked in `hub_http` and `cluster` instead.)
     let publisher = tokio::spawn(async move {
         for _ in 61..=300u64 {
             publish_ok(http, "replay", None, b"racing").await;

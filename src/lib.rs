@@ -10,7 +10,7 @@
 //! - [`hub`], [`link`], [`serve`]: the role runtimes (`serve` = a hub and Links in one process).
 //! - [`client`]: the resuming client library (WebSocket and QUIC).
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
-//! - [`bench`] (feature `bench`, on by default): the `linkcast bench` load generator.
+//! - [`bench`](mod@bench) (feature `bench`, on by default): the `linkcast bench` load generator.
 //!
 //! - [`uplink`]: the Link ↔ hub seam (frame ports, [`uplink::HubConnector`]): `serve` joins a hub and
 //!   a Link through it in-process, and tests drive a real Link with a fake hub (or a hub with a fake

@@ -6,7 +6,7 @@
 //! nothing. The Link instead reads every socket of a shard into one shard-wide scratch buffer
 //! (`ws.rs`) and decodes here; only a frame cut in half by a read is copied into a per-connection
 //! buffer, which is freed again once the frame completes. Server → client frames are built by
-//! `ws_frame.rs`; the upgrade is answered by `ws.rs`.
+//! `ws_frame.rs`; the upgrade is parsed by `http_upgrade.rs` and answered by the Link's `upgrade.rs`.
 //!
 //! [`MessageReader::decode`] takes the unread bytes, unmasks the first frame in place and returns
 //! how many bytes it used plus, when a message is complete, what it was ([`Incoming`]). A message

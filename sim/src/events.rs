@@ -1,6 +1,6 @@
 //! The discrete-event queue: what happens next in virtual time.
 //!
-//! A binary heap of [`Event`]s ordered by `(time, sequence number)`: the sequence number is a
+//! A binary heap of [`SimEvent`]s ordered by `(time, sequence number)`: the sequence number is a
 //! counter stamped at scheduling, so two events at the same microsecond always pop in the order
 //! they were scheduled. That tie-break, plus the seeded RNG, is what makes a run reproducible
 //! byte for byte (a heap alone does not keep insertion order among equals).
@@ -14,7 +14,7 @@ use std::collections::BinaryHeap;
 /// Something the world must do at a virtual time. Kept small (≤ 32 bytes): a reconnect storm
 /// of a million members has that many events in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum SimEvent {
     /// A room frame reaches a Link from the hub.
     FrameArrive {
         /// Receiving Link.
@@ -61,7 +61,7 @@ pub enum Event {
 struct Scheduled {
     t_us: u64,
     seq: u64,
-    event: Event,
+    event: SimEvent,
 }
 
 impl PartialEq for Scheduled {
@@ -97,7 +97,7 @@ impl EventQueue {
     }
 
     /// Schedules `event` at `t_us`.
-    pub fn schedule(&mut self, t_us: u64, event: Event) {
+    pub fn schedule(&mut self, t_us: u64, event: SimEvent) {
         self.heap.push(Scheduled { t_us, seq: self.next_seq, event });
         self.next_seq += 1;
         self.peak = self.peak.max(self.heap.len());
@@ -109,7 +109,7 @@ impl EventQueue {
     }
 
     /// Removes and returns the next event.
-    pub fn pop(&mut self) -> Option<(u64, Event)> {
+    pub fn pop(&mut self) -> Option<(u64, SimEvent)> {
         self.heap.pop().map(|s| (s.t_us, s.event))
     }
 
@@ -131,13 +131,13 @@ mod tests {
     #[test]
     fn pops_by_time_then_scheduling_order() {
         let mut q = EventQueue::new();
-        let ev = |member| Event::Attempt { member, member_epoch: 0 };
+        let ev = |member| SimEvent::Attempt { member, member_epoch: 0 };
         q.schedule(10, ev(1));
         q.schedule(5, ev(2));
         q.schedule(10, ev(3));
         q.schedule(5, ev(4));
-        let order: Vec<(u64, Event)> = std::iter::from_fn(|| q.pop()).collect();
+        let order: Vec<(u64, SimEvent)> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order, vec![(5, ev(2)), (5, ev(4)), (10, ev(1)), (10, ev(3))]);
-        assert!(std::mem::size_of::<Event>() <= 32);
+        assert!(std::mem::size_of::<SimEvent>() <= 32);
     }
 }

@@ -32,7 +32,7 @@ use linkcast_core::placement::{BoundedLoad, HashRing, LinkId, Placement};
 use linkcast_core::room::Room;
 
 use crate::config::{SimConfig, LATENCY_SPREAD_BUCKETS};
-use crate::events::{Event, EventQueue};
+use crate::events::{SimEvent, EventQueue};
 use crate::group::{Next, Pushed, ShardGroup};
 use crate::input::{Input, Op, Workload};
 use crate::link::{Job, Link};
@@ -325,16 +325,16 @@ impl World {
         }
     }
 
-    fn handle_event(&mut self, event: Event) {
+    fn handle_event(&mut self, event: SimEvent) {
         match event {
-            Event::FrameArrive { link, link_epoch, room, bytes, seq } => {
+            SimEvent::FrameArrive { link, link_epoch, room, bytes, seq } => {
                 self.frame_arrive(link, link_epoch, room, u64::from(bytes), seq)
             }
-            Event::JobDone { link, link_epoch, shard } => self.job_done(link, link_epoch, shard),
-            Event::Connected { member, member_epoch, link, link_epoch } => {
+            SimEvent::JobDone { link, link_epoch, shard } => self.job_done(link, link_epoch, shard),
+            SimEvent::Connected { member, member_epoch, link, link_epoch } => {
                 self.connected(member, member_epoch, link, link_epoch)
             }
-            Event::Attempt { member, member_epoch } => {
+            SimEvent::Attempt { member, member_epoch } => {
                 if self.members[member as usize].epoch == member_epoch {
                     self.attempt(member);
                 }
@@ -374,7 +374,7 @@ impl World {
             // One ordered stream per hub→Link: a frame never overtakes the previous one.
             let arrival = (now + latency).max(l.last_arrival_us);
             l.last_arrival_us = arrival;
-            let event = Event::FrameArrive { link, link_epoch: l.epoch, room, bytes: frame_len as u32, seq };
+            let event = SimEvent::FrameArrive { link, link_epoch: l.epoch, room, bytes: frame_len as u32, seq };
             self.queue.schedule(arrival, event);
         }
     }
@@ -456,7 +456,7 @@ impl World {
                         s.busy_until_us = end;
                         s.job = Some(Job { group: slot, gen, seq, bytes, start_us: start, planned: n });
                         let link_epoch = self.links[link as usize].epoch;
-                        self.queue.schedule(end, Event::JobDone { link, link_epoch, shard });
+                        self.queue.schedule(end, SimEvent::JobDone { link, link_epoch, shard });
                         if seq != expected {
                             self.violation(format!("link {link} shard {shard}: ring gave seq {seq}, expected {expected}"));
                         }
@@ -591,7 +591,7 @@ impl World {
         m.link = link;
         m.epoch += 1;
         let member_epoch = m.epoch;
-        self.queue.schedule(slot + handshake, Event::Connected { member, member_epoch, link, link_epoch });
+        self.queue.schedule(slot + handshake, SimEvent::Connected { member, member_epoch, link, link_epoch });
     }
 
     fn back_off(&mut self, member: u32) {
@@ -607,7 +607,7 @@ impl World {
         let ceiling = self.cfg.backoff_base_us.saturating_mul(1 << m.attempts.min(20)).min(self.cfg.backoff_cap_us);
         let member_epoch = m.epoch;
         let delay = self.backoff_rng.jittered(0, ceiling);
-        self.queue.schedule(self.now + delay.max(1), Event::Attempt { member, member_epoch });
+        self.queue.schedule(self.now + delay.max(1), SimEvent::Attempt { member, member_epoch });
     }
 
     fn refresh_candidates(&mut self, room: u32) {
@@ -849,7 +849,7 @@ impl World {
                 self.disconnect_series.add(now, 1);
                 self.counters.storm_start_us.get_or_insert(now);
             }
-            self.queue.schedule(now + detect + backoff, Event::Attempt { member, member_epoch });
+            self.queue.schedule(now + detect + backoff, SimEvent::Attempt { member, member_epoch });
         }
         // Every group of the Link emptied above, so the hub's interest in it is already gone;
         // check that the core agrees.

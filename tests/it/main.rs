@@ -16,6 +16,7 @@
 
 mod support;
 
+#[cfg(feature = "bench")]
 mod bench_scenarios;
 mod browser;
 mod client_quic;

@@ -36,22 +36,22 @@ fn find_program(names: &[&str]) -> Option<String> {
     })
 }
 
-struct Driver {
+struct WebDriver {
     addr: SocketAddr,
     child: Child,
 }
 
-impl Drop for Driver {
+impl Drop for WebDriver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Driver {
+impl WebDriver {
     /// Starts chromedriver on port 0 and reads the port it got from its first lines of output
     /// ("ChromeDriver was started successfully on port N.").
-    async fn start(chromedriver: &str) -> Driver {
+    async fn start(chromedriver: &str) -> WebDriver {
         let mut child = Command::new(chromedriver)
             .arg("--port=0")
             .stdout(Stdio::piped())
@@ -69,7 +69,7 @@ impl Driver {
             port
         });
         // Built before waiting, so a failing test still kills chromedriver (Drop).
-        let mut driver = Driver { addr: local(0), child };
+        let mut driver = WebDriver { addr: local(0), child };
         let port = tokio::time::timeout(STEP, port).await.expect("chromedriver starts in time").expect("reader");
         driver.addr = local(port.unwrap_or_else(|| panic!("chromedriver did not say which port it listens on")));
         driver
@@ -87,12 +87,12 @@ impl Driver {
 }
 
 struct Tab<'a> {
-    driver: &'a Driver,
+    driver: &'a WebDriver,
     session: String,
 }
 
 impl Tab<'_> {
-    async fn open<'d>(driver: &'d Driver, chromium: &str) -> Tab<'d> {
+    async fn open<'d>(driver: &'d WebDriver, chromium: &str) -> Tab<'d> {
         let profile = std::env::temp_dir().join(format!("linkcast-browser-{}-{}", std::process::id(), fastrand_suffix()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -193,7 +193,7 @@ async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
     let serve = start_serve(Config::default(), false).await;
     let page = format!("http://{}/", serve.http_addr());
 
-    let driver = Driver::start(&chromedriver).await;
+    let driver = WebDriver::start(&chromedriver).await;
     eventually(STEP, "chromedriver becomes ready", || async {
         try_get(driver.addr, "/status").await.filter(|r| r.json()["value"]["ready"] == true)
     })

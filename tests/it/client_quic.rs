@@ -24,7 +24,7 @@ use linkcast_core::auth::{sign, Claims};
 use serde_json::json;
 
 use crate::support::an_hour_from_now;
-use crate::support::client::{assert_next_message, next, options, resume_through_drops, Resumed};
+use crate::support::client::{assert_next_message, drop_and_wait_reconnecting, next, options, resume_through_drops, Resumed};
 
 const JWT_SECRET: &str = "client-quic-secret";
 const API_KEY: &str = "client-quic-key";
@@ -216,16 +216,7 @@ async fn a_quic_client_away_past_the_history_window_gets_a_gap() {
         Event::Message(m) => assert_eq!((m.seq, &m.data), (1, &json!({"n": 1}))),
         other => panic!("expected message 1, got {other:?}"),
     }
-    client.drop_connection();
-    // The drop is a command to the driver, which may still deliver frames already received:
-    // publish only once it is done, so every later message is missed.
-    loop {
-        match next(&mut client).await {
-            Event::Reconnecting { .. } => break,
-            Event::Message(m) => panic!("nothing was published: {m:?}"),
-            _ => {}
-        }
-    }
+    drop_and_wait_reconnecting(&mut client).await;
     for n in 2..=101u64 {
         api.publish(room, Bytes::from(format!(r#"{{"n":{n}}}"#)), None).await.expect("publish");
     }

@@ -14,7 +14,7 @@ use linkcast::config::Config;
 use linkcast::serve::ServeHandle;
 
 use crate::support::any_addr as any;
-use crate::support::client::{next, options, resume_through_drops, Resumed};
+use crate::support::client::{drop_and_wait_reconnecting, next, options, resume_through_drops, Resumed};
 
 async fn start_serve(history: usize) -> ServeHandle {
     let mut config = Config::default();
@@ -69,16 +69,7 @@ async fn a_client_away_past_the_history_window_gets_a_gap() {
         Event::Message(m) => assert_eq!(m.seq, 1),
         other => panic!("expected message 1, got {other:?}"),
     }
-    client.drop_connection();
-    // The drop is a command to the driver, which may still deliver messages already received
-    // (its select polls the socket first): publish only once it is done.
-    loop {
-        match next(&mut client).await {
-            Event::Reconnecting { .. } => break,
-            Event::Message(m) => panic!("nothing was published: {m:?}"),
-            _ => {}
-        }
-    }
+    drop_and_wait_reconnecting(&mut client).await;
     for n in 2..=101 {
         publish(&mut api, room, n).await;
     }

@@ -33,6 +33,21 @@ pub async fn next(client: &mut Client) -> Event {
         .expect("client running")
 }
 
+/// Drops the client's connection and waits until its driver says it is reconnecting. The drop is
+/// a command to the driver, which may still deliver messages already received (its select polls
+/// the socket first): a test publishes only after this returns, so every later message is missed
+/// by the dropped connection. Nothing was published meanwhile, so a message here is a failure.
+pub async fn drop_and_wait_reconnecting(client: &mut Client) {
+    client.drop_connection();
+    loop {
+        match next(client).await {
+            Event::Reconnecting { .. } => return,
+            Event::Message(m) => panic!("nothing was published: {m:?}"),
+            _ => {}
+        }
+    }
+}
+
 /// What [`resume_through_drops`] saw.
 #[derive(Debug)]
 pub struct Resumed {

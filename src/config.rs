@@ -1,4 +1,5 @@
-//! Configuration: one TOML file describes a whole cluster (hubs, Links, secrets, limits).
+//! Configuration: one TOML file describes a whole cluster (hubs, Links, secrets, certificates,
+//! limits).
 //!
 //! Every process of a cluster reads the same file; `linkcast hub --id N` and
 //! `linkcast link --id N` pick their own entry from `[[hubs]]` / `[[links]]`. Secrets may come
@@ -20,6 +21,10 @@ use linkcast_core::room_table::TableLimits;
 pub struct Config {
     /// Secrets and keys.
     pub auth: AuthConfig,
+    /// Certificates: what servers present and what clients and Links trust.
+    pub tls: TlsConfig,
+    /// The operators' listener (`/metrics`, `/healthz`) of `serve`.
+    pub admin: AdminConfig,
     /// The hubs of the cluster.
     pub hubs: Vec<HubEntry>,
     /// The Links of the cluster.
@@ -30,17 +35,40 @@ pub struct Config {
     pub link: LinkConfig,
 }
 
-/// Secrets. Empty `jwt_secret` = dev mode (anonymous clients allowed).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Secrets. Empty `jwt_secret` = dev mode (anonymous clients allowed). `Debug` prints no secret.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret for client tokens (env `LINKCAST_JWT_SECRET`).
     pub jwt_secret: String,
-    /// API keys accepted as `Authorization: Bearer` on the HTTP publish API
-    /// (env `LINKCAST_API_KEYS`, comma-separated). Empty in dev mode = no key needed.
+    /// API keys accepted as `Authorization: Bearer` on the HTTP API, with the scopes
+    /// `publish` and `read` (env `LINKCAST_API_KEYS`, comma-separated). Empty in dev mode = no
+    /// key needed.
     pub api_keys: Vec<String>,
+    /// API keys with explicit scopes (`[[auth.keys]]`).
+    pub keys: Vec<ApiKey>,
     /// Shared secret a Link presents to hubs in its `Hello` (env `LINKCAST_CLUSTER_SECRET`).
     pub cluster_secret: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &redacted(&self.jwt_secret))
+            .field("api_keys", &format_args!("[{} keys]", self.api_keys.len()))
+            .field("keys", &self.keys)
+            .field("cluster_secret", &redacted(&self.cluster_secret))
+            .finish()
+    }
+}
+
+/// How a secret is shown in logs and `Debug`: whether it is set, never its value.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        "<empty>"
+    } else {
+        "<redacted>"
+    }
 }
 
 impl AuthConfig {
@@ -48,6 +76,90 @@ impl AuthConfig {
     pub fn is_dev(&self) -> bool {
         self.jwt_secret.is_empty()
     }
+
+    /// True when any client or API credential is configured (JWT secret or API keys).
+    pub fn has_credentials(&self) -> bool {
+        !self.jwt_secret.is_empty() || !self.api_keys.is_empty() || !self.keys.is_empty()
+    }
+
+    /// Every API key with its scopes: `[[auth.keys]]`, then the plain `api_keys` (publish + read).
+    pub fn scoped_keys(&self) -> impl Iterator<Item = (&str, &[Scope])> {
+        const PLAIN: &[Scope] = &[Scope::Publish, Scope::Read];
+        self.keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.scopes.as_slice()))
+            .chain(self.api_keys.iter().map(|k| (k.as_str(), PLAIN)))
+    }
+}
+
+/// One API key and what it may do (`[[auth.keys]]`).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The secret sent as `Authorization: Bearer <key>`.
+    pub key: String,
+    /// What the key allows.
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey").field("key", &redacted(&self.key)).field("scopes", &self.scopes).finish()
+    }
+}
+
+/// What an API key allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Publish into rooms (`POST /v1/rooms/{room}/messages`).
+    Publish,
+    /// Read room info, history and locate any room.
+    Read,
+    /// The operators' API and the admin listener.
+    Admin,
+}
+
+/// Certificates (`[tls]`). With `cert_file` and `key_file`, the hub's HTTP port serves
+/// `https://`, the Link's WebSocket port `wss://`, and every QUIC endpoint presents that
+/// certificate (reloaded on SIGHUP). Without them, QUIC endpoints make a self-signed one.
+/// Whoever dials (a Link dialling hubs, a hub forwarding to another hub) verifies the server
+/// against `ca_file` or `pin_sha256`; with neither, only a loopback server is accepted
+/// unverified (dev), anything else refuses to start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the servers present.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates that dialled servers must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// SHA-256 fingerprints (hex) of accepted server certificates, instead of a CA.
+    pub pin_sha256: Vec<String>,
+    /// Reserved for mutual TLS (Links presenting client certificates); refused when set.
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    /// True when servers have a configured certificate (https, wss).
+    pub fn serves_tls(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// True when dialled servers can be verified (a CA or a pin is configured).
+    pub fn can_verify(&self) -> bool {
+        self.ca_file.is_some() || !self.pin_sha256.is_empty()
+    }
+}
+
+/// The operators' listener of `serve` (`[admin]`); cluster nodes name theirs in their
+/// `[[hubs]]` / `[[links]]` entry (`admin = "addr"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the `/metrics` + `/healthz` listener; none = no admin listener.
+    pub addr: Option<SocketAddr>,
 }
 
 /// One hub.
@@ -60,6 +172,12 @@ pub struct HubEntry {
     pub http: SocketAddr,
     /// QUIC listen address for Links.
     pub quic: SocketAddr,
+    /// Admin listener (`/metrics`, `/healthz`); none = not served.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// Name the hub's certificate is checked against when dialled (default: its IP address).
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 /// One Link.
@@ -78,12 +196,16 @@ pub struct LinkEntry {
     /// QUIC address advertised by `locate` (default `{quic}`).
     #[serde(default)]
     pub public_quic: Option<String>,
+    /// Admin listener (`/metrics`, `/healthz`); none = not served.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
 }
 
 impl LinkEntry {
-    /// The WebSocket URL clients are told to use.
-    pub fn ws_url(&self) -> String {
-        self.public_ws.clone().unwrap_or_else(|| format!("ws://{}/ws", self.ws))
+    /// The WebSocket URL clients are told to use (`wss://` when the Link serves TLS).
+    pub fn ws_url(&self, tls: bool) -> String {
+        let scheme = if tls { "wss" } else { "ws" };
+        self.public_ws.clone().unwrap_or_else(|| format!("{scheme}://{}/ws", self.ws))
     }
 
     /// The QUIC address clients are told to use.
@@ -118,6 +240,12 @@ pub struct HubConfig {
     pub dedupe_keys: usize,
     /// Seconds a publish idempotency key is remembered.
     pub dedupe_secs: u64,
+    /// Most open HTTP connections on the API port (beyond: closed at accept).
+    pub max_http_connections: usize,
+    /// Seconds a client has to send a request head (and TLS handshake) on the API port.
+    pub http_header_timeout_secs: u64,
+    /// Seconds a request may take, body included, before it is answered 408.
+    pub http_request_timeout_secs: u64,
 }
 
 impl Default for HubConfig {
@@ -135,6 +263,9 @@ impl Default for HubConfig {
             publish_rate: 0,
             dedupe_keys: room.dedupe_keys,
             dedupe_secs: room.dedupe_micros / 1_000_000,
+            max_http_connections: 4096,
+            http_header_timeout_secs: 5,
+            http_request_timeout_secs: 30,
         }
     }
 }
@@ -191,6 +322,10 @@ pub struct LinkConfig {
     /// Kernel send buffer (SO_SNDBUF) of each client socket, bytes; 0 = the OS default
     /// (autotuned, up to `net.ipv4.tcp_wmem` max per socket).
     pub socket_send_buffer: usize,
+    /// Most WebSocket connections in their handshake (TLS + upgrade) at once.
+    pub max_handshakes: usize,
+    /// Most WebSocket connections in their handshake from one source address.
+    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for LinkConfig {
@@ -212,6 +347,8 @@ impl Default for LinkConfig {
             idle_timeout_secs: 60,
             allowed_origins: Vec::new(),
             socket_send_buffer: 0,
+            max_handshakes: 4096,
+            max_handshakes_per_ip: 1024,
         }
     }
 }
@@ -302,6 +439,42 @@ impl Config {
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {
             return Err(ConfigError::Invalid("group_size, ring_items and ring_bytes must be positive".into()));
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid("tls.cert_file and tls.key_file go together".into()));
+        }
+        if self.tls.client_ca_file.is_some() {
+            return Err(ConfigError::Invalid("tls.client_ca_file (mutual TLS) is reserved and not supported yet".into()));
+        }
+        if self.auth.keys.iter().any(|k| k.key.is_empty() || k.scopes.is_empty()) {
+            return Err(ConfigError::Invalid("every [[auth.keys]] entry needs a key and at least one scope".into()));
+        }
+        crate::tls::Trust::from_config(&self.tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    /// True when a node listening on `addrs` must be locked down (DESIGN principle 8): any
+    /// client or API credential is configured, or any of its addresses is not loopback.
+    pub fn is_secured(&self, addrs: &[SocketAddr]) -> bool {
+        self.auth.has_credentials() || addrs.iter().any(|a| !a.ip().is_loopback())
+    }
+
+    /// Checks that a cluster node (a hub with a Link listener, or a Link dialling hubs) listening
+    /// on `addrs` may start: a secured node needs `auth.cluster_secret`, and a Link that dials a
+    /// non-loopback hub needs `tls.ca_file` or `tls.pin_sha256` to verify it.
+    pub fn check_cluster_node(&self, addrs: &[SocketAddr], dials_hubs: bool) -> Result<(), ConfigError> {
+        if self.auth.cluster_secret.is_empty() && self.is_secured(addrs) {
+            return Err(ConfigError::Invalid(
+                "this node is secured (credentials configured or a non-loopback address) and needs auth.cluster_secret (or LINKCAST_CLUSTER_SECRET)".into(),
+            ));
+        }
+        if dials_hubs && !self.tls.can_verify() {
+            if let Some(hub) = self.hubs.iter().find(|h| !h.quic.ip().is_loopback()) {
+                return Err(ConfigError::Invalid(format!(
+                    "hub {} at {} is not on loopback: set tls.ca_file or tls.pin_sha256 so its certificate is verified",
+                    hub.id, hub.quic
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -354,7 +527,8 @@ mod tests {
         assert_eq!(config.auth.jwt_secret, "from-env");
         assert_eq!(config.auth.api_keys, vec!["k1".to_string(), "k2".to_string()]);
         assert_eq!(config.link.lag_policy, LagPolicy::Disconnect);
-        assert_eq!(config.link_entry(1).map(LinkEntry::ws_url), Some("ws://127.0.0.1:7080/ws".into()));
+        assert_eq!(config.link_entry(1).map(|l| l.ws_url(false)), Some("ws://127.0.0.1:7080/ws".into()));
+        assert_eq!(config.link_entry(1).map(|l| l.ws_url(true)), Some("wss://127.0.0.1:7080/ws".into()));
         assert!(config.validate().is_ok());
     }
 
@@ -372,5 +546,85 @@ mod tests {
             quic = "127.0.0.1:4"
         "#;
         assert!(matches!(Config::from_toml(dup).map(|c| c.validate()), Ok(Err(ConfigError::Invalid(_)))));
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("addr")
+    }
+
+    #[test]
+    fn secured_nodes_need_a_cluster_secret() {
+        let mut config = Config::default();
+        let loopback = [addr("127.0.0.1:7070")];
+        assert!(config.check_cluster_node(&loopback, false).is_ok(), "dev on loopback may run without one");
+        assert!(config.check_cluster_node(&[addr("10.0.0.1:7070")], false).is_err(), "a public address needs one");
+        config.auth.jwt_secret = "jwt".into();
+        assert!(config.check_cluster_node(&loopback, false).is_err(), "credentials make the node secured");
+        config.auth.cluster_secret = "cluster".into();
+        assert!(config.check_cluster_node(&loopback, false).is_ok());
+    }
+
+    #[test]
+    fn links_verify_remote_hubs() {
+        let text = r#"
+            [auth]
+            cluster_secret = "c"
+            [[hubs]]
+            id = 0
+            http = "10.0.0.1:7070"
+            quic = "10.0.0.1:7071"
+        "#;
+        let mut config = Config::from_toml(text).expect("valid");
+        let own = [addr("127.0.0.1:7080")];
+        let error = config.check_cluster_node(&own, true).expect_err("unverifiable hub");
+        assert!(error.to_string().contains("tls.ca_file"), "{error}");
+        config.tls.pin_sha256 = vec!["00".repeat(32)];
+        assert!(config.check_cluster_node(&own, true).is_ok());
+    }
+
+    #[test]
+    fn scoped_keys_parse_and_plain_keys_mean_publish_and_read() {
+        let text = r#"
+            [auth]
+            api_keys = ["plain"]
+            [[auth.keys]]
+            key = "ops"
+            scopes = ["admin"]
+        "#;
+        let config = Config::from_toml(text).expect("valid");
+        assert!(config.validate().is_ok());
+        let keys: Vec<_> = config.auth.scoped_keys().collect();
+        assert_eq!(keys, vec![("ops", &[Scope::Admin][..]), ("plain", &[Scope::Publish, Scope::Read][..])]);
+        assert!(Config::from_toml("[[auth.keys]]\nkey = \"k\"\nscopes = [\"root\"]").is_err(), "unknown scope");
+    }
+
+    #[test]
+    fn debug_output_names_no_secret() {
+        let mut config = Config::default();
+        config.auth.jwt_secret = "jwt-secret-value".into();
+        config.auth.cluster_secret = "cluster-secret-value".into();
+        config.auth.api_keys = vec!["api-key-value".into()];
+        config.auth.keys = vec![ApiKey { key: "scoped-key-value".into(), scopes: vec![Scope::Read] }];
+        let printed = format!("{config:?}");
+        for secret in ["jwt-secret-value", "cluster-secret-value", "api-key-value", "scoped-key-value"] {
+            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+        }
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn half_configured_tls_is_refused() {
+        let mut config = Config::default();
+        config.tls.cert_file = Some("c.pem".into());
+        assert!(config.validate().is_err());
+        config.tls.key_file = Some("k.pem".into());
+        assert!(config.validate().is_ok());
+        config.tls.client_ca_file = Some("ca.pem".into());
+        assert!(config.validate().is_err());
     }
 }

@@ -15,13 +15,15 @@
 //! - [`uplink`]: the Link ↔ hub seam (frame ports, [`uplink::HubConnector`]): `serve` joins a hub and
 //!   a Link through it in-process, and tests drive a real Link with a fake hub (or a hub with a fake
 //!   Link) through it.
-//! - [`quic`]: QUIC endpoint configs (ALPNs, certificates) and the length-prefixed frame streams —
+//! - [`quic`]: QUIC endpoint configs (ALPNs, limits) and the length-prefixed frame streams —
 //!   what a native QUIC peer needs besides `linkcast_core::frame`.
+//! - [`tls`]: certificates servers present (reloaded on SIGHUP) and how dialers verify them.
 //!
-//! Private glue: `telemetry` (the process-wide Prometheus recorder) and `clock` (the one place the
+//! Private glue: `admin` (the `/metrics` + `/healthz` listener), `telemetry` (the process-wide Prometheus recorder) and `clock` (the one place the
 //! wall clock is read).
 #![warn(missing_docs, unreachable_pub)]
 
+mod admin;
 pub mod bench;
 pub mod client;
 mod clock;
@@ -31,4 +33,5 @@ pub mod link;
 pub mod quic;
 pub mod serve;
 mod telemetry;
+pub mod tls;
 pub mod uplink;

@@ -4,10 +4,14 @@
 //! - [`ALPN_CLIENT`] (`linkcast/1`): native clients ↔ a Link (docs/protocol.md);
 //! - [`ALPN_HUB`] (`linkcast-hub/1`): a Link ↔ a hub (the interest interface of `uplink.rs`).
 //!
-//! Servers present a configured certificate or, by default, a self-signed one made at start-up
-//! with rcgen. Clients verify against a configured CA, or — loopback/dev default — accept any
-//! certificate; the Link–hub link is then authenticated by the cluster secret in `Hello`. That
-//! default is said in docs/operations.md; production clusters should configure certificates.
+//! Certificates and trust are `tls.rs`: servers present the `[tls]` certificate (or a self-signed
+//! one), clients verify against `[tls] ca_file` / `pin_sha256`, and only a loopback server may go
+//! unverified. The Link–hub link is in addition authenticated by the cluster secret in `Hello`.
+//!
+//! Limits before anyone is authenticated: a server endpoint queues at most [`MAX_INCOMING`]
+//! handshakes, and a peer may open one bidirectional stream with a receive window of two frames
+//! ([`server_transport`]); the accept loops (hub `links.rs`, Link `quic_clients.rs`) bound
+//! handshakes in progress and time them out.
 //!
 //! On a stream, frames follow each other with no extra framing: a frame's header carries its
 //! total length (see `frame.rs`), so [`FrameReader`] splits the byte stream with
@@ -18,9 +22,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use linkcast_core::frame::{self, Frame, FrameError};
+
+use crate::tls::{self, ServerCert, TlsError, Trust};
 
 /// ALPN of the client protocol.
 pub const ALPN_CLIENT: &[u8] = b"linkcast/1";
@@ -30,12 +35,9 @@ pub const ALPN_HUB: &[u8] = b"linkcast-hub/1";
 /// Errors setting up QUIC.
 #[derive(Debug, thiserror::Error)]
 pub enum QuicSetupError {
-    /// Certificate generation failed.
-    #[error("certificate: {0}")]
-    Cert(#[from] rcgen::Error),
-    /// TLS configuration failed.
-    #[error("tls: {0}")]
-    Tls(#[from] rustls::Error),
+    /// Certificates or trust could not be set up.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// QUIC rejected the TLS configuration.
     #[error("quic tls: {0}")]
     NoInitialCipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
@@ -44,97 +46,60 @@ pub enum QuicSetupError {
     Io(#[from] std::io::Error),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+/// Most connections waiting in a server endpoint's accept queue (handshakes not yet taken).
+const MAX_INCOMING: usize = 1024;
 
-/// A self-signed certificate for `localhost` and 127.0.0.1.
-pub fn self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), QuicSetupError> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-    Ok((certified.cert.der().clone(), key))
-}
-
-/// Server config for `alpn` with a self-signed certificate.
-pub fn server_config(alpns: &[&[u8]]) -> Result<quinn::ServerConfig, QuicSetupError> {
-    let (cert, key) = self_signed()?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)?;
-    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+/// A server's transport limits for peers sending frames of at most `max_frame` bytes: the peer
+/// may open one bidirectional stream and no unidirectional one, and may have at most two
+/// frames' worth of bytes in flight per stream (four per connection), so a connection that
+/// never gets its stream accepted holds a few MiB, not quinn's default hundreds.
+pub fn server_transport(max_frame: usize) -> quinn::TransportConfig {
+    let window = u32::try_from(max_frame.saturating_mul(2)).unwrap_or(u32::MAX);
     let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    transport.stream_receive_window(quinn::VarInt::from_u32(window));
+    transport.receive_window(quinn::VarInt::from_u32(window.saturating_mul(2)));
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     transport.max_idle_timeout(Some(quinn::VarInt::from_u32(60_000).into()));
-    config.transport_config(Arc::new(transport));
+    transport
+}
+
+/// Server config for `alpns` presenting `cert`, with [`server_transport`] limits for frames of
+/// at most `max_frame` bytes.
+pub fn server_config(cert: Arc<ServerCert>, alpns: &[&[u8]], max_frame: usize) -> Result<quinn::ServerConfig, QuicSetupError> {
+    let tls = tls::server_config(cert, alpns)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(Arc::new(server_transport(max_frame)));
+    config.max_incoming(MAX_INCOMING);
     Ok(config)
 }
 
-/// Client config for `alpn` that accepts any server certificate (see the module docs).
-pub fn client_config(alpn: &[u8]) -> Result<quinn::ClientConfig, QuicSetupError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
+/// Client config for `alpn` checking the server by `trust`. The server may open no stream.
+pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, QuicSetupError> {
+    let tls = trust.client_config(&[alpn])?;
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
-/// A server endpoint on `addr` speaking `alpns`.
+/// A server endpoint on `addr` speaking `alpns` with a fresh self-signed certificate (tests).
 pub fn server_endpoint(addr: SocketAddr, alpns: &[&[u8]]) -> Result<quinn::Endpoint, QuicSetupError> {
-    Ok(quinn::Endpoint::server(server_config(alpns)?, addr)?)
+    let cert = Arc::new(ServerCert::self_signed()?);
+    Ok(quinn::Endpoint::server(server_config(cert, alpns, frame::DEFAULT_MAX_FRAME_LEN)?, addr)?)
 }
 
-/// A client endpoint (bound to an ephemeral port on `bind`) speaking `alpn`.
-pub fn client_endpoint(bind: SocketAddr, alpn: &[u8]) -> Result<quinn::Endpoint, QuicSetupError> {
+/// A client endpoint (bound to an ephemeral port on `bind`) speaking `alpn`, checking servers
+/// by `trust` (dial with [`crate::tls::server_name`] and check the target with
+/// [`Trust::check_target`] first).
+pub fn client_endpoint(bind: SocketAddr, trust: &Trust, alpn: &[u8]) -> Result<quinn::Endpoint, QuicSetupError> {
     let mut endpoint = quinn::Endpoint::client(bind)?;
-    endpoint.set_default_client_config(client_config(alpn)?);
+    endpoint.set_default_client_config(client_config(trust, alpn)?);
     Ok(endpoint)
-}
-
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Errors reading frames from a stream.
@@ -199,7 +164,7 @@ mod tests {
     async fn frames_cross_a_loopback_quic_stream() {
         let server = server_endpoint("127.0.0.1:0".parse().expect("addr"), &[ALPN_HUB]).expect("server");
         let addr = server.local_addr().expect("bound");
-        let client = client_endpoint("127.0.0.1:0".parse().expect("addr"), ALPN_HUB).expect("client");
+        let client = client_endpoint("127.0.0.1:0".parse().expect("addr"), &Trust::LoopbackDev, ALPN_HUB).expect("client");
         let accept = tokio::spawn(async move {
             let conn = server.accept().await.expect("incoming").await.expect("handshake");
             let (_send, recv) = conn.accept_bi().await.expect("stream");

@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Link shards (threads); default: `link.shards` from the config (0 = one per core).
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Admin listener (`/metrics`, `/healthz`); default: `[admin] addr` from the config.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
 }
 
 /// What `serve` needs to start.
@@ -69,6 +72,8 @@ pub struct ServeOptions {
     pub ws_addr: SocketAddr,
     /// QUIC address for native clients; `None` = no QUIC.
     pub quic_addr: Option<SocketAddr>,
+    /// Admin listener (`/metrics`, `/healthz`); `None` = `[admin] addr` of the config.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// A running `serve`: a hub and a Link.
@@ -132,15 +137,16 @@ impl HubConnector for InProcessConnector {
 /// Starts a hub and a Link on the current tokio runtime; returns once the Link is attached
 /// (so `locate` answers), or after a bounded wait.
 pub async fn start(options: ServeOptions) -> std::io::Result<ServeHandle> {
-    let ServeOptions { config, http_addr, ws_addr, quic_addr } = options;
+    let ServeOptions { config, http_addr, ws_addr, quic_addr, admin_addr } = options;
+    let admin_addr = admin_addr.or(config.admin.addr);
     // One hub owning every room, one Link: the cluster lists do not apply.
     let mut own = (*config).clone();
     own.hubs.clear();
     own.links.clear();
     let config = Arc::new(own);
-    let hub = crate::hub::start(HubOptions { id: SERVE_HUB, config: config.clone(), http_addr, quic_addr: None }).await?;
+    let hub = crate::hub::start(HubOptions { id: SERVE_HUB, config: config.clone(), http_addr, quic_addr: None, admin_addr }).await?;
     let connector = Arc::new(InProcessConnector::new(SERVE_LINK, hub.link_ports()));
-    let link = match crate::link::start(LinkOptions { id: SERVE_LINK, config, ws_addr, quic_addr }, connector) {
+    let link = match crate::link::start(LinkOptions { id: SERVE_LINK, config, ws_addr, quic_addr, admin_addr: None }, connector) {
         Ok(link) => link,
         Err(e) => {
             hub.shutdown().await;
@@ -154,6 +160,7 @@ pub async fn start(options: ServeOptions) -> std::io::Result<ServeHandle> {
         quic: link.quic_addr().unwrap_or(ws),
         public_ws: None,
         public_quic: link.quic_addr().is_none().then(String::new),
+        admin: None,
     });
     // Return a ready system: the Link's first connection to the hub takes a few ms.
     let deadline = std::time::Instant::now() + READY_TIMEOUT;
@@ -182,8 +189,10 @@ pub fn run_cli(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         config.link.shards = shards;
     }
     let dev = config.auth.is_dev();
+    let secured = config.is_secured(&[args.http, args.ws, args.quic]);
     let open_publish = config.auth.api_keys.is_empty() && dev;
-    let options = ServeOptions { config: Arc::new(config), http_addr: args.http, ws_addr: args.ws, quic_addr: Some(args.quic) };
+    let options =
+        ServeOptions { config: Arc::new(config), http_addr: args.http, ws_addr: args.ws, quic_addr: Some(args.quic), admin_addr: args.admin };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let serve = start(options).await?;
@@ -195,10 +204,15 @@ pub fn run_cli(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             tracing::warn!("DEV MODE: no API keys configured — anyone can publish over HTTP");
         }
         println!("linkcast serve is up in {} ms{}", started.elapsed().as_millis(), if dev { " (DEV MODE)" } else { "" });
-        println!("  demo chat     http://{http}/");
-        println!("  HTTP API      http://{http}/v1/...   (publish: POST /v1/rooms/ROOM/messages)");
-        println!("  metrics       http://{http}/metrics");
-        println!("  WebSocket     ws://{}/ws", serve.ws_addr());
+        let (web, ws) = if serve.hub.is_https() { ("https", "wss") } else { ("http", "ws") };
+        println!("  demo chat     {web}://{http}/");
+        println!("  HTTP API      {web}://{http}/v1/...   (publish: POST /v1/rooms/ROOM/messages)");
+        match serve.hub.admin_addr() {
+            Some(admin) => println!("  metrics       http://{admin}/metrics  (admin listener)"),
+            None if secured => println!("  metrics       not served (secured: set [admin] addr or --admin)"),
+            None => println!("  metrics       {web}://{http}/metrics"),
+        }
+        println!("  WebSocket     {ws}://{}/ws", serve.ws_addr());
         if let Some(quic) = serve.quic_addr() {
             println!("  QUIC          {quic}  (ALPN linkcast/1)");
         }

@@ -377,7 +377,7 @@ async fn subscriber(ctx: Arc<Ctx>, index: u64, control: watch::Receiver<Control>
             }
         }
         let started = Instant::now();
-        let conn = match WsTransport::connect(url, bind, timeout).await {
+        let conn = match WsTransport::connect(url, bind, timeout, &crate::tls::Trust::LoopbackDev).await {
             Ok(conn) => conn,
             Err(e) => {
                 if !sub.joined_once {

@@ -173,7 +173,7 @@ async fn ws_publisher(
         Ok(url) => url,
         Err(e) => return (total, Some(e.to_string())),
     };
-    let mut conn = match WsTransport::connect(&url, None, Duration::from_secs(10)).await {
+    let mut conn = match WsTransport::connect(&url, None, Duration::from_secs(10), &crate::tls::Trust::LoopbackDev).await {
         Ok(conn) => conn,
         Err(e) => return (total, Some(e.to_string())),
     };

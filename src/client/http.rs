@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use super::ws::{tls_connect, MaybeTls};
+use crate::tls::Trust;
 
 /// Largest response body read (locate answers and acks are small).
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -69,19 +71,28 @@ pub struct HttpApi {
     authority: String,
     api_key: Option<String>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// `https://`: how the server's certificate is checked.
+    tls: Option<Trust>,
 }
 
 impl HttpApi {
     /// A client for `base` (`http://127.0.0.1:7070`), sending `api_key` as a Bearer token if given.
-    /// Connects lazily at the first request.
+    /// Connects lazily at the first request. An `https://` base is checked by
+    /// [`Trust::LoopbackDev`] (loopback only); see [`HttpApi::with_trust`].
     pub fn new(base: &str, api_key: Option<String>) -> Result<HttpApi, HttpError> {
-        let authority = base
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|rest| !rest.contains('/'))
-            .ok_or_else(|| HttpError::BadUrl(base.into()))?;
+        HttpApi::with_trust(base, api_key, Trust::LoopbackDev)
+    }
+
+    /// As [`HttpApi::new`], checking an `https://` server's certificate by `trust`.
+    pub fn with_trust(base: &str, api_key: Option<String>, trust: Trust) -> Result<HttpApi, HttpError> {
+        let (rest, tls) = match (base.strip_prefix("http://"), base.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, None),
+            (None, Some(rest)) => (rest, Some(trust)),
+            (None, None) => return Err(HttpError::BadUrl(base.into())),
+        };
+        let authority = Some(rest.trim_end_matches('/')).filter(|rest| !rest.contains('/')).ok_or_else(|| HttpError::BadUrl(base.into()))?;
         let addr = resolve(authority).ok_or_else(|| HttpError::BadUrl(base.into()))?;
-        Ok(HttpApi { addr, authority: authority.to_owned(), api_key, sender: None })
+        Ok(HttpApi { addr, authority: authority.to_owned(), api_key, sender: None, tls })
     }
 
     /// The Links to connect to for `room`, best first.
@@ -163,6 +174,12 @@ impl HttpApi {
         if self.sender.is_none() {
             let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| HttpError::Transport(e.to_string()))?;
             let _ = stream.set_nodelay(true);
+            let stream = match &self.tls {
+                None => MaybeTls::Plain(stream),
+                Some(trust) => MaybeTls::Tls(Box::new(
+                    tls_connect(stream, host_of(&self.authority), self.addr, trust).await.map_err(|e| HttpError::Transport(e.to_string()))?,
+                )),
+            };
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| HttpError::Transport(e.to_string()))?;
@@ -176,6 +193,12 @@ impl HttpApi {
         sender.ready().await.map_err(|e| HttpError::Transport(e.to_string()))?;
         Ok(sender)
     }
+}
+
+/// The host part of `host:port` (`[v6]:port` → `v6`).
+pub(crate) fn host_of(authority: &str) -> &str {
+    let host = authority.rsplit_once(':').map(|(host, _)| host).unwrap_or(authority);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// `host:port` → the first address (loopback names resolve without DNS).

@@ -58,6 +58,7 @@ pub use self::session::{
     Backoff, Disconnect, Event, Message, MessageVerdict, Received, Session, SessionConfig, SessionError, SessionStats, MAX_RETRIES,
 };
 use self::ws::{WsTransport, WsUrl};
+use crate::tls::Trust;
 pub use linkcast_core::protocol::ClientOp;
 use linkcast_core::protocol::ServerMsg;
 
@@ -114,6 +115,9 @@ pub struct ClientOptions {
     pub ping_interval: Duration,
     /// Events buffered for the application before the connection task waits for it.
     pub event_buffer: usize,
+    /// How `https://`, `wss://` and QUIC servers are checked (default: unverified, loopback
+    /// servers only — set a CA or pin for anything else).
+    pub trust: Trust,
 }
 
 impl ClientOptions {
@@ -129,6 +133,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(15),
             event_buffer: 1024,
+            trust: Trust::LoopbackDev,
         }
     }
 }
@@ -356,7 +361,10 @@ impl ConnectionTask {
                 let (http, room, transport) = (http.clone(), room.clone(), *transport);
                 let api = match &mut self.http {
                     Some(api) => api,
-                    None => self.http.insert(HttpApi::new(&http, None).map_err(|e| Disconnect::io(e.to_string()))?),
+                    // The client's token is its credential for locate on a secured hub.
+                    None => self.http.insert(
+                        HttpApi::with_trust(&http, token.clone(), self.options.trust.clone()).map_err(|e| Disconnect::io(e.to_string()))?,
+                    ),
                 };
                 let links = api.locate(&room).await.map_err(locate_disconnect)?;
                 // Rotate through the group on successive retries: the best Link may be the one down.
@@ -370,11 +378,11 @@ impl ConnectionTask {
             Transport::Ws => {
                 let url = ws_url.ok_or_else(|| Disconnect::io("no WebSocket URL"))?;
                 let url = WsUrl::parse(&url, token.as_deref()).map_err(|e| Disconnect::io(e.to_string()))?;
-                WsTransport::connect(&url, bind, timeout).await.map(|c| Conn::Ws(Box::new(c))).map_err(|e| e.to_disconnect())
+                WsTransport::connect(&url, bind, timeout, &self.options.trust).await.map(|c| Conn::Ws(Box::new(c))).map_err(|e| e.to_disconnect())
             }
             Transport::Quic => {
                 let addr = quic_addr.ok_or_else(|| Disconnect::io("no QUIC address"))?;
-                QuicTransport::connect(addr, token.as_deref(), bind, timeout)
+                QuicTransport::connect(addr, token.as_deref(), bind, timeout, &self.options.trust)
                     .await
                     .map(|q| Conn::Quic(Box::new(q)))
                     .map_err(|e| e.to_disconnect())

@@ -22,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
+use crate::tls::Trust;
 use crate::quic::{client_endpoint, FrameReader, QuicSetupError, StreamError, ALPN_CLIENT};
 
 use super::session::Disconnect;
@@ -99,13 +100,22 @@ pub(crate) struct QuicTransport {
 
 impl QuicTransport {
     /// Connects to `addr` from `bind` (any port), says `Hello` with `token`, within `timeout`.
-    pub(crate) async fn connect(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>, timeout: Duration) -> Result<QuicTransport, QuicError> {
-        tokio::time::timeout(timeout, Self::connect_inner(addr, token, bind)).await.map_err(|_| QuicError::Timeout)?
+    /// The Link's certificate is checked by `trust` (unverified only for a loopback Link).
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        token: Option<&str>,
+        bind: Option<IpAddr>,
+        timeout: Duration,
+        trust: &Trust,
+    ) -> Result<QuicTransport, QuicError> {
+        tokio::time::timeout(timeout, Self::connect_inner(addr, token, bind, trust)).await.map_err(|_| QuicError::Timeout)?
     }
 
-    async fn connect_inner(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>) -> Result<QuicTransport, QuicError> {
-        let endpoint = client_endpoint(local_addr(addr, bind), ALPN_CLIENT)?;
-        let conn = endpoint.connect(addr, "localhost")?.await?;
+    async fn connect_inner(addr: SocketAddr, token: Option<&str>, bind: Option<IpAddr>, trust: &Trust) -> Result<QuicTransport, QuicError> {
+        trust.check_target(addr).map_err(|e| QuicError::Setup(e.into()))?;
+        let endpoint = client_endpoint(local_addr(addr, bind), trust, ALPN_CLIENT)?;
+        let name = crate::tls::server_name(None, addr);
+        let conn = endpoint.connect(addr, &name.to_str())?.await?;
         let (mut send, recv) = conn.open_bi().await?;
         let hello = FrameBuilder::new("").build(&Body::Hello { link: 0, secret: token.unwrap_or("").to_owned() });
         send.write_all(hello.as_bytes()).await?;

@@ -15,6 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_websockets::{ClientBuilder, Limits, Message, WebSocketStream};
 
 use super::session::Disconnect;
+use crate::tls::Trust;
 
 /// Largest server message accepted (replays of big payloads fit well below).
 pub(crate) const MAX_SERVER_MESSAGE: usize = 2 * 1024 * 1024;
@@ -34,6 +35,9 @@ pub(crate) enum WsError {
     /// The connect did not finish in time.
     #[error("connect timed out")]
     Timeout,
+    /// TLS could not be set up (trust, or a server not verified).
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The server closed the connection.
     #[error("closed by server ({code:?}: {reason})")]
     Closed {
@@ -61,21 +65,28 @@ impl WsError {
     }
 }
 
-/// A parsed `ws://host:port/path?query` URL.
+/// A parsed `ws://host:port/path?query` or `wss://…` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WsUrl {
     /// Where to connect.
     pub addr: SocketAddr,
     /// The full URL, for the upgrade request.
     pub url: String,
+    /// `wss://`: the host name the certificate must name.
+    pub tls_host: Option<String>,
 }
 
 impl WsUrl {
     /// Parses `url`, appending `token` as the `token` query parameter if given.
     pub(crate) fn parse(url: &str, token: Option<&str>) -> Result<WsUrl, WsError> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| WsError::BadUrl(url.into()))?;
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(WsError::BadUrl(url.into())),
+        };
         let authority = rest.split(['/', '?']).next().unwrap_or(rest);
         let addr = super::http::resolve(authority).ok_or_else(|| WsError::BadUrl(url.into()))?;
+        let tls_host = tls.then(|| super::http::host_of(authority).to_owned());
         let mut full = url.to_owned();
         if !rest.contains('/') {
             full.push('/');
@@ -85,23 +96,24 @@ impl WsUrl {
             full.push_str("token=");
             full.push_str(token);
         }
-        Ok(WsUrl { addr, url: full })
+        Ok(WsUrl { addr, url: full, tls_host })
     }
 }
 
 /// One WebSocket connection.
 #[derive(Debug)]
 pub(crate) struct WsTransport {
-    stream: WebSocketStream<TcpStream>,
+    stream: WebSocketStream<MaybeTls>,
 }
 
 impl WsTransport {
-    /// Dials `url` (from source address `bind`, if given) and upgrades, within `timeout`.
-    pub(crate) async fn connect(url: &WsUrl, bind: Option<IpAddr>, timeout: Duration) -> Result<WsTransport, WsError> {
-        tokio::time::timeout(timeout, Self::connect_inner(url, bind)).await.map_err(|_| WsError::Timeout)?
+    /// Dials `url` (from source address `bind`, if given) and upgrades, within `timeout`; a
+    /// `wss://` server's certificate is checked by `trust`.
+    pub(crate) async fn connect(url: &WsUrl, bind: Option<IpAddr>, timeout: Duration, trust: &Trust) -> Result<WsTransport, WsError> {
+        tokio::time::timeout(timeout, Self::connect_inner(url, bind, trust)).await.map_err(|_| WsError::Timeout)?
     }
 
-    async fn connect_inner(url: &WsUrl, bind: Option<IpAddr>) -> Result<WsTransport, WsError> {
+    async fn connect_inner(url: &WsUrl, bind: Option<IpAddr>, trust: &Trust) -> Result<WsTransport, WsError> {
         let socket = match url.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -112,6 +124,10 @@ impl WsTransport {
         }
         let tcp = socket.connect(url.addr).await?;
         tcp.set_nodelay(true)?;
+        let tcp = match &url.tls_host {
+            None => MaybeTls::Plain(tcp),
+            Some(host) => MaybeTls::Tls(Box::new(tls_connect(tcp, host, url.addr, trust).await?)),
+        };
         let uri = url.url.parse::<http::Uri>().map_err(|_| WsError::BadUrl(url.url.clone()))?;
         let limits = Limits::default().max_payload_len(Some(MAX_SERVER_MESSAGE));
         let (stream, _response) = ClientBuilder::from_uri(uri).limits(limits).connect_on(tcp).await?;
@@ -206,3 +222,66 @@ mod tests {
     }
 }
 
+
+/// Opens TLS on `tcp` to `host` (at `addr`), checking its certificate by `trust` (shared with the
+/// HTTP client, `http.rs`).
+pub(crate) async fn tls_connect(
+    tcp: TcpStream,
+    host: &str,
+    addr: SocketAddr,
+    trust: &Trust,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, WsError> {
+    trust.check_target(addr)?;
+    let config = trust.client_config(&[b"http/1.1"])?;
+    let name = crate::tls::server_name(host.parse::<IpAddr>().is_err().then_some(host), addr);
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?)
+}
+
+/// A client socket: plain TCP or TLS over it.
+#[derive(Debug)]
+pub(crate) enum MaybeTls {
+    /// `ws://`, `http://`.
+    Plain(TcpStream),
+    /// `wss://`, `https://`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for MaybeTls {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -24,6 +24,12 @@ pub enum ApiError {
     /// No or a wrong API key.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The credentials are valid but do not allow this (key scope, token rooms).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The request did not finish within `hub.http_request_timeout_secs`.
+    #[error("request timed out")]
+    Timeout,
     /// The room or route does not exist.
     #[error("{0}")]
     NotFound(&'static str),
@@ -69,6 +75,8 @@ impl ApiError {
         match self {
             ApiError::BadRoom | ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -10,7 +10,8 @@
 //! loops.
 //!
 //! The request goes out with hyper's HTTP/1.1 client, one connection per request (forwarding
-//! happens only when a publisher talks to the wrong hub), bounded in response size and time.
+//! happens only when a publisher talks to the wrong hub), bounded in response size and time —
+//! over TLS when the hubs serve `https://`, the owner's certificate checked by `[tls]`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,10 +41,21 @@ pub(crate) struct Forwarded {
     pub(crate) body: Bytes,
 }
 
+/// How to reach other hubs' API ports: plain, or TLS checked by the cluster's `[tls]` trust.
+#[derive(Clone)]
+pub(crate) enum Dialer {
+    /// `http://`.
+    Plain,
+    /// `https://`, the certificate checked against the name from `[[hubs]] tls_name` or the IP.
+    Tls(tokio_rustls::TlsConnector),
+}
+
 /// Sends one request to `addr` and reads the whole answer (bounded by [`MAX_RESPONSE_BYTES`] and
 /// [`FORWARD_TIMEOUT`]). `target` is the path with query.
 pub(crate) async fn request(
+    dialer: &Dialer,
     addr: SocketAddr,
+    tls_name: Option<&str>,
     method: http::Method,
     target: &str,
     headers: &[(&str, &str)],
@@ -52,25 +64,49 @@ pub(crate) async fn request(
     let exchange = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(other)?;
-        // The connection future ends when the connection closes; errors surface on the request.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut request = hyper::Request::builder().method(method).uri(target).header(http::header::HOST, addr.to_string());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        let request = build(addr, method, target, headers, body)?;
+        match dialer {
+            Dialer::Plain => exchange(stream, request).await,
+            Dialer::Tls(connector) => {
+                let name = crate::tls::server_name(tls_name, addr);
+                let stream = connector.connect(name, stream).await?;
+                exchange(stream, request).await
+            }
         }
-        let response = sender.send_request(request.body(Full::new(body)).map_err(other)?).await.map_err(other)?;
-        let status = response.status().as_u16();
-        let content_type =
-            response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| other(&*e))?.to_bytes();
-        Ok(Forwarded { status, content_type, body })
     };
     tokio::time::timeout(FORWARD_TIMEOUT, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "forwarded request timed out"))?
+}
+
+fn build(
+    addr: SocketAddr,
+    method: http::Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> std::io::Result<hyper::Request<Full<Bytes>>> {
+    let mut request = hyper::Request::builder().method(method).uri(target).header(http::header::HOST, addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::new(body)).map_err(other)
+}
+
+async fn exchange<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> std::io::Result<Forwarded>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(other)?;
+    // The connection future ends when the connection closes; errors surface on the request.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let response = sender.send_request(request).await.map_err(other)?;
+    let status = response.status().as_u16();
+    let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| other(&*e))?.to_bytes();
+    Ok(Forwarded { status, content_type, body })
 }
 
 fn other(error: impl std::fmt::Display) -> std::io::Error {

@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -50,25 +51,34 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 const DEMO_PAGE: &str = include_str!("../../static/index.html");
 
 /// The router of every route, with body limit, JSON fallbacks and request metrics.
-pub(crate) fn router(shared: Arc<ApiState>) -> Router {
+/// `admin_routes`: also serve `/metrics` and `/healthz` (an unsecured hub without an admin
+/// listener).
+pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
     let body_limit = shared.config.hub.max_payload;
-    Router::new()
-        .route("/", get(demo_page))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    let request_timeout = Duration::from_secs(shared.config.hub.http_request_timeout_secs.max(1));
+    let mut router = Router::new().route("/", get(demo_page));
+    if admin_routes {
+        router = router.route("/healthz", get(healthz)).route("/metrics", get(metrics));
+    }
+    router
         .route("/v1/locate", get(locate))
         .route("/v1/rooms/{room}", get(room_info))
         .route("/v1/rooms/{room}/messages", get(history).post(publish))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn(move |matched, request, next| count_requests(matched, request, next, request_timeout)))
         .with_state(shared)
 }
 
-async fn count_requests(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+/// Counts every request, and answers 408 to one that takes longer than `timeout` (a body
+/// trickled byte by byte holds its connection no longer than that).
+async fn count_requests(matched: Option<MatchedPath>, request: Request, next: Next, timeout: Duration) -> Response {
     let route = matched.map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
+    let response = match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    };
     let status = response.status().as_u16().to_string();
     metrics::counter!("linkcast_hub_http_requests_total", "route" => route, "status" => status).increment(1);
     response
@@ -140,6 +150,7 @@ async fn room_info(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = room_name(room)?;
+    shared.check_read(&headers, &room)?;
     if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
         return Ok(answer);
     }
@@ -165,6 +176,7 @@ async fn history(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = room_name(room)?;
+    shared.check_read(&headers, &room)?;
     let Query(query) = query.map_err(ApiError::rejected)?;
     let since = query.since.unwrap_or(0);
     let epoch = match query.epoch.as_deref() {
@@ -215,6 +227,7 @@ async fn locate(
     if !is_valid_room(&room) {
         return Err(ApiError::BadRoom);
     }
+    shared.check_read(&headers, &room)?;
     if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
         return Ok(answer);
     }
@@ -296,12 +309,13 @@ async fn forward_unless_owner(
 /// Passes the request on to the owner hub and returns its answer unchanged.
 async fn forward(
     shared: &ApiState,
-    owner: SocketAddr,
+    owner: (SocketAddr, Option<String>),
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let (owner, tls_name) = owner;
     let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let id = shared.id.0.to_string();
     let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, &id)];
@@ -310,7 +324,7 @@ async fn forward(
             pass.push((name, value));
         }
     }
-    let answer = forward::request(owner, method, target, &pass, body).await.map_err(|e| {
+    let answer = forward::request(&shared.dialer, owner, tls_name.as_deref(), method, target, &pass, body).await.map_err(|e| {
         tracing::warn!(%owner, "forwarding to the owner hub failed: {e}");
         ApiError::Unavailable("owner hub unreachable")
     })?;

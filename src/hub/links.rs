@@ -27,6 +27,7 @@ use super::queue::{link_queue, Outgoing, QueueReader};
 use linkcast_core::frame::{ArchivedBody, Kind, DEFAULT_MAX_FRAME_LEN};
 use linkcast_core::placement::LinkId;
 use crate::quic::{self, FrameReader, StreamError, ALPN_HUB};
+use crate::tls::ServerCert;
 use crate::uplink::LinkPort;
 
 /// Most Link connections being set up or served at once over QUIC.
@@ -127,9 +128,9 @@ async fn serve_port(ctx: LinkContext, port: LinkPort) {
 }
 
 /// The hub's QUIC endpoint for Links on `addr`, with fast dead-Link detection.
-pub(crate) fn quic_endpoint(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let mut config = quic::server_config(&[ALPN_HUB]).map_err(std::io::Error::other)?;
-    let mut transport = quinn::TransportConfig::default();
+pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>) -> std::io::Result<quinn::Endpoint> {
+    let mut config = quic::server_config(cert, &[ALPN_HUB], DEFAULT_MAX_FRAME_LEN).map_err(std::io::Error::other)?;
+    let mut transport = quic::server_transport(DEFAULT_MAX_FRAME_LEN);
     transport.keep_alive_interval(Some(Duration::from_secs(2)));
     transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
     config.transport_config(Arc::new(transport));

@@ -37,6 +37,8 @@ pub(crate) struct Locator {
     /// Placed rooms, oldest first, to bound the placement's memory.
     placed: VecDeque<String>,
     max_placed: usize,
+    /// The Links serve `wss://` (the cluster's `[tls]` has a certificate).
+    wss: bool,
 }
 
 impl std::fmt::Debug for Locator {
@@ -51,7 +53,7 @@ impl std::fmt::Debug for Locator {
 
 impl Locator {
     /// A locator knowing `entries`, none of them connected yet.
-    pub(crate) fn new(entries: &[LinkEntry], group_size: usize, load_factor: f64, max_placed: usize) -> Self {
+    pub(crate) fn new(entries: &[LinkEntry], group_size: usize, load_factor: f64, max_placed: usize, wss: bool) -> Self {
         Locator {
             entries: entries.iter().map(|e| (LinkId(e.id), e.clone())).collect(),
             connected: BTreeSet::new(),
@@ -59,6 +61,7 @@ impl Locator {
             group_size: group_size.max(1),
             placed: VecDeque::new(),
             max_placed: max_placed.max(1),
+            wss,
         }
     }
 
@@ -113,7 +116,7 @@ impl Locator {
         group
             .into_iter()
             .filter_map(|link| self.entries.get(&link))
-            .map(|entry| Located { id: entry.id, ws: entry.ws_url(), quic: entry.quic_addr() })
+            .map(|entry| Located { id: entry.id, ws: entry.ws_url(self.wss), quic: entry.quic_addr() })
             .collect()
     }
 }
@@ -129,12 +132,13 @@ mod tests {
             quic: format!("127.0.0.1:{}", 9000 + id).parse().expect("addr"),
             public_ws: None,
             public_quic: None,
+            admin: None,
         }
     }
 
     #[test]
     fn only_connected_known_links_are_located_and_a_lost_link_is_replaced() {
-        let mut locator = Locator::new(&[entry(1), entry(2), entry(3)], 2, 1.25, 100);
+        let mut locator = Locator::new(&[entry(1), entry(2), entry(3)], 2, 1.25, 100, false);
         assert!(locator.locate("lobby").is_empty());
         locator.link_up(LinkId(1));
         locator.link_up(LinkId(7)); // connected but unknown: never located
@@ -153,7 +157,7 @@ mod tests {
 
     #[test]
     fn placements_are_bounded() {
-        let mut locator = Locator::new(&[entry(1), entry(2)], 1, 1.25, 10);
+        let mut locator = Locator::new(&[entry(1), entry(2)], 1, 1.25, 10, false);
         locator.link_up(LinkId(1));
         locator.link_up(LinkId(2));
         for r in 0..100 {

@@ -7,9 +7,12 @@
 //! - **Link connections** (`links.rs`): in-process ports from [`HubHandle::link_ports`] and, if
 //!   a QUIC address is given, the Link listener (ALPN `linkcast-hub/1`, `Hello` with the
 //!   cluster secret first); a reader and a writer task per Link;
-//! - the **HTTP API** (`http.rs`, axum): publish, room info, history, locate (`locate.rs`),
-//!   `/metrics`, `/healthz` and the demo page, with JSON errors (`error.rs`), per-key publish
-//!   rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`).
+//! - the **HTTP API** (`http.rs`, axum, served by `server.rs`: hyper with a connection cap,
+//!   head and request timeouts, and `https://` with the `[tls]` certificate): publish, room info,
+//!   history, locate (`locate.rs`) and the demo page, with JSON errors (`error.rs`), per-key
+//!   publish rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`).
+//!   Reads need a `read`-scoped API key or a client token allowing the room once the hub is
+//!   secured; `/metrics` and `/healthz` are then on the admin listener (`admin.rs`) only.
 //!
 //! In a cluster every hub reads the same config; [`HubDirectory`] over `[[hubs]]` names each
 //! room's one owner. With no `[[hubs]]` (as in `serve`) this hub owns every room.
@@ -28,6 +31,7 @@ mod links;
 mod locate;
 mod queue;
 mod rate;
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -42,7 +46,10 @@ pub use error::ApiError;
 pub use http::{DEFAULT_HISTORY_LIMIT, FROM_HEADER, IDEMPOTENCY_KEY_HEADER};
 pub use locate::Located;
 
-use crate::config::{Config, LinkEntry};
+use crate::admin::AdminServer;
+use crate::config::{Config, LinkEntry, Scope};
+use crate::tls::{self, ServerCert};
+use linkcast_core::auth::Verifier;
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 use crate::uplink::LinkPort;
 use driver::{lock, HubInput, EVENT_CAPACITY};
@@ -61,6 +68,8 @@ pub struct HubOptions {
     pub http_addr: SocketAddr,
     /// QUIC listen address for Links; `None` = in-process Links only.
     pub quic_addr: Option<SocketAddr>,
+    /// Admin listener (`/metrics`, `/healthz`); `None` = none.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// A running hub. Dropping it without [`HubHandle::shutdown`] also stops the hub's tasks
@@ -73,9 +82,21 @@ pub struct HubHandle {
     locator: Arc<Mutex<Locator>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    admin: Option<AdminServer>,
+    https: bool,
 }
 
 impl HubHandle {
+    /// The bound admin listener address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::addr)
+    }
+
+    /// True when the API port serves `https://`.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
@@ -123,34 +144,71 @@ pub(crate) struct ApiState {
     rate: RateLimiter,
     /// `None` when the config lists no hubs: this hub owns every room.
     directory: Option<HubDirectory>,
+    /// Client tokens, for reads by a client allowed the room (`None` in dev mode).
+    tokens: Option<Verifier>,
+    /// How requests are forwarded to owner hubs (TLS when this cluster serves https).
+    dialer: forward::Dialer,
+    /// Reads need credentials (principle 8): any credential is configured or the node listens
+    /// beyond loopback.
+    secured: bool,
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme matched in any case).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 impl ApiState {
     /// The API key of a publish (`""` in dev mode without keys), or why it is refused.
     fn api_key(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let keys = &self.config.auth.api_keys;
-        let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if keys.is_empty() {
-            return if self.config.auth.is_dev() {
-                Ok(String::new())
-            } else {
-                Err(ApiError::Unauthorized("no API keys are configured"))
+        let auth = &self.config.auth;
+        if auth.scoped_keys().next().is_none() {
+            return if auth.is_dev() { Ok(String::new()) } else { Err(ApiError::Unauthorized("no API keys are configured")) };
+        }
+        let Some(bearer) = bearer(headers) else { return Err(ApiError::Unauthorized("API key required (Authorization: Bearer)")) };
+        match self.key_scopes(bearer) {
+            Some(scopes) if scopes.contains(&Scope::Publish) => Ok(bearer.to_owned()),
+            Some(_) => Err(ApiError::Forbidden("this API key may not publish")),
+            None => Err(ApiError::Unauthorized("bad API key")),
+        }
+    }
+
+    fn key_scopes(&self, bearer: &str) -> Option<&[Scope]> {
+        self.config
+            .auth
+            .scoped_keys()
+            .find(|(key, _)| linkcast_core::auth::constant_time_eq(key.as_bytes(), bearer.as_bytes()))
+            .map(|(_, scopes)| scopes)
+    }
+
+    /// Checks a read of `room` (info, history, locate): open on an unsecured node; otherwise an
+    /// API key with the `read` scope, or a client token (JWT) whose `rooms` allow `room`.
+    fn check_read(&self, headers: &HeaderMap, room: &str) -> Result<(), ApiError> {
+        if !self.secured {
+            return Ok(());
+        }
+        let Some(bearer) = bearer(headers) else {
+            return Err(ApiError::Unauthorized("credentials required (Authorization: Bearer API key or client token)"));
+        };
+        if let Some(scopes) = self.key_scopes(bearer) {
+            return match scopes.contains(&Scope::Read) {
+                true => Ok(()),
+                false => Err(ApiError::Forbidden("this API key may not read rooms")),
             };
         }
-        let Some(bearer) = bearer else { return Err(ApiError::Unauthorized("API key required (Authorization: Bearer)")) };
-        keys.iter()
-            .find(|key| linkcast_core::auth::constant_time_eq(key.as_bytes(), bearer.as_bytes()))
-            .cloned()
-            .ok_or(ApiError::Unauthorized("bad API key"))
+        let Some(tokens) = &self.tokens else { return Err(ApiError::Unauthorized("bad API key")) };
+        match tokens.verify(Some(bearer), crate::clock::now_micros() / 1_000_000, "") {
+            Ok(claims) if claims.allows(room) => Ok(()),
+            Ok(_) => Err(ApiError::Forbidden("the token does not allow this room")),
+            Err(error) => Err(ApiError::Unauthorized(error.reason())),
+        }
     }
 
     /// The owner's HTTP address when another hub owns `room`; 503 if this request was
     /// already forwarded (hubs disagree about ownership).
-    fn owner_elsewhere(&self, room: &str, headers: &HeaderMap) -> Result<Option<SocketAddr>, ApiError> {
+    fn owner_elsewhere(&self, room: &str, headers: &HeaderMap) -> Result<Option<(SocketAddr, Option<String>)>, ApiError> {
         let Some(owner) = self.directory.as_ref().and_then(|d| d.owner(room)) else { return Ok(None) };
         if owner == self.id {
             return Ok(None);
@@ -159,7 +217,7 @@ impl ApiState {
             return Err(ApiError::Unavailable("room owner mismatch: hubs have different [[hubs]] lists"));
         }
         match self.config.hub_entry(owner.0) {
-            Some(entry) => Ok(Some(entry.http)),
+            Some(entry) => Ok(Some((entry.http, entry.tls_name.clone()))),
             None => Err(ApiError::Unavailable("owner hub unknown")),
         }
     }
@@ -191,17 +249,45 @@ impl HubMetrics {
 }
 
 /// Starts a hub on the current tokio runtime: binds HTTP (and QUIC), spawns its tasks.
+///
+/// A hub with a Link listener (`quic_addr`) is a cluster node: it refuses to start when it is
+/// secured and has no cluster secret (`Config::check_cluster_node`).
 pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
-    let HubOptions { id, config, http_addr, quic_addr } = options;
+    let HubOptions { id, config, http_addr, quic_addr, admin_addr } = options;
+    let own_addrs: Vec<SocketAddr> = [Some(http_addr), quic_addr].into_iter().flatten().collect();
+    if quic_addr.is_some() {
+        config.check_cluster_node(&own_addrs, false).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
+    let secured = config.is_secured(&own_addrs);
+    let cert = ServerCert::shared(&config.tls).map_err(std::io::Error::other)?;
+    let https = match cert.is_configured() {
+        true => Some(Arc::new(tls::server_config(cert.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?)),
+        false => None,
+    };
     let listener = tokio::net::TcpListener::bind(http_addr).await?;
     let http_addr = listener.local_addr()?;
-    let endpoint = quic_addr.map(links::quic_endpoint).transpose()?;
+    let endpoint = quic_addr.map(|addr| links::quic_endpoint(addr, cert.clone())).transpose()?;
     let quic_addr = endpoint.as_ref().map(quinn::Endpoint::local_addr).transpose()?;
+    let admin = admin_addr.map(|addr| AdminServer::start(addr, &config.auth)).transpose()?;
+    let dialer = match &https {
+        None => forward::Dialer::Plain,
+        Some(_) => {
+            let trust = tls::Trust::from_config(&config.tls).map_err(std::io::Error::other)?;
+            if let Some(hub) = config.hubs.iter().find(|h| trust.check_target(h.http).is_err()) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("hub {} at {} is not on loopback: set tls.ca_file or tls.pin_sha256 to verify it", hub.id, hub.http),
+                ));
+            }
+            let client = trust.client_config(&[b"http/1.1"]).map_err(std::io::Error::other)?;
+            forward::Dialer::Tls(tokio_rustls::TlsConnector::from(Arc::new(client)))
+        }
+    };
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events, events_rx) = mpsc::channel(EVENT_CAPACITY);
     let hub = &config.hub;
-    let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms)));
+    let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms, config.tls.serves_tls())));
     let directory = (!config.hubs.is_empty()).then(|| HubDirectory::new(config.hubs.iter().map(|h| HubId(h.id))));
     let shared = Arc::new(ApiState {
         id,
@@ -210,6 +296,9 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         locator: locator.clone(),
         rate: RateLimiter::new(hub.publish_rate),
         directory,
+        tokens: (!config.auth.is_dev()).then(|| Verifier::new(Some(config.auth.jwt_secret.as_str()))),
+        dialer,
+        secured,
     });
     let ctx = LinkContext {
         events,
@@ -226,18 +315,15 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     if let Some(endpoint) = endpoint {
         tasks.push(tokio::spawn(links::accept_quic(ctx, endpoint, shutdown_rx.clone())));
     }
-    let app = http::router(shared);
-    let mut http_shutdown = shutdown_rx;
-    tasks.push(tokio::spawn(async move {
-        let stop = async move {
-            let _ = http_shutdown.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::error!("hub http server failed: {e}");
-        }
-    }));
-    tracing::info!(hub = id.0, %http_addr, quic = ?quic_addr, "hub started");
-    Ok(HubHandle { http_addr, quic_addr, ports, locator, shutdown, tasks })
+    let app = http::router(shared, !secured && admin.is_none());
+    let limits = server::Limits {
+        max_connections: hub.max_http_connections,
+        header_timeout: Duration::from_secs(hub.http_header_timeout_secs.max(1)),
+    };
+    let is_https = https.is_some();
+    tasks.push(tokio::spawn(server::serve(listener, app, https, limits, shutdown_rx)));
+    tracing::info!(hub = id.0, %http_addr, quic = ?quic_addr, https = is_https, "hub started");
+    Ok(HubHandle { http_addr, quic_addr, ports, locator, shutdown, tasks, admin, https: is_https })
 }
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: what `hub` and `serve` run until.
@@ -288,10 +374,11 @@ pub fn run_cli(args: HubArgs) -> Result<(), Box<dyn std::error::Error>> {
         id: HubId(args.id),
         http_addr: args.http.unwrap_or(entry.http),
         quic_addr: Some(args.quic.unwrap_or(entry.quic)),
+        admin_addr: entry.admin,
         config: Arc::new(config),
     };
     if options.config.auth.cluster_secret.is_empty() {
-        tracing::warn!("auth.cluster_secret is empty: any process can attach to this hub as a Link");
+        tracing::warn!("auth.cluster_secret is empty: no Link can attach to this hub over QUIC");
     }
     if options.config.auth.api_keys.is_empty() && options.config.auth.is_dev() {
         tracing::warn!("DEV MODE: no API keys and no JWT secret configured; anyone can publish");

@@ -16,7 +16,8 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
+
+use super::socket::ClientSocket;
 
 /// Most frames written by one vectored write.
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -81,11 +82,12 @@ impl OutQueue {
     }
 
     /// Writes queued frames until the queue is empty or the socket would block.
-    pub(crate) fn flush(&mut self, tcp: &TcpStream) -> io::Result<Flushed> {
+    /// On a TLS socket, `All` also means no ciphertext waits in rustls.
+    pub(crate) fn flush(&mut self, socket: &ClientSocket) -> io::Result<Flushed> {
         while let Some(front) = self.out.front() {
             let sent = if self.out.len() == 1 {
                 // The common case on the delivery path: one frame, no iovec array to build.
-                send(tcp, &[IoSlice::new(&front[self.written..])])
+                socket.send(&[IoSlice::new(&front[self.written..])])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut count = 0;
@@ -94,7 +96,7 @@ impl OutQueue {
                     slices[count] = IoSlice::new(&frame[from..]);
                     count += 1;
                 }
-                send(tcp, &slices[..count])
+                socket.send(&slices[..count])
             };
             match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -107,7 +109,11 @@ impl OutQueue {
         if self.out.capacity() > 64 {
             self.out.shrink_to(8); // a burst's slots are not kept by an idle connection
         }
-        Ok(Flushed::All)
+        match socket.flush_tls() {
+            Ok(()) => Ok(Flushed::All),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Flushed::Blocked),
+            Err(error) => Err(error),
+        }
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -129,32 +135,10 @@ impl OutQueue {
     }
 }
 
-/// A peer that went away is an error here, never a SIGPIPE (Linux `MSG_NOSIGNAL`).
-#[cfg(target_os = "linux")]
-const MSG_NOSIGNAL: std::os::raw::c_int = 0x4000;
-#[cfg(not(target_os = "linux"))]
-const MSG_NOSIGNAL: std::os::raw::c_int = 0;
-
-/// One non-blocking `send` (one frame) or `sendmsg` (several), with `MSG_NOSIGNAL`, through
-/// tokio's readiness tracking (`try_io` clears readiness on `WouldBlock`).
-///
-/// Why not `write`/`writev` (`TcpStream::try_write_vectored`): on a socket they go through the
-/// VFS layer (`vfs_writev`, `fdget_pos`), about a tenth of the Link's CPU per delivery when one
-/// small frame goes to each of thousands of sockets (perf, docs/benchmarks.md); the socket calls
-/// reach TCP directly.
-fn send(tcp: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    tcp.try_io(tokio::io::Interest::WRITABLE, || {
-        let socket = socket2::SockRef::from(tcp);
-        match slices {
-            [one] => socket.send_with_flags(one, MSG_NOSIGNAL),
-            many => socket.send_vectored_with_flags(many, MSG_NOSIGNAL),
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[tokio::test]
     async fn frames_leave_in_order_and_partial_writes_resume() {
@@ -164,6 +148,7 @@ mod tests {
         let (server, _) = listener.accept().await.expect("accept");
         let mut client = client.await.expect("join");
         let _ = socket2::SockRef::from(&server).set_send_buffer_size(4096);
+        let server = ClientSocket::plain(server);
         let mut queue = OutQueue::default();
         let frame = Bytes::from(vec![7u8; 1000]);
         let mut expected = 0;

@@ -1,6 +1,7 @@
 //! [`QuicHubConnector`]: how a standalone Link reaches its hubs over QUIC (ALPN `linkcast-hub/1`).
 //!
-//! `connect(hub)` dials `config.hubs[hub].quic`, opens one bidirectional stream, sends
+//! `connect(hub)` dials `config.hubs[hub].quic`, checking the hub's certificate by `[tls]`
+//! (`ca_file` or `pin_sha256`; unverified only for a loopback hub), opens one bidirectional stream, sends
 //! `Hello {link, secret: auth.cluster_secret}` first, and returns a [`HubPort`] whose channels
 //! are pumped to and from the stream by two tasks (frames length-prefixed by their own header,
 //! several per write). When either direction fails, both channels close; the Link notices and
@@ -13,6 +14,7 @@ use crate::config::Config;
 use linkcast_core::frame::{Body, FrameBuilder, DEFAULT_MAX_FRAME_LEN};
 use linkcast_core::placement::LinkId;
 use crate::quic::{self, FrameReader, ALPN_HUB};
+use crate::tls::{self, Trust};
 use linkcast_core::hub_directory::HubId;
 use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, PORT_CAPACITY};
 
@@ -45,7 +47,8 @@ impl QuicHubConnector {
         let bind: SocketAddr = if want_v6 { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(std::io::Error::other)?;
-        let endpoint = quic::client_endpoint(bind, ALPN_HUB).map_err(std::io::Error::other)?;
+        let trust = Trust::from_config(&self.config.tls).map_err(std::io::Error::other)?;
+        let endpoint = quic::client_endpoint(bind, &trust, ALPN_HUB).map_err(std::io::Error::other)?;
         endpoints.push(endpoint.clone());
         Ok(endpoint)
     }
@@ -55,9 +58,14 @@ impl QuicHubConnector {
             .config
             .hub_entry(hub.0)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("hub {} not in config", hub.0)))?;
+        // A hub reached unverified is refused unless it is on loopback (tls.rs).
+        Trust::from_config(&self.config.tls)
+            .and_then(|trust| trust.check_target(entry.quic))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         let endpoint = self.endpoint(entry.quic)?;
+        let name = tls::server_name(entry.tls_name.as_deref(), entry.quic);
         let conn = endpoint
-            .connect(entry.quic, "localhost")
+            .connect(entry.quic, &name.to_str())
             .map_err(std::io::Error::other)?
             .await
             .map_err(std::io::Error::other)?;

@@ -34,11 +34,13 @@ mod admission;
 mod conn_io;
 mod connection;
 mod coordinator;
+mod handshakes;
 mod hub_connector;
 mod quic_clients;
 mod registry;
 mod shard;
 mod shard_thread;
+mod socket;
 mod tally;
 mod upgrade;
 mod wire;
@@ -54,14 +56,18 @@ use tokio::sync::mpsc;
 use linkcast_core::auth::Verifier;
 use linkcast_core::hub_directory::HubId;
 
+use crate::admin::AdminServer;
 use crate::config::Config;
+use crate::tls::{self, ServerCert};
 use crate::uplink::HubConnector;
 use admission::Admission;
 use coordinator::CoordMsg;
+use handshakes::Handshakes;
 use hub_connector::QuicHubConnector;
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
 use shard_thread::ShardSetup;
+use upgrade::PortSetup;
 
 pub use linkcast_core::placement::LinkId;
 
@@ -79,6 +85,8 @@ pub struct LinkOptions {
     pub ws_addr: SocketAddr,
     /// QUIC client listen address; `None` = no QUIC client listener.
     pub quic_addr: Option<SocketAddr>,
+    /// Admin listener (`/metrics`, `/healthz`); `None` = none.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// A snapshot of a Link's memory-relevant counters (summed over shards).
@@ -108,6 +116,8 @@ pub struct LinkHandle {
     /// The coordinator's inbox (to stop it).
     coordinator: mpsc::UnboundedSender<CoordMsg>,
     threads: Vec<JoinHandle<()>>,
+    /// The admin listener, if any (stops when dropped).
+    admin: Option<AdminServer>,
 }
 
 impl LinkHandle {
@@ -119,6 +129,11 @@ impl LinkHandle {
     /// The bound QUIC client address, if any.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic_addr
+    }
+
+    /// The bound admin listener address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::addr)
     }
 
     /// Hubs this Link is connected to right now (a join or publish for a room whose owner hub
@@ -197,6 +212,11 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
             options.id
         );
     }
+    let cert = ServerCert::shared(&config.tls).map_err(std::io::Error::other)?;
+    let wss = match cert.is_configured() {
+        true => Some(Arc::new(tls::server_config(cert.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?)),
+        false => None,
+    };
     let listeners = bind_reuseport(options.ws_addr, shard_count)?;
     let ws_addr = listeners[0].local_addr()?;
     let quic_socket = match options.quic_addr {
@@ -208,6 +228,14 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
         None => None,
     };
 
+    let own_addrs: Vec<SocketAddr> = [Some(ws_addr), quic_addr].into_iter().flatten().collect();
+    let secured = config.is_secured(&own_addrs);
+    let admin = options.admin_addr.map(|addr| AdminServer::start(addr, &config.auth)).transpose()?;
+    let port = PortSetup {
+        tls: wss,
+        handshakes: Arc::new(Handshakes::new(config.link.max_handshakes, config.link.max_handshakes_per_ip)),
+        admin_routes: !secured && admin.is_none(),
+    };
     let admission = Arc::new(Admission::new(verifier, config.link.max_connections));
     let users = Arc::new(Users::default());
     let stats: Vec<Arc<ShardStats>> = (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect();
@@ -222,7 +250,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     }
 
     let mut threads = Vec::with_capacity(shard_count + 1);
-    let mut quic = quic_socket.map(|socket| (socket, senders.clone()));
+    let mut quic = quic_socket.map(|socket| (socket, senders.clone(), cert.clone()));
     for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
         let setup = ShardSetup {
             index,
@@ -232,6 +260,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
             coordinator: coord_tx.clone(),
             stats: stats[index].clone(),
             listener,
+            port: port.clone(),
             inbox,
             quic: if index == 0 { quic.take() } else { None },
         };
@@ -257,7 +286,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     })?;
     threads.push(thread);
     tracing::info!(link = %options.id, %ws_addr, ?quic_addr, shards = shard_count, "link started");
-    Ok(LinkHandle { ws_addr, quic_addr, stats, hubs_connected, shards: senders, coordinator: coord_tx, threads })
+    Ok(LinkHandle { ws_addr, quic_addr, stats, hubs_connected, shards: senders, coordinator: coord_tx, threads, admin })
 }
 
 /// `count` listening sockets on the same address with SO_REUSEPORT; the first binds `addr`
@@ -306,8 +335,10 @@ pub struct LinkArgs {
     pub no_quic: bool,
 }
 
-/// Runs `linkcast link` until Ctrl-C: loads the config, connects to the hubs over QUIC, serves
-/// clients, `GET /metrics` and `GET /healthz` on the WebSocket port.
+/// Runs `linkcast link` until Ctrl-C: loads the config, checks it may start (a secured Link needs
+/// the cluster secret and a way to verify non-loopback hubs), connects to the hubs over QUIC,
+/// serves clients, and `GET /metrics` / `GET /healthz` on its admin listener (or, unsecured
+/// without one, on the WebSocket port).
 pub fn run_cli(args: LinkArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::load(&args.config)?;
     if let Some(shards) = args.shards {
@@ -322,13 +353,16 @@ pub fn run_cli(args: LinkArgs) -> Result<(), Box<dyn std::error::Error>> {
     if config.hubs.is_empty() {
         return Err("the config lists no hubs for this Link to connect to".into());
     }
+    let own_addrs: Vec<SocketAddr> = [Some(ws_addr), quic_addr].into_iter().flatten().collect();
+    config.check_cluster_node(&own_addrs, true)?;
+    let admin_addr = entry.as_ref().and_then(|e| e.admin);
     crate::telemetry::prometheus();
     let config = Arc::new(config);
     let id = LinkId(args.id);
     let connector = Arc::new(QuicHubConnector::new(id, config.clone()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let handle = start(LinkOptions { id, config, ws_addr, quic_addr }, connector)?;
+        let handle = start(LinkOptions { id, config, ws_addr, quic_addr, admin_addr }, connector)?;
         tracing::info!(ws = %handle.ws_addr(), quic = ?handle.quic_addr(), "link {id} serving; Ctrl-C stops");
         tokio::signal::ctrl_c().await?;
         tracing::info!("stopping");

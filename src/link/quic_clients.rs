@@ -11,6 +11,7 @@
 //! application closes with the WebSocket close code and reason (e.g. 1009 "message too big").
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -26,14 +27,20 @@ use super::shard::ShardMsg;
 use super::tally;
 use super::wire::encode;
 use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
+use crate::tls::ServerCert;
 
 /// Time a client has to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the client endpoint on `socket` (on the current shard's runtime) and its accept loop,
 /// which hands each connection to one of `shards` in turn.
-pub(crate) fn start_endpoint(socket: std::net::UdpSocket, shards: Vec<mpsc::Sender<ShardMsg>>) -> std::io::Result<quinn::Endpoint> {
-    let config = quic::server_config(&[ALPN_CLIENT]).map_err(std::io::Error::other)?;
+pub(crate) fn start_endpoint(
+    socket: std::net::UdpSocket,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    cert: Arc<ServerCert>,
+    max_frame: usize,
+) -> std::io::Result<quinn::Endpoint> {
+    let config = quic::server_config(cert, &[ALPN_CLIENT], max_frame).map_err(std::io::Error::other)?;
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?;
     let accepting = endpoint.clone();

@@ -24,7 +24,9 @@ use super::coordinator::CoordMsg;
 use super::registry::Users;
 use super::shard::{ShardMsg, ShardState, ShardStats};
 use super::{quic_clients, tally, upgrade};
+use super::upgrade::PortSetup;
 use crate::config::LinkConfig;
+use crate::tls::ServerCert;
 
 /// Most coordinator messages applied before the woken members are written to.
 const MAX_BURST: usize = 256;
@@ -47,25 +49,28 @@ pub(crate) struct ShardSetup {
     pub(crate) stats: Arc<ShardStats>,
     /// The shard's WebSocket listening socket (SO_REUSEPORT, one per shard).
     pub(crate) listener: std::net::TcpListener,
+    /// TLS and handshake bounds of the WebSocket port.
+    pub(crate) port: PortSetup,
     /// The coordinator → shard channel.
     pub(crate) inbox: mpsc::Receiver<ShardMsg>,
-    /// On the shard that hosts the QUIC client endpoint: its socket, and every shard's inbox
-    /// to hand connections to.
-    pub(crate) quic: Option<(std::net::UdpSocket, Vec<mpsc::Sender<ShardMsg>>)>,
+    /// On the shard that hosts the QUIC client endpoint: its socket, every shard's inbox to
+    /// hand connections to, and the certificate to present.
+    pub(crate) quic: Option<(std::net::UdpSocket, Vec<mpsc::Sender<ShardMsg>>, Arc<ServerCert>)>,
 }
 
 /// Runs the shard on the current thread until shutdown (see the module docs).
 pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
-    let ShardSetup { index, link, admission, users, coordinator, stats, listener, mut inbox, quic } = setup;
+    let ShardSetup { index, link, admission, users, coordinator, stats, listener, port, mut inbox, quic } = setup;
+    let max_client_frame = link.max_message_bytes + 4096;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let state = Rc::new(RefCell::new(ShardState::new(index, link.ring_limits(), stats.clone())));
         let ctx = Rc::new(ConnContext::new(link, admission, users, coordinator, stats, state.clone()));
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let accept = tokio::task::spawn_local(upgrade::accept_loop(listener, ctx.clone()));
+        let accept = tokio::task::spawn_local(upgrade::accept_loop(listener, ctx.clone(), port));
         let quic_endpoint = match quic {
-            Some((socket, shards)) => Some(quic_clients::start_endpoint(socket, shards)?),
+            Some((socket, shards, cert)) => Some(quic_clients::start_endpoint(socket, shards, cert, max_client_frame)?),
             None => None,
         };
         let mut woken = Vec::new();

@@ -1,19 +1,25 @@
 //! The socket side of a Link's WebSocket port: the accept loop of one shard, the HTTP/1.1
 //! exchange before the upgrade, and the hand-over of an upgraded connection to `ws.rs`.
 //!
-//! A request head is read with a size ([`MAX_HEAD`]) and time limit and parsed by the core
+//! Bounds before authentication: an accepted socket takes a handshake slot (`handshakes.rs`: in
+//! all and per source address) and a connection slot (`Admission`) before anything is read —
+//! a full Link answers 503 at once — and has [`HANDSHAKE_TIMEOUT`] from its connect to finish
+//! TLS (on a `wss://` port) and send its request head.
+//!
+//! A request head is read with a size ([`MAX_HEAD`]) limit and parsed by the core
 //! (`linkcast_core::http_upgrade`, which also builds every answer). Then, in this order:
-//! `GET /healthz` and `GET /metrics` are answered directly; anything but `/ws` is 404; a
-//! missing upgrade or WebSocket version other than 13 is 400; a refused `Origin` is 403, a full
-//! Link 503, a missing/bad/expired token 401 — each with the JSON body `{"error","reason"}` of
-//! docs/protocol.md. Then the Link answers `101 Switching Protocols` itself and drops every byte
+//! `GET /healthz` and `GET /metrics` are answered directly on an unsecured node (a secured one
+//! serves them on its admin listener only); anything but `/ws` is 404; a missing upgrade or
+//! WebSocket version other than 13 is 400; a refused `Origin` is 403, a missing/bad/expired
+//! token 401 — each with the JSON body `{"error","reason"}` of docs/protocol.md. Then the Link answers `101 Switching Protocols` itself and drops every byte
 //! of the HTTP exchange; only what the client sent behind its head goes on to the connection.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use linkcast_core::auth::Claims;
@@ -21,19 +27,55 @@ use linkcast_core::http_upgrade::{self, HeadScanner, RequestHead, MAX_HEAD};
 
 use super::admission::Admitted;
 use super::connection::ConnContext;
+use super::handshakes::{Handshake, Handshakes};
+use super::socket::ClientSocket;
 use super::ws;
 
-/// Time a client has to send its request head (and to take the `101` answer).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has, from its TCP connect, to finish TLS (wss) and send its request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time given to an HTTP answer to leave before the connection is dropped.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the WebSocket port serves besides `/ws`, and how.
+#[derive(Clone, Debug)]
+pub(crate) struct PortSetup {
+    /// `wss://`: the TLS config of the Link's certificate; `None` = plain `ws://`.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Handshakes in progress on the Link (shared by the shards).
+    pub(crate) handshakes: Arc<Handshakes>,
+    /// Serve `/metrics` and `/healthz` here (an unsecured node without an admin listener).
+    pub(crate) admin_routes: bool,
+}
+
 /// Accepts TCP connections on this shard's listening socket until aborted.
-pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnContext>) {
+pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnContext>, port: PortSetup) {
+    let tls = port.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let port = Rc::new(port);
     loop {
         match listener.accept().await {
-            Ok((tcp, _)) => {
-                tokio::task::spawn_local(handle_tcp(tcp, ctx.clone()));
+            Ok((tcp, peer)) => {
+                // Counted before anything is read: a socket that never finishes its upgrade
+                // holds a handshake slot and a connection slot, both bounded.
+                let handshake = match port.handshakes.begin(peer.ip()) {
+                    Ok(handshake) => handshake,
+                    Err(refused) => {
+                        metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => refused.label()).increment(1);
+                        drop(tcp);
+                        continue;
+                    }
+                };
+                let Some(admitted) = ctx.admit() else {
+                    metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => "connections").increment(1);
+                    if tls.is_none() {
+                        tokio::task::spawn_local(async move {
+                            let mut tcp = tcp;
+                            refuse(&mut tcp, 503, "unavailable", "too many connections").await;
+                            drop(handshake);
+                        });
+                    }
+                    continue;
+                };
+                tokio::task::spawn_local(handle_tcp(tcp, handshake, admitted, tls.clone(), port.clone(), ctx.clone()));
             }
             Err(error) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -44,15 +86,48 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnC
     }
 }
 
-async fn handle_tcp(tcp: TcpStream, ctx: Rc<ConnContext>) {
+async fn handle_tcp(
+    tcp: TcpStream,
+    handshake: Handshake,
+    admitted: Admitted,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    port: Rc<PortSetup>,
+    ctx: Rc<ConnContext>,
+) {
+    let link = &ctx.link;
+    let _ = tcp.set_nodelay(true);
+    if link.socket_send_buffer > 0 {
+        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(link.socket_send_buffer);
+    }
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // Everything of the HTTP exchange is dropped before the connection runs (an idle
     // connection keeps no request bytes).
-    let Some((tcp, early, claims, admitted)) = upgrade(tcp, &ctx).await else { return };
-    ws::run(tcp, early, claims, admitted, ctx).await;
+    let upgraded = match tls {
+        None => {
+            let mut tcp = tcp;
+            upgrade(&mut tcp, deadline, &port, &ctx).await.map(|(early, claims)| (ClientSocket::plain(tcp), early, claims))
+        }
+        Some(acceptor) => {
+            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await else {
+                metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => "tls handshake").increment(1);
+                return;
+            };
+            match upgrade(&mut stream, deadline, &port, &ctx).await {
+                Some((early, claims)) => {
+                    let (tcp, session) = stream.into_inner();
+                    Some((ClientSocket::tls(tcp, session), early, claims))
+                }
+                None => None,
+            }
+        }
+    };
+    drop(handshake);
+    let Some((socket, early, claims)) = upgraded else { return };
+    ws::run(socket, early, claims, admitted, ctx).await;
 }
 
 /// Reads up to the end of the request head; `None` if the peer closed or sent too much.
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<BytesMut>> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut scanner = HeadScanner::default();
     loop {
@@ -62,14 +137,14 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
         if buf.len() >= MAX_HEAD {
             return Ok(None);
         }
-        if tcp.read_buf(&mut buf).await? == 0 {
+        if stream.read_buf(&mut buf).await? == 0 {
             return Ok(None);
         }
     }
 }
 
 /// Writes a complete HTTP answer and closes the sending side.
-async fn answer(tcp: &mut TcpStream, response: String) {
+async fn answer<S: AsyncWrite + Unpin>(tcp: &mut S, response: String) {
     let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
         let _ = tcp.write_all(response.as_bytes()).await;
         let _ = tcp.shutdown().await;
@@ -77,54 +152,58 @@ async fn answer(tcp: &mut TcpStream, response: String) {
     .await;
 }
 
-async fn refuse(tcp: &mut TcpStream, status: u16, error: &str, reason: &str) {
+async fn refuse<S: AsyncWrite + Unpin>(tcp: &mut S, status: u16, error: &str, reason: &str) {
     answer(tcp, http_upgrade::error_response(status, error, reason)).await;
 }
 
-/// Checks the request head and answers it: an HTTP error, or `101 Switching Protocols` and the
-/// socket, the bytes the client sent behind its head, its claims and its admission.
-async fn upgrade(mut tcp: TcpStream, ctx: &ConnContext) -> Option<(TcpStream, Vec<u8>, Claims, Admitted)> {
+/// Checks the request head and answers it: an HTTP error (`None`), or `101 Switching
+/// Protocols` and the bytes the client sent behind its head with its claims.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut S,
+    deadline: tokio::time::Instant,
+    port: &PortSetup,
+    ctx: &ConnContext,
+) -> Option<(Vec<u8>, Claims)> {
     let link = &ctx.link;
-    let _ = tcp.set_nodelay(true);
-    if link.socket_send_buffer > 0 {
-        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(link.socket_send_buffer);
-    }
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
+    let head = match tokio::time::timeout_at(deadline, read_head(tcp)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
-            refuse(&mut tcp, 431, "bad_request", "request head too large or incomplete").await;
+            refuse(tcp, 431, "bad_request", "request head too large or incomplete").await;
             return None;
         }
-        _ => return None,
+        _ => {
+            metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => "head timeout").increment(1);
+            return None;
+        }
     };
     let Some(request) = RequestHead::parse(&head) else {
-        refuse(&mut tcp, 400, "bad_request", "malformed HTTP request").await;
+        refuse(tcp, 400, "bad_request", "malformed HTTP request").await;
         return None;
     };
     if request.method != "GET" {
-        refuse(&mut tcp, 400, "bad_request", "only GET is served").await;
+        refuse(tcp, 400, "bad_request", "only GET is served").await;
         return None;
     }
     match request.path.as_str() {
-        "/healthz" => {
-            answer(&mut tcp, http_upgrade::response(200, "application/json", r#"{"status":"ok"}"#)).await;
+        "/healthz" if port.admin_routes => {
+            answer(tcp, http_upgrade::response(200, "application/json", r#"{"status":"ok"}"#)).await;
             return None;
         }
-        "/metrics" => {
+        "/metrics" if port.admin_routes => {
             let text = crate::telemetry::prometheus().render();
-            answer(&mut tcp, http_upgrade::response(200, "text/plain; version=0.0.4", &text)).await;
+            answer(tcp, http_upgrade::response(200, "text/plain; version=0.0.4", &text)).await;
             return None;
         }
         "/ws" => {}
         _ => {
-            refuse(&mut tcp, 404, "not_found", "no such route").await;
+            refuse(tcp, 404, "not_found", "no such route").await;
             return None;
         }
     }
     let key = match request.websocket_key() {
         Ok(key) => key,
         Err(reason) => {
-            refuse(&mut tcp, 400, "bad_request", reason).await;
+            refuse(tcp, 400, "bad_request", reason).await;
             return None;
         }
     };
@@ -132,26 +211,27 @@ async fn upgrade(mut tcp: TcpStream, ctx: &ConnContext) -> Option<(TcpStream, Ve
         let allowed = request.origin.as_deref().is_some_and(|o| link.allowed_origins.iter().any(|a| a == o));
         if !allowed {
             metrics::counter!("linkcast_link_closes_total", "reason" => "origin not allowed").increment(1);
-            refuse(&mut tcp, 403, "forbidden", "origin not allowed").await;
+            refuse(tcp, 403, "forbidden", "origin not allowed").await;
             return None;
         }
     }
-    let Some(admitted) = ctx.admit() else {
-        refuse(&mut tcp, 503, "unavailable", "too many connections").await;
-        return None;
-    };
     let claims = match ctx.admission.verify(request.query_param("token").as_deref()) {
         Ok(claims) => claims,
         Err(error) => {
-            refuse(&mut tcp, 401, "unauthorized", error.reason()).await;
+            refuse(tcp, 401, "unauthorized", error.reason()).await;
             return None;
         }
     };
     let response = http_upgrade::switching_protocols(key);
-    match tokio::time::timeout(HEAD_TIMEOUT, tcp.write_all(response.as_bytes())).await {
+    match tokio::time::timeout_at(deadline, async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.flush().await
+    })
+    .await
+    {
         Ok(Ok(())) => {}
         _ => return None,
     }
     let early = head[request.len..].to_vec();
-    Some((tcp, early, claims, admitted))
+    Some((early, claims))
 }

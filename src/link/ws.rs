@@ -20,7 +20,6 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 
 use linkcast_core::auth::Claims;
 use linkcast_core::link_session::{refuse, ReqId, ToClient, Wire};
@@ -32,6 +31,7 @@ use super::conn_io::{Flushed, OutQueue};
 use super::admission::Admitted;
 use super::connection::{count_close, ConnContext, Connection};
 use super::shard::{DirectDelivery, Mailbox};
+use super::socket::ClientSocket;
 use super::tally;
 use super::wire::encode;
 
@@ -86,7 +86,7 @@ enum End {
 /// docs).
 #[derive(Debug)]
 pub(crate) struct WsConnection {
-    tcp: TcpStream,
+    socket: ClientSocket,
     conn: RefCell<Connection>,
     out: RefCell<OutQueue>,
     /// The connection's mailbox (also in `conn`; here to reach it while `conn` is borrowed).
@@ -107,7 +107,7 @@ impl DirectDelivery for WsConnection {
         let Ok(mut out) = self.out.try_borrow_mut() else { return self.mailbox.ring() };
         let Ok(mut conn) = self.conn.try_borrow_mut() else { return self.mailbox.ring() };
         conn.mark_ring();
-        if out.queued() > 0 {
+        if out.queued() > 0 || self.socket.wants_write() {
             // Waiting for the socket already: the task pulls when it drains.
             return self.mailbox.ring();
         }
@@ -119,7 +119,7 @@ impl DirectDelivery for WsConnection {
             self.end(End::Refused(error));
             return;
         }
-        match out.flush(&self.tcp) {
+        match out.flush(&self.socket) {
             Ok(Flushed::All) if !conn.wants_fill() => {}
             Ok(_) => self.mailbox.wake(),
             Err(_) => self.end(End::Gone),
@@ -158,7 +158,7 @@ impl WsConnection {
                     break Err(End::Refused(error));
                 }
             }
-            match out.flush(&self.tcp) {
+            match out.flush(&self.socket) {
                 Ok(Flushed::All) if conn.wants_fill() => continue,
                 Ok(_) => break Ok(()),
                 Err(_) => break Err(End::Gone),
@@ -176,7 +176,7 @@ impl WsConnection {
             let mut scratch = scratch.borrow_mut();
             let mut heard = false;
             for _ in 0..READS_PER_WAKE {
-                let n = match self.tcp.try_read(&mut scratch) {
+                let n = match self.socket.try_read(&mut scratch) {
                     Ok(0) => return Err(End::Gone),
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -233,11 +233,11 @@ impl WsConnection {
     async fn drain(&self) -> bool {
         let drained = tokio::time::timeout(CLOSE_TIMEOUT, async {
             loop {
-                let flushed = self.out.borrow_mut().flush(&self.tcp);
+                let flushed = self.out.borrow_mut().flush(&self.socket);
                 match flushed {
                     Ok(Flushed::All) => return true,
                     Ok(Flushed::Blocked) => {
-                        if self.tcp.writable().await.is_err() {
+                        if self.socket.writable().await.is_err() {
                             return false;
                         }
                     }
@@ -260,14 +260,14 @@ enum ReadState {
 
 /// Runs an upgraded connection on this shard until it ends: `early` holds the bytes the client
 /// sent right behind its request head.
-pub(crate) async fn run(tcp: TcpStream, early: Vec<u8>, claims: Claims, admitted: Admitted, ctx: Rc<ConnContext>) {
+pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, claims: Claims, admitted: Admitted, ctx: Rc<ConnContext>) {
     let conn = Connection::open(ctx.clone(), Wire::Ws, claims, admitted);
     let (id, mailbox) = (conn.id(), conn.mailbox().clone());
     let link = &ctx.link;
     let stats = &ctx.stats;
     let batch = link.write_batch_bytes.max(1);
     let ws = Rc::new(WsConnection {
-        tcp,
+        socket,
         conn: RefCell::new(conn),
         out: RefCell::new(OutQueue::default()),
         mailbox: mailbox.clone(),
@@ -311,8 +311,8 @@ pub(crate) async fn run(tcp: TcpStream, early: Vec<u8>, claims: Claims, admitted
         end = tokio::select! {
             biased;
             _ = mailbox.wait() => Ok(()),
-            ready = ws.tcp.writable(), if queued > 0 => ready.map_err(|_| End::Gone),
-            ready = ws.tcp.readable(), if read_allowed => match ready {
+            ready = ws.socket.writable(), if queued > 0 || ws.socket.wants_write() => ready.map_err(|_| End::Gone),
+            ready = ws.socket.readable(), if read_allowed => match ready {
                 Ok(()) => match ws.read(&mut reader, &mut pending) {
                     Ok(ReadState::Heard) => {
                         last_heard = Instant::now();
@@ -356,7 +356,7 @@ pub(crate) async fn run(tcp: TcpStream, early: Vec<u8>, claims: Claims, admitted
                         let mut closing = MessageReader::new(link.max_message_bytes);
                         let mut rest = Vec::new();
                         loop {
-                            if ws.tcp.readable().await.is_err() {
+                            if ws.socket.readable().await.is_err() {
                                 break;
                             }
                             match ws.read_until_close(&mut closing, &mut rest) {
@@ -386,7 +386,7 @@ impl WsConnection {
     fn read_until_close(&self, reader: &mut MessageReader, pending: &mut Vec<u8>) -> std::io::Result<bool> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = match self.tcp.try_read(&mut scratch) {
+            let n = match self.socket.try_read(&mut scratch) {
                 Ok(0) => return Ok(true),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 
 use crate::support::cluster::{Cluster, ClusterSpec};
-use crate::support::http::{get, hub_metric, publish_ok, try_get};
+use crate::support::http::{get, get_as, hub_metric, publish_ok, try_get_as};
 use crate::support::ws::{Got, WsClient};
 use crate::support::{eventually, STEP};
 
@@ -31,7 +31,7 @@ async fn start_cluster() -> Cluster {
 
 /// Published-message and hub→Link-send counters of hub `id`.
 async fn counters(cluster: &Cluster, id: usize) -> (f64, f64) {
-    let text = get(cluster.hubs[id], "/metrics").await.text();
+    let text = get(cluster.hub_admin[id], "/metrics").await.text();
     (hub_metric(&text, "linkcast_hub_published_total", id as u32), hub_metric(&text, "linkcast_hub_link_sends_total", id as u32))
 }
 
@@ -43,7 +43,7 @@ fn room_owned_by(owner: u32, tag: &str) -> String {
 
 /// Link ids located for `room` (asking hub `via`).
 async fn located(cluster: &Cluster, via: usize, room: &str) -> Vec<usize> {
-    let answer = get(cluster.hubs[via], &format!("/v1/locate?room={room}")).await;
+    let answer = get_as(cluster.hubs[via], &format!("/v1/locate?room={room}"), KEY).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     answer.json()["links"].as_array().expect("links").iter().filter_map(|l| l["id"].as_u64()).map(|id| id as usize).collect()
 }
@@ -72,7 +72,7 @@ async fn resuming_client(hubs: Vec<SocketAddr>, room: String, mut client: WsClie
                 client = 'reconnect: loop {
                     assert!(Instant::now() < deadline, "could not reconnect");
                     let hub = hubs[reconnects % hubs.len()];
-                    if let Some(answer) = try_get(hub, &format!("/v1/locate?room={room}")).await {
+                    if let Some(answer) = try_get_as(hub, &format!("/v1/locate?room={room}"), KEY).await {
                         for link in answer.json()["links"].as_array().cloned().unwrap_or_default() {
                             if let Ok(mut fresh) = WsClient::try_connect(link["ws"].as_str().unwrap_or("")).await {
                                 fresh.send(serde_json::json!({"op": "join", "room": room, "since": last})).await;
@@ -115,7 +115,7 @@ async fn two_hubs_three_links_deliver_by_interest_and_survive_a_link_crash() {
         }
         // Interest reaches the owner asynchronously; wait until it lists every Link with members.
         eventually(STEP, &format!("the owner of {room} lists {spread} Links with members"), || async {
-            let info = get(cluster.hubs[other], &format!("/v1/rooms/{room}")).await.json();
+            let info = get_as(cluster.hubs[other], &format!("/v1/rooms/{room}"), KEY).await.json();
             (info["links"].as_array().map(Vec::len) == Some(spread)).then_some(())
         })
         .await;
@@ -154,7 +154,7 @@ async fn two_hubs_three_links_deliver_by_interest_and_survive_a_link_crash() {
     let mut both = vec![victim as u64, survivor as u64];
     both.sort_unstable();
     eventually(STEP, &format!("the owner of {room} lists Links {both:?}"), || async {
-        let info = get(cluster.hubs[0], &format!("/v1/rooms/{room}")).await.json();
+        let info = get_as(cluster.hubs[0], &format!("/v1/rooms/{room}"), KEY).await.json();
         let mut links: Vec<u64> = info["links"].as_array().map(|l| l.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default();
         links.sort_unstable();
         (links == both).then_some(())

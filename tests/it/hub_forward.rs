@@ -8,7 +8,7 @@ use linkcast::config::{Config, HubEntry};
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 
 use crate::support::any_addr;
-use crate::support::http::{assert_error, get, http, hub_metric, publish, publish_ok};
+use crate::support::http::{assert_error, get, get_as, http, hub_metric, publish, publish_ok};
 use crate::support::hub::start_hubs_on_free_ports;
 
 fn cluster_config(http: &[SocketAddr]) -> Config {
@@ -17,7 +17,7 @@ fn cluster_config(http: &[SocketAddr]) -> Config {
     config.auth.api_keys = vec!["key".into()];
     for (id, &http) in http.iter().enumerate() {
         // Ids 40 and 41: metrics are process-wide, labelled by hub id.
-        config.hubs.push(HubEntry { id: 40 + id as u32, http, quic: any_addr() });
+        config.hubs.push(HubEntry { id: 40 + id as u32, http, quic: any_addr(), admin: None, tls_name: None });
     }
     config
 }
@@ -44,12 +44,12 @@ async fn requests_reaching_the_wrong_hub_are_answered_by_the_owner() {
     // Auth is checked before forwarding, and by the owner.
     assert_error(&publish(addrs[0], &owned_by_1, Some("bad"), b"x").await, 401, "bad key at the non-owner");
     // Queries are forwarded too.
-    let info = get(addrs[0], &format!("/v1/rooms/{owned_by_1}")).await.json();
+    let info = get_as(addrs[0], &format!("/v1/rooms/{owned_by_1}"), "key").await.json();
     assert_eq!(info["last_seq"], 10);
-    let history = get(addrs[0], &format!("/v1/rooms/{owned_by_1}/messages?since=8")).await.json();
+    let history = get_as(addrs[0], &format!("/v1/rooms/{owned_by_1}/messages?since=8"), "key").await.json();
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
-    assert_error(&get(addrs[0], "/v1/rooms/fw-unknown-room-owned-anywhere").await, 404, "unknown room via either hub");
-    let metrics = get(addrs[0], "/metrics").await.text();
+    assert_error(&get_as(addrs[0], "/v1/rooms/fw-unknown-room-owned-anywhere", "key").await, 404, "unknown room via either hub");
+    let metrics = get(hub0.admin_addr().expect("admin listener"), "/metrics").await.text();
     assert_eq!(hub_metric(&metrics, "linkcast_hub_published_total", 40), 10.0, "hub 0 sequenced only its rooms");
     assert_eq!(hub_metric(&metrics, "linkcast_hub_published_total", 41), 10.0);
 

@@ -11,7 +11,7 @@ use linkcast::config::{Config, LinkEntry};
 use linkcast::quic::{self, FrameReader, ALPN_HUB};
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, DEFAULT_MAX_FRAME_LEN, FLAG_JSON};
 
-use crate::support::http::{assert_error, get, http, hub_metric, publish, publish_ok};
+use crate::support::http::{assert_error, get, get_as, http, hub_metric, publish, publish_ok};
 use crate::support::hub::{start_hub, start_hub_at, FakeLink};
 use crate::support::{any_addr, eventually, STEP};
 
@@ -55,7 +55,7 @@ async fn publish_reaches_each_interested_link_exactly_once() {
     }
     assert!(c.sync().await.is_empty(), "a Link without members of the room gets nothing");
 
-    let metrics = get(addr, "/metrics").await.text();
+    let metrics = get(hub.admin_addr().expect("admin listener"), "/metrics").await.text();
     assert_eq!(hub_metric(&metrics, "linkcast_hub_published_total", 11), 21.0);
     assert_eq!(hub_metric(&metrics, "linkcast_hub_link_sends_total", 11), 42.0, "one send per interested Link");
     assert_eq!(hub_metric(&metrics, "linkcast_hub_links", 11), 3.0);
@@ -119,13 +119,13 @@ async fn bad_input_on_every_route_gets_a_status_and_a_json_reason() {
     assert_error(&bad_from, 400, "sender too long");
 
     // Queries.
-    assert_error(&get(addr, "/v1/rooms/never-used").await, 404, "unknown room");
-    assert_error(&get(addr, "/v1/rooms/never-used/messages").await, 404, "unknown room history");
-    assert_error(&get(addr, "/v1/rooms/ok/messages?since=abc").await, 400, "since not a number");
-    assert_error(&get(addr, "/v1/rooms/ok/messages?since=-1").await, 400, "since negative");
-    assert_error(&get(addr, "/v1/rooms/ok/messages?limit=0").await, 400, "limit 0");
+    assert_error(&get_as(addr, "/v1/rooms/never-used", "k1").await, 404, "unknown room");
+    assert_error(&get_as(addr, "/v1/rooms/never-used/messages", "k1").await, 404, "unknown room history");
+    assert_error(&get_as(addr, "/v1/rooms/ok/messages?since=abc", "k1").await, 400, "since not a number");
+    assert_error(&get_as(addr, "/v1/rooms/ok/messages?since=-1", "k1").await, 400, "since negative");
+    assert_error(&get_as(addr, "/v1/rooms/ok/messages?limit=0", "k1").await, 400, "limit 0");
     assert_error(&get(addr, "/v1/locate").await, 400, "locate without room");
-    assert_error(&get(addr, "/v1/locate?room=ok").await, 503, "locate without Links");
+    assert_error(&get_as(addr, "/v1/locate?room=ok", "k1").await, 503, "locate without Links");
 
     // Routes and methods.
     assert_error(&get(addr, "/nope").await, 404, "unknown route");
@@ -134,9 +134,9 @@ async fn bad_input_on_every_route_gets_a_status_and_a_json_reason() {
 
     // The hub kept serving, and nothing refused used a seq.
     assert_eq!(publish_ok(addr, "ok", Some("k2"), b"second").await, 2);
-    let history = get(addr, "/v1/rooms/ok/messages").await.json();
+    let history = get_as(addr, "/v1/rooms/ok/messages", "k1").await.json();
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
-    assert_eq!(get(addr, "/healthz").await.json()["status"], "ok");
+    assert_eq!(get(hub.admin_addr().expect("admin listener"), "/healthz").await.json()["status"], "ok");
     hub.shutdown().await;
 }
 
@@ -224,6 +224,7 @@ async fn locate_answers_connected_known_links_best_first() {
             quic: format!("127.0.0.1:{}", 19000 + id).parse().expect("addr"),
             public_ws: (id == 3).then(|| "wss://chat.example/ws".to_string()),
             public_quic: None,
+            admin: None,
         });
     }
     assert_error(&get(addr, "/v1/locate?room=lobby").await, 503, "registered but not connected");
@@ -311,7 +312,7 @@ async fn a_link_that_cannot_keep_up_gets_a_gap_and_others_are_unaffected() {
     // Once caught up it gets live messages again.
     assert_eq!(publish_ok(addr, "busy", None, b"live").await, 201);
     assert_eq!(slow.messages(1).await[0].seq(), 201);
-    let metrics = get(addr, "/metrics").await.text();
+    let metrics = get(hub.admin_addr().expect("admin listener"), "/metrics").await.text();
     assert!(hub_metric(&metrics, "linkcast_hub_link_queue_dropped_total", 16) > 0.0);
     hub.shutdown().await;
 }
@@ -322,7 +323,7 @@ async fn quic_links_must_say_hello_with_the_cluster_secret() {
     config.auth.cluster_secret = "s3cret".into();
     let hub = start_hub_at(17, config, any_addr(), Some(any_addr())).await;
     let quic_addr = hub.quic_addr().expect("quic bound");
-    let client = quic::client_endpoint(any_addr(), ALPN_HUB).expect("client endpoint");
+    let client = quic::client_endpoint(any_addr(), &linkcast::tls::Trust::LoopbackDev, ALPN_HUB).expect("client endpoint");
 
     // Wrong secret: closed with a reason, never attached.
     let conn = client.connect(quic_addr, "localhost").expect("connect").await.expect("handshake");
@@ -374,10 +375,14 @@ async fn demo_page_health_and_metrics_are_served() {
     assert!(page.header("content-type").is_some_and(|t| t.starts_with("text/html")));
     let html = page.text();
     assert!(html.contains("/v1/locate") && html.contains("\"publish\"") && html.contains("since"));
-    let health = get(addr, "/healthz").await;
+    // With an admin listener, health and metrics are served there, not on the API port.
+    let admin = hub.admin_addr().expect("admin listener");
+    let health = get(admin, "/healthz").await;
     assert_eq!((health.status, health.json()), (200, serde_json::json!({"status": "ok"})));
-    let metrics = get(addr, "/metrics").await;
+    assert_error(&get(addr, "/healthz").await, 404, "no health on the API port");
+    assert_error(&get(addr, "/metrics").await, 404, "no metrics on the API port");
+    let metrics = get(admin, "/metrics").await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.text().contains("linkcast_hub_http_requests_total{route=\"/healthz\",status=\"200\"}"));
+    assert!(metrics.text().contains("linkcast_hub_http_requests_total{route=\"/\",status=\"200\"}"));
     hub.shutdown().await;
 }

@@ -22,7 +22,7 @@ async fn next_frame(reader: &mut FrameReader) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_and_websocket_members_get_the_same_messages() {
     let (link, hub) = start_link(config(2, |_| {}), TableLimits::default()).await;
-    let endpoint = client_endpoint(any_addr(), ALPN_CLIENT).expect("endpoint");
+    let endpoint = client_endpoint(any_addr(), &linkcast::tls::Trust::LoopbackDev, ALPN_CLIENT).expect("endpoint");
     let conn = endpoint
         .connect(link.quic_addr().expect("quic listener"), "localhost")
         .expect("connect")

@@ -67,7 +67,7 @@ async fn wait_room(cluster: &Cluster, room: &str, links: usize, within: Duration
 }
 
 async fn hub_counter(cluster: &Cluster, name: &str) -> f64 {
-    hub_metric(&metrics_text(cluster.hubs[0]).await, name, 0)
+    hub_metric(&metrics_text(cluster.hub_admin[0]).await, name, 0)
 }
 
 /// The gaps a member received in `room`.

@@ -44,6 +44,8 @@ pub struct Cluster {
     pub config: String,
     /// Each hub's HTTP address.
     pub hubs: Vec<SocketAddr>,
+    /// Each hub's admin listener (`/metrics`, `/healthz`).
+    pub hub_admin: Vec<SocketAddr>,
     /// Where each hub listens for Links (hub 0's config entry may name the relay instead).
     hub_quic: Vec<SocketAddr>,
     /// Each Link's WebSocket address.
@@ -71,6 +73,7 @@ impl Cluster {
         processes.kill_all();
         let hubs: Vec<(SocketAddr, SocketAddr)> = (0..spec.hubs).map(|_| (local(free_tcp_port()), local(free_udp_port()))).collect();
         let links: Vec<(SocketAddr, SocketAddr)> = (0..spec.links).map(|_| (local(free_tcp_port()), local(free_udp_port()))).collect();
+        let admin: Vec<SocketAddr> = (0..spec.hubs).map(|_| local(free_tcp_port())).collect();
         let relay = if spec.relay { Some(Relay::start(hubs[0].1).await) } else { None };
         let mut toml = format!("{}\n\n", spec.settings);
         for (id, (http, quic)) in hubs.iter().enumerate() {
@@ -78,7 +81,8 @@ impl Cluster {
                 Some(relay) if id == 0 => relay.addr(),
                 _ => *quic,
             };
-            toml.push_str(&format!("[[hubs]]\nid = {id}\nhttp = \"{http}\"\nquic = \"{dialed}\"\n\n"));
+            let admin = admin[id];
+            toml.push_str(&format!("[[hubs]]\nid = {id}\nhttp = \"{http}\"\nquic = \"{dialed}\"\nadmin = \"{admin}\"\n\n"));
         }
         for (i, (ws, quic)) in links.iter().enumerate() {
             toml.push_str(&format!("[[links]]\nid = {}\nws = \"{ws}\"\nquic = \"{quic}\"\n\n", i + 1));
@@ -88,6 +92,7 @@ impl Cluster {
             processes,
             config,
             hubs: hubs.iter().map(|h| h.0).collect(),
+            hub_admin: admin,
             hub_quic: hubs.iter().map(|h| h.1).collect(),
             links: links.iter().map(|l| l.0).collect(),
             relay,
@@ -134,7 +139,7 @@ impl Cluster {
     async fn try_wait_links(&mut self, hub: usize, n: usize, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(res) = try_get(self.hubs[hub], "/metrics").await {
+            if let Some(res) = try_get(self.hub_admin[hub], "/metrics").await {
                 if res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == n as f64 {
                     return Ok(());
                 }

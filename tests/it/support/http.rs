@@ -75,6 +75,18 @@ pub async fn get(addr: SocketAddr, target: &str) -> Response {
     http(addr, "GET", target, &[], b"").await
 }
 
+/// `GET target` with `Authorization: Bearer <key>` (reads on a secured hub).
+pub async fn get_as(addr: SocketAddr, target: &str, key: &str) -> Response {
+    let bearer = format!("Bearer {key}");
+    http(addr, "GET", target, &[("authorization", &bearer)], b"").await
+}
+
+/// [`try_get`] with `Authorization: Bearer <key>`.
+pub async fn try_get_as(addr: SocketAddr, target: &str, key: &str) -> Option<Response> {
+    let bearer = format!("Bearer {key}");
+    tokio::time::timeout(Duration::from_secs(2), request_inner(addr, "GET", target, &[("authorization", &bearer)], b"")).await.ok()?.ok()
+}
+
 /// `GET target` answered 200 with JSON.
 pub async fn get_json(addr: SocketAddr, target: &str) -> Value {
     let res = get(addr, target).await;

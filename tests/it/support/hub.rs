@@ -28,7 +28,9 @@ pub async fn start_hub_at(id: u32, config: Config, http: SocketAddr, quic: Optio
 
 /// Starts hub `id` on the given addresses; the bind error if a port is taken.
 pub async fn try_start_hub_at(id: u32, config: Config, http: SocketAddr, quic: Option<SocketAddr>) -> std::io::Result<HubHandle> {
-    linkcast::hub::start(HubOptions { id: HubId(id), config: Arc::new(config), http_addr: http, quic_addr: quic }).await
+    // Every test hub has an admin listener (a secured hub serves `/metrics` only there).
+    linkcast::hub::start(HubOptions { id: HubId(id), config: Arc::new(config), http_addr: http, quic_addr: quic, admin_addr: Some(any_addr()) })
+        .await
 }
 
 /// A Link played by the test: the Link's end of an in-process pair attached to a hub.

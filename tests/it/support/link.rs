@@ -132,7 +132,7 @@ pub async fn start_link(config: Arc<Config>, limits: TableLimits) -> (LinkHandle
 /// Like [`start_link`] with the Link's id (it names the Link's threads).
 pub async fn start_link_with_id(id: LinkId, config: Arc<Config>, limits: TableLimits) -> (LinkHandle, FakeHub) {
     let hub = FakeHub::start(limits);
-    let options = LinkOptions { id, config, ws_addr: any_addr(), quic_addr: Some(any_addr()) };
+    let options = LinkOptions { id, config, ws_addr: any_addr(), quic_addr: Some(any_addr()), admin_addr: None };
     let handle = link::start(options, hub.connector(id)).expect("link starts");
     eventually(STEP, "the Link connects to the fake hub", || async { (handle.connected_hubs() > 0).then_some(()) }).await;
     (handle, hub)

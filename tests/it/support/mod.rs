@@ -49,7 +49,8 @@ pub fn local(port: u16) -> SocketAddr {
 /// Starts `serve` (a hub and a Link in this process) on port 0, with a QUIC listener for native
 /// clients if `quic`.
 pub async fn start_serve(config: Config, quic: bool) -> ServeHandle {
-    let options = ServeOptions { config: Arc::new(config), http_addr: any_addr(), ws_addr: any_addr(), quic_addr: quic.then(any_addr) };
+    let options =
+        ServeOptions { config: Arc::new(config), http_addr: any_addr(), ws_addr: any_addr(), quic_addr: quic.then(any_addr), admin_addr: None };
     let serve = linkcast::serve::start(options).await.expect("serve starts");
     assert_eq!(serve.quic_addr().is_some(), quic, "serve has a QUIC listener iff asked");
     serve

@@ -99,6 +99,11 @@ impl ServeHandle {
         self.link.quic_addr()
     }
 
+    /// The admin listener (`/metrics`, `/healthz`), if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.hub.admin_addr()
+    }
+
     /// Stops the Link (clients get 1001), then the hub.
     pub async fn shutdown(self) {
         self.link.shutdown().await;

@@ -19,7 +19,7 @@ use linkcast_core::hub_directory::HubId;
 use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, PORT_CAPACITY};
 
 /// Connects a Link to hubs over QUIC (see the module docs).
-pub(crate) struct QuicHubConnector {
+pub struct QuicHubConnector {
     link: LinkId,
     config: Arc<Config>,
     /// One client endpoint per address family, made on first use (inside a runtime).
@@ -34,7 +34,7 @@ impl std::fmt::Debug for QuicHubConnector {
 
 impl QuicHubConnector {
     /// A connector for Link `link` of the cluster described by `config`.
-    pub(crate) fn new(link: LinkId, config: Arc<Config>) -> Self {
+    pub fn new(link: LinkId, config: Arc<Config>) -> Self {
         QuicHubConnector { link, config, endpoints: Mutex::new(Vec::new()) }
     }
 

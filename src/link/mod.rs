@@ -63,7 +63,7 @@ use crate::uplink::HubConnector;
 use admission::Admission;
 use coordinator::CoordMsg;
 use handshakes::Handshakes;
-use hub_connector::QuicHubConnector;
+pub use hub_connector::QuicHubConnector;
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
 use shard_thread::ShardSetup;

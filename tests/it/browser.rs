@@ -93,16 +93,22 @@ struct Tab<'a> {
 
 impl Tab<'_> {
     async fn open<'d>(driver: &'d WebDriver, chromium: &str) -> Tab<'d> {
+        Tab::open_with(driver, chromium, &[]).await
+    }
+
+    /// A tab of a Chromium started with `extra` arguments besides the usual headless ones.
+    async fn open_with<'d>(driver: &'d WebDriver, chromium: &str, extra: &[&str]) -> Tab<'d> {
         let profile = std::env::temp_dir().join(format!("linkcast-browser-{}-{}", std::process::id(), fastrand_suffix()));
+        let mut args = vec![
+            "--headless".to_owned(), "--no-sandbox".into(), "--disable-gpu".into(), "--disable-dev-shm-usage".into(),
+            "--disable-quic".into(), "--no-first-run".into(), "--disable-background-networking".into(),
+            "--disable-component-update".into(), "--disable-sync".into(), "--window-size=1000,700".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--window-size=1000,700",
-                         format!("--user-data-dir={}", profile.display())]
-            }
+            "goog:chromeOptions": { "binary": chromium, "args": args }
         }}});
         let created = driver.call("POST", "/session", caps).await;
         let session = created["sessionId"].as_str().expect("session id").to_owned();
@@ -181,14 +187,65 @@ fn fastrand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
+/// Chromium and chromedriver, or a failure saying which Debian package is missing.
+fn browser_programs() -> (String, String) {
     let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]).unwrap_or_else(|| {
         panic!("this test needs headless Chromium: install the Debian packages `chromium` and `chromium-driver`")
     });
     let chromedriver = find_program(&["chromedriver"]).unwrap_or_else(|| {
         panic!("this test needs chromedriver: install the Debian package `chromium-driver`")
     });
+    (chromium, chromedriver)
+}
+
+/// The demo page of a secured `serve` over `https://` and `wss://` (the test's own CA; Chromium
+/// started with `--ignore-certificate-errors`), the user's token in the page URL: locate and the
+/// room read carry it as `Authorization: Bearer`, the socket in `?token=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_chats_over_https_and_wss_with_a_token() {
+    let (chromium, chromedriver) = browser_programs();
+    let pki = crate::support::pki::Pki::new("browser");
+    pki.issue("server");
+    let mut config = Config::default();
+    config.auth.jwt_secret = "browser-secret".into();
+    config.auth.api_keys = vec!["browser-key".into()];
+    config.tls.cert_file = Some(pki.path("server.pem"));
+    config.tls.key_file = Some(pki.path("server.key"));
+    let serve = start_serve(config, false).await;
+    let claims = linkcast_core::auth::Claims {
+        sub: "carol".into(),
+        exp: crate::support::an_hour_from_now(),
+        rooms: vec!["tls-room".into()],
+    };
+    let token = linkcast_core::auth::sign(&claims, "browser-secret");
+    let page = format!("https://{}/?token={token}", serve.http_addr());
+
+    let driver = WebDriver::start(&chromedriver).await;
+    eventually(STEP, "chromedriver becomes ready", || async {
+        try_get(driver.addr, "/status").await.filter(|r| r.json()["value"]["ready"] == true)
+    })
+    .await;
+    let carol = Tab::open_with(&driver, &chromium, &["--ignore-certificate-errors"]).await;
+    carol.join(&page, "carol", "tls-room").await;
+    let url = carol.eval("return chat.socket.url;").await;
+    assert!(url.as_str().is_some_and(|u| u.starts_with("wss://")), "the page connected over wss: {url}");
+    carol.say("over tls").await;
+    let count = "return document.querySelectorAll('#messages li.msg').length;";
+    carol.wait_for(count, json!(1), "carol sees her line").await;
+    let mut api = linkcast::client::http::HttpApi::with_trust(&format!("https://{}", serve.http_addr()), Some("browser-key".into()), pki.trust())
+        .expect("api");
+    assert_eq!(api.publish("tls-room", "\"from the backend\"".into(), None).await.expect("https publish"), 2);
+    carol.wait_for(count, json!(2), "carol sees the backend's line").await;
+    let lines = carol.lines().await;
+    assert_eq!(lines, vec![(1, "carol".to_owned(), "over tls".to_owned()), (2, "server".to_owned(), "from the backend".to_owned())]);
+    carol.close().await;
+    drop(driver);
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
+    let (chromium, chromedriver) = browser_programs();
 
     let serve = start_serve(Config::default(), false).await;
     let page = format!("http://{}/", serve.http_addr());

@@ -9,7 +9,7 @@
 //! localhost signed by it, and a second, unrelated CA for the man in the middle.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::client::next;
+use crate::support::pki::Pki;
 use crate::support::http::{assert_error, get, get_as, http, metric, publish_ok, request};
 use crate::support::ws::WsClient;
 use crate::support::{an_hour_from_now, any_addr, eventually, start_serve, STEP};
@@ -33,50 +34,6 @@ const JWT: &str = "edge-jwt-secret";
 const PUBLISH_KEY: &str = "edge-publish-key";
 const READ_KEY: &str = "edge-read-key";
 const ADMIN_KEY: &str = "edge-admin-key";
-
-/// A CA and the PEM files of a server certificate it signed, in a temp dir of their own.
-struct Pki {
-    dir: PathBuf,
-    ca_pem: String,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("linkcast-pki-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("linkcast test CA {tag}"));
-        let ca = params.self_signed(&ca_key).expect("ca");
-        let ca_pem = ca.pem();
-        std::fs::write(dir.join("ca.pem"), &ca_pem).expect("write ca");
-        Pki { dir, ca_pem, ca, ca_key }
-    }
-
-    /// Issues a server certificate for 127.0.0.1 and localhost into `name`.pem / `name`.key;
-    /// returns the certificate's DER.
-    fn issue(&self, name: &str) -> Vec<u8> {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).expect("signed");
-        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
-        cert.der().to_vec()
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    fn trust(&self) -> Trust {
-        assert!(!self.ca_pem.is_empty());
-        Trust::from_ca_pem(&self.path("ca.pem")).expect("ca trust")
-    }
-}
 
 fn secured_config() -> Config {
     let mut config = Config::default();

@@ -23,6 +23,7 @@ pub mod http;
 pub mod hub;
 pub mod link;
 pub mod member;
+pub mod pki;
 pub mod ws;
 
 use std::future::Future;

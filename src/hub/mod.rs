@@ -264,6 +264,9 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         true => Some(Arc::new(tls::server_config(cert.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?)),
         false => None,
     };
+    if https.is_none() && !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "no [tls] certificate: API keys and tokens cross the network in clear text on http://");
+    }
     let listener = tokio::net::TcpListener::bind(http_addr).await?;
     let http_addr = listener.local_addr()?;
     let endpoint = quic_addr.map(|addr| links::quic_endpoint(addr, cert.clone())).transpose()?;

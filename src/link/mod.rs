@@ -217,6 +217,9 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
         true => Some(Arc::new(tls::server_config(cert.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?)),
         false => None,
     };
+    if wss.is_none() && !options.ws_addr.ip().is_loopback() {
+        tracing::warn!(ws = %options.ws_addr, "no [tls] certificate: client tokens cross the network in clear text on ws://");
+    }
     let listeners = bind_reuseport(options.ws_addr, shard_count)?;
     let ws_addr = listeners[0].local_addr()?;
     let quic_socket = match options.quic_addr {

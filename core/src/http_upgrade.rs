@@ -65,8 +65,13 @@ pub struct RequestHead {
 
 impl RequestHead {
     /// Parses a complete request head at the start of `buf`; `None` if it is malformed or
-    /// incomplete.
+    /// incomplete, or starts with an empty line: httparse would skip it, but [`HeadScanner`]
+    /// takes it for the end of the head, so whether the request got through would depend on how
+    /// the reads were cut (found by fuzzing).
     pub fn parse(buf: &[u8]) -> Option<RequestHead> {
+        if buf.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            return None;
+        }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         let len = match request.parse(buf) {

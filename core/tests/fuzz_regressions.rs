@@ -68,3 +68,19 @@ fn percent_decode_takes_two_hex_digits_only() {
     let head = RequestHead::parse(b"GET /ws?token=a%+4b HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid head");
     assert_eq!(head.query_param("token").as_deref(), Some("a% 4b"));
 }
+
+/// Found by `http_upgrade` (fuzz/regressions/http_upgrade/leading_empty_line_parsed_past_scanner_end):
+/// a head starting with an empty line. The scanner ends the head at the first `\r\n\r\n` (the
+/// empty line itself) while httparse skips leading empty lines and parsed a request beyond it,
+/// so the request was refused or served depending on whether the rest came in the same read.
+/// Such a head is now always refused (400 "malformed HTTP request").
+#[test]
+fn a_head_starting_with_an_empty_line_is_refused_however_it_is_read() {
+    use linkcast_core::http_upgrade::HeadScanner;
+    let request = b"\r\n\r\nGET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(HeadScanner::default().scan(request), Some(4));
+    assert_eq!(RequestHead::parse(&request[..4]), None, "the first read alone");
+    assert_eq!(RequestHead::parse(request), None, "everything in one read");
+    assert_eq!(RequestHead::parse(b"\nGET /ws HTTP/1.1\r\n\r\n"), None);
+    assert!(RequestHead::parse(&request[4..]).is_some(), "the same head without the empty line");
+}

@@ -65,8 +65,13 @@ pub struct RequestHead {
 
 impl RequestHead {
     /// Parses a complete request head at the start of `buf`; `None` if it is malformed or
-    /// incomplete.
+    /// incomplete, or starts with an empty line: httparse would skip it, but [`HeadScanner`]
+    /// takes it for the end of the head, so whether the request got through would depend on how
+    /// the reads were cut (found by fuzzing).
     pub fn parse(buf: &[u8]) -> Option<RequestHead> {
+        if buf.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            return None;
+        }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         let len = match request.parse(buf) {
@@ -127,13 +132,14 @@ pub fn percent_decode(value: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(byte) => {
-                        out.push(byte);
+                // Exactly two hex digits (`u8::from_str_radix` also took a sign: "%+4" was 0x04).
+                let digit = |b: u8| char::from(b).to_digit(16);
+                match (digit(bytes[i + 1]), digit(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
                         i += 3;
                     }
-                    None => {
+                    _ => {
                         out.push(b'%');
                         i += 1;
                     }

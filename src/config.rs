@@ -118,6 +118,8 @@ pub struct HubConfig {
     pub dedupe_keys: usize,
     /// Seconds a publish idempotency key is remembered.
     pub dedupe_secs: u64,
+    /// A write to a Link that makes no progress for this many milliseconds disconnects it.
+    pub link_write_timeout_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -135,6 +137,7 @@ impl Default for HubConfig {
             publish_rate: 0,
             dedupe_keys: room.dedupe_keys,
             dedupe_secs: room.dedupe_micros / 1_000_000,
+            link_write_timeout_ms: 10_000,
         }
     }
 }

@@ -32,4 +32,5 @@ mod link_throughput;
 mod link_ws_framing;
 mod no_silent_loss;
 mod no_silent_loss_link;
+mod security_cluster;
 mod serve_e2e;

@@ -57,7 +57,7 @@ use linkcast_core::hub_directory::HubId;
 use crate::config::Config;
 use crate::uplink::HubConnector;
 use admission::Admission;
-use coordinator::CoordMsg;
+use coordinator::{CoordInbox, CoordMsg};
 use hub_connector::QuicHubConnector;
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
@@ -106,7 +106,7 @@ pub struct LinkHandle {
     /// The shards' inboxes (to stop them).
     shards: Vec<mpsc::Sender<ShardMsg>>,
     /// The coordinator's inbox (to stop it).
-    coordinator: mpsc::UnboundedSender<CoordMsg>,
+    coordinator: CoordInbox,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -212,7 +212,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let users = Arc::new(Users::default());
     let stats: Vec<Arc<ShardStats>> = (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect();
     let hubs_connected = Arc::new(AtomicUsize::new(0));
-    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
+    let (coord_tx, coord_rx) = coordinator::inbox();
     let mut senders = Vec::with_capacity(shard_count);
     let mut receivers = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {

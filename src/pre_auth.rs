@@ -37,8 +37,10 @@ impl PreAuthCaps {
         PreAuthCaps { global: Arc::new(Semaphore::new(global)), per_ip: Arc::default(), per_ip_cap: per_ip }
     }
 
-    /// A slot for a connection from `ip`, or `None` when either cap is reached.
+    /// A slot for a connection from `ip`, or `None` when either cap is reached. IPv6 sources
+    /// are counted per /64 (one subscriber's usual allocation), IPv4-mapped ones as IPv4.
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Option<PreAuthSlot> {
+        let ip = source_key(ip);
         let global = self.global.clone().try_acquire_owned().ok()?;
         let mut counts = lock(&self.per_ip);
         let count = counts.entry(ip).or_insert(0);
@@ -59,6 +61,17 @@ impl Drop for PreAuthSlot {
                 counts.remove(&self.ip);
             }
         }
+    }
+}
+
+/// The address a source is counted under: IPv4 as is, IPv6 by its /64 prefix.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
     }
 }
 
@@ -85,5 +98,18 @@ mod tests {
         assert!(caps.try_admit(b).is_none(), "global cap");
         drop(first);
         assert!(caps.try_admit(a).is_some(), "a returned slot is reusable");
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_slash_64() {
+        let caps = PreAuthCaps::new(10, 1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        let _held = caps.try_admit(one);
+        assert!(caps.try_admit(same_64).is_none());
+        assert!(caps.try_admit(other_64).is_some());
+        let _v4 = caps.try_admit("127.0.0.5".parse().expect("ip"));
+        assert!(caps.try_admit("::ffff:127.0.0.5".parse().expect("ip")).is_none(), "mapped IPv4 is IPv4");
     }
 }

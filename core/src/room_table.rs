@@ -259,6 +259,9 @@ impl RoomTable {
     }
 
     fn handle_interest(&mut self, now: u64, link: LinkId, room: &str, members: u64) {
+        if members == 0 && !self.rooms.contains_key(room) {
+            return; // nothing to remove; an `InterestRemove` never creates a room
+        }
         let slot = match self.slot(room, now) {
             Ok(slot) => slot,
             Err(e) => return self.refuse(link, room, 0, e.status()),
@@ -551,6 +554,9 @@ mod tests {
         }
         assert_eq!(table.stats().full_sweeps, 1);
         assert_eq!(table.len(), 3);
+        // Removing interest in rooms that do not exist creates none.
+        table.handle_link_frame(100, LinkId(2), &interest("never-joined", 2, 0));
+        assert!(table.room("never-joined").is_none());
         let refused = drain(&mut table);
         assert_eq!(refused.len(), 10_000);
         assert!(refused.iter().all(|(link, f)| *link == LinkId(2)

@@ -5,7 +5,7 @@
 //! - half-open QUIC handshakes from one source address against the hub's Link port and the
 //!   Link's client port (per-address pre-auth caps, one deadline);
 //! - a Link that stops reading: the hub gives up on it after the write timeout and frees its
-//!   queue at once.
+//!   queue at once; a Link that floods the hub slows neither HTTP publishes nor other Links.
 
 use linkcast::config::{Config, LinkEntry};
 use linkcast::quic::{client_endpoint, write_frames, FrameReader, ALPN_CLIENT, ALPN_HUB};
@@ -13,7 +13,7 @@ use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_J
 use linkcast_core::room_table::TableLimits;
 
 use crate::support::attack::{close_of, loopback, silent_handshakes, QuicLink};
-use crate::support::http::{history, hub_metric, metric, metrics_text, publish_ok};
+use crate::support::http::{get_json, history, hub_metric, metric, metrics_text, publish_ok};
 use crate::support::hub::{start_hub_at, FakeLink};
 use crate::support::link::{config, start_link};
 use crate::support::ws::WsClient;
@@ -214,5 +214,59 @@ async fn a_link_that_stops_reading_is_dropped_and_its_queue_freed() {
     let text = metrics_text(hub.http_addr()).await;
     assert_eq!(hub_metric(&text, "linkcast_hub_link_write_timeouts_total", 1305), 1.0);
     assert_bystander_served(&hub, &mut bystander, "calm").await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_link_does_not_starve_http_or_other_links() {
+    let hub = start_hub_at(1306, cluster_config(&[5, 6]), any_addr(), Some(any_addr())).await;
+    let quic = hub.quic_addr().expect("quic");
+    let mut bystander = FakeLink::attach(&hub, 7, 1024).await;
+    bystander.interest("calm", 1).await;
+    let mut other = QuicLink::hello(quic, loopback(2), 6, SECRET).await;
+    other.send(vec![FrameBuilder::new("calm").build(&Body::Interest { link: 6, members: 1 })]).await;
+    other.sync().await;
+
+    // Link 5 publishes as fast as its stream takes them (it reads its acks: it is not stalled).
+    const FLOOD: u64 = 400;
+    let QuicLink { endpoint: _flood_endpoint, conn: _flood_conn, mut send, mut reader, .. } =
+        QuicLink::hello(quic, loopback(1), 5, SECRET).await;
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < FLOOD {
+            let frame = tokio::time::timeout(STEP, reader.next()).await.expect("in time").expect("stream").expect("open");
+            if frame.kind() == Kind::PublishAck {
+                acked += 1;
+            }
+        }
+        acked
+    });
+    let flood = tokio::spawn(async move {
+        let payload = vec![b'x'; 30 * 1024];
+        for request in 1..=FLOOD {
+            let publish = FrameBuilder::new("spam").sender("flooder").build(&Body::Publish { request, key: String::new(), data: payload.clone() });
+            write_frames(&mut send, &mut vec![publish.into_bytes()]).await.expect("write");
+        }
+        send
+    });
+
+    // Meanwhile HTTP publishes are sequenced and both other Links get every one, in order.
+    for n in 1..=20u64 {
+        assert_eq!(publish_ok(hub.http_addr(), "calm", None, format!("m{n}").as_bytes()).await, n);
+    }
+    let got = bystander.messages(20).await;
+    assert_eq!(got.iter().map(Frame::seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    let mut seen = 0;
+    while seen < 20 {
+        let frame = other.recv().await;
+        if frame.kind() == Kind::Message {
+            seen += 1;
+            assert_eq!((frame.room(), frame.seq()), ("calm", seen));
+        }
+    }
+    // And the flood itself is served in full, none lost.
+    let _send = flood.await.expect("flood task");
+    assert_eq!(acks.await.expect("ack task"), FLOOD);
+    assert_eq!(get_json(hub.http_addr(), "/v1/rooms/spam").await["last_seq"], FLOOD);
     hub.shutdown().await;
 }

@@ -24,7 +24,6 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-
 use linkcast_core::auth::Claims;
 use linkcast_core::fanout::LagPolicy;
 use linkcast_core::link_session::{LinkSession, Request, SessionLimits, ToClient, ToCoordinator, Wire};

@@ -246,6 +246,8 @@ pub struct HubConfig {
     pub http_header_timeout_secs: u64,
     /// Seconds a request may take, body included, before it is answered 408.
     pub http_request_timeout_secs: u64,
+    /// A write to a Link that makes no progress for this many milliseconds disconnects it.
+    pub link_write_timeout_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -266,6 +268,7 @@ impl Default for HubConfig {
             max_http_connections: 4096,
             http_header_timeout_secs: 5,
             http_request_timeout_secs: 30,
+            link_write_timeout_ms: 10_000,
         }
     }
 }

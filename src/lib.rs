@@ -30,6 +30,7 @@ mod clock;
 pub mod config;
 pub mod hub;
 pub mod link;
+mod pre_auth;
 pub mod quic;
 pub mod serve;
 mod telemetry;

@@ -19,11 +19,15 @@
 //!
 //! Bounds: at most `max_rooms` rooms (a new one beyond that is refused with 503); each room's
 //! history is bounded by [`RoomLimits`]; rooms without interest and idle for `idle_ttl_micros`
-//! are dropped by [`RoomTable::handle_timeout`].
+//! are dropped by [`RoomTable::handle_timeout`]. A full table looks for idle rooms to make way
+//! at most once per [`FULL_SWEEP_INTERVAL_MICROS`]: between two such sweeps a new room is
+//! refused in O(1), so joins to random room names cost the hub task no scan of the table each.
+//! (Links reach the table only after the hub's `Hello` check; network Links' frames pass
+//! [`check_link_frame`] first.)
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind};
+use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, MAX_SENDER_LEN};
 use crate::placement::LinkId;
 use crate::room::{InterestChange, Room, RoomError, RoomLimits};
 
@@ -82,7 +86,12 @@ pub struct TableStats {
     pub gaps: u64,
     /// Frames from Links refused.
     pub refused: u64,
+    /// Scans of a full table for idle rooms (at most one per [`FULL_SWEEP_INTERVAL_MICROS`]).
+    pub full_sweeps: u64,
 }
+
+/// Least time between two scans of a full table for idle rooms, in micros.
+pub const FULL_SWEEP_INTERVAL_MICROS: u64 = 1_000_000;
 
 /// What a publish got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +113,16 @@ pub struct RoomTable {
     stats: TableStats,
     /// State of the epoch generator (splitmix64).
     epochs: u64,
+    /// Scans of the table when full.
+    sweeps: Sweeps,
+}
+
+/// When a full table was last scanned for idle rooms, and how often it was.
+#[derive(Debug, Default)]
+struct Sweeps {
+    /// `None`: never.
+    last: Option<u64>,
+    count: u64,
 }
 
 #[derive(Debug)]
@@ -116,7 +135,14 @@ impl RoomTable {
     /// An empty table. `seed` drives the epochs of new rooms: pass fresh randomness in
     /// production (two hub lifetimes must not share it), a constant in tests.
     pub fn new(limits: TableLimits, seed: u64) -> Self {
-        RoomTable { rooms: HashMap::new(), limits, transmit: VecDeque::new(), stats: TableStats::default(), epochs: seed }
+        RoomTable {
+            rooms: HashMap::new(),
+            limits,
+            transmit: VecDeque::new(),
+            stats: TableStats::default(),
+            epochs: seed,
+            sweeps: Sweeps::default(),
+        }
     }
 
     /// A room, if held.
@@ -136,7 +162,7 @@ impl RoomTable {
 
     /// Counters so far.
     pub fn stats(&self) -> TableStats {
-        self.stats
+        TableStats { full_sweeps: self.sweeps.count, ..self.stats }
     }
 
     /// Sequences a message and queues it once per interested Link. A non-empty `key` is the
@@ -150,7 +176,7 @@ impl RoomTable {
         data: &[u8],
         key: &str,
     ) -> Result<PublishAck, PublishError> {
-        let slot = slot(&mut self.rooms, &self.limits, &mut self.epochs, room, now)?;
+        let slot = slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now)?;
         slot.last_active_micros = now;
         let epoch = slot.room.epoch();
         if !key.is_empty() {
@@ -233,6 +259,9 @@ impl RoomTable {
     }
 
     fn handle_interest(&mut self, now: u64, link: LinkId, room: &str, members: u64) {
+        if members == 0 && !self.rooms.contains_key(room) {
+            return; // nothing to remove; an `InterestRemove` never creates a room
+        }
         let slot = match self.slot(room, now) {
             Ok(slot) => slot,
             Err(e) => return self.refuse(link, room, 0, e.status()),
@@ -278,7 +307,58 @@ impl RoomTable {
     }
 
     fn slot(&mut self, room: &str, now: u64) -> Result<&mut RoomSlot, PublishError> {
-        slot(&mut self.rooms, &self.limits, &mut self.epochs, room, now)
+        slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now)
+    }
+}
+
+/// What the hub does with a frame from a Link it does not trust (one that attached over the
+/// network), before the table sees it ([`check_link_frame`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkFrameCheck {
+    /// Hand it to [`RoomTable::handle_link_frame`].
+    Accept,
+    /// A kind a Link never sends (hub → Link kinds, a second `Hello`): drop it, warn, count it.
+    Drop(&'static str),
+    /// A publish the hub will not sequence: answer `Error {request, code, reason}` to the Link.
+    Refuse {
+        /// The publish's request id.
+        request: u64,
+        /// HTTP-like status.
+        code: u16,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Re-validates a frame a network Link sent, as an HTTP publish is validated: only the kinds a
+/// Link sends (interest, join, leave, publish, heartbeat); a publish's sender within
+/// [`MAX_SENDER_LEN`] bytes, only known flags, a [`FLAG_JSON`] payload that parses as JSON and
+/// any other payload UTF-8. (The frame decoder already checked lengths, room and sender UTF-8.)
+/// Trusted in-process Links skip this: their Link validated the client's request already.
+pub fn check_link_frame(frame: &Frame) -> LinkFrameCheck {
+    match (frame.kind(), frame.body()) {
+        (Kind::InterestAdd | Kind::InterestRemove | Kind::Join | Kind::Leave | Kind::Heartbeat, _) => LinkFrameCheck::Accept,
+        (Kind::Publish, ArchivedBody::Publish { request, data, .. }) => {
+            let refuse = |reason| LinkFrameCheck::Refuse { request: request.to_native(), code: 400, reason };
+            let data = data.as_slice();
+            if frame.sender().len() > MAX_SENDER_LEN {
+                refuse("invalid sender")
+            } else if frame.flags() & !FLAG_JSON != 0 {
+                refuse("unknown publish flags")
+            } else if frame.flags() & FLAG_JSON != 0 {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+                    LinkFrameCheck::Accept
+                } else {
+                    refuse("payload flagged JSON is not valid JSON")
+                }
+            } else if std::str::from_utf8(data).is_err() {
+                refuse("payload is not UTF-8")
+            } else {
+                LinkFrameCheck::Accept
+            }
+        }
+        (Kind::Hello, _) => LinkFrameCheck::Drop("hello after the first frame"),
+        _ => LinkFrameCheck::Drop("frame kind a Link may not send"),
     }
 }
 
@@ -297,11 +377,13 @@ fn next_epoch(state: &mut u64) -> u64 {
     }
 }
 
-/// The slot of `room`, created if absent and the table has space (after dropping idle rooms).
+/// The slot of `room`, created if absent and the table has space. A full table is scanned for
+/// idle rooms at most once per [`FULL_SWEEP_INTERVAL_MICROS`]; in between, refused at once.
 fn slot<'a>(
     rooms: &'a mut HashMap<String, RoomSlot>,
     limits: &TableLimits,
     epochs: &mut u64,
+    sweeps: &mut Sweeps,
     room: &str,
     now: u64,
 ) -> Result<&'a mut RoomSlot, PublishError> {
@@ -310,6 +392,12 @@ fn slot<'a>(
     }
     if !rooms.contains_key(room) {
         if rooms.len() >= limits.max_rooms {
+            let due = sweeps.last.is_none_or(|last| now.saturating_sub(last) >= FULL_SWEEP_INTERVAL_MICROS);
+            if !due {
+                return Err(PublishError::TooManyRooms);
+            }
+            sweeps.last = Some(now);
+            sweeps.count += 1;
             drop_idle(rooms, limits.idle_ttl_micros, now);
             if rooms.len() >= limits.max_rooms {
                 return Err(PublishError::TooManyRooms);
@@ -448,6 +536,63 @@ mod tests {
         assert!(matches!(out[0].1.body(), ArchivedBody::PublishAck { request, epoch }
             if request.to_native() == 9 && epoch.to_native() == first.epoch));
         assert_eq!(out[0].1.seq(), first.seq);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_rooms_in_constant_time_and_sweeps_at_most_once_a_second() {
+        let limits = TableLimits { max_rooms: 3, idle_ttl_micros: 10, ..TableLimits::default() };
+        let mut table = RoomTable::new(limits, 7);
+        // A Link holds interest in every room: nothing is idle.
+        for room in ["a", "b", "c"] {
+            table.handle_link_frame(1, LinkId(1), &interest(room, 1, 1));
+        }
+        // An attacker joins thousands of random rooms at the same instant: one sweep, then
+        // each attempt is refused without scanning the table.
+        for i in 0..10_000u32 {
+            let join = FrameBuilder::new(&format!("random-{i}")).build(&Body::Join { request: u64::from(i) + 1, since: None, epoch: None });
+            table.handle_link_frame(100, LinkId(2), &join);
+        }
+        assert_eq!(table.stats().full_sweeps, 1);
+        assert_eq!(table.len(), 3);
+        // Removing interest in rooms that do not exist creates none.
+        table.handle_link_frame(100, LinkId(2), &interest("never-joined", 2, 0));
+        assert!(table.room("never-joined").is_none());
+        let refused = drain(&mut table);
+        assert_eq!(refused.len(), 10_000);
+        assert!(refused.iter().all(|(link, f)| *link == LinkId(2)
+            && matches!(f.body(), ArchivedBody::Error { code, .. } if code.to_native() == 503)));
+        // Real rooms keep working.
+        assert_eq!(table.publish(101, "a", "u", 0, b"m", "").map(|a| a.seq), Ok(1));
+        // Once the interest is gone and the TTL passed, the next sweep (a second later) makes way.
+        table.handle_link_frame(200, LinkId(1), &interest("b", 1, 0));
+        assert_eq!(table.publish(300, "d", "u", 0, b"", "").map(|a| a.seq), Err(PublishError::TooManyRooms), "no sweep yet");
+        assert_eq!(table.stats().full_sweeps, 1);
+        assert_eq!(table.publish(100 + FULL_SWEEP_INTERVAL_MICROS, "d", "u", 0, b"", "").map(|a| a.seq), Ok(1));
+        assert_eq!(table.stats().full_sweeps, 2);
+        assert!(table.room("b").is_none(), "the idle room made way");
+    }
+
+    #[test]
+    fn frames_from_network_links_are_revalidated() {
+        let publish = |flags, data: &[u8]| {
+            FrameBuilder::new("r").sender("alice").flags(flags).build(&Body::Publish { request: 9, key: String::new(), data: data.to_vec() })
+        };
+        assert_eq!(check_link_frame(&publish(FLAG_JSON, br#"{"a":1}"#)), LinkFrameCheck::Accept);
+        assert_eq!(check_link_frame(&publish(0, b"plain text")), LinkFrameCheck::Accept);
+        assert_eq!(
+            check_link_frame(&publish(FLAG_JSON, b"1}, \"injected\": {")),
+            LinkFrameCheck::Refuse { request: 9, code: 400, reason: "payload flagged JSON is not valid JSON" }
+        );
+        assert_eq!(
+            check_link_frame(&publish(0, &[0xff, 0xfe])),
+            LinkFrameCheck::Refuse { request: 9, code: 400, reason: "payload is not UTF-8" }
+        );
+        assert!(matches!(check_link_frame(&publish(0x80, b"x")), LinkFrameCheck::Refuse { .. }));
+        assert_eq!(check_link_frame(&interest("r", 1, 1)), LinkFrameCheck::Accept);
+        let message = Frame::message("r", 1, 1, "u", 0, b"m");
+        assert!(matches!(check_link_frame(&message), LinkFrameCheck::Drop(_)));
+        let hello = FrameBuilder::new("").build(&Body::Hello { link: 1, secret: "s".into() });
+        assert!(matches!(check_link_frame(&hello), LinkFrameCheck::Drop(_)));
     }
 
     #[test]

@@ -1,8 +1,20 @@
 //! The hub task: the one owner of the [`RoomTable`], a thin driver around it.
 //!
-//! Everything that reads or changes rooms arrives here as a [`HubInput`] on one bounded channel:
-//! HTTP publishes and queries (each with a oneshot for the answer) and Link traffic (connection
-//! up, frame, connection down). The loop reads the wall clock once per event, calls the table's
+//! Everything that reads or changes rooms arrives here on one of two paths, served fairly (the
+//! loop takes from both in turn, so neither starves the other):
+//! - [`HubInput`] on a bounded channel: HTTP publishes and queries, each with a oneshot for the
+//!   answer;
+//! - [`LinkEvent`] on the Links' channel: connection up, frame, connection down. Each Link
+//!   connection may have at most `links::LINK_INFLIGHT_BYTES` of frames in it (each frame carries
+//!   a permit of its connection's byte budget, returned here once handled), so one flooding Link
+//!   waits on its own budget and cannot crowd out the others or HTTP.
+//!
+//! Frames of network Links are re-validated first (`room_table::check_link_frame`): kinds a Link
+//! may not send are dropped, warned about and counted (`linkcast_hub_link_frames_dropped_total`);
+//! a publish with a bad payload (flagged JSON that does not parse, or not UTF-8) is answered
+//! with an `Error` frame and not sequenced. In-process Links (`serve`) are trusted.
+//!
+//! The loop reads the wall clock once per event, calls the table's
 //! `handle_*`/`publish` with that `now`, then drains `poll_transmit` into the per-Link
 //! [`LinkQueue`]s, which never block (`linkcast_core::link_queue` says what a lagging Link gets). A timer calls
 //! `handle_timeout` and lets lagging Links catch up. No lock is taken on this path; decisions
@@ -17,24 +29,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use super::locate::Locator;
 use super::queue::LinkQueue;
 use linkcast_core::link_queue::Admit;
 use super::HubMetrics;
-use linkcast_core::frame::Frame;
+use linkcast_core::frame::{Body, Frame, FrameBuilder};
 use linkcast_core::placement::LinkId;
 use linkcast_core::room::JoinAnswer;
-use linkcast_core::room_table::{PublishAck, PublishError, RoomTable, TableLimits, TableStats};
+use linkcast_core::room_table::{check_link_frame, LinkFrameCheck, PublishAck, PublishError, RoomTable, TableLimits, TableStats};
 
-/// Capacity of the hub task's event channel (HTTP handlers and Link readers wait when full).
+/// Capacity of the hub task's HTTP channel (HTTP handlers wait when full).
 pub(crate) const EVENT_CAPACITY: usize = 8192;
 
 /// Most frames in one history answer.
 pub(crate) const MAX_HISTORY_LIMIT: usize = 1000;
 
-/// Input to the hub task.
+/// Input to the hub task from the HTTP API.
 #[derive(Debug)]
 pub(crate) enum HubInput {
     /// An authenticated HTTP publish for a room this hub owns.
@@ -53,12 +67,17 @@ pub(crate) enum HubInput {
     ///
     /// Answered like a join at (`epoch`, `since`) — reset, gap, frames — cut to `limit` frames.
     History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Option<JoinAnswer>> },
-    /// A Link connection is established; frames for it go to `queue`.
-    LinkUp { link: LinkId, generation: u64, queue: LinkQueue },
-    /// A frame from a Link.
-    LinkFrame { link: LinkId, generation: u64, frame: Frame },
+}
+
+/// Input to the hub task from Link connections (`links.rs`).
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// A Link connection is established; frames for it go to `queue`. `trusted`: in-process.
+    Up { link: LinkId, generation: u64, queue: LinkQueue, trusted: bool },
+    /// A frame from a Link, holding `frame.len()` of its connection's in-flight budget.
+    Frame { link: LinkId, generation: u64, frame: Frame, credit: OwnedSemaphorePermit },
     /// A Link connection ended.
-    LinkDown { link: LinkId, generation: u64 },
+    Down { link: LinkId, generation: u64 },
 }
 
 /// A room's public state.
@@ -75,17 +94,28 @@ pub(crate) struct RoomInfo {
 struct Connected {
     generation: u64,
     queue: LinkQueue,
+    /// In-process: frames are not re-validated.
+    trusted: bool,
 }
 
 /// Runs the hub task until `shutdown` turns true or every event sender is gone.
 pub(crate) async fn run(
     limits: TableLimits,
     mut events: mpsc::Receiver<HubInput>,
+    mut link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    queued_total: Arc<AtomicUsize>,
     locator: Arc<Mutex<Locator>>,
     metrics: HubMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut driver = HubTask { table: RoomTable::new(limits, epoch_seed()), links: HashMap::new(), locator, metrics, seen: TableStats::default() };
+    let mut driver = HubTask {
+        table: RoomTable::new(limits, epoch_seed()),
+        links: HashMap::new(),
+        locator,
+        metrics,
+        seen: TableStats::default(),
+        queued_total,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -93,14 +123,28 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            event = events.recv() => match event {
-                Some(event) => {
-                    driver.handle(event);
-                    // Take what else is waiting before touching the queues again.
-                    for _ in 0..256 {
-                        match events.try_recv() {
-                            Ok(event) => driver.handle(event),
-                            Err(_) => break,
+            // Both paths are polled in turn (`select!` without `biased` for these two).
+            first = async {
+                tokio::select! {
+                    event = events.recv() => event.map(Input::Api),
+                    event = link_events.recv() => event.map(Input::Link),
+                }
+            } => match first {
+                Some(first) => {
+                    driver.input(first);
+                    // Take what else is waiting, one of each path in turn, before touching the
+                    // queues again.
+                    for _ in 0..128 {
+                        let api = events.try_recv().ok();
+                        let link = link_events.try_recv().ok();
+                        if api.is_none() && link.is_none() {
+                            break;
+                        }
+                        if let Some(event) = api {
+                            driver.handle(event);
+                        }
+                        if let Some(event) = link {
+                            driver.handle_link(event);
                         }
                     }
                     driver.flush();
@@ -121,6 +165,12 @@ pub(crate) async fn run(
     }
 }
 
+/// One input of either path.
+enum Input {
+    Api(HubInput),
+    Link(LinkEvent),
+}
+
 struct HubTask {
     table: RoomTable,
     links: HashMap<LinkId, Connected>,
@@ -128,9 +178,18 @@ struct HubTask {
     metrics: HubMetrics,
     /// Table counters already exported.
     seen: TableStats,
+    /// Bytes queued towards all Links (the queues' shared counter).
+    queued_total: Arc<AtomicUsize>,
 }
 
 impl HubTask {
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Api(event) => self.handle(event),
+            Input::Link(event) => self.handle_link(event),
+        }
+    }
+
     fn handle(&mut self, event: HubInput) {
         let now = now_micros();
         match event {
@@ -154,22 +213,44 @@ impl HubTask {
                     answer
                 }));
             }
-            HubInput::LinkUp { link, generation, queue } => {
+        }
+    }
+
+    fn handle_link(&mut self, event: LinkEvent) {
+        let now = now_micros();
+        match event {
+            LinkEvent::Up { link, generation, queue, trusted } => {
                 if let Some(old) = self.links.remove(&link) {
                     // A reconnect: the old connection's interest is void; the Link re-announces.
                     self.table.handle_link_down(now, link);
                     old.queue.close("replaced by a newer connection of the same Link");
                 }
-                self.links.insert(link, Connected { generation, queue });
+                self.links.insert(link, Connected { generation, queue, trusted });
                 lock(&self.locator).link_up(link);
                 tracing::info!(%link, generation, "link connected");
             }
-            HubInput::LinkFrame { link, generation, frame } => {
-                if self.links.get(&link).is_some_and(|c| c.generation == generation) {
-                    self.table.handle_link_frame(now, link, &frame);
+            LinkEvent::Frame { link, generation, frame, credit } => {
+                let Some(connected) = self.links.get_mut(&link).filter(|c| c.generation == generation) else { return };
+                let check = if connected.trusted { LinkFrameCheck::Accept } else { check_link_frame(&frame) };
+                match check {
+                    LinkFrameCheck::Accept => self.table.handle_link_frame(now, link, &frame),
+                    LinkFrameCheck::Drop(why) => {
+                        self.metrics.link_frames_dropped.increment(1);
+                        tracing::warn!(%link, kind = ?frame.kind(), "dropping a frame from a link: {why}");
+                    }
+                    LinkFrameCheck::Refuse { request, code, reason } => {
+                        self.metrics.link_frames_dropped.increment(1);
+                        tracing::warn!(%link, room = frame.room(), "refusing a publish from a link: {reason}");
+                        let body = Body::Error { request, code, reason: reason.to_owned(), retry_after_ms: 0 };
+                        // Answers are queued even when the Link lags (up to twice its limit).
+                        if connected.queue.offer(FrameBuilder::new(frame.room()).build(&body)) == Admit::Overflow {
+                            self.drop_link(now, link, "link queue overflow");
+                        }
+                    }
                 }
+                drop(credit);
             }
-            HubInput::LinkDown { link, generation } => {
+            LinkEvent::Down { link, generation } => {
                 if self.links.get(&link).is_some_and(|c| c.generation == generation) {
                     self.drop_link(now, link, "link connection ended");
                     tracing::info!(%link, generation, "link disconnected");
@@ -204,6 +285,7 @@ impl HubTask {
         self.seen = stats;
         self.metrics.rooms.set(self.table.len() as f64);
         self.metrics.links.set(self.links.len() as f64);
+        self.metrics.queued_bytes.set(self.queued_total.load(Ordering::Acquire) as f64);
     }
 
     fn drop_link(&mut self, now: u64, link: LinkId, reason: &'static str) {

@@ -2,58 +2,118 @@
 //!
 //! A Link reaches the hub in one of two ways:
 //! - **in-process** (`serve`, tests): a [`LinkPort`] sent to `HubHandle::link_ports()`; its id
-//!   is trusted (same process, no `Hello` needed — one is ignored if sent);
+//!   is trusted (same process, no `Hello` needed — one is ignored if sent), and so are its frames;
 //! - **QUIC** (a cluster): a connection with ALPN `linkcast-hub/1` opening one bidirectional
-//!   stream whose first frame must be `Hello {link, secret}` with `auth.cluster_secret`. A wrong
-//!   first frame or secret closes the connection with an application code and reason
-//!   ([`HelloError::close`]); nothing reaches the room table before that check.
+//!   stream whose first frame must be `Hello {link, secret}` with `auth.cluster_secret`. The hub
+//!   refuses every `Hello` while its own secret is empty (close 401), a wrong secret (401), and a
+//!   Link id not in `[[links]]` when that list is not empty (403) ([`HelloError::close`]);
+//!   nothing reaches the room table before these checks. A connection that passed them and
+//!   names an id already connected replaces the older connection (a Link reconnecting after a
+//!   network cut; only secret holders get that far). Its frames are re-validated by the hub task.
+//!
+//! **Before `Hello`** a connection holds two permits: one of [`MAX_PRE_AUTH`] overall and one
+//! of [`MAX_PRE_AUTH_PER_IP`] for its source address; without both it is refused at once
+//! (`Incoming::refuse`, counted in `linkcast_hub_link_preauth_refused_total`). Handshake,
+//! stream and `Hello` share one deadline ([`HELLO_TIMEOUT`]). After `Hello` the pre-auth permits
+//! are returned and the connection holds one of [`MAX_QUIC_LINKS`].
 //!
 //! Either way a connection becomes two tasks: a reader turning frames into
-//! `HubInput::LinkFrame`s for the hub task (awaiting when the event channel is full, which slows
-//! only this Link), and a writer emptying the Link's byte-bounded queue (queue.rs) onto the
-//! port or stream. When the reader ends, the hub task gets `HubInput::LinkDown` and drops the
-//! Link's interest. The hub's QUIC transport sends keep-alives every 2 s and gives up on a
-//! silent Link after 8 s, so a killed Link leaves `locate` answers quickly.
+//! `LinkEvent::Frame`s for the hub task, and a writer emptying the Link's byte-bounded queue
+//! (queue.rs) onto the port or stream. Link events travel on their own channel, apart from HTTP
+//! requests, and each connection may have at most [`LINK_INFLIGHT_BYTES`] of frames waiting
+//! there (a byte semaphore whose permits the hub task returns as it handles each frame): a
+//! flooding Link waits on its own budget and slows only itself. A write that makes no progress
+//! for `hub.link_write_timeout_ms` ends the connection; when the hub gives up on a Link, its
+//! writer stops at once and drops what was queued (the close is not queued behind it). When the
+//! reader ends, the hub task gets `LinkEvent::Down` and drops the Link's interest. The hub's QUIC
+//! transport sends keep-alives every 2 s and gives up on a silent Link after 8 s, so a killed
+//! Link leaves `locate` answers quickly.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::driver::HubInput;
-use super::queue::{link_queue, Outgoing, QueueReader};
-use linkcast_core::frame::{ArchivedBody, Kind, DEFAULT_MAX_FRAME_LEN};
+use super::driver::LinkEvent;
+use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
+use super::queue::{link_queue, QueueReader};
+use linkcast_core::frame::{ArchivedBody, Frame, Kind, DEFAULT_MAX_FRAME_LEN};
 use linkcast_core::placement::LinkId;
 use crate::quic::{self, FrameReader, StreamError, ALPN_HUB};
 use crate::tls::ServerCert;
 use crate::uplink::LinkPort;
 
-/// Most Link connections being set up or served at once over QUIC.
-const MAX_QUIC_LINKS: usize = 1024;
-/// Time a connecting Link has to finish the handshake and send `Hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most authenticated Link connections served at once over QUIC.
+pub(crate) const MAX_QUIC_LINKS: usize = 1024;
+/// Most QUIC connections between accept and an accepted `Hello`, from all sources.
+pub(crate) const MAX_PRE_AUTH: usize = 256;
+/// Most QUIC connections between accept and an accepted `Hello`, from one source address.
+pub(crate) const MAX_PRE_AUTH_PER_IP: usize = 8;
+/// Time a connecting Link has, in all, to finish the handshake, open its stream and send `Hello`.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most frame bytes of one Link connection waiting for the hub task (at least one whole frame).
+pub(crate) const LINK_INFLIGHT_BYTES: usize = 4 * DEFAULT_MAX_FRAME_LEN;
 /// Most bytes the writer hands to one vectored QUIC write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// What every Link connection needs from the hub.
 #[derive(Clone)]
 pub(crate) struct LinkContext {
-    pub(crate) events: mpsc::Sender<HubInput>,
+    /// The hub task's Link inbox (each connection's frames bounded by its own byte budget).
+    pub(crate) events: mpsc::UnboundedSender<LinkEvent>,
     pub(crate) generations: Arc<AtomicU64>,
     pub(crate) queue_bytes: usize,
+    /// Bytes queued towards all Links (shared with every queue; read by the hub task).
+    pub(crate) queued_total: Arc<AtomicUsize>,
     pub(crate) cluster_secret: Arc<str>,
+    /// Link ids allowed over QUIC (`[[links]]`); `None` when the config lists none.
+    pub(crate) allowed: Option<Arc<HashSet<u32>>>,
+    /// A write to a Link that makes no progress for this long ends the connection.
+    pub(crate) write_timeout: Duration,
+    pub(crate) metrics: LinkPortMetrics,
+}
+
+/// Counters of the Link port (label `hub`).
+#[derive(Clone)]
+pub(crate) struct LinkPortMetrics {
+    /// QUIC connections refused before the handshake (pre-auth caps).
+    pub(crate) preauth_refused: metrics::Counter,
+    /// QUIC connections closed at `Hello` (timeout, bad secret, unlisted id, …).
+    pub(crate) hello_refused: metrics::Counter,
+    /// Links closed because a write made no progress in time.
+    pub(crate) write_timeouts: metrics::Counter,
+}
+
+impl LinkPortMetrics {
+    pub(crate) fn new(hub: &str) -> Self {
+        LinkPortMetrics {
+            preauth_refused: metrics::counter!("linkcast_hub_link_preauth_refused_total", "hub" => hub.to_owned()),
+            hello_refused: metrics::counter!("linkcast_hub_link_hello_refused_total", "hub" => hub.to_owned()),
+            write_timeouts: metrics::counter!("linkcast_hub_link_write_timeouts_total", "hub" => hub.to_owned()),
+        }
+    }
 }
 
 impl LinkContext {
-    /// Registers a new connection of `link` with the hub task; returns its generation and
-    /// the writer's end of its queue, or `None` if the hub is gone.
-    async fn link_up(&self, link: LinkId) -> Option<(u64, QueueReader)> {
+    /// Registers a new connection of `link` with the hub task; returns its generation, the
+    /// writer's end of its queue and the connection's in-flight budget, or `None` if the hub is
+    /// gone. `trusted`: an in-process port, whose frames are not re-validated.
+    fn link_up(&self, link: LinkId, trusted: bool) -> Option<(u64, QueueReader, Arc<Semaphore>)> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let (queue, reader) = link_queue(self.queue_bytes);
-        self.events.send(HubInput::LinkUp { link, generation, queue }).await.ok()?;
-        Some((generation, reader))
+        let (queue, reader) = link_queue(self.queue_bytes, self.queued_total.clone());
+        self.events.send(LinkEvent::Up { link, generation, queue, trusted }).ok()?;
+        Some((generation, reader, Arc::new(Semaphore::new(LINK_INFLIGHT_BYTES))))
+    }
+
+    /// Hands `frame` to the hub task once this connection's in-flight budget has room for it.
+    /// False when the hub is gone.
+    async fn forward(&self, link: LinkId, generation: u64, budget: &Arc<Semaphore>, frame: Frame) -> bool {
+        let bytes = frame.len().clamp(1, LINK_INFLIGHT_BYTES) as u32;
+        let Ok(credit) = budget.clone().acquire_many_owned(bytes).await else { return false };
+        self.events.send(LinkEvent::Frame { link, generation, frame, credit }).is_ok()
     }
 }
 
@@ -72,9 +132,15 @@ pub(crate) enum HelloError {
     /// The first frame was not `Hello`.
     #[error("first frame must be hello")]
     NotHello,
+    /// This hub has no cluster secret: it accepts no Link over the network.
+    #[error("cluster secret not configured")]
+    NoSecret,
     /// The secret did not match `auth.cluster_secret`.
     #[error("bad cluster secret")]
     BadSecret,
+    /// The Link id is not in `[[links]]`.
+    #[error("link id {0} not listed")]
+    NotListed(u32),
 }
 
 impl HelloError {
@@ -84,7 +150,9 @@ impl HelloError {
             HelloError::Timeout => (408, "timed out waiting for hello"),
             HelloError::Connection(_) | HelloError::Stream(_) => (400, "bad hello stream"),
             HelloError::NotHello => (400, "first frame must be hello"),
+            HelloError::NoSecret => (401, "cluster secret not configured"),
             HelloError::BadSecret => (401, "bad cluster secret"),
+            HelloError::NotListed(_) => (403, "link id not listed"),
         }
     }
 }
@@ -107,24 +175,35 @@ pub(crate) async fn attach_ports(ctx: LinkContext, mut ports: mpsc::Receiver<Lin
 
 async fn serve_port(ctx: LinkContext, port: LinkPort) {
     let LinkPort { link, to_link, mut from_link } = port;
-    let Some((generation, mut queue)) = ctx.link_up(link).await else { return };
+    let Some((generation, mut queue, budget)) = ctx.link_up(link, true) else { return };
     tokio::spawn(async move {
-        while let Some(outgoing) = queue.rx.recv().await {
-            let Outgoing::Frame(frame) = outgoing else { break };
+        loop {
+            let outgoing = tokio::select! {
+                biased;
+                _ = &mut queue.closed => break,
+                outgoing = queue.rx.recv() => outgoing,
+            };
+            let Some(frame) = outgoing else { break };
             let len = frame.len();
-            if to_link.send(frame).await.is_err() {
+            let sent = tokio::select! {
+                biased;
+                _ = &mut queue.closed => false,
+                sent = to_link.send(frame) => sent.is_ok(),
+            };
+            queue.released(len);
+            if !sent {
                 break;
             }
-            queue.written(len);
         }
-        // Dropping `to_link` tells the Link this connection is over; it reconnects.
+        // Dropping `to_link` tells the Link this connection is over; it reconnects. Dropping
+        // `queue` frees what was still queued.
     });
     while let Some(frame) = from_link.recv().await {
-        if ctx.events.send(HubInput::LinkFrame { link, generation, frame }).await.is_err() {
+        if !ctx.forward(link, generation, &budget, frame).await {
             return;
         }
     }
-    let _ = ctx.events.send(HubInput::LinkDown { link, generation }).await;
+    let _ = ctx.events.send(LinkEvent::Down { link, generation });
 }
 
 /// The hub's QUIC endpoint for Links on `addr`, with fast dead-Link detection.
@@ -139,74 +218,101 @@ pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>) -> std::io:
 
 /// Accepts Link connections on `endpoint` until shutdown.
 pub(crate) async fn accept_quic(ctx: LinkContext, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(MAX_QUIC_LINKS));
+    let links = Arc::new(Semaphore::new(MAX_QUIC_LINKS));
+    let pre_auth = PreAuthCaps::new(MAX_PRE_AUTH, MAX_PRE_AUTH_PER_IP);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let ip = incoming.remote_address().ip();
+                let Some(slot) = pre_auth.try_admit(ip) else {
+                    ctx.metrics.preauth_refused.increment(1);
+                    tracing::debug!(%ip, "refusing a link connection: too many before hello");
                     incoming.refuse();
                     continue;
                 };
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    serve_quic(ctx, incoming).await;
-                    drop(permit);
-                });
+                let links = links.clone();
+                tokio::spawn(serve_quic(ctx, incoming, slot, links));
             }
         }
     }
     endpoint.close(quinn::VarInt::from_u32(0), b"hub shutting down");
 }
 
-async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming) {
+async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming, slot: PreAuthSlot, links: Arc<Semaphore>) {
     let remote = incoming.remote_address();
-    let connection = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => return tracing::debug!(%remote, "link handshake failed: {e}"),
+    };
+    // One deadline for the handshake, the stream and `Hello`.
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let connection = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => return tracing::debug!(%remote, "link handshake failed: {e}"),
-        Err(_) => return tracing::debug!(%remote, "link handshake timed out"),
+        Err(_) => {
+            ctx.metrics.hello_refused.increment(1);
+            return tracing::debug!(%remote, "link handshake timed out");
+        }
     };
-    let (link, send, reader) = match hello(&ctx, &connection).await {
+    let hello = match tokio::time::timeout_at(deadline, hello(&ctx, &connection)).await {
+        Ok(result) => result,
+        Err(_) => Err(HelloError::Timeout),
+    };
+    let (link, send, reader) = match hello {
         Ok(ok) => ok,
         Err(e) => {
             let (code, reason) = e.close();
+            ctx.metrics.hello_refused.increment(1);
             tracing::warn!(%remote, "refusing link connection: {e}");
             connection.close(quinn::VarInt::from_u32(code), reason.as_bytes());
             return;
         }
     };
-    let Some((generation, queue)) = ctx.link_up(link).await else { return };
+    drop(slot);
+    let Ok(_served) = links.try_acquire_owned() else {
+        connection.close(quinn::VarInt::from_u32(503), b"too many links");
+        return;
+    };
+    let Some((generation, queue, budget)) = ctx.link_up(link, false) else { return };
     tracing::debug!(%remote, %link, "link hello accepted");
-    tokio::spawn(write_quic(send, queue, connection.clone()));
-    read_quic(&ctx, link, generation, reader).await;
-    let _ = ctx.events.send(HubInput::LinkDown { link, generation }).await;
+    tokio::spawn(write_quic(send, queue, connection.clone(), ctx.clone()));
+    read_quic(&ctx, link, generation, &budget, reader).await;
+    let _ = ctx.events.send(LinkEvent::Down { link, generation });
 }
 
 async fn hello(
     ctx: &LinkContext,
     connection: &quinn::Connection,
 ) -> Result<(LinkId, quinn::SendStream, FrameReader), HelloError> {
-    let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await.map_err(|_| HelloError::Timeout)??;
+    if ctx.cluster_secret.is_empty() {
+        return Err(HelloError::NoSecret);
+    }
+    let (send, recv) = connection.accept_bi().await?;
     let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
-    let first = tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await.map_err(|_| HelloError::Timeout)??;
-    let Some(first) = first else { return Err(HelloError::NotHello) };
+    let Some(first) = reader.next().await? else { return Err(HelloError::NotHello) };
     match (first.kind(), first.body()) {
         (Kind::Hello, ArchivedBody::Hello { link, secret }) => {
             if !linkcast_core::auth::constant_time_eq(secret.as_bytes(), ctx.cluster_secret.as_bytes()) {
                 return Err(HelloError::BadSecret);
             }
-            Ok((LinkId(link.to_native()), send, reader))
+            let link = link.to_native();
+            if ctx.allowed.as_ref().is_some_and(|allowed| !allowed.contains(&link)) {
+                return Err(HelloError::NotListed(link));
+            }
+            Ok((LinkId(link), send, reader))
         }
         _ => Err(HelloError::NotHello),
     }
 }
 
-async fn read_quic(ctx: &LinkContext, link: LinkId, generation: u64, mut reader: FrameReader) {
+async fn read_quic(ctx: &LinkContext, link: LinkId, generation: u64, budget: &Arc<Semaphore>, mut reader: FrameReader) {
     loop {
         match reader.next().await {
             Ok(Some(frame)) => {
-                if ctx.events.send(HubInput::LinkFrame { link, generation, frame }).await.is_err() {
+                if !ctx.forward(link, generation, budget, frame).await {
                     return;
                 }
             }
@@ -219,35 +325,48 @@ async fn read_quic(ctx: &LinkContext, link: LinkId, generation: u64, mut reader:
     }
 }
 
-async fn write_quic(mut send: quinn::SendStream, mut queue: QueueReader, connection: quinn::Connection) {
+/// Empties the Link's queue onto its stream. Stops at once when the hub closes the queue (what
+/// is queued is dropped, not written first) or when one write makes no progress for the write
+/// timeout.
+async fn write_quic(mut send: quinn::SendStream, mut queue: QueueReader, connection: quinn::Connection, ctx: LinkContext) {
     let mut chunks = Vec::new();
-    let mut close = None;
-    'outer: while let Some(first) = queue.rx.recv().await {
+    let reason: &'static str = 'outer: loop {
+        let first = tokio::select! {
+            biased;
+            reason = &mut queue.closed => break 'outer reason.unwrap_or("hub closed the link"),
+            first = queue.rx.recv() => first,
+        };
+        let Some(first) = first else { break 'outer "hub closed the link" };
         let mut bytes = 0;
         let mut next = Some(first);
-        while let Some(outgoing) = next.take() {
-            match outgoing {
-                Outgoing::Frame(frame) => {
-                    bytes += frame.len();
-                    chunks.push(frame.into_bytes());
-                }
-                Outgoing::Close(reason) => {
-                    close = Some(reason);
-                    break;
-                }
-            }
+        while let Some(frame) = next.take() {
+            bytes += frame.len();
+            chunks.push(frame.into_bytes());
             if bytes < WRITE_BATCH_BYTES {
                 next = queue.rx.try_recv().ok();
             }
         }
-        if quic::write_frames(&mut send, &mut chunks).await.is_err() {
-            break 'outer;
+        let written = tokio::select! {
+            biased;
+            reason = &mut queue.closed => {
+                queue.released(bytes);
+                break 'outer reason.unwrap_or("hub closed the link");
+            }
+            written = tokio::time::timeout(ctx.write_timeout, quic::write_frames(&mut send, &mut chunks)) => written,
+        };
+        queue.released(bytes);
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break 'outer "link stream failed",
+            Err(_) => {
+                ctx.metrics.write_timeouts.increment(1);
+                tracing::warn!("link write made no progress in time: closing the link (it will reconnect)");
+                break 'outer "link write timed out";
+            }
         }
-        queue.written(bytes);
-        if close.is_some() {
-            break;
-        }
-    }
-    let reason = close.unwrap_or("hub closed the link");
+    };
+    // Frees the queue now, before the connection's close is even sent.
+    drop(queue);
+    drop(chunks);
     connection.close(quinn::VarInt::from_u32(0), reason.as_bytes());
 }

@@ -1,9 +1,10 @@
 //! The hub runtime: room owner, sequencer and HTTP API (DESIGN.md, "hub").
 //!
 //! A hub is a few tasks on the caller's tokio runtime around the sans-IO [`RoomTable`]:
-//! - the **hub task** (`driver.rs`) owns the table; every publish, query and Link frame reaches
-//!   it as an event on one bounded channel, and it drains what the table owes each Link into
-//!   per-Link byte-bounded queues (`queue.rs`) that never block it;
+//! - the **hub task** (`driver.rs`) owns the table; every publish and query reaches it on the
+//!   bounded HTTP channel, every Link frame on the Links' channel (each Link connection bounded by
+//!   its own in-flight byte budget), both served in turn; it drains what the table owes each Link
+//!   into per-Link byte-bounded queues (`queue.rs`) that never block it;
 //! - **Link connections** (`links.rs`): in-process ports from [`HubHandle::link_ports`] and, if
 //!   a QUIC address is given, the Link listener (ALPN `linkcast-hub/1`, `Hello` with the
 //!   cluster secret first); a reader and a writer task per Link;
@@ -34,7 +35,7 @@ mod rate;
 mod server;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -231,6 +232,10 @@ pub(crate) struct HubMetrics {
     queue_dropped: metrics::Counter,
     rooms: metrics::Gauge,
     links: metrics::Gauge,
+    /// Frames of network Links dropped or refused by re-validation.
+    link_frames_dropped: metrics::Counter,
+    /// Bytes queued towards all Links, including queues being freed.
+    queued_bytes: metrics::Gauge,
 }
 
 impl HubMetrics {
@@ -243,7 +248,9 @@ impl HubMetrics {
             link_sends: metrics::counter!("linkcast_hub_link_sends_total", "hub" => hub.clone()),
             queue_dropped: metrics::counter!("linkcast_hub_link_queue_dropped_total", "hub" => hub.clone()),
             rooms: metrics::gauge!("linkcast_hub_rooms", "hub" => hub.clone()),
-            links: metrics::gauge!("linkcast_hub_links", "hub" => hub),
+            links: metrics::gauge!("linkcast_hub_links", "hub" => hub.clone()),
+            link_frames_dropped: metrics::counter!("linkcast_hub_link_frames_dropped_total", "hub" => hub.clone()),
+            queued_bytes: metrics::gauge!("linkcast_hub_link_queued_bytes", "hub" => hub),
         }
     }
 }
@@ -303,16 +310,32 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         dialer,
         secured,
     });
+    // Link events: unbounded as a channel, bounded per connection by its in-flight byte budget
+    // (`links::LINK_INFLIGHT_BYTES`) and in connections by the Link port's caps.
+    let (link_events, link_events_rx) = mpsc::unbounded_channel();
+    let queued_total = Arc::new(AtomicUsize::new(0));
+    let metrics = HubMetrics::new(id);
     let ctx = LinkContext {
-        events,
+        events: link_events,
         generations: Arc::new(AtomicU64::new(0)),
         queue_bytes: hub.link_queue_bytes,
+        queued_total: queued_total.clone(),
         cluster_secret: Arc::from(config.auth.cluster_secret.as_str()),
+        allowed: (!config.links.is_empty()).then(|| Arc::new(config.links.iter().map(|l| l.id).collect())),
+        write_timeout: Duration::from_millis(hub.link_write_timeout_ms.max(1)),
+        metrics: links::LinkPortMetrics::new(&id.0.to_string()),
     };
 
     let mut tasks = Vec::new();
-    let metrics = HubMetrics::new(id);
-    tasks.push(tokio::spawn(driver::run(config.hub.table_limits(), events_rx, locator.clone(), metrics, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(driver::run(
+        config.hub.table_limits(),
+        events_rx,
+        link_events_rx,
+        queued_total,
+        locator.clone(),
+        metrics,
+        shutdown_rx.clone(),
+    )));
     let (ports, ports_rx) = mpsc::channel(64);
     tasks.push(tokio::spawn(links::attach_ports(ctx.clone(), ports_rx, shutdown_rx.clone())));
     if let Some(endpoint) = endpoint {
@@ -381,7 +404,7 @@ pub fn run_cli(args: HubArgs) -> Result<(), Box<dyn std::error::Error>> {
         config: Arc::new(config),
     };
     if options.config.auth.cluster_secret.is_empty() {
-        tracing::warn!("auth.cluster_secret is empty: no Link can attach to this hub over QUIC");
+        tracing::warn!("auth.cluster_secret is empty: this hub refuses every Link over QUIC (close 401)");
     }
     if options.config.auth.api_keys.is_empty() && options.config.auth.is_dev() {
         tracing::warn!("DEV MODE: no API keys and no JWT secret configured; anyone can publish");

@@ -24,15 +24,13 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use linkcast_core::auth::Claims;
 use linkcast_core::fanout::LagPolicy;
 use linkcast_core::link_session::{LinkSession, Request, SessionLimits, ToClient, ToCoordinator, Wire};
 use linkcast_core::protocol::ClientError;
 
 use super::admission::{Admission, Admitted};
-use super::coordinator::CoordMsg;
+use super::coordinator::{busy_answer, CoordInbox, CoordMsg};
 use super::registry::Users;
 use super::shard::{shard_of, ConnEvent, Mailbox, Registered, ShardState, ShardStats};
 use super::tally;
@@ -49,7 +47,7 @@ pub(crate) struct ConnContext {
     /// User → connections (shared by all shards; touched on open and close only).
     users: Arc<Users>,
     /// The coordinator's inbox.
-    coordinator: mpsc::UnboundedSender<CoordMsg>,
+    coordinator: CoordInbox,
     /// This shard's counters.
     pub(crate) stats: Arc<ShardStats>,
     /// This shard's connections and rings.
@@ -62,7 +60,7 @@ impl ConnContext {
         link: LinkConfig,
         admission: Arc<Admission>,
         users: Arc<Users>,
-        coordinator: mpsc::UnboundedSender<CoordMsg>,
+        coordinator: CoordInbox,
         stats: Arc<ShardStats>,
         shard: Rc<RefCell<ShardState>>,
     ) -> Self {
@@ -195,11 +193,15 @@ impl Connection {
     fn forward(&mut self) {
         let shard = shard_of(self.session.id());
         while let Some(action) = self.session.poll_coordinator() {
-            let _ = self.ctx.coordinator.send(match action {
+            let sent = self.ctx.coordinator.send(match action {
                 ToCoordinator::Join { request, room, since, epoch } => CoordMsg::Join { shard, request, room, since, epoch },
                 ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room },
                 ToCoordinator::Publish { frame } => CoordMsg::Publish { frame },
             });
+            // The coordinator's inbox is full: the request is answered "link busy" (503) here.
+            if let Some((request, answer)) = sent.err().as_ref().and_then(busy_answer) {
+                self.ctx.shard.borrow_mut().route(request, answer);
+            }
         }
         let stats = self.session.take_stats();
         tally::delivered(stats.delivered);

@@ -29,10 +29,20 @@
 //!
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that
 //! finds it full, or the hub disconnected, is answered `503 hub unavailable` instead of waiting.
+//!
+//! **The inbox** ([`CoordInbox`], one per Link, cloned into every shard) never blocks a shard
+//! and is bounded: at most [`MAX_INBOX_JOINS`] joins and [`MAX_INBOX_PUBLISH_BYTES`] of publish
+//! frames wait in it. A join or publish beyond that is handed back to the connection
+//! ([`CoordInbox::send`] fails), which answers its client `503 link busy` with a retry hint
+//! ([`busy_answer`]; counted in `linkcast_link_coordinator_busy_total`). The leave the session
+//! then owes for a refused join is swallowed by the inbox, so the coordinator sees every leave
+//! paired with a join. Leaves and close requests always pass (they follow joins and
+//! connections, which are bounded). The loop serves the inbox and the hubs' frames in turn
+//! (no priority), so a join/leave flood cannot hold back every member's room messages.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -86,6 +96,127 @@ pub(crate) enum CoordMsg {
     },
     /// Stop.
     Shutdown,
+}
+
+/// Most joins waiting in the coordinator's inbox.
+pub(crate) const MAX_INBOX_JOINS: usize = 16_384;
+/// Most bytes of publish frames waiting in the coordinator's inbox.
+pub(crate) const MAX_INBOX_PUBLISH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The shards' end of the coordinator's inbox: never blocks, bounded (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct CoordInbox {
+    tx: mpsc::UnboundedSender<CoordMsg>,
+    load: Arc<InboxLoad>,
+}
+
+/// The coordinator's end of its inbox.
+#[derive(Debug)]
+pub(crate) struct CoordReceiver {
+    rx: mpsc::UnboundedReceiver<CoordMsg>,
+    load: Arc<InboxLoad>,
+}
+
+/// What waits in the inbox, and the leaves owed by refused joins.
+#[derive(Debug, Default)]
+struct InboxLoad {
+    joins: AtomicUsize,
+    publish_bytes: AtomicUsize,
+    /// (shard, room) → leaves to swallow (their joins were refused as busy).
+    swallow: Mutex<HashMap<(usize, String), usize>>,
+}
+
+/// A new inbox.
+pub(crate) fn inbox() -> (CoordInbox, CoordReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let load = Arc::new(InboxLoad::default());
+    (CoordInbox { tx, load: load.clone() }, CoordReceiver { rx, load })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl CoordInbox {
+    /// Queues `msg` for the coordinator. A join or publish that does not fit is handed back:
+    /// answer its client with [`busy_answer`]. Fails for other messages only when the
+    /// coordinator is gone.
+    pub(crate) fn send(&self, msg: CoordMsg) -> Result<(), CoordMsg> {
+        let load = &self.load;
+        match &msg {
+            CoordMsg::Join { shard, room, .. } => {
+                if load.joins.fetch_add(1, Ordering::AcqRel) >= MAX_INBOX_JOINS {
+                    load.joins.fetch_sub(1, Ordering::AcqRel);
+                    *lock(&load.swallow).entry((*shard, room.clone())).or_insert(0) += 1;
+                    metrics::counter!("linkcast_link_coordinator_busy_total").increment(1);
+                    return Err(msg);
+                }
+            }
+            CoordMsg::Publish { frame } => {
+                let len = frame.len();
+                if load.publish_bytes.fetch_add(len, Ordering::AcqRel) + len > MAX_INBOX_PUBLISH_BYTES {
+                    load.publish_bytes.fetch_sub(len, Ordering::AcqRel);
+                    metrics::counter!("linkcast_link_coordinator_busy_total").increment(1);
+                    return Err(msg);
+                }
+            }
+            CoordMsg::Leave { shard, room } => {
+                let mut swallow = lock(&load.swallow);
+                if let Some(owed) = swallow.get_mut(&(*shard, room.clone())) {
+                    *owed -= 1;
+                    if *owed == 0 {
+                        swallow.remove(&(*shard, room.clone()));
+                    }
+                    return Ok(());
+                }
+            }
+            CoordMsg::CloseConn { .. } | CoordMsg::Shutdown => {}
+        }
+        self.tx.send(msg).map_err(|e| {
+            let msg = e.0;
+            load.taken(&msg);
+            msg
+        })
+    }
+}
+
+impl InboxLoad {
+    /// `msg` left the inbox: its place is free again.
+    fn taken(&self, msg: &CoordMsg) {
+        match msg {
+            CoordMsg::Join { .. } => {
+                self.joins.fetch_sub(1, Ordering::AcqRel);
+            }
+            CoordMsg::Publish { frame } => {
+                self.publish_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl CoordReceiver {
+    async fn recv(&mut self) -> Option<CoordMsg> {
+        let msg = self.rx.recv().await?;
+        self.load.taken(&msg);
+        Some(msg)
+    }
+}
+
+/// The answer to a join or publish the inbox handed back ([`CoordInbox::send`]): the request
+/// id and an `Error` frame (503 "link busy", retry hint) for the connection's session, as the
+/// coordinator would have sent it. `None` for other messages.
+pub(crate) fn busy_answer(msg: &CoordMsg) -> Option<(u64, Frame)> {
+    let (request, room) = match msg {
+        CoordMsg::Join { request, room, .. } => (*request, room.as_str()),
+        CoordMsg::Publish { frame } => match frame.body() {
+            ArchivedBody::Publish { request, .. } => (request.to_native(), frame.room()),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let body = Body::Error { request, code: 503, reason: "link busy".to_owned(), retry_after_ms: 1000 };
+    Some((request, FrameBuilder::new(room).build(&body)))
 }
 
 /// Events of the hub connection tasks.
@@ -146,7 +277,7 @@ pub(crate) fn run(
     hubs: Vec<HubId>,
     connector: Arc<dyn HubConnector>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
-    mut inbox: mpsc::UnboundedReceiver<CoordMsg>,
+    mut inbox: CoordReceiver,
     hubs_connected: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -171,8 +302,8 @@ pub(crate) fn run(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // No priority: the inbox and the hubs' frames are served in turn.
             tokio::select! {
-                biased;
                 msg = inbox.recv() => match msg {
                     Some(CoordMsg::Shutdown) | None => break,
                     Some(msg) => coordinator.handle_client(msg).await,
@@ -563,5 +694,52 @@ impl Coordinator {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(shard: usize, request: u64, room: &str) -> CoordMsg {
+        CoordMsg::Join { shard, request, room: room.into(), since: None, epoch: None }
+    }
+
+    #[test]
+    fn a_full_inbox_hands_joins_back_and_swallows_their_leaves() {
+        let (tx, mut rx) = inbox();
+        for request in 0..MAX_INBOX_JOINS as u64 {
+            assert!(tx.send(join(1, request, "r")).is_ok());
+        }
+        let refused = tx.send(join(1, 99_999, "r")).expect_err("inbox full");
+        let (request, answer) = busy_answer(&refused).expect("a join gets an answer");
+        assert_eq!(request, 99_999);
+        assert!(matches!(answer.body(), ArchivedBody::Error { code, .. } if code.to_native() == 503));
+        // The refused join's leave never reaches the coordinator; other leaves do.
+        assert!(tx.send(CoordMsg::Leave { shard: 1, room: "r".into() }).is_ok());
+        assert!(tx.send(CoordMsg::Leave { shard: 1, room: "r".into() }).is_ok());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let mut leaves = 0;
+        runtime.block_on(async {
+            for _ in 0..MAX_INBOX_JOINS + 1 {
+                if let Some(CoordMsg::Leave { .. }) = rx.recv().await {
+                    leaves += 1;
+                }
+            }
+        });
+        assert_eq!(leaves, 1);
+        assert!(tx.send(join(1, 7, "r")).is_ok(), "taken joins free their place");
+    }
+
+    #[test]
+    fn publishes_are_bounded_in_bytes() {
+        let (tx, _rx) = inbox();
+        let frame = FrameBuilder::new("r").build(&Body::Publish { request: 5, key: String::new(), data: vec![0; 64 * 1024] });
+        let fits = MAX_INBOX_PUBLISH_BYTES / frame.len();
+        for _ in 0..fits {
+            assert!(tx.send(CoordMsg::Publish { frame: frame.clone() }).is_ok());
+        }
+        let refused = tx.send(CoordMsg::Publish { frame }).expect_err("inbox full");
+        assert_eq!(busy_answer(&refused).map(|(request, _)| request), Some(5));
     }
 }

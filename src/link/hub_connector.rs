@@ -5,7 +5,9 @@
 //! `Hello {link, secret: auth.cluster_secret}` first, and returns a [`HubPort`] whose channels
 //! are pumped to and from the stream by two tasks (frames length-prefixed by their own header,
 //! several per write). When either direction fails, both channels close; the Link notices and
-//! calls `connect` again (reconnect policy lives in the coordinator, not here).
+//! calls `connect` again (reconnect policy lives in the coordinator, not here). A hub that
+//! refuses the Link (401 no or wrong cluster secret, 403 id not in `[[links]]`) is logged as an
+//! error naming what to fix; the Link keeps retrying with backoff.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,18 @@ impl QuicHubConnector {
                         tracing::warn!(%error, "hub stream failed");
                         break;
                     }
+                }
+            }
+            if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+                let code = u64::from(close.error_code);
+                if matches!(code, 401 | 403) {
+                    // The hub will refuse every retry alike: say what to fix.
+                    tracing::error!(
+                        hub = hub.0,
+                        code,
+                        reason = %String::from_utf8_lossy(&close.reason),
+                        "hub refused this Link: check auth.cluster_secret and that [[links]] lists this Link's id"
+                    );
                 }
             }
             conn.close(0u32.into(), b"hub stream ended");

@@ -61,7 +61,7 @@ use crate::config::Config;
 use crate::tls::{self, ServerCert};
 use crate::uplink::HubConnector;
 use admission::Admission;
-use coordinator::CoordMsg;
+use coordinator::{CoordInbox, CoordMsg};
 use handshakes::Handshakes;
 pub use hub_connector::QuicHubConnector;
 use registry::Users;
@@ -114,7 +114,7 @@ pub struct LinkHandle {
     /// The shards' inboxes (to stop them).
     shards: Vec<mpsc::Sender<ShardMsg>>,
     /// The coordinator's inbox (to stop it).
-    coordinator: mpsc::UnboundedSender<CoordMsg>,
+    coordinator: CoordInbox,
     threads: Vec<JoinHandle<()>>,
     /// The admin listener, if any (stops when dropped).
     admin: Option<AdminServer>,
@@ -243,7 +243,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let users = Arc::new(Users::default());
     let stats: Vec<Arc<ShardStats>> = (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect();
     let hubs_connected = Arc::new(AtomicUsize::new(0));
-    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
+    let (coord_tx, coord_rx) = coordinator::inbox();
     let mut senders = Vec::with_capacity(shard_count);
     let mut receivers = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {

@@ -9,6 +9,12 @@
 //! bytes (the ring's `RoomMessage::frame`) — not re-encoded. Liveness is QUIC's keep-alive and
 //! idle timeout (`quic::server_config`). Refusals are `Error` frames; closes are QUIC
 //! application closes with the WebSocket close code and reason (e.g. 1009 "message too big").
+//!
+//! Before `Hello` is verified a connection holds a pre-auth slot (`pre_auth.rs`): at most
+//! [`MAX_PRE_AUTH`] such connections per Link and [`MAX_PRE_AUTH_PER_IP`] per source address;
+//! beyond either the accept loop refuses the connection before any handshake work
+//! (`Incoming::refuse`, counted in `linkcast_link_quic_preauth_refused_total`). Handshake,
+//! stream and `Hello` share one deadline ([`HELLO_TIMEOUT`]).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,11 +32,24 @@ use super::connection::{count_close, ConnContext, Connection};
 use super::shard::ShardMsg;
 use super::tally;
 use super::wire::encode;
+use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
 use crate::quic::{self, FrameReader, StreamError, ALPN_CLIENT};
 use crate::tls::ServerCert;
 
-/// Time a client has to open its stream and say `Hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has, in all, to finish the handshake, open its stream and say `Hello`.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most QUIC client connections of one Link before their `Hello` is verified.
+pub(crate) const MAX_PRE_AUTH: usize = 1024;
+/// Most QUIC client connections from one source address before their `Hello` is verified
+/// (clients behind one NAT share it; a refused client retries).
+pub(crate) const MAX_PRE_AUTH_PER_IP: usize = 64;
+
+/// A connection the accept loop took, with its pre-auth slot, on its way to a shard.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    incoming: quinn::Incoming,
+    pre_auth: PreAuthSlot,
+}
 
 /// Starts the client endpoint on `socket` (on the current shard's runtime) and its accept loop,
 /// which hands each connection to one of `shards` in turn.
@@ -41,6 +60,8 @@ pub(crate) fn start_endpoint(
     max_frame: usize,
 ) -> std::io::Result<quinn::Endpoint> {
     let config = quic::server_config(cert, &[ALPN_CLIENT], max_frame).map_err(std::io::Error::other)?;
+    let caps = PreAuthCaps::new(MAX_PRE_AUTH, MAX_PRE_AUTH_PER_IP);
+    let refused = metrics::counter!("linkcast_link_quic_preauth_refused_total");
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?;
     let accepting = endpoint.clone();
@@ -51,8 +72,13 @@ pub(crate) fn start_endpoint(
                 incoming.refuse();
                 continue;
             }
+            let Some(pre_auth) = caps.try_admit(incoming.remote_address().ip()) else {
+                refused.increment(1);
+                incoming.refuse();
+                continue;
+            };
             let shard = next.fetch_add(1, Ordering::Relaxed) % shards.len();
-            let _ = shards[shard].send(ShardMsg::Quic(Box::new(incoming))).await;
+            let _ = shards[shard].send(ShardMsg::Quic(Box::new(Accepted { incoming, pre_auth }))).await;
         }
     });
     Ok(endpoint)
@@ -65,13 +91,20 @@ fn close(conn: &quinn::Connection, error: ClientError) {
 }
 
 /// Runs one QUIC client connection on this shard.
-pub(crate) async fn handle(incoming: quinn::Incoming, ctx: Rc<ConnContext>) {
-    let Ok(Ok(conn)) = tokio::time::timeout(HELLO_TIMEOUT, async { incoming.accept()?.await }).await else { return };
-    let Ok(Ok((mut send, recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else { return };
+pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
+    let Accepted { incoming, pre_auth } = accepted;
+    // One deadline for the handshake, the stream and `Hello`.
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let Ok(Ok(conn)) = tokio::time::timeout_at(deadline, async { incoming.accept()?.await }).await else { return };
+    let Ok(Ok((mut send, recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+        conn.close(quinn::VarInt::from_u32(408), b"timed out waiting for hello");
+        return;
+    };
     let link = &ctx.link;
     let max_frame = link.max_message_bytes + HEADER_LEN + MAX_ROOM_LEN + MAX_SENDER_LEN + 256;
     let mut reader = FrameReader::new(recv, max_frame);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await;
+    let hello = tokio::time::timeout_at(deadline, reader.next()).await;
+    drop(pre_auth);
     let token = match &hello {
         Ok(Ok(Some(frame))) => match frame.body() {
             ArchivedBody::Hello { secret, .. } => Some(secret.as_str().to_owned()),

@@ -76,7 +76,7 @@ pub(crate) enum ShardMsg {
         reason: ClientError,
     },
     /// A QUIC client connection to run on this shard (boxed: it is large and rare).
-    Quic(Box<quinn::Incoming>),
+    Quic(Box<super::quic_clients::Accepted>),
     /// Close every connection with 1001 and stop.
     Shutdown,
 }

@@ -20,7 +20,7 @@ use linkcast_core::protocol::ClientError;
 
 use super::admission::Admission;
 use super::connection::ConnContext;
-use super::coordinator::CoordMsg;
+use super::coordinator::CoordInbox;
 use super::registry::Users;
 use super::shard::{ShardMsg, ShardState, ShardStats};
 use super::{quic_clients, tally, upgrade};
@@ -44,7 +44,7 @@ pub(crate) struct ShardSetup {
     /// User → connections (shared by all shards).
     pub(crate) users: Arc<Users>,
     /// The coordinator's inbox.
-    pub(crate) coordinator: mpsc::UnboundedSender<CoordMsg>,
+    pub(crate) coordinator: CoordInbox,
     /// This shard's counters.
     pub(crate) stats: Arc<ShardStats>,
     /// The shard's WebSocket listening socket (SO_REUSEPORT, one per shard).

@@ -34,4 +34,5 @@ mod link_ws_framing;
 mod no_silent_loss;
 mod no_silent_loss_link;
 mod security_edge;
+mod security_cluster;
 mod serve_e2e;

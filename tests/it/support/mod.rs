@@ -16,6 +16,7 @@
 //! arrives" is checked with a sentinel published afterwards that must be the next message.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod attack;
 pub mod checker;
 pub mod client;
 pub mod cluster;

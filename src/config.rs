@@ -41,12 +41,18 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     /// Shared secret a Link presents to hubs in its `Hello` (env `LINKCAST_CLUSTER_SECRET`).
     pub cluster_secret: String,
+    /// More HS256 secrets accepted besides `jwt_secret` (rotation: any one verifies a token).
+    pub jwt_secrets: Vec<String>,
+    /// Required `iss` claim of client tokens; empty = not checked.
+    pub jwt_issuer: String,
+    /// Required `aud` claim of client tokens (a string or an array holding it); empty = not checked.
+    pub jwt_audience: String,
 }
 
 impl AuthConfig {
     /// True when no JWT secret is configured.
     pub fn is_dev(&self) -> bool {
-        self.jwt_secret.is_empty()
+        self.jwt_secret.is_empty() && self.jwt_secrets.iter().all(String::is_empty)
     }
 }
 
@@ -191,6 +197,12 @@ pub struct LinkConfig {
     /// Kernel send buffer (SO_SNDBUF) of each client socket, bytes; 0 = the OS default
     /// (autotuned, up to `net.ipv4.tcp_wmem` max per socket).
     pub socket_send_buffer: usize,
+    /// Joins per second per connection (token bucket rate; 0 = unlimited); beyond: error 429.
+    pub join_rate: u32,
+    /// Token bucket burst for joins.
+    pub join_burst: u32,
+    /// Replayed bytes held for one connection at a time; a longer catch-up is paged as it drains.
+    pub replay_bytes: usize,
 }
 
 impl Default for LinkConfig {
@@ -212,6 +224,9 @@ impl Default for LinkConfig {
             idle_timeout_secs: 60,
             allowed_origins: Vec::new(),
             socket_send_buffer: 0,
+            join_rate: 10,
+            join_burst: 10,
+            replay_bytes: 1024 * 1024,
         }
     }
 }
@@ -298,6 +313,9 @@ impl Config {
         }
         if self.hub.max_payload + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
             return Err(ConfigError::Invalid("hub.max_payload must be below 1 MiB".into()));
+        }
+        if self.link.max_message_bytes + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
+            return Err(ConfigError::Invalid("link.max_message_bytes must be below 1 MiB (a publish must fit a Link↔hub frame)".into()));
         }
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {
             return Err(ConfigError::Invalid("group_size, ring_items and ring_bytes must be positive".into()));

@@ -154,6 +154,7 @@ enum Command {
     Join(String),
     Leave(String),
     Publish(String, Bytes, oneshot::Sender<Result<u64, SessionError>>),
+    Refresh(String),
     DropConnection,
     Close,
 }
@@ -172,6 +173,7 @@ impl std::fmt::Debug for Command {
             Command::Join(_) => "Join",
             Command::Leave(_) => "Leave",
             Command::Publish(..) => "Publish",
+            Command::Refresh(_) => "Refresh",
             Command::DropConnection => "DropConnection",
             Command::Close => "Close",
         })
@@ -208,6 +210,13 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Publish(room.to_owned(), bytes, tx)).map_err(|_| Error::Stopped)?;
         Ok(rx.await.map_err(|_| Error::Stopped)??)
+    }
+
+    /// Hands the Link a fresh token for the same user before the current one expires, so a
+    /// long-lived connection is not closed at expiry (WebSocket `{"op":"refresh"}`; answered by
+    /// [`Event::Refreshed`]). Reconnects use the new token; over QUIC only they do.
+    pub fn refresh(&self, token: &str) -> Result<(), Error> {
+        self.commands.send(Command::Refresh(token.to_owned())).map_err(|_| Error::Stopped)
     }
 
     /// The next event; `None` once the connection task has ended (after [`Event::Closed`]).
@@ -347,7 +356,7 @@ impl ConnectionTask {
 
     async fn connect(&mut self) -> Result<Conn, Disconnect> {
         let timeout = self.options.connect_timeout;
-        let token = self.options.token.clone();
+        let token = self.session.token().map(str::to_owned).or_else(|| self.options.token.clone());
         let bind = self.options.bind;
         let (transport, ws_url, quic_addr) = match &self.options.target {
             Target::Ws(url) => (Transport::Ws, Some(url.clone()), None),
@@ -445,6 +454,7 @@ impl ConnectionTask {
             Command::Publish(room, data, reply) => {
                 let _ = reply.send(self.session.publish(&room, data));
             }
+            Command::Refresh(token) => self.session.refresh(&token),
             Command::DropConnection | Command::Close => {}
         }
     }

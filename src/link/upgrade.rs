@@ -16,11 +16,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use linkcast_core::auth::Claims;
 use linkcast_core::http_upgrade::{self, HeadScanner, RequestHead, MAX_HEAD};
 
 use super::admission::Admitted;
-use super::connection::ConnContext;
+use super::connection::{ConnContext, Pending};
 use super::ws;
 
 /// Time a client has to send its request head (and to take the `101` answer).
@@ -47,8 +46,8 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnC
 async fn handle_tcp(tcp: TcpStream, ctx: Rc<ConnContext>) {
     // Everything of the HTTP exchange is dropped before the connection runs (an idle
     // connection keeps no request bytes).
-    let Some((tcp, early, claims, admitted)) = upgrade(tcp, &ctx).await else { return };
-    ws::run(tcp, early, claims, admitted, ctx).await;
+    let Some((tcp, early, who, admitted)) = upgrade(tcp, &ctx).await else { return };
+    ws::run(tcp, early, who, admitted, ctx).await;
 }
 
 /// Reads up to the end of the request head; `None` if the peer closed or sent too much.
@@ -83,7 +82,7 @@ async fn refuse(tcp: &mut TcpStream, status: u16, error: &str, reason: &str) {
 
 /// Checks the request head and answers it: an HTTP error, or `101 Switching Protocols` and the
 /// socket, the bytes the client sent behind its head, its claims and its admission.
-async fn upgrade(mut tcp: TcpStream, ctx: &ConnContext) -> Option<(TcpStream, Vec<u8>, Claims, Admitted)> {
+async fn upgrade(mut tcp: TcpStream, ctx: &ConnContext) -> Option<(TcpStream, Vec<u8>, Pending, Admitted)> {
     let link = &ctx.link;
     let _ = tcp.set_nodelay(true);
     if link.socket_send_buffer > 0 {
@@ -140,8 +139,8 @@ async fn upgrade(mut tcp: TcpStream, ctx: &ConnContext) -> Option<(TcpStream, Ve
         refuse(&mut tcp, 503, "unavailable", "too many connections").await;
         return None;
     };
-    let claims = match ctx.admission.verify(request.query_param("token").as_deref()) {
-        Ok(claims) => claims,
+    let claims = match who_is(ctx, request.query_param("token").as_deref()) {
+        Ok(who) => who,
         Err(error) => {
             refuse(&mut tcp, 401, "unauthorized", error.reason()).await;
             return None;
@@ -154,4 +153,13 @@ async fn upgrade(mut tcp: TcpStream, ctx: &ConnContext) -> Option<(TcpStream, Ve
     }
     let early = head[request.len..].to_vec();
     Some((tcp, early, claims, admitted))
+}
+
+/// The client's token from its URL, checked; without one (and not in dev mode) the connection
+/// is admitted [`Pending::Auth`]: its first message must carry the token (URLs end up in logs).
+fn who_is(ctx: &ConnContext, token: Option<&str>) -> Result<Pending, linkcast_core::auth::AuthError> {
+    match token.filter(|t| !t.is_empty()) {
+        None if !ctx.admission.is_dev() => Ok(Pending::Auth),
+        token => ctx.admission.verify(token).map(Pending::Ready),
+    }
 }

@@ -484,6 +484,12 @@ impl LinkSession {
         }
     }
 
+    /// Whether [`LinkSession::drained`] has anything to do (replayed bytes handed out, or a cut
+    /// replay waiting): a driver may skip the call otherwise.
+    pub fn wants_drained(&self) -> bool {
+        self.replay_held > 0 || self.resuming > 0
+    }
+
     /// The driver's socket queue is empty: replayed bytes handed out so far have left, and cut
     /// replays waiting for this are continued (a `Join` from where each stopped).
     pub fn drained(&mut self, shard: &mut ShardRooms) {

@@ -143,6 +143,9 @@ impl Connection {
 
     /// The driver's socket queue is empty (see [`LinkSession::drained`]).
     pub(crate) fn drained(&mut self) {
+        if !self.session.wants_drained() {
+            return; // the common case, on the delivery path: nothing replayed, nothing waiting
+        }
         self.session.drained(&mut self.ctx.shard.borrow_mut().rooms);
         self.forward();
     }
@@ -178,7 +181,7 @@ impl Connection {
         let mut result = Ok(());
         {
             let mut shard = self.ctx.shard.borrow_mut();
-            if self.wire == Wire::Quic {
+            if self.wire == Wire::Quic && self.session.wants_drained() {
                 // The QUIC driver writes everything before it asks for more: its queue is empty.
                 self.session.drained(&mut shard.rooms);
             }

@@ -29,6 +29,16 @@
 //! preceded by a `reset`. So a member never sees a lower seq or a jump without being told. A
 //! cursor that fell off its ring counts as lagging; with `lag_policy = "disconnect"` the session
 //! ends with [`ClientError::SlowConsumer`] instead.
+//!
+//! Limits around joins: joins take a token from a per-connection bucket (`link.join_rate`;
+//! refused with 429 and a spaced `retry_after_ms`, never closed). A replay is handed out up to
+//! `link.replay_bytes` between two drains of the driver's socket queue
+//! ([`LinkSession::drained`]); beyond that (or when the driver dropped replays:
+//! [`LinkSession::replay_dropped`]) the join is **paged**: its further replays are ignored, and
+//! after its `Joined` — once the socket drained — it is continued with a new `Join` from the last
+//! replayed seq (a `Join` + `Leave` pair for the coordinator, so the room's interest is
+//! unchanged). The client sees one replay, then `joined`. A [`LinkSession::refresh`] swaps the
+//! claims (same `sub`), leaving rooms the new ones no longer allow.
 
 use std::collections::{HashMap, VecDeque};
 

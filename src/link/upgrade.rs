@@ -5,9 +5,11 @@
 //! (`linkcast_core::http_upgrade`, which also builds every answer). Then, in this order:
 //! `GET /healthz` and `GET /metrics` are answered directly; anything but `/ws` is 404; a
 //! missing upgrade or WebSocket version other than 13 is 400; a refused `Origin` is 403, a full
-//! Link 503, a missing/bad/expired token 401 — each with the JSON body `{"error","reason"}` of
-//! docs/protocol.md. Then the Link answers `101 Switching Protocols` itself and drops every byte
-//! of the HTTP exchange; only what the client sent behind its head goes on to the connection.
+//! Link 503, a bad/expired token 401 — each with the JSON body `{"error","reason"}` of
+//! docs/protocol.md. A URL without a token (outside dev mode) is upgraded **pending**: its first
+//! message must carry the token (`connection::Pending`, run by `ws.rs`). Then the Link answers
+//! `101 Switching Protocols` itself and drops every byte of the HTTP exchange; only what the
+//! client sent behind its head goes on to the connection.
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -49,6 +49,12 @@ pub struct AuthConfig {
     pub keys: Vec<ApiKey>,
     /// Shared secret a Link presents to hubs in its `Hello` (env `LINKCAST_CLUSTER_SECRET`).
     pub cluster_secret: String,
+    /// More HS256 secrets accepted besides `jwt_secret` (rotation: any one verifies a token).
+    pub jwt_secrets: Vec<String>,
+    /// Required `iss` claim of client tokens; empty = not checked.
+    pub jwt_issuer: String,
+    /// Required `aud` claim of client tokens (a string or an array holding it); empty = not checked.
+    pub jwt_audience: String,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -74,7 +80,7 @@ fn redacted(secret: &str) -> &'static str {
 impl AuthConfig {
     /// True when no JWT secret is configured.
     pub fn is_dev(&self) -> bool {
-        self.jwt_secret.is_empty()
+        self.jwt_secret.is_empty() && self.jwt_secrets.iter().all(String::is_empty)
     }
 
     /// True when any client or API credential is configured (JWT secret or API keys).
@@ -329,6 +335,12 @@ pub struct LinkConfig {
     pub max_handshakes: usize,
     /// Most WebSocket connections in their handshake from one source address.
     pub max_handshakes_per_ip: usize,
+    /// Joins per second per connection (token bucket rate; 0 = unlimited); beyond: error 429.
+    pub join_rate: u32,
+    /// Token bucket burst for joins.
+    pub join_burst: u32,
+    /// Replayed bytes held for one connection at a time; a longer catch-up is paged as it drains.
+    pub replay_bytes: usize,
 }
 
 impl Default for LinkConfig {
@@ -352,6 +364,9 @@ impl Default for LinkConfig {
             socket_send_buffer: 0,
             max_handshakes: 4096,
             max_handshakes_per_ip: 1024,
+            join_rate: 10,
+            join_burst: 10,
+            replay_bytes: 1024 * 1024,
         }
     }
 }
@@ -438,6 +453,9 @@ impl Config {
         }
         if self.hub.max_payload + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
             return Err(ConfigError::Invalid("hub.max_payload must be below 1 MiB".into()));
+        }
+        if self.link.max_message_bytes + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
+            return Err(ConfigError::Invalid("link.max_message_bytes must be below 1 MiB (a publish must fit a Link↔hub frame)".into()));
         }
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {
             return Err(ConfigError::Invalid("group_size, ring_items and ring_bytes must be positive".into()));

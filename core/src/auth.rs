@@ -6,8 +6,10 @@
 //! secret: claims `sub` (user id), `exp` (seconds since the epoch) and `rooms` (room names the
 //! user may enter; `"*"` means any).
 //!
-//! [`Verifier::Dev`] is the embedded default without a secret: any token-less client becomes an
-//! anonymous user with every right (the runtime says so loudly at start-up).
+//! A [`Verifier`] holds one or more secrets (rotation: any verifies) and optional `iss`/`aud`
+//! requirements; `nbf` is checked whenever a token has one. Without a secret it is in dev mode:
+//! any token-less client becomes an anonymous user with every right, and a token's signature
+//! is not checked (the runtime says so loudly at start-up).
 //!
 //! Sans-IO: the current time is an argument; the MAC comparison is constant-time
 //! (`hmac::Mac::verify_slice`).
@@ -65,6 +67,15 @@ pub enum AuthError {
     /// The token does not grant the room.
     #[error("room not allowed by token")]
     RoomNotAllowed,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("bad token issuer")]
+    BadIssuer,
+    /// `aud` does not name the configured audience.
+    #[error("bad token audience")]
+    BadAudience,
 }
 
 impl AuthError {
@@ -78,6 +89,9 @@ impl AuthError {
             AuthError::Expired => "token expired",
             AuthError::BadSubject => "invalid subject",
             AuthError::RoomNotAllowed => "room not allowed by token",
+            AuthError::NotYetValid => "token not yet valid",
+            AuthError::BadIssuer => "bad token issuer",
+            AuthError::BadAudience => "bad token audience",
         }
     }
 
@@ -90,53 +104,92 @@ impl AuthError {
     }
 }
 
+/// Seconds of clock difference forgiven on `nbf` (a backend whose clock runs a little ahead of
+/// the Link's must not have its fresh tokens refused).
+pub const NBF_LEEWAY_SECS: u64 = 30;
+
 /// Verifies tokens (or, in dev mode, admits anonymous users).
-#[derive(Clone)]
-pub enum Verifier {
-    /// No secret configured: token-less clients are anonymous with every right; a token, if
-    /// given, is decoded but its signature is not checked.
-    Dev,
-    /// HS256 with this secret.
-    Hs256(HmacSha256),
+///
+/// Several secrets may be accepted at once (rotation: add the new secret, move the backends to
+/// it, drop the old one); a token is accepted if any of them verifies it. Optional `iss` and
+/// `aud` checks; `nbf` is always checked when the token has one (with [`NBF_LEEWAY_SECS`]).
+#[derive(Clone, Default)]
+pub struct Verifier {
+    /// One MAC per accepted secret; empty = dev mode.
+    keys: Vec<HmacSha256>,
+    /// Required `iss` claim, if any.
+    issuer: Option<String>,
+    /// Required `aud` claim (a string, or one entry of an array), if any.
+    audience: Option<String>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Verifier::Dev => f.write_str("Verifier::Dev"),
-            Verifier::Hs256(_) => f.write_str("Verifier::Hs256(<secret>)"),
+        if self.keys.is_empty() {
+            return f.write_str("Verifier::Dev");
         }
+        f.debug_struct("Verifier::Hs256")
+            .field("secrets", &format_args!("<{} secret(s)>", self.keys.len()))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
     }
+}
+
+/// What the verifier reads from a token besides [`Claims`].
+#[derive(serde::Deserialize)]
+struct Registered {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 impl Verifier {
     /// A verifier for `secret`, or dev mode when it is `None` or empty.
     pub fn new(secret: Option<&str>) -> Self {
-        match secret {
-            Some(secret) if !secret.is_empty() => {
-                // HMAC accepts keys of any length; this cannot fail.
-                match HmacSha256::new_from_slice(secret.as_bytes()) {
-                    Ok(mac) => Verifier::Hs256(mac),
-                    Err(_) => Verifier::Dev,
-                }
-            }
-            _ => Verifier::Dev,
-        }
+        Verifier::with_secrets(secret.into_iter())
     }
 
-    /// True in dev mode.
+    /// A verifier accepting any of `secrets` (empty ones are skipped); dev mode when none is left.
+    pub fn with_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let keys = secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            // HMAC accepts keys of any length; this cannot fail.
+            .filter_map(|s| HmacSha256::new_from_slice(s.as_bytes()).ok())
+            .collect();
+        Verifier { keys, issuer: None, audience: None }
+    }
+
+    /// Also requires `iss == issuer` (no check when `None` or empty).
+    pub fn issuer(mut self, issuer: Option<&str>) -> Self {
+        self.issuer = issuer.filter(|i| !i.is_empty()).map(str::to_owned);
+        self
+    }
+
+    /// Also requires `aud` to be `audience` or an array holding it (no check when `None` or empty).
+    pub fn audience(mut self, audience: Option<&str>) -> Self {
+        self.audience = audience.filter(|a| !a.is_empty()).map(str::to_owned);
+        self
+    }
+
+    /// True in dev mode (no secret: token-less clients are anonymous, and a token's signature
+    /// is **not** checked — an unsigned token is accepted as it claims).
     pub fn is_dev(&self) -> bool {
-        matches!(self, Verifier::Dev)
+        self.keys.is_empty()
     }
 
     /// Checks `token` at `now_secs`. `anonymous_id` names a token-less dev-mode user.
     pub fn verify(&self, token: Option<&str>, now_secs: u64, anonymous_id: &str) -> Result<Claims, AuthError> {
-        let token = match (token.filter(|t| !t.is_empty()), self) {
-            (None, Verifier::Dev) => {
+        let token = match token.filter(|t| !t.is_empty()) {
+            None if self.is_dev() => {
                 return Ok(Claims { sub: anonymous_id.to_owned(), exp: u64::MAX, rooms: vec!["*".into()] })
             }
-            (None, Verifier::Hs256(_)) => return Err(AuthError::Missing),
-            (Some(token), _) => token,
+            None => return Err(AuthError::Missing),
+            Some(token) => token,
         };
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
@@ -150,11 +203,17 @@ impl Verifier {
         if header.get("alg").and_then(|alg| alg.as_str()) != Some("HS256") {
             return Err(AuthError::UnsupportedAlgorithm);
         }
-        if let Verifier::Hs256(mac) = self {
+        if !self.is_dev() {
             let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| AuthError::Malformed)?;
-            let mut mac = mac.clone();
-            mac.update(&token.as_bytes()[..header_and_payload_len(token)]);
-            mac.verify_slice(&signature).map_err(|_| AuthError::BadSignature)?;
+            let signed = &token.as_bytes()[..header_and_payload_len(token)];
+            let verified = self.keys.iter().any(|key| {
+                let mut mac = key.clone();
+                mac.update(signed);
+                mac.verify_slice(&signature).is_ok()
+            });
+            if !verified {
+                return Err(AuthError::BadSignature);
+            }
         }
         let claims: Claims = decode_json(payload)?;
         if claims.exp <= now_secs {
@@ -162,6 +221,25 @@ impl Verifier {
         }
         if claims.sub.is_empty() || claims.sub.len() > crate::frame::MAX_SENDER_LEN {
             return Err(AuthError::BadSubject);
+        }
+        let registered: Registered = decode_json(payload)?;
+        if registered.nbf.is_some_and(|nbf| nbf > now_secs.saturating_add(NBF_LEEWAY_SECS)) {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(issuer) = &self.issuer {
+            if registered.iss.as_deref() != Some(issuer.as_str()) {
+                return Err(AuthError::BadIssuer);
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let ok = match &registered.aud {
+                Some(serde_json::Value::String(aud)) => aud == audience,
+                Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience.as_str())),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::BadAudience);
+            }
         }
         Ok(claims)
     }
@@ -249,6 +327,50 @@ mod tests {
     }
 
     #[test]
+    fn any_of_several_secrets_verifies_for_rotation() {
+        let verifier = Verifier::with_secrets(["new", "old"]);
+        assert!(!verifier.is_dev());
+        assert!(verifier.verify(Some(&sign(&claims(2_000), "new")), 1, "a").is_ok());
+        assert!(verifier.verify(Some(&sign(&claims(2_000), "old")), 1, "a").is_ok());
+        assert_eq!(verifier.verify(Some(&sign(&claims(2_000), "gone")), 1, "a"), Err(AuthError::BadSignature));
+        assert!(Verifier::with_secrets(["", ""]).is_dev());
+    }
+
+    /// A token with extra registered claims, signed with `secret`.
+    fn token_with(extra: serde_json::Value, secret: &str) -> String {
+        let mut payload = serde_json::json!({"sub": "alice", "exp": 2_000, "rooms": ["lobby"]});
+        if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+            payload.extend(extra.clone());
+        }
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(payload.to_string());
+        let input = format!("{header}.{body}");
+        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn issuer_audience_and_not_before_are_checked() {
+        let verifier = Verifier::new(Some("s")).issuer(Some("backend")).audience(Some("linkcast"));
+        let good = token_with(serde_json::json!({"iss": "backend", "aud": "linkcast"}), "s");
+        assert!(verifier.verify(Some(&good), 1_000, "a").is_ok());
+        let in_list = token_with(serde_json::json!({"iss": "backend", "aud": ["other", "linkcast"]}), "s");
+        assert!(verifier.verify(Some(&in_list), 1_000, "a").is_ok());
+        let wrong_iss = token_with(serde_json::json!({"iss": "mallory", "aud": "linkcast"}), "s");
+        assert_eq!(verifier.verify(Some(&wrong_iss), 1_000, "a"), Err(AuthError::BadIssuer));
+        let no_aud = token_with(serde_json::json!({"iss": "backend"}), "s");
+        assert_eq!(verifier.verify(Some(&no_aud), 1_000, "a"), Err(AuthError::BadAudience));
+        // nbf: always checked, with a small leeway; no iss/aud required by default.
+        let plain = Verifier::new(Some("s"));
+        let early = token_with(serde_json::json!({"nbf": 1_000 + NBF_LEEWAY_SECS + 1}), "s");
+        assert_eq!(plain.verify(Some(&early), 1_000, "a"), Err(AuthError::NotYetValid));
+        let within_leeway = token_with(serde_json::json!({"nbf": 1_000 + NBF_LEEWAY_SECS}), "s");
+        assert!(plain.verify(Some(&within_leeway), 1_000, "a").is_ok());
+        assert!(plain.verify(Some(&no_aud), 1_000, "a").is_ok());
+    }
+
+    #[test]
     fn dev_mode_admits_anonymous_users() {
         let verifier = Verifier::new(None);
         assert!(verifier.is_dev());
@@ -256,5 +378,9 @@ mod tests {
         assert_eq!(got.sub, "anon-7");
         assert!(got.allows("anything"));
         assert!(Verifier::new(Some("")).is_dev());
+        // Dev mode does not check signatures: an unsigned (or wrongly signed) token is taken at
+        // its word. docs/protocol.md says so.
+        let unsigned = format!("{}.", sign(&claims(2_000), "x").rsplit_once('.').map_or("", |(head, _)| head));
+        assert_eq!(verifier.verify(Some(&unsigned), 1, "a").map(|c| c.sub), Ok("alice".into()));
     }
 }

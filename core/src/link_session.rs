@@ -29,6 +29,16 @@
 //! preceded by a `reset`. So a member never sees a lower seq or a jump without being told. A
 //! cursor that fell off its ring counts as lagging; with `lag_policy = "disconnect"` the session
 //! ends with [`ClientError::SlowConsumer`] instead.
+//!
+//! Limits around joins: joins take a token from a per-connection bucket (`link.join_rate`;
+//! refused with 429 and a spaced `retry_after_ms`, never closed). A replay is handed out up to
+//! `link.replay_bytes` between two drains of the driver's socket queue
+//! ([`LinkSession::drained`]); beyond that (or when the driver dropped replays:
+//! [`LinkSession::replay_dropped`]) the join is **paged**: its further replays are ignored, and
+//! after its `Joined` — once the socket drained — it is continued with a new `Join` from the last
+//! replayed seq (a `Join` + `Leave` pair for the coordinator, so the room's interest is
+//! unchanged). The client sees one replay, then `joined`. A [`LinkSession::refresh`] swaps the
+//! claims (same `sub`), leaving rooms the new ones no longer allow.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -44,6 +54,10 @@ use crate::token_bucket::{TokenBucket, Verdict};
 
 /// Most publishes of one connection awaiting their hub ack.
 pub const MAX_PENDING_PUBLISHES: usize = 1024;
+
+/// Largest publish payload whatever `link.max_message_bytes` says: a publish must fit one
+/// Link↔hub frame (an oversize frame would end the Link's whole hub connection).
+pub const MAX_PUBLISH_BYTES: usize = crate::frame::DEFAULT_MAX_FRAME_LEN - 4096;
 
 /// How a session's output is encoded by its driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +112,12 @@ pub enum Request {
         /// QUIC heartbeat nonce (0 for WebSocket).
         nonce: u64,
     },
+    /// A new token for the connection (`refresh`, or `auth` once authenticated). The driver
+    /// verifies it and calls [`LinkSession::refresh`]; the session itself cannot.
+    Refresh {
+        /// The JWT.
+        token: String,
+    },
 }
 
 impl From<ClientOp> for Request {
@@ -110,6 +130,7 @@ impl From<ClientOp> for Request {
                 Request::Publish { room, data: data.into(), flags: FLAG_JSON, id: ReqId::Json(id), key }
             }
             ClientOp::Ping => Request::Ping { nonce: 0 },
+            ClientOp::Auth { token } | ClientOp::Refresh { token } => Request::Refresh { token },
         }
     }
 }
@@ -215,6 +236,11 @@ pub enum ToClient {
         /// QUIC heartbeat nonce.
         nonce: u64,
     },
+    /// A refresh was accepted: the connection now lives until `exp`.
+    Refreshed {
+        /// The new token's expiry, seconds since the Unix epoch.
+        exp: u64,
+    },
 }
 
 /// What the Link's coordinator must do for this connection.
@@ -256,6 +282,13 @@ pub struct SessionLimits {
     pub publish_rate: u32,
     /// Publish burst.
     pub publish_burst: u32,
+    /// Joins per second (0: unlimited).
+    pub join_rate: u32,
+    /// Join burst.
+    pub join_burst: u32,
+    /// Replayed bytes handed to the driver between two drains of its socket queue
+    /// ([`LinkSession::drained`]); a longer replay is paged.
+    pub replay_bytes: usize,
 }
 
 /// Counters since the last [`LinkSession::take_stats`].
@@ -271,6 +304,10 @@ pub struct SessionStats {
     pub gaps: u64,
     /// Resets told to the client.
     pub resets: u64,
+    /// Replays cut at the connection's replay cap, to be continued once its socket drains.
+    pub replay_pages: u64,
+    /// Joins refused by the join rate limit.
+    pub joins_limited: u64,
 }
 
 #[derive(Debug)]
@@ -287,6 +324,11 @@ struct Member {
     /// Highest seq delivered or accounted for (by a gap) in `epoch`.
     last: u64,
     ticket: ParkTicket,
+    /// This request's replay was cut (replay cap, or replays dropped by the driver's mailbox):
+    /// its further replays are ignored and the join is continued from `last` after `Joined`.
+    truncated: bool,
+    /// Waiting for the socket to drain to continue the cut replay.
+    resume: bool,
 }
 
 /// One connection's rooms, publishes and limits (see the module docs).
@@ -305,6 +347,11 @@ pub struct LinkSession {
     to_coordinator: VecDeque<ToCoordinator>,
     stats: SessionStats,
     batch: Vec<RingItem>,
+    join_bucket: TokenBucket,
+    /// Replayed bytes handed out since the driver's socket queue was last empty.
+    replay_held: usize,
+    /// Members with `resume` set.
+    resuming: usize,
 }
 
 impl LinkSession {
@@ -314,6 +361,9 @@ impl LinkSession {
             id,
             wire,
             bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now_micros),
+            join_bucket: TokenBucket::new(limits.join_rate, limits.join_burst, now_micros),
+            replay_held: 0,
+            resuming: 0,
             claims,
             limits,
             rooms: Vec::new(),
@@ -361,6 +411,19 @@ impl LinkSession {
     ) -> Result<(), ClientError> {
         match request {
             Request::Join { room, since, epoch } => {
+                if self.join_bucket.take(now_micros) != Verdict::Allow {
+                    // Refused, never closed: a client retrying too eagerly keeps its connection.
+                    self.stats.joins_limited += 1;
+                    let wait_ms = self.join_bucket.wait_micros().div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
+                    out.push(ToClient::Error {
+                        code: 429,
+                        reason: ClientError::JoinRateLimited.label().to_owned(),
+                        room: is_valid_room(&room).then_some(room),
+                        id: None,
+                        retry_after_ms: Some(wait_ms),
+                    });
+                    return Ok(());
+                }
                 if let Err(e) = self.join(&room, since, epoch, shard) {
                     return refuse(e, Some(&room), None, out);
                 }
@@ -378,7 +441,7 @@ impl LinkSession {
                 if !self.claims.allows(&room) {
                     return refuse(ClientError::RoomNotAllowed, Some(&room), Some(id), out);
                 }
-                if data.len() > self.limits.max_message_bytes {
+                if data.len() > self.limits.max_message_bytes.min(MAX_PUBLISH_BYTES) {
                     return Err(ClientError::TooBig);
                 }
                 match self.bucket.take(now_micros) {
@@ -399,8 +462,69 @@ impl LinkSession {
                 self.to_coordinator.push_back(ToCoordinator::Publish { frame });
             }
             Request::Ping { nonce } => out.push(ToClient::Pong { nonce }),
+            // Verified by the driver, which calls `refresh`; a session on its own cannot.
+            Request::Refresh { .. } => return refuse(ClientError::UnknownOp, None, None, out),
         }
         Ok(())
+    }
+
+    /// Takes a new, verified token: same user (else a 403 error and nothing changes), its
+    /// `rooms` replace the old ones — rooms no longer allowed are left, each with a 403 error —
+    /// and the client is told `refreshed`.
+    pub fn refresh(&mut self, claims: Claims, shard: &mut ShardRooms, out: &mut Vec<ToClient>) {
+        if claims.sub != self.claims.sub {
+            let _ = refuse(ClientError::RefreshOtherUser, None, None, out);
+            return;
+        }
+        let exp = claims.exp;
+        self.claims = claims;
+        let revoked: Vec<String> = self.rooms.iter().map(|(room, _)| room).filter(|room| !self.claims.allows(room)).cloned().collect();
+        for room in revoked {
+            self.leave(&room, shard);
+            let _ = refuse(ClientError::RoomNotAllowed, Some(&room), None, out);
+        }
+        out.push(ToClient::Refreshed { exp });
+    }
+
+    /// The driver dropped replays of join `request` (its mailbox was over the replay cap):
+    /// they are asked for again after `Joined`, like a replay cut here.
+    pub fn replay_dropped(&mut self, request: u64) {
+        if let Some((_, member)) = self.rooms.iter_mut().find(|(_, m)| m.request == request && !m.joined) {
+            member.truncated = true;
+        }
+    }
+
+    /// Whether [`LinkSession::drained`] has anything to do (replayed bytes handed out, or a cut
+    /// replay waiting): a driver may skip the call otherwise.
+    pub fn wants_drained(&self) -> bool {
+        self.replay_held > 0 || self.resuming > 0
+    }
+
+    /// The driver's socket queue is empty: replayed bytes handed out so far have left, and cut
+    /// replays waiting for this are continued (a `Join` from where each stopped).
+    pub fn drained(&mut self, shard: &mut ShardRooms) {
+        self.replay_held = 0;
+        if self.resuming == 0 {
+            return;
+        }
+        for (room, member) in self.rooms.iter_mut().filter(|(_, m)| m.resume) {
+            member.resume = false;
+            member.truncated = false;
+            let request = shard.new_id();
+            shard.add_request(request, self.id);
+            member.request = request;
+            self.stats.replay_pages += 1;
+            // The coordinator counts a member per `Join` and uncounts one per `Leave`: the pair
+            // asks the hub again without changing the room's interest.
+            self.to_coordinator.push_back(ToCoordinator::Join {
+                request,
+                room: room.clone(),
+                since: Some(member.last),
+                epoch: member.epoch,
+            });
+            self.to_coordinator.push_back(ToCoordinator::Leave { room: room.clone() });
+        }
+        self.resuming = 0;
     }
 
     fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, shard: &mut ShardRooms) -> Result<(), ClientError> {
@@ -427,6 +551,8 @@ impl LinkSession {
             epoch,
             last: since.unwrap_or(0),
             ticket: None,
+            truncated: false,
+            resume: false,
         };
         self.rooms.push((room.to_owned(), member));
         self.stats.joins += 1;
@@ -438,6 +564,9 @@ impl LinkSession {
     fn leave(&mut self, room: &str, shard: &mut ShardRooms) -> bool {
         let Some(at) = self.rooms.iter().position(|(r, _)| r == room) else { return false };
         let (room, member) = self.rooms.swap_remove(at);
+        if member.resume {
+            self.resuming -= 1;
+        }
         if self.rooms.is_empty() {
             self.rooms = Vec::new(); // an idle connection keeps no allocation
         }
@@ -510,17 +639,36 @@ impl LinkSession {
             }
             (Kind::Replay, _) => {
                 let seq = frame.seq();
-                if seq <= member.last {
+                if seq <= member.last || member.truncated {
+                    return;
+                }
+                let len = frame.len();
+                if self.replay_held > 0 && self.replay_held + len > self.limits.replay_bytes {
+                    // Over the cap: the rest is asked for again once the socket drained.
+                    member.truncated = true;
                     return;
                 }
                 jump(&room, member, seq, &mut self.stats, out);
                 member.last = seq;
+                self.replay_held += len;
                 self.stats.delivered += 1;
                 out.push(ToClient::Replay(frame));
             }
             (Kind::Joined, ArchivedBody::Joined { epoch, .. }) => {
                 let epoch = epoch.to_native();
                 let last_seq = frame.seq();
+                if member.truncated && member.epoch.is_none_or(|e| e == epoch) {
+                    // A cut replay: continued from `last` once the socket drained.
+                    member.epoch = Some(epoch);
+                    member.truncated = false;
+                    member.resume = true;
+                    self.resuming += 1;
+                    shard.remove_request(request);
+                    if self.replay_held == 0 {
+                        self.drained(shard);
+                    }
+                    return;
+                }
                 if member.epoch != Some(epoch) && member.replay && member.epoch.is_some() {
                     // The hub answers a stale position with Reset first; this is defence in depth.
                     out.push(ToClient::Reset { room: room.clone(), epoch, last_seq: 0 });
@@ -697,7 +845,16 @@ mod tests {
     const E2: u64 = 0x2222;
 
     fn limits(lag_policy: LagPolicy) -> SessionLimits {
-        SessionLimits { max_rooms: 4, max_message_bytes: 1024, lag_policy, publish_rate: 0, publish_burst: 10 }
+        SessionLimits {
+            max_rooms: 4,
+            max_message_bytes: 1024,
+            lag_policy,
+            publish_rate: 0,
+            publish_burst: 10,
+            join_rate: 0,
+            join_burst: 10,
+            replay_bytes: 1 << 20,
+        }
     }
 
     fn claims() -> Claims {
@@ -765,6 +922,7 @@ mod tests {
                     ToClient::Published { seq, epoch, .. } => format!("published {seq} {epoch:x}"),
                     ToClient::Error { code, retry_after_ms, .. } => format!("error {code} {retry_after_ms:?}"),
                     ToClient::Pong { .. } => "pong".into(),
+                    ToClient::Refreshed { exp } => format!("refreshed {exp}"),
                 })
                 .collect()
         }
@@ -941,6 +1099,134 @@ mod tests {
         rig.hub(FrameBuilder::new("r").seq(9).build(&Body::PublishAck { request, epoch: E1 }));
         assert_eq!(rig.seen(), vec!["published 9 1111"]);
         assert_eq!(rig.shard.pending_requests(), 0);
+    }
+
+    /// A rig whose session has a replay cap of `replay_bytes` and a join bucket.
+    fn rig_with(replay_bytes: usize, join_rate: u32, join_burst: u32) -> Rig {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let limits = SessionLimits { replay_bytes, join_rate, join_burst, ..limits(LagPolicy::Gap) };
+        let id = rig.shard.new_id();
+        rig.session = LinkSession::new(id, Wire::Ws, claims(), limits, 0);
+        rig
+    }
+
+    #[test]
+    fn a_replay_beyond_the_cap_is_paged_as_the_socket_drains() {
+        let frame_len = replay("r", 1, 1).len();
+        let mut rig = rig_with(frame_len * 2, 0, 10);
+        let first = rig.join("r", Some(0), None);
+        for seq in 1..=5 {
+            rig.hub(replay("r", first, seq));
+        }
+        rig.hub(joined("r", first, E1, 5));
+        assert_eq!(rig.seen(), vec!["replay 1", "replay 2"], "two frames fit the cap; the rest waits");
+        assert_eq!(rig.session.poll_coordinator(), None, "nothing asked before the socket drained");
+        rig.session.drained(&mut rig.shard);
+        let Some(ToCoordinator::Join { request: second, since, epoch, .. }) = rig.session.poll_coordinator() else {
+            panic!("expected the continuation")
+        };
+        assert_eq!((since, epoch), (Some(2), Some(E1)));
+        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }), "interest unchanged");
+        rig.live("r", 6, E1);
+        for seq in 3..=6 {
+            rig.hub(replay("r", second, seq));
+        }
+        rig.hub(joined("r", second, E1, 6));
+        rig.session.drained(&mut rig.shard);
+        let third = match rig.session.poll_coordinator() {
+            Some(ToCoordinator::Join { request, since: Some(4), .. }) => request,
+            other => panic!("expected a continuation from 4, got {other:?}"),
+        };
+        let _ = rig.session.poll_coordinator();
+        rig.hub(replay("r", third, 5));
+        rig.hub(replay("r", third, 6));
+        rig.hub(joined("r", third, E1, 6));
+        rig.live("r", 7, E1);
+        rig.fill().expect("fill");
+        assert_eq!(
+            rig.seen(),
+            vec!["replay 3", "replay 4", "replay 5", "replay 6", "joined 1111 6", "live r:7"],
+            "every message once, in order, no gap"
+        );
+        assert_eq!(rig.session.take_stats().replay_pages, 2);
+        assert_eq!(rig.shard.pending_requests(), 0);
+    }
+
+    #[test]
+    fn replays_dropped_on_the_way_are_asked_again_not_told_as_a_gap() {
+        let mut rig = rig_with(1 << 20, 0, 10);
+        let first = rig.join("r", Some(0), None);
+        rig.hub(replay("r", first, 1));
+        // 2 and 3 were dropped by a full mailbox, which says so.
+        rig.session.replay_dropped(first);
+        rig.hub(replay("r", first, 4));
+        rig.hub(joined("r", first, E1, 4));
+        assert_eq!(rig.seen(), vec!["replay 1"]);
+        rig.session.drained(&mut rig.shard);
+        let Some(ToCoordinator::Join { request: second, since: Some(1), .. }) = rig.session.poll_coordinator() else {
+            panic!("the join continues once the socket drained")
+        };
+        let _ = rig.session.poll_coordinator();
+        for seq in 2..=4 {
+            rig.hub(replay("r", second, seq));
+        }
+        rig.hub(joined("r", second, E1, 4));
+        assert_eq!(rig.seen(), vec!["replay 2", "replay 3", "replay 4", "joined 1111 4"]);
+        // A hole nobody dropped is told as a gap, as before.
+        let third = rig.join("s", Some(0), None);
+        rig.hub(replay("s", third, 3));
+        rig.hub(joined("s", third, E1, 3));
+        assert_eq!(rig.seen(), vec!["gap 1..=2 next 3", "replay 3", "joined 1111 3"]);
+    }
+
+    #[test]
+    fn joins_beyond_the_rate_are_refused_with_a_retry_hint_never_closed() {
+        let mut rig = rig_with(1 << 20, 1, 2);
+        rig.join("a", None, None);
+        rig.join("b", None, None);
+        for _ in 0..10 {
+            rig.request(Request::Join { room: "c".into(), since: None, epoch: None }).expect("refused, not closed");
+        }
+        let seen = rig.seen();
+        assert_eq!(seen.len(), 10);
+        assert!(seen.iter().all(|s| s.starts_with("error 429 Some(")), "{seen:?}");
+        assert_eq!(rig.session.room_count(), 2);
+        // A second later a token is back.
+        rig.session.handle_request(Request::Join { room: "c".into(), since: None, epoch: None }, 1_000_000, &mut rig.shard, &mut rig.out).expect("join");
+        assert_eq!(rig.session.room_count(), 3);
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_user_and_leaves_rooms_no_longer_allowed() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        rig.join("a", None, None);
+        rig.join("b", None, None);
+        let mallory = Claims { sub: "mallory".into(), exp: 10, rooms: vec!["*".into()] };
+        rig.session.refresh(mallory, &mut rig.shard, &mut rig.out);
+        assert_eq!(rig.seen(), vec!["error 403 None"]);
+        assert_eq!(rig.session.claims().sub, "alice");
+        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()] };
+        rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
+        assert_eq!(rig.seen(), vec!["error 403 None", "refreshed 99"]);
+        assert_eq!(rig.session.room_count(), 1);
+        assert_eq!(rig.session.claims().exp, 99);
+        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "b".into() }));
+        assert!(!rig.shard.has_room("b"));
+    }
+
+    #[test]
+    fn a_publish_above_the_frame_limit_is_refused_whatever_the_config() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        rig.session.limits.max_message_bytes = usize::MAX;
+        let big = Request::Publish {
+            room: "r".into(),
+            data: vec![b'x'; MAX_PUBLISH_BYTES + 1],
+            flags: 0,
+            id: ReqId::Json(None),
+            key: String::new(),
+        };
+        assert_eq!(rig.request(big), Err(ClientError::TooBig));
+        assert_eq!(rig.session.poll_coordinator(), None, "nothing reaches the hub link");
     }
 
     #[test]

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::auth::AuthError;
 use crate::frame::is_valid_room;
 
 /// Longest publish `id`, as compact JSON text (docs/protocol.md "Publish ids").
@@ -70,6 +71,18 @@ pub enum ClientOp {
     },
     /// Application-level ping, answered with `pong`.
     Ping,
+    /// The token, as the connection's first message when the URL carried none (URLs end up in
+    /// proxy logs). No answer; a refused token closes the connection.
+    Auth {
+        /// The JWT.
+        token: String,
+    },
+    /// A fresh token for the same user before the current one expires: answered with
+    /// `refreshed`; its `rooms` replace the old ones.
+    Refresh {
+        /// The JWT.
+        token: String,
+    },
 }
 
 /// A client message the Link refuses, with what its `error` answer echoes.
@@ -140,6 +153,13 @@ impl ClientOp {
                 Ok(ClientOp::Publish { room, data, id })
             }
             "ping" => Ok(ClientOp::Ping),
+            "auth" | "refresh" => {
+                let token = match map.get("token") {
+                    Some(Value::String(token)) if !token.is_empty() => token.clone(),
+                    _ => return Err(fail(ClientError::BadField)),
+                };
+                Ok(if op == "auth" { ClientOp::Auth { token } } else { ClientOp::Refresh { token } })
+            }
             _ => Err(fail(ClientError::UnknownOp)),
         }
     }
@@ -166,6 +186,14 @@ impl ClientOp {
             }
             ClientOp::Publish { room, data, id } => publish_json(room, data, id.as_ref()),
             ClientOp::Ping => r#"{"op":"ping"}"#.to_owned(),
+            ClientOp::Auth { token } | ClientOp::Refresh { token } => {
+                let op = if matches!(self, ClientOp::Auth { .. }) { "auth" } else { "refresh" };
+                let mut out = String::with_capacity(32 + token.len());
+                let _ = write!(out, r#"{{"op":"{op}","token":"#);
+                push_json_str(&mut out, token);
+                out.push('}');
+                out
+            }
         }
     }
 }
@@ -306,6 +334,11 @@ pub enum ServerMsg<'a, D> {
     },
     /// Answer to a ping.
     Pong,
+    /// A `refresh` was accepted: the connection now lives until `exp`.
+    Refreshed {
+        /// The new token's expiry, seconds since the Unix epoch.
+        exp: u64,
+    },
 }
 
 /// Why a server text message could not be read.
@@ -354,6 +387,8 @@ struct Flat<'a, D> {
     reason: Option<Text<'a>>,
     #[serde(default)]
     retry_after_ms: Option<u32>,
+    #[serde(default)]
+    exp: Option<u64>,
 }
 
 fn none<D>() -> Option<D> {
@@ -444,6 +479,10 @@ impl<'a, D: Deserialize<'a>> ServerMsg<'a, D> {
                 retry_after_ms: flat.retry_after_ms,
             },
             Some("pong") => ServerMsg::Pong,
+            Some("refreshed") => match flat.exp {
+                Some(exp) => ServerMsg::Refreshed { exp },
+                None => return Err(unexpected()),
+            },
             Some(_) => return Err(unexpected()),
         };
         Ok(msg)
@@ -475,6 +514,7 @@ impl<D> ServerMsg<'_, D> {
                 retry_after_ms,
             },
             ServerMsg::Pong => ServerMsg::Pong,
+            ServerMsg::Refreshed { exp } => ServerMsg::Refreshed { exp },
         }
     }
 }
@@ -519,6 +559,9 @@ impl<D: Serialize> ServerMsg<'_, D> {
                 encode_error(out, *code, reason, room.as_deref(), id.map(Value::from).as_ref(), *retry_after_ms);
             }
             ServerMsg::Pong => out.extend_from_slice(br#"{"op":"pong"}"#),
+            ServerMsg::Refreshed { exp } => {
+                let _ = write!(ByteWriter(out), r#"{{"op":"refreshed","exp":{exp}}}"#);
+            }
         }
     }
 
@@ -657,6 +700,24 @@ pub enum ClientError {
     /// The Link is stopping.
     #[error("server shutting down")]
     ShuttingDown,
+    /// More joins than `link.join_rate` allows (answered with the bucket's own retry hint).
+    #[error("join rate limited")]
+    JoinRateLimited,
+    /// A connection without a token in its URL sent something else than `auth` first.
+    #[error("authentication required")]
+    AuthRequired,
+    /// A connection without a token in its URL sent no `auth` within 5 s.
+    #[error("authentication timeout")]
+    AuthTimeout,
+    /// The token of an `auth` op was refused (the reason is the token's).
+    #[error("{0}")]
+    AuthFailed(AuthError),
+    /// The token of a `refresh` op was refused; the connection keeps its current token.
+    #[error("{0}")]
+    RefreshRefused(AuthError),
+    /// A `refresh` token names another user than the connection's.
+    #[error("refresh token for another user")]
+    RefreshOtherUser,
 }
 
 /// What the offender gets.
@@ -694,6 +755,12 @@ impl ClientError {
             Idle => Refusal::Close(1001, "idle timeout"),
             TokenExpired => Refusal::Close(1008, "token expired"),
             ShuttingDown => Refusal::Close(1001, "server shutting down"),
+            JoinRateLimited => Refusal::Error(429, "join rate limited"),
+            AuthRequired => Refusal::Close(1008, "authentication required"),
+            AuthTimeout => Refusal::Close(1008, "authentication timeout"),
+            AuthFailed(error) => Refusal::Close(1008, error.reason()),
+            RefreshRefused(error) => Refusal::Error(error.status(), error.reason()),
+            RefreshOtherUser => Refusal::Error(403, "refresh token for another user"),
         }
     }
 
@@ -708,7 +775,7 @@ impl ClientError {
     /// publish rate limit (429). `None`: retrying the same request cannot help.
     pub fn retry_after_ms(&self) -> Option<u32> {
         match self {
-            ClientError::HubUnavailable | ClientError::HubLost | ClientError::RateLimited => Some(1000),
+            ClientError::HubUnavailable | ClientError::HubLost | ClientError::RateLimited | ClientError::JoinRateLimited => Some(1000),
             _ => None,
         }
     }
@@ -832,13 +899,16 @@ mod tests {
         let all = vec![
             MalformedJson, UnknownOp, BadField, BadRoom, RoomNotAllowed, AlreadyJoined, NotJoined, TooManyRooms,
             RateLimited, HubUnavailable, HubLost, TooBig, Binary, Protocol, BadUtf8, Flood, SlowConsumer,
-            TooManyConnections, Idle, TokenExpired, ShuttingDown,
+            TooManyConnections, Idle, TokenExpired, ShuttingDown, JoinRateLimited, AuthRequired, AuthTimeout,
+            AuthFailed(AuthError::BadSignature), RefreshRefused(AuthError::Expired), RefreshRefused(AuthError::NotYetValid),
+            RefreshOtherUser,
         ];
         for e in &all {
             match e {
                 MalformedJson | UnknownOp | BadField | BadRoom | RoomNotAllowed | AlreadyJoined | NotJoined
                 | TooManyRooms | RateLimited | HubUnavailable | HubLost | TooBig | Binary | Protocol | BadUtf8
-                | Flood | SlowConsumer | TooManyConnections | Idle | TokenExpired | ShuttingDown => {}
+                | Flood | SlowConsumer | TooManyConnections | Idle | TokenExpired | ShuttingDown | JoinRateLimited
+                | AuthRequired | AuthTimeout | AuthFailed(_) | RefreshRefused(_) | RefreshOtherUser => {}
             }
         }
         all
@@ -915,6 +985,8 @@ mod tests {
                 id
             }),
             Just(ClientOp::Ping),
+            "[A-Za-z0-9._-]{1,40}".prop_map(|token| ClientOp::Refresh { token }),
+            "[A-Za-z0-9._-]{1,40}".prop_map(|token| ClientOp::Auth { token }),
         ]
     }
 
@@ -939,6 +1011,7 @@ mod tests {
                 |(code, reason, room, id, retry_after_ms)| ServerMsg::Error { code, reason, room, id, retry_after_ms }
             ),
             Just(ServerMsg::Pong),
+            any::<u64>().prop_map(|exp| ServerMsg::Refreshed { exp }),
         ]
     }
 

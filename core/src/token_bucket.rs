@@ -1,4 +1,4 @@
-//! A token bucket: the per-connection publish rate limit of a Link session.
+//! A token bucket: the per-connection publish and join rate limits of a Link session.
 //!
 //! `rate` tokens per second, at most `burst` stored; one publish takes one token. Time comes in
 //! as an argument (microseconds), so the bucket is sans-IO and tested without a clock. A client
@@ -55,6 +55,18 @@ impl TokenBucket {
             Verdict::Limited
         }
     }
+
+    /// The `retry_after_ms` of the last refusal, in microseconds, as of the last
+    /// [`TokenBucket::take`]: the time until the token for this refusal, counting the ones
+    /// refused just before it (refused in a row, they are told to come back one after the
+    /// other, not all at the next token). 0 when unlimited.
+    pub fn wait_micros(&self) -> u64 {
+        if self.rate <= 0.0 {
+            return 0;
+        }
+        let owed = f64::from(self.strikes.max(1)) - self.tokens;
+        (owed.max(0.0) / self.rate * 1e6).ceil() as u64
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +84,12 @@ mod tests {
         }
         assert_eq!(bucket.take(100_000), Verdict::Flood);
         assert_eq!(TokenBucket::new(0, 0, 0).take(0), Verdict::Allow);
+        let mut bucket = TokenBucket::new(4, 2, 0);
+        assert_eq!(bucket.take(0), Verdict::Allow);
+        assert_eq!(bucket.take(0), Verdict::Allow);
+        assert_eq!(bucket.wait_micros(), 250_000, "a quarter second to the next token at 4/s");
+        assert_eq!(bucket.take(0), Verdict::Limited);
+        assert_eq!(bucket.take(0), Verdict::Limited);
+        assert_eq!(bucket.wait_micros(), 500_000, "the second refused in a row comes back after the first");
     }
 }

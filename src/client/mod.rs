@@ -159,6 +159,7 @@ enum Command {
     Join(String),
     Leave(String),
     Publish(String, Bytes, oneshot::Sender<Result<u64, SessionError>>),
+    Refresh(String),
     DropConnection,
     Close,
 }
@@ -177,6 +178,7 @@ impl std::fmt::Debug for Command {
             Command::Join(_) => "Join",
             Command::Leave(_) => "Leave",
             Command::Publish(..) => "Publish",
+            Command::Refresh(_) => "Refresh",
             Command::DropConnection => "DropConnection",
             Command::Close => "Close",
         })
@@ -213,6 +215,13 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Publish(room.to_owned(), bytes, tx)).map_err(|_| Error::Stopped)?;
         Ok(rx.await.map_err(|_| Error::Stopped)??)
+    }
+
+    /// Hands the Link a fresh token for the same user before the current one expires, so a
+    /// long-lived connection is not closed at expiry (WebSocket `{"op":"refresh"}`; answered by
+    /// [`Event::Refreshed`]). Reconnects use the new token; over QUIC only they do.
+    pub fn refresh(&self, token: &str) -> Result<(), Error> {
+        self.commands.send(Command::Refresh(token.to_owned())).map_err(|_| Error::Stopped)
     }
 
     /// The next event; `None` once the connection task has ended (after [`Event::Closed`]).
@@ -352,7 +361,7 @@ impl ConnectionTask {
 
     async fn connect(&mut self) -> Result<Conn, Disconnect> {
         let timeout = self.options.connect_timeout;
-        let token = self.options.token.clone();
+        let token = self.session.token().map(str::to_owned).or_else(|| self.options.token.clone());
         let bind = self.options.bind;
         let (transport, ws_url, quic_addr) = match &self.options.target {
             Target::Ws(url) => (Transport::Ws, Some(url.clone()), None),
@@ -453,6 +462,7 @@ impl ConnectionTask {
             Command::Publish(room, data, reply) => {
                 let _ = reply.send(self.session.publish(&room, data));
             }
+            Command::Refresh(token) => self.session.refresh(&token),
             Command::DropConnection | Command::Close => {}
         }
     }

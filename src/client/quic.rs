@@ -137,6 +137,8 @@ impl QuicTransport {
                 data: data.to_vec(),
             }),
             ClientOp::Ping => FrameBuilder::new("").build(&Body::Heartbeat { nonce: 0 }),
+            // QUIC has no refresh frame: the token is the `Hello`'s (a new one serves reconnects).
+            ClientOp::Auth { .. } | ClientOp::Refresh { .. } => return Ok(()),
         };
         self.send.write_all(frame.as_bytes()).await?;
         if let ClientOp::Leave { room } = op {

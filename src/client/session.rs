@@ -135,6 +135,11 @@ pub enum Event {
         /// What ended the previous connection.
         cause: Disconnect,
     },
+    /// The Link took a token given to [`Session::refresh`]: the connection lives until `exp`.
+    Refreshed {
+        /// The new token's expiry, seconds since the Unix epoch.
+        exp: u64,
+    },
     /// A join (or rejoin) completed: everything replayed came before this event.
     Joined {
         /// The room.
@@ -351,6 +356,8 @@ pub struct Session {
     next_id: u64,
     rng: u64,
     stats: SessionStats,
+    /// A token given by [`Session::refresh`]: it replaces the configured one for reconnects.
+    token: Option<String>,
 }
 
 impl Session {
@@ -369,10 +376,16 @@ impl Session {
             // xorshift must not start at 0.
             rng: seed | 1,
             stats: SessionStats::default(),
+            token: None,
         }
     }
 
     // ---- getters ----
+
+    /// The token last given to [`Session::refresh`], if any (reconnects use it).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
 
     /// Whether a connection is up.
     pub fn is_connected(&self) -> bool {
@@ -632,6 +645,8 @@ impl Session {
     pub fn handle_error(&mut self, now: Instant, code: u16, reason: &str, room: Option<&str>, id: Option<u64>, retry_after_ms: Option<u32>) {
         let retry_in = match (code, retry_after_ms, self.link) {
             (503, Some(ms), LinkState::Connected) => Some(Duration::from_millis(u64::from(ms.max(1)))),
+            // A join refused by the Link's join rate limit: its hint spaces the retries.
+            (429, Some(ms), LinkState::Connected) if id.is_none() => Some(Duration::from_millis(u64::from(ms.max(1)))),
             _ => None,
         };
         if let Some(id) = id {
@@ -719,6 +734,20 @@ impl Session {
                 Received::Refused { code, reason }
             }
             ServerMsg::Pong => Received::Absorbed,
+            ServerMsg::Refreshed { exp } => {
+                self.events.push_back(Event::Refreshed { exp });
+                Received::Absorbed
+            }
+        }
+    }
+
+    /// Hands the Link a fresh token before the current one expires (`{"op":"refresh"}`; the
+    /// answer is [`Event::Refreshed`], a refusal an [`Event::Error`]); reconnects use it too.
+    /// While disconnected it is only kept for the next connection.
+    pub fn refresh(&mut self, token: &str) {
+        self.token = Some(token.to_owned());
+        if self.link == LinkState::Connected {
+            self.outbox.push_back(ClientOp::Refresh { token: token.to_owned() });
         }
     }
 
@@ -850,6 +879,22 @@ mod tests {
         s.handle_joined(room, 7, last_seq);
         drain_events(&mut s);
         s
+    }
+
+    #[test]
+    fn a_refresh_is_sent_when_connected_and_kept_for_reconnects() {
+        let t0 = Instant::now();
+        let mut s = joined(t0, "r", 0);
+        s.refresh("new-token");
+        assert_eq!(drain_ops(&mut s), vec![ClientOp::Refresh { token: "new-token".into() }]);
+        assert_eq!(s.token(), Some("new-token"));
+        let _ = s.handle_server_msg(t0, ServerMsg::Refreshed::<serde_json::Value> { exp: 42 });
+        assert_eq!(drain_events(&mut s), vec![Event::Refreshed { exp: 42 }]);
+        s.handle_disconnected(t0, Disconnect::io("gone"));
+        s.refresh("newer");
+        let _ = drain_events(&mut s);
+        assert!(drain_ops(&mut s).is_empty(), "nothing sent while disconnected");
+        assert_eq!(s.token(), Some("newer"), "the next connection uses it");
     }
 
     /// Drops the connection at `now` and reconnects at the scheduled time; returns it.

@@ -43,6 +43,11 @@ impl Admission {
         result
     }
 
+    /// True when no secret is configured (token-less clients are anonymous).
+    pub(crate) fn is_dev(&self) -> bool {
+        self.verifier.is_dev()
+    }
+
     /// Takes one of the Link's connection slots; `None` when all are taken.
     pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
         if self.connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {

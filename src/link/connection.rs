@@ -3,7 +3,10 @@
 //!
 //! 1. **Admission** ([`ConnContext::admit`], [`Admission::verify`], `admission.rs`): a slot
 //!    under `link.max_connections` (none once the shard is stopping), and the client's token
-//!    checked. The slot is held by an [`Admitted`] until the end.
+//!    checked. The slot is held by an [`Admitted`] until the end. A WebSocket client whose URL
+//!    has no token (and the Link is not in dev mode) is admitted **pending**: it holds its slot
+//!    but has no session until its first message, `{"op":"auth","token"}`, is verified
+//!    ([`Pending`]; `ws.rs` runs that step, within [`AUTH_TIMEOUT`]).
 //! 2. **Open** ([`Connection::open`]): an id and a [`Mailbox`] on the shard, the user registered
 //!    (the user's oldest connections beyond `link.max_conns_per_user` are asked to close through
 //!    the coordinator), the shard's counters, and the core [`LinkSession`].
@@ -12,7 +15,10 @@
 //!    ([`Connection::handle_events`]) — and fills from the shard's rings
 //!    ([`Connection::fill`]) while its socket has room; every call also moves what the session
 //!    owes the coordinator (joins, leaves, publishes) onto the coordinator's channel and its
-//!    counters into the metrics. A timer calls [`Connection::check`] (lag policy, token expiry).
+//!    counters into the metrics. A timer calls [`Connection::check`] (lag policy, token expiry);
+//!    the WebSocket driver also arms a timer at the token's expiry ([`Connection::expires`]),
+//!    which a `refresh` ([`Connection::handle_request`]) moves. The driver tells the session
+//!    when its socket queue is empty ([`Connection::drained`]): replays are paged on that.
 //! 4. **Close** ([`Connection::finish`], then drop): the session leaves its rooms, the shard and
 //!    the user registry forget the connection, the counters and the admission slot are returned.
 //!
@@ -26,7 +32,7 @@ use std::sync::Arc;
 
 use linkcast_core::auth::Claims;
 use linkcast_core::fanout::LagPolicy;
-use linkcast_core::link_session::{LinkSession, Request, SessionLimits, ToClient, ToCoordinator, Wire};
+use linkcast_core::link_session::{refuse, LinkSession, Request, SessionLimits, ToClient, ToCoordinator, Wire};
 use linkcast_core::protocol::ClientError;
 
 use super::admission::{Admission, Admitted};
@@ -77,14 +83,39 @@ impl ConnContext {
     }
 }
 
+/// Time a pending connection (no token in its URL) has to send `{"op":"auth","token"}`.
+pub(crate) const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who a connection is, once past the upgrade.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// Authenticated by its URL's token (or anonymous in dev mode): open the session now.
+    Ready(Claims),
+    /// No token in the URL: its first message must be `{"op":"auth","token"}` (within
+    /// [`AUTH_TIMEOUT`]); anything else closes it with 1008.
+    Auth,
+}
+
+impl Pending {
+    /// The claims of the first message, which must be an `auth` op with a token the Link
+    /// accepts; the error to close the connection with otherwise.
+    pub(crate) fn authenticate(ctx: &ConnContext, first: &str) -> Result<Claims, ClientError> {
+        match linkcast_core::protocol::ClientOp::parse(first) {
+            Ok(linkcast_core::protocol::ClientOp::Auth { token }) => {
+                ctx.admission.verify(Some(&token)).map_err(ClientError::AuthFailed)
+            }
+            _ => Err(ClientError::AuthRequired),
+        }
+    }
+}
+
 /// One open connection: its session and its place on the shard (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Connection {
     ctx: Rc<ConnContext>,
     session: LinkSession,
     mailbox: Rc<Mailbox>,
-    /// The token's expiry, seconds since the Unix epoch.
-    expires: u64,
+    wire: Wire,
     gauge: metrics::Gauge,
     _admitted: Admitted,
 }
@@ -92,16 +123,29 @@ pub(crate) struct Connection {
 impl Connection {
     /// Registers an admitted, authenticated client on the shard and starts its session.
     pub(crate) fn open(ctx: Rc<ConnContext>, wire: Wire, claims: Claims, admitted: Admitted) -> Self {
-        let Registered { id, index, mailbox } = ctx.shard.borrow_mut().register_conn();
+        let Registered { id, index, mailbox } = ctx.shard.borrow_mut().register_conn(ctx.link.replay_bytes);
         for evicted in ctx.users.register(&claims.sub, id, ctx.link.max_conns_per_user) {
             let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
         }
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
         gauge.increment(1.0);
-        let expires = claims.exp;
         let session = LinkSession::new(id, wire, claims, limits(&ctx.link), now_micros());
-        Connection { ctx, session, mailbox, expires, gauge, _admitted: admitted }
+        Connection { ctx, session, mailbox, wire, gauge, _admitted: admitted }
+    }
+
+    /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
+    pub(crate) fn expires(&self) -> u64 {
+        self.session.claims().exp
+    }
+
+    /// The driver's socket queue is empty (see [`LinkSession::drained`]).
+    pub(crate) fn drained(&mut self) {
+        if !self.session.wants_drained() {
+            return; // the common case, on the delivery path: nothing replayed, nothing waiting
+        }
+        self.session.drained(&mut self.ctx.shard.borrow_mut().rooms);
+        self.forward();
     }
 
     /// The connection's id (carries the shard index).
@@ -135,11 +179,16 @@ impl Connection {
         let mut result = Ok(());
         {
             let mut shard = self.ctx.shard.borrow_mut();
+            if self.wire == Wire::Quic && self.session.wants_drained() {
+                // The QUIC driver writes everything before it asks for more: its queue is empty.
+                self.session.drained(&mut shard.rooms);
+            }
             while let Some(event) = self.mailbox.next_event() {
                 match event {
                     ConnEvent::Hub { frame, ring_tail } => {
                         self.session.handle_hub_frame(frame, ring_tail, &mut shard.rooms, items)
                     }
+                    ConnEvent::Dropped { request } => self.session.replay_dropped(request),
                     ConnEvent::Close(error) => {
                         result = Err(error);
                         break;
@@ -161,9 +210,19 @@ impl Connection {
         result
     }
 
-    /// Handles one client request (answers into `items`).
+    /// Handles one client request (answers into `items`). A `refresh` (or a late `auth`) is
+    /// verified here: a refused token is an error answer and the current one stays.
     pub(crate) fn handle_request(&mut self, request: Request, items: &mut Vec<ToClient>) -> Result<(), ClientError> {
-        let result = self.session.handle_request(request, now_micros(), &mut self.ctx.shard.borrow_mut().rooms, items);
+        let result = match request {
+            Request::Refresh { token } => match self.ctx.admission.verify(Some(&token)) {
+                Ok(claims) => {
+                    self.session.refresh(claims, &mut self.ctx.shard.borrow_mut().rooms, items);
+                    Ok(())
+                }
+                Err(error) => refuse(ClientError::RefreshRefused(error), None, None, items),
+            },
+            request => self.session.handle_request(request, now_micros(), &mut self.ctx.shard.borrow_mut().rooms, items),
+        };
         self.forward();
         result
     }
@@ -173,7 +232,7 @@ impl Connection {
         if self.ctx.link.lag_policy == LagPolicy::Disconnect && self.session.lagging(&self.ctx.shard.borrow().rooms) {
             return Err(ClientError::SlowConsumer);
         }
-        if self.expires <= now_micros() / 1_000_000 {
+        if self.expires() <= now_micros() / 1_000_000 {
             return Err(ClientError::TokenExpired);
         }
         Ok(())
@@ -217,6 +276,12 @@ impl Connection {
         if stats.resets > 0 {
             metrics::counter!("linkcast_link_resets_total").increment(stats.resets);
         }
+        if stats.replay_pages > 0 {
+            metrics::counter!("linkcast_link_replay_pages_total").increment(stats.replay_pages);
+        }
+        if stats.joins_limited > 0 {
+            metrics::counter!("linkcast_link_joins_limited_total").increment(stats.joins_limited);
+        }
     }
 }
 
@@ -240,5 +305,8 @@ fn limits(link: &LinkConfig) -> SessionLimits {
         lag_policy: link.lag_policy,
         publish_rate: link.publish_rate,
         publish_burst: link.publish_burst,
+        join_rate: link.join_rate,
+        join_burst: link.join_burst,
+        replay_bytes: link.replay_bytes.max(1),
     }
 }

@@ -205,7 +205,10 @@ impl Drop for LinkHandle {
 pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io::Result<LinkHandle> {
     let config = options.config.clone();
     let shard_count = config.link.shard_count().clamp(1, 255);
-    let verifier = Verifier::new(Some(config.auth.jwt_secret.as_str()));
+    let auth = &config.auth;
+    let verifier = Verifier::with_secrets(std::iter::once(auth.jwt_secret.as_str()).chain(auth.jwt_secrets.iter().map(String::as_str)))
+        .issuer(Some(auth.jwt_issuer.as_str()))
+        .audience(Some(auth.jwt_audience.as_str()));
     if verifier.is_dev() {
         tracing::warn!(
             "!!! Link {} runs in DEV MODE: no auth.jwt_secret configured, anonymous clients may join and publish in every room !!!",
@@ -338,10 +341,10 @@ pub struct LinkArgs {
     pub no_quic: bool,
 }
 
-/// Runs `linkcast link` until Ctrl-C: loads the config, checks it may start (a secured Link needs
-/// the cluster secret and a way to verify non-loopback hubs), connects to the hubs over QUIC,
-/// serves clients, and `GET /metrics` / `GET /healthz` on its admin listener (or, unsecured
-/// without one, on the WebSocket port).
+/// Runs `linkcast link` until Ctrl-C or SIGTERM (systemd, Kubernetes): loads the config, checks
+/// it may start (a secured Link needs the cluster secret and a way to verify non-loopback hubs),
+/// connects to the hubs over QUIC, serves clients, and `GET /metrics` / `GET /healthz` on its
+/// admin listener (or, unsecured without one, on the WebSocket port).
 pub fn run_cli(args: LinkArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::load(&args.config)?;
     if let Some(shards) = args.shards {
@@ -366,8 +369,9 @@ pub fn run_cli(args: LinkArgs) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let handle = start(LinkOptions { id, config, ws_addr, quic_addr, admin_addr }, connector)?;
-        tracing::info!(ws = %handle.ws_addr(), quic = ?handle.quic_addr(), "link {id} serving; Ctrl-C stops");
-        tokio::signal::ctrl_c().await?;
+        tracing::info!(ws = %handle.ws_addr(), quic = ?handle.quic_addr(), "link {id} serving; Ctrl-C or SIGTERM stops");
+        // Both signals close every client with 1001 (a bare SIGTERM would reset them).
+        crate::hub::shutdown_signal().await;
         tracing::info!("stopping");
         handle.shutdown().await;
         Ok::<(), Box<dyn std::error::Error>>(())

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use linkcast_core::fanout::RingLimits;
-use linkcast_core::frame::Frame;
+use linkcast_core::frame::{ArchivedBody, Frame};
 use linkcast_core::protocol::ClientError;
 pub(crate) use linkcast_core::shard_rooms::{shard_of, RingItem, RoomMessage, ShardRooms};
 
@@ -93,31 +93,83 @@ pub(crate) enum ConnEvent {
     },
     /// Close the connection for this reason.
     Close(ClientError),
+    /// Replays of join `request` were dropped (the mailbox held its replay cap): the session
+    /// asks for them again.
+    Dropped {
+        /// The join request.
+        request: u64,
+    },
 }
 
-/// Most events a mailbox holds. The protocol bounds them far below this (one join answer per
-/// room joined, one ack per rate-limited publish); a connection that gets more is closed.
+/// Most events other than replays a mailbox holds. The protocol bounds them far below this (one
+/// ack per pending publish, a few answers per join); a connection that gets more is closed
+/// ("publish flood"). Replays are not counted here: a catch-up is never a flood.
 const MAX_MAILBOX: usize = 4096;
 
 /// A connection task's inbox on its shard: hub answers, close requests and "a ring has frames
 /// for you". Same thread only (no channel, no allocation while empty).
+///
+/// Replayed messages are held up to `replay_cap` bytes (`link.replay_bytes`); one beyond that is
+/// dropped here, and the session, seeing its replay stop short, asks the hub again from where it
+/// stopped once the socket drained (`LinkSession` paging): nothing is lost, nothing is unbounded.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     events: RefCell<VecDeque<ConnEvent>>,
+    /// Events in `events` that are not replays.
+    others: Cell<usize>,
+    /// Bytes of replays in `events`.
+    replay_bytes: Cell<usize>,
+    replay_cap: usize,
     ring: Cell<bool>,
     notify: Notify,
 }
 
+/// Whether `event` is a replayed message: its size and join request.
+fn replay_len(event: &ConnEvent) -> Option<(usize, u64)> {
+    match event {
+        ConnEvent::Hub { frame, .. } => match frame.body() {
+            ArchivedBody::Replay { request, .. } => Some((frame.len(), request.to_native())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl Mailbox {
+    /// An empty mailbox holding at most `replay_cap` bytes of replays.
+    pub(crate) fn new(replay_cap: usize) -> Self {
+        Mailbox { replay_cap, ..Mailbox::default() }
+    }
+
     /// Queues `event` and wakes the task.
     pub(crate) fn post(&self, event: ConnEvent) {
         {
             let mut events = self.events.borrow_mut();
-            if events.len() >= MAX_MAILBOX {
-                events.clear();
-                events.push_back(ConnEvent::Close(ClientError::Flood));
-            } else {
-                events.push_back(event);
+            match replay_len(&event) {
+                Some((len, request)) => {
+                    let held = self.replay_bytes.get();
+                    if held > 0 && held + len > self.replay_cap {
+                        // Dropped, and said once per run: the session asks for it again.
+                        metrics::counter!("linkcast_link_replay_dropped_bytes_total").increment(len as u64);
+                        if !matches!(events.back(), Some(ConnEvent::Dropped { request: r }) if *r == request) {
+                            self.others.set(self.others.get() + 1);
+                            events.push_back(ConnEvent::Dropped { request });
+                        }
+                    } else {
+                        self.replay_bytes.set(held + len);
+                        events.push_back(event);
+                    }
+                }
+                None if self.others.get() >= MAX_MAILBOX => {
+                    events.clear();
+                    self.others.set(1);
+                    self.replay_bytes.set(0);
+                    events.push_back(ConnEvent::Close(ClientError::Flood));
+                }
+                None => {
+                    self.others.set(self.others.get() + 1);
+                    events.push_back(event);
+                }
             }
         }
         self.notify.notify_one();
@@ -141,7 +193,12 @@ impl Mailbox {
 
     /// The next queued event.
     pub(crate) fn next_event(&self) -> Option<ConnEvent> {
-        self.events.borrow_mut().pop_front()
+        let event = self.events.borrow_mut().pop_front()?;
+        match replay_len(&event) {
+            Some((len, _)) => self.replay_bytes.set(self.replay_bytes.get().saturating_sub(len)),
+            None => self.others.set(self.others.get().saturating_sub(1)),
+        }
+        Some(event)
     }
 
     /// Whether a ring had frames since the last call.
@@ -229,10 +286,11 @@ impl ShardState {
         self.rooms.index()
     }
 
-    /// Gives a new connection (WebSocket or QUIC) its id and mailbox, registered.
-    pub(crate) fn register_conn(&mut self) -> Registered {
+    /// Gives a new connection (WebSocket or QUIC) its id and mailbox (holding at most
+    /// `replay_cap` bytes of replays), registered.
+    pub(crate) fn register_conn(&mut self, replay_cap: usize) -> Registered {
         let id = self.rooms.new_id();
-        let mailbox = Rc::new(Mailbox::default());
+        let mailbox = Rc::new(Mailbox::new(replay_cap));
         self.conns.insert(id, ConnSlot { mailbox: mailbox.clone(), direct: None });
         Registered { id, index: self.index(), mailbox }
     }

@@ -132,6 +132,41 @@ impl ClientSocket {
         })
     }
 
+    /// Waits for and appends what the socket has (up to 16 KiB) to `buf`; `Ok(0)` at the end.
+    /// For the few reads before a connection has its task loop (authentication, closing).
+    pub(crate) async fn read_some(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            self.readable().await?;
+            match self.try_read(&mut chunk) {
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes all of `bytes` (and any ciphertext behind them), waiting for the socket as needed.
+    pub(crate) async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.send(&[IoSlice::new(bytes)]) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        loop {
+            match self.flush_tls() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Waits until the socket takes bytes again.
     pub(crate) async fn writable(&self) -> io::Result<()> {
         self.tcp.writable().await

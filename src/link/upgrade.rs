@@ -10,9 +10,12 @@
 //! (`linkcast_core::http_upgrade`, which also builds every answer). Then, in this order:
 //! `GET /healthz` and `GET /metrics` are answered directly on an unsecured node (a secured one
 //! serves them on its admin listener only); anything but `/ws` is 404; a missing upgrade or
-//! WebSocket version other than 13 is 400; a refused `Origin` is 403, a missing/bad/expired
-//! token 401 — each with the JSON body `{"error","reason"}` of docs/protocol.md. Then the Link answers `101 Switching Protocols` itself and drops every byte
-//! of the HTTP exchange; only what the client sent behind its head goes on to the connection.
+//! WebSocket version other than 13 is 400; a refused `Origin` is 403, a bad/expired token 401 —
+//! each with the JSON body `{"error","reason"}` of docs/protocol.md. A URL without a token
+//! (outside dev mode) is upgraded **pending**: its first message must carry the token
+//! (`connection::Pending`, run by `ws.rs`). Then the Link answers `101 Switching Protocols`
+//! itself and drops every byte of the HTTP exchange; only what the client sent behind its head
+//! goes on to the connection.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,11 +25,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use linkcast_core::auth::Claims;
 use linkcast_core::http_upgrade::{self, HeadScanner, RequestHead, MAX_HEAD};
 
 use super::admission::Admitted;
-use super::connection::ConnContext;
+use super::connection::{ConnContext, Pending};
 use super::handshakes::{Handshake, Handshakes};
 use super::socket::ClientSocket;
 use super::ws;
@@ -157,13 +159,13 @@ async fn refuse<S: AsyncWrite + Unpin>(tcp: &mut S, status: u16, error: &str, re
 }
 
 /// Checks the request head and answers it: an HTTP error (`None`), or `101 Switching
-/// Protocols` and the bytes the client sent behind its head with its claims.
+/// Protocols` and the bytes the client sent behind its head with who it is (or `Pending::Auth`).
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     tcp: &mut S,
     deadline: tokio::time::Instant,
     port: &PortSetup,
     ctx: &ConnContext,
-) -> Option<(Vec<u8>, Claims)> {
+) -> Option<(Vec<u8>, Pending)> {
     let link = &ctx.link;
     let head = match tokio::time::timeout_at(deadline, read_head(tcp)).await {
         Ok(Ok(Some(head))) => head,
@@ -215,8 +217,8 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     }
-    let claims = match ctx.admission.verify(request.query_param("token").as_deref()) {
-        Ok(claims) => claims,
+    let claims = match who_is(ctx, request.query_param("token").as_deref()) {
+        Ok(who) => who,
         Err(error) => {
             refuse(tcp, 401, "unauthorized", error.reason()).await;
             return None;
@@ -234,4 +236,13 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let early = head[request.len..].to_vec();
     Some((early, claims))
+}
+
+/// The client's token from its URL, checked; without one (and not in dev mode) the connection
+/// is admitted [`Pending::Auth`]: its first message must carry the token (URLs end up in logs).
+fn who_is(ctx: &ConnContext, token: Option<&str>) -> Result<Pending, linkcast_core::auth::AuthError> {
+    match token.filter(|t| !t.is_empty()) {
+        None if !ctx.admission.is_dev() => Ok(Pending::Auth),
+        token => ctx.admission.verify(token).map(Pending::Ready),
+    }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use linkcast_core::frame::{Body, FrameBuilder};
 use linkcast_core::link_session::{ReqId, ToClient, Wire};
+use linkcast_core::protocol::ServerMsg;
 use linkcast_core::ws_frame;
 
 /// Encodes one outgoing item for `wire`.
@@ -63,5 +64,8 @@ pub(crate) fn encode(wire: Wire, item: ToClient) -> Bytes {
         }
         (Wire::Ws, ToClient::Pong { .. }) => ws_frame::pong(),
         (Wire::Quic, ToClient::Pong { nonce }) => FrameBuilder::new("").build(&Body::Heartbeat { nonce }).into_bytes(),
+        (Wire::Ws, ToClient::Refreshed { exp }) => ws_frame::text(ServerMsg::Refreshed::<()> { exp }.to_json().as_bytes()),
+        // QUIC clients have no refresh (their token is the `Hello`'s).
+        (Wire::Quic, ToClient::Refreshed { .. }) => Bytes::new(),
     }
 }

@@ -6,8 +6,13 @@
 //! - **its task** ([`run`], everything else): hub answers and close requests from its mailbox,
 //!   client frames (read into the shard's one scratch buffer, decoded in place by
 //!   `linkcast_core::ws_read`; only a frame cut by a read is kept, in a buffer freed once it
-//!   completes), waiting for a full socket to drain, and a ping timer (keep-alive, idle, stall,
-//!   lag and token-expiry checks).
+//!   completes), waiting for a full socket to drain, a ping timer (keep-alive, idle, stall and
+//!   lag checks) and a timer at the token's expiry (moved by a `refresh`; close 1008 `token
+//!   expired` on time).
+//!
+//! A connection admitted without a token in its URL ([`Pending::Auth`]) first runs
+//! [`authenticate`]: its first message must be `{"op":"auth","token"}` within
+//! [`AUTH_TIMEOUT`], or it is closed with 1008 before any session exists.
 //!
 //! The connection's life (admission, session, close) is the shared [`Connection`]; this file
 //! only moves WebSocket frames. Ring frames are pulled only while less than
@@ -29,7 +34,7 @@ use linkcast_core::ws_read::{Incoming, MessageReader};
 
 use super::conn_io::{Flushed, OutQueue};
 use super::admission::Admitted;
-use super::connection::{count_close, ConnContext, Connection};
+use super::connection::{count_close, ConnContext, Connection, Pending, AUTH_TIMEOUT};
 use super::shard::{DirectDelivery, Mailbox};
 use super::socket::ClientSocket;
 use super::tally;
@@ -158,7 +163,12 @@ impl WsConnection {
                     break Err(End::Refused(error));
                 }
             }
-            match out.flush(&self.socket) {
+            let flushed = out.flush(&self.socket);
+            if matches!(flushed, Ok(Flushed::All)) && out.queued() == 0 {
+                // Replays handed out so far have left: a cut one may continue.
+                conn.drained();
+            }
+            match flushed {
                 Ok(Flushed::All) if conn.wants_fill() => continue,
                 Ok(_) => break Ok(()),
                 Err(_) => break Err(End::Gone),
@@ -258,9 +268,78 @@ enum ReadState {
     Nothing,
 }
 
+/// When the expiry timer of a token expiring at `exp` (seconds since the Unix epoch) fires: at
+/// `exp`, or within the hour (it is armed again then).
+fn expiry_deadline(exp: u64) -> tokio::time::Instant {
+    let left = exp.saturating_mul(1_000_000).saturating_sub(crate::clock::now_micros());
+    tokio::time::Instant::now() + Duration::from_micros(left.min(3_600_000_000))
+}
+
+/// The first message of a connection without a token in its URL: `{"op":"auth","token"}`
+/// within [`AUTH_TIMEOUT`]. `Ok`: its claims and the bytes after that message. `Err(Some)`:
+/// close with that error; `Err(None)`: the client went away.
+async fn authenticate(
+    socket: &ClientSocket,
+    mut buf: Vec<u8>,
+    reader: &mut MessageReader,
+    ctx: &ConnContext,
+) -> Result<(Claims, Vec<u8>), Option<ClientError>> {
+    let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    loop {
+        let mut at = 0;
+        while let Some((used, message)) = reader.decode(&mut buf[at..]).map_err(Some)? {
+            at += used;
+            match message {
+                Some(Incoming::Text(text)) => {
+                    let claims = Pending::authenticate(ctx, &text).map_err(Some)?;
+                    return Ok((claims, buf[at..].to_vec()));
+                }
+                Some(Incoming::Close(_)) => return Err(None),
+                // Control frames are no message: still waiting for `auth`.
+                Some(Incoming::Ping(_) | Incoming::Pong) | None => {}
+            }
+        }
+        buf.drain(..at);
+        match tokio::time::timeout_at(deadline, socket.read_some(&mut buf)).await {
+            Err(_) => return Err(Some(ClientError::AuthTimeout)),
+            Ok(Ok(0) | Err(_)) => return Err(None),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Closes a connection that never got a session with `error`'s close code and reason.
+async fn close_unauthenticated(socket: ClientSocket, error: ClientError) {
+    count_close(error);
+    let (Refusal::Close(code, reason) | Refusal::Error(code, reason)) = error.refusal();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        socket.write_all(&ws_frame::close(code, reason)).await?;
+        // Read (and drop) until the client's close reply or EOF so it reads our reason before
+        // the FIN: closing with unread input would reset the connection.
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while matches!(socket.read_some(&mut sink).await, Ok(n) if n > 0) {
+                sink.clear();
+            }
+        })
+        .await;
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
 /// Runs an upgraded connection on this shard until it ends: `early` holds the bytes the client
-/// sent right behind its request head.
-pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, claims: Claims, admitted: Admitted, ctx: Rc<ConnContext>) {
+/// sent right behind its request head; a [`Pending::Auth`] connection authenticates first.
+pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admitted: Admitted, ctx: Rc<ConnContext>) {
+    let mut reader = MessageReader::new(ctx.link.max_message_bytes);
+    let (claims, early) = match who {
+        Pending::Ready(claims) => (claims, early),
+        Pending::Auth => match authenticate(&socket, early, &mut reader, &ctx).await {
+            Ok(authenticated) => authenticated,
+            Err(Some(error)) => return close_unauthenticated(socket, error).await,
+            Err(None) => return,
+        },
+    };
     let conn = Connection::open(ctx.clone(), Wire::Ws, claims, admitted);
     let (id, mailbox) = (conn.id(), conn.mailbox().clone());
     let link = &ctx.link;
@@ -282,7 +361,9 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, claims: Claims, ad
     let mut ping = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut reader = MessageReader::new(link.max_message_bytes);
+    let mut armed_exp = ws.conn.borrow().expires();
+    let expiry = tokio::time::sleep_until(expiry_deadline(armed_exp));
+    tokio::pin!(expiry);
     let mut pending: Vec<u8> = Vec::new();
     let mut last_heard = Instant::now();
     let mut last_progress = Instant::now();
@@ -308,6 +389,11 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, claims: Claims, ad
             last_progress = Instant::now();
         }
         let read_allowed = queued < input_cap;
+        let exp = ws.conn.borrow().expires();
+        if exp != armed_exp {
+            armed_exp = exp;
+            expiry.as_mut().reset(expiry_deadline(exp));
+        }
         end = tokio::select! {
             biased;
             _ = mailbox.wait() => Ok(()),
@@ -323,6 +409,14 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, claims: Claims, ad
                 },
                 Err(_) => Err(End::Gone),
             },
+            _ = &mut expiry, if armed_exp != u64::MAX => {
+                if armed_exp <= crate::clock::now_micros() / 1_000_000 {
+                    Err(End::Refused(ClientError::TokenExpired))
+                } else {
+                    expiry.as_mut().reset(expiry_deadline(armed_exp));
+                    Ok(())
+                }
+            }
             _ = ping.tick() => {
                 let now = Instant::now();
                 let silent = now.duration_since(last_heard) > idle;

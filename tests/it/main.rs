@@ -14,6 +14,8 @@
 //!   Chromium [`browser`];
 //! - processes of the binary: [`cluster`] (2 hubs, 3 Links), [`no_silent_loss`] (faults);
 //! - attacks on the edge (TLS, reads, admin, handshakes, slowloris): [`security_edge`].
+//! - what a client can do to a Link around authentication (paged replays, join floods, token
+//!   expiry and refresh, the token in the first message, SIGTERM): [`security_session`].
 
 mod support;
 
@@ -35,4 +37,5 @@ mod no_silent_loss;
 mod no_silent_loss_link;
 mod security_edge;
 mod security_cluster;
+mod security_session;
 mod serve_e2e;

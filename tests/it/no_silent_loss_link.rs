@@ -261,7 +261,8 @@ impl Rng {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_leave_join_back_to_back_while_publishing_gives_the_second_join_exactly_its_replay_then_live() {
     let _serial = SERIAL.lock().await;
-    let serve = start_serve("[link]\nshards = 2\n[hub]\nhistory_messages = 100000\nhistory_bytes = 67108864\n").await;
+    // 100 joins in a few seconds on one connection: above the default join rate limit.
+    let serve = start_serve("[link]\nshards = 2\njoin_rate = 0\n[hub]\nhistory_messages = 100000\nhistory_bytes = 67108864\n").await;
     let room = "race";
     let hub = serve.http_addr();
     for i in 1..=30 {

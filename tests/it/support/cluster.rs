@@ -245,6 +245,11 @@ impl Processes {
         assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
     }
 
+    /// SIGTERM the process (what systemd and Kubernetes send to stop it).
+    pub fn terminate(&self, name: &str) {
+        self.signal(name, libc::SIGTERM);
+    }
+
     /// SIGSTOP the process.
     pub fn stop(&self, name: &str) {
         self.signal(name, libc::SIGSTOP);

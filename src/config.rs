@@ -246,6 +246,9 @@ pub struct HubConfig {
     pub dedupe_keys: usize,
     /// Seconds a publish idempotency key is remembered.
     pub dedupe_secs: u64,
+    /// Most replayed payload bytes the hub sends in one answer to a connection's join; the Link
+    /// asks for the rest as the client reads (paged replays).
+    pub join_replay_bytes: usize,
     /// Most open HTTP connections on the API port (beyond: closed at accept).
     pub max_http_connections: usize,
     /// Seconds a client has to send a request head (and TLS handshake) on the API port.
@@ -271,6 +274,7 @@ impl Default for HubConfig {
             publish_rate: 0,
             dedupe_keys: room.dedupe_keys,
             dedupe_secs: room.dedupe_micros / 1_000_000,
+            join_replay_bytes: TableLimits::default().join_replay_bytes,
             max_http_connections: 4096,
             http_header_timeout_secs: 5,
             http_request_timeout_secs: 30,
@@ -292,6 +296,7 @@ impl HubConfig {
                 dedupe_keys: self.dedupe_keys,
                 dedupe_micros: self.dedupe_secs.saturating_mul(1_000_000),
             },
+            join_replay_bytes: self.join_replay_bytes.max(1),
         }
     }
 }

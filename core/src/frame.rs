@@ -40,6 +40,15 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024 + 4096;
 /// Header flag: the payload of a `Message`/`Replay`/`Publish` is valid JSON (else UTF-8 text).
 pub const FLAG_JSON: u16 = 1;
 
+/// Header flag on a `Join`: the sender pages long replays (it continues a cut one with a new
+/// `Join` from its last replayed seq), so the hub may cut its answer at its per-join replay cap.
+/// A Link sets it on its connections' joins, not on its own rejoins after a reconnect.
+pub const FLAG_PAGED: u16 = 2;
+
+/// Header flag on a `Joined`: the hub cut the replay before the room's last seq (the join had
+/// [`FLAG_PAGED`]); the rest is asked for with a new `Join` from the last replayed seq.
+pub const FLAG_PARTIAL: u16 = 2;
+
 /// What a frame is for. The header carries it so a Link can route without reading the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -605,7 +614,12 @@ fn check_header(buf: &[u8], max_len: usize) -> Result<Header, FrameError> {
     if sender_len > MAX_SENDER_LEN {
         return Err(FrameError::BadSender);
     }
-    if buf[30] != 0 || buf[31] != 0 || u16::from_le_bytes([buf[28], buf[29]]) & !FLAG_JSON != 0 {
+    // Known flags: FLAG_JSON on any kind; FLAG_PAGED / FLAG_PARTIAL (one bit) on Join / Joined.
+    let known = match kind {
+        Kind::Join | Kind::Joined => FLAG_JSON | FLAG_PAGED,
+        _ => FLAG_JSON,
+    };
+    if buf[30] != 0 || buf[31] != 0 || u16::from_le_bytes([buf[28], buf[29]]) & !known != 0 {
         return Err(FrameError::Reserved);
     }
     if total_len < HEADER_LEN + room_len + sender_len {
@@ -732,6 +746,11 @@ mod tests {
         let mut bad = good.clone();
         bad[31] = 1;
         assert_eq!(Frame::from_bytes(bad.into()), Err(FrameError::Reserved));
+        let mut bad = good.clone();
+        bad[28] |= FLAG_PAGED as u8;
+        assert_eq!(Frame::from_bytes(bad.into()), Err(FrameError::Reserved), "FLAG_PAGED only on Join and Joined");
+        let paged = FrameBuilder::new("r").flags(FLAG_PAGED).build(&Body::Join { request: 1, since: None, epoch: None });
+        assert_eq!(Frame::from_bytes(paged.as_bytes().clone()).map(|f| f.flags()), Ok(FLAG_PAGED));
         assert_eq!(
             Frame::from_bytes(good[..10].to_vec().into()),
             Err(FrameError::Truncated { need: HEADER_LEN, have: 10 })

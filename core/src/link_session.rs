@@ -37,7 +37,8 @@
 //! [`LinkSession::replay_dropped`]) the join is **paged**: its further replays are ignored, and
 //! after its `Joined` — once the socket drained — it is continued with a new `Join` from the last
 //! replayed seq (a `Join` + `Leave` pair for the coordinator, so the room's interest is
-//! unchanged). The client sees one replay, then `joined`. A [`LinkSession::refresh`] swaps the
+//! unchanged). The hub pages too: a `Joined` with `FLAG_PARTIAL` (its per-join replay cap was
+//! reached) is continued the same way. The client sees one replay, then `joined`. A [`LinkSession::refresh`] swaps the
 //! claims (same `sub`), leaving rooms the new ones no longer allow.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,7 +47,7 @@ use bytes::Bytes;
 
 use crate::auth::Claims;
 use crate::fanout::{Cursor, LagPolicy, ParkTicket, ReadOutcome};
-use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON};
+use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PARTIAL};
 use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
 use crate::shard_rooms::{RingItem, ShardRooms};
@@ -657,7 +658,10 @@ impl LinkSession {
             (Kind::Joined, ArchivedBody::Joined { epoch, .. }) => {
                 let epoch = epoch.to_native();
                 let last_seq = frame.seq();
-                if member.truncated && member.epoch.is_none_or(|e| e == epoch) {
+                // The hub cut its answer at its per-join cap (`FLAG_PARTIAL`), or this session
+                // cut the replay at its own: either way it is continued from `last`.
+                let partial = frame.flags() & FLAG_PARTIAL != 0 && member.last < last_seq;
+                if (member.truncated || partial) && member.epoch.is_none_or(|e| e == epoch) {
                     // A cut replay: continued from `last` once the socket drained.
                     member.epoch = Some(epoch);
                     member.truncated = false;
@@ -1150,6 +1154,28 @@ mod tests {
         );
         assert_eq!(rig.session.take_stats().replay_pages, 2);
         assert_eq!(rig.shard.pending_requests(), 0);
+    }
+
+    #[test]
+    fn a_joined_the_hub_marked_partial_is_continued_not_told_as_a_gap() {
+        let mut rig = rig_with(1 << 20, 0, 10);
+        let first = rig.join("r", Some(0), None);
+        rig.hub(replay("r", first, 1));
+        rig.hub(replay("r", first, 2));
+        // The hub stopped at its per-join cap: the room is at 4.
+        let partial = FrameBuilder::new("r").seq(4).flags(crate::frame::FLAG_PARTIAL).build(&Body::Joined { request: first, epoch: E1 });
+        rig.hub(partial);
+        assert_eq!(rig.seen(), vec!["replay 1", "replay 2"], "no gap, no joined yet");
+        rig.session.drained(&mut rig.shard);
+        let Some(ToCoordinator::Join { request: second, since: Some(2), epoch: Some(E1), .. }) = rig.session.poll_coordinator() else {
+            panic!("the join continues from 2")
+        };
+        let _ = rig.session.poll_coordinator();
+        rig.hub(replay("r", second, 3));
+        rig.hub(replay("r", second, 4));
+        rig.hub(joined("r", second, E1, 4));
+        assert_eq!(rig.seen(), vec!["replay 3", "replay 4", "joined 1111 4"]);
+        assert_eq!(rig.session.take_stats().gaps, 0);
     }
 
     #[test]

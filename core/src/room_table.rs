@@ -27,7 +27,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, MAX_SENDER_LEN};
+use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PAGED, FLAG_PARTIAL, MAX_SENDER_LEN};
 use crate::placement::LinkId;
 use crate::room::{InterestChange, Room, RoomError, RoomLimits};
 
@@ -40,11 +40,14 @@ pub struct TableLimits {
     pub idle_ttl_micros: u64,
     /// Per-room limits.
     pub room: RoomLimits,
+    /// Most replayed payload bytes in one answer to a paged join ([`FLAG_PAGED`]); the rest is
+    /// asked for again ([`FLAG_PARTIAL`]). At least one message is always replayed.
+    pub join_replay_bytes: usize,
 }
 
 impl Default for TableLimits {
     fn default() -> Self {
-        TableLimits { max_rooms: 100_000, idle_ttl_micros: 3_600_000_000, room: RoomLimits::default() }
+        TableLimits { max_rooms: 100_000, idle_ttl_micros: 3_600_000_000, room: RoomLimits::default(), join_replay_bytes: 1 << 20 }
     }
 }
 
@@ -207,7 +210,8 @@ impl RoomTable {
             (Kind::Join, ArchivedBody::Join { request, since, epoch }) => {
                 let since = since.as_ref().map(|s| s.to_native());
                 let epoch = epoch.as_ref().map(|e| e.to_native());
-                self.handle_join(now, link, frame.room(), request.to_native(), since, epoch);
+                let paged = frame.flags() & FLAG_PAGED != 0;
+                self.handle_join(now, link, frame.room(), request.to_native(), since, epoch, paged);
             }
             (Kind::Publish, ArchivedBody::Publish { request, key, data }) => {
                 let request = request.to_native();
@@ -270,7 +274,13 @@ impl RoomTable {
         let _: InterestChange = slot.room.handle_interest(link, members);
     }
 
-    fn handle_join(&mut self, now: u64, link: LinkId, room_name: &str, request: u64, since: Option<u64>, epoch: Option<u64>) {
+    /// Answers a join: reset / gap / replay / joined. A `paged` join's replay stops once it holds
+    /// `join_replay_bytes` of payload, and its `Joined` then says so ([`FLAG_PARTIAL`]): a
+    /// thousand joins from `since: 0` cost the hub's queue to the Link a page each, not a
+    /// history each.
+    #[allow(clippy::too_many_arguments)]
+    fn handle_join(&mut self, now: u64, link: LinkId, room_name: &str, request: u64, since: Option<u64>, epoch: Option<u64>, paged: bool) {
+        let cap = self.limits.join_replay_bytes;
         let slot = match self.slot(room_name, now) {
             Ok(slot) => slot,
             Err(e) => return self.refuse(link, room_name, request, e.status()),
@@ -286,8 +296,15 @@ impl RoomTable {
             let body = Body::Gap { request, first_lost: lost.first_lost, last_lost: lost.last_lost, resume_from: lost.resume_from };
             out.push_back((link, FrameBuilder::new(room_name).build(&body)));
         }
-        self.stats.replayed += answer.frames.len() as u64;
+        let mut replayed_bytes = 0usize;
+        let mut partial = false;
         for frame in answer.frames {
+            if paged && replayed_bytes > 0 && replayed_bytes + frame.payload().len() > cap {
+                partial = true;
+                break;
+            }
+            replayed_bytes += frame.payload().len();
+            self.stats.replayed += 1;
             let replayed = FrameBuilder::new(room_name)
                 .seq(frame.seq())
                 .ts_micros(frame.ts_micros())
@@ -296,7 +313,8 @@ impl RoomTable {
                 .build(&Body::Replay { request, data: frame.payload().to_vec() });
             out.push_back((link, replayed));
         }
-        let joined = FrameBuilder::new(room_name).seq(answer.last_seq).build(&Body::Joined { request, epoch: answer.epoch });
+        let flags = if partial { FLAG_PARTIAL } else { 0 };
+        let joined = FrameBuilder::new(room_name).seq(answer.last_seq).flags(flags).build(&Body::Joined { request, epoch: answer.epoch });
         out.push_back((link, joined));
     }
 
@@ -461,6 +479,40 @@ mod tests {
         let out = drain(&mut table);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].1.kind(), out[0].1.seq()), (Kind::PublishAck, 4));
+    }
+
+    #[test]
+    fn a_paged_join_gets_a_page_and_a_partial_joined() {
+        let limits = TableLimits { join_replay_bytes: 250, ..TableLimits::default() };
+        let mut table = RoomTable::new(limits, 7);
+        for i in 0..10 {
+            assert_eq!(table.publish(i, "big", "bob", 0, &[b'x'; 100], "").map(|a| a.seq), Ok(i + 1));
+        }
+        let paged = FrameBuilder::new("big").flags(FLAG_PAGED).build(&Body::Join { request: 1, since: Some(0), epoch: None });
+        table.handle_link_frame(20, LinkId(4), &paged);
+        let out = drain(&mut table);
+        let kinds: Vec<(Kind, u64)> = out.iter().map(|(_, f)| (f.kind(), f.seq())).collect();
+        assert_eq!(kinds, vec![(Kind::Replay, 1), (Kind::Replay, 2), (Kind::Joined, 10)], "a page of 250 bytes");
+        assert_eq!(out[2].1.flags() & FLAG_PARTIAL, FLAG_PARTIAL);
+        // The continuation gets the next page; the last page's Joined is not partial.
+        let next = FrameBuilder::new("big").flags(FLAG_PAGED).build(&Body::Join { request: 2, since: Some(8), epoch: None });
+        table.handle_link_frame(21, LinkId(4), &next);
+        let out = drain(&mut table);
+        let kinds: Vec<(Kind, u64)> = out.iter().map(|(_, f)| (f.kind(), f.seq())).collect();
+        assert_eq!(kinds, vec![(Kind::Replay, 9), (Kind::Replay, 10), (Kind::Joined, 10)]);
+        assert_eq!(out[2].1.flags() & FLAG_PARTIAL, 0);
+        // A join without the flag (a Link's own rejoin) gets the whole replay.
+        let whole = FrameBuilder::new("big").build(&Body::Join { request: 3, since: Some(0), epoch: None });
+        table.handle_link_frame(22, LinkId(4), &whole);
+        assert_eq!(drain(&mut table).len(), 11);
+        // A message bigger than the cap still goes, alone: every page makes progress.
+        let tiny = TableLimits { join_replay_bytes: 1, ..TableLimits::default() };
+        let mut table = RoomTable::new(tiny, 7);
+        assert!(table.publish(0, "one", "bob", 0, &[b'x'; 100], "").is_ok());
+        let join = FrameBuilder::new("one").flags(FLAG_PAGED).build(&Body::Join { request: 4, since: Some(0), epoch: None });
+        table.handle_link_frame(23, LinkId(4), &join);
+        let kinds: Vec<Kind> = drain(&mut table).iter().map(|(_, f)| f.kind()).collect();
+        assert_eq!(kinds, vec![Kind::Replay, Kind::Joined]);
     }
 
     #[test]

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, FLAG_PAGED};
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 use linkcast_core::interest::{Announcement, LinkInterest};
 use linkcast_core::placement::LinkId;
@@ -441,7 +441,8 @@ impl Coordinator {
                     Some(announcement) => self.announce(announcement),
                     None => true,
                 };
-                let join = FrameBuilder::new(&room).build(&Body::Join { request, since, epoch });
+                // A connection's session continues a cut replay: the hub may page its answer.
+                let join = FrameBuilder::new(&room).flags(FLAG_PAGED).build(&Body::Join { request, since, epoch });
                 if !(announced && self.send_request(request, &room, join)) {
                     self.refuse(request, &room, ClientError::HubUnavailable).await;
                 }

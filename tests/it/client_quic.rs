@@ -285,7 +285,9 @@ async fn a_quic_client_with_a_refused_token_is_closed_not_retried() {
     let serve = start_serve(secured(1000)).await;
     let bad = token("mallory", "not-the-secret");
     let mut client = Client::start(options(&serve, "lobby", Transport::Quic, Some(bad), Duration::from_millis(20)));
-    client.join("lobby").expect("join");
+    // The secured hub refuses the token already at locate, so the client may have stopped
+    // before this join is queued (`Stopped`); either way the cause below is what counts.
+    let _ = client.join("lobby");
     let cause = loop {
         match next(&mut client).await {
             Event::Closed { cause } => break cause,

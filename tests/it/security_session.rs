@@ -321,3 +321,51 @@ async fn the_client_library_refreshes_its_token_and_outlives_the_old_one() {
     assert_eq!(client.close().await.disconnects, 0, "never reconnected");
     serve.shutdown().await;
 }
+
+/// Twenty clients join a room with 400 KB of history from `since: 0` at once, through a hub whose
+/// queue to the Link is 256 KiB (answers may use twice that): unpaged, those answers (8 MB) would
+/// make the hub drop the whole Link. The hub answers each join a page (`hub.join_replay_bytes`)
+/// and the Link asks for the next as each client reads: every client gets all 400 messages, in
+/// order, no error, no gap, and the Link is never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_full_catch_ups_at_once_are_paged_by_the_hub_and_do_not_drop_the_link() {
+    let mut config = linkcast::config::Config::default();
+    config.link.shards = 1;
+    config.link.join_rate = 0;
+    config.hub.link_queue_bytes = 256 * 1024;
+    config.hub.history_messages = 400;
+    config.hub.join_replay_bytes = 16 * 1024;
+    let serve = start_serve(config, false).await;
+    let pad = "x".repeat(1000);
+    for n in 1..=400u64 {
+        publish_ok(serve.http_addr(), "history", None, format!(r#"{{"n":{n},"pad":"{pad}"}}"#).as_bytes()).await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(WsClient::connect(&ws_url(serve.ws_addr(), None)).await);
+    }
+    for client in &mut clients {
+        client.send(json!({"op": "join", "room": "history", "since": 0})).await;
+    }
+    for client in &mut clients {
+        let mut received = Vec::new();
+        loop {
+            let value = client.next_json().await;
+            let done = value["op"] == "joined";
+            received.push(value);
+            if done {
+                break;
+            }
+        }
+        check_catch_up(&received, "history", 400);
+    }
+    // Live messages still flow to all of them (the Link kept its hub).
+    let seq = publish_ok(serve.http_addr(), "history", None, br#""live""#).await;
+    for client in &mut clients {
+        let got = client.next_json().await;
+        assert_eq!((got["seq"].as_u64(), got["data"].as_str()), (Some(seq), Some("live")), "{got}");
+    }
+    let metrics = crate::support::http::metrics_text(serve.ws_addr()).await;
+    assert!(crate::support::http::metric(&metrics, "linkcast_link_replay_pages_total", &[]) >= 20.0, "every catch-up was paged");
+    serve.shutdown().await;
+}

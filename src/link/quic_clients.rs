@@ -140,6 +140,9 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
     let batch = link.write_batch_bytes.max(1);
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut tick = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
+    let exp = client.expires();
+    let expiry = tokio::time::sleep_until(super::ws::expiry_deadline(exp));
+    tokio::pin!(expiry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut items: Vec<ToClient> = Vec::new();
     let mut out: Vec<Bytes> = Vec::new();
@@ -194,6 +197,13 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
                 if let Err(error) = client.check() {
                     break Some(error);
                 }
+            }
+            // The token is enforced at its `exp`, not at the next tick (as on WebSocket).
+            _ = &mut expiry, if exp != u64::MAX => {
+                if exp <= crate::clock::now_micros() / 1_000_000 {
+                    break Some(ClientError::TokenExpired);
+                }
+                expiry.as_mut().reset(super::ws::expiry_deadline(exp));
             }
         }
     };

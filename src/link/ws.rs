@@ -270,7 +270,7 @@ enum ReadState {
 
 /// When the expiry timer of a token expiring at `exp` (seconds since the Unix epoch) fires: at
 /// `exp`, or within the hour (it is armed again then).
-fn expiry_deadline(exp: u64) -> tokio::time::Instant {
+pub(crate) fn expiry_deadline(exp: u64) -> tokio::time::Instant {
     let left = exp.saturating_mul(1_000_000).saturating_sub(crate::clock::now_micros());
     tokio::time::Instant::now() + Duration::from_micros(left.min(3_600_000_000))
 }

@@ -369,3 +369,32 @@ async fn twenty_full_catch_ups_at_once_are_paged_by_the_hub_and_do_not_drop_the_
     assert!(crate::support::http::metric(&metrics, "linkcast_link_replay_pages_total", &[]) >= 20.0, "every catch-up was paged");
     serve.shutdown().await;
 }
+
+/// The same on QUIC: a native client's connection is closed at its token's `exp`, not at the
+/// next keep-alive tick (60 s apart here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_clients_token_expires_on_time() {
+    let config = config(1, |c| {
+        c.auth.jwt_secret = SECRET.into();
+        c.link.ping_interval_secs = 60;
+        c.link.idle_timeout_secs = 120;
+    });
+    let (link, _hub) = start_link(config, TableLimits::default()).await;
+    let quic = link.quic_addr().expect("QUIC listener");
+    let exp = now_secs() + 2;
+    let mut options = linkcast::client::ClientOptions::new(linkcast::client::Target::Quic(quic));
+    options.token = Some(token("quinn", &["a"], exp));
+    let mut client = linkcast::client::Client::start(options);
+    client.join("a").expect("join");
+    let started = Instant::now();
+    let cause = loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), client.next_event()).await.expect("an event").expect("running");
+        match event {
+            linkcast::client::Event::Reconnecting { cause, .. } | linkcast::client::Event::Closed { cause } => break cause,
+            _ => {}
+        }
+    };
+    assert!(cause.reason.contains("expired"), "{cause:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "closed at expiry, not at a keep-alive tick");
+    assert!(now_secs() >= exp, "not before expiry");
+}

@@ -407,3 +407,36 @@ async fn slowloris_on_the_hub_is_cut_and_publishers_are_served() {
     assert_eq!(member.next_json().await["data"], "served");
     serve.shutdown().await;
 }
+
+/// wss:// under backpressure: 800 KB published to a client that reads nothing for a while (its
+/// event buffer holds 4, the Link's socket send buffer is 4 KiB), so the Link's sends block and
+/// resume on the encrypted path; once it reads, every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_delivers_everything_in_order_through_a_blocked_socket() {
+    let pki = Pki::new("backpressure");
+    pki.issue("server");
+    let mut config = with_tls(secured_config(), &pki.path("server.pem"), &pki.path("server.key"));
+    config.link.socket_send_buffer = 4096;
+    let serve = start_serve(config, false).await;
+    let https = format!("https://{}", serve.http_addr());
+    let mut options = ClientOptions::new(Target::Locate { http: https.clone(), room: "burst".into(), transport: Transport::Ws });
+    options.token = Some(token("viewer", &["*"]));
+    options.trust = pki.trust();
+    options.event_buffer = 4;
+    let mut reader = Client::start(options);
+    reader.join("burst").expect("join");
+    joined(&mut reader).await;
+    let mut api = HttpApi::with_trust(&https, Some(PUBLISH_KEY.into()), pki.trust()).expect("api");
+    let pad = "y".repeat(8000);
+    for n in 1..=100u64 {
+        let body = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+        assert_eq!(api.publish("burst", body.into(), None).await.expect("publish"), n);
+    }
+    // Not reading for a moment: the Link's socket and its rustls buffer fill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 1..=100u64 {
+        assert_eq!(message(&mut reader).await["n"], n, "message {n} in order");
+    }
+    drop(reader);
+    serve.shutdown().await;
+}

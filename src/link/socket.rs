@@ -26,7 +26,8 @@ pub(crate) const TLS_OUT_LIMIT: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct ClientSocket {
     tcp: TcpStream,
-    tls: Option<RefCell<rustls::ServerConnection>>,
+    /// Boxed: a rustls session is large, and a plain connection should not carry its room.
+    tls: Option<Box<RefCell<rustls::ServerConnection>>>,
 }
 
 impl ClientSocket {
@@ -38,7 +39,7 @@ impl ClientSocket {
     /// A `wss://` socket whose handshake `session` completed on `tcp`.
     pub(crate) fn tls(tcp: TcpStream, mut session: rustls::ServerConnection) -> Self {
         session.set_buffer_limit(Some(TLS_OUT_LIMIT));
-        ClientSocket { tcp, tls: Some(RefCell::new(session)) }
+        ClientSocket { tcp, tls: Some(Box::new(RefCell::new(session))) }
     }
 
     /// Writes as much of `slices` as the socket (and rustls' bounded buffer) takes; `WouldBlock`
@@ -135,9 +136,11 @@ impl ClientSocket {
     /// Waits for and appends what the socket has (up to 16 KiB) to `buf`; `Ok(0)` at the end.
     /// For the few reads before a connection has its task loop (authentication, closing).
     pub(crate) async fn read_some(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
         loop {
             self.readable().await?;
+            // On the heap and only after the await: a buffer held across an await would sit in
+            // every connection task's future (its size is that of its largest await state).
+            let mut chunk = vec![0u8; 16 * 1024];
             match self.try_read(&mut chunk) {
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);

@@ -107,14 +107,16 @@ async fn handle_tcp(
     let upgraded = match tls {
         None => {
             let mut tcp = tcp;
-            upgrade(&mut tcp, deadline, &port, &ctx).await.map(|(early, claims)| (ClientSocket::plain(tcp), early, claims))
+            // Boxed: the handshake's state lives on the heap only while it runs, so it does not
+            // size the connection task's future for the connection's whole life.
+            Box::pin(upgrade(&mut tcp, deadline, &port, &ctx)).await.map(|(early, claims)| (ClientSocket::plain(tcp), early, claims))
         }
         Some(acceptor) => {
-            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await else {
+            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await else {
                 metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => "tls handshake").increment(1);
                 return;
             };
-            match upgrade(&mut stream, deadline, &port, &ctx).await {
+            match Box::pin(upgrade(&mut stream, deadline, &port, &ctx)).await {
                 Some((early, claims)) => {
                     let (tcp, session) = stream.into_inner();
                     Some((ClientSocket::tls(tcp, session), early, claims))

@@ -334,9 +334,11 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
     let mut reader = MessageReader::new(ctx.link.max_message_bytes);
     let (claims, early) = match who {
         Pending::Ready(claims) => (claims, early),
-        Pending::Auth => match authenticate(&socket, early, &mut reader, &ctx).await {
+        // Boxed (as the upgrade is): these states must not size the task's future for the
+        // connection's whole life.
+        Pending::Auth => match Box::pin(authenticate(&socket, early, &mut reader, &ctx)).await {
             Ok(authenticated) => authenticated,
-            Err(Some(error)) => return close_unauthenticated(socket, error).await,
+            Err(Some(error)) => return Box::pin(close_unauthenticated(socket, error)).await,
             Err(None) => return,
         },
     };

@@ -27,14 +27,14 @@
 //! counters and inboxes it reads or signals.
 //!
 //! Module dependency order (each file uses only files listed before it; no cycle):
-//! `tally`, `registry`, `admission`, `conn_io`, `wire`, `hub_connector` (leaves) → `shard` →
-//! `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` → this file.
+//! `tally`, `registry`, `admission`, `socket`, `conn_io`, `wire`, `hub_connector` (leaves) →
+//! `shard` → `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` →
+//! this file. (Pre-auth caps are the crate's `pre_auth.rs`, shared with the hub.)
 
 mod admission;
 mod conn_io;
 mod connection;
 mod coordinator;
-mod handshakes;
 mod hub_connector;
 mod quic_clients;
 mod registry;
@@ -62,7 +62,6 @@ use crate::tls::{self, ServerCert};
 use crate::uplink::HubConnector;
 use admission::Admission;
 use coordinator::{CoordInbox, CoordMsg};
-use handshakes::Handshakes;
 pub use hub_connector::QuicHubConnector;
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
@@ -239,7 +238,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let admin = options.admin_addr.map(|addr| AdminServer::start(addr, &config.auth)).transpose()?;
     let port = PortSetup {
         tls: wss,
-        handshakes: Arc::new(Handshakes::new(config.link.max_handshakes, config.link.max_handshakes_per_ip)),
+        handshakes: crate::pre_auth::PreAuthCaps::shared_under_pressure(config.link.max_handshakes, config.link.max_handshakes_per_ip),
         admin_routes: !secured && admin.is_none(),
     };
     let admission = Arc::new(Admission::new(verifier, config.link.max_connections));

@@ -1,8 +1,8 @@
 //! The socket side of a Link's WebSocket port: the accept loop of one shard, the HTTP/1.1
 //! exchange before the upgrade, and the hand-over of an upgraded connection to `ws.rs`.
 //!
-//! Bounds before authentication: an accepted socket takes a handshake slot (`handshakes.rs`: in
-//! all and per source address) and a connection slot (`Admission`) before anything is read —
+//! Bounds before authentication: an accepted socket takes a handshake slot (`pre_auth.rs`: in
+//! all and, under pressure, per source address) and a connection slot (`Admission`) before anything is read —
 //! a full Link answers 503 at once — and has [`HANDSHAKE_TIMEOUT`] from its connect to finish
 //! TLS (on a `wss://` port) and send its request head.
 //!
@@ -29,9 +29,9 @@ use linkcast_core::http_upgrade::{self, HeadScanner, RequestHead, MAX_HEAD};
 
 use super::admission::Admitted;
 use super::connection::{ConnContext, Pending};
-use super::handshakes::{Handshake, Handshakes};
 use super::socket::ClientSocket;
 use super::ws;
+use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
 
 /// Time a client has, from its TCP connect, to finish TLS (wss) and send its request head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,8 +43,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct PortSetup {
     /// `wss://`: the TLS config of the Link's certificate; `None` = plain `ws://`.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    /// Handshakes in progress on the Link (shared by the shards).
-    pub(crate) handshakes: Arc<Handshakes>,
+    /// Handshakes in progress on the Link (shared by the shards; per-address share under
+    /// pressure).
+    pub(crate) handshakes: PreAuthCaps,
     /// Serve `/metrics` and `/healthz` here (an unsecured node without an admin listener).
     pub(crate) admin_routes: bool,
 }
@@ -58,7 +59,7 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnC
             Ok((tcp, peer)) => {
                 // Counted before anything is read: a socket that never finishes its upgrade
                 // holds a handshake slot and a connection slot, both bounded.
-                let handshake = match port.handshakes.begin(peer.ip()) {
+                let handshake = match port.handshakes.admit(peer.ip()) {
                     Ok(handshake) => handshake,
                     Err(refused) => {
                         metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => refused.label()).increment(1);
@@ -90,7 +91,7 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnC
 
 async fn handle_tcp(
     tcp: TcpStream,
-    handshake: Handshake,
+    handshake: PreAuthSlot,
     admitted: Admitted,
     tls: Option<tokio_rustls::TlsAcceptor>,
     port: Rc<PortSetup>,

@@ -108,11 +108,6 @@ impl ServerCert {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
         Ok(())
     }
-
-    /// The certificate chain presented right now.
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).cert.clone()
-    }
 }
 
 impl ResolvesServerCert for ServerCert {

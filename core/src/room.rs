@@ -287,6 +287,49 @@ impl Room {
         Ok(Published { seq: self.last_seq, frame, links: &self.links })
     }
 
+    /// Checks a publish without sequencing it (payload size, sender length): what a durable
+    /// store is asked to sequence has passed this first.
+    pub fn check_publish(&self, sender: &str, data: &[u8]) -> Result<(), RoomError> {
+        if data.len() > self.limits.max_payload {
+            return Err(RoomError::PayloadTooLarge { len: data.len(), max: self.limits.max_payload });
+        }
+        if sender.len() > MAX_SENDER_LEN {
+            return Err(RoomError::SenderTooLong);
+        }
+        Ok(())
+    }
+
+    /// The time stamp a message published at `now_micros` gets: never before the last one.
+    pub fn next_ts(&self, now_micros: u64) -> u64 {
+        self.last_ts.max(now_micros)
+    }
+
+    /// Keeps a message a durable store sequenced (its seq follows [`Room::last_seq`]; the caller
+    /// checked): encoded once, kept in history, returned with the Links to send it to.
+    pub fn append_stored(&mut self, seq: u64, ts_micros: u64, sender: &str, flags: u16, data: &[u8]) -> Published<'_> {
+        self.last_seq = seq;
+        self.last_ts = self.last_ts.max(ts_micros);
+        let frame = Frame::message(&self.name, seq, ts_micros, sender, flags, data);
+        self.remember(frame.clone());
+        Published { seq, frame, links: &self.links }
+    }
+
+    /// Replaces the room's history with a durable store's copy: `epoch`, `last_seq` and the
+    /// message frames the store holds (oldest first, seqs consecutive, ending at `last_seq`).
+    /// Publish keys are dropped (the store dedupes); interest is kept.
+    pub fn restore_history(&mut self, epoch: u64, last_seq: u64, frames: Vec<Frame>) {
+        self.epoch = epoch;
+        self.last_seq = last_seq;
+        self.history.clear();
+        self.history_bytes = 0;
+        self.keys.clear();
+        self.key_index.clear();
+        for frame in frames {
+            self.last_ts = self.last_ts.max(frame.ts_micros());
+            self.remember(frame);
+        }
+    }
+
     /// Records a Link's local member count for this room (0 = no members).
     pub fn handle_interest(&mut self, link: LinkId, members: u64) -> InterestChange {
         match (self.links.binary_search(&link), members) {

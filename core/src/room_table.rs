@@ -63,6 +63,13 @@ pub enum PublishError {
     /// The table is full.
     #[error("too many rooms")]
     TooManyRooms,
+    /// The room is moving between hubs (or this hub is not its owner now): retry shortly.
+    #[error("room is moving to another hub")]
+    Moving,
+    /// The durable store did not answer: nothing was sequenced, or the store holds it under
+    /// the same idempotency key — retry with the key.
+    #[error("room store unavailable")]
+    StoreUnavailable,
 }
 
 impl PublishError {
@@ -72,6 +79,8 @@ impl PublishError {
             PublishError::BadRoom => (400, "invalid room name"),
             PublishError::Room(e) => e.status(),
             PublishError::TooManyRooms => (503, "too many rooms"),
+            PublishError::Moving => (503, "room is moving to another hub"),
+            PublishError::StoreUnavailable => (503, "room store unavailable"),
         }
     }
 }
@@ -200,6 +209,98 @@ impl RoomTable {
         Ok(PublishAck { seq, epoch, duplicate: false })
     }
 
+    /// Checks a publish a durable store will be asked to sequence (room name, payload, sender,
+    /// table space), as [`RoomTable::publish`] would; the room's slot is made if absent.
+    pub fn check_publish(&mut self, now: u64, room: &str, sender: &str, data: &[u8]) -> Result<(), PublishError> {
+        let slot = self.slot(room, now)?;
+        slot.room.check_publish(sender, data)?;
+        Ok(())
+    }
+
+    /// Installs a room's state read from a durable store: `epoch`, `last_seq` and the message
+    /// frames it holds (oldest first, consecutive, ending at `last_seq`).
+    ///
+    /// `first`: the table's copy was never served (a placeholder made by interest), so it is
+    /// replaced silently. Otherwise the Links holding members are caught up, never silently:
+    /// a different epoch is a room-wide `Reset {request: 0}` followed by the new history; the
+    /// same epoch gets the messages beyond the cached last seq (late, not lost), after a
+    /// room-wide `Gap {request: 0}` for any the store no longer holds.
+    pub fn load_stored(&mut self, now: u64, room: &str, epoch: u64, last_seq: u64, frames: Vec<Frame>, first: bool) -> Result<(), PublishError> {
+        let slot = slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now)?;
+        slot.last_active_micros = now;
+        if !first {
+            let cached = slot.room.last_seq();
+            let from = if slot.room.epoch() != epoch {
+                let reset = FrameBuilder::new(room).seq(0).build(&Body::Reset { request: 0, epoch });
+                push_to_links(&mut self.transmit, slot.room.links(), &reset);
+                0
+            } else {
+                cached
+            };
+            if last_seq > from {
+                let oldest = frames.first().map_or(last_seq + 1, Frame::seq);
+                if oldest > from + 1 {
+                    self.stats.gaps += 1;
+                    let body = Body::Gap { request: 0, first_lost: from + 1, last_lost: oldest - 1, resume_from: oldest };
+                    push_to_links(&mut self.transmit, slot.room.links(), &FrameBuilder::new(room).build(&body));
+                }
+                for frame in frames.iter().filter(|f| f.seq() > from) {
+                    self.stats.link_sends += slot.room.links().len() as u64;
+                    push_to_links(&mut self.transmit, slot.room.links(), frame);
+                }
+            }
+        }
+        slot.room.restore_history(epoch, last_seq, frames);
+        Ok(())
+    }
+
+    /// Applies a message a durable store sequenced as `seq` of `epoch` and queues it once per
+    /// interested Link. A new epoch (the store lost the room and started over) is announced to
+    /// the Links first (room-wide `Reset`); a seq already held is ignored; a seq beyond the next
+    /// is preceded by a room-wide `Gap` (never a silent jump).
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_stored(&mut self, now: u64, room: &str, epoch: u64, seq: u64, ts_micros: u64, sender: &str, flags: u16, data: &[u8]) -> Result<(), PublishError> {
+        let slot = slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now)?;
+        slot.last_active_micros = now;
+        if slot.room.epoch() != epoch {
+            let reset = FrameBuilder::new(room).seq(0).build(&Body::Reset { request: 0, epoch });
+            push_to_links(&mut self.transmit, slot.room.links(), &reset);
+            slot.room.restore_history(epoch, 0, Vec::new());
+        }
+        let last = slot.room.last_seq();
+        if seq <= last {
+            return Ok(());
+        }
+        if seq > last + 1 {
+            self.stats.gaps += 1;
+            let body = Body::Gap { request: 0, first_lost: last + 1, last_lost: seq - 1, resume_from: seq };
+            push_to_links(&mut self.transmit, slot.room.links(), &FrameBuilder::new(room).build(&body));
+        }
+        let published = slot.room.append_stored(seq, ts_micros, sender, flags, data);
+        self.stats.published += 1;
+        self.stats.link_sends += published.links.len() as u64;
+        push_to_links(&mut self.transmit, published.links, &published.frame);
+        Ok(())
+    }
+
+    /// Forgets a room (this hub no longer owns it); true if it was held. Frames already queued
+    /// for Links still go out.
+    pub fn evict(&mut self, room: &str) -> bool {
+        self.rooms.remove(room).is_some()
+    }
+
+    /// Queues `frame` for one Link, in order with everything else the table sends it.
+    pub fn send_to(&mut self, link: LinkId, frame: Frame) {
+        self.transmit.push_back((link, frame));
+    }
+
+    /// Queues an `Error {request, code, reason}` for one Link.
+    pub fn refuse_request(&mut self, link: LinkId, room: &str, request: u64, code: u16, reason: &'static str, retry_after_ms: u32) {
+        let room = if is_valid_room(room) { room } else { "" };
+        let error = FrameBuilder::new(room).build(&Body::Error { request, code, reason: reason.to_owned(), retry_after_ms });
+        self.transmit.push_back((link, error));
+    }
+
     /// Handles one frame a Link sent. Frames a hub does not take are answered with an error.
     pub fn handle_link_frame(&mut self, now: u64, link: LinkId, frame: &Frame) {
         match (frame.kind(), frame.body()) {
@@ -326,6 +427,13 @@ impl RoomTable {
 
     fn slot(&mut self, room: &str, now: u64) -> Result<&mut RoomSlot, PublishError> {
         slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now)
+    }
+}
+
+/// Queues one frame (a clone: a refcount bump) for each of `links`.
+fn push_to_links(out: &mut VecDeque<(LinkId, Frame)>, links: &[LinkId], frame: &Frame) {
+    for &link in links {
+        out.push_back((link, frame.clone()));
     }
 }
 
@@ -654,5 +762,65 @@ mod tests {
         table.handle_link_down(2, LinkId(1));
         let _ = table.publish(3, "lobby", "u", 0, b"m", "").map(|a| a.seq);
         assert!(drain(&mut table).is_empty());
+    }
+
+    fn stored(room: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Frame> {
+        seqs.map(|seq| Frame::message(room, seq, seq * 10, "u", 0, format!("m{seq}").as_bytes())).collect()
+    }
+
+    fn kinds(sent: &[(LinkId, Frame)]) -> Vec<(Kind, u64)> {
+        sent.iter().map(|(_, f)| (f.kind(), f.seq())).collect()
+    }
+
+    #[test]
+    fn a_first_load_replaces_the_placeholder_silently_and_joins_replay_from_the_store() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        table.handle_link_frame(1, LinkId(1), &interest("lobby", 1, 2));
+        table.load_stored(2, "lobby", 0xabc, 5, stored("lobby", 3..=5), true).expect("loaded");
+        assert!(drain(&mut table).is_empty(), "nothing was served under the placeholder epoch");
+        let room = table.room("lobby").expect("room");
+        assert_eq!((room.epoch(), room.last_seq(), room.oldest_seq()), (0xabc, 5, Some(3)));
+        assert_eq!(room.links(), &[LinkId(1)], "interest kept");
+        let join = FrameBuilder::new("lobby").build(&Body::Join { request: 9, since: Some(3), epoch: Some(0xabc) });
+        table.handle_link_frame(3, LinkId(1), &join);
+        assert_eq!(kinds(&drain(&mut table)), vec![(Kind::Replay, 4), (Kind::Replay, 5), (Kind::Joined, 5)]);
+    }
+
+    #[test]
+    fn stored_publishes_fan_out_in_order_and_never_jump_silently() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        table.handle_link_frame(1, LinkId(1), &interest("lobby", 1, 1));
+        table.load_stored(1, "lobby", 0xabc, 2, stored("lobby", 1..=2), true).expect("loaded");
+        table.apply_stored(2, "lobby", 0xabc, 3, 30, "u", 0, b"m3").expect("applied");
+        table.apply_stored(2, "lobby", 0xabc, 3, 30, "u", 0, b"m3").expect("a seq already held is ignored");
+        table.apply_stored(2, "lobby", 0xabc, 6, 60, "u", 0, b"m6").expect("applied");
+        let sent = drain(&mut table);
+        assert_eq!(kinds(&sent), vec![(Kind::Message, 3), (Kind::Gap, 0), (Kind::Message, 6)]);
+        assert!(matches!(sent[1].1.body(), ArchivedBody::Gap { request, first_lost, last_lost, .. }
+            if request.to_native() == 0 && first_lost.to_native() == 4 && last_lost.to_native() == 5));
+        // A new epoch from the store (it lost the room): a room-wide reset, then seq 1.
+        table.apply_stored(3, "lobby", 0xdef, 1, 70, "u", 0, b"n1").expect("applied");
+        let sent = drain(&mut table);
+        assert_eq!(kinds(&sent), vec![(Kind::Reset, 0), (Kind::Message, 1)]);
+        assert!(matches!(sent[0].1.body(), ArchivedBody::Reset { request, epoch } if request.to_native() == 0 && epoch.to_native() == 0xdef));
+        assert_eq!(table.room("lobby").map(|r| (r.epoch(), r.last_seq())), Some((0xdef, 1)));
+    }
+
+    #[test]
+    fn a_reload_catches_links_up_on_what_the_store_kept() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        table.handle_link_frame(1, LinkId(1), &interest("lobby", 1, 1));
+        table.load_stored(1, "lobby", 0xabc, 2, stored("lobby", 1..=2), true).expect("loaded");
+        // The store sequenced 3 and 4 but their answers were lost: sent late, not lost.
+        table.load_stored(2, "lobby", 0xabc, 4, stored("lobby", 1..=4), false).expect("reloaded");
+        assert_eq!(kinds(&drain(&mut table)), vec![(Kind::Message, 3), (Kind::Message, 4)]);
+        // History trimmed past what the Links had: a gap first.
+        table.load_stored(3, "lobby", 0xabc, 9, stored("lobby", 7..=9), false).expect("reloaded");
+        assert_eq!(kinds(&drain(&mut table)), vec![(Kind::Gap, 0), (Kind::Message, 7), (Kind::Message, 8), (Kind::Message, 9)]);
+        // Another epoch: reset, then all of it.
+        table.load_stored(4, "lobby", 0xdef, 2, stored("lobby", 1..=2), false).expect("reloaded");
+        assert_eq!(kinds(&drain(&mut table)), vec![(Kind::Reset, 0), (Kind::Message, 1), (Kind::Message, 2)]);
+        assert!(table.evict("lobby"));
+        assert!(table.room("lobby").is_none());
     }
 }

@@ -5,7 +5,9 @@
 //!   out, with the Link's member count), `Join` (a connection's `join since`), `Publish` (a
 //!   client's publish), `Heartbeat`.
 //! - hub → Link: `Message` (live, once per interested Link), `Replay`/`Gap`/`Joined` (answers to
-//!   a `Join`, addressed to one connection), `PublishAck`/`Error`, `Heartbeat`.
+//!   a `Join`, addressed to one connection), `PublishAck`/`Error`, `Heartbeat`, a room-wide
+//!   `Reset {request: 0}` (the room's history was lost at the store), `OwnerMap` (the live hubs,
+//!   versioned: which hub owns which room).
 //!
 //! A [`HubPort`] is the Link's end, a [`LinkPort`] the hub's end. In `serve` they are joined by
 //! [`pair`] (in-process channels); in a cluster a QUIC stream driver pumps each end onto the

@@ -81,6 +81,9 @@ pub enum Kind {
     Hello = 13,
     /// A position belongs to another epoch of the room (its history was lost): start over.
     Reset = 14,
+    /// The hubs that are alive and the map's version (hub → Link only): a room is owned by the
+    /// first live hub on its ring (`HubDirectory::owner_among`).
+    OwnerMap = 15,
 }
 
 impl Kind {
@@ -101,6 +104,7 @@ impl Kind {
             12 => Kind::Error,
             13 => Kind::Hello,
             14 => Kind::Reset,
+            15 => Kind::OwnerMap,
             _ => return None,
         })
     }
@@ -217,6 +221,15 @@ mod body {
             /// The room's current epoch.
             epoch: u64,
         },
+        /// Which hubs are alive (hub → Link; no room): a room belongs to the first live hub on
+        /// its ring. A Link keeps the map of the largest `version` it has seen, from any hub.
+        OwnerMap {
+            /// The map's version: larger is newer; versions from different hubs compare (they
+            /// come from one shared counter).
+            version: u64,
+            /// Ids of the live hubs, sorted.
+            hubs: Vec<u32>,
+        },
     }
 }
 
@@ -237,6 +250,7 @@ impl Body {
             Body::Error { .. } => Kind::Error,
             Body::Hello { .. } => Kind::Hello,
             Body::Reset { .. } => Kind::Reset,
+            Body::OwnerMap { .. } => Kind::OwnerMap,
         }
     }
 }
@@ -259,6 +273,7 @@ impl ArchivedBody {
                 | (ArchivedBody::Error { .. }, Kind::Error)
                 | (ArchivedBody::Hello { .. }, Kind::Hello)
                 | (ArchivedBody::Reset { .. }, Kind::Reset)
+                | (ArchivedBody::OwnerMap { .. }, Kind::OwnerMap)
         )
     }
 }
@@ -385,8 +400,8 @@ impl Frame {
             return Err(FrameError::BadLength);
         }
         let room = std::str::from_utf8(&bytes[HEADER_LEN..room_end]).map_err(|_| FrameError::BadRoom)?;
-        // Heartbeat and Hello are connection-level and carry no room.
-        let roomless = matches!(header.kind, Kind::Heartbeat | Kind::Hello | Kind::Error);
+        // Heartbeat, Hello, Error and OwnerMap are connection-level: they may carry no room.
+        let roomless = matches!(header.kind, Kind::Heartbeat | Kind::Hello | Kind::Error | Kind::OwnerMap);
         if !(is_valid_room(room) || roomless && room.is_empty()) {
             return Err(FrameError::BadRoom);
         }
@@ -576,6 +591,7 @@ fn body_size_hint(body: &Body) -> usize {
         Body::Message { data } | Body::Replay { data, .. } | Body::Publish { data, .. } => data.len(),
         Body::Error { reason, .. } => reason.len(),
         Body::Hello { secret, .. } => secret.len(),
+        Body::OwnerMap { hubs, .. } => hubs.len() * 4,
         _ => 0,
     };
     data + 48
@@ -719,10 +735,38 @@ mod tests {
             Body::Heartbeat { nonce: 1 },
             Body::Hello { link: 1, secret: "s".into() },
             Body::Error { request: 1, code: 403, reason: "no".into(), retry_after_ms: 0 },
+            Body::OwnerMap { version: 1, hubs: vec![] },
         ] {
             let frame = FrameBuilder::new("").build(&body);
             assert!(Frame::from_bytes(frame.into_bytes()).is_ok());
         }
+    }
+
+    #[test]
+    fn owner_map_round_trips_and_is_roomless() {
+        let body = Body::OwnerMap { version: u64::MAX - 1, hubs: vec![0, 2, 7] };
+        let frame = FrameBuilder::new("").build(&body);
+        assert_eq!(frame.as_bytes()[3], 15, "kind byte");
+        let again = Frame::from_bytes(frame.into_bytes()).expect("valid");
+        assert_eq!(again.kind(), Kind::OwnerMap);
+        assert_eq!(again.room(), "");
+        match again.body() {
+            ArchivedBody::OwnerMap { version, hubs } => {
+                assert_eq!(version.to_native(), u64::MAX - 1);
+                assert_eq!(hubs.iter().map(|h| h.to_native()).collect::<Vec<u32>>(), vec![0, 2, 7]);
+            }
+            _ => panic!("wrong body for {again:?}"),
+        }
+        assert!(again.payload().is_empty());
+        // Another kind's body under the OwnerMap kind byte, and the reverse, are refused.
+        let mut bad = FrameBuilder::new("").build(&Body::Heartbeat { nonce: 1 }).into_bytes().to_vec();
+        bad[3] = Kind::OwnerMap as u8;
+        assert_eq!(Frame::from_bytes(bad.into()), Err(FrameError::KindMismatch(Kind::OwnerMap)));
+        let mut bad = FrameBuilder::new("").build(&body).into_bytes().to_vec();
+        bad[3] = Kind::Heartbeat as u8;
+        assert_eq!(Frame::from_bytes(bad.into()), Err(FrameError::KindMismatch(Kind::Heartbeat)));
+        assert_eq!(Kind::from_u8(15), Some(Kind::OwnerMap));
+        assert_eq!(Kind::from_u8(16), None);
     }
 
     #[test]

@@ -164,6 +164,29 @@ impl<K: Hash + Eq + Clone> LinkInterest<K> {
         }
     }
 
+    /// `room` moved to another owner hub (a new owner map), which knows nothing of this Link:
+    /// returns the announcement it must be sent now (report it with
+    /// [`LinkInterest::handle_sent`]), or `None` when the room has no members (it is forgotten:
+    /// the old owner drops this Link's interest itself, or is told by the caller).
+    pub fn handle_owner_moved<Q>(&mut self, room: &Q) -> Option<Announcement<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (key, state) = self.rooms.get_key_value(room)?;
+        if state.total == 0 {
+            self.dirty.remove(room);
+            self.rooms.remove(room);
+            return None;
+        }
+        let announcement = Announcement { room: key.clone(), members: state.total };
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.announced = 0;
+        }
+        self.dirty.remove(room);
+        Some(announcement)
+    }
+
     /// A hub (re)connected with no knowledge of this Link: every room it `owns` that has members
     /// is announced again (pushed on `out`; report each with [`LinkInterest::handle_sent`]), every
     /// one without members is forgotten.
@@ -281,5 +304,28 @@ mod tests {
         assert_eq!(interest.handle_join(&7, 3), Some(Announcement { room: 7, members: 1 }));
         assert_eq!(interest.per_shard(&7), &[0, 0, 0, 1]);
         assert_eq!(interest.members(&7), 1);
+    }
+
+    #[test]
+    fn a_room_that_moved_owner_is_announced_to_the_new_one_in_full() {
+        let mut interest: LinkInterest<String> = LinkInterest::new(2);
+        let first = interest.handle_join("r", 0);
+        interest.handle_sent(first.as_ref().expect("first member"), true);
+        assert_eq!(interest.handle_join("r", 1), None);
+        // The move owes the whole count now, and nothing stays dirty for the old owner.
+        assert_eq!(interest.handle_owner_moved("r"), announce("r", 2));
+        assert!(polled(&mut interest).is_empty());
+        // Not queued: owed, and the next join announces at once (the new owner counts 0).
+        interest.handle_sent(&Announcement { room: "r".into(), members: 2 }, false);
+        assert_eq!(interest.handle_join("r", 0), announce("r", 3));
+        // A room without members (removal owed to the old owner) is forgotten.
+        let mut interest: LinkInterest<String> = LinkInterest::new(1);
+        let first = interest.handle_join("gone", 0);
+        interest.handle_sent(first.as_ref().expect("first member"), true);
+        let removal = interest.handle_leave("gone", 0).expect("last member out");
+        interest.handle_sent(&removal, false);
+        assert_eq!(interest.handle_owner_moved("gone"), None);
+        assert!(interest.is_empty());
+        assert_eq!(interest.handle_owner_moved("never"), None);
     }
 }

@@ -18,7 +18,8 @@
 //! Modules, one concept each:
 //! - [`frame`]: the Link ↔ hub wire frame: plain header + rkyv archive in one `Bytes`, validated once.
 //! - [`placement`]: room → ordered Links (consistent hash ring, rendezvous, bounded load).
-//! - [`hub_directory`]: room → owner hub, the same stable ring in every process.
+//! - [`hub_directory`]: room → owner hub, the same stable ring in every process (the first live
+//!   hub on it under an owner map).
 //! - [`room`]: one room at its owner hub: sequencer, epoch, bounded history, interest set,
 //!   join answers (replay / gap / reset), publish de-duplication.
 //! - [`room_table`]: the hub's table of owned rooms and the frames owed to each Link.

@@ -1039,6 +1039,31 @@ mod tests {
     }
 
     #[test]
+    fn a_room_wide_reset_mid_stream_restarts_members_at_the_new_epoch() {
+        // The store lost the room's history while the Link was attached (hub `Reset {request:
+        // 0}`): members mid-stream are reset, then read the new epoch from seq 1 — or from a gap
+        // when the reset says the new epoch already has messages the Link will not get.
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let request = rig.join("r", None, None);
+        rig.hub(joined("r", request, E1, 10));
+        rig.live("r", 11, E1);
+        rig.ring("r", RingItem::Reset { epoch: E2, last_seq: 0 });
+        rig.live("r", 1, E2);
+        rig.live("r", 2, E2);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["joined 1111 10", "live r:11", "reset 2222 0", "live r:1", "live r:2"]);
+        rig.ring("r", RingItem::Reset { epoch: E1, last_seq: 3 });
+        rig.live("r", 4, E1);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["reset 1111 3", "gap 1..=3 next 4", "live r:4"]);
+        // A second reset to the epoch the member already follows is not repeated.
+        rig.ring("r", RingItem::Reset { epoch: E1, last_seq: 4 });
+        rig.live("r", 5, E1);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["live r:5"]);
+    }
+
+    #[test]
     fn a_member_that_fell_off_the_ring_gets_its_gap_then_the_live_stream() {
         let mut rig = Rig::new(4, LagPolicy::Gap);
         let request = rig.join("r", None, None);

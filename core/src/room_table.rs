@@ -753,6 +753,14 @@ mod tests {
         assert!(matches!(check_link_frame(&message), LinkFrameCheck::Drop(_)));
         let hello = FrameBuilder::new("").build(&Body::Hello { link: 1, secret: "s".into() });
         assert!(matches!(check_link_frame(&hello), LinkFrameCheck::Drop(_)));
+        // The owner map goes hub → Link only: a Link that sends one is dropped, and the table
+        // refuses it too.
+        let map = FrameBuilder::new("").build(&Body::OwnerMap { version: 9, hubs: vec![0] });
+        assert_eq!(check_link_frame(&map), LinkFrameCheck::Drop("frame kind a Link may not send"));
+        let mut table = RoomTable::new(TableLimits::default(), 1);
+        table.handle_link_frame(0, LinkId(1), &map);
+        let answers = drain(&mut table);
+        assert!(matches!(answers.as_slice(), [(LinkId(1), f)] if f.kind() == Kind::Error), "{answers:?}");
     }
 
     #[test]

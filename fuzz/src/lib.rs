@@ -107,7 +107,7 @@ fn check_frame(frame: &Frame, max_len: usize) {
     let again = Frame::from_bytes_limited(frame.as_bytes().clone(), max_len).expect("a decoded frame re-validates");
     assert_eq!(&again, frame);
     let room = frame.room();
-    let roomless = matches!(frame.kind(), Kind::Heartbeat | Kind::Hello | Kind::Error);
+    let roomless = matches!(frame.kind(), Kind::Heartbeat | Kind::Hello | Kind::Error | Kind::OwnerMap);
     assert!(frame::is_valid_room(room) || roomless && room.is_empty(), "room {room:?} passed");
     assert!(frame.sender().len() <= frame::MAX_SENDER_LEN);
     assert_eq!(frame.flags() & !FLAG_JSON, 0);
@@ -204,6 +204,9 @@ pub fn owned_body(body: &ArchivedBody) -> Option<Body> {
         },
         ArchivedBody::Hello { link, secret } => Body::Hello { link: link.to_native(), secret: secret.as_str().to_owned() },
         ArchivedBody::Reset { request, epoch } => Body::Reset { request: request.to_native(), epoch: epoch.to_native() },
+        ArchivedBody::OwnerMap { version, hubs } => {
+            Body::OwnerMap { version: version.to_native(), hubs: hubs.iter().map(|h| h.to_native()).collect() }
+        }
         #[allow(unreachable_patterns)]
         _ => return None,
     })

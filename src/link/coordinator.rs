@@ -3,7 +3,7 @@
 //! It runs on its own thread (a current-thread runtime) and only routes: connections' joins,
 //! leaves and publishes to the rooms' owner hubs, and hub frames to the shards. It owns:
 //! - **membership and interest**: a core [`LinkInterest`] (room → member count per shard, and
-//!   the announcements owed to owner hubs, `HubDirectory::owner`). A shard is sent a room's
+//!   the announcements owed to the rooms' owner hubs). A shard is sent a room's
 //!   messages only while it has members there. An announcement the core says is due now (first
 //!   member in, last out) is queued before the `Join` that caused it, on the same ordered hub
 //!   channel, so the hub knows the Link is interested before it answers the join — the basis of
@@ -13,12 +13,24 @@
 //!   shards' rings. Every `Message` is pushed once (a seq at or below it is a duplicate); a hub's
 //!   room-wide `Gap {request: 0}` (its queue to this Link overflowed) becomes a gap marker in
 //!   every ring, in order.
+//! - **who owns a room**: a core [`OwnerView`], the newest owner map (`OwnerMap {version,
+//!   hubs}`) any hub sent; a room belongs to the first live hub in its ring order
+//!   (`HubDirectory::owner_among`). Before the first map every configured hub counts as live.
+//!   The Link never decides liveness itself: a hub connection that ends changes no owner. A
+//!   newer map that moves a room with members: `InterestRemove` to the old owner (best effort),
+//!   the room's interest to the new owner, and one rejoin there (as after a reconnect, below);
+//!   requests in flight at the old owner stay there (answered by it, or failed when its
+//!   connection ends). Live `Message`s, room-wide `Gap`s and `Reset`s are taken only from the
+//!   room's current owner. Gauge `linkcast_link_owner_map_version`, counter
+//!   `linkcast_link_owner_moves_total`.
 //! - **requests in flight**: every join and publish sent to a hub until its answer. When a hub
 //!   connection ends, each is answered `503 hub connection lost` with a retry hint; after the
 //!   reconnect, every room the hub owns is rejoined **once** (`Join {since: pushed, epoch}` with
 //!   a request id of the coordinator's own), and its answer — replay, gap or reset — goes into
 //!   the rings as room-wide items, so members see the outage replayed, a `gap`, or a `reset`.
 //!   Live messages of a room whose rejoin is not answered yet are dropped: the replay covers them.
+//!   A hub's room-wide `Reset {request: 0}` (the store lost the room's history while the Link is
+//!   attached) sets the new epoch and position and puts a reset marker in every ring.
 //! - **hub connections**: one task per hub calls `HubConnector::connect` again whenever the
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
@@ -48,7 +60,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, FLAG_PAGED};
-use linkcast_core::hub_directory::{HubDirectory, HubId};
+use linkcast_core::hub_directory::{HubDirectory, HubId, OwnerView};
 use linkcast_core::interest::{Announcement, LinkInterest};
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::{ClientError, Refusal};
@@ -223,7 +235,7 @@ pub(crate) fn busy_answer(msg: &CoordMsg) -> Option<(u64, Frame)> {
 #[derive(Debug)]
 enum HubEvent {
     Up { hub: HubId, generation: u64, to_hub: mpsc::Sender<Frame> },
-    Frame(Frame),
+    Frame { hub: HubId, frame: Frame },
     Down { hub: HubId, generation: u64 },
 }
 
@@ -259,6 +271,8 @@ struct Coordinator {
     link: LinkId,
     shards: Vec<mpsc::Sender<ShardMsg>>,
     directory: HubDirectory,
+    /// The newest owner map from any hub: which hubs own rooms.
+    view: OwnerView,
     hubs: HashMap<HubId, (u64, mpsc::Sender<Frame>)>,
     /// Member counts per room and shard, and the announcements owed to hubs.
     interest: LinkInterest<String>,
@@ -293,6 +307,7 @@ pub(crate) fn run(
             interest: LinkInterest::new(shards.len()),
             shards,
             directory: HubDirectory::new(hubs),
+            view: OwnerView::new(),
             hubs: HashMap::new(),
             rooms: HashMap::new(),
             in_flight: HashMap::new(),
@@ -336,7 +351,7 @@ async fn hub_session(hub: HubId, connector: Arc<dyn HubConnector>, events: mpsc:
                 }
                 drop(port.to_hub);
                 while let Some(frame) = port.from_hub.recv().await {
-                    if events.send(HubEvent::Frame(frame)).await.is_err() {
+                    if events.send(HubEvent::Frame { hub, frame }).await.is_err() {
                         return;
                     }
                 }
@@ -355,8 +370,9 @@ async fn hub_session(hub: HubId, connector: Arc<dyn HubConnector>, events: mpsc:
 }
 
 impl Coordinator {
+    /// The room's owner hub under the current owner map.
     fn owner(&self, room: &str) -> HubId {
-        self.directory.owner(room).unwrap_or(HubId(0))
+        owner_in(&self.view, &self.directory, room)
     }
 
     /// Queues `frame` to `hub`; false when the hub is down or its queue is full.
@@ -492,8 +508,8 @@ impl Coordinator {
                 self.hubs.insert(hub, (generation, to_hub));
                 self.hubs_connected.store(self.hubs.len(), Ordering::Relaxed);
                 let mut owed = Vec::new();
-                let directory = &self.directory;
-                self.interest.handle_hub_up(|room| directory.owner(room).unwrap_or(HubId(0)) == hub, &mut owed);
+                let (view, directory) = (&self.view, &self.directory);
+                self.interest.handle_hub_up(|room| owner_in(view, directory, room) == hub, &mut owed);
                 for announcement in owed {
                     let room = announcement.room.clone();
                     self.announce(announcement);
@@ -509,7 +525,7 @@ impl Coordinator {
                     self.hub_lost(hub).await;
                 }
             }
-            HubEvent::Frame(frame) => self.route(frame).await,
+            HubEvent::Frame { hub, frame } => self.route(hub, frame).await,
         }
     }
 
@@ -530,7 +546,7 @@ impl Coordinator {
         for (room, state) in self.rooms.iter_mut() {
             // A room whose epoch the Link never learnt has no joined member to catch up.
             let members = self.interest.members(room.as_str());
-            if members > 0 && state.epoch.is_some() && self.directory.owner(room).unwrap_or(HubId(0)) == hub {
+            if members > 0 && state.epoch.is_some() && owner_in(&self.view, &self.directory, room) == hub {
                 state.rejoin = None;
                 state.rejoin_owed = true;
             }
@@ -574,11 +590,37 @@ impl Coordinator {
         self.to_rings(room, item).await;
     }
 
-    async fn route(&mut self, frame: Frame) {
+    /// Routes a frame from `hub`: room-wide ones (live messages, room-wide gaps and resets) only
+    /// from the room's owner, the owner map from any hub, answers by request id.
+    async fn route(&mut self, hub: HubId, frame: Frame) {
+        let room_wide = match frame.body() {
+            ArchivedBody::Message { .. } => true,
+            ArchivedBody::Gap { request, .. } | ArchivedBody::Reset { request, .. } => request.to_native() == 0,
+            _ => false,
+        };
+        if room_wide && hub != self.owner(frame.room()) {
+            // A hub that no longer owns the room (its Link interest is being removed); the new
+            // owner's rejoin answer covers whatever this would have said.
+            return;
+        }
         let request = match frame.body() {
+            ArchivedBody::OwnerMap { version, hubs } => {
+                let hubs: Vec<u32> = hubs.iter().map(|h| h.to_native()).collect();
+                self.handle_owner_map(version.to_native(), hubs).await;
+                return;
+            }
             ArchivedBody::Message { .. } => {
                 if self.rooms.get(frame.room()).is_some_and(|s| !s.rejoining()) {
                     self.push_message(frame).await;
+                }
+                return;
+            }
+            ArchivedBody::Reset { request, epoch } if request.to_native() == 0 => {
+                // While a rejoin is in flight its answer (sent after this by the same hub) covers
+                // the reset.
+                let room = frame.room().to_owned();
+                if self.rooms.get(&room).is_some_and(|s| !s.rejoining()) {
+                    self.room_reset(&room, epoch.to_native(), frame.seq()).await;
                 }
                 return;
             }
@@ -646,6 +688,67 @@ impl Coordinator {
         }
     }
 
+    /// A hub's owner map: if it is newer than the view, every room with members whose owner
+    /// changed moves to its new owner (see the module docs).
+    async fn handle_owner_map(&mut self, version: u64, hubs: Vec<u32>) {
+        let before: Vec<(String, HubId)> = self
+            .rooms
+            .keys()
+            .filter(|room| self.interest.members(room.as_str()) > 0)
+            .map(|room| (room.clone(), self.owner(room)))
+            .collect();
+        if !self.view.accept(version, hubs) {
+            tracing::debug!(version, held = self.view.version(), "owner map not newer than the one held; ignored");
+            return;
+        }
+        metrics::gauge!("linkcast_link_owner_map_version").set(version as f64);
+        tracing::info!(version, live = ?self.view.live(), "new owner map");
+        for (room, old) in before {
+            let new = self.owner(&room);
+            if new != old {
+                self.move_room(&room, old, new);
+            }
+        }
+    }
+
+    /// `room` (with members) moved from hub `old` to hub `new`: drop the interest at `old`, tell
+    /// `new`, rejoin there. Connections' requests in flight at `old` stay in flight.
+    fn move_room(&mut self, room: &str, old: HubId, new: HubId) {
+        metrics::counter!("linkcast_link_owner_moves_total").increment(1);
+        tracing::info!(room = %room, from = old.0, to = new.0, "room moved to another owner hub; rejoining there");
+        // Best effort: if the old owner is gone or its queue is full, its interest dies with it.
+        let removal = FrameBuilder::new(room).interest_remove().build(&Body::Interest { link: self.link.0, members: 0 });
+        let _ = self.send_to_hub(old, removal);
+        if let Some(announcement) = self.interest.handle_owner_moved(room) {
+            // Not queued: owed, re-sent by the next tick or when `new` connects.
+            self.announce(announcement);
+        }
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if let Some(abandoned) = state.rejoin.take() {
+            // Its answer (if the old owner still sends one) no longer matches and is ignored.
+            self.in_flight.remove(&abandoned);
+        }
+        // A room whose epoch the Link never learnt has no joined member to catch up: its
+        // members' joins are in flight at `old`, which answers them.
+        if state.epoch.is_some() {
+            state.rejoin_owed = true;
+            self.rejoin(room);
+        }
+    }
+
+    /// The room's owner lost its history while this Link is attached (room-wide `Reset`): the
+    /// room is now at `epoch`, whose last seq is `last_seq`; every member is told.
+    async fn room_reset(&mut self, room: &str, epoch: u64, last_seq: u64) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if self.interest.members(room) == 0 || state.epoch == Some(epoch) {
+            return;
+        }
+        tracing::warn!(room = %room, "room history was lost at its hub (new epoch): resetting members");
+        state.epoch = Some(epoch);
+        state.pushed = last_seq;
+        self.to_rings(room, RingItem::Reset { epoch, last_seq }).await;
+    }
+
     /// The hub's answer to the coordinator's rejoin `request` of a room: into the rings.
     async fn rejoin_answer(&mut self, request: u64, frame: Frame) {
         let room = frame.room().to_owned();
@@ -696,6 +799,11 @@ impl Coordinator {
             _ => {}
         }
     }
+}
+
+/// The owner of `room` under `view` (hub 0 when no hub is configured).
+fn owner_in(view: &OwnerView, directory: &HubDirectory, room: &str) -> HubId {
+    view.owner(directory, room).unwrap_or(HubId(0))
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!
 //! - hub alone (fake in-process Links): [`hub_http`], two hubs forwarding: [`hub_forward`];
 //! - Link alone (fake in-process hub): [`link_fanout`], [`link_bad_input`], [`link_ws_framing`],
-//!   [`link_quic`], [`link_slow_consumer`], [`link_throughput`];
+//!   [`link_quic`], [`link_slow_consumer`], [`link_throughput`]; Link with two scripted fake
+//!   hubs (owner map, room-wide reset): [`link_owner_map`];
 //! - `serve` (hub + Link in-process): [`serve_e2e`], [`no_silent_loss_link`], the client library
 //!   [`client_resume`], [`client_quic`], the load generator [`bench_scenarios`], the demo page in
 //!   Chromium [`browser`];
@@ -29,6 +30,7 @@ mod hub_forward;
 mod hub_http;
 mod link_bad_input;
 mod link_fanout;
+mod link_owner_map;
 mod link_quic;
 mod link_slow_consumer;
 mod link_throughput;

@@ -1,0 +1,295 @@
+//! A Link follows its hubs' owner map (`OwnerMap {version, hubs}`), against two scripted fake
+//! hubs: the test holds the hubs' ends of the Link's `uplink::pair` connections (through its own
+//! `HubConnector`) and writes every hub frame by hand, so the order of what each hub says is
+//! exact.
+//!
+//! - a newer map that moves a room: the Link drops its interest at the old owner, announces it
+//!   to the new one and rejoins there once (`Join {since: pushed, epoch}`); live messages before
+//!   the rejoin's answer and frames from the old owner are not delivered; members get every
+//!   message once, in order, without a gap; an older (or equal) map changes nothing;
+//! - a room-wide `Reset {request: 0}` (the store lost the room's history): members get `reset`,
+//!   then the new epoch from seq 1;
+//! - a hub connection that drops never moves a room: the Link rejoins at the same hub.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use linkcast::config::HubEntry;
+use linkcast::link::{self, LinkHandle, LinkId, LinkOptions};
+use linkcast::uplink::{pair, BoxFuture, HubConnector, HubPort, LinkPort, PORT_CAPACITY};
+use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PAGED};
+use linkcast_core::hub_directory::{HubDirectory, HubId};
+use linkcast_core::protocol::format_epoch;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::support::http::{metric, metrics_text};
+use crate::support::link::config;
+use crate::support::ws::WsClient;
+use crate::support::{any_addr, eventually, local, STEP};
+
+const E1: u64 = 0x00e1_00e1;
+const E2: u64 = 0x00e2_00e2;
+
+/// Hands the test the hub end of every connection the Link opens.
+struct Scripted {
+    attached: mpsc::UnboundedSender<(HubId, LinkPort)>,
+}
+
+impl HubConnector for Scripted {
+    fn connect(&self, hub: HubId) -> BoxFuture<'_, std::io::Result<HubPort>> {
+        let (hub_port, link_port) = pair(LinkId(1), hub, PORT_CAPACITY);
+        let sent = self.attached.send((hub, link_port));
+        Box::pin(async move {
+            sent.map_err(|_| std::io::Error::other("test ended"))?;
+            Ok(hub_port)
+        })
+    }
+}
+
+/// The connections the Link opened, by hub, not yet taken by the test.
+struct Connections {
+    attached: mpsc::UnboundedReceiver<(HubId, LinkPort)>,
+    waiting: HashMap<HubId, LinkPort>,
+}
+
+impl Connections {
+    /// The Link's next connection to `hub`.
+    async fn next(&mut self, hub: HubId) -> FakeHub {
+        loop {
+            if let Some(port) = self.waiting.remove(&hub) {
+                return FakeHub { port };
+            }
+            let (id, port) = tokio::time::timeout(STEP, self.attached.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the Link did not connect to hub {}", hub.0))
+                .expect("connector alive");
+            self.waiting.insert(id, port);
+        }
+    }
+}
+
+/// One hub end, scripted by the test.
+struct FakeHub {
+    port: LinkPort,
+}
+
+impl FakeHub {
+    async fn send(&self, frame: Frame) {
+        self.port.to_link.send(frame).await.expect("the Link reads its hub connection");
+    }
+
+    /// The next frame the Link sent this hub.
+    async fn next(&mut self) -> Frame {
+        tokio::time::timeout(STEP, self.port.from_link.recv())
+            .await
+            .expect("the Link sends the hub a frame")
+            .expect("hub connection open")
+    }
+
+    /// Asserts the Link sent this hub nothing (beyond what was read).
+    fn assert_quiet(&mut self, why: &str) {
+        if let Ok(frame) = self.port.from_link.try_recv() {
+            panic!("{why}: the Link sent {frame:?}");
+        }
+    }
+
+    /// Reads the Link's interest announcement for `room`: `(kind, members)`.
+    async fn interest(&mut self, room: &str) -> (Kind, u64) {
+        let frame = self.next().await;
+        assert_eq!(frame.room(), room, "{frame:?}");
+        match frame.body() {
+            ArchivedBody::Interest { link, members } => {
+                assert_eq!(link.to_native(), 1);
+                (frame.kind(), members.to_native())
+            }
+            _ => panic!("expected interest, got {frame:?}"),
+        }
+    }
+
+    /// Reads a join of `room`: `(request, since, epoch, flags)`.
+    async fn join(&mut self, room: &str) -> (u64, Option<u64>, Option<u64>, u16) {
+        let frame = self.next().await;
+        assert_eq!(frame.room(), room, "{frame:?}");
+        match frame.body() {
+            ArchivedBody::Join { request, since, epoch } => (
+                request.to_native(),
+                since.as_ref().map(|s| s.to_native()),
+                epoch.as_ref().map(|e| e.to_native()),
+                frame.flags(),
+            ),
+            _ => panic!("expected a join, got {frame:?}"),
+        }
+    }
+
+    /// Answers a connection's first join of `room` (interest, then `Join`) with `Joined`.
+    async fn answer_first_join(&mut self, room: &str, epoch: u64, last_seq: u64) {
+        assert_eq!(self.interest(room).await, (Kind::InterestAdd, 1));
+        let (request, since, _, flags) = self.join(room).await;
+        assert_eq!((since, flags & FLAG_PAGED), (None, FLAG_PAGED), "a connection's join is paged");
+        self.send(joined(room, request, epoch, last_seq)).await;
+    }
+}
+
+fn message(room: &str, seq: u64, from: &str) -> Frame {
+    let data = json!({"seq": seq, "from": from}).to_string();
+    Frame::message(room, seq, 1_700_000_000_000_000 + seq, "server", FLAG_JSON, data.as_bytes())
+}
+
+fn replay(room: &str, request: u64, seq: u64, from: &str) -> Frame {
+    let data = json!({"seq": seq, "from": from}).to_string().into_bytes();
+    FrameBuilder::new(room).seq(seq).sender("server").flags(FLAG_JSON).build(&Body::Replay { request, data })
+}
+
+fn joined(room: &str, request: u64, epoch: u64, last_seq: u64) -> Frame {
+    FrameBuilder::new(room).seq(last_seq).build(&Body::Joined { request, epoch })
+}
+
+fn owner_map(version: u64, hubs: &[u32]) -> Frame {
+    FrameBuilder::new("").build(&Body::OwnerMap { version, hubs: hubs.to_vec() })
+}
+
+/// A room the plain ring gives to `hub` (of hubs 0 and 1).
+fn room_owned_by(hub: HubId) -> String {
+    let directory = HubDirectory::new([HubId(0), HubId(1)]);
+    (0..).map(|n| format!("map-room-{n}")).find(|room| directory.owner(room) == Some(hub)).expect("some room")
+}
+
+/// Starts Link 1 configured with hubs 0 and 1 (scripted), and waits until both are connected.
+async fn start() -> (LinkHandle, FakeHub, FakeHub, Connections) {
+    let config = config(1, |c| {
+        c.hubs = (0..2)
+            .map(|id| HubEntry { id, http: local(1), quic: local(2), admin: None, tls_name: None })
+            .collect();
+    });
+    let (attached, rx) = mpsc::unbounded_channel();
+    let options = LinkOptions { id: LinkId(1), config, ws_addr: any_addr(), quic_addr: None, admin_addr: None };
+    let link = link::start(options, Arc::new(Scripted { attached })).expect("link starts");
+    let mut connections = Connections { attached: rx, waiting: HashMap::new() };
+    let (hub0, hub1) = (connections.next(HubId(0)).await, connections.next(HubId(1)).await);
+    eventually(STEP, "the Link connects to both hubs", || async { (link.connected_hubs() == 2).then_some(()) }).await;
+    (link, hub0, hub1, connections)
+}
+
+/// Reads the next room message and checks its seq and origin tag.
+async fn expect_message(ws: &mut WsClient, room: &str, seq: u64, from: &str) {
+    let got: Value = ws.next_json().await;
+    assert_eq!(got["room"], room, "{got}");
+    assert_eq!(got["seq"], seq, "expected seq {seq} from {from}, got {got}");
+    assert_eq!(got["data"], json!({"seq": seq, "from": from}), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_owner_map_moves_the_room_and_members_get_every_message_once_in_order() {
+    let (link, mut hub0, mut hub1, _connections) = start().await;
+    let room = room_owned_by(HubId(0));
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((replayed, last_seq), ()) = tokio::join!(ws.join(&room, None), hub0.answer_first_join(&room, E1, 0));
+    assert_eq!((replayed.len(), last_seq), (0, 0));
+    for seq in 1..=3 {
+        hub0.send(message(&room, seq, "hub0")).await;
+    }
+    for seq in 1..=3 {
+        expect_message(&mut ws, &room, seq, "hub0").await;
+    }
+
+    // The process's metrics recorder is installed by the first /metrics rendering.
+    metrics_text(link.ws_addr()).await;
+    // Hub 0 says only hub 1 is alive; what it sends afterwards for the room is not the owner's.
+    hub0.send(owner_map(5, &[1])).await;
+    hub0.send(message(&room, 4, "old-owner")).await;
+    assert_eq!(hub0.interest(&room).await, (Kind::InterestRemove, 0), "interest dropped at the old owner");
+    assert_eq!(hub1.interest(&room).await, (Kind::InterestAdd, 1), "interest announced to the new owner");
+    let (rejoin, since, epoch, flags) = hub1.join(&room).await;
+    assert_eq!((since, epoch, flags & FLAG_PAGED), (Some(3), Some(E1), 0), "one rejoin from the last pushed seq");
+    // A live message before the rejoin's answer is dropped: the replay covers it.
+    hub1.send(message(&room, 5, "hub1-live-early")).await;
+    hub1.send(replay(&room, rejoin, 4, "hub1-replay")).await;
+    hub1.send(replay(&room, rejoin, 5, "hub1-replay")).await;
+    hub1.send(joined(&room, rejoin, E1, 5)).await;
+    hub1.send(message(&room, 6, "hub1")).await;
+    hub1.send(message(&room, 7, "hub1")).await;
+    expect_message(&mut ws, &room, 4, "hub1-replay").await;
+    expect_message(&mut ws, &room, 5, "hub1-replay").await;
+    expect_message(&mut ws, &room, 6, "hub1").await;
+    expect_message(&mut ws, &room, 7, "hub1").await;
+
+    // Older and equal versions are ignored (sent by hub 1, on the channel of what follows: had
+    // one been taken, hub 0 would own the room again and hub 1's message 8 would be dropped).
+    hub1.send(owner_map(4, &[0])).await;
+    hub1.send(owner_map(5, &[0, 1])).await;
+    hub0.send(owner_map(3, &[0])).await;
+    hub1.send(message(&room, 8, "hub1")).await;
+    expect_message(&mut ws, &room, 8, "hub1").await;
+    hub0.assert_quiet("the room stayed with hub 1");
+    hub1.assert_quiet("no second rejoin");
+
+    let text = metrics_text(link.ws_addr()).await;
+    assert_eq!(metric(&text, "linkcast_link_owner_map_version", &[]), 5.0);
+    assert!(metric(&text, "linkcast_link_owner_moves_total", &[]) >= 1.0);
+
+    // A new member joins at the new owner.
+    let mut late = WsClient::connect_to(link.ws_addr(), None).await;
+    late.send(json!({"op": "join", "room": room})).await;
+    let (request, _, _, _) = hub1.join(&room).await;
+    hub1.send(joined(&room, request, E1, 8)).await;
+    assert_eq!(late.next_json().await["op"], "joined");
+    hub1.send(message(&room, 9, "hub1")).await;
+    expect_message(&mut ws, &room, 9, "hub1").await;
+    expect_message(&mut late, &room, 9, "hub1").await;
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_wide_reset_gives_members_a_reset_then_the_new_epoch_from_seq_1() {
+    let (link, mut hub0, _hub1, _connections) = start().await;
+    let room = room_owned_by(HubId(0));
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((_, last_seq), ()) = tokio::join!(ws.join(&room, None), hub0.answer_first_join(&room, E1, 10));
+    assert_eq!(last_seq, 10);
+    hub0.send(message(&room, 11, "hub0")).await;
+    expect_message(&mut ws, &room, 11, "hub0").await;
+
+    // The store lost the room: hub 0 resets every member of it on this Link.
+    hub0.send(FrameBuilder::new(&room).seq(0).build(&Body::Reset { request: 0, epoch: E2 })).await;
+    hub0.send(message(&room, 1, "hub0-new-epoch")).await;
+    hub0.send(message(&room, 2, "hub0-new-epoch")).await;
+    assert_eq!(ws.next_json().await, json!({"op": "reset", "room": room, "epoch": format_epoch(E2), "last_seq": 0}));
+    expect_message(&mut ws, &room, 1, "hub0-new-epoch").await;
+    expect_message(&mut ws, &room, 2, "hub0-new-epoch").await;
+    // The same reset again (a retransmission) tells no one twice.
+    hub0.send(FrameBuilder::new(&room).seq(2).build(&Body::Reset { request: 0, epoch: E2 })).await;
+    hub0.send(message(&room, 3, "hub0-new-epoch")).await;
+    expect_message(&mut ws, &room, 3, "hub0-new-epoch").await;
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_hub_connection_never_moves_a_room() {
+    let (link, mut hub0, mut hub1, mut connections) = start().await;
+    let room = room_owned_by(HubId(0));
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((_, last_seq), ()) = tokio::join!(ws.join(&room, None), hub0.answer_first_join(&room, E1, 0));
+    assert_eq!(last_seq, 0);
+    hub0.send(message(&room, 1, "hub0")).await;
+    expect_message(&mut ws, &room, 1, "hub0").await;
+
+    // Hub 0's connection ends. No map says it is dead: the Link reconnects to it and rejoins there.
+    drop(hub0);
+    let mut hub0 = connections.next(HubId(0)).await;
+    assert_eq!(hub0.interest(&room).await, (Kind::InterestAdd, 1));
+    let (rejoin, since, epoch, _) = hub0.join(&room).await;
+    assert_eq!((since, epoch), (Some(1), Some(E1)));
+    hub1.assert_quiet("hub 1 is not the room's owner");
+    hub0.send(replay(&room, rejoin, 2, "hub0-replay")).await;
+    hub0.send(joined(&room, rejoin, E1, 2)).await;
+    hub0.send(message(&room, 3, "hub0")).await;
+    expect_message(&mut ws, &room, 2, "hub0-replay").await;
+    expect_message(&mut ws, &room, 3, "hub0").await;
+    hub1.assert_quiet("hub 1 is not the room's owner");
+    // Messages from a hub that does not own the room are not delivered.
+    hub1.send(message(&room, 4, "not-the-owner")).await;
+    hub0.send(message(&room, 4, "hub0")).await;
+    expect_message(&mut ws, &room, 4, "hub0").await;
+    link.shutdown().await;
+}

@@ -302,8 +302,8 @@ pub struct StoreConfig {
     pub cluster_nodes: Vec<String>,
     /// Prefix of every key (several clusters may share one Redis).
     pub prefix: String,
-    /// > 0: every publish batch is followed by `WAIT wait_replicas wait_timeout_ms` (not with
-    /// `cluster`, where a batch spans masters).
+    /// Above 0: every publish batch is followed by `WAIT wait_replicas wait_timeout_ms` (not
+    /// with `cluster`, where a batch spans masters).
     pub wait_replicas: u32,
     /// How long a `WAIT` may block, milliseconds.
     pub wait_timeout_ms: u64,

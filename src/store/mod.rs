@@ -364,14 +364,12 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Refuses an evicting Redis; logs the durability its persistence settings give. `CONFIG`
-    /// may be renamed or forbidden (managed Redis): then only a warning. In cluster mode one
-    /// node answers.
+    /// Refuses an evicting Redis (in cluster mode, any evicting master); logs the durability its
+    /// persistence settings give. `CONFIG` may be renamed or forbidden (managed Redis): then
+    /// only a warning.
     async fn check_server(&self) -> Result<(), StoreError> {
-        let mut get = redis::cmd("CONFIG");
-        get.arg("GET").arg("maxmemory-policy").arg("appendonly").arg("appendfsync");
-        let settings: HashMap<String, String> = match self.conn.query_cmd(&get).await {
-            Ok(settings) => settings,
+        let policies = match self.config_get("maxmemory-policy").await {
+            Ok(policies) => policies,
             Err(e) if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
                 return Err(StoreError::Unreachable(e));
             }
@@ -380,25 +378,51 @@ impl RedisStore {
                 return Ok(());
             }
         };
-        let policy = settings.get("maxmemory-policy").map_or("", String::as_str);
-        if policy != "noeviction" {
-            return Err(StoreError::EvictionPolicy(policy.to_owned()));
+        if let Some(policy) = policies.iter().find(|p| p.as_str() != "noeviction") {
+            return Err(StoreError::EvictionPolicy(policy.clone()));
         }
-        let appendonly = settings.get("appendonly").map_or("", String::as_str);
-        let fsync = settings.get("appendfsync").map_or("", String::as_str);
-        let promise = match (appendonly, fsync) {
-            ("yes", "always") => "an acknowledged publish survives a Redis crash",
-            ("yes", _) => {
-                "a Redis crash may lose up to ~1 s of acknowledged publishes (appendfsync everysec); the hubs notice the rollback and start a new epoch (clients get a reset)"
-            }
-            _ => "a Redis restart loses every room (new epochs, clients get a reset) unless a replica took over; consider appendonly yes or wait_replicas",
+        let appendonly = self.config_get("appendonly").await.unwrap_or_default();
+        let fsync = self.config_get("appendfsync").await.unwrap_or_default();
+        let all = |values: &[String], wanted: &str| !values.is_empty() && values.iter().all(|v| v == wanted);
+        let promise = if all(&appendonly, "yes") && all(&fsync, "always") {
+            "an acknowledged publish survives a Redis crash"
+        } else if all(&appendonly, "yes") {
+            "a Redis crash may lose up to ~1 s of acknowledged publishes (appendfsync everysec); the hubs notice the rollback and start a new epoch (clients get a reset)"
+        } else {
+            "a Redis restart loses the rooms of a node without appendonly (new epochs, clients get a reset) unless a replica took over; consider appendonly yes or wait_replicas"
         };
+        let (appendonly, fsync) = (appendonly.join(","), fsync.join(","));
         if self.wait.is_some() {
             tracing::info!(appendonly, appendfsync = fsync, "room store durability: {promise}; each publish batch also waits for replicas");
         } else {
             tracing::info!(appendonly, appendfsync = fsync, "room store durability: {promise}");
         }
         Ok(())
+    }
+
+    /// `CONFIG GET parameter` (one parameter per call: Redis before 7 takes only one), from the
+    /// node, or from every master of a cluster.
+    async fn config_get(&self, parameter: &str) -> RedisResult<Vec<String>> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(parameter);
+        let answers: Vec<Value> = match self.conn.clone() {
+            Conn::Single(mut c) => vec![cmd.query_async(&mut c).await?],
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                match c.route_command(cmd, RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None))).await? {
+                    // One answer per master, keyed by its address.
+                    Value::Map(per_node) => per_node.into_iter().map(|(_, answer)| answer).collect(),
+                    other => vec![other],
+                }
+            }
+        };
+        let mut values = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let answer = answer.extract_error()?;
+            let settings: HashMap<String, String> = redis::from_redis_value(answer)?;
+            values.push(settings.get(parameter).cloned().unwrap_or_default());
+        }
+        Ok(values)
     }
 
     /// `SCRIPT LOAD`s the three scripts (in cluster mode on every master).

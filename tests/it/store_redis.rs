@@ -71,12 +71,14 @@ async fn one(store: &RedisStore, cmd: PublishCmd) -> PublishOutcome {
 async fn sequencing_continues_across_a_hub_restart() {
     let redis = RedisServer::start().await;
     let first = connect(&redis.url(), 0, 1).await;
-    let (fence, epoch, last_seq, created, history) = owned(&first, "lobby", &[0], 77).await;
-    assert_eq!((epoch, last_seq, created, history.len()), (77, 0, true, 0));
+    // An epoch above 2^53 survives: the scripts keep it as a string, never a Lua double.
+    const EPOCH: u64 = u64::MAX - 76;
+    let (fence, epoch, last_seq, created, history) = owned(&first, "lobby", &[0], EPOCH).await;
+    assert_eq!((epoch, last_seq, created, history.len()), (EPOCH, 0, true, 0));
 
     let batch: Vec<PublishCmd> = (1..=5).map(|i| publish("lobby", fence, &format!("m{i}"))).collect();
     let outcomes = first.publish_batch(&batch).await.expect("publish");
-    let expected: Vec<PublishOutcome> = (1..=5).map(|seq| PublishOutcome::Sequenced { seq, epoch: 77 }).collect();
+    let expected: Vec<PublishOutcome> = (1..=5).map(|seq| PublishOutcome::Sequenced { seq, epoch: EPOCH }).collect();
     assert_eq!(outcomes, expected);
 
     // The hub restarts: same id, new incarnation. It takes its own old lease (new fence) and
@@ -84,7 +86,7 @@ async fn sequencing_continues_across_a_hub_restart() {
     let second = connect(&redis.url(), 0, 2).await;
     let (fence2, epoch2, last_seq2, created2, history2) = owned(&second, "lobby", &[0], 88).await;
     assert!(fence2 > fence, "a new incarnation gets a new fence");
-    assert_eq!((epoch2, last_seq2, created2), (77, 5, false));
+    assert_eq!((epoch2, last_seq2, created2), (EPOCH, 5, false));
     assert_eq!(history2, ["m1", "m2", "m3", "m4", "m5"]);
     let history = match second.acquire("lobby", &[0], 88).await.expect("acquire") {
         Acquired::Owned { fence: again, history, .. } => {
@@ -96,7 +98,9 @@ async fn sequencing_continues_across_a_hub_restart() {
     assert_eq!((history[0].sender.as_str(), history[0].ts_micros, history[0].flags), ("alice", T0, 0));
 
     let outcomes = second.publish_batch(&(6..=8).map(|i| publish("lobby", fence2, &format!("m{i}"))).collect::<Vec<_>>()).await.expect("publish");
-    assert_eq!(outcomes.last(), Some(&PublishOutcome::Sequenced { seq: 8, epoch: 77 }));
+    assert_eq!(outcomes.last(), Some(&PublishOutcome::Sequenced { seq: 8, epoch: EPOCH }));
+    let matching = PublishCmd { expected_epoch: Some(EPOCH), acked_seq: 8, ..publish("lobby", fence2, "m9") };
+    assert_eq!(one(&second, matching).await, PublishOutcome::Sequenced { seq: 9, epoch: EPOCH });
     // The old incarnation (a zombie) is fenced off by its own successor.
     assert_eq!(one(&first, publish("lobby", fence, "zombie")).await, PublishOutcome::Fenced { holder: Some(0) });
 }
@@ -345,6 +349,10 @@ async fn a_redis_cluster_keeps_fifty_rooms() {
     let cluster = RedisCluster::start(3).await;
     let urls = cluster.urls();
     let cluster_config = StoreConfig { redis: urls[0].clone(), cluster: true, cluster_nodes: urls[1..].to_vec(), ..StoreConfig::default() };
+    // Every master is checked for an eviction policy, not just one.
+    cluster.nodes[2].config_set("maxmemory-policy", "volatile-lru");
+    assert!(matches!(RedisStore::connect(&cluster_config, 0, 1, LIMITS).await, Err(StoreError::EvictionPolicy(p)) if p == "volatile-lru"));
+    cluster.nodes[2].config_set("maxmemory-policy", "noeviction");
     let store = RedisStore::connect(&cluster_config, 0, 1, LIMITS).await.expect("cluster connects");
     let rooms: Vec<String> = (0..50).map(|i| format!("room-{i}")).collect();
     let mut fences = Vec::new();

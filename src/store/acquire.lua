@@ -6,12 +6,21 @@
 local m, l, h, k, z = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local hub, inc, candidate, ttl, live = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
+-- Incarnations are decimal u64 strings (above 2^53 as doubles they would compare wrong):
+-- compare by length, then lexically (no leading zeros).
+local function newer(a, b)
+  return #a > #b or (#a == #b and a > b)
+end
+
 local fence = nil
 local lease = redis.call('GET', l)
 if lease then
   local f, holder, holder_inc = string.match(lease, '^(%d+):(%d+):(%d+)$')
   if f and holder == hub and holder_inc == inc then
     fence = f
+  elseif f and holder == hub and newer(holder_inc, inc) then
+    -- our own newer incarnation holds it: the caller is a zombie of a restarted hub
+    return {0, holder}
   elseif f and holder ~= hub and string.find(',' .. live .. ',', ',' .. holder .. ',', 1, true) then
     -- held by another hub the caller sees alive
     return {0, holder}

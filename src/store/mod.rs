@@ -257,8 +257,9 @@ pub struct RedisStore {
     prefix: Arc<str>,
     /// This hub's id: written into leases and its heartbeat key.
     hub: u32,
-    /// This process's incarnation: a restarted hub has a new one, so it can tell its own old
-    /// lease (take it) from its current one (keep the fence).
+    /// This process's incarnation: a restarted hub has a new, *larger* one (e.g. its start time
+    /// in microseconds), so it can tell its own old lease (take it) from its current one (keep
+    /// the fence), and a zombie of the previous incarnation cannot take the lease back.
     incarnation: u64,
     limits: StoreLimits,
     /// `WAIT` after each publish batch: (replicas, timeout ms); `None` = no WAIT.
@@ -522,8 +523,9 @@ impl RedisStore {
         Ok((values, trailer_result))
     }
 
-    /// Takes (or keeps) `room`'s lease unless a hub in `live_hubs` other than this one holds it,
-    /// creating the room with `candidate_epoch` if the store has no state for it.
+    /// Takes (or keeps) `room`'s lease unless a hub in `live_hubs` other than this one holds it
+    /// (or a newer incarnation of this hub: then `HeldBy` names this hub), creating the room
+    /// with `candidate_epoch` if the store has no state for it.
     pub async fn acquire(&self, room: &str, live_hubs: &[u32], candidate_epoch: u64) -> Result<Acquired, StoreError> {
         let keys = room_keys(&self.prefix, room);
         let live = live_hubs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");

@@ -101,8 +101,20 @@ async fn sequencing_continues_across_a_hub_restart() {
     assert_eq!(outcomes.last(), Some(&PublishOutcome::Sequenced { seq: 8, epoch: EPOCH }));
     let matching = PublishCmd { expected_epoch: Some(EPOCH), acked_seq: 8, ..publish("lobby", fence2, "m9") };
     assert_eq!(one(&second, matching).await, PublishOutcome::Sequenced { seq: 9, epoch: EPOCH });
-    // The old incarnation (a zombie) is fenced off by its own successor.
+    // The old incarnation (a zombie) is fenced off by its own successor and cannot take the
+    // lease back.
     assert_eq!(one(&first, publish("lobby", fence, "zombie")).await, PublishOutcome::Fenced { holder: Some(0) });
+    assert_eq!(first.acquire("lobby", &[0], 1).await.expect("acquire"), Acquired::HeldBy { hub: 0 });
+    // Incarnations compare as u64s, not as text ("9" > "10") or Lua doubles (u64::MAX - 1 ==
+    // u64::MAX).
+    for (older, newer) in [(9, 10), (u64::MAX - 1, u64::MAX)] {
+        let older = connect(&redis.url(), 0, older).await;
+        let newer = connect(&redis.url(), 0, newer).await;
+        owned(&older, "incarnations", &[0], 1).await;
+        owned(&newer, "incarnations", &[0], 1).await;
+        assert_eq!(older.acquire("incarnations", &[0], 1).await.expect("acquire"), Acquired::HeldBy { hub: 0 });
+    }
+
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -499,18 +499,24 @@ impl RedisStore {
         }
     }
 
-    /// [`Self::run`] for script calls: commands answered `NOSCRIPT` (Redis restarted, or
-    /// `SCRIPT FLUSH`) are re-sent once after loading the scripts again. Only those are re-sent:
-    /// `NOSCRIPT` means that script call did not run, so nothing is applied twice (a batch is
-    /// not atomic; its other calls did run and keep their answers).
-    async fn run_scripts(&self, cmds: Vec<(&str, Cmd)>, trailer: Option<Cmd>) -> Result<(Vec<Value>, Option<RedisResult<Value>>), StoreError> {
-        let retry: Vec<(&str, Cmd)> = cmds.clone();
-        let (mut results, mut trailer_result) = self.run(cmds, trailer.clone()).await.map_err(|e| StoreError::from_redis(e, true))?;
+    /// [`Self::run`] for `count` script calls, call `i` built by `build(i)`: calls answered
+    /// `NOSCRIPT` (Redis restarted, or `SCRIPT FLUSH`) are built and sent again once, after
+    /// loading the scripts. Only those: `NOSCRIPT` means that call did not run, so nothing is
+    /// applied twice (a pipeline is not atomic; its other calls ran and keep their answers).
+    /// Building again on that rare path spares the common one a copy of every payload.
+    async fn run_scripts<'a>(
+        &self,
+        count: usize,
+        build: impl Fn(usize) -> (&'a str, Cmd),
+        trailer: Option<Cmd>,
+    ) -> Result<(Vec<Value>, Option<RedisResult<Value>>), StoreError> {
+        let (mut results, mut trailer_result) =
+            self.run((0..count).map(&build).collect(), trailer.clone()).await.map_err(|e| StoreError::from_redis(e, true))?;
         let missing: Vec<usize> = (0..results.len()).filter(|&i| is_noscript(&results[i])).collect();
         if !missing.is_empty() {
             tracing::info!(calls = missing.len(), "room store: Redis lost the scripts (NOSCRIPT); loading them again");
             self.load_scripts().await?;
-            let again: Vec<(&str, Cmd)> = missing.iter().map(|&i| retry[i].clone()).collect();
+            let again = missing.iter().map(|&i| build(i)).collect();
             let (answers, trailer_again) = self.run(again, trailer).await.map_err(|e| StoreError::from_redis(e, true))?;
             for (&index, answer) in missing.iter().zip(answers) {
                 results[index] = answer;
@@ -529,9 +535,12 @@ impl RedisStore {
     pub async fn acquire(&self, room: &str, live_hubs: &[u32], candidate_epoch: u64) -> Result<Acquired, StoreError> {
         let keys = room_keys(&self.prefix, room);
         let live = live_hubs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let mut cmd = evalsha(&self.scripts.acquire, &keys);
-        cmd.arg(self.hub).arg(self.incarnation).arg(candidate_epoch).arg(self.limits.room_ttl_ms).arg(live);
-        let (mut values, _) = self.run_scripts(vec![(room, cmd)], None).await?;
+        let build = |_| {
+            let mut cmd = evalsha(&self.scripts.acquire, &keys);
+            cmd.arg(self.hub).arg(self.incarnation).arg(candidate_epoch).arg(self.limits.room_ttl_ms).arg(&live);
+            (room, cmd)
+        };
+        let (mut values, _) = self.run_scripts(1, build, None).await?;
         let reply = array(values.pop().unwrap_or(Value::Nil), "acquire")?;
         let status: u64 = number(reply.first().unwrap_or(&Value::Nil), "acquire status")?;
         if status == 0 {
@@ -562,10 +571,13 @@ impl RedisStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let blobs = batch
+            .iter()
+            .map(|publish| encode_blob(publish.ts_micros, publish.flags, &publish.sender, &publish.data))
+            .collect::<Result<Vec<_>, _>>()?;
         let limits = &self.limits;
-        let mut cmds = Vec::with_capacity(batch.len());
-        for publish in batch {
-            let blob = encode_blob(publish.ts_micros, publish.flags, &publish.sender, &publish.data)?;
+        let build = |i: usize| {
+            let publish = &batch[i];
             let mut cmd = evalsha(&self.scripts.publish, &room_keys(&self.prefix, &publish.room));
             cmd.arg(self.hub)
                 .arg(self.incarnation)
@@ -576,20 +588,20 @@ impl RedisStore {
                 .arg(&publish.sender)
                 .arg(&publish.key)
                 .arg(publish.ts_micros)
-                .arg(blob)
+                .arg(&blobs[i])
                 .arg(limits.history_messages.max(1))
                 .arg(limits.history_bytes)
                 .arg(limits.dedupe_keys)
                 .arg(limits.dedupe_micros)
                 .arg(limits.room_ttl_ms);
-            cmds.push((publish.room.as_str(), cmd));
-        }
+            (publish.room.as_str(), cmd)
+        };
         let trailer = self.wait.map(|(replicas, timeout_ms)| {
             let mut wait = redis::cmd("WAIT");
             wait.arg(replicas).arg(timeout_ms);
             wait
         });
-        let (values, wait_result) = self.run_scripts(cmds, trailer).await?;
+        let (values, wait_result) = self.run_scripts(batch.len(), build, trailer).await?;
         if let (Some((wanted, timeout_ms)), Some(result)) = (self.wait, wait_result) {
             match result {
                 Ok(value) => {
@@ -607,16 +619,14 @@ impl RedisStore {
 
     /// Gives up leases `(room, fence)`, each only if it is still this process's.
     pub async fn release(&self, rooms: &[(String, u64)]) -> Result<(), StoreError> {
-        let cmds = rooms
-            .iter()
-            .map(|(room, fence)| {
-                let [_, lease_key, ..] = room_keys(&self.prefix, room);
-                let mut cmd = evalsha(&self.scripts.release, &[lease_key]);
-                cmd.arg(self.lease(*fence));
-                (room.as_str(), cmd)
-            })
-            .collect();
-        self.run_scripts(cmds, None).await.map(drop)
+        let build = |i: usize| {
+            let (room, fence) = &rooms[i];
+            let [_, lease_key, ..] = room_keys(&self.prefix, room);
+            let mut cmd = evalsha(&self.scripts.release, &[lease_key]);
+            cmd.arg(self.lease(*fence));
+            (room.as_str(), cmd)
+        };
+        self.run_scripts(rooms.len(), build, None).await.map(drop)
     }
 
     /// Pushes back the expiry of rooms that have members but no publishes.

@@ -333,10 +333,14 @@ impl RedisStore {
         } else {
             let client = redis::Client::open(config.redis.as_str())
                 .map_err(|e| StoreError::Config(format!("store.redis {}: {e}", redact_url(&config.redis))))?;
+            // A reconnect gives up after 3 quick tries (~1.5 s at most); the next command that
+            // finds the connection broken starts another, so an outage is retried for as long as
+            // the hub keeps calling, and a hub started without Redis is told within seconds.
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_max_delay(Duration::from_secs(1));
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_millis(800));
             Conn::Single(ConnectionManager::new_with_config(client, manager_config).await.map_err(unreachable)?)
         };
         let store = RedisStore {

@@ -237,6 +237,24 @@ async fn redis_restarted_empty_resets_the_room() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reconnects_after_an_outage_longer_than_its_retries() {
+    let mut redis = RedisServer::start().await;
+    let store = connect(&redis.url(), 0, 1).await;
+    store.heartbeat().await.expect("heartbeat");
+    redis.kill();
+    // Down for longer than one reconnect's tries (~1.5 s): every call fails, clearly.
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_millis(2000) {
+        let error = store.heartbeat().await.err().expect("Redis is down");
+        assert!(error.is_unreachable(), "{error}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    redis.restart().await;
+    eventually(Duration::from_secs(10), "store reconnects", || async { store.heartbeat().await.ok() }).await;
+    assert_eq!(store.live_hubs(&[0]).await.expect("live"), [0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolled_back_or_foreign_epochs_reset_the_room() {
     let redis = RedisServer::start().await;
     let store = connect(&redis.url(), 0, 1).await;
@@ -395,4 +413,28 @@ async fn a_redis_cluster_keeps_fifty_rooms() {
     assert_eq!(store.live_hubs(&[0, 1, 2, 3]).await.expect("live"), [0]);
     let view = store.next_view_version().await.expect("view");
     assert_eq!(again.next_view_version().await.expect("view"), view + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_always_redis_keeps_rooms_across_a_crash() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let store = connect(&redis.url(), 0, 1).await;
+    let (fence, epoch, ..) = owned(&store, "r", &[0], 30).await;
+    store.publish_batch(&(1..=3).map(|i| publish("r", fence, &format!("m{i}"))).collect::<Vec<_>>()).await.expect("publish");
+
+    redis.kill(); // SIGKILL: no shutdown save, only the AOF
+    redis.restart().await;
+    let restarted = connect(&redis.url(), 0, 2).await;
+    let (_, epoch2, last, created, history) = owned(&restarted, "r", &[0], 31).await;
+    assert_eq!((epoch2, last, created), (epoch, 3, false), "acknowledged publishes survived");
+    assert_eq!(history, ["m1", "m2", "m3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+    let started = std::time::Instant::now();
+    let error = RedisStore::connect(&config(&format!("redis://127.0.0.1:{port}")), 0, 1, LIMITS).await.err().expect("nothing listens");
+    assert!(error.is_unreachable(), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
 }

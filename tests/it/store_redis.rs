@@ -245,7 +245,7 @@ async fn the_store_reconnects_after_an_outage_longer_than_its_retries() {
     // Down for longer than one reconnect's tries (~1.5 s): every call fails, clearly.
     let down = std::time::Instant::now();
     while down.elapsed() < Duration::from_millis(2000) {
-        let error = store.heartbeat().await.err().expect("Redis is down");
+        let error = store.heartbeat().await.expect_err("Redis is down");
         assert!(error.is_unreachable(), "{error}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -434,7 +434,7 @@ async fn an_fsync_always_redis_keeps_rooms_across_a_crash() {
 async fn an_unreachable_redis_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
     let started = std::time::Instant::now();
-    let error = RedisStore::connect(&config(&format!("redis://127.0.0.1:{port}")), 0, 1, LIMITS).await.err().expect("nothing listens");
+    let error = RedisStore::connect(&config(&format!("redis://127.0.0.1:{port}")), 0, 1, LIMITS).await.expect_err("nothing listens");
     assert!(error.is_unreachable(), "{error}");
     assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
 }

@@ -4,7 +4,8 @@
 //! Every process of a cluster reads the same file; `linkcast hub --id N` and
 //! `linkcast link --id N` pick their own entry from `[[hubs]]` / `[[links]]`. Secrets may come
 //! from the environment instead of the file (`LINKCAST_JWT_SECRET`, `LINKCAST_API_KEYS`
-//! comma-separated, `LINKCAST_CLUSTER_SECRET`), which wins over the file. clap flags in `main.rs`
+//! comma-separated, `LINKCAST_CLUSTER_SECRET`, and the store's `LINKCAST_REDIS_URL`), which wins
+//! over the file. clap flags in `main.rs`
 //! override single values after loading. Every limit has a default here, so an empty file (or
 //! none, for `serve`) is a valid configuration. docs/operations.md lists every key.
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub hub: HubConfig,
     /// Link behaviour and limits.
     pub link: LinkConfig,
+    /// Where rooms' seq, epoch, history and leases live: Redis, or (default) hub memory.
+    pub store: StoreConfig,
 }
 
 /// Secrets. Empty `jwt_secret` = dev mode (anonymous clients allowed). `Debug` prints no secret.
@@ -283,6 +286,114 @@ impl Default for HubConfig {
     }
 }
 
+/// `[store]`: where a room's seq, epoch, history, dedupe keys and owner lease live
+/// (src/store/). Empty `redis` (the default) = in the owning hub's memory, lost with it.
+/// `Debug` names no password.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://...`; empty = in memory (env
+    /// `LINKCAST_REDIS_URL` wins over the file).
+    pub redis: String,
+    /// `redis` and `cluster_nodes` are seed nodes of a Redis Cluster (room keys carry the room
+    /// as hash tag, so each room's keys share one slot).
+    pub cluster: bool,
+    /// More seed URLs for cluster mode.
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key (several clusters may share one Redis).
+    pub prefix: String,
+    /// Above 0: every publish batch is followed by `WAIT wait_replicas wait_timeout_ms` (not
+    /// with `cluster`, where a batch spans masters).
+    pub wait_replicas: u32,
+    /// How long a `WAIT` may block, milliseconds.
+    pub wait_timeout_ms: u64,
+    /// Period of a hub's heartbeat key, milliseconds.
+    pub heartbeat_ms: u64,
+    /// A hub whose heartbeat is older than this is dead and its rooms may be taken over.
+    pub hub_ttl_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            redis: String::new(),
+            cluster: false,
+            cluster_nodes: Vec::new(),
+            prefix: "lc".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            heartbeat_ms: 500,
+            hub_ttl_ms: 3000,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.cluster_nodes.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("StoreConfig")
+            .field("redis", &redact_url(&self.redis))
+            .field("cluster", &self.cluster)
+            .field("cluster_nodes", &nodes)
+            .field("prefix", &self.prefix)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("hub_ttl_ms", &self.hub_ttl_ms)
+            .finish()
+    }
+}
+
+/// A Redis URL without its credentials (`redis://<redacted>@host:port/db`), for logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}<redacted>{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl StoreConfig {
+    /// True when rooms live in Redis.
+    pub fn is_redis(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    /// Every seed URL: `redis`, then `cluster_nodes`.
+    pub fn seed_urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.redis.as_str()).chain(self.cluster_nodes.iter().map(String::as_str)).filter(|u| !u.is_empty())
+    }
+
+    /// Checks the section on its own (called by [`Config::validate`]).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(format!("store.{what}")));
+        if !self.is_redis() {
+            if self.cluster || !self.cluster_nodes.is_empty() {
+                return invalid("cluster and store.cluster_nodes need store.redis (the first seed node)");
+            }
+            return Ok(());
+        }
+        if let Some(url) = self.seed_urls().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://"))) {
+            return Err(ConfigError::Invalid(format!("store: {} is not a redis:// or rediss:// URL", redact_url(url))));
+        }
+        if !self.cluster_nodes.is_empty() && !self.cluster {
+            return invalid("cluster_nodes is set but store.cluster is false");
+        }
+        if self.wait_replicas > 0 && self.cluster {
+            return invalid("wait_replicas is not supported with store.cluster = true (a publish batch spans several masters; WAIT counts one)");
+        }
+        if self.wait_replicas > 0 && self.wait_timeout_ms == 0 {
+            return invalid("wait_timeout_ms must be positive with wait_replicas (WAIT with 0 blocks forever)");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) || self.prefix.contains(char::is_whitespace) {
+            return invalid("prefix must be non-empty, without braces (they make Redis Cluster hash tags) or whitespace");
+        }
+        if self.heartbeat_ms == 0 || self.hub_ttl_ms < 2 * self.heartbeat_ms {
+            return invalid("heartbeat_ms must be positive and hub_ttl_ms at least twice heartbeat_ms (one late heartbeat must not declare a hub dead)");
+        }
+        Ok(())
+    }
+}
+
 impl HubConfig {
     /// The room table limits these settings describe.
     pub fn table_limits(&self) -> TableLimits {
@@ -426,7 +537,8 @@ impl Config {
         Ok(toml::from_str(text)?)
     }
 
-    /// Applies secret overrides from an environment lookup.
+    /// Applies secret overrides (and the store's `LINKCAST_REDIS_URL`, which may carry a
+    /// password) from an environment lookup.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         if let Some(secret) = env("LINKCAST_JWT_SECRET") {
             self.auth.jwt_secret = secret;
@@ -436,6 +548,9 @@ impl Config {
         }
         if let Some(secret) = env("LINKCAST_CLUSTER_SECRET") {
             self.auth.cluster_secret = secret;
+        }
+        if let Some(url) = env("LINKCAST_REDIS_URL") {
+            self.store.redis = url;
         }
     }
 
@@ -475,6 +590,7 @@ impl Config {
             return Err(ConfigError::Invalid("every [[auth.keys]] entry needs a key and at least one scope".into()));
         }
         crate::tls::Trust::from_config(&self.tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.store.validate()?;
         Ok(())
     }
 
@@ -652,5 +768,83 @@ mod security_tests {
         assert!(config.validate().is_ok());
         config.tls.client_ca_file = Some("ca.pem".into());
         assert!(config.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    fn store(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn store_defaults_to_memory() {
+        let config = store("").expect("valid");
+        assert!(!config.store.is_redis());
+        assert_eq!(config.store.prefix, "lc");
+        assert_eq!((config.store.heartbeat_ms, config.store.hub_ttl_ms, config.store.wait_timeout_ms), (500, 3000, 100));
+    }
+
+    #[test]
+    fn store_section_parses_and_env_sets_the_url() {
+        let config = store(
+            r#"
+            [store]
+            redis = "redis://127.0.0.1:6379/0"
+            prefix = "chat"
+            wait_replicas = 1
+            wait_timeout_ms = 50
+            heartbeat_ms = 200
+            hub_ttl_ms = 1000
+        "#,
+        )
+        .expect("valid");
+        assert_eq!(config.store.redis, "redis://127.0.0.1:6379/0");
+        assert_eq!((config.store.prefix.as_str(), config.store.wait_replicas), ("chat", 1));
+        let mut config = Config::from_toml("").expect("valid");
+        config.apply_env(|key| (key == "LINKCAST_REDIS_URL").then(|| "rediss://u:hunter2@redis.example:6380".to_owned()));
+        assert!(config.store.is_redis());
+        assert!(config.validate().is_ok());
+        assert!(!format!("{config:?}").contains("hunter2"), "Debug names no Redis password");
+    }
+
+    #[test]
+    fn cluster_seeds_parse() {
+        let config = store(
+            r#"
+            [store]
+            redis = "redis://10.0.0.1:7000"
+            cluster = true
+            cluster_nodes = ["redis://10.0.0.2:7000", "redis://10.0.0.3:7000"]
+        "#,
+        )
+        .expect("valid");
+        assert_eq!(config.store.seed_urls().count(), 3);
+    }
+
+    #[test]
+    fn store_mistakes_are_reported() {
+        assert!(matches!(store("[store]\nredis_url = \"redis://x\""), Err(ConfigError::Parse(_))), "unknown key");
+        let invalid = |text: &str| matches!(store(text), Err(ConfigError::Invalid(_)));
+        assert!(invalid("[store]\nredis = \"http://127.0.0.1:6379\""), "not a redis URL");
+        assert!(invalid("[store]\ncluster = true"), "cluster without seeds");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\ncluster_nodes = [\"redis://b:1\"]"), "seeds without cluster");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\ncluster = true\nwait_replicas = 1"), "WAIT with a cluster");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\nwait_replicas = 1\nwait_timeout_ms = 0"), "WAIT forever");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\nprefix = \"{x}\""), "braces in the prefix");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\nprefix = \"\""), "empty prefix");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\nheartbeat_ms = 500\nhub_ttl_ms = 600"), "ttl under two heartbeats");
+        assert!(invalid("[store]\nredis = \"redis://a:1\"\nheartbeat_ms = 0"), "no heartbeat");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("redis://user:pw@host:1/0"), "redis://<redacted>@host:1/0");
+        assert_eq!(redact_url("redis://host:1"), "redis://host:1");
+        assert_eq!(redact_url(""), "");
     }
 }

@@ -18,6 +18,8 @@
 //! - [`quic`]: QUIC endpoint configs (ALPNs, limits) and the length-prefixed frame streams —
 //!   what a native QUIC peer needs besides `linkcast_core::frame`.
 //! - [`tls`]: certificates servers present (reloaded on SIGHUP) and how dialers verify them.
+//! - `store` (doc-hidden; `pub` only for the integration tests): rooms' seq, epoch, history and
+//!   owner leases in Redis / Redis Cluster, for hubs that restart or take over a dead hub's rooms.
 //!
 //! Private glue: `admin` (the `/metrics` + `/healthz` listener), `telemetry` (the process-wide Prometheus recorder) and `clock` (the one place the
 //! wall clock is read).
@@ -33,6 +35,8 @@ pub mod link;
 mod pre_auth;
 pub mod quic;
 pub mod serve;
+#[doc(hidden)]
+pub mod store;
 mod telemetry;
 pub mod tls;
 pub mod uplink;

@@ -17,6 +17,8 @@
 //! - attacks on the edge (TLS, reads, admin, handshakes, slowloris): [`security_edge`].
 //! - what a client can do to a Link around authentication (paged replays, join floods, token
 //!   expiry and refresh, the token in the first message, SIGTERM): [`security_session`].
+//! - the Redis room store against real `redis-server` processes and a Redis Cluster:
+//!   [`store_redis`].
 
 mod support;
 
@@ -40,4 +42,5 @@ mod no_silent_loss_link;
 mod security_edge;
 mod security_cluster;
 mod security_session;
+mod store_redis;
 mod serve_e2e;

@@ -10,6 +10,8 @@
 //! - [`cluster`]: `linkcast` processes from one TOML config (ports chosen here, the whole start
 //!   retried if one was taken meanwhile), a UDP relay to cut a path, each process signalled
 //!   only through the pid this test spawned.
+//! - [`redis`]: `redis-server` processes (one node, or a Redis Cluster) on free loopback ports,
+//!   killed and restarted through the pid this test spawned.
 //!
 //! Every wait is bounded: a broken node fails a test, never hangs it. Waiting for a condition is
 //! [`eventually`] (or a client's own bounded `wait_*`), never a fixed sleep; "nothing else
@@ -25,6 +27,7 @@ pub mod hub;
 pub mod link;
 pub mod member;
 pub mod pki;
+pub mod redis;
 pub mod ws;
 
 use std::future::Future;

@@ -321,6 +321,12 @@ impl RedisStore {
     /// Connects (cluster or not), loads the scripts, refuses a Redis that may evict keys and
     /// logs what its persistence settings promise.
     pub async fn connect(config: &StoreConfig, hub: u32, incarnation: u64, limits: StoreLimits) -> Result<RedisStore, StoreError> {
+        if !config.is_redis() {
+            return Err(StoreError::Config("store.redis is empty (rooms live in hub memory then)".into()));
+        }
+        if config.cluster && config.wait_replicas > 0 {
+            return Err(StoreError::Config("store.wait_replicas is not supported with store.cluster".into()));
+        }
         let unreachable = |e: RedisError| StoreError::from_redis(e, false);
         let conn = if config.cluster {
             let seeds: Vec<&str> = config.seed_urls().collect();

@@ -322,8 +322,8 @@ impl Default for StoreConfig {
             prefix: "lc".into(),
             wait_replicas: 0,
             wait_timeout_ms: 100,
-            heartbeat_ms: 500,
-            hub_ttl_ms: 3000,
+            heartbeat_ms: 250,
+            hub_ttl_ms: 2000,
         }
     }
 }
@@ -786,7 +786,7 @@ mod store_tests {
         let config = store("").expect("valid");
         assert!(!config.store.is_redis());
         assert_eq!(config.store.prefix, "lc");
-        assert_eq!((config.store.heartbeat_ms, config.store.hub_ttl_ms, config.store.wait_timeout_ms), (500, 3000, 100));
+        assert_eq!((config.store.heartbeat_ms, config.store.hub_ttl_ms, config.store.wait_timeout_ms), (250, 2000, 100));
     }
 
     #[test]

@@ -36,6 +36,8 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use super::locate::Locator;
 use super::queue::LinkQueue;
 use linkcast_core::link_queue::Admit;
+use super::durable::Durable;
+use super::store_tasks::StoreEvent;
 use super::HubMetrics;
 use linkcast_core::frame::{Body, Frame, FrameBuilder};
 use linkcast_core::placement::LinkId;
@@ -62,11 +64,11 @@ pub(crate) enum HubInput {
         reply: oneshot::Sender<Result<PublishAck, PublishError>>,
     },
     /// `GET /v1/rooms/{room}`.
-    RoomInfo { room: String, reply: oneshot::Sender<Option<RoomInfo>> },
+    RoomInfo { room: String, reply: oneshot::Sender<Result<Option<RoomInfo>, PublishError>> },
     /// `GET /v1/rooms/{room}/messages`.
     ///
     /// Answered like a join at (`epoch`, `since`) — reset, gap, frames — cut to `limit` frames.
-    History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Option<JoinAnswer>> },
+    History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Result<Option<JoinAnswer>, PublishError>> },
 }
 
 /// Input to the hub task from Link connections (`links.rs`).
@@ -91,14 +93,21 @@ pub(crate) struct RoomInfo {
     pub(crate) last_seq: u64,
 }
 
-struct Connected {
-    generation: u64,
+pub(super) struct Connected {
+    pub(super) generation: u64,
     queue: LinkQueue,
     /// In-process: frames are not re-validated.
     trusted: bool,
 }
 
+/// With a Redis store: the durable state and the store tasks' answers (`durable.rs`).
+pub(crate) struct StorePath {
+    pub(crate) durable: Durable,
+    pub(crate) events: mpsc::UnboundedReceiver<StoreEvent>,
+}
+
 /// Runs the hub task until `shutdown` turns true or every event sender is gone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     limits: TableLimits,
     mut events: mpsc::Receiver<HubInput>,
@@ -106,8 +115,13 @@ pub(crate) async fn run(
     queued_total: Arc<AtomicUsize>,
     locator: Arc<Mutex<Locator>>,
     metrics: HubMetrics,
+    store: Option<StorePath>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (durable, mut store_events) = match store {
+        Some(StorePath { durable, events }) => (Some(durable), Some(events)),
+        None => (None, None),
+    };
     let mut driver = HubTask {
         table: RoomTable::new(limits, epoch_seed()),
         links: HashMap::new(),
@@ -115,6 +129,7 @@ pub(crate) async fn run(
         metrics,
         seen: TableStats::default(),
         queued_total,
+        durable,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,10 +166,21 @@ pub(crate) async fn run(
                 }
                 None => break,
             },
+            Some(event) = async {
+                match store_events.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                driver.handle_store(event);
+                driver.flush();
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 if ticks.is_multiple_of(20) {
-                    driver.table.handle_timeout(now_micros());
+                    let now = now_micros();
+                    driver.table.handle_timeout(now);
+                    driver.durable_timeout(now);
                 }
                 driver.flush();
             }
@@ -171,15 +197,17 @@ enum Input {
     Link(LinkEvent),
 }
 
-struct HubTask {
-    table: RoomTable,
-    links: HashMap<LinkId, Connected>,
+pub(super) struct HubTask {
+    pub(super) table: RoomTable,
+    pub(super) links: HashMap<LinkId, Connected>,
     locator: Arc<Mutex<Locator>>,
     metrics: HubMetrics,
     /// Table counters already exported.
     seen: TableStats,
     /// Bytes queued towards all Links (the queues' shared counter).
     queued_total: Arc<AtomicUsize>,
+    /// With a Redis store: which rooms this hub owns there (`durable.rs`).
+    pub(super) durable: Option<Durable>,
 }
 
 impl HubTask {
@@ -191,6 +219,15 @@ impl HubTask {
     }
 
     fn handle(&mut self, event: HubInput) {
+        match self.durable {
+            Some(_) => self.durable_api(event),
+            None => self.handle_owned(event),
+        }
+    }
+
+    /// Serves an HTTP input from the table (in memory, or a room owned in the store — whose
+    /// publishes `durable.rs` sends to the store instead).
+    pub(super) fn handle_owned(&mut self, event: HubInput) {
         let now = now_micros();
         match event {
             HubInput::Publish { room, sender, flags, data, key, reply } => {
@@ -204,14 +241,14 @@ impl HubTask {
                     links: r.links().iter().map(|l| l.0).collect(),
                     last_seq: r.last_seq(),
                 });
-                let _ = reply.send(info);
+                let _ = reply.send(Ok(info));
             }
             HubInput::History { room, since, epoch, limit, reply } => {
-                let _ = reply.send(self.table.room(&room).map(|r| {
+                let _ = reply.send(Ok(self.table.room(&room).map(|r| {
                     let mut answer = r.join(Some(since), epoch);
                     answer.frames.truncate(limit);
                     answer
-                }));
+                })));
             }
         }
     }
@@ -219,11 +256,15 @@ impl HubTask {
     fn handle_link(&mut self, event: LinkEvent) {
         let now = now_micros();
         match event {
-            LinkEvent::Up { link, generation, queue, trusted } => {
+            LinkEvent::Up { link, generation, mut queue, trusted } => {
                 if let Some(old) = self.links.remove(&link) {
                     // A reconnect: the old connection's interest is void; the Link re-announces.
                     self.table.handle_link_down(now, link);
                     old.queue.close("replaced by a newer connection of the same Link");
+                }
+                if let Some(durable) = &self.durable {
+                    // The owner map first: the Link routes every room by it.
+                    let _ = queue.offer(durable.owner_map());
                 }
                 self.links.insert(link, Connected { generation, queue, trusted });
                 lock(&self.locator).link_up(link);
@@ -233,7 +274,7 @@ impl HubTask {
                 let Some(connected) = self.links.get_mut(&link).filter(|c| c.generation == generation) else { return };
                 let check = if connected.trusted { LinkFrameCheck::Accept } else { check_link_frame(&frame) };
                 match check {
-                    LinkFrameCheck::Accept => self.table.handle_link_frame(now, link, &frame),
+                    LinkFrameCheck::Accept => self.durable_link_frame(now, link, generation, frame),
                     LinkFrameCheck::Drop(why) => {
                         self.metrics.link_frames_dropped.increment(1);
                         tracing::warn!(%link, kind = ?frame.kind(), "dropping a frame from a link: {why}");
@@ -299,7 +340,7 @@ impl HubTask {
 
 /// Fresh randomness for the room table's epochs: std's per-process random hash keys (drawn
 /// from the OS), mixed with the time and the pid, so two lifetimes of a hub never share a seed.
-fn epoch_seed() -> u64 {
+pub(crate) fn epoch_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(now_micros());

@@ -116,6 +116,12 @@ impl IntoResponse for ApiError {
             ApiError::Publish(e) => e.status().1.to_owned(),
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": code, "reason": reason }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": code, "reason": reason }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is worth retrying (owner unreachable, room moving between hubs, store
+            // down): say when.
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }

@@ -155,7 +155,7 @@ async fn room_info(
         return Ok(answer);
     }
     let (reply, answer) = oneshot::channel();
-    let info = ask(&shared, HubInput::RoomInfo { room, reply }, answer).await?;
+    let info = ask(&shared, HubInput::RoomInfo { room, reply }, answer).await??;
     let info = info.ok_or(ApiError::NotFound("unknown room"))?;
     Ok(Json(info).into_response())
 }
@@ -193,7 +193,7 @@ async fn history(
     }
     let (reply, answer) = oneshot::channel();
     let JoinAnswer { frames, last_seq, epoch, reset, gap } = ask(&shared, HubInput::History { room: room.clone(), since, epoch, limit, reply }, answer)
-        .await?
+        .await??
         .ok_or(ApiError::NotFound("unknown room"))?;
     let mut body = serde_json::json!({
         "room": room,
@@ -330,7 +330,11 @@ async fn forward(
     })?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = answer.content_type.unwrap_or_else(|| "application/json".to_owned());
-    Ok((status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response())
+    let mut response = (status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    Ok(response)
 }
 
 /// A history frame in the WebSocket message shape: `{"room","seq","from","ts","data"}`.

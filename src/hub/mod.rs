@@ -25,6 +25,7 @@
 //! [`RoomTable`]: linkcast_core::room_table::RoomTable
 
 mod driver;
+mod durable;
 mod error;
 mod forward;
 mod http;
@@ -33,6 +34,7 @@ mod locate;
 mod queue;
 mod rate;
 mod server;
+mod store_tasks;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -145,6 +147,8 @@ pub(crate) struct ApiState {
     rate: RateLimiter,
     /// `None` when the config lists no hubs: this hub owns every room.
     directory: Option<HubDirectory>,
+    /// Live hubs as the hub task last saw them (with a Redis store; empty = all configured).
+    live: watch::Receiver<Vec<HubId>>,
     /// Client tokens, for reads by a client allowed the room (`None` in dev mode).
     tokens: Option<Verifier>,
     /// How requests are forwarded to owner hubs (TLS when this cluster serves https).
@@ -210,7 +214,7 @@ impl ApiState {
     /// The owner's HTTP address when another hub owns `room`; 503 if this request was
     /// already forwarded (hubs disagree about ownership).
     fn owner_elsewhere(&self, room: &str, headers: &HeaderMap) -> Result<Option<(SocketAddr, Option<String>)>, ApiError> {
-        let Some(owner) = self.directory.as_ref().and_then(|d| d.owner(room)) else { return Ok(None) };
+        let Some(owner) = self.directory.as_ref().and_then(|d| d.owner_among(room, &self.live.borrow())) else { return Ok(None) };
         if owner == self.id {
             return Ok(None);
         }
@@ -299,6 +303,11 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     let hub = &config.hub;
     let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms, config.tls.serves_tls())));
     let directory = (!config.hubs.is_empty()).then(|| HubDirectory::new(config.hubs.iter().map(|h| HubId(h.id))));
+    let (live_tx, live) = watch::channel(Vec::new());
+    let store = match config.store.redis.is_empty() {
+        true => None,
+        false => Some(start_store(id, &config, live_tx, &shutdown_rx).await?),
+    };
     let shared = Arc::new(ApiState {
         id,
         config: config.clone(),
@@ -306,6 +315,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         locator: locator.clone(),
         rate: RateLimiter::new(hub.publish_rate),
         directory,
+        live,
         tokens: (!config.auth.is_dev()).then(|| Verifier::new(Some(config.auth.jwt_secret.as_str()))),
         dialer,
         secured,
@@ -326,7 +336,10 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         metrics: links::LinkPortMetrics::new(&id.0.to_string()),
     };
 
-    let mut tasks = Vec::new();
+    let (store, mut tasks) = match store {
+        Some((path, tasks)) => (Some(path), tasks),
+        None => (None, Vec::new()),
+    };
     tasks.push(tokio::spawn(driver::run(
         config.hub.table_limits(),
         events_rx,
@@ -334,6 +347,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         queued_total,
         locator.clone(),
         metrics,
+        store,
         shutdown_rx.clone(),
     )));
     let (ports, ports_rx) = mpsc::channel(64);
@@ -350,6 +364,52 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     tasks.push(tokio::spawn(server::serve(listener, app, https, limits, shutdown_rx)));
     tracing::info!(hub = id.0, %http_addr, quic = ?quic_addr, https = is_https, "hub started");
     Ok(HubHandle { http_addr, quic_addr, ports, locator, shutdown, tasks, admin, https: is_https })
+}
+
+/// Connects the Redis room store (`[store] redis`), reads the live hubs once, and spawns the
+/// store worker and the membership task (`store_tasks.rs`): what the hub task needs to run
+/// durable rooms.
+async fn start_store(
+    id: HubId,
+    config: &Config,
+    live_tx: watch::Sender<Vec<HubId>>,
+    shutdown: &watch::Receiver<bool>,
+) -> std::io::Result<(driver::StorePath, Vec<JoinHandle<()>>)> {
+    use crate::store::{RedisStore, StoreLimits};
+    let hub = &config.hub;
+    // Start time: a restarted hub's incarnation is newer than its predecessor's (the store lets a
+    // newer incarnation take its own old leases, never an older one).
+    let incarnation = crate::clock::now_micros();
+    let limits = StoreLimits {
+        history_messages: hub.history_messages,
+        history_bytes: hub.history_bytes,
+        dedupe_keys: hub.dedupe_keys,
+        dedupe_micros: hub.dedupe_secs.saturating_mul(1_000_000),
+        room_ttl_ms: hub.room_idle_secs.saturating_mul(1_000),
+    };
+    let store = RedisStore::connect(&config.store, id.0, incarnation, limits)
+        .await
+        .map_err(|e| std::io::Error::other(format!("room store: {e}")))?;
+    let hubs: Vec<u32> = match config.hubs.is_empty() {
+        true => vec![id.0],
+        false => config.hubs.iter().map(|h| h.id).collect(),
+    };
+    let io = |e: crate::store::StoreError| std::io::Error::other(format!("room store: {e}"));
+    store.heartbeat().await.map_err(io)?;
+    let seen = store.live_hubs(&hubs).await.map_err(io)?;
+    let live = store_tasks::live_set(&hubs, id.0, &seen, None, &mut Default::default());
+    let version = store.next_view_version().await.map_err(io)?;
+    tracing::info!(hub = id.0, ?live, version, "room store connected: rooms are durable; live hubs read");
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let directory = HubDirectory::new(hubs.iter().map(|&h| HubId(h)));
+    let durable = durable::Durable::new(id, directory, live.clone(), version, live_tx, commands, driver::epoch_seed(), hub.room_idle_secs.saturating_mul(1_000_000), hub.max_rooms);
+    let period = Duration::from_millis(config.store.heartbeat_ms.max(10));
+    let tasks = vec![
+        tokio::spawn(store_tasks::run_worker(store.clone(), commands_rx, events.clone(), shutdown.clone())),
+        tokio::spawn(store_tasks::run_membership(store, hubs, id.0, period, live, events, shutdown.clone())),
+    ];
+    Ok((driver::StorePath { durable, events: events_rx }, tasks))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: what `hub` and `serve` run until.

@@ -43,4 +43,5 @@ mod security_edge;
 mod security_cluster;
 mod security_session;
 mod store_redis;
+mod durable_rooms;
 mod serve_e2e;

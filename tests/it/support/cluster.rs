@@ -216,7 +216,8 @@ impl Processes {
         let out = log.try_clone().expect("log file handle");
         let child = Command::new(env!("CARGO_BIN_EXE_linkcast"))
             .args(args)
-            .env("RUST_LOG", "info")
+            // LINKCAST_TEST_LOG (e.g. `info,linkcast::hub=debug`) raises the nodes' log level.
+            .env("RUST_LOG", std::env::var("LINKCAST_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(log))
             .spawn()

@@ -4,7 +4,7 @@
 //! With a store, Redis holds each room's seq, epoch, history and publish keys; the hub's
 //! [`RoomTable`](linkcast_core::room_table::RoomTable) is a cache of the rooms this hub holds
 //! the **lease** of (fencing token `fence`), plus the interest Links announced. A room is in one
-//! of three states here ([`Ownership`]):
+//! of three states here ([`Ownership`], absent = not owned):
 //! - absent: not owned. The first join, publish or read makes the hub ask the store worker to
 //!   acquire it — only if this hub is the room's owner in its current view (the first live hub
 //!   on the ring, `HubDirectory::owner_among`); otherwise the operation is refused `503` with a
@@ -14,15 +14,17 @@
 //! - `Owned`: joins and reads are served from the table; **publishes go to the store first**
 //!   and are fanned out only when the store answered with their seq (`StoreEvent::Published`),
 //!   so no Link ever sees a seq Redis does not hold. A publish the store fenced (another hub
-//!   took the lease while this one was paused) is refused 503 and the hub steps down from the
-//!   room. A batch that failed leaves the room `Stale`: the next operation reloads it, and the
-//!   table catches Links up on anything the store kept that they did not get (late, not lost).
+//!   took the lease while this one was paused) is refused 503 and the hub stops owning the
+//!   room; so does a batch whose outcome is unknown. The table keeps the room's copy and the
+//!   Links' interest: the next operation reloads it (`served` rooms are reloaded, not
+//!   replaced), and the table catches the Links up on anything the store kept that they did not
+//!   get (late, not lost).
 //!
 //! When the live set changes ([`StoreEvent::View`]) the hub pushes the new owner map to every
 //! Link (`OwnerMap`), steps down from rooms it no longer owns (releases their leases after the
 //! publishes already sent, and forgets them), and refuses what waited for them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -45,15 +47,14 @@ pub(crate) const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Retry hint given with a 503 for a room that is moving between hubs, milliseconds.
 const MOVING_RETRY_MS: u32 = 500;
 
-/// This hub's hold on one room.
+/// This hub's hold on one room (absent: none).
 #[derive(Debug)]
 pub(crate) enum Ownership {
-    /// The store worker is acquiring it; these wait, in arrival order.
+    /// The store worker is acquiring it; these wait, in arrival order. `first`: the table's
+    /// copy was never served (a placeholder), so the store's state replaces it silently.
     Acquiring { deferred: Vec<Deferred>, first: bool },
     /// This hub holds the lease `fence`; `acked_seq` is the last seq the store acknowledged.
     Owned { fence: u64, acked_seq: u64 },
-    /// The last store call failed: the table's copy must be reloaded before it serves again.
-    Stale,
 }
 
 /// An operation waiting for its room.
@@ -75,6 +76,9 @@ pub(crate) struct Durable {
     /// Where the live view is published for the HTTP handlers (forwarding to owners).
     live_tx: tokio::sync::watch::Sender<Vec<HubId>>,
     rooms: HashMap<String, Ownership>,
+    /// Rooms whose table copy has served joins or messages (loaded from the store at least
+    /// once): the next load of one is a reload that catches its Links up, never a silent swap.
+    served: HashSet<String>,
     commands: mpsc::UnboundedSender<StoreCommand>,
     /// Epoch candidates for rooms the store does not hold (splitmix64 state).
     epochs: u64,
@@ -121,7 +125,7 @@ impl Durable {
             version: metrics::gauge!("linkcast_hub_owner_map_version", "hub" => hub),
         };
         live_tx.send_replace(live.clone());
-        Durable { me, directory, live, version, live_tx, rooms: HashMap::new(), commands, epochs: seed, in_flight_bytes: 0,
+        Durable { me, directory, live, version, live_tx, rooms: HashMap::new(), served: HashSet::new(), commands, epochs: seed, in_flight_bytes: 0,
             max_rooms,
             touch_every_micros: (room_ttl_micros / 4).max(1_000_000),
             next_touch_micros: 0,
@@ -209,17 +213,17 @@ impl HubTask {
             return self.refuse(op, PublishError::Moving);
         }
         let full = durable.rooms.len() >= durable.max_rooms;
-        let first = match durable.rooms.get_mut(room) {
+        match durable.rooms.get_mut(room) {
             Some(Ownership::Acquiring { deferred, .. }) if deferred.len() < MAX_DEFERRED => {
                 deferred.push(op);
                 return;
             }
             // Full, or owned after all (callers check first): never queue behind nothing.
             Some(Ownership::Acquiring { .. } | Ownership::Owned { .. }) => return self.refuse(op, PublishError::Moving),
-            Some(Ownership::Stale) => false,
             None if full => return self.refuse(op, PublishError::TooManyRooms),
-            None => true,
-        };
+            None => {}
+        }
+        let first = !durable.served.contains(room);
         let candidate_epoch = durable.next_epoch();
         let live = durable.live.iter().map(|h| h.0).collect();
         durable.rooms.insert(room.to_owned(), Ownership::Acquiring { deferred: vec![op], first });
@@ -360,7 +364,8 @@ impl HubTask {
                     history.iter().map(|m| Frame::message(room, m.seq, m.ts_micros, &m.sender, m.flags, &m.data)).collect();
                 match self.table.load_stored(now, room, epoch, last_seq, frames, first) {
                     Ok(()) => {
-                        tracing::debug!(room, fence, epoch, last_seq, created, "room acquired");
+                        tracing::debug!(room, fence, epoch, last_seq, created, first, "room acquired");
+                        durable.served.insert(room.to_owned());
                         durable.rooms.insert(room.to_owned(), Ownership::Owned { fence, acked_seq: last_seq });
                         Ok(())
                     }
@@ -376,9 +381,6 @@ impl HubTask {
             }
             Err(error) => {
                 tracing::warn!(room, %error, "could not acquire room from the store");
-                if !first {
-                    durable.rooms.insert(room.to_owned(), Ownership::Stale);
-                }
                 Err(PublishError::StoreUnavailable)
             }
         };
@@ -399,17 +401,21 @@ impl HubTask {
         };
         let (seq, epoch, duplicate) = match outcome {
             None => {
+                // Unknown outcome: the table's copy is reloaded (and Links caught up on what the
+                // store kept) before it serves again.
                 if owned.is_some() {
-                    durable.rooms.insert(cmd.room.clone(), Ownership::Stale);
+                    durable.rooms.remove(&cmd.room);
                 }
                 return self.answer_publish(reply, Err(PublishError::StoreUnavailable));
             }
             Some(PublishOutcome::Fenced { holder }) => {
                 durable.metrics.fenced.increment(1);
                 if owned.is_some() {
+                    // Another hub took the lease (this one was paused, or hubs disagreed for a
+                    // moment). Stop sequencing; the interest Links announced stays, so if the
+                    // room comes back here it is reloaded and they are caught up.
                     tracing::warn!(room = %cmd.room, ?holder, "the store fenced this hub's publish: another hub holds the room; stepping down");
                     durable.rooms.remove(&cmd.room);
-                    self.table.evict(&cmd.room);
                 }
                 return self.answer_publish(reply, Err(PublishError::Moving));
             }
@@ -456,6 +462,7 @@ impl HubTask {
                 _ => {}
             }
             self.table.evict(&room);
+            durable.served.remove(&room);
         }
         durable.metrics.moves.increment(releases.len() as u64);
         durable.metrics.owned.set(durable.owned_rooms().count() as f64);
@@ -477,7 +484,8 @@ impl HubTask {
     pub(super) fn durable_timeout(&mut self, now: u64) {
         let Some(durable) = &mut self.durable else { return };
         let table = &self.table;
-        durable.rooms.retain(|room, o| !matches!(o, Ownership::Owned { .. } | Ownership::Stale) || table.room(room).is_some());
+        durable.rooms.retain(|room, o| !matches!(o, Ownership::Owned { .. }) || table.room(room).is_some());
+        durable.served.retain(|room| table.room(room).is_some());
         durable.metrics.owned.set(durable.owned_rooms().count() as f64);
         if now < durable.next_touch_micros {
             return;

@@ -396,18 +396,19 @@ async fn start_store(
     };
     let io = |e: crate::store::StoreError| std::io::Error::other(format!("room store: {e}"));
     store.heartbeat().await.map_err(io)?;
-    let seen = store.live_hubs(&hubs).await.map_err(io)?;
-    let live = store_tasks::live_set(&hubs, id.0, &seen, None, &mut Default::default());
-    let version = store.next_view_version().await.map_err(io)?;
-    tracing::info!(hub = id.0, ?live, version, "room store connected: rooms are durable; live hubs read");
+    // Every configured hub counts as live until the membership task's grace period is over.
+    let live: Vec<HubId> = hubs.iter().map(|&h| HubId(h)).collect();
+    let version = 0;
+    tracing::info!(hub = id.0, "room store connected: rooms are durable");
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let (events, events_rx) = mpsc::unbounded_channel();
     let directory = HubDirectory::new(hubs.iter().map(|&h| HubId(h)));
     let durable = durable::Durable::new(id, directory, live.clone(), version, live_tx, commands, driver::epoch_seed(), hub.room_idle_secs.saturating_mul(1_000_000), hub.max_rooms);
     let period = Duration::from_millis(config.store.heartbeat_ms.max(10));
+    let grace = Duration::from_millis(config.store.hub_ttl_ms);
     let tasks = vec![
         tokio::spawn(store_tasks::run_worker(store.clone(), commands_rx, events.clone(), shutdown.clone())),
-        tokio::spawn(store_tasks::run_membership(store, hubs, id.0, period, live, events, shutdown.clone())),
+        tokio::spawn(store_tasks::run_membership(store, hubs, id.0, period, grace, live, events, shutdown.clone())),
     ];
     Ok((driver::StorePath { durable, events: events_rx }, tasks))
 }

@@ -12,7 +12,8 @@
 //! - **The membership task** ([`run_membership`]) writes this hub's heartbeat key every
 //!   `store.heartbeat_ms` and reads every configured hub's key. A hub is live while its key is
 //!   there; one missing in two polls in a row is dead (one miss is forgiven, so a Redis restart
-//!   that wiped the keys does not move every room). When the live set changes it takes a new
+//!   that wiped the keys does not move every room). For its first `store.hub_ttl_ms` a hub takes
+//!   every configured hub as live (a key it has not seen yet may still come). When the live set changes it takes a new
 //!   version from the store's shared counter and tells the hub task ([`StoreEvent::View`]),
 //!   which steps down from rooms it no longer owns and pushes the owner map to its Links.
 
@@ -172,17 +173,24 @@ pub(crate) fn live_set(hubs: &[u32], me: u32, seen: &[u32], before: Option<&[Hub
     live
 }
 
-/// Runs the membership task (heartbeat + live set) until `shutdown`. `first` is the view the
-/// hub started with (read once at start-up).
+/// Runs the membership task (heartbeat + live set) until `shutdown`.
+///
+/// A hub starts believing every configured hub is live, and declares none dead for `grace`
+/// (`store.hub_ttl_ms`): a heartbeat it has not seen yet may be younger than that. So a hub
+/// starting next to others never takes their rooms for a moment, and its first view (version
+/// 0, which no Link takes over a real one) misleads no Link.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_membership(
     store: RedisStore,
     hubs: Vec<u32>,
     me: u32,
     period: Duration,
+    grace: Duration,
     first: Vec<HubId>,
     events: mpsc::UnboundedSender<StoreEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let grace_until = tokio::time::Instant::now() + grace;
     let mut current = first;
     let mut misses = HashMap::new();
     let mut tick = tokio::time::interval(period);
@@ -204,6 +212,9 @@ pub(crate) async fn run_membership(
                 continue;
             }
         };
+        if tokio::time::Instant::now() < grace_until {
+            continue;
+        }
         let live = live_set(&hubs, me, &seen, Some(&current), &mut misses);
         if live == current {
             continue;

@@ -35,10 +35,14 @@ use crate::support::member::Member;
 use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::STEP;
 
-/// Store settings for tests: heartbeats fast enough for a short test.
+/// Store settings for tests; `extra` goes into `[store]`.
 fn settings(redis: &str, extra: &str) -> String {
-    format!("[auth]\ncluster_secret = \"durable-rooms\"\n\n[store]\nredis = \"{redis}\"\nheartbeat_ms = 200\nhub_ttl_ms = 1500\n{extra}\n\n[link]\nshards = 2\n")
+    format!("[auth]\ncluster_secret = \"durable-rooms\"\n\n[store]\nredis = \"{redis}\"\n{extra}\n\n[link]\nshards = 2\n")
 }
+
+/// Heartbeats faster than the defaults, for tests that wait for a hub to be declared dead
+/// several times (the fail-over test keeps the defaults: its time is the figure reported).
+const FAST: &str = "heartbeat_ms = 200\nhub_ttl_ms = 1500";
 
 /// A room whose ring owner is hub `owner` among `hubs` hubs.
 fn room_owned_by(owner: u32, hubs: u32, tag: &str) -> String {
@@ -179,7 +183,7 @@ async fn assert_delivered(members: &[Member], hub: SocketAddr, room: &str, acked
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_killed_and_restarted_continues_every_room_from_redis_and_members_miss_nothing() {
     let redis = RedisServer::start().await;
-    let settings = settings(&redis.url(), "");
+    let settings = settings(&redis.url(), FAST);
     let mut cluster = Cluster::start(ClusterSpec { tag: "durable-restart", hubs: 1, links: 2, settings: &settings, relay: false, link_quic: false }).await;
     let room = "restart";
     let members = members(&cluster, room, 5).await;
@@ -244,7 +248,7 @@ async fn the_owner_hub_killed_for_good_hands_its_rooms_to_the_other_and_300_memb
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_that_wakes_up_is_fenced_by_the_store_and_steps_down() {
     let redis = RedisServer::start().await;
-    let settings = settings(&redis.url(), "");
+    let settings = settings(&redis.url(), FAST);
     let cluster = Cluster::start(ClusterSpec { tag: "durable-fence", hubs: 2, links: 1, settings: &settings, relay: false, link_quic: false }).await;
     let room = room_owned_by(0, 2, "fence");
     let members = members(&cluster, &room, 5).await;
@@ -289,7 +293,7 @@ async fn a_paused_owner_that_wakes_up_is_fenced_by_the_store_and_steps_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_resets_every_member_explicitly_then_serves_the_new_epoch() {
     let mut redis = RedisServer::start().await;
-    let settings = settings(&redis.url(), "");
+    let settings = settings(&redis.url(), FAST);
     let cluster = Cluster::start(ClusterSpec { tag: "durable-redis-lost", hubs: 1, links: 1, settings: &settings, relay: false, link_quic: false }).await;
     let room = "lost";
     let members = members(&cluster, room, 5).await;
@@ -328,7 +332,7 @@ async fn redis_restarted_empty_resets_every_member_explicitly_then_serves_the_ne
 async fn a_redis_cluster_keeps_rooms_on_every_node_through_a_hub_restart_and_a_resume() {
     let redis = RedisCluster::start(3).await;
     let urls = redis.urls();
-    let extra = format!("cluster = true\ncluster_nodes = [{}]", urls[1..].iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", "));
+    let extra = format!("{FAST}\ncluster = true\ncluster_nodes = [{}]", urls[1..].iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", "));
     let settings = settings(&urls[0], &extra);
     let mut cluster = Cluster::start(ClusterSpec { tag: "durable-redis-cluster", hubs: 1, links: 1, settings: &settings, relay: false, link_quic: false }).await;
     let rooms: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
@@ -358,4 +362,59 @@ async fn a_redis_cluster_keeps_rooms_on_every_node_through_a_hub_restart_and_a_r
         let stored: Vec<u64> = history(cluster.hubs[0], room).await.iter().map(|m| m["data"]["n"].as_u64().unwrap_or(0)).collect();
         assert_eq!(stored, (1..=10).collect::<Vec<_>>(), "{room}: history in the cluster");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_publishing_through_a_fail_over_gets_every_publish_sequenced_once() {
+    use linkcast::client::{Client, ClientOptions, Event, Target};
+    let redis = RedisServer::start().await;
+    let settings = settings(&redis.url(), FAST);
+    let mut cluster = Cluster::start(ClusterSpec { tag: "durable-client", hubs: 2, links: 1, settings: &settings, relay: false, link_quic: false }).await;
+    let room = room_owned_by(0, 2, "client");
+    let mut options = ClientOptions::new(Target::Ws(cluster.url(0)));
+    options.seed = 7;
+    let mut client = Client::start(options);
+    client.join(&room).expect("join");
+    let mut events = Vec::new();
+    let deadline = Instant::now() + STEP;
+    while !events.iter().any(|e| matches!(e, Event::Joined { .. })) {
+        assert!(Instant::now() < deadline, "joined in time: {events:?}");
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(100), client.next_event()).await {
+            events.push(event);
+        }
+    }
+    const N: u64 = 60;
+    let mut ids = Vec::new();
+    for n in 1..=N {
+        if n == 21 {
+            cluster.processes.kill("hub-0");
+        }
+        ids.push(client.publish(&room, &serde_json::json!({ "n": n })).await.expect("queued"));
+        // Read what arrived meanwhile (the client buffers events for us).
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(30), client.next_event()).await {
+            events.push(event);
+        }
+    }
+    let answered = |events: &[Event]| events.iter().filter(|e| matches!(e, Event::Published { .. } | Event::Error { .. })).count();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while answered(&events) < ids.len() {
+        assert!(Instant::now() < deadline, "every publish answered: {} of {}", answered(&events), ids.len());
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(200), client.next_event()).await {
+            events.push(event);
+        }
+    }
+    let errors: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Error { .. })).collect();
+    assert!(errors.is_empty(), "the library retried through the fail-over: {errors:?}");
+    let mut published: Vec<(u64, u64)> = events.iter().filter_map(|e| match e { Event::Published { id, seq, .. } => Some((*id, *seq)), _ => None }).collect();
+    published.sort_by_key(|&(_, seq)| seq);
+    let mut published_ids: Vec<u64> = published.iter().map(|&(id, _)| id).collect();
+    published_ids.sort_unstable();
+    assert_eq!(published_ids, ids, "each publish acknowledged exactly once");
+    let stored: Vec<u64> = history(cluster.hubs[1], &room).await.iter().map(|m| m["data"]["n"].as_u64().unwrap_or(0)).collect();
+    let mut sorted = stored.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=N).collect::<Vec<_>>(), "every publish is in the room's history exactly once: {stored:?}");
+    let seqs: Vec<u64> = published.iter().map(|&(_, seq)| seq).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "acknowledged seqs are 1..=N");
+    let _ = client.close().await;
 }

@@ -14,7 +14,8 @@ local max_keys, key_micros, ttl = tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[1
 
 -- 1. Fencing: only the lease holder (this fence, hub and incarnation) sequences.
 local lease = redis.call('GET', l)
-local epoch = redis.call('HGET', m, 'epoch')
+local meta = redis.call('HMGET', m, 'epoch', 'seq', 'bytes')
+local epoch = meta[1]
 if lease ~= fence .. ':' .. hub .. ':' .. inc then
   if (not lease) and (not epoch) then
     -- Redis lost the room entirely (restarted empty, flushed): the caller was its owner, so it
@@ -29,12 +30,15 @@ end
 
 -- 2. Lost state: no epoch, another epoch than the caller's, or acknowledged seqs rolled back
 -- (e.g. appendfsync everysec after a crash). Never reuse a seq under the same epoch.
-local seq = tonumber(redis.call('HGET', m, 'seq') or '0')
+local seq = tonumber(meta[2] or '0')
+local bytes = tonumber(meta[3] or '0')
 local reset = false
 if (not epoch) or (expected ~= '' and epoch ~= expected) or seq < acked then
   redis.call('DEL', h, k, z)
   redis.call('HSET', m, 'epoch', candidate, 'seq', '0', 'bytes', '0')
   epoch = candidate
+  seq = 0
+  bytes = 0
   reset = true
 end
 
@@ -57,10 +61,11 @@ if max_keys > 0 then
 end
 
 -- 4. Sequence, append, trim history by count and bytes (always keeping the newest).
-seq = string.format('%d', redis.call('HINCRBY', m, 'seq', 1))
+seq = string.format('%d', seq + 1)
 local entry = seq .. '\n' .. blob
 local len = redis.call('RPUSH', h, entry)
-local bytes = tonumber(redis.call('HGET', m, 'bytes') or '0') + #entry
+bytes = bytes + #entry
+local fresh = len == 1 -- the history list was just created: it has no TTL yet
 while len > 1 and (len > max_messages or bytes > max_bytes) do
   local dropped = redis.call('LPOP', h)
   if not dropped then
@@ -69,13 +74,15 @@ while len > 1 and (len > max_messages or bytes > max_bytes) do
   bytes = bytes - #dropped
   len = len - 1
 end
-redis.call('HSET', m, 'bytes', string.format('%d', bytes))
+redis.call('HSET', m, 'seq', seq, 'bytes', string.format('%d', bytes))
 
 -- 5. Remember the key (bounded by count: the oldest go first).
 if key ~= '' and max_keys > 0 then
   redis.call('HSET', k, member, seq)
   redis.call('ZADD', z, string.format('%d', ts), member)
-  local extra = redis.call('ZCARD', z) - max_keys
+  local count = redis.call('ZCARD', z)
+  fresh = fresh or count == 1 -- the dedupe keys were just created
+  local extra = count - max_keys
   if extra > 0 then
     local popped = redis.call('ZPOPMIN', z, extra)
     for i = 1, #popped, 2 do
@@ -84,8 +91,14 @@ if key ~= '' and max_keys > 0 then
   end
 end
 
-for _, name in ipairs(KEYS) do
-  redis.call('PEXPIRE', name, ttl)
+-- 6. Expiry: every room key lives room_ttl_ms past its last use. Refreshed when a key was just
+-- created or the meta hash has less than half its TTL left (one PTTL per publish, not five
+-- PEXPIREs: the room's keys are written together, so they expire together within ttl/2).
+local left = redis.call('PTTL', m)
+if fresh or reset or left < tonumber(ttl) / 2 then
+  for _, name in ipairs(KEYS) do
+    redis.call('PEXPIRE', name, ttl)
+  end
 end
 if reset then
   return {'RESET', seq, epoch, fence}

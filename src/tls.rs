@@ -74,7 +74,9 @@ impl ServerCert {
     /// new self-signed one.
     pub fn shared(tls: &TlsConfig) -> Result<Arc<ServerCert>, TlsError> {
         let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else { return ServerCert::self_signed().map(Arc::new) };
-        static LOADED: OnceLock<Mutex<HashMap<(PathBuf, PathBuf), Arc<ServerCert>>>> = OnceLock::new();
+        /// Certificates loaded so far, by (certificate file, key file).
+        type Loaded = Mutex<HashMap<(PathBuf, PathBuf), Arc<ServerCert>>>;
+        static LOADED: OnceLock<Loaded> = OnceLock::new();
         let files = (cert.clone(), key.clone());
         let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = loaded.get(&files) {

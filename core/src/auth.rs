@@ -150,7 +150,7 @@ struct Registered {
 impl Verifier {
     /// A verifier for `secret`, or dev mode when it is `None` or empty.
     pub fn new(secret: Option<&str>) -> Self {
-        Verifier::with_secrets(secret.into_iter())
+        Verifier::with_secrets(secret)
     }
 
     /// A verifier accepting any of `secrets` (empty ones are skipped); dev mode when none is left.

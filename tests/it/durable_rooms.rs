@@ -31,7 +31,7 @@ use linkcast_core::hub_directory::{HubDirectory, HubId};
 use crate::support::checker::Ev;
 use crate::support::cluster::{Cluster, ClusterSpec};
 use crate::support::http::{history, hub_metric, metrics_text, payload, request};
-use crate::support::member::Member;
+use crate::support::member::{join_on_every_link, Member};
 use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::STEP;
 
@@ -121,18 +121,7 @@ fn steady(hubs: Vec<SocketAddr>, room: String, every: Duration, alternate: bool,
 
 /// `per_link` members on each Link, joined to `room` from seq 0 and settled.
 async fn members(cluster: &Cluster, room: &str, per_link: usize) -> Vec<Member> {
-    let mut members = Vec::new();
-    for link in 0..cluster.links.len() {
-        for i in 0..per_link {
-            let member = Member::connect(format!("link{}-member{i}", link + 1), &cluster.url(link)).await;
-            member.join(room, Some(0), None);
-            members.push(member);
-        }
-    }
-    for member in &members {
-        member.wait_joined(room, 1, Duration::from_secs(20)).await;
-    }
-    members
+    join_on_every_link(cluster, room, per_link, Duration::from_secs(20)).await
 }
 
 /// The acks sorted by seq: one epoch, seqs 1..=N without a hole, every tag once.

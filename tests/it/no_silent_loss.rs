@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::support::checker::{is_epoch, Ev};
 use crate::support::cluster::{Cluster, ClusterSpec};
 use crate::support::http::{get_json, history, hub_metric, metrics_text, payload, publish_json, try_get};
-use crate::support::member::Member;
+use crate::support::member::{join_on_every_link, Member};
 use crate::support::{eventually, STEP};
 
 /// One hub (id 0) and `links` Links (`--no-quic`: members use WebSocket), up; with `relay`, the
@@ -39,14 +39,7 @@ async fn start(tag: &str, links: usize, settings: &str, relay: bool) -> Cluster 
 /// `per_link` members on each Link, joined to `room` from seq 0; returns them once the hub
 /// lists every Link in the room.
 async fn members(cluster: &Cluster, room: &str, per_link: usize) -> Vec<Member> {
-    let mut members = Vec::new();
-    for link in 0..cluster.links.len() {
-        for i in 0..per_link {
-            let member = Member::connect(format!("link{}-member{i}", link + 1), &cluster.url(link)).await;
-            member.join(room, Some(0), None);
-            members.push(member);
-        }
-    }
+    let members = join_on_every_link(cluster, room, per_link, STEP).await;
     for member in &members {
         let (_, last_seq) = member.wait_joined(room, 1, STEP).await;
         assert_eq!(last_seq, 0, "{}: a fresh room", member.name);

@@ -265,3 +265,19 @@ impl Drop for Member {
     }
 }
 
+/// `per_link` members on each Link of `cluster` (named `link<id>-member<i>`), joined to `room`
+/// from seq 0; returned once each got its `joined` (within `within`).
+pub async fn join_on_every_link(cluster: &super::cluster::Cluster, room: &str, per_link: usize, within: Duration) -> Vec<Member> {
+    let mut members = Vec::new();
+    for link in 0..cluster.links.len() {
+        for i in 0..per_link {
+            let member = Member::connect(format!("link{}-member{i}", link + 1), &cluster.url(link)).await;
+            member.join(room, Some(0), None);
+            members.push(member);
+        }
+    }
+    for member in &members {
+        member.wait_joined(room, 1, within).await;
+    }
+    members
+}

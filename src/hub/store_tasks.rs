@@ -3,8 +3,8 @@
 //! - **The store worker** ([`run_worker`]) is the hub task's only caller of the store. It takes
 //!   [`StoreCommand`]s in order and answers with [`StoreEvent`]s in the same order: consecutive
 //!   publishes are sent as **one pipeline** (up to [`MAX_BATCH`] scripts, so throughput does not
-//!   pay a round trip per message), anything else (acquire a room, release leases, refresh TTLs)
-//!   runs on its own between batches. One call at a time: a room's publishes reach Redis in the
+//!   pay a round trip per message); consecutive acquisitions likewise go as one pipeline;
+//!   releases and TTL refreshes run on their own between batches. One call at a time: a room's publishes reach Redis in the
 //!   order the hub task sent them, and a release queued after a room's publishes runs after them.
 //!   Every call has a deadline ([`STORE_TIMEOUT`]); a batch that failed or timed out is answered
 //!   `None` per publish (its outcome is unknown: the publisher gets 503, and the hub reloads the
@@ -116,11 +116,35 @@ pub(crate) async fn run_worker(
                 StoreEvent::Published(results)
             }
             StoreCommand::Acquire { room, live, candidate_epoch } => {
-                let result = deadline(store.acquire(&room, &live, candidate_epoch)).await.map_err(|e| e.to_string());
-                if result.is_err() {
+                // Consecutive acquisitions under the same view go in one pipeline (a take-over
+                // of many rooms pays a round trip per batch).
+                let mut rooms = vec![(room, candidate_epoch)];
+                while rooms.len() < MAX_BATCH {
+                    match commands.try_recv() {
+                        Ok(StoreCommand::Acquire { room, live: same, candidate_epoch }) if same == live => rooms.push((room, candidate_epoch)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let results: Vec<Result<Acquired, String>> = match deadline(store.acquire_batch(&rooms, &live)).await {
+                    Ok(answers) if answers.len() == rooms.len() => answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
+                    Ok(_) => rooms.iter().map(|_| Err("room store answered an acquire batch partly".to_owned())).collect(),
+                    Err(error) => rooms.iter().map(|_| Err(error.clone())).collect(),
+                };
+                if results.iter().any(Result::is_err) {
                     metrics::counter!("linkcast_store_errors_total", "op" => "acquire").increment(1);
                 }
-                StoreEvent::Acquired { room, result }
+                let mut sent = true;
+                for ((room, _), result) in rooms.into_iter().zip(results) {
+                    sent &= events.send(StoreEvent::Acquired { room, result }).is_ok();
+                }
+                if !sent {
+                    return;
+                }
+                continue;
             }
             StoreCommand::Release { rooms } => {
                 if let Err(error) = deadline(store.release(&rooms)).await {

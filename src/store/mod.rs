@@ -310,6 +310,30 @@ fn number<T: std::str::FromStr>(value: &Value, what: &str) -> Result<T, StoreErr
     text(value).and_then(|t| t.parse().ok()).ok_or_else(|| StoreError::BadReply(format!("{what} is {value:?}")))
 }
 
+/// One `acquire.lua` reply: `{1, fence, epoch, seq, created, entry...}` or `{0, holder}`.
+fn parse_acquired(room: &str, value: Value) -> Result<Acquired, StoreError> {
+    let reply = array(value, "acquire")?;
+    let status: u64 = number(reply.first().unwrap_or(&Value::Nil), "acquire status")?;
+    if status == 0 {
+        return Ok(Acquired::HeldBy { hub: number(reply.get(1).unwrap_or(&Value::Nil), "acquire holder")? });
+    }
+    if reply.len() < 5 {
+        return Err(StoreError::BadReply(format!("acquire answered {} items", reply.len())));
+    }
+    let fence = number(&reply[1], "fence")?;
+    let epoch = number(&reply[2], "epoch")?;
+    let last_seq = number(&reply[3], "seq")?;
+    let created = number::<u8>(&reply[4], "created")? == 1;
+    let mut history = Vec::with_capacity(reply.len() - 5);
+    for item in reply.into_iter().skip(5) {
+        let Value::BulkString(bytes) = item else {
+            return Err(StoreError::BadReply(format!("history entry is {item:?}")));
+        };
+        history.push(decode_entry(Bytes::from(bytes)).map_err(|error| StoreError::CorruptEntry { room: room.to_owned(), error })?);
+    }
+    Ok(Acquired::Owned { fence, epoch, last_seq, created, history })
+}
+
 fn array(value: Value, what: &str) -> Result<Vec<Value>, StoreError> {
     match value {
         Value::Array(items) => Ok(items),
@@ -543,34 +567,27 @@ impl RedisStore {
     /// (or a newer incarnation of this hub: then `HeldBy` names this hub), creating the room
     /// with `candidate_epoch` if the store has no state for it.
     pub async fn acquire(&self, room: &str, live_hubs: &[u32], candidate_epoch: u64) -> Result<Acquired, StoreError> {
-        let keys = room_keys(&self.prefix, room);
+        let mut answers = self.acquire_batch(&[(room.to_owned(), candidate_epoch)], live_hubs).await?;
+        answers.pop().ok_or_else(|| StoreError::BadReply("acquire answered nothing".to_owned()))?
+    }
+
+    /// [`RedisStore::acquire`] for several rooms (room, candidate epoch) in one pipeline: a hub
+    /// taking over a dead hub's rooms pays one round trip per batch, not per room. Answers in
+    /// order; the outer `Err` is the pipeline's (outcome unknown), an inner one a room's reply.
+    pub async fn acquire_batch(&self, rooms: &[(String, u64)], live_hubs: &[u32]) -> Result<Vec<Result<Acquired, StoreError>>, StoreError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
         let live = live_hubs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let build = |_| {
-            let mut cmd = evalsha(&self.scripts.acquire, &keys);
-            cmd.arg(self.hub).arg(self.incarnation).arg(candidate_epoch).arg(self.limits.room_ttl_ms).arg(&live);
-            (room, cmd)
+        let keys: Vec<[String; 5]> = rooms.iter().map(|(room, _)| room_keys(&self.prefix, room)).collect();
+        let build = |i: usize| {
+            let (room, candidate_epoch) = &rooms[i];
+            let mut cmd = evalsha(&self.scripts.acquire, &keys[i]);
+            cmd.arg(self.hub).arg(self.incarnation).arg(*candidate_epoch).arg(self.limits.room_ttl_ms).arg(&live);
+            (room.as_str(), cmd)
         };
-        let (mut values, _) = self.run_scripts(1, build, None).await?;
-        let reply = array(values.pop().unwrap_or(Value::Nil), "acquire")?;
-        let status: u64 = number(reply.first().unwrap_or(&Value::Nil), "acquire status")?;
-        if status == 0 {
-            return Ok(Acquired::HeldBy { hub: number(reply.get(1).unwrap_or(&Value::Nil), "acquire holder")? });
-        }
-        if reply.len() < 5 {
-            return Err(StoreError::BadReply(format!("acquire answered {} items", reply.len())));
-        }
-        let fence = number(&reply[1], "fence")?;
-        let epoch = number(&reply[2], "epoch")?;
-        let last_seq = number(&reply[3], "seq")?;
-        let created = number::<u8>(&reply[4], "created")? == 1;
-        let mut history = Vec::with_capacity(reply.len() - 5);
-        for item in reply.into_iter().skip(5) {
-            let Value::BulkString(bytes) = item else {
-                return Err(StoreError::BadReply(format!("history entry is {item:?}")));
-            };
-            history.push(decode_entry(Bytes::from(bytes)).map_err(|error| StoreError::CorruptEntry { room: room.to_owned(), error })?);
-        }
-        Ok(Acquired::Owned { fence, epoch, last_seq, created, history })
+        let (values, _) = self.run_scripts(rooms.len(), build, None).await?;
+        Ok(rooms.iter().zip(values).map(|((room, _), value)| parse_acquired(room, value)).collect())
     }
 
     /// Sequences a batch: one pipeline of `EVALSHA publish` (plus `WAIT` when configured).

@@ -438,3 +438,40 @@ async fn an_unreachable_redis_is_a_clear_error() {
     assert!(error.is_unreachable(), "{error}");
     assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_acquires_many_rooms_in_one_batch() {
+    let redis = RedisServer::start().await;
+    let hub0 = connect(&redis.url(), 0, 1).await;
+    let hub1 = connect(&redis.url(), 1, 1).await;
+    let rooms: Vec<(String, u64)> = (0..200).map(|i| (format!("room-{i}"), 1000 + i)).collect();
+    let mut fences = Vec::new();
+    for answer in hub0.acquire_batch(&rooms, &[0, 1]).await.expect("batch") {
+        match answer.expect("acquired") {
+            Acquired::Owned { fence, created: true, last_seq: 0, .. } => fences.push(fence),
+            other => panic!("a fresh room is created and owned: {other:?}"),
+        }
+    }
+    let publishes: Vec<PublishCmd> = rooms.iter().zip(&fences).map(|((room, _), &fence)| publish(room, fence, "m1")).collect();
+    for outcome in hub0.publish_batch(&publishes).await.expect("publish") {
+        assert!(matches!(outcome, PublishOutcome::Sequenced { seq: 1, .. }), "{outcome:?}");
+    }
+    // While hub 0 is live, hub 1 gets every room answered HeldBy in one batch …
+    for answer in hub1.acquire_batch(&rooms, &[0, 1]).await.expect("batch") {
+        assert_eq!(answer.expect("answer"), Acquired::HeldBy { hub: 0 });
+    }
+    // … and once hub 0 is dead it takes them all, with their history and a higher fence.
+    let taken = hub1.acquire_batch(&rooms, &[1]).await.expect("batch");
+    assert_eq!(taken.len(), rooms.len());
+    for ((answer, (room, epoch)), fence0) in taken.into_iter().zip(&rooms).zip(&fences) {
+        match answer.expect("acquired") {
+            Acquired::Owned { fence, epoch: e, last_seq: 1, created: false, history } => {
+                assert!(fence > *fence0, "{room}: a new fence");
+                assert_eq!(e, *epoch, "{room}: the same epoch");
+                assert_eq!(history.len(), 1, "{room}: its history");
+            }
+            other => panic!("{room}: taken over: {other:?}"),
+        }
+    }
+    assert!(hub1.acquire_batch(&[], &[1]).await.expect("empty batch").is_empty());
+}

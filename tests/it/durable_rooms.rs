@@ -407,3 +407,47 @@ async fn the_client_library_publishing_through_a_fail_over_gets_every_publish_se
     assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "acknowledged seqs are 1..=N");
     let _ = client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hub_with_hundreds_of_rooms_hands_them_all_over_and_no_member_misses_a_message() {
+    const ROOMS: usize = 400;
+    let redis = RedisServer::start().await;
+    let settings = settings(&redis.url(), "");
+    let mut cluster = Cluster::start(ClusterSpec { tag: "durable-many", hubs: 2, links: 1, settings: &settings, relay: false, link_quic: false }).await;
+    let directory = HubDirectory::new([HubId(0), HubId(1)]);
+    let rooms: Vec<String> = (0..).map(|i| format!("many-{i}")).filter(|r| directory.owner(r) == Some(HubId(0))).take(ROOMS).collect();
+    let mut members = Vec::new();
+    for room in &rooms {
+        let member = Member::connect(format!("member-{room}"), &cluster.url(0)).await;
+        member.join(room, Some(0), None);
+        members.push(member);
+    }
+    let refusals = Arc::new(Refusals::default());
+    let mut epochs = Vec::new();
+    for (member, room) in members.iter().zip(&rooms) {
+        member.wait_joined(room, 1, STEP).await;
+        epochs.push(publish_until_acked(&cluster.hubs, 0, room, 1, &refusals, STEP).await.epoch);
+    }
+
+    let killed = Instant::now();
+    cluster.processes.kill("hub-0");
+    let survivor = cluster.hubs[1];
+    let mut publishers = Vec::new();
+    for room in rooms.clone() {
+        let refusals = refusals.clone();
+        publishers.push(tokio::spawn(async move { publish_until_acked(&[survivor], 0, &room, 2, &refusals, Duration::from_secs(30)).await }));
+    }
+    let mut last_ack = killed;
+    for (publisher, epoch) in publishers.into_iter().zip(&epochs) {
+        let ack = publisher.await.expect("publisher");
+        assert_eq!((ack.seq, &ack.epoch), (2, epoch), "the room continued at the new owner");
+        last_ack = last_ack.max(ack.at);
+    }
+    eprintln!("fail-over of {ROOMS} rooms: owner SIGKILL -> every room acked by the new owner in {:?}", last_ack - killed);
+    for ((member, room), epoch) in members.iter().zip(&rooms).zip(&epochs) {
+        member.wait_position(room, epoch, 2, Duration::from_secs(20)).await;
+        let (got, other) = tags(member, room);
+        assert!(other.is_empty(), "{room}: no gap or reset: {other:?}");
+        assert_eq!(got, vec![1, 2], "{room}: both messages once, in order");
+    }
+}

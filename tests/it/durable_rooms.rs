@@ -9,6 +9,8 @@
 //!   publishes go through both hubs: the other hub takes the room (the time from the kill to the
 //!   first publish it acks is printed), every acked publish is delivered exactly once, in order;
 //!   refusals were 503 with `Retry-After`;
+//! - a dead owner of 400 rooms: the survivor takes them all (batched acquisitions; the time to
+//!   the last room's ack is printed), every member gets every message once;
 //! - the owner SIGSTOPped past its heartbeat, the other hub takes over, then SIGCONT: a publish
 //!   the woken hub had accepted is refused by the store (fencing, counted) and never sequenced;
 //!   the room returns to its ring owner and members miss nothing;

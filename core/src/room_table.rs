@@ -488,9 +488,10 @@ pub fn check_link_frame(frame: &Frame) -> LinkFrameCheck {
     }
 }
 
-/// The next epoch of a splitmix64 generator: well mixed, never 0 (0 reads as "no epoch" in
-/// logs and tools).
-fn next_epoch(state: &mut u64) -> u64 {
+/// The next epoch of a splitmix64 generator whose state is `state`: well mixed, never 0 (0 reads
+/// as "no epoch" in logs and tools). The table draws new rooms' epochs with it; a hub with a
+/// durable store draws the candidate epochs it offers the store with it too.
+pub fn next_epoch(state: &mut u64) -> u64 {
     loop {
         *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = *state;

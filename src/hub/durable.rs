@@ -149,16 +149,7 @@ impl Durable {
     }
 
     fn next_epoch(&mut self) -> u64 {
-        loop {
-            self.epochs = self.epochs.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.epochs;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            if z != 0 {
-                return z;
-            }
-        }
+        linkcast_core::room_table::next_epoch(&mut self.epochs)
     }
 
     /// Rooms owned right now (for TTL refreshes), with members or not.
@@ -170,11 +161,12 @@ impl Durable {
 impl HubTask {
     /// An HTTP input with a store: publishes go to the store, reads wait for their room.
     pub(super) fn durable_api(&mut self, event: HubInput) {
-        let room = match &event {
-            HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } => room.clone(),
-        };
         let Some(durable) = &self.durable else { return self.handle_owned(event) };
-        if !durable.is_owned(&room) {
+        let room = match &event {
+            HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } => room,
+        };
+        if !durable.is_owned(room) {
+            let room = room.clone();
             return self.defer(&room, Deferred::Api(event));
         }
         match event {

@@ -33,7 +33,7 @@ use super::driver::{HubInput, HubTask};
 use super::store_tasks::{PublishReply, StoreCommand, StoreEvent};
 use crate::store::{Acquired, PublishCmd, PublishOutcome};
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, Kind};
-use linkcast_core::hub_directory::{HubDirectory, HubId};
+use linkcast_core::hub_directory::{HubDirectory, HubId, OwnerView};
 use linkcast_core::placement::LinkId;
 use linkcast_core::room_table::{PublishAck, PublishError};
 
@@ -70,9 +70,9 @@ pub(crate) enum Deferred {
 pub(crate) struct Durable {
     me: HubId,
     directory: HubDirectory,
-    /// Live hubs in this hub's current view, and the view's version (from the store's counter).
-    live: Vec<HubId>,
-    version: u64,
+    /// This hub's view of the live hubs: the newest owner map (version from the store's
+    /// counter). Empty until the first change: every configured hub counts as live.
+    view: OwnerView,
     /// Where the live view is published for the HTTP handlers (forwarding to owners).
     live_tx: tokio::sync::watch::Sender<Vec<HubId>>,
     rooms: HashMap<String, Ownership>,
@@ -106,8 +106,6 @@ impl Durable {
     pub(crate) fn new(
         me: HubId,
         directory: HubDirectory,
-        live: Vec<HubId>,
-        version: u64,
         live_tx: tokio::sync::watch::Sender<Vec<HubId>>,
         commands: mpsc::UnboundedSender<StoreCommand>,
         seed: u64,
@@ -124,8 +122,8 @@ impl Durable {
             resets: metrics::counter!("linkcast_hub_store_resets_total", "hub" => hub.clone()),
             version: metrics::gauge!("linkcast_hub_owner_map_version", "hub" => hub),
         };
-        live_tx.send_replace(live.clone());
-        Durable { me, directory, live, version, live_tx, rooms: HashMap::new(), served: HashSet::new(), commands, epochs: seed, in_flight_bytes: 0,
+        live_tx.send_replace(Vec::new());
+        Durable { me, directory, view: OwnerView::new(), live_tx, rooms: HashMap::new(), served: HashSet::new(), commands, epochs: seed, in_flight_bytes: 0,
             max_rooms,
             touch_every_micros: (room_ttl_micros / 4).max(1_000_000),
             next_touch_micros: 0,
@@ -135,7 +133,7 @@ impl Durable {
 
     /// True when this hub owns `room` in its current view.
     fn is_mine(&self, room: &str) -> bool {
-        self.directory.owner_among(room, &self.live) == Some(self.me)
+        self.view.owner(&self.directory, room) == Some(self.me)
     }
 
     /// True when `room` is held and can be served from the table now.
@@ -145,7 +143,13 @@ impl Durable {
 
     /// The owner map frame for Links.
     pub(crate) fn owner_map(&self) -> Frame {
-        FrameBuilder::new("").build(&Body::OwnerMap { version: self.version, hubs: self.live.iter().map(|h| h.0).collect() })
+        FrameBuilder::new("").build(&Body::OwnerMap { version: self.view.version(), hubs: self.live_hubs() })
+    }
+
+    /// The live hubs by id: the view's, or every configured hub before the first change.
+    fn live_hubs(&self) -> Vec<u32> {
+        let live = if self.view.live().is_empty() { self.directory.hubs() } else { self.view.live() };
+        live.iter().map(|h| h.0).collect()
     }
 
     fn next_epoch(&mut self) -> u64 {
@@ -217,7 +221,7 @@ impl HubTask {
         }
         let first = !durable.served.contains(room);
         let candidate_epoch = durable.next_epoch();
-        let live = durable.live.iter().map(|h| h.0).collect();
+        let live = durable.live_hubs();
         durable.rooms.insert(room.to_owned(), Ownership::Acquiring { deferred: vec![op], first });
         if durable.commands.send(StoreCommand::Acquire { room: room.to_owned(), live, candidate_epoch }).is_err() {
             tracing::error!("room store worker is gone");
@@ -436,12 +440,10 @@ impl HubTask {
 
     fn view_changed(&mut self, version: u64, live: Vec<HubId>) {
         let Some(durable) = &mut self.durable else { return };
-        if version <= durable.version {
+        if !durable.view.accept(version, live.iter().map(|h| h.0)) {
             return;
         }
-        durable.version = version;
-        durable.live = live;
-        durable.live_tx.send_replace(durable.live.clone());
+        durable.live_tx.send_replace(durable.view.live().to_vec());
         durable.metrics.version.set(version as f64);
         let map = durable.owner_map();
         let lost: Vec<String> = durable.rooms.keys().filter(|room| !durable.is_mine(room)).cloned().collect();

@@ -398,12 +398,11 @@ async fn start_store(
     store.heartbeat().await.map_err(io)?;
     // Every configured hub counts as live until the membership task's grace period is over.
     let live: Vec<HubId> = hubs.iter().map(|&h| HubId(h)).collect();
-    let version = 0;
     tracing::info!(hub = id.0, "room store connected: rooms are durable");
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let (events, events_rx) = mpsc::unbounded_channel();
     let directory = HubDirectory::new(hubs.iter().map(|&h| HubId(h)));
-    let durable = durable::Durable::new(id, directory, live.clone(), version, live_tx, commands, driver::epoch_seed(), hub.room_idle_secs.saturating_mul(1_000_000), hub.max_rooms);
+    let durable = durable::Durable::new(id, directory, live_tx, commands, driver::epoch_seed(), hub.room_idle_secs.saturating_mul(1_000_000), hub.max_rooms);
     let period = Duration::from_millis(config.store.heartbeat_ms.max(10));
     let grace = Duration::from_millis(config.store.hub_ttl_ms);
     let tasks = vec![

@@ -85,21 +85,12 @@ pub(crate) async fn run_worker(
         };
         let event = match command {
             StoreCommand::Publish { cmd, reply } => {
-                let mut cmds = vec![cmd];
-                let mut replies = vec![reply];
-                while cmds.len() < MAX_BATCH {
-                    match commands.try_recv() {
-                        Ok(StoreCommand::Publish { cmd, reply }) => {
-                            cmds.push(cmd);
-                            replies.push(reply);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let mut batch = vec![(cmd, reply)];
+                take_batch(&mut commands, &mut next, &mut batch, |command| match command {
+                    StoreCommand::Publish { cmd, reply } => Taken::Item((cmd, reply)),
+                    other => Taken::Refused(other),
+                });
+                let (cmds, replies): (Vec<PublishCmd>, Vec<PublishReply>) = batch.into_iter().unzip();
                 let outcomes: Vec<Option<PublishOutcome>> = match deadline(store.publish_batch(&cmds)).await {
                     Ok(outcomes) if outcomes.len() == cmds.len() => outcomes.into_iter().map(Some).collect(),
                     Ok(outcomes) => {
@@ -119,16 +110,10 @@ pub(crate) async fn run_worker(
                 // Consecutive acquisitions under the same view go in one pipeline (a take-over
                 // of many rooms pays a round trip per batch).
                 let mut rooms = vec![(room, candidate_epoch)];
-                while rooms.len() < MAX_BATCH {
-                    match commands.try_recv() {
-                        Ok(StoreCommand::Acquire { room, live: same, candidate_epoch }) if same == live => rooms.push((room, candidate_epoch)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                take_batch(&mut commands, &mut next, &mut rooms, |command| match command {
+                    StoreCommand::Acquire { room, live: same, candidate_epoch } if same == live => Taken::Item((room, candidate_epoch)),
+                    other => Taken::Refused(other),
+                });
                 let results: Vec<Result<Acquired, String>> = match deadline(store.acquire_batch(&rooms, &live)).await {
                     Ok(answers) if answers.len() == rooms.len() => answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect(),
                     Ok(_) => rooms.iter().map(|_| Err("room store answered an acquire batch partly".to_owned())).collect(),
@@ -165,6 +150,36 @@ pub(crate) async fn run_worker(
         };
         if events.send(event).is_err() {
             return;
+        }
+    }
+}
+
+/// What [`take_batch`]'s caller makes of the next queued command. (Lives for one call on the
+/// stack: the size difference between its variants costs nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Taken<T> {
+    /// It joins the batch as this item.
+    Item(T),
+    /// It does not fit the batch: it goes next, on its own.
+    Refused(StoreCommand),
+}
+
+/// Adds to `batch` the commands queued right behind its first one while `take` accepts them, up
+/// to [`MAX_BATCH`]; the first one refused waits in `next` for the following round.
+fn take_batch<T>(
+    commands: &mut mpsc::UnboundedReceiver<StoreCommand>,
+    next: &mut Option<StoreCommand>,
+    batch: &mut Vec<T>,
+    take: impl Fn(StoreCommand) -> Taken<T>,
+) {
+    while batch.len() < MAX_BATCH {
+        let Ok(command) = commands.try_recv() else { return };
+        match take(command) {
+            Taken::Item(item) => batch.push(item),
+            Taken::Refused(other) => {
+                *next = Some(other);
+                return;
+            }
         }
     }
 }

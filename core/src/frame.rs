@@ -84,7 +84,35 @@ pub enum Kind {
     /// The hubs that are alive and the map's version (hub → Link only): a room is owned by the
     /// first live hub on its ring (`HubDirectory::owner_among`).
     OwnerMap = 15,
+    /// A room's member count changed (hub → Link): every member of the room on the Link is told
+    /// `presence`; `events` says whether join/leave events are on for the room.
+    Presence = 16,
+    /// A user joined or left a room (sender = the user). Link → hub: the user's first connection
+    /// on this Link entered the room, or its last one left. Hub → Link: the user's first
+    /// connection in the whole cluster entered, or its last one left (for members with presence).
+    Member = 17,
+    /// Every distinct user of the header's room on this Link (Link → hub): replaces what the hub
+    /// knew of the room's users on that Link (sent when the hub turns join/leave events on).
+    MemberList = 18,
+    /// An operator's action on a user (hub → Link; sender = the user; room = the room for a
+    /// removal, else empty): disconnect, ban, revoke tokens, remove from a room.
+    Moderate = 19,
+    /// Which connections does the sender (a user) have on this Link? (hub → Link; no room)
+    UserQuery = 20,
+    /// The answer to a `UserQuery` (Link → hub; no room): the user's connections as JSON.
+    UserInfo = 21,
 }
+
+/// `Moderate` action: close every connection of the user (close code in the body, 4000).
+pub const MODERATE_DISCONNECT: u8 = 1;
+/// `Moderate` action: ban the user until `until_secs` (refused at the upgrade) and close every
+/// connection of it (4001).
+pub const MODERATE_BAN: u8 = 2;
+/// `Moderate` action: refuse the user's tokens issued (`iat`) before `until_secs`, and close its
+/// connections holding such a token (4002).
+pub const MODERATE_REVOKE: u8 = 3;
+/// `Moderate` action: take the user out of the header's room (the client gets `removed`).
+pub const MODERATE_REMOVE: u8 = 4;
 
 impl Kind {
     /// The kind for a header byte, if it names one.
@@ -105,6 +133,12 @@ impl Kind {
             13 => Kind::Hello,
             14 => Kind::Reset,
             15 => Kind::OwnerMap,
+            16 => Kind::Presence,
+            17 => Kind::Member,
+            18 => Kind::MemberList,
+            19 => Kind::Moderate,
+            20 => Kind::UserQuery,
+            21 => Kind::UserInfo,
             _ => return None,
         })
     }
@@ -230,6 +264,51 @@ mod body {
             /// Ids of the live hubs, sorted.
             hubs: Vec<u32>,
         },
+        /// The room has `members` members in the whole cluster (hub → Link).
+        Presence {
+            /// Members (connections) in the room, all Links together.
+            members: u64,
+            /// Join/leave events are on for the room (at most `hub.presence_events_max_members`
+            /// members): Links report `Member` changes and members with presence get events.
+            events: bool,
+        },
+        /// The sender (a user) joined (`true`) or left the header's room.
+        Member {
+            /// Joined, else left.
+            joined: bool,
+        },
+        /// Every distinct user of the header's room on the sending Link.
+        MemberList {
+            /// User ids, each once.
+            users: Vec<String>,
+        },
+        /// An operator's action on the sender (a user); see the `MODERATE_*` constants.
+        Moderate {
+            /// `MODERATE_DISCONNECT`, `MODERATE_BAN`, `MODERATE_REVOKE` or `MODERATE_REMOVE`.
+            action: u8,
+            /// WebSocket close code for the closed connections (4000 kicked, 4001 banned, 4002
+            /// token revoked); 0 for a removal.
+            code: u16,
+            /// Operator's reason, shown to the client.
+            reason: String,
+            /// Ban: banned until (seconds since the Unix epoch). Revoke: tokens issued before this
+            /// (seconds) are refused. Otherwise 0.
+            until_secs: u64,
+        },
+        /// Asks a Link for the sender's (a user's) connections.
+        UserQuery {
+            /// Correlates the `UserInfo`.
+            request: u64,
+        },
+        /// A Link's answer to `UserQuery` `request`.
+        UserInfo {
+            /// The query answered.
+            request: u64,
+            /// The answering Link.
+            link: u32,
+            /// JSON array of the user's connections on this Link (docs/protocol.md).
+            json: Vec<u8>,
+        },
     }
 }
 
@@ -251,6 +330,12 @@ impl Body {
             Body::Hello { .. } => Kind::Hello,
             Body::Reset { .. } => Kind::Reset,
             Body::OwnerMap { .. } => Kind::OwnerMap,
+            Body::Presence { .. } => Kind::Presence,
+            Body::Member { .. } => Kind::Member,
+            Body::MemberList { .. } => Kind::MemberList,
+            Body::Moderate { .. } => Kind::Moderate,
+            Body::UserQuery { .. } => Kind::UserQuery,
+            Body::UserInfo { .. } => Kind::UserInfo,
         }
     }
 }
@@ -274,6 +359,12 @@ impl ArchivedBody {
                 | (ArchivedBody::Hello { .. }, Kind::Hello)
                 | (ArchivedBody::Reset { .. }, Kind::Reset)
                 | (ArchivedBody::OwnerMap { .. }, Kind::OwnerMap)
+                | (ArchivedBody::Presence { .. }, Kind::Presence)
+                | (ArchivedBody::Member { .. }, Kind::Member)
+                | (ArchivedBody::MemberList { .. }, Kind::MemberList)
+                | (ArchivedBody::Moderate { .. }, Kind::Moderate)
+                | (ArchivedBody::UserQuery { .. }, Kind::UserQuery)
+                | (ArchivedBody::UserInfo { .. }, Kind::UserInfo)
         )
     }
 }
@@ -400,8 +491,12 @@ impl Frame {
             return Err(FrameError::BadLength);
         }
         let room = std::str::from_utf8(&bytes[HEADER_LEN..room_end]).map_err(|_| FrameError::BadRoom)?;
-        // Heartbeat, Hello, Error and OwnerMap are connection-level: they may carry no room.
-        let roomless = matches!(header.kind, Kind::Heartbeat | Kind::Hello | Kind::Error | Kind::OwnerMap);
+        // Heartbeat, Hello, Error, OwnerMap, UserQuery and UserInfo are connection-level, and a
+        // Moderate names a room only for a removal: they may carry no room.
+        let roomless = matches!(
+            header.kind,
+            Kind::Heartbeat | Kind::Hello | Kind::Error | Kind::OwnerMap | Kind::Moderate | Kind::UserQuery | Kind::UserInfo
+        );
         if !(is_valid_room(room) || roomless && room.is_empty()) {
             return Err(FrameError::BadRoom);
         }
@@ -592,6 +687,9 @@ fn body_size_hint(body: &Body) -> usize {
         Body::Error { reason, .. } => reason.len(),
         Body::Hello { secret, .. } => secret.len(),
         Body::OwnerMap { hubs, .. } => hubs.len() * 4,
+        Body::MemberList { users } => users.iter().map(|u| u.len() + 8).sum(),
+        Body::Moderate { reason, .. } => reason.len(),
+        Body::UserInfo { json, .. } => json.len(),
         _ => 0,
     };
     data + 48
@@ -722,6 +820,10 @@ mod tests {
             Body::Reset { request: 0, epoch: 2 },
             Body::Leave { request: 9 },
             Body::Interest { link: 2, members: 1 },
+            Body::Presence { members: 48_213, events: false },
+            Body::Member { joined: true },
+            Body::MemberList { users: vec!["alice".into(), "bob".into()] },
+            Body::Moderate { action: MODERATE_REMOVE, code: 0, reason: "spam".into(), until_secs: 0 },
         ];
         for body in bodies {
             let frame = FrameBuilder::new("r").build(&body);
@@ -736,9 +838,16 @@ mod tests {
             Body::Hello { link: 1, secret: "s".into() },
             Body::Error { request: 1, code: 403, reason: "no".into(), retry_after_ms: 0 },
             Body::OwnerMap { version: 1, hubs: vec![] },
+            Body::Moderate { action: MODERATE_BAN, code: 4001, reason: "spam".into(), until_secs: 1_800_000_000 },
+            Body::UserQuery { request: 4 },
+            Body::UserInfo { request: 4, link: 2, json: b"[]".to_vec() },
         ] {
-            let frame = FrameBuilder::new("").build(&body);
+            let frame = FrameBuilder::new("").sender("alice").build(&body);
             assert!(Frame::from_bytes(frame.into_bytes()).is_ok());
+        }
+        for body in [Body::Presence { members: 1, events: true }, Body::Member { joined: false }, Body::MemberList { users: vec![] }] {
+            let frame = FrameBuilder::new("").build(&body);
+            assert_eq!(Frame::from_bytes(frame.into_bytes()), Err(FrameError::BadRoom), "{body:?} needs a room");
         }
     }
 
@@ -766,7 +875,8 @@ mod tests {
         bad[3] = Kind::Heartbeat as u8;
         assert_eq!(Frame::from_bytes(bad.into()), Err(FrameError::KindMismatch(Kind::Heartbeat)));
         assert_eq!(Kind::from_u8(15), Some(Kind::OwnerMap));
-        assert_eq!(Kind::from_u8(16), None);
+        assert_eq!(Kind::from_u8(21), Some(Kind::UserInfo));
+        assert_eq!(Kind::from_u8(22), None);
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! - [`protocol`]: the client ↔ Link JSON operations (both directions) and the error table.
 //! - [`ws_frame`] / [`ws_read`]: server → client WebSocket frames built once; client frames
 //!   decoded in place.
+//! - [`system_rooms`]: the personal room `user:{sub}` and the broadcast room `all` every
+//!   connection is in, and who may join and publish there.
 //! - [`auth`]: JWT HS256 client tokens, room rights, constant-time secret comparison.
 //! - [`token_bucket`]: rate limits (per connection at the Link, per API key at the hub).
 //! - [`quantiles`]: the latency summary (p50 … p99.9, max) that `linkcast bench` and the
@@ -54,6 +56,7 @@ pub mod quantiles;
 pub mod room;
 pub mod room_table;
 pub mod shard_rooms;
+pub mod system_rooms;
 pub mod token_bucket;
 pub mod ws_frame;
 pub mod ws_read;

@@ -124,7 +124,8 @@ pub enum Request {
 impl From<ClientOp> for Request {
     fn from(op: ClientOp) -> Request {
         match op {
-            ClientOp::Join { room, since, epoch } => Request::Join { room, since, epoch },
+            // TODO(issue 15): presence events.
+            ClientOp::Join { room, since, epoch, presence: _ } => Request::Join { room, since, epoch },
             ClientOp::Leave { room } => Request::Leave { room },
             ClientOp::Publish { room, data, id } => {
                 let key = id.as_ref().map(publish_key).unwrap_or_default();

@@ -53,6 +53,8 @@ pub enum ClientOp {
         since: Option<u64>,
         /// The epoch `since` belongs to; `None`: the room's current one.
         epoch: Option<u64>,
+        /// Also send this connection `member_joined` / `member_left` events of the room.
+        presence: bool,
     },
     /// Leave `room`.
     Leave {
@@ -139,7 +141,12 @@ impl ClientOp {
                     Some(Value::String(s)) => Some(parse_epoch(s).ok_or_else(|| fail(ClientError::BadField))?),
                     Some(_) => return Err(fail(ClientError::BadField)),
                 };
-                Ok(ClientOp::Join { room: need_room()?, since, epoch })
+                let presence = match map.get("presence") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(on)) => *on,
+                    Some(_) => return Err(fail(ClientError::BadField)),
+                };
+                Ok(ClientOp::Join { room: need_room()?, since, epoch, presence })
             }
             "leave" => Ok(ClientOp::Leave { room: need_room()? }),
             "publish" => {
@@ -176,7 +183,14 @@ impl ClientOp {
     /// digits; a publish's `data` must be JSON text and is spliced in as is.
     pub fn to_json(&self) -> String {
         match self {
-            ClientOp::Join { room, since, epoch } => join_json(room, *since, *epoch),
+            ClientOp::Join { room, since, epoch, presence } => {
+                let mut out = join_json(room, *since, *epoch);
+                if *presence {
+                    out.pop();
+                    out.push_str(r#","presence":true}"#);
+                }
+                out
+            }
             ClientOp::Leave { room } => {
                 let mut out = String::with_capacity(32 + room.len());
                 out.push_str(r#"{"op":"leave","room":"#);
@@ -339,6 +353,38 @@ pub enum ServerMsg<'a, D> {
         /// The new token's expiry, seconds since the Unix epoch.
         exp: u64,
     },
+    /// The room's member count (all Links), sent when it changes, at most once per room per
+    /// `hub.presence_interval_ms`.
+    Presence {
+        /// The room.
+        room: Cow<'a, str>,
+        /// Members (connections) in the room.
+        members: u64,
+        /// `Some(false)`: the room is over `hub.presence_events_max_members`, join/leave events
+        /// stop until it is back under; `Some(true)`/`None`: events are on.
+        events: Option<bool>,
+    },
+    /// A user's first connection entered the room (to members that joined with `presence`).
+    MemberJoined {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The user.
+        user: Cow<'a, str>,
+    },
+    /// A user's last connection left the room (to members that joined with `presence`).
+    MemberLeft {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The user.
+        user: Cow<'a, str>,
+    },
+    /// An operator took this connection out of the room (no `left` follows; do not rejoin).
+    Removed {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The operator's reason.
+        reason: Cow<'a, str>,
+    },
 }
 
 /// Why a server text message could not be read.
@@ -389,6 +435,12 @@ struct Flat<'a, D> {
     retry_after_ms: Option<u32>,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    members: Option<u64>,
+    #[serde(default)]
+    events: Option<bool>,
+    #[serde(borrow, default)]
+    user: Option<Text<'a>>,
 }
 
 fn none<D>() -> Option<D> {
@@ -430,7 +482,7 @@ impl<'a, D: Deserialize<'a>> ServerMsg<'a, D> {
     pub fn decode(text: &'a str) -> Result<ServerMsg<'a, D>, DecodeError> {
         let flat: Flat<'a, D> = serde_json::from_str(text)?;
         let cow = |t: Option<Text<'a>>| t.map(|t| t.0);
-        let (op, room, from, reason) = (cow(flat.op), cow(flat.room), cow(flat.from), cow(flat.reason));
+        let (op, room, from, reason, user) = (cow(flat.op), cow(flat.room), cow(flat.from), cow(flat.reason), cow(flat.user));
         let op = op.as_deref();
         let unexpected = || DecodeError::Unexpected(op.unwrap_or("").to_owned());
         let epoch = match &flat.epoch {
@@ -483,6 +535,22 @@ impl<'a, D: Deserialize<'a>> ServerMsg<'a, D> {
                 Some(exp) => ServerMsg::Refreshed { exp },
                 None => return Err(unexpected()),
             },
+            Some("presence") => match (room, flat.members) {
+                (Some(room), Some(members)) => ServerMsg::Presence { room, members, events: flat.events },
+                _ => return Err(unexpected()),
+            },
+            Some("member_joined") => match (room, user) {
+                (Some(room), Some(user)) => ServerMsg::MemberJoined { room, user },
+                _ => return Err(unexpected()),
+            },
+            Some("member_left") => match (room, user) {
+                (Some(room), Some(user)) => ServerMsg::MemberLeft { room, user },
+                _ => return Err(unexpected()),
+            },
+            Some("removed") => match room {
+                Some(room) => ServerMsg::Removed { room, reason: reason.unwrap_or(Cow::Borrowed("")) },
+                None => return Err(unexpected()),
+            },
             Some(_) => return Err(unexpected()),
         };
         Ok(msg)
@@ -515,6 +583,12 @@ impl<D> ServerMsg<'_, D> {
             },
             ServerMsg::Pong => ServerMsg::Pong,
             ServerMsg::Refreshed { exp } => ServerMsg::Refreshed { exp },
+            ServerMsg::Presence { room, members, events } => ServerMsg::Presence { room: Owned(room.into_owned()), members, events },
+            ServerMsg::MemberJoined { room, user } => {
+                ServerMsg::MemberJoined { room: Owned(room.into_owned()), user: Owned(user.into_owned()) }
+            }
+            ServerMsg::MemberLeft { room, user } => ServerMsg::MemberLeft { room: Owned(room.into_owned()), user: Owned(user.into_owned()) },
+            ServerMsg::Removed { room, reason } => ServerMsg::Removed { room: Owned(room.into_owned()), reason: Owned(reason.into_owned()) },
         }
     }
 }
@@ -562,6 +636,16 @@ impl<D: Serialize> ServerMsg<'_, D> {
             ServerMsg::Refreshed { exp } => {
                 let _ = write!(ByteWriter(out), r#"{{"op":"refreshed","exp":{exp}}}"#);
             }
+            ServerMsg::Presence { room, members, events } => encode_presence(out, room, *members, *events),
+            ServerMsg::MemberJoined { room, user } => encode_member(out, room, user, true),
+            ServerMsg::MemberLeft { room, user } => encode_member(out, room, user, false),
+            ServerMsg::Removed { room, reason } => {
+                out.extend_from_slice(br#"{"op":"removed","room":"#);
+                push_json(out, room);
+                out.extend_from_slice(br#","reason":"#);
+                push_json(out, reason);
+                out.push(b'}');
+            }
         }
     }
 
@@ -603,6 +687,27 @@ pub fn encode_error(out: &mut Vec<u8>, code: u16, reason: &str, room: Option<&st
     if let Some(ms) = retry_after_ms {
         let _ = write!(ByteWriter(out), r#","retry_after_ms":{ms}"#);
     }
+    out.push(b'}');
+}
+
+/// Appends `{"op":"presence","room":R,"members":N}` (with `"events":false` when events are off;
+/// `"events":true` only when given) — built once per room per Link and shared by its members.
+pub fn encode_presence(out: &mut Vec<u8>, room: &str, members: u64, events: Option<bool>) {
+    out.extend_from_slice(br#"{"op":"presence","room":"#);
+    push_json(out, room);
+    let _ = write!(ByteWriter(out), r#","members":{members}"#);
+    if let Some(events) = events {
+        let _ = write!(ByteWriter(out), r#","events":{events}"#);
+    }
+    out.push(b'}');
+}
+
+/// Appends `{"op":"member_joined"|"member_left","room":R,"user":U}`.
+pub fn encode_member(out: &mut Vec<u8>, room: &str, user: &str, joined: bool) {
+    out.extend_from_slice(if joined { br#"{"op":"member_joined","room":"# } else { br#"{"op":"member_left","room":"# });
+    push_json(out, room);
+    out.extend_from_slice(br#","user":"#);
+    push_json(out, user);
     out.push(b'}');
 }
 
@@ -800,11 +905,15 @@ mod tests {
     fn ops_parse() {
         assert_eq!(
             ClientOp::parse(r#"{"op":"join","room":"lobby","since":4,"epoch":"00000000000000ff"}"#),
-            Ok(ClientOp::Join { room: "lobby".into(), since: Some(4), epoch: Some(255) })
+            Ok(ClientOp::Join { room: "lobby".into(), since: Some(4), epoch: Some(255), presence: false })
         );
         assert_eq!(
             ClientOp::parse(r#"{"op":"join","room":"lobby","since":null,"epoch":null}"#),
-            Ok(ClientOp::Join { room: "lobby".into(), since: None, epoch: None })
+            Ok(ClientOp::Join { room: "lobby".into(), since: None, epoch: None, presence: false })
+        );
+        assert_eq!(
+            ClientOp::parse(r#"{"op":"join","room":"lobby","presence":true}"#),
+            Ok(ClientOp::Join { room: "lobby".into(), since: None, epoch: None, presence: true })
         );
         assert_eq!(ClientOp::parse(r#"{"op":"leave","room":"a"}"#), Ok(ClientOp::Leave { room: "a".into() }));
         assert_eq!(ClientOp::parse(r#"{"op":"ping"}"#), Ok(ClientOp::Ping));
@@ -860,10 +969,14 @@ mod tests {
         assert_eq!(publish_key(&json!(7)), "7");
         assert_eq!(publish_key(&json!("a")), "\"a\"");
         assert_eq!(
-            ClientOp::Join { room: "r".into(), since: Some(3), epoch: Some(10) }.to_json(),
+            ClientOp::Join { room: "r".into(), since: Some(3), epoch: Some(10), presence: false }.to_json(),
             r#"{"op":"join","room":"r","since":3,"epoch":"000000000000000a"}"#
         );
-        assert_eq!(ClientOp::Join { room: "a".into(), since: None, epoch: None }.to_json(), r#"{"op":"join","room":"a"}"#);
+        assert_eq!(ClientOp::Join { room: "a".into(), since: None, epoch: None, presence: false }.to_json(), r#"{"op":"join","room":"a"}"#);
+        assert_eq!(
+            ClientOp::Join { room: "a".into(), since: None, epoch: None, presence: true }.to_json(),
+            r#"{"op":"join","room":"a","presence":true}"#
+        );
         assert_eq!(publish_json("r", b"{\"x\":1}", Some(&json!(3))), r#"{"op":"publish","room":"r","id":3,"data":{"x":1}}"#);
     }
 
@@ -886,6 +999,15 @@ mod tests {
         assert_eq!(p, ServerMsg::Published { room: "a".into(), seq: 3, epoch: 1, id: None }, "a non-integer id is not ours");
         assert!(Msg::decode(r#"{"op":"joined","room":"a","last_seq":4}"#).is_err(), "joined needs its epoch");
         assert!(Msg::decode(r#"{"op":"joined","room":"a","epoch":12,"last_seq":4}"#).is_err(), "an epoch is a string");
+        let p = Msg::decode(r#"{"op":"presence","room":"a","members":48213,"events":false}"#).expect("presence");
+        assert_eq!(p, ServerMsg::Presence { room: "a".into(), members: 48_213, events: Some(false) });
+        let j = Msg::decode(r#"{"op":"member_joined","room":"a","user":"bob"}"#).expect("member_joined");
+        assert_eq!(j, ServerMsg::MemberJoined { room: "a".into(), user: "bob".into() });
+        let l = Msg::decode(r#"{"op":"member_left","room":"a","user":"bob"}"#).expect("member_left");
+        assert_eq!(l, ServerMsg::MemberLeft { room: "a".into(), user: "bob".into() });
+        let r = Msg::decode(r#"{"op":"removed","room":"a","reason":"spam"}"#).expect("removed");
+        assert_eq!(r, ServerMsg::Removed { room: "a".into(), reason: "spam".into() });
+        assert!(Msg::decode(r#"{"op":"member_left","room":"a"}"#).is_err(), "an event names its user");
         assert!(Msg::decode(r#"{"op":"weird"}"#).is_err());
         assert!(Msg::decode("not json").is_err());
         // Room and sender are borrowed from the text when they need no unescaping.
@@ -976,8 +1098,8 @@ mod tests {
 
     fn client_op() -> impl Strategy<Value = ClientOp> {
         prop_oneof![
-            (room(), any::<Option<u64>>(), any::<Option<u64>>())
-                .prop_map(|(room, since, epoch)| ClientOp::Join { room, since, epoch }),
+            (room(), any::<Option<u64>>(), any::<Option<u64>>(), any::<bool>())
+                .prop_map(|(room, since, epoch, presence)| ClientOp::Join { room, since, epoch, presence }),
             room().prop_map(|room| ClientOp::Leave { room }),
             (room(), json_value(), id()).prop_map(|(room, data, id)| ClientOp::Publish {
                 room,
@@ -1012,6 +1134,13 @@ mod tests {
             ),
             Just(ServerMsg::Pong),
             any::<u64>().prop_map(|exp| ServerMsg::Refreshed { exp }),
+            (room(), any::<u64>(), any::<Option<bool>>())
+                .prop_map(|(room, members, events)| ServerMsg::Presence { room, members, events }),
+            (room(), cow(), any::<bool>()).prop_map(|(room, user, joined)| match joined {
+                true => ServerMsg::MemberJoined { room, user },
+                false => ServerMsg::MemberLeft { room, user },
+            }),
+            (room(), cow()).prop_map(|(room, reason)| ServerMsg::Removed { room, reason }),
         ]
     }
 

@@ -461,6 +461,7 @@ pub enum LinkFrameCheck {
 /// [`MAX_SENDER_LEN`] bytes, only known flags, a [`FLAG_JSON`] payload that parses as JSON and
 /// any other payload UTF-8. (The frame decoder already checked lengths, room and sender UTF-8.)
 /// Trusted in-process Links skip this: their Link validated the client's request already.
+/// Presence reports (`Member`, a bounded `MemberList`) and `UserInfo` answers (JSON) pass too.
 pub fn check_link_frame(frame: &Frame) -> LinkFrameCheck {
     match (frame.kind(), frame.body()) {
         (Kind::InterestAdd | Kind::InterestRemove | Kind::Join | Kind::Leave | Kind::Heartbeat, _) => LinkFrameCheck::Accept,
@@ -483,10 +484,26 @@ pub fn check_link_frame(frame: &Frame) -> LinkFrameCheck {
                 LinkFrameCheck::Accept
             }
         }
+        (Kind::Member, _) => LinkFrameCheck::Accept,
+        (Kind::MemberList, ArchivedBody::MemberList { users }) => {
+            if users.len() > MAX_MEMBER_LIST || users.iter().any(|u| u.is_empty() || u.len() > MAX_SENDER_LEN) {
+                LinkFrameCheck::Drop("member list too long or with a bad user id")
+            } else {
+                LinkFrameCheck::Accept
+            }
+        }
+        (Kind::UserInfo, ArchivedBody::UserInfo { json, .. }) => match serde_json::from_slice::<serde::de::IgnoredAny>(json.as_slice()) {
+            Ok(_) => LinkFrameCheck::Accept,
+            Err(_) => LinkFrameCheck::Drop("user info is not JSON"),
+        },
         (Kind::Hello, _) => LinkFrameCheck::Drop("hello after the first frame"),
         _ => LinkFrameCheck::Drop("frame kind a Link may not send"),
     }
 }
+
+/// Most users in one `MemberList` frame a hub accepts (a room has join/leave events only up to
+/// `hub.presence_events_max_members` members; this bounds a Link's list with margin).
+pub const MAX_MEMBER_LIST: usize = 65_536;
 
 /// The next epoch of a splitmix64 generator whose state is `state`: well mixed, never 0 (0 reads
 /// as "no epoch" in logs and tools). The table draws new rooms' epochs with it; a hub with a

@@ -125,7 +125,7 @@ impl QuicTransport {
     /// Sends one op as a frame.
     pub(crate) async fn send_op(&mut self, op: &ClientOp) -> Result<(), QuicError> {
         let frame = match op {
-            ClientOp::Join { room, since, epoch } => {
+            ClientOp::Join { room, since, epoch, .. } => {
                 FrameBuilder::new(room).build(&Body::Join { request: 0, since: *since, epoch: *epoch })
             }
             ClientOp::Leave { room } => FrameBuilder::new(room).build(&Body::Leave { request: 0 }),

@@ -165,6 +165,31 @@ pub enum Event {
         /// The room.
         room: String,
     },
+    /// The room's member count (all Links) changed.
+    Presence {
+        /// The room.
+        room: String,
+        /// Members (connections) in the room.
+        members: u64,
+        /// `false`: join/leave events are off (the room is too big for them).
+        events: bool,
+    },
+    /// A user joined (`joined`) or left the room (only after a join with presence).
+    Member {
+        /// The room.
+        room: String,
+        /// The user.
+        user: String,
+        /// Joined, else left.
+        joined: bool,
+    },
+    /// An operator took this connection out of the room; it is not rejoined.
+    Removed {
+        /// The room.
+        room: String,
+        /// The operator's reason.
+        reason: String,
+    },
     /// A room message, in seq order, never twice.
     Message(Message),
     /// Messages `first_lost..=last_lost` of `room` will never come; the next is `resume_from`.
@@ -426,7 +451,7 @@ impl Session {
         }
         self.rooms.insert(room.to_owned(), RoomState::default());
         if self.link == LinkState::Connected {
-            self.outbox.push_back(ClientOp::Join { room: room.to_owned(), since: None, epoch: None });
+            self.outbox.push_back(ClientOp::Join { room: room.to_owned(), since: None, epoch: None, presence: false });
         }
     }
 
@@ -518,7 +543,7 @@ impl Session {
         for (room, state) in &mut self.rooms {
             state.retries = 0;
             state.rejoin_at = None;
-            self.outbox.push_back(ClientOp::Join { room: room.clone(), since: state.last, epoch: state.epoch });
+            self.outbox.push_back(ClientOp::Join { room: room.clone(), since: state.last, epoch: state.epoch, presence: false });
         }
         self.outbox.extend(publishes);
     }
@@ -683,7 +708,7 @@ impl Session {
         for (room, state) in &mut self.rooms {
             if state.rejoin_at.is_some_and(|at| at <= now) {
                 state.rejoin_at = None;
-                self.outbox.push_back(ClientOp::Join { room: room.clone(), since: state.last, epoch: state.epoch });
+                self.outbox.push_back(ClientOp::Join { room: room.clone(), since: state.last, epoch: state.epoch, presence: false });
             }
         }
         for (id, publish) in &mut self.in_flight {
@@ -736,6 +761,23 @@ impl Session {
             ServerMsg::Pong => Received::Absorbed,
             ServerMsg::Refreshed { exp } => {
                 self.events.push_back(Event::Refreshed { exp });
+                Received::Absorbed
+            }
+            ServerMsg::Presence { room, members, events } => {
+                self.events.push_back(Event::Presence { room: room.into_owned(), members, events: events.unwrap_or(true) });
+                Received::Absorbed
+            }
+            ServerMsg::MemberJoined { room, user } => {
+                self.events.push_back(Event::Member { room: room.into_owned(), user: user.into_owned(), joined: true });
+                Received::Absorbed
+            }
+            ServerMsg::MemberLeft { room, user } => {
+                self.events.push_back(Event::Member { room: room.into_owned(), user: user.into_owned(), joined: false });
+                Received::Absorbed
+            }
+            ServerMsg::Removed { room, reason } => {
+                self.rooms.remove(room.as_ref());
+                self.events.push_back(Event::Removed { room: room.into_owned(), reason: reason.into_owned() });
                 Received::Absorbed
             }
         }
@@ -866,7 +908,7 @@ mod tests {
     }
 
     fn join(room: &str, since: Option<u64>, epoch: Option<u64>) -> ClientOp {
-        ClientOp::Join { room: room.into(), since, epoch }
+        ClientOp::Join { room: room.into(), since, epoch, presence: false }
     }
 
     /// A session connected at `t0` and joined to `room` at (epoch 7, `last_seq`).
@@ -1118,7 +1160,7 @@ mod tests {
     #[test]
     fn ops_encode_through_the_protocol() {
         let join = join("lobby", Some(7), Some(0xab)).to_json();
-        assert_eq!(ClientOp::parse(&join), Ok(ClientOp::Join { room: "lobby".into(), since: Some(7), epoch: Some(0xab) }));
+        assert_eq!(ClientOp::parse(&join), Ok(ClientOp::Join { room: "lobby".into(), since: Some(7), epoch: Some(0xab), presence: false }));
         let publish = ClientOp::Publish { room: "a".into(), data: Bytes::from_static(br#"{"x":1}"#), id: Some(3.into()) }.to_json();
         assert_eq!(
             ClientOp::parse(&publish),

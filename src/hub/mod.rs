@@ -180,6 +180,21 @@ impl ApiState {
         }
     }
 
+    /// Checks an operator's request (moderation, admin views): an API key with the `admin` scope;
+    /// open only in dev mode without any API key (as publishing is).
+    fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let auth = &self.config.auth;
+        if auth.scoped_keys().next().is_none() {
+            return if auth.is_dev() { Ok(()) } else { Err(ApiError::Unauthorized("no API keys are configured")) };
+        }
+        let Some(bearer) = bearer(headers) else { return Err(ApiError::Unauthorized("API key required (Authorization: Bearer)")) };
+        match self.key_scopes(bearer) {
+            Some(scopes) if scopes.contains(&Scope::Admin) => Ok(()),
+            Some(_) => Err(ApiError::Forbidden("this API key has no admin scope")),
+            None => Err(ApiError::Unauthorized("bad API key")),
+        }
+    }
+
     fn key_scopes(&self, bearer: &str) -> Option<&[Scope]> {
         self.config
             .auth

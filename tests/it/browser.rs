@@ -13,7 +13,8 @@
 //! sent again, the same text with the same id, and shown once; a refused join is sent again with
 //! the page's position (since, epoch); a `reset` shows "room history was reset" and the new
 //! epoch's seq 1, not dropped as already seen.
-//! A screenshot of tab A is written to `$CARGO_TARGET_TMPDIR/browser-chat.png`.
+//! A screenshot of tab A is written to `$CARGO_TARGET_TMPDIR/browser-chat.png`. A third test
+//! checks the live viewer count in the header and what a tab kicked by an operator shows.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -339,6 +340,66 @@ async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
 
     alice.close().await;
     bob.close().await;
+    drop(driver);
+    serve.shutdown().await;
+}
+
+/// The demo page shows its room's live viewer count (`presence`), and a tab whose user an
+/// operator kicks through the admin API shows the operator's reason and stays disconnected
+/// (close codes 4000–4099 mean "do not reconnect"), while the other tab's count drops to 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_counts_viewers_and_a_kicked_tab_shows_why() {
+    let (chromium, chromedriver) = browser_programs();
+    let mut config = Config::default();
+    config.auth.jwt_secret = "demo-secret".into();
+    config.auth.keys = vec![linkcast::config::ApiKey { key: "ops-key".into(), scopes: vec![linkcast::config::Scope::Admin] }];
+    let serve = start_serve(config, false).await;
+    let token = |sub: &str| {
+        let claims: linkcast_core::auth::Claims =
+            serde_json::from_value(json!({"sub": sub, "exp": crate::support::an_hour_from_now(), "rooms": ["show"]})).expect("claims");
+        linkcast_core::auth::sign(&claims, "demo-secret")
+    };
+    let page = |sub: &str| format!("http://{}/?token={}", serve.http_addr(), token(sub));
+
+    let driver = WebDriver::start(&chromedriver).await;
+    eventually(STEP, "chromedriver becomes ready", || async {
+        try_get(driver.addr, "/status").await.filter(|r| r.json()["value"]["ready"] == true)
+    })
+    .await;
+    let dave = Tab::open(&driver, &chromium).await;
+    let erin = Tab::open(&driver, &chromium).await;
+    dave.join(&page("dave"), "dave", "show").await;
+    erin.join(&page("erin"), "erin", "show").await;
+    let viewers = "return document.getElementById('viewers').textContent;";
+    dave.wait_for(viewers, json!("2 watching"), "dave sees two viewers").await;
+    erin.wait_for(viewers, json!("2 watching"), "erin sees two viewers").await;
+
+    let kick = request(
+        serve.http_addr(),
+        "POST",
+        "/v1/users/erin/disconnect",
+        &[("authorization", "Bearer ops-key"), ("content-type", "application/json")],
+        br#"{"reason":"spamming the chat"}"#,
+    )
+    .await
+    .expect("kick request");
+    assert_eq!(kick.status, 200, "kick: {}", kick.text());
+    let state = "return document.getElementById('state').textContent;";
+    erin.wait_for(state, json!("disconnected"), "erin's page ends its session").await;
+    let notices = "return [...document.querySelectorAll('#messages li.notice')].map(li => li.textContent);";
+    let shown = erin.eval(notices).await;
+    assert!(
+        shown.as_array().is_some_and(|n| n.iter().any(|t| t.as_str().is_some_and(|t| t.contains("spamming the chat") && t.contains("4000")))),
+        "erin sees the operator's reason and the close code: {shown}"
+    );
+    dave.wait_for(viewers, json!("1 watching"), "dave's count drops to one").await;
+    // A kicked page does not come back by itself: still closed well after any backoff would fire.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(erin.eval(state).await, json!("disconnected"));
+    assert_eq!(erin.eval("return chat.socket === null && chat.wanted === false;").await, json!(true));
+
+    dave.close().await;
+    erin.close().await;
     drop(driver);
     serve.shutdown().await;
 }

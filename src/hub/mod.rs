@@ -28,6 +28,7 @@ mod driver;
 mod durable;
 mod error;
 mod forward;
+mod hooks;
 mod http;
 mod links;
 mod locate;
@@ -355,6 +356,8 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         Some((path, tasks)) => (Some(path), tasks),
         None => (None, Vec::new()),
     };
+    let hooks = hooks::start(id, &config, secured, &shutdown_rx)?;
+    tasks.extend(hooks.tasks.into_iter().map(tokio::spawn));
     tasks.push(tokio::spawn(driver::run(
         config.hub.table_limits(),
         events_rx,
@@ -363,6 +366,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         locator.clone(),
         metrics,
         store,
+        (hooks.hooks, hooks.decided),
         shutdown_rx.clone(),
     )));
     let (ports, ports_rx) = mpsc::channel(64);

@@ -210,12 +210,13 @@ async fn the_proxy_allows_denies_and_replaces_client_publishes_and_signs_every_r
     let texts: Vec<&Value> = history["messages"].as_array().expect("messages").iter().map(|m| &m["data"]["text"]).collect();
     assert_eq!(texts, vec!["hello", "***", "via http, spam included"], "{history}");
 
-    let seen = seen(&shared);
-    assert_eq!(seen.bad_signatures, 0);
-    let proxied: Vec<Value> = seen.publishes.iter().flat_map(|r| r["publishes"].as_array().cloned().unwrap_or_default()).collect();
-    assert_eq!(proxied.len(), 4, "three publishes and the retry, not the HTTP one: {proxied:?}");
-    assert!(proxied.iter().all(|p| p["room"] == "proxied" && p["user"].as_str().is_some_and(|u| !u.is_empty()) && p["id"].is_u64()), "{proxied:?}");
-    drop(seen);
+    {
+        let seen = seen(&shared);
+        assert_eq!(seen.bad_signatures, 0);
+        let proxied: Vec<Value> = seen.publishes.iter().flat_map(|r| r["publishes"].as_array().cloned().unwrap_or_default()).collect();
+        assert_eq!(proxied.len(), 4, "three publishes and the retry, not the HTTP one: {proxied:?}");
+        assert!(proxied.iter().all(|p| p["room"] == "proxied" && p["user"].as_str().is_some_and(|u| !u.is_empty()) && p["id"].is_u64()), "{proxied:?}");
+    }
     serve.shutdown().await;
 }
 
@@ -313,14 +314,15 @@ async fn webhooks_report_users_and_rooms_in_order_after_retries() {
         ],
         "each once, in order"
     );
-    let seen = seen(&shared);
-    assert_eq!(seen.bad_signatures, 0);
-    assert_eq!(seen.failed_events.len(), 2, "answered 500 twice");
-    assert_eq!(seen.failed_events[0], seen.failed_events[1], "the same batch retried");
-    assert_eq!(seen.events[0], seen.failed_events[0], "then delivered once");
-    let all: Vec<&Value> = seen.events.iter().flat_map(|r| r["events"].as_array().into_iter().flatten()).collect();
-    assert!(all.iter().all(|e| e["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000_000)), "ts in micros: {all:?}");
-    assert!(all.iter().all(|e| e["type"] != "room_occupied" || !e["room"].as_str().is_some_and(|r| r.starts_with("user:"))), "no room events for user: rooms");
-    drop(seen);
+    {
+        let seen = seen(&shared);
+        assert_eq!(seen.bad_signatures, 0);
+        assert_eq!(seen.failed_events.len(), 2, "answered 500 twice");
+        assert_eq!(seen.failed_events[0], seen.failed_events[1], "the same batch retried");
+        assert_eq!(seen.events[0], seen.failed_events[0], "then delivered once");
+        let all: Vec<&Value> = seen.events.iter().flat_map(|r| r["events"].as_array().into_iter().flatten()).collect();
+        assert!(all.iter().all(|e| e["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000_000)), "ts in micros: {all:?}");
+        assert!(all.iter().all(|e| e["type"] != "room_occupied" || !e["room"].as_str().is_some_and(|r| r.starts_with("user:"))), "no room events for user: rooms");
+    }
     serve.shutdown().await;
 }

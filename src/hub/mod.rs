@@ -14,6 +14,9 @@
 //!   publish rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`).
 //!   Reads need a `read`-scoped API key or a client token allowing the room once the hub is
 //!   secured; `/metrics` and `/healthz` are then on the admin listener (`admin.rs`) only.
+//! - the **backend hooks** (`hooks/`, optional): the publish proxy the hub task hands client
+//!   publishes to (and takes decisions back from), and the webhook task fed by the table's
+//!   occupancy changes — neither ever makes the hub task wait on the backend.
 //!
 //! In a cluster every hub reads the same config; [`HubDirectory`] over `[[hubs]]` names each
 //! room's one owner. With no `[[hubs]]` (as in `serve`) this hub owns every room.

@@ -8,7 +8,10 @@
 //!   retry hint, fail-open delivers it;
 //! - webhooks: `user_connected`, `room_occupied`, `room_vacated`, `user_disconnected` arrive
 //!   signed and in order, after the backend answered 500 twice (the same batch retried, each
-//!   event delivered once).
+//!   event delivered once);
+//! - with a Redis store (`redis-server` process): the proxy decides before the store sequences,
+//!   and webhooks see the interest of that path too;
+//! - a secured hub with a hook URL and no `hooks.secret` refuses to start.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,7 +28,7 @@ use sha2::Sha256;
 use linkcast::config::Config;
 use linkcast::serve::ServeHandle;
 
-use crate::support::http::{get_json, publish_ok};
+use crate::support::http::{get_json, metric, metrics_text, publish_ok};
 use crate::support::ws::{ws_url, WsClient};
 use crate::support::{eventually, STEP};
 
@@ -217,6 +220,13 @@ async fn the_proxy_allows_denies_and_replaces_client_publishes_and_signs_every_r
         assert_eq!(proxied.len(), 4, "three publishes and the retry, not the HTTP one: {proxied:?}");
         assert!(proxied.iter().all(|p| p["room"] == "proxied" && p["user"].as_str().is_some_and(|u| !u.is_empty()) && p["id"].is_u64()), "{proxied:?}");
     }
+    // The decisions are counted (other tests of this process may add to the same hub label).
+    let metrics = metrics_text(serve.http_addr()).await;
+    for action in ["allow", "deny", "replace"] {
+        let decided = metric(&metrics, "linkcast_hub_hook_publish_decisions_total", &[("action", action)]);
+        assert!(decided >= 1.0, "{action}: {decided}");
+    }
+    assert!(metric(&metrics, "linkcast_hub_hook_publish_requests_total", &[]) >= 4.0);
     serve.shutdown().await;
 }
 
@@ -325,4 +335,60 @@ async fn webhooks_report_users_and_rooms_in_order_after_retries() {
         assert!(all.iter().all(|e| e["type"] != "room_occupied" || !e["room"].as_str().is_some_and(|r| r.starts_with("user:"))), "no room events for user: rooms");
     }
     serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_redis_store_the_proxy_decides_before_the_store_sequences_and_webhooks_report() {
+    let redis = crate::support::redis::RedisServer::start().await;
+    let shared = Shared::default();
+    let backend = start_backend(shared.clone()).await;
+    let mut config = proxied_config(backend, false);
+    config.store.redis = redis.url();
+    config.hooks.events_url = format!("http://{backend}/hooks/events");
+    config.hooks.events_flush_ms = 50;
+    let serve = start_serve(config).await;
+    let url = ws_url(serve.ws_addr(), None);
+    let mut member = WsClient::connect(&url).await;
+    member.join("durable-proxied", None).await;
+    let mut publisher = WsClient::connect(&url).await;
+
+    publisher.send(publish("durable-proxied", "spam", "d1")).await;
+    let refused = answer_to(&mut publisher, "d1").await;
+    assert_eq!((&refused["code"], &refused["reason"]), (&json!(403), &json!("no spam, please")), "{refused}");
+    publisher.send(publish("durable-proxied", "censor", "d2")).await;
+    let ack = answer_to(&mut publisher, "d2").await;
+    assert_eq!((&ack["op"], &ack["seq"]), (&json!("published"), &json!(1)), "{ack}");
+    let message = next_message(&mut member).await;
+    assert_eq!((&message["seq"], &message["data"]["text"]), (&json!(1), &json!("***")), "{message}");
+    let history = get_json(serve.http_addr(), "/v1/rooms/durable-proxied/messages?since=0").await;
+    let texts: Vec<&Value> = history["messages"].as_array().expect("messages").iter().map(|m| &m["data"]["text"]).collect();
+    assert_eq!(texts, vec!["***"], "the store holds the replaced data only: {history}");
+
+    eventually(STEP, "room_occupied from the store's path", || {
+        let occupied = seen(&shared)
+            .events
+            .iter()
+            .flat_map(|r| r["events"].as_array().cloned().unwrap_or_default())
+            .any(|e| e["type"] == "room_occupied" && e["room"] == "durable-proxied");
+        async move { occupied.then_some(()) }
+    })
+    .await;
+    assert_eq!(seen(&shared).bad_signatures, 0);
+    serve.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_hub_with_a_hook_url_and_no_secret_refuses_to_start() {
+    let mut config = Config::default();
+    config.auth.jwt_secret = "secured".into();
+    config.hooks.events_url = "http://127.0.0.1:9/hooks/events".into();
+    let options = linkcast::serve::ServeOptions {
+        config: Arc::new(config),
+        http_addr: crate::support::any_addr(),
+        ws_addr: crate::support::any_addr(),
+        quic_addr: None,
+        admin_addr: None,
+    };
+    let error = linkcast::serve::start(options).await.err().expect("refused");
+    assert!(error.to_string().contains("hooks.secret"), "{error}");
 }

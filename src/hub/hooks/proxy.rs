@@ -368,6 +368,21 @@ mod tests {
     }
 
     #[test]
+    fn the_port_refuses_beyond_its_bound_until_decisions_return() {
+        let backend = Backend::new("http://127.0.0.1:9/p", "", crate::tls::Trust::LoopbackDev, std::time::Duration::from_secs(1)).expect("backend");
+        let settings = ProxySettings { backend, batch_max: 8, fail_open: false, max_payload: 1024 };
+        let (_tx, shutdown) = watch::channel(false);
+        // The task is never run: what is handed over stays in its channel.
+        let (mut port, _decided, _task) = start(settings, 2, "test", shutdown);
+        let pending = || Pending { link: LinkId(1), generation: 1, frame: FrameBuilder::new("r").build(&Body::Publish { request: 1, key: String::new(), data: b"x".to_vec() }) };
+        assert!(port.offer(pending()).is_ok());
+        assert!(port.offer(pending()).is_ok());
+        let refused = port.offer(pending()).expect_err("full");
+        port.returned(&refused.frame);
+        assert!(port.offer(pending()).is_ok(), "a returned decision makes room");
+    }
+
+    #[test]
     fn requests_carry_json_as_json_and_text_as_text() {
         let publish = |flags, data: &[u8]| {
             let frame = FrameBuilder::new("lobby")

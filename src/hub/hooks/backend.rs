@@ -6,8 +6,8 @@
 //! `X-Linkcast-Signature` (`signature.rs`). A request that times out or breaks drops its
 //! connection (a late answer must not be read as the next request's), and the next request
 //! dials again. Answers other than 2xx, and bodies over the client's 1 MiB cap, are failures.
-//! `https://` URLs are verified by `[tls] ca_file` / `pin_sha256` (loopback only without
-//! either), as the hub's other TLS clients are.
+//! `https://` URLs are verified by `[tls] ca_file` / `pin_sha256` (without either, only a
+//! loopback backend is accepted, at start), as the hub's other TLS clients are.
 
 use std::time::Duration;
 
@@ -37,6 +37,12 @@ impl Backend {
         let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
         let (base, path) = split_hook_url(url).ok_or_else(|| invalid(format!("hooks: bad URL {url:?}")))?;
         let api = HttpApi::with_trust(base, None, trust.clone()).map_err(|e| invalid(format!("hooks: {e}")))?;
+        if let Some(authority) = base.strip_prefix("https://") {
+            // Refused now rather than at every request: an unverifiable https backend.
+            if let Some(addr) = crate::client::http::resolve(authority) {
+                trust.check_target(addr).map_err(|e| invalid(format!("hooks: {url}: {e} (set tls.ca_file or tls.pin_sha256)")))?;
+            }
+        }
         let secret = (!secret.is_empty()).then(|| secret.as_bytes().to_vec());
         Ok(Backend { base: base.to_owned(), path: path.to_owned(), secret, trust, api, timeout: timeout.max(Duration::from_millis(1)) })
     }
@@ -81,4 +87,20 @@ pub(crate) fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unverifiable_https_backend_is_refused_at_start() {
+        let timeout = Duration::from_secs(1);
+        assert!(Backend::new("https://10.0.0.1:8443/hooks", "s", Trust::LoopbackDev, timeout).is_err());
+        assert!(Backend::new("https://127.0.0.1:8443/hooks", "s", Trust::LoopbackDev, timeout).is_ok());
+        let pinned = Trust::Pins(std::sync::Arc::new(vec![[0; 32]]));
+        assert!(Backend::new("https://10.0.0.1:8443/hooks", "s", pinned, timeout).is_ok());
+        assert!(Backend::new("http://10.0.0.1:8080/hooks", "s", Trust::LoopbackDev, timeout).is_ok(), "http:// is the operator's call");
+        assert_eq!(truncate("héllo", 2), "h");
+    }
 }

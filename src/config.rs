@@ -36,6 +36,8 @@ pub struct Config {
     pub link: LinkConfig,
     /// Where rooms' seq, epoch, history and leases live: Redis, or (default) hub memory.
     pub store: StoreConfig,
+    /// The hub's backend hooks: publish proxy and webhooks (off by default).
+    pub hooks: HooksConfig,
 }
 
 /// Secrets. Empty `jwt_secret` = dev mode (anonymous clients allowed). `Debug` prints no secret.
@@ -502,6 +504,128 @@ impl LinkConfig {
     }
 }
 
+/// `[hooks]`: the hub's calls to the business backend (src/hub/hooks/). Both are off by
+/// default (empty URL). `Debug` prints no secret.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Publish proxy: client publishes are POSTed here before they are sequenced; `""` = off.
+    pub publish_url: String,
+    /// Most publishes in one proxy request.
+    pub publish_batch_max: usize,
+    /// A proxy request not answered in this many milliseconds has failed.
+    pub publish_timeout_ms: u64,
+    /// When the backend fails: `true` sequences the publishes anyway, `false` (default) refuses
+    /// them 503 with a retry hint.
+    pub publish_fail_open: bool,
+    /// Most client publishes waiting for (or at) the proxy; beyond, refused 503 at once.
+    pub publish_queue_max: usize,
+    /// Webhooks: room occupied/vacated and user connected/disconnected are POSTed here; `""` =
+    /// off.
+    pub events_url: String,
+    /// Most events in one webhook request.
+    pub events_batch_max: usize,
+    /// Events wait at most this many milliseconds to be batched.
+    pub events_flush_ms: u64,
+    /// Attempts per webhook batch (backoff 100 ms doubling, capped at 5 s); then dropped.
+    pub events_retry_max: u32,
+    /// Most events waiting; beyond, the oldest are dropped (and counted).
+    pub events_queue_max: usize,
+    /// HMAC-SHA256 key of `X-Linkcast-Signature` (env `LINKCAST_HOOKS_SECRET`); required on a
+    /// secured node with a hook URL.
+    pub secret: String,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            publish_url: String::new(),
+            publish_batch_max: 64,
+            publish_timeout_ms: 500,
+            publish_fail_open: false,
+            publish_queue_max: 4096,
+            events_url: String::new(),
+            events_batch_max: 100,
+            events_flush_ms: 200,
+            events_retry_max: 5,
+            events_queue_max: 10_000,
+            secret: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HooksConfig")
+            .field("publish_url", &self.publish_url)
+            .field("publish_batch_max", &self.publish_batch_max)
+            .field("publish_timeout_ms", &self.publish_timeout_ms)
+            .field("publish_fail_open", &self.publish_fail_open)
+            .field("publish_queue_max", &self.publish_queue_max)
+            .field("events_url", &self.events_url)
+            .field("events_batch_max", &self.events_batch_max)
+            .field("events_flush_ms", &self.events_flush_ms)
+            .field("events_retry_max", &self.events_retry_max)
+            .field("events_queue_max", &self.events_queue_max)
+            .field("secret", &if self.secret.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
+}
+
+impl HooksConfig {
+    /// True when any hook is configured.
+    pub fn is_on(&self) -> bool {
+        !self.publish_url.is_empty() || !self.events_url.is_empty()
+    }
+
+    /// Checks that a hub secured as `secured` (`Config::is_secured`) may run these hooks: a
+    /// secured hub signs every hook request, so it needs `secret`.
+    pub fn check_node(&self, secured: bool) -> Result<(), ConfigError> {
+        if self.is_on() && secured && self.secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "hooks: this hub is secured and a hook URL is set: hooks.secret (or LINKCAST_HOOKS_SECRET) is required to sign the requests".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the section on its own (called by [`Config::validate`]).
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [("publish_url", &self.publish_url), ("events_url", &self.events_url)] {
+            if !url.is_empty() && split_hook_url(url).is_none() {
+                return Err(ConfigError::Invalid(format!("hooks.{key}: {url:?} is not an http://HOST:PORT/PATH or https://HOST:PORT/PATH URL")));
+            }
+        }
+        let positive = [
+            ("publish_batch_max", self.publish_batch_max as u64),
+            ("publish_timeout_ms", self.publish_timeout_ms),
+            ("publish_queue_max", self.publish_queue_max as u64),
+            ("events_batch_max", self.events_batch_max as u64),
+            ("events_flush_ms", self.events_flush_ms),
+            ("events_retry_max", u64::from(self.events_retry_max)),
+            ("events_queue_max", self.events_queue_max as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Invalid(format!("hooks.{key} must be positive")));
+        }
+        Ok(())
+    }
+}
+
+/// A hook URL split into its base (`http://host:port`, what the HTTP client dials) and its path
+/// (with the query, `/` if none); `None` unless `http://` or `https://` with a `host:port`.
+pub fn split_hook_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let at = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(at);
+    let (host, port) = authority.rsplit_once(':')?;
+    if host.is_empty() || port.parse::<u16>().is_err() || authority.contains('@') {
+        return None;
+    }
+    let base = &url[..url.len() - rest.len() + at];
+    Some((base, if path.is_empty() { "/" } else { path }))
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -552,6 +676,9 @@ impl Config {
         if let Some(url) = env("LINKCAST_REDIS_URL") {
             self.store.redis = url;
         }
+        if let Some(secret) = env("LINKCAST_HOOKS_SECRET") {
+            self.hooks.secret = secret;
+        }
     }
 
     /// Checks ids are unique and limits are usable.
@@ -591,6 +718,7 @@ impl Config {
         }
         crate::tls::Trust::from_config(&self.tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.store.validate()?;
+        self.hooks.validate()?;
         Ok(())
     }
 
@@ -846,5 +974,59 @@ mod store_tests {
         assert_eq!(redact_url("redis://user:pw@host:1/0"), "redis://<redacted>@host:1/0");
         assert_eq!(redact_url("redis://host:1"), "redis://host:1");
         assert_eq!(redact_url(""), "");
+    }
+}
+
+#[cfg(test)]
+mod hooks_tests {
+    use super::*;
+
+    #[test]
+    fn hooks_default_off_and_parse() {
+        let config = Config::from_toml("").expect("valid");
+        assert!(!config.hooks.is_on());
+        assert_eq!((config.hooks.publish_batch_max, config.hooks.publish_timeout_ms, config.hooks.publish_fail_open), (64, 500, false));
+        assert_eq!((config.hooks.events_batch_max, config.hooks.events_flush_ms, config.hooks.events_retry_max, config.hooks.events_queue_max), (100, 200, 5, 10_000));
+        let text = r#"
+            [hooks]
+            publish_url = "http://127.0.0.1:9000/hooks/publish?v=1"
+            publish_batch_max = 8
+            publish_timeout_ms = 250
+            publish_fail_open = true
+            events_url = "https://backend.example:8443/events"
+            events_flush_ms = 50
+            secret = "from-file"
+        "#;
+        let mut config = Config::from_toml(text).expect("valid");
+        assert!(config.validate().is_ok());
+        assert!(config.hooks.is_on() && config.hooks.publish_fail_open);
+        assert_eq!((config.hooks.publish_batch_max, config.hooks.publish_timeout_ms, config.hooks.events_flush_ms), (8, 250, 50));
+        assert_eq!(split_hook_url(&config.hooks.publish_url), Some(("http://127.0.0.1:9000", "/hooks/publish?v=1")));
+        assert_eq!(split_hook_url(&config.hooks.events_url), Some(("https://backend.example:8443", "/events")));
+        assert_eq!(split_hook_url("http://h:1"), Some(("http://h:1", "/")));
+        config.apply_env(|key| (key == "LINKCAST_HOOKS_SECRET").then(|| "from-env".to_string()));
+        assert_eq!(config.hooks.secret, "from-env");
+        assert!(!format!("{:?}", config.hooks).contains("from-env"), "Debug names no secret");
+    }
+
+    #[test]
+    fn hook_mistakes_are_reported() {
+        for bad in [
+            "[hooks]\npublish_url = \"ftp://h:1/x\"",
+            "[hooks]\nevents_url = \"http://no-port/x\"",
+            "[hooks]\nevents_url = \"http://user:pw@h:1/x\"",
+            "[hooks]\npublish_batch_max = 0",
+            "[hooks]\nevents_retry_max = 0",
+        ] {
+            let config = Config::from_toml(bad).expect("parses");
+            assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+        assert!(matches!(Config::from_toml("[hooks]\nnope = 1"), Err(ConfigError::Parse(_))));
+        // A secured hub with a hook URL needs the secret; a dev hub may run unsigned.
+        let hooks = HooksConfig { events_url: "http://127.0.0.1:1/e".into(), ..HooksConfig::default() };
+        assert!(hooks.check_node(true).is_err());
+        assert!(hooks.check_node(false).is_ok());
+        assert!(HooksConfig { secret: "s".into(), ..hooks }.check_node(true).is_ok());
+        assert!(HooksConfig::default().check_node(true).is_ok(), "no hooks, no secret needed");
     }
 }

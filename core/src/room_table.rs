@@ -11,6 +11,9 @@
 //! Link's request (replay, gap, joined, ack, error) go to that Link only. Because one Link's
 //! frames are yielded in the order they were produced, a Link sees the replay for a join before
 //! any live message sequenced after it.
+//! When tracked ([`RoomTable::track_occupancy`], the hub's webhooks), [`RoomTable::poll_occupancy`]
+//! yields each room whose member count went 0 → some or some → 0 ([`Occupancy`]), seen where
+//! interest changes: a Link's interest frame or its connection ending.
 //!
 //! Epochs: the table draws each new room's epoch from a seeded generator (the driver seeds it
 //! from the OS at start-up; tests and the simulator pass fixed seeds), so a room created again
@@ -127,6 +130,20 @@ pub struct RoomTable {
     epochs: u64,
     /// Scans of the table when full.
     sweeps: Sweeps,
+    /// Occupancy changes not polled yet; `None` = not tracked ([`RoomTable::track_occupancy`]).
+    occupancy: Option<VecDeque<Occupancy>>,
+}
+
+/// A room's member count at this hub (the sum over its Links' interest) went from 0 to some
+/// (`occupied`), or from some to 0: what the hub's webhooks report ([`RoomTable::poll_occupancy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Occupancy {
+    /// The room.
+    pub room: String,
+    /// True: 0 → some members; false: some → 0.
+    pub occupied: bool,
+    /// When the change was handled (the `now` of the input), micros.
+    pub ts_micros: u64,
 }
 
 /// When a full table was last scanned for idle rooms, and how often it was.
@@ -154,7 +171,21 @@ impl RoomTable {
             stats: TableStats::default(),
             epochs: seed,
             sweeps: Sweeps::default(),
+            occupancy: None,
         }
+    }
+
+    /// Starts (or stops) recording [`Occupancy`] changes for [`RoomTable::poll_occupancy`]. Off
+    /// by default: nothing is kept for a driver that does not poll. The one place they are seen
+    /// is interest handling (a Link's `InterestAdd` / `InterestRemove`, a Link gone).
+    pub fn track_occupancy(&mut self, on: bool) {
+        self.occupancy = on.then(VecDeque::new);
+    }
+
+    /// Next occupancy change, oldest first (only while tracked). At most one per room per
+    /// interest input, so the driver polls them at the pace it feeds interest in.
+    pub fn poll_occupancy(&mut self) -> Option<Occupancy> {
+        self.occupancy.as_mut()?.pop_front()
     }
 
     /// A room, if held.
@@ -340,9 +371,11 @@ impl RoomTable {
 
     /// A Link's connection ended: it holds no members anymore as far as this hub knows.
     pub fn handle_link_down(&mut self, now: u64, link: LinkId) {
-        for slot in self.rooms.values_mut() {
+        for (name, slot) in self.rooms.iter_mut() {
+            let before = slot.room.members();
             if slot.room.clear_interest_of(link) {
                 slot.last_active_micros = now;
+                note_occupancy(&mut self.occupancy, name, before, slot.room.members(), now);
             }
         }
         self.transmit.retain(|(to, _)| *to != link);
@@ -372,7 +405,10 @@ impl RoomTable {
             Err(e) => return self.refuse(link, room, 0, e.status()),
         };
         slot.last_active_micros = now;
+        let before = slot.room.members();
         let _: InterestChange = slot.room.handle_interest(link, members);
+        let after = slot.room.members();
+        note_occupancy(&mut self.occupancy, room, before, after, now);
     }
 
     /// Answers a join: reset / gap / replay / joined. A `paged` join's replay stops once it holds
@@ -427,6 +463,15 @@ impl RoomTable {
 
     fn slot(&mut self, room: &str, now: u64) -> Result<&mut RoomSlot, PublishError> {
         slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now)
+    }
+}
+
+/// Records an [`Occupancy`] change of `room` (member count `before` → `after`), if tracked.
+fn note_occupancy(occupancy: &mut Option<VecDeque<Occupancy>>, room: &str, before: u64, after: u64, now: u64) {
+    if let Some(changes) = occupancy {
+        if (before == 0) != (after == 0) {
+            changes.push_back(Occupancy { room: room.to_owned(), occupied: after > 0, ts_micros: now });
+        }
     }
 }
 
@@ -779,6 +824,36 @@ mod tests {
         table.handle_link_frame(0, LinkId(1), &map);
         let answers = drain(&mut table);
         assert!(matches!(answers.as_slice(), [(LinkId(1), f)] if f.kind() == Kind::Error), "{answers:?}");
+    }
+
+    #[test]
+    fn occupancy_changes_are_recorded_once_per_edge_when_tracked() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        table.handle_link_frame(1, LinkId(1), &interest("untracked", 1, 1));
+        assert_eq!(table.poll_occupancy(), None, "off by default");
+        table.track_occupancy(true);
+        let occupied = |room: &str, occupied, ts_micros| Some(Occupancy { room: room.into(), occupied, ts_micros });
+        table.handle_link_frame(2, LinkId(1), &interest("lobby", 1, 2));
+        table.handle_link_frame(3, LinkId(2), &interest("lobby", 2, 5));
+        table.handle_link_frame(4, LinkId(1), &interest("lobby", 1, 1));
+        assert_eq!(table.poll_occupancy(), occupied("lobby", true, 2));
+        assert_eq!(table.poll_occupancy(), None, "more members or fewer but not 0: no change");
+        table.handle_link_frame(5, LinkId(1), &interest("lobby", 1, 0));
+        assert_eq!(table.poll_occupancy(), None, "Link 2 still has members");
+        table.handle_link_frame(6, LinkId(1), &interest("other", 1, 1));
+        table.handle_link_down(7, LinkId(2));
+        table.handle_link_down(8, LinkId(1));
+        let mut rest: Vec<Occupancy> = std::iter::from_fn(|| table.poll_occupancy()).collect();
+        rest[1..].sort_by(|a, b| a.room.cmp(&b.room));
+        assert_eq!(rest, vec![
+            Occupancy { room: "other".into(), occupied: true, ts_micros: 6 },
+            Occupancy { room: "lobby".into(), occupied: false, ts_micros: 7 },
+            Occupancy { room: "other".into(), occupied: false, ts_micros: 8 },
+            Occupancy { room: "untracked".into(), occupied: false, ts_micros: 8 },
+        ]);
+        // Removing interest a room never had changes nothing.
+        table.handle_link_frame(9, LinkId(3), &interest("lobby", 3, 0));
+        assert_eq!(table.poll_occupancy(), None);
     }
 
     #[test]

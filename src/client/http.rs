@@ -118,6 +118,12 @@ impl HttpApi {
         Ok(self.call(hyper::Method::GET, path, Bytes::new(), &[]).await?.1)
     }
 
+    /// Any POST with extra headers (the hub's hooks to a backend); returns the body of a 2xx
+    /// answer.
+    pub async fn post(&mut self, path: &str, body: Bytes, headers: &[(&str, &str)]) -> Result<Bytes, HttpError> {
+        Ok(self.call(hyper::Method::POST, path, body, headers).await?.1)
+    }
+
     async fn call(
         &mut self,
         method: hyper::Method,

@@ -116,8 +116,10 @@ pub(crate) async fn run(
     locator: Arc<Mutex<Locator>>,
     metrics: HubMetrics,
     store: Option<StorePath>,
+    hooks: (super::hooks::Hooks, Option<mpsc::UnboundedReceiver<super::hooks::Decided>>),
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (hooks, mut decided) = hooks;
     let (durable, mut store_events) = match store {
         Some(StorePath { durable, events }) => (Some(durable), Some(events)),
         None => (None, None),
@@ -130,7 +132,9 @@ pub(crate) async fn run(
         seen: TableStats::default(),
         queued_total,
         durable,
+        hooks,
     };
+    driver.table.track_occupancy(driver.hooks.tracks_occupancy());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -175,6 +179,15 @@ pub(crate) async fn run(
                 driver.handle_store(event);
                 driver.flush();
             }
+            Some(decided) = async {
+                match decided.as_mut() {
+                    Some(decided) => decided.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                driver.handle_decided(decided);
+                driver.flush();
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 if ticks.is_multiple_of(20) {
@@ -208,6 +221,8 @@ pub(super) struct HubTask {
     queued_total: Arc<AtomicUsize>,
     /// With a Redis store: which rooms this hub owns there (`durable.rs`).
     pub(super) durable: Option<Durable>,
+    /// The publish proxy and webhooks, if configured (`hooks/`).
+    pub(super) hooks: super::hooks::Hooks,
 }
 
 impl HubTask {
@@ -274,7 +289,7 @@ impl HubTask {
                 let Some(connected) = self.links.get_mut(&link).filter(|c| c.generation == generation) else { return };
                 let check = if connected.trusted { LinkFrameCheck::Accept } else { check_link_frame(&frame) };
                 match check {
-                    LinkFrameCheck::Accept => self.durable_link_frame(now, link, generation, frame),
+                    LinkFrameCheck::Accept => self.link_frame_hooked(now, link, generation, frame),
                     LinkFrameCheck::Drop(why) => {
                         self.metrics.link_frames_dropped.increment(1);
                         tracing::warn!(%link, kind = ?frame.kind(), "dropping a frame from a link: {why}");
@@ -302,6 +317,7 @@ impl HubTask {
 
     /// Moves every frame the table owes into the Links' queues; exports counters.
     fn flush(&mut self) {
+        self.emit_occupancy();
         let mut overflowed = Vec::new();
         while let Some((link, frame)) = self.table.poll_transmit() {
             let Some(connected) = self.links.get_mut(&link) else { continue };

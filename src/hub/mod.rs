@@ -14,6 +14,9 @@
 //!   publish rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`).
 //!   Reads need a `read`-scoped API key or a client token allowing the room once the hub is
 //!   secured; `/metrics` and `/healthz` are then on the admin listener (`admin.rs`) only.
+//! - the **backend hooks** (`hooks/`, optional): the publish proxy the hub task hands client
+//!   publishes to (and takes decisions back from), and the webhook task fed by the table's
+//!   occupancy changes — neither ever makes the hub task wait on the backend.
 //!
 //! In a cluster every hub reads the same config; [`HubDirectory`] over `[[hubs]]` names each
 //! room's one owner. With no `[[hubs]]` (as in `serve`) this hub owns every room.
@@ -28,6 +31,7 @@ mod driver;
 mod durable;
 mod error;
 mod forward;
+mod hooks;
 mod http;
 mod links;
 mod locate;
@@ -355,6 +359,8 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         Some((path, tasks)) => (Some(path), tasks),
         None => (None, Vec::new()),
     };
+    let hooks = hooks::start(id, &config, secured, &shutdown_rx)?;
+    tasks.extend(hooks.tasks.into_iter().map(tokio::spawn));
     tasks.push(tokio::spawn(driver::run(
         config.hub.table_limits(),
         events_rx,
@@ -363,6 +369,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         locator.clone(),
         metrics,
         store,
+        (hooks.hooks, hooks.decided),
         shutdown_rx.clone(),
     )));
     let (ports, ports_rx) = mpsc::channel(64);

@@ -19,6 +19,7 @@
 //!   expiry and refresh, the token in the first message, SIGTERM): [`security_session`].
 //! - the Redis room store against real `redis-server` processes and a Redis Cluster:
 //!   [`store_redis`].
+//! - the hub's backend hooks (publish proxy, webhooks) against a real axum backend: [`hooks`].
 
 mod support;
 
@@ -28,6 +29,7 @@ mod browser;
 mod client_quic;
 mod client_resume;
 mod cluster;
+mod hooks;
 mod hub_forward;
 mod hub_http;
 mod link_bad_input;

@@ -37,6 +37,7 @@ use super::locate::Locator;
 use super::queue::LinkQueue;
 use linkcast_core::link_queue::Admit;
 use super::durable::Durable;
+use super::moderation::{HubModeration, ModerationInput};
 use super::store_tasks::StoreEvent;
 use super::HubMetrics;
 use linkcast_core::frame::{Body, Frame, FrameBuilder};
@@ -69,6 +70,8 @@ pub(crate) enum HubInput {
     ///
     /// Answered like a join at (`epoch`, `since`) — reset, gap, frames — cut to `limit` frames.
     History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Result<Option<JoinAnswer>, PublishError>> },
+    /// The operator's API on users (`moderation.rs`).
+    Moderation(ModerationInput),
 }
 
 /// Input to the hub task from Link connections (`links.rs`).
@@ -95,7 +98,7 @@ pub(crate) struct RoomInfo {
 
 pub(super) struct Connected {
     pub(super) generation: u64,
-    queue: LinkQueue,
+    pub(super) queue: LinkQueue,
     /// In-process: frames are not re-validated.
     trusted: bool,
 }
@@ -116,6 +119,7 @@ pub(crate) async fn run(
     locator: Arc<Mutex<Locator>>,
     metrics: HubMetrics,
     store: Option<StorePath>,
+    moderation: HubModeration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (durable, mut store_events) = match store {
@@ -130,6 +134,7 @@ pub(crate) async fn run(
         seen: TableStats::default(),
         queued_total,
         durable,
+        moderation,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,6 +213,8 @@ pub(super) struct HubTask {
     queued_total: Arc<AtomicUsize>,
     /// With a Redis store: which rooms this hub owns there (`durable.rs`).
     pub(super) durable: Option<Durable>,
+    /// Bans, revocations and user queries (`moderation.rs`).
+    pub(super) moderation: HubModeration,
 }
 
 impl HubTask {
@@ -250,6 +257,7 @@ impl HubTask {
                     answer
                 })));
             }
+            HubInput::Moderation(input) => self.handle_moderation(input),
         }
     }
 
@@ -267,11 +275,15 @@ impl HubTask {
                     let _ = queue.offer(durable.owner_map());
                 }
                 self.links.insert(link, Connected { generation, queue, trusted });
+                self.moderation_link_up(link);
                 lock(&self.locator).link_up(link);
                 tracing::info!(%link, generation, "link connected");
             }
             LinkEvent::Frame { link, generation, frame, credit } => {
-                let Some(connected) = self.links.get_mut(&link).filter(|c| c.generation == generation) else { return };
+                if !self.links.get(&link).is_some_and(|c| c.generation == generation) || self.moderation_link_frame(link, &frame) {
+                    return;
+                }
+                let Some(connected) = self.links.get_mut(&link) else { return };
                 let check = if connected.trusted { LinkFrameCheck::Accept } else { check_link_frame(&frame) };
                 match check {
                     LinkFrameCheck::Accept => self.durable_link_frame(now, link, generation, frame),

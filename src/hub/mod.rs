@@ -31,6 +31,7 @@ mod forward;
 mod http;
 mod links;
 mod locate;
+mod moderation;
 mod queue;
 mod rate;
 mod server;
@@ -363,6 +364,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         locator.clone(),
         metrics,
         store,
+        moderation::HubModeration::with_store(None),
         shutdown_rx.clone(),
     )));
     let (ports, ports_rx) = mpsc::channel(64);

@@ -128,6 +128,57 @@ pub(crate) enum StoreWrite {
     Revoke(String, u64),
 }
 
+/// Most store writes waiting for the store task (beyond, a write is dropped and logged; the hub
+/// still holds the entry in memory).
+pub(crate) const MAX_STORE_WRITES: usize = 4096;
+
+/// Keeps `{prefix}:bans` / `{prefix}:revoked` in Redis in step with the hub task: writes what
+/// it is sent, and every [`STORE_REFRESH`] (and at start) reads both hashes back into the hub
+/// task (`ModerationInput::Stored`), forgetting ended bans there.
+pub(crate) async fn run_store(
+    store: crate::store::RedisStore,
+    mut writes: mpsc::Receiver<StoreWrite>,
+    events: mpsc::Sender<HubInput>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(STORE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            write = writes.recv() => {
+                let Some(write) = write else { return };
+                let (table, user, secs) = match &write {
+                    StoreWrite::Ban(user, until) => ("bans", user, *until),
+                    StoreWrite::Revoke(user, before) => ("revoked", user, *before),
+                };
+                if let Err(error) = store.moderation_set(table, user, secs).await {
+                    tracing::warn!(%error, user = %user, table, "could not store a moderation entry (kept in memory)");
+                }
+            }
+            _ = tick.tick() => {
+                let now_secs = now_micros() / 1_000_000;
+                let (bans, revoked) = match (store.moderation_all("bans").await, store.moderation_all("revoked").await) {
+                    (Ok(bans), Ok(revoked)) => (bans, revoked),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::warn!(%error, "could not read bans and revocations from the store");
+                        continue;
+                    }
+                };
+                let (running, ended): (Vec<_>, Vec<_>) = bans.into_iter().partition(|(_, until)| *until > now_secs);
+                let ended: Vec<String> = ended.into_iter().map(|(user, _)| user).collect();
+                if let Err(error) = store.moderation_forget("bans", &ended).await {
+                    tracing::warn!(%error, "could not forget ended bans in the store");
+                }
+                let input = ModerationInput::Stored { bans: running, revoked };
+                if events.send(HubInput::Moderation(input)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// `user → seconds`, bounded.
 #[derive(Debug, Default)]
 struct Table(HashMap<String, u64>);
@@ -162,12 +213,12 @@ pub(crate) struct HubModeration {
     queries: HashMap<u64, mpsc::Sender<(u32, Vec<u8>)>>,
     next_query: u64,
     /// With a Redis store: the writer task's inbox.
-    store: Option<mpsc::UnboundedSender<StoreWrite>>,
+    store: Option<mpsc::Sender<StoreWrite>>,
 }
 
 impl HubModeration {
-    /// With a store writer (`[store] redis`).
-    pub(crate) fn with_store(store: Option<mpsc::UnboundedSender<StoreWrite>>) -> Self {
+    /// With a store writer (`[store] redis`, [`run_store`]).
+    pub(crate) fn with_store(store: Option<mpsc::Sender<StoreWrite>>) -> Self {
         HubModeration { store, ..HubModeration::default() }
     }
 
@@ -207,12 +258,16 @@ impl HubTask {
                 match action {
                     MODERATE_BAN if self.moderation.bans.set(&user, until, now_secs) => {
                         if let Some(store) = &self.moderation.store {
-                            let _ = store.send(StoreWrite::Ban(user.clone(), until));
+                            if store.try_send(StoreWrite::Ban(user.clone(), until)).is_err() {
+                                tracing::warn!(user = %user, "store writes backed up: ban kept in memory only");
+                            }
                         }
                     }
                     MODERATE_REVOKE if self.moderation.revoked.set(&user, until, 0) => {
                         if let Some(store) = &self.moderation.store {
-                            let _ = store.send(StoreWrite::Revoke(user.clone(), until));
+                            if store.try_send(StoreWrite::Revoke(user.clone(), until)).is_err() {
+                                tracing::warn!(user = %user, "store writes backed up: revocation kept in memory only");
+                            }
                         }
                     }
                     _ => {}

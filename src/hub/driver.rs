@@ -280,7 +280,7 @@ impl HubTask {
                 tracing::info!(%link, generation, "link connected");
             }
             LinkEvent::Frame { link, generation, frame, credit } => {
-                if !self.links.get(&link).is_some_and(|c| c.generation == generation) || self.moderation_link_frame(link, &frame) {
+                if self.links.get(&link).is_none_or(|c| c.generation != generation) || self.moderation_link_frame(link, &frame) {
                     return;
                 }
                 let Some(connected) = self.links.get_mut(&link) else { return };

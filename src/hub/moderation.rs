@@ -93,7 +93,7 @@ pub(crate) enum ModerationInput {
         /// many queries wait.
         reply: oneshot::Sender<Option<Pending>>,
     },
-    /// Bans and revocations read from the store (they replace what was loaded before).
+    /// Bans and revocations read from the store (merged: the later time wins).
     Stored {
         /// user → banned until.
         bans: Vec<(String, u64)>,
@@ -298,11 +298,23 @@ impl HubTask {
                 let _ = reply.send(Some(Pending { state: self.moderation.state(&user, now_secs), links, answers }));
             }
             ModerationInput::Stored { bans, revoked } => {
+                // What this hub did not know yet (it restarted, or took the user over) also goes
+                // to the Links connected now; later ones get it on connect.
+                let mut learnt = Vec::new();
                 for (user, until) in bans {
-                    self.moderation.bans.set(&user, until, now_secs);
+                    if until > now_secs && self.moderation.bans.set(&user, until, now_secs) {
+                        learnt.push(moderate(&user, MODERATE_BAN, "", until, ""));
+                    }
                 }
                 for (user, before) in revoked {
-                    self.moderation.revoked.set(&user, before, 0);
+                    if self.moderation.revoked.set(&user, before, 0) {
+                        learnt.push(moderate(&user, MODERATE_REVOKE, "", before, ""));
+                    }
+                }
+                for connected in self.links.values_mut() {
+                    for frame in &learnt {
+                        let _ = connected.queue.offer(frame.clone());
+                    }
                 }
             }
         }

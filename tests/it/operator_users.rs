@@ -12,6 +12,7 @@
 //! - revoke: a token issued before the revocation is closed 4002 and refused; a newer one works;
 //! - remove from a room: `removed`, nothing more of the room, other members still served;
 //! - a ban made while a Link is down reaches it when it connects;
+//! - with `[store] redis`, a ban survives a restart of the hub and of the Link;
 //! - the Rust client library stops on 4001 (an `Event::Closed` with code and reason, no
 //!   reconnect), against `serve`.
 
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 use crate::support::client::{next, options};
 use crate::support::cluster::{Cluster, ClusterSpec};
 use crate::support::http::{http, request, Response, UPGRADE};
+use crate::support::redis::RedisServer;
 use crate::support::ws::{ws_url, Got, WsClient};
 use crate::support::{an_hour_from_now, eventually, start_serve, STEP};
 
@@ -305,4 +307,35 @@ async fn the_client_library_stops_on_a_ban_and_says_why() {
     // And nothing after: no reconnect attempt.
     let after = tokio::time::timeout(Duration::from_millis(500), client.next_event()).await;
     assert!(!matches!(after, Ok(Some(Event::Reconnecting { .. } | Event::Connected { .. }))), "{after:?}");
+}
+
+#[tokio::test]
+async fn with_redis_a_ban_survives_a_restart_of_the_hub_and_the_link() {
+    let redis = RedisServer::start().await;
+    let settings = format!(
+        "[auth]\njwt_secret = \"{JWT}\"\ncluster_secret = \"operator-cluster-secret\"\n\n\
+         [[auth.keys]]\nkey = \"{ADMIN_KEY}\"\nscopes = [\"admin\"]\n\n\
+         [store]\nredis = \"{}\"\n\n[link]\nshards = 1\n",
+        redis.url()
+    );
+    let spec = ClusterSpec { tag: "operator-redis", hubs: 1, links: 1, settings: &settings, relay: false, link_quic: false };
+    let mut cluster = Cluster::start_with_admin_key(spec, Some(ADMIN_KEY)).await;
+    let banned = admin(&cluster, 0, "POST", "/v1/users/rob/disconnect", json!({"reason": "fraud", "ban_seconds": 120})).await;
+    let until = banned["banned_until"].as_u64().expect("banned_until");
+
+    cluster.processes.kill("hub-0");
+    cluster.processes.kill("link-1");
+    cluster.spawn_hub(0);
+    let config = cluster.config.clone();
+    cluster.processes.spawn("link-1", &["link", "--config", &config, "--id", "1", "--no-quic"]);
+    cluster.wait_links(0, 1, STEP).await;
+    let rob = token("rob", Some(now_secs()));
+    let refused = eventually(STEP, "the restarted Link learns the ban from the restarted hub", || async {
+        let res = request(cluster.links[0], "GET", &format!("/ws?token={rob}"), UPGRADE, b"").await.ok()?;
+        (res.status == 403).then_some(res)
+    })
+    .await;
+    assert_eq!(refused.json(), json!({"error": "banned", "until": until}));
+    let info = admin(&cluster, 0, "GET", "/v1/users/rob", Value::Null).await;
+    assert_eq!(info["banned_until"], until);
 }

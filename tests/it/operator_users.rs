@@ -339,3 +339,25 @@ async fn with_redis_a_ban_survives_a_restart_of_the_hub_and_the_link() {
     let info = admin(&cluster, 0, "GET", "/v1/users/rob", Value::Null).await;
     assert_eq!(info["banned_until"], until);
 }
+
+#[tokio::test]
+async fn the_hub_refuses_client_publishes_into_system_rooms_whatever_link_sends_them() {
+    use crate::support::hub::{start_hub, FakeLink};
+    use linkcast_core::frame::{ArchivedBody, Body, FrameBuilder, Kind};
+    let hub = start_hub(1501, Config::default()).await;
+    let mut link = FakeLink::attach(&hub, 3, 64).await;
+    for (request, room) in [(1u64, "all"), (2, "user:ann")] {
+        link.send(FrameBuilder::new(room).sender("mallory").build(&Body::Publish { request, key: String::new(), data: b"\"x\"".to_vec() }))
+            .await;
+        let answers = link.sync().await;
+        let refusal = answers.iter().find(|f| f.kind() == Kind::Error).unwrap_or_else(|| panic!("no refusal for {room}: {answers:?}"));
+        match refusal.body() {
+            ArchivedBody::Error { request: r, code, reason, .. } => {
+                assert_eq!((r.to_native(), code.to_native(), reason.as_str()), (request, 403, "room is read-only for clients"));
+            }
+            _ => panic!("not an error frame"),
+        }
+        assert!(answers.iter().all(|f| f.kind() != Kind::PublishAck), "never sequenced: {answers:?}");
+    }
+    hub.shutdown().await;
+}

@@ -459,6 +459,9 @@ pub struct LinkConfig {
     pub join_burst: u32,
     /// Replayed bytes held for one connection at a time; a longer catch-up is paged as it drains.
     pub replay_bytes: usize,
+    /// Join every connection to the broadcast room `all` (issue 15; the personal room
+    /// `user:{sub}` is always joined).
+    pub broadcast_room: bool,
 }
 
 impl Default for LinkConfig {
@@ -485,6 +488,7 @@ impl Default for LinkConfig {
             join_rate: 10,
             join_burst: 10,
             replay_bytes: 1024 * 1024,
+            broadcast_room: true,
         }
     }
 }
@@ -800,6 +804,13 @@ mod tests {
         assert_eq!(config.link_entry(1).map(|l| l.ws_url(false)), Some("ws://127.0.0.1:7080/ws".into()));
         assert_eq!(config.link_entry(1).map(|l| l.ws_url(true)), Some("wss://127.0.0.1:7080/ws".into()));
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_broadcast_room_is_on_by_default_and_can_be_turned_off() {
+        assert!(Config::default().link.broadcast_room);
+        let config = Config::from_toml("[link]\nbroadcast_room = false").expect("valid");
+        assert!(!config.link.broadcast_room);
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct Claims {
     /// Rooms the user may join and publish to; `"*"` = any.
     #[serde(default)]
     pub rooms: Vec<String>,
+    /// Issued at, seconds since the Unix epoch (optional): an operator's revocation of a user's
+    /// tokens (`POST /v1/users/{uid}/revoke {"before"}`) refuses tokens issued before it, and
+    /// tokens without `iat` once the user has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -186,7 +191,7 @@ impl Verifier {
     pub fn verify(&self, token: Option<&str>, now_secs: u64, anonymous_id: &str) -> Result<Claims, AuthError> {
         let token = match token.filter(|t| !t.is_empty()) {
             None if self.is_dev() => {
-                return Ok(Claims { sub: anonymous_id.to_owned(), exp: u64::MAX, rooms: vec!["*".into()] })
+                return Ok(Claims { sub: anonymous_id.to_owned(), exp: u64::MAX, rooms: vec!["*".into()], iat: None })
             }
             None => return Err(AuthError::Missing),
             Some(token) => token,
@@ -291,7 +296,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims { sub: "alice".into(), exp, rooms: vec!["lobby".into()] }
+        Claims { sub: "alice".into(), exp, rooms: vec!["lobby".into()], iat: None }
     }
 
     #[test]

@@ -40,6 +40,16 @@
 //! unchanged). The hub pages too: a `Joined` with `FLAG_PARTIAL` (its per-join replay cap was
 //! reached) is continued the same way. The client sees one replay, then `joined`. A [`LinkSession::refresh`] swaps the
 //! claims (same `sub`), leaving rooms the new ones no longer allow.
+//!
+//! Automatic rooms (`system_rooms.rs`): right after authentication the driver calls
+//! [`LinkSession::join_system_rooms`]: the connection joins `user:{sub}` and (unless the Link's
+//! `broadcast_room` is off) `all`, live only, outside `max_rooms` and the join rate. A client
+//! `join` of one of them *with* a position is a resume: the room is asked again from there, and
+//! replayed seqs the member already got live (`live_from..=last`, kept aside as a `Skip` until
+//! the resume's `Joined`) are accounted for but not sent twice; *without* a position it is
+//! answered `joined` again. Clients never publish into these rooms (`403 room is read-only for
+//! clients`), and join another user's personal room never (`system_rooms::may_join`). An
+//! operator's removal ([`LinkSession::remove`]) leaves a room with `removed` instead of `left`.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -51,6 +61,7 @@ use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind,
 use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
 use crate::shard_rooms::{RingItem, ShardRooms};
+use crate::system_rooms::{is_server_only, may_join, personal_room, BROADCAST_ROOM};
 use crate::token_bucket::{TokenBucket, Verdict};
 
 /// Most publishes of one connection awaiting their hub ack.
@@ -243,6 +254,13 @@ pub enum ToClient {
         /// The new token's expiry, seconds since the Unix epoch.
         exp: u64,
     },
+    /// An operator took the connection out of `room` (no `left`).
+    Removed {
+        /// Room.
+        room: String,
+        /// The operator's reason.
+        reason: String,
+    },
 }
 
 /// What the Link's coordinator must do for this connection.
@@ -331,6 +349,21 @@ struct Member {
     truncated: bool,
     /// Waiting for the socket to drain to continue the cut replay.
     resume: bool,
+    /// Joined by the Link itself (the personal and broadcast rooms): not counted against
+    /// `max_rooms`, and a client `join` of it with a position is a resume.
+    auto: bool,
+    /// First seq of `epoch` this member got from the live ring (after its last `Joined`): what
+    /// a resume must not deliver again is `live_from..=last`.
+    live_from: u64,
+}
+
+/// Seqs a resumed automatic room already delivered live: replays inside are skipped.
+#[derive(Debug)]
+struct Skip {
+    room: String,
+    epoch: u64,
+    from: u64,
+    to: u64,
 }
 
 /// One connection's rooms, publishes and limits (see the module docs).
@@ -354,6 +387,8 @@ pub struct LinkSession {
     replay_held: usize,
     /// Members with `resume` set.
     resuming: usize,
+    /// Resumes of automatic rooms in progress (rare; empty otherwise).
+    skips: Vec<Skip>,
 }
 
 impl LinkSession {
@@ -366,6 +401,7 @@ impl LinkSession {
             join_bucket: TokenBucket::new(limits.join_rate, limits.join_burst, now_micros),
             replay_held: 0,
             resuming: 0,
+            skips: Vec::new(),
             claims,
             limits,
             rooms: Vec::new(),
@@ -426,7 +462,11 @@ impl LinkSession {
                     });
                     return Ok(());
                 }
-                if let Err(e) = self.join(&room, since, epoch, shard) {
+                if self.member(&room).is_some_and(|m| m.auto) {
+                    self.join_again(&room, since, epoch, shard, out);
+                    return Ok(());
+                }
+                if let Err(e) = self.join(&room, since, epoch, false, shard) {
                     return refuse(e, Some(&room), None, out);
                 }
             }
@@ -439,6 +479,9 @@ impl LinkSession {
             Request::Publish { room, data, flags, id, key } => {
                 if !is_valid_room(&room) {
                     return refuse(ClientError::BadRoom, None, Some(id), out);
+                }
+                if is_server_only(&room) {
+                    return refuse(ClientError::ReadOnlyRoom, Some(&room), Some(id), out);
                 }
                 if !self.claims.allows(&room) {
                     return refuse(ClientError::RoomNotAllowed, Some(&room), Some(id), out);
@@ -480,7 +523,9 @@ impl LinkSession {
         }
         let exp = claims.exp;
         self.claims = claims;
-        let revoked: Vec<String> = self.rooms.iter().map(|(room, _)| room).filter(|room| !self.claims.allows(room)).cloned().collect();
+        let claims = &self.claims;
+        let revoked: Vec<String> =
+            self.rooms.iter().map(|(room, _)| room).filter(|room| !may_join(&claims.sub, room, claims.allows(room))).cloned().collect();
         for room in revoked {
             self.leave(&room, shard);
             let _ = refuse(ClientError::RoomNotAllowed, Some(&room), None, out);
@@ -529,17 +574,65 @@ impl LinkSession {
         self.resuming = 0;
     }
 
-    fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, shard: &mut ShardRooms) -> Result<(), ClientError> {
+    /// Joins the rooms the Link keeps for every connection, live only (no position): the
+    /// user's personal room `user:{sub}` (when its id makes a valid room name) and, when
+    /// `broadcast`, the room `all`. Not counted against `max_rooms` nor the join rate. The
+    /// client gets `joined` for each, as for its own joins.
+    pub fn join_system_rooms(&mut self, broadcast: bool, shard: &mut ShardRooms) {
+        if let Some(room) = personal_room(&self.claims.sub) {
+            let _ = self.join(&room, None, None, true, shard);
+        }
+        if broadcast {
+            let _ = self.join(BROADCAST_ROOM, None, None, true, shard);
+        }
+    }
+
+    /// A client `join` of an automatic room it is already in. With a position (`since`) it is
+    /// a **resume**: the room is asked again from that position (a `Join` + `Leave` pair for the
+    /// coordinator: interest unchanged) and the client gets the replay, then `joined`; what it
+    /// already got live since its automatic join is not delivered twice. Without a position it
+    /// is answered `joined` again (current epoch and last seq) and nothing else changes.
+    fn join_again(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, shard: &mut ShardRooms, out: &mut Vec<ToClient>) {
+        let Some((_, member)) = self.rooms.iter_mut().find(|(r, _)| r == room) else { return };
+        let Some(since) = since else {
+            if member.joined {
+                out.push(ToClient::Joined { room: room.to_owned(), epoch: member.epoch.unwrap_or(0), last_seq: member.last });
+            }
+            return; // still joining: its `joined` is on the way
+        };
+        self.skips.retain(|skip| skip.room != room);
+        if let Some(known) = member.epoch.filter(|_| member.joined && member.live_from <= member.last) {
+            self.skips.push(Skip { room: room.to_owned(), epoch: known, from: member.live_from, to: member.last });
+        }
+        if member.resume {
+            member.resume = false;
+            self.resuming -= 1;
+        }
+        shard.remove_request(member.request);
+        let request = shard.new_id();
+        shard.add_request(request, self.id);
+        member.request = request;
+        member.joined = false;
+        member.replay = true;
+        member.epoch = epoch;
+        member.last = since;
+        member.truncated = false;
+        self.stats.joins += 1;
+        self.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since: Some(since), epoch });
+        self.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_owned() });
+    }
+
+    fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, auto: bool, shard: &mut ShardRooms) -> Result<(), ClientError> {
         if !is_valid_room(room) {
             return Err(ClientError::BadRoom);
         }
-        if !self.claims.allows(room) {
+        if !may_join(&self.claims.sub, room, self.claims.allows(room)) {
             return Err(ClientError::RoomNotAllowed);
         }
         if self.member(room).is_some() {
             return Err(ClientError::AlreadyJoined);
         }
-        if self.rooms.len() >= self.limits.max_rooms {
+        if !auto && self.rooms.iter().filter(|(_, m)| !m.auto).count() >= self.limits.max_rooms {
             return Err(ClientError::TooManyRooms);
         }
         let cursor = shard.join_room(room);
@@ -555,6 +648,8 @@ impl LinkSession {
             ticket: None,
             truncated: false,
             resume: false,
+            auto,
+            live_from: 1,
         };
         self.rooms.push((room.to_owned(), member));
         self.stats.joins += 1;
@@ -571,6 +666,9 @@ impl LinkSession {
         }
         if self.rooms.is_empty() {
             self.rooms = Vec::new(); // an idle connection keeps no allocation
+        }
+        if !self.skips.is_empty() {
+            self.skips.retain(|skip| skip.room != room);
         }
         shard.leave_room(&room);
         shard.remove_request(member.request);
@@ -644,6 +742,11 @@ impl LinkSession {
                 if seq <= member.last || member.truncated {
                     return;
                 }
+                if skipped(&self.skips, &room, member.epoch, seq) {
+                    // Delivered live before this resume: accounted for, not sent twice.
+                    member.last = seq;
+                    return;
+                }
                 let len = frame.len();
                 if self.replay_held > 0 && self.replay_held + len > self.limits.replay_bytes {
                     // Over the cap: the rest is asked for again once the socket drained.
@@ -687,6 +790,10 @@ impl LinkSession {
                 }
                 member.last = member.last.max(last_seq);
                 member.joined = true;
+                member.live_from = member.last + 1;
+                if !self.skips.is_empty() {
+                    self.skips.retain(|skip| skip.room != room);
+                }
                 if let Some(tail) = ring_tail {
                     member.cursor.skip_to(tail);
                 }
@@ -744,6 +851,21 @@ impl LinkSession {
         self.rooms.iter().any(|(room, m)| m.joined && shard.lagging(room, &m.cursor))
     }
 
+    /// An operator took this connection out of `room`: it leaves it (no `left`) and the client
+    /// is told `removed` with the reason. False if the connection was not in it.
+    pub fn remove(&mut self, room: &str, reason: &str, shard: &mut ShardRooms, out: &mut Vec<ToClient>) -> bool {
+        if !self.leave(room, shard) {
+            return false;
+        }
+        out.push(ToClient::Removed { room: room.to_owned(), reason: reason.to_owned() });
+        true
+    }
+
+    /// The rooms this connection is in (or joining), for an operator's `GET /v1/users/{uid}`.
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.iter().map(|(room, _)| room.as_str())
+    }
+
     /// Leaves every room and forgets outstanding requests (the connection ended).
     pub fn finish(&mut self, shard: &mut ShardRooms) {
         while let Some((room, _)) = self.rooms.last() {
@@ -774,6 +896,11 @@ pub fn refuse(error: ClientError, room: Option<&str>, id: Option<ReqId>, out: &m
     }
 }
 
+/// Whether a replayed `seq` of `room` was already delivered live (a resumed automatic room).
+fn skipped(skips: &[Skip], room: &str, epoch: Option<u64>, seq: u64) -> bool {
+    skips.iter().any(|s| s.room == room && epoch.is_none_or(|e| e == s.epoch) && (s.from..=s.to).contains(&seq))
+}
+
 /// Tells the member of a lost range (the part after what it already has), and moves it past.
 fn tell_gap(room: &str, member: &mut Member, lost: LostRange, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
     if lost.last_lost <= member.last {
@@ -799,6 +926,7 @@ fn follow_epoch(room: &str, member: &mut Member, epoch: u64, stats: &mut Session
     if epoch != 0 && member.epoch != Some(epoch) {
         member.epoch = Some(epoch);
         member.last = 0;
+        member.live_from = 1;
         stats.resets += 1;
         out.push(ToClient::Reset { room: room.to_owned(), epoch, last_seq: 0 });
     }
@@ -832,6 +960,7 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
             if member.epoch != Some(epoch) {
                 member.epoch = Some(epoch);
                 member.last = 0;
+                member.live_from = 1;
                 stats.resets += 1;
                 out.push(ToClient::Reset { room: room.to_owned(), epoch, last_seq });
             }
@@ -863,7 +992,7 @@ mod tests {
     }
 
     fn claims() -> Claims {
-        Claims { sub: "alice".into(), exp: u64::MAX, rooms: vec!["*".into()] }
+        Claims { sub: "alice".into(), exp: u64::MAX, rooms: vec!["*".into()], iat: None }
     }
 
     /// A shard with one session on it, driven as the Link drives it.
@@ -928,6 +1057,7 @@ mod tests {
                     ToClient::Error { code, retry_after_ms, .. } => format!("error {code} {retry_after_ms:?}"),
                     ToClient::Pong { .. } => "pong".into(),
                     ToClient::Refreshed { exp } => format!("refreshed {exp}"),
+                    ToClient::Removed { room, reason } => format!("removed {room} {reason}"),
                 })
                 .collect()
         }
@@ -1253,11 +1383,11 @@ mod tests {
         let mut rig = Rig::new(8, LagPolicy::Gap);
         rig.join("a", None, None);
         rig.join("b", None, None);
-        let mallory = Claims { sub: "mallory".into(), exp: 10, rooms: vec!["*".into()] };
+        let mallory = Claims { sub: "mallory".into(), exp: 10, rooms: vec!["*".into()], iat: None };
         rig.session.refresh(mallory, &mut rig.shard, &mut rig.out);
         assert_eq!(rig.seen(), vec!["error 403 None"]);
         assert_eq!(rig.session.claims().sub, "alice");
-        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()] };
+        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()], iat: None };
         rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
         assert_eq!(rig.seen(), vec!["error 403 None", "refreshed 99"]);
         assert_eq!(rig.session.room_count(), 1);
@@ -1279,6 +1409,109 @@ mod tests {
         };
         assert_eq!(rig.request(big), Err(ClientError::TooBig));
         assert_eq!(rig.session.poll_coordinator(), None, "nothing reaches the hub link");
+    }
+
+    fn room_of(item: &ToCoordinator) -> &str {
+        match item {
+            ToCoordinator::Join { room, .. } | ToCoordinator::Leave { room } => room,
+            ToCoordinator::Publish { frame } => frame.room(),
+        }
+    }
+
+    /// A rig whose session joined its automatic rooms; returns their join request ids.
+    fn rig_with_system_rooms() -> (Rig, u64, u64) {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        rig.session.join_system_rooms(true, &mut rig.shard);
+        let mut requests = Vec::new();
+        while let Some(item) = rig.session.poll_coordinator() {
+            let ToCoordinator::Join { request, since: None, epoch: None, .. } = &item else { panic!("live joins only: {item:?}") };
+            requests.push((room_of(&item).to_owned(), *request));
+        }
+        let rooms: Vec<&str> = requests.iter().map(|(room, _)| room.as_str()).collect();
+        assert_eq!(rooms, vec!["user:alice", "all"]);
+        (rig, requests[0].1, requests[1].1)
+    }
+
+    #[test]
+    fn system_rooms_are_joined_live_outside_the_room_limit() {
+        let (mut rig, personal, all) = rig_with_system_rooms();
+        rig.hub(joined("user:alice", personal, E1, 4));
+        rig.hub(joined("all", all, E2, 9));
+        assert_eq!(rig.seen(), vec!["joined 1111 4", "joined 2222 9"]);
+        for room in ["a", "b", "c", "d"] {
+            rig.join(room, None, None);
+        }
+        assert_eq!(rig.session.room_count(), 6, "max_rooms (4) counts the client's own rooms only");
+        rig.request(Request::Join { room: "e".into(), since: None, epoch: None }).expect("refused, not closed");
+        assert_eq!(rig.seen(), vec!["error 429 None"]);
+        // Another user's personal room: never, whatever the token's `rooms` (here `*`).
+        rig.request(Request::Join { room: "user:bob".into(), since: None, epoch: None }).expect("refused");
+        assert_eq!(rig.seen(), vec!["error 403 None"]);
+        // A refresh keeps them (its `rooms` need not list them).
+        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()], iat: Some(5) };
+        rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
+        let rooms: Vec<&str> = rig.session.rooms().collect();
+        assert!(rooms.contains(&"user:alice") && rooms.contains(&"all") && rooms.contains(&"a"), "{rooms:?}");
+    }
+
+    #[test]
+    fn clients_cannot_publish_into_system_rooms() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        for room in ["all", "user:alice", "user:bob"] {
+            let publish = Request::Publish { room: room.into(), data: b"{}".to_vec(), flags: FLAG_JSON, id: ReqId::Json(None), key: String::new() };
+            rig.request(publish).expect("refused, not closed");
+        }
+        assert_eq!(rig.seen(), vec!["error 403 None"; 3]);
+        assert_eq!(rig.session.poll_coordinator(), None, "nothing reaches the hub");
+        assert_eq!(ClientError::ReadOnlyRoom.refusal(), Refusal::Error(403, "room is read-only for clients"));
+    }
+
+    #[test]
+    fn a_resume_of_a_system_room_replays_what_is_missing_and_nothing_twice() {
+        let (mut rig, personal, _) = rig_with_system_rooms();
+        rig.hub(joined("user:alice", personal, E1, 10));
+        rig.live("user:alice", 11, E1);
+        rig.live("user:alice", 12, E1);
+        rig.fill().expect("fill");
+        assert_eq!(rig.seen(), vec!["joined 1111 10", "live user:alice:11", "live user:alice:12"]);
+        // The client (reconnected) had up to 8: it resumes from there.
+        rig.request(Request::Join { room: "user:alice".into(), since: Some(8), epoch: Some(E1) }).expect("resume");
+        let Some(ToCoordinator::Join { request, since: Some(8), epoch: Some(E1), .. }) = rig.session.poll_coordinator() else {
+            panic!("the room is asked again from 8")
+        };
+        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "user:alice".into() }), "interest unchanged");
+        rig.live("user:alice", 13, E1);
+        for seq in 9..=13 {
+            rig.hub(replay("user:alice", request, seq));
+        }
+        rig.hub(joined("user:alice", request, E1, 13));
+        rig.live("user:alice", 14, E1);
+        rig.fill().expect("fill");
+        assert_eq!(
+            rig.seen(),
+            vec!["replay 9", "replay 10", "replay 13", "joined 1111 13", "live user:alice:14"],
+            "11 and 12 came live already; 13 once"
+        );
+        // A join without a position while in the room: `joined` again, nothing else.
+        rig.request(Request::Join { room: "user:alice".into(), since: None, epoch: None }).expect("harmless");
+        assert_eq!(rig.seen(), vec!["joined 1111 14"]);
+        assert_eq!(rig.session.poll_coordinator(), None);
+        // A client-joined room is still `already joined`.
+        rig.join("r", None, None);
+        rig.request(Request::Join { room: "r".into(), since: Some(1), epoch: None }).expect("refused");
+        assert_eq!(rig.seen(), vec!["error 409 None"]);
+    }
+
+    #[test]
+    fn an_operator_removal_leaves_the_room_with_removed_not_left() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        let request = rig.join("r", None, None);
+        rig.hub(joined("r", request, E1, 0));
+        assert!(rig.session.remove("r", "spam", &mut rig.shard, &mut rig.out));
+        assert_eq!(rig.seen(), vec!["joined 1111 0", "removed r spam"]);
+        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
+        assert!(!rig.session.remove("r", "spam", &mut rig.shard, &mut rig.out), "idempotent");
+        assert_eq!(rig.session.room_count(), 0);
     }
 
     #[test]

@@ -823,6 +823,19 @@ pub enum ClientError {
     /// A `refresh` token names another user than the connection's.
     #[error("refresh token for another user")]
     RefreshOtherUser,
+    /// A publish into a room only the HTTP API writes (`all`, `user:*`; `system_rooms`).
+    #[error("room is read-only for clients")]
+    ReadOnlyRoom,
+    /// An operator closed the user's connections (`POST /v1/users/{uid}/disconnect`); the close
+    /// reason sent is the operator's when one was given.
+    #[error("kicked")]
+    Kicked,
+    /// The user is banned (a disconnect with `ban_seconds`, or a connect during a ban).
+    #[error("banned")]
+    Banned,
+    /// The connection's token was issued before the user's revocation time.
+    #[error("token revoked")]
+    TokenRevoked,
 }
 
 /// What the offender gets.
@@ -855,8 +868,10 @@ impl ClientError {
             Protocol => Refusal::Close(1002, "protocol error"),
             BadUtf8 => Refusal::Close(1007, "invalid UTF-8"),
             Flood => Refusal::Close(1008, "publish flood"),
-            SlowConsumer => Refusal::Close(1013, "slow consumer"),
-            TooManyConnections => Refusal::Close(1008, "too many connections for user"),
+            // 41xx: the client reconnects after the hint in the reason (docs/protocol.md).
+            SlowConsumer => Refusal::Close(4100, "slow consumer; retry_after_ms=1000"),
+            // 40xx: the client does not reconnect (it would evict its other session, forever).
+            TooManyConnections => Refusal::Close(4003, "too many connections for user"),
             Idle => Refusal::Close(1001, "idle timeout"),
             TokenExpired => Refusal::Close(1008, "token expired"),
             ShuttingDown => Refusal::Close(1001, "server shutting down"),
@@ -866,6 +881,10 @@ impl ClientError {
             AuthFailed(error) => Refusal::Close(1008, error.reason()),
             RefreshRefused(error) => Refusal::Error(error.status(), error.reason()),
             RefreshOtherUser => Refusal::Error(403, "refresh token for another user"),
+            ReadOnlyRoom => Refusal::Error(403, "room is read-only for clients"),
+            Kicked => Refusal::Close(4000, "kicked"),
+            Banned => Refusal::Close(4001, "banned"),
+            TokenRevoked => Refusal::Close(4002, "token revoked"),
         }
     }
 
@@ -1023,14 +1042,15 @@ mod tests {
             RateLimited, HubUnavailable, HubLost, TooBig, Binary, Protocol, BadUtf8, Flood, SlowConsumer,
             TooManyConnections, Idle, TokenExpired, ShuttingDown, JoinRateLimited, AuthRequired, AuthTimeout,
             AuthFailed(AuthError::BadSignature), RefreshRefused(AuthError::Expired), RefreshRefused(AuthError::NotYetValid),
-            RefreshOtherUser,
+            RefreshOtherUser, ReadOnlyRoom, Kicked, Banned, TokenRevoked,
         ];
         for e in &all {
             match e {
                 MalformedJson | UnknownOp | BadField | BadRoom | RoomNotAllowed | AlreadyJoined | NotJoined
                 | TooManyRooms | RateLimited | HubUnavailable | HubLost | TooBig | Binary | Protocol | BadUtf8
                 | Flood | SlowConsumer | TooManyConnections | Idle | TokenExpired | ShuttingDown | JoinRateLimited
-                | AuthRequired | AuthTimeout | AuthFailed(_) | RefreshRefused(_) | RefreshOtherUser => {}
+                | AuthRequired | AuthTimeout | AuthFailed(_) | RefreshRefused(_) | RefreshOtherUser | ReadOnlyRoom
+                | Kicked | Banned | TokenRevoked => {}
             }
         }
         all
@@ -1054,7 +1074,7 @@ mod tests {
                     assert_eq!(e.label(), reason);
                 }
                 Refusal::Close(code, reason) => {
-                    assert!((1000..=1013).contains(&code), "{e:?}");
+                    assert!((1000..=1013).contains(&code) || (4000..=4199).contains(&code), "{e:?}");
                     assert!(close_table.contains(&format!("| {code} |")), "{e:?}: close {code} not in the docs' table");
                     assert_eq!(e.label(), reason);
                 }

@@ -8,7 +8,7 @@
 //!
 //! Two differences from WebSocket are absorbed here so that the driver sees the same thing:
 //! - the Link says why it drops a client with a QUIC *application close* (a WebSocket close code
-//!   such as 1008/1013, or an HTTP-like status such as 401/503 for a refusal before the
+//!   such as 1008/4100, or an HTTP-like status such as 401/503 for a refusal before the
 //!   session), usually right after finishing its stream. An ended stream therefore waits briefly
 //!   for that close, and [`QuicError::to_disconnect`] reports 1000–4999 as a close code and
 //!   100–599 as an HTTP status — so a refused token is fatal and 503/1013 back off, as on
@@ -291,8 +291,10 @@ mod tests {
         let refused = closed(401, b"bad token signature").to_disconnect();
         assert_eq!((refused.http_status, refused.close_code, refused.reason.as_str()), (Some(401), None, "bad token signature"));
         assert!(refused.is_fatal());
-        let slow = closed(1013, b"slow consumer").to_disconnect();
-        assert_eq!((slow.close_code, slow.http_status), (Some(1013), None));
+        let slow = closed(4100, b"slow consumer; retry_after_ms=1000").to_disconnect();
+        assert_eq!((slow.close_code, slow.http_status), (Some(4100), None));
+        assert!(slow.is_retry_later() && !slow.is_fatal());
+        assert!(closed(4001, b"banned").to_disconnect().is_fatal());
         let expired = closed(1008, b"token expired").to_disconnect();
         assert!(expired.is_fatal());
         let bye = closed(0, b"").to_disconnect();

@@ -27,6 +27,14 @@
 //! the hub dedupes, so it is sequenced once. Reconnects wait a jittered exponential backoff, at
 //! least the server's retry hint and at least [`Backoff::overload_min`] after close 1012/1013 or
 //! HTTP 503.
+//!
+//! Close codes of the operator's range (docs/protocol.md): **4000–4099** end the session for good
+//! (kicked, banned, token revoked, too many connections: [`Event::Closed`] carries the code and
+//! reason, no reconnect); **4100–4199** reconnect after the server's hint — `retry_after_ms=N` in
+//! the close reason, else the `retry_after_ms` of the error op just before the close, else the
+//! normal backoff — plus up to a fifth of it as jitter (so a Link that shed many clients is not
+//! hit by all of them at once). A room the server took the connection out of (`removed`) is not
+//! rejoined.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -106,9 +114,22 @@ impl Disconnect {
         Disconnect { reason: reason.into(), ..Disconnect::default() }
     }
 
-    /// Whether retrying cannot help: a policy close or a refused token (the application must act).
+    /// Whether retrying cannot help: a policy close, an operator's close (4000–4099: kicked,
+    /// banned, token revoked, too many connections) or a refused token (the application must act).
     pub fn is_fatal(&self) -> bool {
-        matches!(self.close_code, Some(1003 | 1008 | 1009)) || matches!(self.http_status, Some(401 | 403))
+        matches!(self.close_code, Some(1003 | 1008 | 1009 | 4000..=4099)) || matches!(self.http_status, Some(401 | 403))
+    }
+
+    /// Whether the server asked to reconnect after a delay it gives (close 4100–4199).
+    pub fn is_retry_later(&self) -> bool {
+        matches!(self.close_code, Some(4100..=4199))
+    }
+
+    /// The `retry_after_ms=N` hint in the close reason (`"slow consumer; retry_after_ms=1000"`).
+    pub fn reason_hint(&self) -> Option<Duration> {
+        let (_, rest) = self.reason.split_once("retry_after_ms=")?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u64>().ok().map(Duration::from_millis)
     }
 
     /// Whether the server asked for a slower retry.
@@ -380,6 +401,8 @@ pub struct Session {
     events: VecDeque<Event>,
     next_id: u64,
     rng: u64,
+    /// The `retry_after_ms` of the last error op on this connection (for a close 41xx).
+    last_error_hint: Option<Duration>,
     stats: SessionStats,
     /// A token given by [`Session::refresh`]: it replaces the configured one for reconnects.
     token: Option<String>,
@@ -400,6 +423,7 @@ impl Session {
             next_id: first_publish_id(seed),
             // xorshift must not start at 0.
             rng: seed | 1,
+            last_error_hint: None,
             stats: SessionStats::default(),
             token: None,
         }
@@ -535,6 +559,7 @@ impl Session {
         if self.link == LinkState::Closed {
             return;
         }
+        self.last_error_hint = None;
         self.link = LinkState::Connected;
         self.connected_at = Some(now);
         self.stats.connects += 1;
@@ -668,6 +693,8 @@ impl Session {
     /// last refusal — becomes an [`Event::Error`]; a refused join (no publish id) then takes the
     /// room out of the session (except 409: already joined).
     pub fn handle_error(&mut self, now: Instant, code: u16, reason: &str, room: Option<&str>, id: Option<u64>, retry_after_ms: Option<u32>) {
+        // A close 41xx without its own hint uses the one of the error op just before it.
+        self.last_error_hint = retry_after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
         let retry_in = match (code, retry_after_ms, self.link) {
             (503, Some(ms), LinkState::Connected) => Some(Duration::from_millis(u64::from(ms.max(1)))),
             // A join refused by the Link's join rate limit: its hint spaces the retries.
@@ -852,6 +879,14 @@ impl Session {
         let span = half.as_micros().min(u64::MAX as u128) as u64;
         let jitter = if span == 0 { 0 } else { self.next_random() % (span + 1) };
         let mut delay = half + Duration::from_micros(jitter);
+        if cause.is_retry_later() {
+            if let Some(hint) = cause.reason_hint().or(self.last_error_hint.take()) {
+                // The server's delay, jittered up by at most a fifth.
+                let span = (hint.as_micros() / 5).min(u64::MAX as u128) as u64;
+                let jitter = if span == 0 { 0 } else { self.next_random() % (span + 1) };
+                return hint + Duration::from_micros(jitter);
+            }
+        }
         if cause.is_overload() {
             delay = delay.max(backoff.overload_min);
         }
@@ -1197,6 +1232,42 @@ mod tests {
         let hint = Disconnect { http_status: Some(503), retry_after: Some(Duration::from_secs(7)), ..Disconnect::default() };
         s.handle_disconnected(now, hint);
         assert_eq!(s.poll_timeout().expect("waiting") - now, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn operator_closes_end_the_session_and_41xx_reconnects_after_the_hint() {
+        let t0 = Instant::now();
+        for (code, reason) in [(4000, "spam"), (4001, "banned"), (4002, "token revoked"), (4003, "too many connections for user")] {
+            let mut s = session();
+            assert!(s.poll_connect(t0));
+            s.handle_connected(t0);
+            drain_events(&mut s);
+            s.handle_disconnected(t0, Disconnect { close_code: Some(code), reason: reason.into(), ..Disconnect::default() });
+            let events = drain_events(&mut s);
+            assert!(
+                matches!(events.as_slice(), [Event::Closed { cause }] if cause.close_code == Some(code) && cause.reason == reason),
+                "{code}: {events:?}"
+            );
+            assert_eq!(s.poll_timeout(), None, "{code}: no reconnect");
+            assert!(!s.poll_connect(t0 + Duration::from_secs(3600)));
+        }
+        // 4100 with the hint in its reason: that delay, jittered up by at most a fifth.
+        let mut s = session();
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        let slow = Disconnect { close_code: Some(4100), reason: "slow consumer; retry_after_ms=1000".into(), ..Disconnect::default() };
+        s.handle_disconnected(t0, slow);
+        let delay = s.poll_timeout().expect("reconnects") - t0;
+        assert!(delay >= Duration::from_millis(1000) && delay <= Duration::from_millis(1200), "{delay:?}");
+        // Without one in the reason: the error op's just before the close.
+        let now = t0 + delay;
+        assert!(s.poll_connect(now));
+        s.handle_connected(now);
+        s.handle_error(now, 503, "draining", None, None, Some(3000));
+        s.handle_disconnected(now, Disconnect { close_code: Some(4150), reason: "later".into(), ..Disconnect::default() });
+        let delay = s.poll_timeout().expect("reconnects") - now;
+        assert!(delay >= Duration::from_millis(3000) && delay <= Duration::from_millis(3600), "{delay:?}");
+        assert_eq!(Disconnect { reason: "x; retry_after_ms=25".into(), ..Disconnect::default() }.reason_hint(), Some(Duration::from_millis(25)));
     }
 
     #[test]

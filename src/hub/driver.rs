@@ -37,6 +37,7 @@ use super::locate::Locator;
 use super::queue::LinkQueue;
 use linkcast_core::link_queue::Admit;
 use super::durable::Durable;
+use super::moderation::{HubModeration, ModerationInput};
 use super::store_tasks::StoreEvent;
 use super::HubMetrics;
 use linkcast_core::frame::{Body, Frame, FrameBuilder};
@@ -69,6 +70,8 @@ pub(crate) enum HubInput {
     ///
     /// Answered like a join at (`epoch`, `since`) — reset, gap, frames — cut to `limit` frames.
     History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Result<Option<JoinAnswer>, PublishError>> },
+    /// The operator's API on users (`moderation.rs`).
+    Moderation(ModerationInput),
 }
 
 /// Input to the hub task from Link connections (`links.rs`).
@@ -95,7 +98,7 @@ pub(crate) struct RoomInfo {
 
 pub(super) struct Connected {
     pub(super) generation: u64,
-    queue: LinkQueue,
+    pub(super) queue: LinkQueue,
     /// In-process: frames are not re-validated.
     trusted: bool,
 }
@@ -117,6 +120,7 @@ pub(crate) async fn run(
     metrics: HubMetrics,
     store: Option<StorePath>,
     hooks: (super::hooks::Hooks, Option<mpsc::UnboundedReceiver<super::hooks::Decided>>),
+    moderation: HubModeration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (hooks, mut decided) = hooks;
@@ -133,6 +137,7 @@ pub(crate) async fn run(
         queued_total,
         durable,
         hooks,
+        moderation,
     };
     driver.table.track_occupancy(driver.hooks.tracks_occupancy());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -223,6 +228,8 @@ pub(super) struct HubTask {
     pub(super) durable: Option<Durable>,
     /// The publish proxy and webhooks, if configured (`hooks/`).
     pub(super) hooks: super::hooks::Hooks,
+    /// Bans, revocations and user queries (`moderation.rs`).
+    pub(super) moderation: HubModeration,
 }
 
 impl HubTask {
@@ -265,6 +272,7 @@ impl HubTask {
                     answer
                 })));
             }
+            HubInput::Moderation(input) => self.handle_moderation(input),
         }
     }
 
@@ -282,11 +290,15 @@ impl HubTask {
                     let _ = queue.offer(durable.owner_map());
                 }
                 self.links.insert(link, Connected { generation, queue, trusted });
+                self.moderation_link_up(link);
                 lock(&self.locator).link_up(link);
                 tracing::info!(%link, generation, "link connected");
             }
             LinkEvent::Frame { link, generation, frame, credit } => {
-                let Some(connected) = self.links.get_mut(&link).filter(|c| c.generation == generation) else { return };
+                if self.links.get(&link).is_none_or(|c| c.generation != generation) || self.moderation_link_frame(link, &frame) {
+                    return;
+                }
+                let Some(connected) = self.links.get_mut(&link) else { return };
                 let check = if connected.trusted { LinkFrameCheck::Accept } else { check_link_frame(&frame) };
                 match check {
                     LinkFrameCheck::Accept => self.link_frame_hooked(now, link, generation, frame),

@@ -168,6 +168,8 @@ impl HubTask {
         let Some(durable) = &self.durable else { return self.handle_owned(event) };
         let room = match &event {
             HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } => room,
+            // Not a room's: bans live in the hub task, apart from room ownership.
+            HubInput::Moderation(_) => return self.handle_owned(event),
         };
         if !durable.is_owned(room) {
             let room = room.clone();
@@ -301,6 +303,8 @@ impl HubTask {
             Deferred::Api(HubInput::History { reply, .. }) => {
                 let _ = reply.send(Err(error));
             }
+            // Never deferred (not a room's input); dropping it answers "hub shutting down".
+            Deferred::Api(HubInput::Moderation(_)) => {}
             Deferred::Link { link, generation, frame } => {
                 if self.links.get(&link).is_none_or(|c| c.generation != generation) {
                     return;

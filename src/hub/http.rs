@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::oneshot;
 
@@ -31,6 +31,7 @@ use super::driver::{lock, HubInput, MAX_HISTORY_LIMIT};
 use linkcast_core::room::JoinAnswer;
 use super::error::ApiError;
 use super::forward::{self, FORWARDED_HEADER};
+use super::moderation;
 use super::ApiState;
 use linkcast_core::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
 use linkcast_core::protocol::{format_epoch, parse_epoch};
@@ -64,6 +65,13 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         .route("/v1/locate", get(locate))
         .route("/v1/rooms/{room}", get(room_info))
         .route("/v1/rooms/{room}/messages", get(history).post(publish))
+        // Issue 15, the operator's API on users (moderation.rs).
+        .route("/v1/users/{uid}/messages", post(moderation::user_messages))
+        .route("/v1/broadcast", post(moderation::broadcast))
+        .route("/v1/users/{uid}/disconnect", post(moderation::disconnect))
+        .route("/v1/users/{uid}/revoke", post(moderation::revoke))
+        .route("/v1/rooms/{room}/members/{uid}/remove", post(moderation::remove))
+        .route("/v1/users/{uid}", get(moderation::user))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -117,7 +125,20 @@ async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let room = room_name(room)?;
-    let key = shared.api_key(&headers)?;
+    publish_room(&shared, room, &uri, &headers, body).await
+}
+
+/// A publish into `room` (already a valid name): the room route's, and the user and broadcast
+/// routes' (moderation.rs).
+pub(super) async fn publish_room(
+    shared: &ApiState,
+    room: String,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (shared, uri, headers) = (shared, uri, headers);
+    let key = shared.api_key(headers)?;
     let body = body.map_err(ApiError::rejected)?;
     if body.len() > shared.config.hub.max_payload {
         return Err(ApiError::TooLarge);
@@ -125,12 +146,12 @@ async fn publish(
     if std::str::from_utf8(&body).is_err() {
         return Err(ApiError::BadRequest("body is not UTF-8"));
     }
-    if declares_json(&headers) && !is_json(&body) {
+    if declares_json(headers) && !is_json(&body) {
         return Err(ApiError::BadRequest("body is not valid JSON (Content-Type says application/json)"));
     }
-    let sender = sender(&headers)?;
-    let idempotency_key = idempotency_key(&headers)?;
-    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body.clone()).await? {
+    let sender = sender(headers)?;
+    let idempotency_key = idempotency_key(headers)?;
+    if let Some(answer) = forward_unless_owner(shared, &room, Method::POST, uri, headers, body.clone()).await? {
         return Ok(answer);
     }
     if !shared.rate.allow(&key, crate::clock::now_micros()) {
@@ -139,7 +160,7 @@ async fn publish(
     let flags = if is_json(&body) { FLAG_JSON } else { 0 };
     let (reply, answer) = oneshot::channel();
     let event = HubInput::Publish { room, sender, flags, data: body, key: idempotency_key, reply };
-    let ack = ask(&shared, event, answer).await??;
+    let ack = ask(shared, event, answer).await??;
     Ok(Json(serde_json::json!({ "seq": ack.seq, "epoch": format_epoch(ack.epoch) })).into_response())
 }
 
@@ -285,14 +306,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// Sends `event` to the hub task and waits for its answer.
-async fn ask<T>(shared: &ApiState, event: HubInput, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
+pub(super) async fn ask<T>(shared: &ApiState, event: HubInput, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
     shared.events.send(event).await.map_err(|_| ApiError::Unavailable("hub shutting down"))?;
     answer.await.map_err(|_| ApiError::Unavailable("hub shutting down"))
 }
 
 /// Passes the request on to `room`'s owner hub when that is another hub, and returns its answer
 /// unchanged (`None`: this hub owns the room and answers itself).
-async fn forward_unless_owner(
+pub(super) async fn forward_unless_owner(
     shared: &ApiState,
     room: &str,
     method: Method,

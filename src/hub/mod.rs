@@ -35,6 +35,7 @@ mod hooks;
 mod http;
 mod links;
 mod locate;
+mod moderation;
 mod queue;
 mod rate;
 mod server;
@@ -323,9 +324,16 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms, config.tls.serves_tls())));
     let directory = (!config.hubs.is_empty()).then(|| HubDirectory::new(config.hubs.iter().map(|h| HubId(h.id))));
     let (live_tx, live) = watch::channel(Vec::new());
+    let (moderation_writes, moderation_rx) = match config.store.redis.is_empty() {
+        true => (None, None),
+        false => {
+            let (tx, rx) = mpsc::channel(moderation::MAX_STORE_WRITES);
+            (Some(tx), Some((rx, events.clone())))
+        }
+    };
     let store = match config.store.redis.is_empty() {
         true => None,
-        false => Some(start_store(id, &config, live_tx, &shutdown_rx).await?),
+        false => Some(start_store(id, &config, live_tx, &shutdown_rx, moderation_rx).await?),
     };
     let shared = Arc::new(ApiState {
         id,
@@ -370,6 +378,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         metrics,
         store,
         (hooks.hooks, hooks.decided),
+        moderation::HubModeration::with_store(moderation_writes),
         shutdown_rx.clone(),
     )));
     let (ports, ports_rx) = mpsc::channel(64);
@@ -396,6 +405,7 @@ async fn start_store(
     config: &Config,
     live_tx: watch::Sender<Vec<HubId>>,
     shutdown: &watch::Receiver<bool>,
+    moderation: Option<(mpsc::Receiver<moderation::StoreWrite>, mpsc::Sender<HubInput>)>,
 ) -> std::io::Result<(driver::StorePath, Vec<JoinHandle<()>>)> {
     use crate::store::{RedisStore, StoreLimits};
     let hub = &config.hub;
@@ -427,10 +437,15 @@ async fn start_store(
     let durable = durable::Durable::new(id, directory, live_tx, commands, driver::epoch_seed(), hub.room_idle_secs.saturating_mul(1_000_000), hub.max_rooms);
     let period = Duration::from_millis(config.store.heartbeat_ms.max(10));
     let grace = Duration::from_millis(config.store.hub_ttl_ms);
-    let tasks = vec![
+    let mut tasks = Vec::new();
+    if let Some((writes, hub_events)) = moderation {
+        // Bans and revocations: `{prefix}:bans` / `{prefix}:revoked` (moderation.rs).
+        tasks.push(tokio::spawn(moderation::run_store(store.clone(), writes, hub_events, shutdown.clone())));
+    }
+    tasks.extend([
         tokio::spawn(store_tasks::run_worker(store.clone(), commands_rx, events.clone(), shutdown.clone())),
         tokio::spawn(store_tasks::run_membership(store, hubs, id.0, period, grace, live, events, shutdown.clone())),
-    ];
+    ]);
     Ok((driver::StorePath { durable, events: events_rx }, tasks))
 }
 

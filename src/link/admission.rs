@@ -5,13 +5,16 @@
 //! [`Admission::admit`] (through `ConnContext::admit`, which also refuses while the shard stops)
 //! and checks the client's token with [`Admission::verify`] (dev mode: an anonymous user id,
 //! `anon-N`). The slot is an [`Admitted`] guard: the connection holds it for its whole life and
-//! the count goes down when it is dropped.
+//! the count goes down when it is dropped. It also holds the Link's bans and token revocations
+//! ([`Moderation`], `moderation.rs`), checked with [`Admission::check_moderation`] once a
+//! client's token is known.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use linkcast_core::auth::{AuthError, Claims, Verifier};
 
+use super::moderation::{Moderation, Refused};
 use crate::clock::now_micros;
 
 /// Who may open a connection to the Link: shared by every shard (one per Link).
@@ -24,12 +27,34 @@ pub(crate) struct Admission {
     max_connections: usize,
     /// Counter for anonymous dev-mode user ids.
     anonymous: AtomicU64,
+    /// Bans and revocations (written by the coordinator from hub `Moderate` frames).
+    moderation: Arc<Moderation>,
 }
 
 impl Admission {
     /// Admits up to `max_connections` connections whose tokens `verifier` accepts.
     pub(crate) fn new(verifier: Verifier, max_connections: usize) -> Self {
-        Admission { verifier, connections: AtomicUsize::new(0), max_connections, anonymous: AtomicU64::new(0) }
+        Admission {
+            verifier,
+            connections: AtomicUsize::new(0),
+            max_connections,
+            anonymous: AtomicU64::new(0),
+            moderation: Arc::default(),
+        }
+    }
+
+    /// The Link's bans and revocations.
+    pub(crate) fn moderation(&self) -> &Arc<Moderation> {
+        &self.moderation
+    }
+
+    /// Whether a client whose token gave `claims` may connect now (not banned, token not revoked).
+    pub(crate) fn check_moderation(&self, claims: &Claims) -> Result<(), Refused> {
+        let checked = self.moderation.check(claims, now_micros() / 1_000_000);
+        if checked.is_err() {
+            metrics::counter!("linkcast_link_moderation_refused_total").increment(1);
+        }
+        checked
     }
 
     /// Checks a client's token (`None` or empty: none given) now; in dev mode a client without

@@ -37,8 +37,8 @@ use linkcast_core::protocol::ClientError;
 
 use super::admission::{Admission, Admitted};
 use super::coordinator::{busy_answer, CoordInbox, CoordMsg};
-use super::registry::Users;
-use super::shard::{shard_of, ConnEvent, Mailbox, Registered, ShardState, ShardStats};
+use super::registry::{ConnInfo, Users};
+use super::shard::{shard_of, ConnAction, ConnEvent, Mailbox, Registered, ShardState, ShardStats};
 use super::tally;
 use crate::clock::now_micros;
 use crate::config::LinkConfig;
@@ -102,7 +102,9 @@ impl Pending {
     pub(crate) fn authenticate(ctx: &ConnContext, first: &str) -> Result<Claims, ClientError> {
         match linkcast_core::protocol::ClientOp::parse(first) {
             Ok(linkcast_core::protocol::ClientOp::Auth { token }) => {
-                ctx.admission.verify(Some(&token)).map_err(ClientError::AuthFailed)
+                let claims = ctx.admission.verify(Some(&token)).map_err(ClientError::AuthFailed)?;
+                ctx.admission.check_moderation(&claims).map_err(|refused| refused.error())?;
+                Ok(claims)
             }
             _ => Err(ClientError::AuthRequired),
         }
@@ -118,20 +120,32 @@ pub(crate) struct Connection {
     wire: Wire,
     gauge: metrics::Gauge,
     _admitted: Admitted,
+    /// An operator's close reason, sent instead of the close code's own (`moderation.rs`).
+    close_reason: Option<Box<str>>,
 }
 
 impl Connection {
     /// Registers an admitted, authenticated client on the shard and starts its session.
     pub(crate) fn open(ctx: Rc<ConnContext>, wire: Wire, claims: Claims, admitted: Admitted) -> Self {
         let Registered { id, index, mailbox } = ctx.shard.borrow_mut().register_conn(ctx.link.replay_bytes);
-        for evicted in ctx.users.register(&claims.sub, id, ctx.link.max_conns_per_user) {
+        let info = ConnInfo { id, quic: wire == Wire::Quic, since_micros: now_micros() };
+        for evicted in ctx.users.register(&claims.sub, info, ctx.link.max_conns_per_user) {
             let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
         }
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
         gauge.increment(1.0);
-        let session = LinkSession::new(id, wire, claims, limits(&ctx.link), now_micros());
-        Connection { ctx, session, mailbox, wire, gauge, _admitted: admitted }
+        let mut session = LinkSession::new(id, wire, claims, limits(&ctx.link), now_micros());
+        // The personal room and (unless off) `all`, live only: the client gets `joined` for each.
+        session.join_system_rooms(ctx.link.broadcast_room, &mut ctx.shard.borrow_mut().rooms);
+        let mut conn = Connection { ctx, session, mailbox, wire, gauge, _admitted: admitted, close_reason: None };
+        conn.forward();
+        conn
+    }
+
+    /// The close reason to send instead of `error`'s own: an operator's (kick, ban).
+    pub(crate) fn close_reason(&self) -> Option<&str> {
+        self.close_reason.as_deref()
     }
 
     /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
@@ -189,6 +203,25 @@ impl Connection {
                         self.session.handle_hub_frame(frame, ring_tail, &mut shard.rooms, items)
                     }
                     ConnEvent::Dropped { request } => self.session.replay_dropped(request),
+                    ConnEvent::Moderate(action) => match *action {
+                        ConnAction::Close { error, reason } => {
+                            self.close_reason = Some(reason);
+                            result = Err(error);
+                            break;
+                        }
+                        ConnAction::Revoke { before } => {
+                            if super::moderation::is_revoked(self.session.claims().iat, before) {
+                                result = Err(ClientError::TokenRevoked);
+                                break;
+                            }
+                        }
+                        ConnAction::Remove { room, reason } => {
+                            self.session.remove(&room, &reason, &mut shard.rooms, items);
+                        }
+                        ConnAction::Query(reply) => {
+                            let _ = reply.send(self.session.rooms().map(str::to_owned).collect());
+                        }
+                    },
                     ConnEvent::Close(error) => {
                         result = Err(error);
                         break;

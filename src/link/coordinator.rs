@@ -31,6 +31,8 @@
 //!   Live messages of a room whose rejoin is not answered yet are dropped: the replay covers them.
 //!   A hub's room-wide `Reset {request: 0}` (the store lost the room's history while the Link is
 //!   attached) sets the new epoch and position and puts a reset marker in every ring.
+//! - **operators' actions**: a hub's `Moderate` / `UserQuery` frame (a kick, ban, revocation,
+//!   removal, or a question about a user's connections) is handed to `moderation.rs`.
 //! - **hub connections**: one task per hub calls `HubConnector::connect` again whenever the
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
@@ -68,6 +70,7 @@ use linkcast_core::room::LostRange;
 use linkcast_core::shard_rooms::{make_id, COORDINATOR_SHARD};
 use linkcast_core::ws_frame;
 
+use super::moderation::LinkModeration;
 use super::shard::{shard_of, RingItem, RoomMessage, ShardMsg};
 use crate::uplink::HubConnector;
 
@@ -283,6 +286,8 @@ struct Coordinator {
     next_id: u64,
     /// Where the count of connected hubs is published (read by `LinkHandle::connected_hubs`).
     hubs_connected: Arc<AtomicUsize>,
+    /// Operators' actions on users (`moderation.rs`).
+    moderation: LinkModeration,
 }
 
 /// Runs the coordinator on the current thread until [`CoordMsg::Shutdown`].
@@ -293,6 +298,7 @@ pub(crate) fn run(
     shards: Vec<mpsc::Sender<ShardMsg>>,
     mut inbox: CoordReceiver,
     hubs_connected: Arc<AtomicUsize>,
+    moderation: LinkModeration,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -313,6 +319,7 @@ pub(crate) fn run(
             in_flight: HashMap::new(),
             next_id: 1,
             hubs_connected,
+            moderation,
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -604,6 +611,11 @@ impl Coordinator {
             return;
         }
         let request = match frame.body() {
+            ArchivedBody::Moderate { .. } | ArchivedBody::UserQuery { .. } => {
+                let to_hub = self.hubs.get(&hub).map(|(_, tx)| tx.clone());
+                self.moderation.handle(&frame, &self.shards, to_hub).await;
+                return;
+            }
             ArchivedBody::OwnerMap { version, hubs } => {
                 let hubs: Vec<u32> = hubs.iter().map(|h| h.to_native()).collect();
                 self.handle_owner_map(version.to_native(), hubs).await;

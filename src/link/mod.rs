@@ -28,7 +28,7 @@
 //!
 //! Module dependency order (each file uses only files listed before it; no cycle):
 //! `tally`, `registry`, `admission`, `socket`, `conn_io`, `wire`, `hub_connector` (leaves) →
-//! `shard` → `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` →
+//! `shard` → `moderation` → `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` →
 //! this file. (Pre-auth caps are the crate's `pre_auth.rs`, shared with the hub.)
 
 mod admission;
@@ -36,6 +36,7 @@ mod conn_io;
 mod connection;
 mod coordinator;
 mod hub_connector;
+mod moderation;
 mod quic_clients;
 mod registry;
 mod shard;
@@ -284,8 +285,9 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let link = options.id;
     let coordinator_shards = senders.clone();
     let coordinator_hubs = hubs_connected.clone();
+    let moderation = moderation::LinkModeration::new(link, users.clone(), admission.moderation().clone());
     let thread = std::thread::Builder::new().name(format!("link-{}-coordinator", options.id)).spawn(move || {
-        if let Err(error) = coordinator::run(link, hubs, connector, coordinator_shards, coord_rx, coordinator_hubs) {
+        if let Err(error) = coordinator::run(link, hubs, connector, coordinator_shards, coord_rx, coordinator_hubs, moderation) {
             tracing::error!(%error, "coordinator stopped with an error");
         }
     })?;

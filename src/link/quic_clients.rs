@@ -130,6 +130,11 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
             return;
         }
     };
+    if let Err(refused) = ctx.admission.check_moderation(&claims) {
+        // Banned (4001) or token revoked (4002), as on WebSocket.
+        close(&conn, refused.error());
+        return;
+    }
     let Some(admitted) = ctx.admit() else {
         conn.close(quinn::VarInt::from_u32(503), b"too many connections");
         return;
@@ -211,6 +216,13 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
     client.finish();
     if let Some(error) = reason {
         let _ = send.finish();
-        close(&conn, error);
+        match client.close_reason() {
+            Some(text) => {
+                count_close(error);
+                let (Refusal::Close(code, _) | Refusal::Error(code, _)) = error.refusal();
+                conn.close(quinn::VarInt::from_u32(u32::from(code)), text.as_bytes());
+            }
+            None => close(&conn, error),
+        }
     }
 }

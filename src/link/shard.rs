@@ -14,6 +14,8 @@
 //!   or a close request for one connection (or one of its requests), found by id in
 //!   [`ShardState`] and posted to that connection's [`Mailbox`] with the room ring's tail at
 //!   that moment (the boundary between what a `Joined` covers and what the ring delivers).
+//! - [`ShardMsg::Moderate`]: an operator's action for one connection ([`ConnAction`], from
+//!   `moderation.rs`), posted to its mailbox like a close request.
 //! - [`ShardMsg::Quic`]: a QUIC client handed over by the shard that owns the UDP endpoint.
 //!
 //! Everything in [`ShardState`] is touched only from this shard's thread (`Rc<RefCell<..>>`,
@@ -75,10 +77,43 @@ pub(crate) enum ShardMsg {
         /// Why.
         reason: ClientError,
     },
+    /// An operator's action for connection `id` (`moderation.rs`).
+    Moderate {
+        /// Connection id.
+        id: u64,
+        /// What to do (boxed: rare).
+        action: Box<ConnAction>,
+    },
     /// A QUIC client connection to run on this shard (boxed: it is large and rare).
     Quic(Box<super::quic_clients::Accepted>),
     /// Close every connection with 1001 and stop.
     Shutdown,
+}
+
+/// What one connection is asked to do (posted to its mailbox by its shard).
+#[derive(Debug)]
+pub(crate) enum ConnAction {
+    /// Close with `error`'s code and this reason.
+    Close {
+        /// 4000 kicked or 4001 banned.
+        error: ClientError,
+        /// The operator's reason (or the error's own).
+        reason: Box<str>,
+    },
+    /// Close with 4002 if the connection's token was issued before `before` (or has no `iat`).
+    Revoke {
+        /// Revocation time, seconds.
+        before: u64,
+    },
+    /// Leave `room`, telling the client `removed` with `reason`.
+    Remove {
+        /// The room.
+        room: Box<str>,
+        /// The operator's reason.
+        reason: Box<str>,
+    },
+    /// Tell the rooms the connection is in.
+    Query(tokio::sync::oneshot::Sender<Vec<String>>),
 }
 
 /// Shard → one connection task.
@@ -99,6 +134,8 @@ pub(crate) enum ConnEvent {
         /// The join request.
         request: u64,
     },
+    /// An operator's action (`moderation.rs`).
+    Moderate(Box<ConnAction>),
 }
 
 /// Most events other than replays a mailbox holds. The protocol bounds them far below this (one
@@ -363,6 +400,13 @@ impl ShardState {
     pub(crate) fn close(&mut self, id: u64, reason: ClientError) {
         if let Some(slot) = self.conns.get(&id) {
             slot.mailbox.post(ConnEvent::Close(reason));
+        }
+    }
+
+    /// Posts an operator's action to connection `id` (dropped if it is gone).
+    pub(crate) fn moderate(&mut self, id: u64, action: Box<ConnAction>) {
+        if let Some(slot) = self.conns.get(&id) {
+            slot.mailbox.post(ConnEvent::Moderate(action));
         }
     }
 

@@ -85,6 +85,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
                     ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
                     ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
                     ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
+                    ShardMsg::Moderate { id, action } => state.borrow_mut().moderate(id, action),
                     ShardMsg::Quic(incoming) => {
                         tokio::task::spawn_local(quic_clients::handle(*incoming, ctx.clone()));
                     }

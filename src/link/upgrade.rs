@@ -11,7 +11,8 @@
 //! `GET /healthz` and `GET /metrics` are answered directly on an unsecured node (a secured one
 //! serves them on its admin listener only); anything but `/ws` is 404; a missing upgrade or
 //! WebSocket version other than 13 is 400; a refused `Origin` is 403, a bad/expired token 401 —
-//! each with the JSON body `{"error","reason"}` of docs/protocol.md. A URL without a token
+//! each with the JSON body `{"error","reason"}` of docs/protocol.md; a banned user or a revoked
+//! token is 403 `{"error":"banned","until":S}` / `{"error":"token revoked"}` (`moderation.rs`). A URL without a token
 //! (outside dev mode) is upgraded **pending**: its first message must carry the token
 //! (`connection::Pending`, run by `ws.rs`). Then the Link answers `101 Switching Protocols`
 //! itself and drops every byte of the HTTP exchange; only what the client sent behind its head
@@ -227,6 +228,13 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
+    if let Pending::Ready(claims) = &claims {
+        // A banned user, or a token issued before the user's revocation (`moderation.rs`).
+        if let Err(refused) = ctx.admission.check_moderation(claims) {
+            answer(tcp, http_upgrade::response(403, "application/json", &refused.body())).await;
+            return None;
+        }
+    }
     let response = http_upgrade::switching_protocols(key);
     match tokio::time::timeout_at(deadline, async {
         tcp.write_all(response.as_bytes()).await?;

@@ -67,5 +67,12 @@ pub(crate) fn encode(wire: Wire, item: ToClient) -> Bytes {
         (Wire::Ws, ToClient::Refreshed { exp }) => ws_frame::text(ServerMsg::Refreshed::<()> { exp }.to_json().as_bytes()),
         // QUIC clients have no refresh (their token is the `Hello`'s).
         (Wire::Quic, ToClient::Refreshed { .. }) => Bytes::new(),
+        (Wire::Ws, ToClient::Removed { room, reason }) => {
+            ws_frame::text(ServerMsg::Removed::<()> { room: room.as_str().into(), reason: reason.as_str().into() }.to_json().as_bytes())
+        }
+        // QUIC: the hub's own `Moderate` frame shape (action remove, header room).
+        (Wire::Quic, ToClient::Removed { room, reason }) => FrameBuilder::new(&room)
+            .build(&Body::Moderate { action: linkcast_core::frame::MODERATE_REMOVE, code: 0, reason, until_secs: 0 })
+            .into_bytes(),
     }
 }

@@ -444,7 +444,11 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
                 if error == ClientError::SlowConsumer {
                     ws.out.borrow_mut().discard_unsent();
                 }
-                ws.out.borrow_mut().push(ws_frame::close(code, text));
+                let close = match ws.conn.borrow().close_reason() {
+                    Some(reason) => ws_frame::close(code, reason),
+                    None => ws_frame::close(code, text),
+                };
+                ws.out.borrow_mut().push(close);
                 if ws.drain().await {
                     // Wait briefly for the client's close reply so it reads our reason before
                     // the FIN (closing with unread input would reset the connection).

@@ -700,6 +700,34 @@ impl RedisStore {
         Ok(live)
     }
 
+    /// `HSET <prefix>:<table> <user> <secs>`: an operator's ban (`table` = `bans`, until) or
+    /// token revocation (`revoked`, before), kept by the owner hub of `user:{user}`
+    /// (`hub/moderation.rs`).
+    pub async fn moderation_set(&self, table: &str, user: &str, secs: u64) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("{}:{table}", self.prefix)).arg(user).arg(secs);
+        self.conn.query_cmd::<()>(&cmd).await.map_err(|e| StoreError::from_redis(e, false))
+    }
+
+    /// `HGETALL <prefix>:<table>` (entries that are not numbers are skipped).
+    pub async fn moderation_all(&self, table: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(format!("{}:{table}", self.prefix));
+        let all: std::collections::HashMap<String, String> =
+            self.conn.query_cmd(&cmd).await.map_err(|e| StoreError::from_redis(e, false))?;
+        Ok(all.into_iter().filter_map(|(user, secs)| secs.parse().ok().map(|secs| (user, secs))).collect())
+    }
+
+    /// `HDEL <prefix>:<table> <users...>`: forgets ended bans.
+    pub async fn moderation_forget(&self, table: &str, users: &[String]) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(format!("{}:{table}", self.prefix)).arg(users);
+        self.conn.query_cmd::<()>(&cmd).await.map_err(|e| StoreError::from_redis(e, false))
+    }
+
     /// `INCR <prefix>:view`: the next version of the owner map.
     pub async fn next_view_version(&self) -> Result<u64, StoreError> {
         let mut cmd = redis::cmd("INCR");

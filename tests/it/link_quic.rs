@@ -11,12 +11,18 @@ use crate::support::link::{config, start_link};
 use crate::support::ws::WsClient;
 use crate::support::{any_addr, STEP};
 
+/// The next frame, skipping those about the rooms the Link joins by itself (`all`, `user:*`).
 async fn next_frame(reader: &mut FrameReader) -> Frame {
-    tokio::time::timeout(STEP, reader.next())
-        .await
-        .expect("frame in time")
-        .expect("valid stream")
-        .expect("stream open")
+    loop {
+        let frame = tokio::time::timeout(STEP, reader.next())
+            .await
+            .expect("frame in time")
+            .expect("valid stream")
+            .expect("stream open");
+        if !linkcast_core::system_rooms::is_server_only(frame.room()) {
+            return frame;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

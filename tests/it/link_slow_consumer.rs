@@ -1,6 +1,6 @@
 //! Slow-consumer isolation: one client that never reads, among 500 readers, under a fast
 //! publisher. The readers get everything in order; the stalled client is told (gap marker, or
-//! close 1013 under `lag_policy = "disconnect"`); the Link's ring and socket-queue bytes stay
+//! close 4100 under `lag_policy = "disconnect"`); the Link's ring and socket-queue bytes stay
 //! within their configured limits the whole time.
 
 //!
@@ -136,7 +136,7 @@ async fn a_stalled_client_gets_a_gap_while_500_readers_get_everything_and_memory
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_disconnect_policy_a_stalled_client_is_closed_with_1013() {
+async fn with_the_disconnect_policy_a_stalled_client_is_closed_with_4100() {
     const MESSAGES: u64 = 1500;
     let _lagging = LAGGING_METRIC.lock().await;
     let config = config(2, |c| {
@@ -174,7 +174,7 @@ async fn with_the_disconnect_policy_a_stalled_client_is_closed_with_1013() {
             other => break other,
         }
     };
-    assert_eq!(end, Got::Close(1013, "slow consumer".into()));
+    assert_eq!(end, Got::Close(4100, "slow consumer; retry_after_ms=1000".into()));
     assert!(last < MESSAGES);
     link.shutdown().await;
 }

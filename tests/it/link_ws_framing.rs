@@ -81,7 +81,12 @@ impl Raw {
     async fn next_json(&mut self) -> serde_json::Value {
         loop {
             match self.next().await {
-                (0x1, payload) => return serde_json::from_slice(&payload).expect("JSON text"),
+                (0x1, payload) => {
+                    let value: serde_json::Value = serde_json::from_slice(&payload).expect("JSON text");
+                    if !crate::support::ws::is_system_room_message(&value) {
+                        return value;
+                    }
+                }
                 (0x9, _) => continue, // the Link's keep-alive
                 other => panic!("expected text, got {other:?}"),
             }
@@ -97,6 +102,12 @@ impl Raw {
                     return;
                 }
                 (0x9, _) => continue,
+                // The `joined` of the rooms the Link joins by itself may still be on its way.
+                (0x1, payload)
+                    if serde_json::from_slice(&payload).is_ok_and(|v: serde_json::Value| crate::support::ws::is_system_room_message(&v)) =>
+                {
+                    continue
+                }
                 other => panic!("expected close {code}, got {other:?}"),
             }
         }

@@ -20,6 +20,8 @@
 //! - the Redis room store against real `redis-server` processes and a Redis Cluster:
 //!   [`store_redis`].
 //! - the hub's backend hooks (publish proxy, webhooks) against a real axum backend: [`hooks`].
+//! - the operator's API on users (push to a user / everyone, kick, ban, revoke, remove, user
+//!   lookup) in a cluster of processes, and the client library's stop on a ban: [`operator_users`].
 
 mod support;
 
@@ -41,6 +43,7 @@ mod link_throughput;
 mod link_ws_framing;
 mod no_silent_loss;
 mod no_silent_loss_link;
+mod operator_users;
 mod security_edge;
 mod security_cluster;
 mod security_session;

@@ -5,7 +5,7 @@
 //!
 //! - a reader that stops reading past its ring is told its `gap` as soon as it reads again
 //!   (no ping tick needed), then gets the live stream; with `lag_policy = "disconnect"` it gets
-//!   close 1013 instead; `linkcast_link_lagging_total` counts it;
+//!   close 4100 instead; `linkcast_link_lagging_total` counts it;
 //! - `join`, `leave`, `join` sent back to back while messages flow: after `left`, the second
 //!   join gets exactly its replay, `joined`, then live — 50 times with varied timing;
 //! - a join whose epoch is not the room's gets `reset` with the real epoch, then the room from
@@ -212,7 +212,7 @@ async fn a_stalled_reader_gets_its_gap_as_soon_as_it_reads_again_then_the_live_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_reader_under_the_disconnect_policy_gets_close_1013_as_soon_as_it_reads_again() {
+async fn a_stalled_reader_under_the_disconnect_policy_gets_close_4100_as_soon_as_it_reads_again() {
     let _serial = SERIAL.lock().await;
     let serve = start_serve(&stall_config("disconnect")).await;
     let room = "stall-disconnect";
@@ -220,12 +220,12 @@ async fn a_stalled_reader_under_the_disconnect_policy_gets_close_1013_as_soon_as
     let (stalled, reader) = stall(&serve, room).await;
     stalled.resume_reading();
     let log = stalled
-        .wait_until(STEP, "close 1013 once reading again (not at a ping tick)", |log| {
+        .wait_until(STEP, "close 4100 once reading again (not at a ping tick)", |log| {
             log.iter().any(|l| matches!(l.ev, Ev::Close(..) | Ev::End))
         })
         .await;
     let end = log.last().expect("an end");
-    assert_eq!(end.ev.short(), Ev::Close(1013, "slow consumer".into()).short(), "closed with 1013");
+    assert_eq!(end.ev.short(), Ev::Close(4100, "slow consumer; retry_after_ms=1000".into()).short(), "closed with 4100");
     let seqs: Vec<u64> = log.iter().filter_map(|l| l.ev.seq_in(room)).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order up to the close");
     assert!((seqs.len() as u64) < STALL_MESSAGES, "it did fall behind");

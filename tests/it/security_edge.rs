@@ -55,7 +55,7 @@ fn with_tls(mut config: Config, cert: &Path, key: &Path) -> Config {
 }
 
 fn token(sub: &str, rooms: &[&str]) -> String {
-    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: rooms.iter().map(|r| r.to_string()).collect() }, JWT)
+    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: rooms.iter().map(|r| r.to_string()).collect(), iat: None }, JWT)
 }
 
 /// A client of `room` through `http` (locate) with `trust`, over `transport`.

@@ -29,7 +29,7 @@ use crate::support::{an_hour_from_now as later, eventually, start_serve, STEP};
 const SECRET: &str = "session-secret";
 
 fn token_for(sub: &str, rooms: &[&str], exp: u64, secret: &str) -> String {
-    sign(&Claims { sub: sub.into(), exp, rooms: rooms.iter().map(|r| r.to_string()).collect() }, secret)
+    sign(&Claims { sub: sub.into(), exp, rooms: rooms.iter().map(|r| r.to_string()).collect(), iat: None }, secret)
 }
 
 fn token(sub: &str, rooms: &[&str], exp: u64) -> String {

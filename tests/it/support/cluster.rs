@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use super::http::{hub_metric, try_get};
+use super::http::{hub_metric, try_get, try_get_as};
 use super::{local, STEP};
 
 /// What to start.
@@ -51,14 +51,22 @@ pub struct Cluster {
     /// Each Link's WebSocket address.
     pub links: Vec<SocketAddr>,
     relay: Option<Relay>,
+    /// The admin-scoped API key the hubs' admin listeners require, if the settings have one.
+    admin_key: Option<String>,
 }
 
 impl Cluster {
     /// Starts the cluster and waits until every hub sees every Link (retrying on port clashes).
     pub async fn start(spec: ClusterSpec<'_>) -> Cluster {
+        Cluster::start_with_admin_key(spec, None).await
+    }
+
+    /// [`Cluster::start`] for settings with an `admin`-scoped `[[auth.keys]]` entry: the hubs'
+    /// admin listeners (read to see the Links) then require `admin_key`.
+    pub async fn start_with_admin_key(spec: ClusterSpec<'_>, admin_key: Option<&str>) -> Cluster {
         let mut processes = Processes::new(spec.tag);
         for attempt in 1..=5 {
-            match Cluster::try_start(&spec, processes).await {
+            match Cluster::try_start(&spec, processes, admin_key).await {
                 Ok(cluster) => return cluster,
                 Err((back, clash)) => {
                     eprintln!("{}: attempt {attempt}: {clash}; starting again on fresh ports", spec.tag);
@@ -69,7 +77,7 @@ impl Cluster {
         panic!("{}: five port clashes in a row", spec.tag);
     }
 
-    async fn try_start(spec: &ClusterSpec<'_>, mut processes: Processes) -> Result<Cluster, (Processes, String)> {
+    async fn try_start(spec: &ClusterSpec<'_>, mut processes: Processes, admin_key: Option<&str>) -> Result<Cluster, (Processes, String)> {
         processes.kill_all();
         let hubs: Vec<(SocketAddr, SocketAddr)> = (0..spec.hubs).map(|_| (local(free_tcp_port()), local(free_udp_port()))).collect();
         let links: Vec<(SocketAddr, SocketAddr)> = (0..spec.links).map(|_| (local(free_tcp_port()), local(free_udp_port()))).collect();
@@ -96,6 +104,7 @@ impl Cluster {
             hub_quic: hubs.iter().map(|h| h.1).collect(),
             links: links.iter().map(|l| l.0).collect(),
             relay,
+            admin_key: admin_key.map(str::to_owned),
         };
         for id in 0..spec.hubs {
             cluster.spawn_hub(id);
@@ -139,7 +148,11 @@ impl Cluster {
     async fn try_wait_links(&mut self, hub: usize, n: usize, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(res) = try_get(self.hub_admin[hub], "/metrics").await {
+            let metrics = match &self.admin_key {
+                Some(key) => try_get_as(self.hub_admin[hub], "/metrics", key).await,
+                None => try_get(self.hub_admin[hub], "/metrics").await,
+            };
+            if let Some(res) = metrics {
                 if res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == n as f64 {
                     return Ok(());
                 }

@@ -1,0 +1,589 @@
+//! The operator's API on users (issue 15), hub side: push to a user or to everyone, kick, ban,
+//! revoke tokens, remove from a room, and look a user up.
+//!
+//! ```text
+//!  POST /v1/users/{uid}/messages ─┐ publish scope: a room publish into `user:{uid}` / `all`
+//!  POST /v1/broadcast ────────────┘ (http.rs `publish_room`, forwarded to the room's owner)
+//!  POST /v1/users/{uid}/disconnect|revoke, POST /v1/rooms/{room}/members/{uid}/remove,
+//!  GET /v1/users/{uid} ── admin scope ──▶ owner hub of `user:{uid}` (forwarded, forward.rs)
+//!      ──HubInput::Moderation──▶ hub task ──Moderate / UserQuery (sender = uid)──▶ every Link
+//!                                        ◀──UserInfo {request, link, json}── each Link
+//! ```
+//!
+//! The owner hub of `user:{uid}` keeps the user's ban (`until`, seconds) and revocation
+//! (`before`, seconds) in [`HubModeration`], owned by the hub task (driver.rs) like the room
+//! table: in memory, and with `[store] redis` also in the hashes `{prefix}:bans` and
+//! `{prefix}:revoked` (written on every change, read at start and every
+//! [`STORE_REFRESH`] so a hub that takes over the user's personal room has them). Each Link gets
+//! every ban still running and every revocation again when it connects (`LinkEvent::Up`), so a
+//! Link started after a ban enforces it. Every action is idempotent (a second ban keeps the later
+//! end; a second revocation the later time) and logged with `tracing::info!`.
+//!
+//! A `GET /v1/users/{uid}` asks every connected Link (`UserQuery`) and waits up to
+//! [`QUERY_TIMEOUT`] for their `UserInfo` answers; Links that did not answer are listed in
+//! `incomplete_links`. At most [`MAX_QUERIES`] queries wait at once (503 beyond).
+//!
+//! The hub also refuses a client `Publish` frame into `all` or a `user:*` room, whatever Link
+//! sent it (403 `room is read-only for clients`): only this API writes there.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::sync::{mpsc, oneshot};
+
+use linkcast_core::frame::{
+    is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, MODERATE_BAN, MODERATE_DISCONNECT, MODERATE_REMOVE, MODERATE_REVOKE,
+};
+use linkcast_core::placement::LinkId;
+use linkcast_core::protocol::{ClientError, Refusal};
+use linkcast_core::system_rooms::{is_server_only, personal_room, BROADCAST_ROOM};
+
+use super::driver::{HubInput, HubTask};
+use super::error::ApiError;
+use super::http::{ask, forward_unless_owner, publish_room};
+use super::ApiState;
+use crate::clock::now_micros;
+
+/// Time `GET /v1/users/{uid}` waits for the Links' answers.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most user queries waiting for Links at once.
+pub(crate) const MAX_QUERIES: usize = 1024;
+
+/// Most bans (and, apart, revocations) a hub keeps; beyond, ended bans go, then the entry that
+/// ends (or began) first.
+pub(crate) const MAX_ENTRIES: usize = 1_000_000;
+
+/// How often a hub with a Redis store re-reads bans and revocations.
+pub(crate) const STORE_REFRESH: Duration = Duration::from_secs(3);
+
+/// Longest operator reason kept (it becomes a close reason of at most 123 bytes at the Link).
+const MAX_REASON: usize = 1024;
+
+/// What an HTTP handler asks the hub task (through `HubInput::Moderation`).
+#[derive(Debug)]
+pub(crate) enum ModerationInput {
+    /// Apply `action` to `user` and tell every connected Link.
+    Act {
+        /// The user.
+        user: String,
+        /// A `MODERATE_*` action.
+        action: u8,
+        /// Operator's reason.
+        reason: String,
+        /// Ban end / revocation time (seconds), else 0.
+        until: u64,
+        /// The room of a removal, else empty.
+        room: String,
+        /// The user's state after the action.
+        reply: oneshot::Sender<UserState>,
+    },
+    /// Ask every connected Link for the user's connections.
+    Query {
+        /// The user.
+        user: String,
+        /// The user's state, the Links asked and where their answers arrive; `None` when too
+        /// many queries wait.
+        reply: oneshot::Sender<Option<Pending>>,
+    },
+    /// Bans and revocations read from the store (merged: the later time wins).
+    Stored {
+        /// user → banned until.
+        bans: Vec<(String, u64)>,
+        /// user → tokens issued before this are refused.
+        revoked: Vec<(String, u64)>,
+    },
+}
+
+/// A user's ban and revocation, as the owner hub holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UserState {
+    /// Banned until (seconds), while the ban runs.
+    pub(crate) banned_until: Option<u64>,
+    /// Tokens issued before this (seconds) are refused.
+    pub(crate) revoked_before: Option<u64>,
+}
+
+/// A user query in progress.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    state: UserState,
+    links: Vec<u32>,
+    answers: mpsc::Receiver<(u32, Vec<u8>)>,
+}
+
+/// A write for the store task.
+#[derive(Debug)]
+pub(crate) enum StoreWrite {
+    /// `HSET {prefix}:bans user until`.
+    Ban(String, u64),
+    /// `HSET {prefix}:revoked user before`.
+    Revoke(String, u64),
+}
+
+/// Most store writes waiting for the store task (beyond, a write is dropped and logged; the hub
+/// still holds the entry in memory).
+pub(crate) const MAX_STORE_WRITES: usize = 4096;
+
+/// Keeps `{prefix}:bans` / `{prefix}:revoked` in Redis in step with the hub task: writes what
+/// it is sent, and every [`STORE_REFRESH`] (and at start) reads both hashes back into the hub
+/// task (`ModerationInput::Stored`), forgetting ended bans there.
+pub(crate) async fn run_store(
+    store: crate::store::RedisStore,
+    mut writes: mpsc::Receiver<StoreWrite>,
+    events: mpsc::Sender<HubInput>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(STORE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            write = writes.recv() => {
+                let Some(write) = write else { return };
+                let (table, user, secs) = match &write {
+                    StoreWrite::Ban(user, until) => ("bans", user, *until),
+                    StoreWrite::Revoke(user, before) => ("revoked", user, *before),
+                };
+                if let Err(error) = store.moderation_set(table, user, secs).await {
+                    tracing::warn!(%error, user = %user, table, "could not store a moderation entry (kept in memory)");
+                }
+            }
+            _ = tick.tick() => {
+                let now_secs = now_micros() / 1_000_000;
+                let (bans, revoked) = match (store.moderation_all("bans").await, store.moderation_all("revoked").await) {
+                    (Ok(bans), Ok(revoked)) => (bans, revoked),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::warn!(%error, "could not read bans and revocations from the store");
+                        continue;
+                    }
+                };
+                let (running, ended): (Vec<_>, Vec<_>) = bans.into_iter().partition(|(_, until)| *until > now_secs);
+                let ended: Vec<String> = ended.into_iter().map(|(user, _)| user).collect();
+                if let Err(error) = store.moderation_forget("bans", &ended).await {
+                    tracing::warn!(%error, "could not forget ended bans in the store");
+                }
+                let input = ModerationInput::Stored { bans: running, revoked };
+                if events.send(HubInput::Moderation(input)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `user → seconds`, bounded.
+#[derive(Debug, Default)]
+struct Table(HashMap<String, u64>);
+
+impl Table {
+    /// Keeps the later of `secs` and what is there; true if it changed.
+    fn set(&mut self, user: &str, secs: u64, expired: u64) -> bool {
+        if let Some(at) = self.0.get_mut(user) {
+            let changed = secs > *at;
+            *at = (*at).max(secs);
+            return changed;
+        }
+        if self.0.len() >= MAX_ENTRIES {
+            self.0.retain(|_, at| *at > expired);
+        }
+        if self.0.len() >= MAX_ENTRIES {
+            if let Some(first) = self.0.iter().min_by_key(|(_, at)| **at).map(|(user, _)| user.clone()) {
+                self.0.remove(&first);
+            }
+        }
+        self.0.insert(user.to_owned(), secs);
+        true
+    }
+}
+
+/// The hub task's moderation state (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct HubModeration {
+    bans: Table,
+    revoked: Table,
+    /// Query id → where its answers go.
+    queries: HashMap<u64, mpsc::Sender<(u32, Vec<u8>)>>,
+    next_query: u64,
+    /// With a Redis store: the writer task's inbox.
+    store: Option<mpsc::Sender<StoreWrite>>,
+}
+
+impl HubModeration {
+    /// With a store writer (`[store] redis`, [`run_store`]).
+    pub(crate) fn with_store(store: Option<mpsc::Sender<StoreWrite>>) -> Self {
+        HubModeration { store, ..HubModeration::default() }
+    }
+
+    fn state(&self, user: &str, now_secs: u64) -> UserState {
+        UserState {
+            banned_until: self.bans.0.get(user).copied().filter(|until| *until > now_secs),
+            revoked_before: self.revoked.0.get(user).copied(),
+        }
+    }
+
+    /// Every ban still running and every revocation, as frames for a Link that just connected.
+    fn frames_for_new_link(&self, now_secs: u64) -> Vec<Frame> {
+        let bans = self.bans.0.iter().filter(|(_, until)| **until > now_secs).map(|(user, until)| moderate(user, MODERATE_BAN, "", *until, ""));
+        let revoked = self.revoked.0.iter().map(|(user, before)| moderate(user, MODERATE_REVOKE, "", *before, ""));
+        bans.chain(revoked).collect()
+    }
+}
+
+/// The `Moderate` frame for `action` on `user`.
+fn moderate(user: &str, action: u8, reason: &str, until: u64, room: &str) -> Frame {
+    let code = match action {
+        MODERATE_DISCONNECT => 4000,
+        MODERATE_BAN => 4001,
+        MODERATE_REVOKE => 4002,
+        _ => 0,
+    };
+    FrameBuilder::new(room).sender(user).build(&Body::Moderate { action, code, reason: reason.to_owned(), until_secs: until })
+}
+
+impl HubTask {
+    /// Serves a moderation input (from HTTP or the store task).
+    pub(super) fn handle_moderation(&mut self, input: ModerationInput) {
+        let now_secs = now_micros() / 1_000_000;
+        match input {
+            ModerationInput::Act { user, action, reason, until, room, reply } => {
+                tracing::info!(user = %user, action = action_name(action), reason = %reason, until, room = %room, "operator action");
+                match action {
+                    MODERATE_BAN if self.moderation.bans.set(&user, until, now_secs) => {
+                        if let Some(store) = &self.moderation.store {
+                            if store.try_send(StoreWrite::Ban(user.clone(), until)).is_err() {
+                                tracing::warn!(user = %user, "store writes backed up: ban kept in memory only");
+                            }
+                        }
+                    }
+                    MODERATE_REVOKE if self.moderation.revoked.set(&user, until, 0) => {
+                        if let Some(store) = &self.moderation.store {
+                            if store.try_send(StoreWrite::Revoke(user.clone(), until)).is_err() {
+                                tracing::warn!(user = %user, "store writes backed up: revocation kept in memory only");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                let frame = moderate(&user, action, &reason, until, &room);
+                for connected in self.links.values_mut() {
+                    let _ = connected.queue.offer(frame.clone());
+                }
+                let _ = reply.send(self.moderation.state(&user, now_secs));
+            }
+            ModerationInput::Query { user, reply } => {
+                self.moderation.queries.retain(|_, answers| !answers.is_closed());
+                if self.moderation.queries.len() >= MAX_QUERIES {
+                    let _ = reply.send(None);
+                    return;
+                }
+                self.moderation.next_query += 1;
+                let request = self.moderation.next_query;
+                let (tx, answers) = mpsc::channel(self.links.len().max(1));
+                let frame = FrameBuilder::new("").sender(&user).build(&Body::UserQuery { request });
+                let mut links = Vec::with_capacity(self.links.len());
+                for (link, connected) in self.links.iter_mut() {
+                    let _ = connected.queue.offer(frame.clone());
+                    links.push(link.0);
+                }
+                links.sort_unstable();
+                self.moderation.queries.insert(request, tx);
+                let _ = reply.send(Some(Pending { state: self.moderation.state(&user, now_secs), links, answers }));
+            }
+            ModerationInput::Stored { bans, revoked } => {
+                // What this hub did not know yet (it restarted, or took the user over) also goes
+                // to the Links connected now; later ones get it on connect.
+                let mut learnt = Vec::new();
+                for (user, until) in bans {
+                    if until > now_secs && self.moderation.bans.set(&user, until, now_secs) {
+                        learnt.push(moderate(&user, MODERATE_BAN, "", until, ""));
+                    }
+                }
+                for (user, before) in revoked {
+                    if self.moderation.revoked.set(&user, before, 0) {
+                        learnt.push(moderate(&user, MODERATE_REVOKE, "", before, ""));
+                    }
+                }
+                for connected in self.links.values_mut() {
+                    for frame in &learnt {
+                        let _ = connected.queue.offer(frame.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A Link connected: it gets every running ban and every revocation.
+    pub(super) fn moderation_link_up(&mut self, link: LinkId) {
+        let frames = self.moderation.frames_for_new_link(now_micros() / 1_000_000);
+        if let Some(connected) = self.links.get_mut(&link) {
+            for frame in frames {
+                let _ = connected.queue.offer(frame);
+            }
+        }
+    }
+
+    /// Takes the Link frames that are this file's: `UserInfo` answers, and client publishes into
+    /// server-only rooms (refused 403). True when `frame` was taken.
+    pub(super) fn moderation_link_frame(&mut self, link: LinkId, frame: &Frame) -> bool {
+        match (frame.kind(), frame.body()) {
+            (Kind::UserInfo, ArchivedBody::UserInfo { request, json, .. }) => {
+                let request = request.to_native();
+                if let Some(answers) = self.moderation.queries.get(&request) {
+                    if answers.try_send((link.0, json.as_slice().to_vec())).is_err() && answers.is_closed() {
+                        self.moderation.queries.remove(&request);
+                    }
+                }
+                true
+            }
+            (Kind::Publish, ArchivedBody::Publish { request, .. }) if is_server_only(frame.room()) => {
+                let (Refusal::Error(code, reason) | Refusal::Close(code, reason)) = ClientError::ReadOnlyRoom.refusal();
+                let body = Body::Error { request: request.to_native(), code, reason: reason.to_owned(), retry_after_ms: 0 };
+                if let Some(connected) = self.links.get_mut(&link) {
+                    let _ = connected.queue.offer(FrameBuilder::new(frame.room()).build(&body));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn action_name(action: u8) -> &'static str {
+    match action {
+        MODERATE_DISCONNECT => "disconnect",
+        MODERATE_BAN => "ban",
+        MODERATE_REVOKE => "revoke",
+        MODERATE_REMOVE => "remove",
+        _ => "unknown",
+    }
+}
+
+// ---- HTTP handlers ----
+
+fn user_id(uid: Result<Path<String>, PathRejection>) -> Result<(String, String), ApiError> {
+    let Path(uid) = uid.map_err(|_| ApiError::BadRequest("invalid user id"))?;
+    let room = personal_room(&uid).ok_or(ApiError::BadRequest("invalid user id (user:{uid} must be a valid room name)"))?;
+    Ok((uid, room))
+}
+
+/// A JSON object body (an empty body is `{}`).
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|_| ApiError::BadRequest("body must be a JSON object with the documented fields"))
+}
+
+fn reason_of(reason: Option<String>) -> Result<String, ApiError> {
+    let reason = reason.unwrap_or_default();
+    if reason.len() > MAX_REASON {
+        return Err(ApiError::BadRequest("reason is longer than 1024 bytes"));
+    }
+    Ok(reason)
+}
+
+/// `POST /v1/users/{uid}/messages`: a publish into `user:{uid}`.
+pub(super) async fn user_messages(
+    State(shared): State<Arc<ApiState>>,
+    uid: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (_, room) = user_id(uid)?;
+    publish_room(&shared, room, &uri, &headers, body).await
+}
+
+/// `POST /v1/broadcast`: a publish into `all`.
+pub(super) async fn broadcast(
+    State(shared): State<Arc<ApiState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    publish_room(&shared, BROADCAST_ROOM.to_owned(), &uri, &headers, body).await
+}
+
+/// Asks the hub task to apply an action.
+async fn act(shared: &ApiState, user: &str, action: u8, reason: String, until: u64, room: String) -> Result<UserState, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let input = ModerationInput::Act { user: user.to_owned(), action, reason, until, room, reply };
+    ask(shared, HubInput::Moderation(input), answer).await
+}
+
+/// Body of `POST /v1/users/{uid}/disconnect`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    reason: Option<String>,
+    ban_seconds: Option<u64>,
+}
+
+/// `POST /v1/users/{uid}/disconnect {"reason"?, "ban_seconds"?}`.
+pub(super) async fn disconnect(
+    State(shared): State<Arc<ApiState>>,
+    uid: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    shared.check_admin(&headers)?;
+    let (uid, room) = user_id(uid)?;
+    let body = body.map_err(ApiError::rejected)?;
+    let request: DisconnectBody = json_body(&body)?;
+    let reason = reason_of(request.reason)?;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body).await? {
+        return Ok(answer);
+    }
+    let state = match request.ban_seconds.filter(|s| *s > 0) {
+        Some(seconds) => {
+            let until = (now_micros() / 1_000_000).saturating_add(seconds);
+            act(&shared, &uid, MODERATE_BAN, reason, until, String::new()).await?
+        }
+        None => act(&shared, &uid, MODERATE_DISCONNECT, reason, 0, String::new()).await?,
+    };
+    Ok(Json(serde_json::json!({ "user": uid, "disconnected": true, "banned_until": state.banned_until })).into_response())
+}
+
+/// Body of `POST /v1/users/{uid}/revoke`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    before: Option<u64>,
+}
+
+/// `POST /v1/users/{uid}/revoke {"before": S}`.
+pub(super) async fn revoke(
+    State(shared): State<Arc<ApiState>>,
+    uid: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    shared.check_admin(&headers)?;
+    let (uid, room) = user_id(uid)?;
+    let body = body.map_err(ApiError::rejected)?;
+    let request: RevokeBody = json_body(&body)?;
+    let before = request.before.ok_or(ApiError::BadRequest("before (seconds since the Unix epoch) is required"))?;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body).await? {
+        return Ok(answer);
+    }
+    let state = act(&shared, &uid, MODERATE_REVOKE, String::new(), before, String::new()).await?;
+    Ok(Json(serde_json::json!({ "user": uid, "revoked_before": state.revoked_before })).into_response())
+}
+
+/// Body of `POST /v1/rooms/{room}/members/{uid}/remove`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/rooms/{room}/members/{uid}/remove {"reason"?}`.
+pub(super) async fn remove(
+    State(shared): State<Arc<ApiState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    shared.check_admin(&headers)?;
+    let Path((target, uid)) = path.map_err(|_| ApiError::BadRoom)?;
+    if !is_valid_room(&target) {
+        return Err(ApiError::BadRoom);
+    }
+    let (uid, room) = user_id(Ok(Path(uid)))?;
+    let body = body.map_err(ApiError::rejected)?;
+    let request: RemoveBody = json_body(&body)?;
+    let reason = reason_of(request.reason)?;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body).await? {
+        return Ok(answer);
+    }
+    act(&shared, &uid, MODERATE_REMOVE, reason, 0, target.clone()).await?;
+    Ok(Json(serde_json::json!({ "room": target, "user": uid, "removed": true })).into_response())
+}
+
+/// `GET /v1/users/{uid}`: the user's connections on every Link, its ban and revocation.
+pub(super) async fn user(
+    State(shared): State<Arc<ApiState>>,
+    uid: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    shared.check_admin(&headers)?;
+    let (uid, room) = user_id(uid)?;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
+        return Ok(answer);
+    }
+    let (reply, answer) = oneshot::channel();
+    let input = ModerationInput::Query { user: uid.clone(), reply };
+    let Pending { state, links, mut answers } =
+        ask(&shared, HubInput::Moderation(input), answer).await?.ok_or(ApiError::Unavailable("too many user queries waiting"))?;
+    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+    let mut answered = HashSet::new();
+    let mut connections = Vec::new();
+    while answered.len() < links.len() {
+        let Ok(Some((link, json))) = tokio::time::timeout_at(deadline, answers.recv()).await else { break };
+        if !answered.insert(link) {
+            continue;
+        }
+        let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice::<serde_json::Value>(&json) else { continue };
+        for mut entry in entries {
+            if let Some(object) = entry.as_object_mut() {
+                object.insert("link".into(), link.into());
+                connections.push(entry);
+            }
+        }
+    }
+    let incomplete: Vec<u32> = links.iter().copied().filter(|link| !answered.contains(link)).collect();
+    Ok(Json(serde_json::json!({
+        "user": uid,
+        "connections": connections,
+        "banned_until": state.banned_until,
+        "revoked_before": state.revoked_before,
+        "incomplete_links": incomplete,
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_keep_the_later_time_and_stay_bounded() {
+        let mut table = Table::default();
+        assert!(table.set("bob", 10, 0));
+        assert!(!table.set("bob", 5, 0), "an earlier time changes nothing");
+        assert!(table.set("bob", 20, 0));
+        assert_eq!(table.0.get("bob"), Some(&20));
+    }
+
+    #[test]
+    fn a_new_link_gets_running_bans_and_every_revocation() {
+        let mut moderation = HubModeration::default();
+        moderation.bans.set("over", 5, 0);
+        moderation.bans.set("bob", 100, 0);
+        moderation.revoked.set("eve", 7, 0);
+        let frames = moderation.frames_for_new_link(50);
+        let mut seen: Vec<(String, u8, u64)> = frames
+            .iter()
+            .map(|f| match f.body() {
+                ArchivedBody::Moderate { action, until_secs, .. } => (f.sender().to_owned(), *action, until_secs.to_native()),
+                _ => panic!("not a moderate frame"),
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec![("bob".into(), MODERATE_BAN, 100), ("eve".into(), MODERATE_REVOKE, 7)]);
+        assert_eq!(moderation.state("bob", 50), UserState { banned_until: Some(100), revoked_before: None });
+        assert_eq!(moderation.state("over", 50), UserState::default(), "an ended ban is not reported");
+    }
+}

@@ -167,7 +167,9 @@ impl HubTask {
     pub(super) fn durable_api(&mut self, event: HubInput) {
         let Some(durable) = &self.durable else { return self.handle_owned(event) };
         let room = match &event {
-            HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } => room,
+            // The rooms this hub holds, as they are.
+            HubInput::Rooms { .. } => return self.handle_owned(event),
+            HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } | HubInput::Presence { room, .. } => room,
         };
         if !durable.is_owned(room) {
             let room = room.clone();
@@ -300,6 +302,12 @@ impl HubTask {
             }
             Deferred::Api(HubInput::History { reply, .. }) => {
                 let _ = reply.send(Err(error));
+            }
+            Deferred::Api(HubInput::Presence { reply, .. }) => {
+                let _ = reply.send(Err(error));
+            }
+            Deferred::Api(HubInput::Rooms { reply, .. }) => {
+                let _ = reply.send(Vec::new());
             }
             Deferred::Link { link, generation, frame } => {
                 if self.links.get(&link).is_none_or(|c| c.generation != generation) {

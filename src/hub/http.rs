@@ -64,6 +64,9 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         .route("/v1/locate", get(locate))
         .route("/v1/rooms/{room}", get(room_info))
         .route("/v1/rooms/{room}/messages", get(history).post(publish))
+        // Presence (presence_api.rs): one room's count and users; the cluster-wide room list.
+        .route("/v1/rooms/{room}/presence", get(super::presence_api::room_presence))
+        .route("/v1/rooms", get(super::presence_api::rooms))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -238,7 +241,7 @@ async fn locate(
     Ok(Json(serde_json::json!({ "room": room, "links": links })).into_response())
 }
 
-fn room_name(room: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(super) fn room_name(room: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     // A path that does not even decode (bad percent-encoding, not UTF-8) is a bad room name too.
     let Path(room) = room.map_err(|_| ApiError::BadRoom)?;
     if is_valid_room(&room) {
@@ -285,14 +288,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// Sends `event` to the hub task and waits for its answer.
-async fn ask<T>(shared: &ApiState, event: HubInput, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
+pub(super) async fn ask<T>(shared: &ApiState, event: HubInput, answer: oneshot::Receiver<T>) -> Result<T, ApiError> {
     shared.events.send(event).await.map_err(|_| ApiError::Unavailable("hub shutting down"))?;
     answer.await.map_err(|_| ApiError::Unavailable("hub shutting down"))
 }
 
 /// Passes the request on to `room`'s owner hub when that is another hub, and returns its answer
 /// unchanged (`None`: this hub owns the room and answers itself).
-async fn forward_unless_owner(
+pub(super) async fn forward_unless_owner(
     shared: &ApiState,
     room: &str,
     method: Method,

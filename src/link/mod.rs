@@ -36,6 +36,7 @@ mod conn_io;
 mod connection;
 mod coordinator;
 mod hub_connector;
+mod presence;
 mod quic_clients;
 mod registry;
 mod shard;

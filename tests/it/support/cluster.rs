@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use super::http::{hub_metric, try_get};
+use super::http::{hub_metric, try_get, try_get_as};
 use super::{local, STEP};
 
 /// What to start.
@@ -51,6 +51,8 @@ pub struct Cluster {
     /// Each Link's WebSocket address.
     pub links: Vec<SocketAddr>,
     relay: Option<Relay>,
+    /// The settings' first `admin`-scoped API key, if any: the admin listeners then need it.
+    pub admin_key: Option<String>,
 }
 
 impl Cluster {
@@ -96,6 +98,10 @@ impl Cluster {
             hub_quic: hubs.iter().map(|h| h.1).collect(),
             links: links.iter().map(|l| l.0).collect(),
             relay,
+            admin_key: linkcast::config::Config::from_toml(spec.settings).ok().and_then(|config| {
+                let admin = config.auth.scoped_keys().find(|(_, scopes)| scopes.contains(&linkcast::config::Scope::Admin)).map(|(k, _)| k.to_owned());
+                admin
+            }),
         };
         for id in 0..spec.hubs {
             cluster.spawn_hub(id);
@@ -139,7 +145,11 @@ impl Cluster {
     async fn try_wait_links(&mut self, hub: usize, n: usize, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(res) = try_get(self.hub_admin[hub], "/metrics").await {
+            let metrics = match &self.admin_key {
+                Some(key) => try_get_as(self.hub_admin[hub], "/metrics", key).await,
+                None => try_get(self.hub_admin[hub], "/metrics").await,
+            };
+            if let Some(res) = metrics {
                 if res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == n as f64 {
                     return Ok(());
                 }

@@ -112,8 +112,10 @@ pub struct TableStats {
     pub refused: u64,
     /// Scans of a full table for idle rooms (at most one per [`FULL_SWEEP_INTERVAL_MICROS`]).
     pub full_sweeps: u64,
-    /// Presence frames (`Presence` counts and `Member` events) queued to Links.
+    /// `Presence` frames (member counts) queued to Links.
     pub presence_sends: u64,
+    /// `Member` frames (join/leave events) queued to Links.
+    pub member_sends: u64,
 }
 
 /// Least time between two scans of a full table for idle rooms, in micros.
@@ -381,7 +383,7 @@ impl RoomTable {
                 }
             }
         }
-        self.stats.presence_sends += (self.transmit.len() - before) as u64;
+        self.count_presence(before);
         for room in changed {
             self.schedule_presence(&room, now);
         }
@@ -406,7 +408,7 @@ impl RoomTable {
                 self.presence_due.push(Reverse((at, room)));
             }
         }
-        self.stats.presence_sends += (self.transmit.len() - before) as u64;
+        self.count_presence(before);
     }
 
     /// A room's presence: (members, events on, users while events are on).
@@ -432,6 +434,17 @@ impl RoomTable {
         rooms.into_iter().filter_map(|(name, members)| self.rooms.get(name).map(|s| (name.to_owned(), members, s.room.links().to_vec()))).collect()
     }
 
+    /// Counts the presence frames queued since the queue held `before` frames.
+    fn count_presence(&mut self, before: usize) {
+        for (_, frame) in self.transmit.range(before..) {
+            match frame.kind() {
+                Kind::Presence => self.stats.presence_sends += 1,
+                Kind::Member => self.stats.member_sends += 1,
+                _ => {}
+            }
+        }
+    }
+
     fn schedule_presence(&mut self, room: &str, now: u64) {
         let limits = self.limits.presence;
         let Some(slot) = self.rooms.get_mut(room) else { return };
@@ -448,7 +461,7 @@ impl RoomTable {
         let before = self.transmit.len();
         let linked = slot.room.members_on(link) > 0;
         slot.presence.handle_member(&limits, room, link, linked, user, joined, slot.room.links(), &mut self.transmit);
-        self.stats.presence_sends += (self.transmit.len() - before) as u64;
+        self.count_presence(before);
     }
 
     /// Drops idle rooms (no interest, no publish for `idle_ttl_micros`).
@@ -480,7 +493,7 @@ impl RoomTable {
         let before = self.transmit.len();
         let total = slot.room.members();
         let owed = slot.presence.handle_interest(&limits, room, link, change, total, slot.room.links(), &mut self.transmit);
-        self.stats.presence_sends += (self.transmit.len() - before) as u64;
+        self.count_presence(before);
         if owed {
             self.schedule_presence(room, now);
         }
@@ -997,7 +1010,7 @@ mod tests {
         assert!(matches!(out.as_slice(), [(LinkId(2), f)] if f.kind() == Kind::Member && f.sender() == "alice"));
         table.handle_presence_timeout(2_000);
         assert!(matches!(drain(&mut table).as_slice(), [(LinkId(2), f)] if matches!(f.body(), ArchivedBody::Presence { members, .. } if members.to_native() == 1)));
-        assert!(table.stats().presence_sends >= 9);
+        assert_eq!((table.stats().presence_sends, table.stats().member_sends), (7, 3), "2 at interest, 2 + 2 + 1 room-wide; 2 + 1 events");
         // The room list: biggest first.
         table.handle_link_frame(2_001, LinkId(2), &interest("big", 2, 50));
         table.handle_link_frame(2_001, LinkId(2), &interest("user:bob", 2, 1));

@@ -339,6 +339,7 @@ impl HubTask {
         self.metrics.published.increment(stats.published - self.seen.published);
         self.metrics.link_sends.increment(stats.link_sends - self.seen.link_sends);
         self.metrics.presence_sends.increment(stats.presence_sends - self.seen.presence_sends);
+        self.metrics.member_sends.increment(stats.member_sends - self.seen.member_sends);
         self.seen = stats;
         self.metrics.rooms.set(self.table.len() as f64);
         self.metrics.links.set(self.links.len() as f64);

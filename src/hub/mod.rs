@@ -250,8 +250,10 @@ impl ApiState {
 pub(crate) struct HubMetrics {
     published: metrics::Counter,
     link_sends: metrics::Counter,
-    /// Presence frames (counts, join/leave events) queued to Links.
+    /// `Presence` frames (member counts) queued to Links.
     presence_sends: metrics::Counter,
+    /// `Member` frames (join/leave events) queued to Links.
+    member_sends: metrics::Counter,
     queue_dropped: metrics::Counter,
     rooms: metrics::Gauge,
     links: metrics::Gauge,
@@ -270,6 +272,7 @@ impl HubMetrics {
             published: metrics::counter!("linkcast_hub_published_total", "hub" => hub.clone()),
             link_sends: metrics::counter!("linkcast_hub_link_sends_total", "hub" => hub.clone()),
             presence_sends: metrics::counter!("linkcast_hub_presence_sends_total", "hub" => hub.clone()),
+            member_sends: metrics::counter!("linkcast_hub_member_event_sends_total", "hub" => hub.clone()),
             queue_dropped: metrics::counter!("linkcast_hub_link_queue_dropped_total", "hub" => hub.clone()),
             rooms: metrics::gauge!("linkcast_hub_rooms", "hub" => hub.clone()),
             links: metrics::gauge!("linkcast_hub_links", "hub" => hub.clone()),

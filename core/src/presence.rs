@@ -140,6 +140,7 @@ impl RoomPresence {
         change: InterestChange,
         members: u64,
         links: &[LinkId],
+        now: u64,
         out: &mut VecDeque<(LinkId, Frame)>,
     ) -> bool {
         if !limits.is_on() || !has_counts(room) {
@@ -158,6 +159,12 @@ impl RoomPresence {
         if change == InterestChange::Added {
             let frame = FrameBuilder::new(room).build(&Body::Presence { members, events: self.events });
             out.push_back((link, frame));
+            if links == [link] {
+                // The only Link: this was the room-wide count too (no second one right after).
+                self.sent_members = Some(members);
+                self.told_events = Some(self.events);
+                self.sent_at = Some(now);
+            }
         }
         self.sent_members != Some(members) || self.told_events != Some(self.events)
     }
@@ -330,33 +337,33 @@ mod tests {
         let mut p = RoomPresence::new("r");
         let mut out = VecDeque::new();
         let l1 = [LinkId(1)];
-        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Added, 2, &l1, &mut out));
+        assert!(!p.handle_interest(&ON, "r", LinkId(1), InterestChange::Added, 2, &l1, 0, &mut out), "the only Link: that was the room's count");
         assert_eq!(presences(&mut out), vec![(1, 2, true)], "the new Link learns count and flag");
-        assert_eq!(p.due(&ON, 10), 10, "never sent room-wide: due now");
+        assert_eq!(p.due(&ON, 10), 1_000_000);
         assert!(!p.poll(&ON, "r", 10, 2, &l1, &mut out));
-        assert_eq!(presences(&mut out), vec![(1, 2, true)]);
+        assert!(out.is_empty(), "not twice");
         // Churn: many count changes, the next one only after the interval, with the last count.
         for n in [3, 2, 3, 1] {
             // 2 is what the Links were told: nothing owed for it alone.
-            assert_eq!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, n, &l1, &mut out), n != 2);
+            assert_eq!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, n, &l1, 0, &mut out), n != 2);
         }
         assert!(out.is_empty());
-        assert_eq!(p.due(&ON, 20), 1_000_010);
+        assert_eq!(p.due(&ON, 20), 1_000_000);
         assert!(!p.poll(&ON, "r", 1_000_010, 1, &l1, &mut out));
         assert_eq!(presences(&mut out), vec![(1, 1, true)]);
         // Nothing changed: nothing sent.
-        assert!(!p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 1, &l1, &mut out));
+        assert!(!p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 1, &l1, 0, &mut out));
         assert!(!p.poll(&ON, "r", 3_000_000, 1, &l1, &mut out));
         assert!(out.is_empty());
         // Presence off: nothing at all.
         let off = PresenceLimits { interval_micros: 0, ..ON };
         let mut q = RoomPresence::new("r");
-        assert!(!q.handle_interest(&off, "r", LinkId(1), InterestChange::Added, 2, &l1, &mut out));
+        assert!(!q.handle_interest(&off, "r", LinkId(1), InterestChange::Added, 2, &l1, 0, &mut out));
         assert!(!q.poll(&off, "r", 0, 2, &l1, &mut out));
         assert!(out.is_empty());
         // Personal rooms have no presence.
         let mut personal = RoomPresence::new("user:bob");
-        assert!(!personal.handle_interest(&ON, "user:bob", LinkId(1), InterestChange::Added, 1, &l1, &mut out));
+        assert!(!personal.handle_interest(&ON, "user:bob", LinkId(1), InterestChange::Added, 1, &l1, 0, &mut out));
         assert!(out.is_empty());
     }
 
@@ -394,7 +401,7 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(p.users(), Some(vec!["bob".into(), "carol".into()]));
         // Link 1 goes: carol (only there) left, bob (also on Link 2) did not.
-        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Removed, 1, &[LinkId(2)], &mut out));
+        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Removed, 1, &[LinkId(2)], 0, &mut out));
         assert_eq!(members(&mut out), vec![(2, "carol".into(), false)]);
         assert_eq!(p.users(), Some(vec!["bob".into()]));
         let _ = links;
@@ -406,11 +413,11 @@ mod tests {
         let mut out = VecDeque::new();
         let l = [LinkId(1)];
         p.handle_member(&ON, "r", LinkId(1), true, "a", true, &l, &mut out);
-        let _ = p.handle_interest(&ON, "r", LinkId(1), InterestChange::Added, 1, &l, &mut out);
+        let _ = p.handle_interest(&ON, "r", LinkId(1), InterestChange::Added, 1, &l, 0, &mut out);
         assert!(!p.poll(&ON, "r", 0, 1, &l, &mut out));
         out.clear();
         // Up: 4 > 3. The sets go at once, reports are ignored, the next Presence says off.
-        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 4, &l, &mut out));
+        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 4, &l, 0, &mut out));
         assert!(!p.events());
         assert_eq!(p.users(), None);
         p.handle_member(&ON, "r", LinkId(1), true, "b", true, &l, &mut out);
@@ -418,7 +425,7 @@ mod tests {
         assert!(!p.poll(&ON, "r", 1_000_000, 4, &l, &mut out));
         assert_eq!(presences(&mut out), vec![(1, 4, false)]);
         // Down: events come back with the next Presence; the Link resyncs with its list.
-        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 2, &l, &mut out));
+        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 2, &l, 0, &mut out));
         assert!(!p.poll(&ON, "r", 2_000_000, 2, &l, &mut out));
         assert_eq!(presences(&mut out), vec![(1, 2, true)]);
         assert!(p.events());
@@ -434,12 +441,12 @@ mod tests {
         let mut p = RoomPresence::new("r");
         let mut out = VecDeque::new();
         let l = [LinkId(1)];
-        let _ = p.handle_interest(&ON, "r", LinkId(1), InterestChange::Added, 1, &l, &mut out);
+        let _ = p.handle_interest(&ON, "r", LinkId(1), InterestChange::Added, 1, &l, 0, &mut out);
         assert!(!p.poll(&ON, "r", 0, 1, &l, &mut out));
         out.clear();
         // Up and back down before the next slot: the Link never heard "off".
-        let _ = p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 5, &l, &mut out);
-        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 2, &l, &mut out));
+        let _ = p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 5, &l, 0, &mut out);
+        assert!(p.handle_interest(&ON, "r", LinkId(1), InterestChange::Updated, 2, &l, 0, &mut out));
         assert!(p.poll(&ON, "r", 1_000_000, 2, &l, &mut out), "on again only at the next slot");
         assert_eq!(presences(&mut out), vec![(1, 2, false)]);
         assert!(!p.poll(&ON, "r", 2_000_000, 2, &l, &mut out));
@@ -451,7 +458,7 @@ mod tests {
         let mut p = RoomPresence::new("all");
         let mut out = VecDeque::new();
         let l = [LinkId(1)];
-        assert!(p.handle_interest(&ON, "all", LinkId(1), InterestChange::Added, 1, &l, &mut out));
+        let _ = p.handle_interest(&ON, "all", LinkId(1), InterestChange::Added, 1, &l, 0, &mut out);
         assert_eq!(presences(&mut out), vec![(1, 1, false)]);
         p.handle_member(&ON, "all", LinkId(1), true, "a", true, &l, &mut out);
         assert!(out.is_empty());

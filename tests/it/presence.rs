@@ -51,7 +51,7 @@ fn token(sub: &str) -> String {
 /// Connects user `sub` to Link `link` (0-based) and joins `room` (with presence events if
 /// `presence`); returns the client after `joined`.
 async fn member(cluster: &Cluster, link: usize, sub: &str, room: &str, presence: bool) -> WsClient {
-    let mut client = WsClient::connect(&ws_url(cluster.links[link], Some(&token(sub)))).await;
+    let mut client = WsClient::connect(&ws_url(cluster.links[link], Some(&token(sub)))).await.keep_presence();
     client.send(json!({"op": "join", "room": room, "presence": presence})).await;
     loop {
         let value = client.next_json().await;

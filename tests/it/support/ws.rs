@@ -28,6 +28,9 @@ pub enum Got {
 /// A WebSocket client.
 pub struct WsClient {
     stream: Stream,
+    /// Also return presence messages (`presence`, `member_joined`, `member_left`); other tests
+    /// never see them.
+    keep_presence: bool,
 }
 
 /// `ws://addr/ws`, with `?token=` if given.
@@ -64,7 +67,7 @@ impl WsClient {
         let (stream, _) = tokio::time::timeout(STEP, builder.connect())
             .await
             .map_err(|_| tokio_websockets::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-        Ok(WsClient { stream })
+        Ok(WsClient { stream, keep_presence: false })
     }
 
     /// Connects to `ws://addr/ws` over a socket with a receive buffer of `rcvbuf` bytes (a
@@ -78,7 +81,13 @@ impl WsClient {
             .await
             .expect("upgrade in time")
             .expect("upgrade");
-        WsClient { stream }
+        WsClient { stream, keep_presence: false }
+    }
+
+    /// This client's reads also return presence messages.
+    pub fn keep_presence(mut self) -> WsClient {
+        self.keep_presence = true;
+        self
     }
 
     /// The underlying stream (for a reader task of its own).
@@ -114,7 +123,11 @@ impl WsClient {
                 return Some(Got::Close(code.into(), reason.to_owned()));
             }
             if let Some(text) = message.as_text() {
-                return Some(Got::Json(serde_json::from_str(text).expect("server sends JSON")));
+                let value: Value = serde_json::from_str(text).expect("server sends JSON");
+                if !self.keep_presence && matches!(value["op"].as_str(), Some("presence" | "member_joined" | "member_left")) {
+                    continue;
+                }
+                return Some(Got::Json(value));
             }
         }
     }
@@ -136,6 +149,9 @@ impl WsClient {
                 .expect("connection open")
                 .expect("valid frame");
             if let Some(text) = message.as_text() {
+                if !self.keep_presence && (text.starts_with(r#"{"op":"presence""#) || text.starts_with(r#"{"op":"member_"#)) {
+                    continue;
+                }
                 return text.to_owned();
             }
             assert!(!message.is_close(), "closed: {message:?}");

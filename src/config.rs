@@ -262,6 +262,12 @@ pub struct HubConfig {
     pub http_request_timeout_secs: u64,
     /// A write to a Link that makes no progress for this many milliseconds disconnects it.
     pub link_write_timeout_ms: u64,
+    /// Presence: least milliseconds between two member counts of one room told to its Links
+    /// (and so to every member); 0 = presence off (no counts, no join/leave events).
+    pub presence_interval_ms: u64,
+    /// Presence: join/leave events (and `GET .../presence` user lists) while a room has at most
+    /// this many members; above, counts only.
+    pub presence_events_max_members: u64,
 }
 
 impl Default for HubConfig {
@@ -284,6 +290,8 @@ impl Default for HubConfig {
             http_header_timeout_secs: 5,
             http_request_timeout_secs: 30,
             link_write_timeout_ms: 10_000,
+            presence_interval_ms: 1000,
+            presence_events_max_members: 1000,
         }
     }
 }
@@ -410,6 +418,10 @@ impl HubConfig {
                 dedupe_micros: self.dedupe_secs.saturating_mul(1_000_000),
             },
             join_replay_bytes: self.join_replay_bytes.max(1),
+            presence: linkcast_core::presence::PresenceLimits {
+                interval_micros: self.presence_interval_ms.saturating_mul(1000),
+                events_max_members: self.presence_events_max_members,
+            },
         }
     }
 }
@@ -1039,5 +1051,21 @@ mod hooks_tests {
         assert!(hooks.check_node(false).is_ok());
         assert!(HooksConfig { secret: "s".into(), ..hooks }.check_node(true).is_ok());
         assert!(HooksConfig::default().check_node(true).is_ok(), "no hooks, no secret needed");
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    #[test]
+    fn presence_defaults_and_keys() {
+        let config = Config::from_toml("").expect("valid");
+        assert_eq!((config.hub.presence_interval_ms, config.hub.presence_events_max_members), (1000, 1000));
+        let limits = config.hub.table_limits().presence;
+        assert_eq!((limits.interval_micros, limits.events_max_members), (1_000_000, 1000));
+        let config = Config::from_toml("[hub]\npresence_interval_ms = 0\npresence_events_max_members = 20\n").expect("valid");
+        assert!(!config.hub.table_limits().presence.is_on(), "0 = presence off");
+        assert_eq!(config.hub.table_limits().presence.events_max_members, 20);
     }
 }

@@ -71,6 +71,16 @@ impl<K: Hash + Eq + Clone> LinkInterest<K> {
         self.rooms.get(room).map_or(0, |r| r.total)
     }
 
+    /// True when `room`'s owner hub counts this Link in (an announcement with members was sent
+    /// since the hub last (re)connected).
+    pub fn is_announced<Q>(&self, room: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.rooms.get(room).is_some_and(|r| r.announced > 0)
+    }
+
     /// Members of `room` per shard (empty when the room has none).
     pub fn per_shard<Q>(&self, room: &Q) -> &[u32]
     where

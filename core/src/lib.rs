@@ -23,6 +23,8 @@
 //! - [`room`]: one room at its owner hub: sequencer, epoch, bounded history, interest set,
 //!   join answers (replay / gap / reset), publish de-duplication.
 //! - [`room_table`]: the hub's table of owned rooms and the frames owed to each Link.
+//! - [`presence`]: a room's cluster-wide member count told to its Links (throttled) and its
+//!   users' join/leave events while it is small, at the owner hub.
 //! - [`link_queue`]: the hub's per-Link send queue accounting (byte limit, what a drop loses).
 
 //! - [`fanout`]: a shard's ring of recent frames per room and per-connection cursors.
@@ -51,6 +53,7 @@ pub mod interest;
 pub mod link_queue;
 pub mod link_session;
 pub mod placement;
+pub mod presence;
 pub mod protocol;
 pub mod quantiles;
 pub mod room;

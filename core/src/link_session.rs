@@ -100,6 +100,8 @@ pub enum Request {
         since: Option<u64>,
         /// The epoch `since` belongs to.
         epoch: Option<u64>,
+        /// Also deliver the room's `member_joined` / `member_left` events.
+        presence: bool,
     },
     /// Leave `room`.
     Leave {
@@ -135,8 +137,7 @@ pub enum Request {
 impl From<ClientOp> for Request {
     fn from(op: ClientOp) -> Request {
         match op {
-            // TODO(issue 15): presence events.
-            ClientOp::Join { room, since, epoch, presence: _ } => Request::Join { room, since, epoch },
+            ClientOp::Join { room, since, epoch, presence } => Request::Join { room, since, epoch, presence },
             ClientOp::Leave { room } => Request::Leave { room },
             ClientOp::Publish { room, data, id } => {
                 let key = id.as_ref().map(publish_key).unwrap_or_default();
@@ -156,6 +157,8 @@ impl Request {
                 room: frame.room().to_owned(),
                 since: since.as_ref().map(|s| s.to_native()),
                 epoch: epoch.as_ref().map(|e| e.to_native()),
+                // QUIC clients get the room's counts; join/leave events are a WebSocket opt-in.
+                presence: false,
             }),
             ArchivedBody::Leave { .. } => Ok(Request::Leave { room: frame.room().to_owned() }),
             ArchivedBody::Publish { request, key, data } => {
@@ -355,6 +358,10 @@ struct Member {
     /// First seq of `epoch` this member got from the live ring (after its last `Joined`): what
     /// a resume must not deliver again is `live_from..=last`.
     live_from: u64,
+    /// Joined with `"presence": true`: also gets the room's join/leave events.
+    presence: bool,
+    /// The room's count as the Link knew it at the join, shown right after `joined`.
+    count: Option<Frame>,
 }
 
 /// Seqs a resumed automatic room already delivered live: replays inside are skipped.
@@ -448,7 +455,7 @@ impl LinkSession {
         out: &mut Vec<ToClient>,
     ) -> Result<(), ClientError> {
         match request {
-            Request::Join { room, since, epoch } => {
+            Request::Join { room, since, epoch, presence } => {
                 if self.join_bucket.take(now_micros) != Verdict::Allow {
                     // Refused, never closed: a client retrying too eagerly keeps its connection.
                     self.stats.joins_limited += 1;
@@ -466,7 +473,7 @@ impl LinkSession {
                     self.join_again(&room, since, epoch, shard, out);
                     return Ok(());
                 }
-                if let Err(e) = self.join(&room, since, epoch, false, shard) {
+                if let Err(e) = self.join(&room, since, epoch, presence, false, shard) {
                     return refuse(e, Some(&room), None, out);
                 }
             }
@@ -580,10 +587,10 @@ impl LinkSession {
     /// client gets `joined` for each, as for its own joins.
     pub fn join_system_rooms(&mut self, broadcast: bool, shard: &mut ShardRooms) {
         if let Some(room) = personal_room(&self.claims.sub) {
-            let _ = self.join(&room, None, None, true, shard);
+            let _ = self.join(&room, None, None, false, true, shard);
         }
         if broadcast {
-            let _ = self.join(BROADCAST_ROOM, None, None, true, shard);
+            let _ = self.join(BROADCAST_ROOM, None, None, false, true, shard);
         }
     }
 
@@ -622,7 +629,15 @@ impl LinkSession {
         self.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_owned() });
     }
 
-    fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, auto: bool, shard: &mut ShardRooms) -> Result<(), ClientError> {
+    fn join(
+        &mut self,
+        room: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        presence: bool,
+        auto: bool,
+        shard: &mut ShardRooms,
+    ) -> Result<(), ClientError> {
         if !is_valid_room(room) {
             return Err(ClientError::BadRoom);
         }
@@ -650,6 +665,8 @@ impl LinkSession {
             resume: false,
             auto,
             live_from: 1,
+            presence,
+            count: None,
         };
         self.rooms.push((room.to_owned(), member));
         self.stats.joins += 1;
@@ -708,6 +725,13 @@ impl LinkSession {
                 return;
             }
             _ => {}
+        }
+        if let ArchivedBody::Presence { .. } = frame.body() {
+            // The room's count, routed with the join's answers: kept for after `joined`.
+            if let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| r == frame.room() && !m.joined) {
+                member.count = Some(frame);
+            }
+            return;
         }
         let request = match frame.body() {
             ArchivedBody::Reset { request, .. }
@@ -799,7 +823,11 @@ impl LinkSession {
                 }
                 shard.remove_request(request);
                 self.dirty = true;
-                out.push(ToClient::Joined { room, epoch, last_seq });
+                let count = member.count.take();
+                out.push(ToClient::Joined { room: room.clone(), epoch, last_seq });
+                if let Some(count) = count {
+                    out.push(ToClient::Encoded(encode_count(&room, &count, self.wire)));
+                }
             }
             _ => {}
         }
@@ -876,6 +904,19 @@ impl LinkSession {
             shard.remove_request(*request);
         }
         self.pending.clear();
+    }
+}
+
+/// A hub `Presence` frame for one client: `{"op":"presence",...}` (with `"events":false` while
+/// off) in a WebSocket frame, or the frame itself for QUIC.
+fn encode_count(room: &str, frame: &Frame, wire: Wire) -> Bytes {
+    match (wire, frame.body()) {
+        (Wire::Ws, ArchivedBody::Presence { members, events }) => {
+            let mut json = Vec::with_capacity(64 + room.len());
+            crate::protocol::encode_presence(&mut json, room, members.to_native(), (!*events).then_some(false));
+            crate::ws_frame::text(&json)
+        }
+        _ => frame.clone().into_bytes(),
     }
 }
 
@@ -956,6 +997,18 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
             tell_gap(room, member, lost, stats, out);
             0
         }
+        RingItem::Notice { ws, frame, events_only } => {
+            if events_only && !member.presence {
+                return 0;
+            }
+            let bytes = match wire {
+                Wire::Ws => ws,
+                Wire::Quic => frame.into_bytes(),
+            };
+            let len = bytes.len();
+            out.push(ToClient::Encoded(bytes));
+            len
+        }
         RingItem::Reset { epoch, last_seq } => {
             if member.epoch != Some(epoch) {
                 member.epoch = Some(epoch);
@@ -1014,7 +1067,7 @@ mod tests {
         }
 
         fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>) -> u64 {
-            self.request(Request::Join { room: room.into(), since, epoch }).expect("join accepted");
+            self.request(Request::Join { room: room.into(), since, epoch, presence: false }).expect("join accepted");
             match self.session.poll_coordinator() {
                 Some(ToCoordinator::Join { request, .. }) => request,
                 other => panic!("expected a join for the coordinator, got {other:?}"),
@@ -1367,14 +1420,14 @@ mod tests {
         rig.join("a", None, None);
         rig.join("b", None, None);
         for _ in 0..10 {
-            rig.request(Request::Join { room: "c".into(), since: None, epoch: None }).expect("refused, not closed");
+            rig.request(Request::Join { room: "c".into(), since: None, epoch: None, presence: false }).expect("refused, not closed");
         }
         let seen = rig.seen();
         assert_eq!(seen.len(), 10);
         assert!(seen.iter().all(|s| s.starts_with("error 429 Some(")), "{seen:?}");
         assert_eq!(rig.session.room_count(), 2);
         // A second later a token is back.
-        rig.session.handle_request(Request::Join { room: "c".into(), since: None, epoch: None }, 1_000_000, &mut rig.shard, &mut rig.out).expect("join");
+        rig.session.handle_request(Request::Join { room: "c".into(), since: None, epoch: None, presence: false }, 1_000_000, &mut rig.shard, &mut rig.out).expect("join");
         assert_eq!(rig.session.room_count(), 3);
     }
 
@@ -1442,10 +1495,10 @@ mod tests {
             rig.join(room, None, None);
         }
         assert_eq!(rig.session.room_count(), 6, "max_rooms (4) counts the client's own rooms only");
-        rig.request(Request::Join { room: "e".into(), since: None, epoch: None }).expect("refused, not closed");
+        rig.request(Request::Join { room: "e".into(), since: None, epoch: None, presence: false }).expect("refused, not closed");
         assert_eq!(rig.seen(), vec!["error 429 None"]);
         // Another user's personal room: never, whatever the token's `rooms` (here `*`).
-        rig.request(Request::Join { room: "user:bob".into(), since: None, epoch: None }).expect("refused");
+        rig.request(Request::Join { room: "user:bob".into(), since: None, epoch: None, presence: false }).expect("refused");
         assert_eq!(rig.seen(), vec!["error 403 None"]);
         // A refresh keeps them (its `rooms` need not list them).
         let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()], iat: Some(5) };
@@ -1475,7 +1528,7 @@ mod tests {
         rig.fill().expect("fill");
         assert_eq!(rig.seen(), vec!["joined 1111 10", "live user:alice:11", "live user:alice:12"]);
         // The client (reconnected) had up to 8: it resumes from there.
-        rig.request(Request::Join { room: "user:alice".into(), since: Some(8), epoch: Some(E1) }).expect("resume");
+        rig.request(Request::Join { room: "user:alice".into(), since: Some(8), epoch: Some(E1), presence: false }).expect("resume");
         let Some(ToCoordinator::Join { request, since: Some(8), epoch: Some(E1), .. }) = rig.session.poll_coordinator() else {
             panic!("the room is asked again from 8")
         };
@@ -1493,12 +1546,12 @@ mod tests {
             "11 and 12 came live already; 13 once"
         );
         // A join without a position while in the room: `joined` again, nothing else.
-        rig.request(Request::Join { room: "user:alice".into(), since: None, epoch: None }).expect("harmless");
+        rig.request(Request::Join { room: "user:alice".into(), since: None, epoch: None, presence: false }).expect("harmless");
         assert_eq!(rig.seen(), vec!["joined 1111 14"]);
         assert_eq!(rig.session.poll_coordinator(), None);
         // A client-joined room is still `already joined`.
         rig.join("r", None, None);
-        rig.request(Request::Join { room: "r".into(), since: Some(1), epoch: None }).expect("refused");
+        rig.request(Request::Join { room: "r".into(), since: Some(1), epoch: None, presence: false }).expect("refused");
         assert_eq!(rig.seen(), vec!["error 409 None"]);
     }
 
@@ -1525,6 +1578,32 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let op = ClientOp::parse(r#"{"op":"join","room":"r","since":3,"epoch":"00000000000000ff"}"#).expect("valid");
-        assert_eq!(Request::from(op), Request::Join { room: "r".into(), since: Some(3), epoch: Some(255) });
+        assert_eq!(Request::from(op), Request::Join { room: "r".into(), since: Some(3), epoch: Some(255), presence: false });
+    }
+
+    #[test]
+    fn counts_reach_every_member_and_join_leave_events_only_those_that_asked() {
+        let notice = |text: &'static str, events_only| {
+            let frame = FrameBuilder::new("r").build(&Body::Presence { members: 2, events: true });
+            RingItem::Notice { ws: Bytes::from_static(text.as_bytes()), frame, events_only }
+        };
+        for presence in [false, true] {
+            let mut rig = Rig::new(64, LagPolicy::Gap);
+            rig.request(Request::Join { room: "r".into(), since: None, epoch: None, presence }).expect("join");
+            let request = match rig.session.poll_coordinator() {
+                Some(ToCoordinator::Join { request, .. }) => request,
+                other => panic!("expected a join, got {other:?}"),
+            };
+            rig.hub(joined("r", request, E1, 0));
+            rig.ring("r", notice("count", false));
+            rig.live("r", 1, E1);
+            rig.ring("r", notice("joined:bob", true));
+            rig.fill().expect("fill");
+            let mut expected = vec!["joined 1111 0", "live count", "live r:1"];
+            if presence {
+                expected.push("live joined:bob");
+            }
+            assert_eq!(rig.seen(), expected, "presence = {presence}");
+        }
     }
 }

@@ -28,10 +28,12 @@
 //! (Links reach the table only after the hub's `Hello` check; network Links' frames pass
 //! [`check_link_frame`] first.)
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PAGED, FLAG_PARTIAL, MAX_SENDER_LEN};
 use crate::placement::LinkId;
+use crate::presence::{PresenceLimits, RoomPresence};
 use crate::room::{InterestChange, Room, RoomError, RoomLimits};
 
 /// Limits of a hub's room table.
@@ -46,11 +48,21 @@ pub struct TableLimits {
     /// Most replayed payload bytes in one answer to a paged join ([`FLAG_PAGED`]); the rest is
     /// asked for again ([`FLAG_PARTIAL`]). At least one message is always replayed.
     pub join_replay_bytes: usize,
+    /// Member counts and join/leave events told to Links (`presence.rs`); off by default here,
+    /// on in the hub's config.
+    #[serde(default)]
+    pub presence: PresenceLimits,
 }
 
 impl Default for TableLimits {
     fn default() -> Self {
-        TableLimits { max_rooms: 100_000, idle_ttl_micros: 3_600_000_000, room: RoomLimits::default(), join_replay_bytes: 1 << 20 }
+        TableLimits {
+            max_rooms: 100_000,
+            idle_ttl_micros: 3_600_000_000,
+            room: RoomLimits::default(),
+            join_replay_bytes: 1 << 20,
+            presence: PresenceLimits::default(),
+        }
     }
 }
 
@@ -103,6 +115,10 @@ pub struct TableStats {
     pub refused: u64,
     /// Scans of a full table for idle rooms (at most one per [`FULL_SWEEP_INTERVAL_MICROS`]).
     pub full_sweeps: u64,
+    /// `Presence` frames (member counts) queued to Links.
+    pub presence_sends: u64,
+    /// `Member` frames (join/leave events) queued to Links.
+    pub member_sends: u64,
 }
 
 /// Least time between two scans of a full table for idle rooms, in micros.
@@ -132,6 +148,9 @@ pub struct RoomTable {
     sweeps: Sweeps,
     /// Occupancy changes not polled yet; `None` = not tracked ([`RoomTable::track_occupancy`]).
     occupancy: Option<VecDeque<Occupancy>>,
+    /// Rooms whose count must be told, by due time (each room at most once: its
+    /// `RoomPresence::scheduled`); entries of rooms dropped meanwhile are skipped.
+    presence_due: BinaryHeap<Reverse<(u64, String)>>,
 }
 
 /// A room's member count at this hub (the sum over its Links' interest) went from 0 to some
@@ -158,6 +177,7 @@ struct Sweeps {
 struct RoomSlot {
     room: Room,
     last_active_micros: u64,
+    presence: RoomPresence,
 }
 
 impl RoomTable {
@@ -172,6 +192,7 @@ impl RoomTable {
             epochs: seed,
             sweeps: Sweeps::default(),
             occupancy: None,
+            presence_due: BinaryHeap::new(),
         }
     }
 
@@ -356,6 +377,14 @@ impl RoomTable {
                     Err(e) => self.refuse(link, frame.room(), request, e.status()),
                 }
             }
+            (Kind::Member, ArchivedBody::Member { joined }) => self.handle_member(link, frame.room(), frame.sender(), *joined),
+            (Kind::MemberList, ArchivedBody::MemberList { users }) => {
+                let limits = self.limits.presence;
+                if let Some(slot) = self.rooms.get_mut(frame.room()) {
+                    let linked = slot.room.members_on(link) > 0;
+                    slot.presence.handle_member_list(&limits, link, linked, users.iter().map(|u| u.as_str()));
+                }
+            }
             (Kind::Heartbeat, ArchivedBody::Heartbeat { nonce }) => {
                 let pong = FrameBuilder::new("").build(&Body::Heartbeat { nonce: nonce.to_native() });
                 self.transmit.push_back((link, pong));
@@ -371,14 +400,101 @@ impl RoomTable {
 
     /// A Link's connection ended: it holds no members anymore as far as this hub knows.
     pub fn handle_link_down(&mut self, now: u64, link: LinkId) {
+        self.transmit.retain(|(to, _)| *to != link);
+        let before = self.transmit.len();
+        let limits = self.limits.presence;
+        let mut changed = Vec::new();
         for (name, slot) in self.rooms.iter_mut() {
-            let before = slot.room.members();
+            let members_before = slot.room.members();
             if slot.room.clear_interest_of(link) {
                 slot.last_active_micros = now;
-                note_occupancy(&mut self.occupancy, name, before, slot.room.members(), now);
+                let members = slot.room.members();
+                note_occupancy(&mut self.occupancy, name, members_before, members, now);
+                let links = slot.room.links();
+                if slot.presence.handle_interest(&limits, name, link, InterestChange::Removed, members, links, now, &mut self.transmit) {
+                    changed.push(name.clone());
+                }
             }
         }
-        self.transmit.retain(|(to, _)| *to != link);
+        self.count_presence(before);
+        for room in changed {
+            self.schedule_presence(&room, now);
+        }
+    }
+
+    /// Sends the room-wide `Presence` frames that are due (call often: after each batch of
+    /// events and on the driver's timer; it looks only at rooms due by `now`).
+    pub fn handle_presence_timeout(&mut self, now: u64) {
+        let limits = self.limits.presence;
+        let before = self.transmit.len();
+        while let Some(Reverse((due, _))) = self.presence_due.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, room))) = self.presence_due.pop() else { break };
+            let Some(slot) = self.rooms.get_mut(&room) else { continue };
+            slot.presence.scheduled = false;
+            let members = slot.room.members();
+            if slot.presence.poll(&limits, &room, now, members, slot.room.links(), &mut self.transmit) {
+                slot.presence.scheduled = true;
+                let at = slot.presence.due(&limits, now);
+                self.presence_due.push(Reverse((at, room)));
+            }
+        }
+        self.count_presence(before);
+    }
+
+    /// A room's presence: (members, events on, users while events are on).
+    pub fn presence(&self, room: &str) -> Option<(u64, bool, Option<Vec<String>>)> {
+        self.rooms.get(room).map(|slot| (slot.room.members(), slot.presence.events(), slot.presence.users()))
+    }
+
+    /// Rooms whose name starts with `prefix`, biggest first (then by name), at most `limit`:
+    /// (room, members, Links). Rooms without members are left out.
+    pub fn rooms_by_members(&self, prefix: &str, limit: usize) -> Vec<(String, u64, Vec<LinkId>)> {
+        let mut rooms: Vec<(&str, u64)> = self
+            .rooms
+            .iter()
+            .filter(|(name, slot)| name.starts_with(prefix) && !slot.room.links().is_empty())
+            .map(|(name, slot)| (name.as_str(), slot.room.members()))
+            .collect();
+        let limit = limit.min(rooms.len());
+        if limit < rooms.len() && limit > 0 {
+            rooms.select_nth_unstable_by(limit - 1, |a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        }
+        rooms.truncate(limit);
+        rooms.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        rooms.into_iter().filter_map(|(name, members)| self.rooms.get(name).map(|s| (name.to_owned(), members, s.room.links().to_vec()))).collect()
+    }
+
+    /// Counts the presence frames queued since the queue held `before` frames.
+    fn count_presence(&mut self, before: usize) {
+        for (_, frame) in self.transmit.range(before..) {
+            match frame.kind() {
+                Kind::Presence => self.stats.presence_sends += 1,
+                Kind::Member => self.stats.member_sends += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn schedule_presence(&mut self, room: &str, now: u64) {
+        let limits = self.limits.presence;
+        let Some(slot) = self.rooms.get_mut(room) else { return };
+        if slot.presence.scheduled || !limits.is_on() {
+            return;
+        }
+        slot.presence.scheduled = true;
+        self.presence_due.push(Reverse((slot.presence.due(&limits, now), room.to_owned())));
+    }
+
+    fn handle_member(&mut self, link: LinkId, room: &str, user: &str, joined: bool) {
+        let limits = self.limits.presence;
+        let Some(slot) = self.rooms.get_mut(room) else { return };
+        let before = self.transmit.len();
+        let linked = slot.room.members_on(link) > 0;
+        slot.presence.handle_member(&limits, room, link, linked, user, joined, slot.room.links(), &mut self.transmit);
+        self.count_presence(before);
     }
 
     /// Drops idle rooms (no interest, no publish for `idle_ttl_micros`).
@@ -400,15 +516,22 @@ impl RoomTable {
         if members == 0 && !self.rooms.contains_key(room) {
             return; // nothing to remove; an `InterestRemove` never creates a room
         }
-        let slot = match self.slot(room, now) {
+        let slot = match slot(&mut self.rooms, &self.limits, &mut self.epochs, &mut self.sweeps, room, now) {
             Ok(slot) => slot,
             Err(e) => return self.refuse(link, room, 0, e.status()),
         };
         slot.last_active_micros = now;
-        let before = slot.room.members();
-        let _: InterestChange = slot.room.handle_interest(link, members);
-        let after = slot.room.members();
-        note_occupancy(&mut self.occupancy, room, before, after, now);
+        let members_before = slot.room.members();
+        let change = slot.room.handle_interest(link, members);
+        let limits = self.limits.presence;
+        let before = self.transmit.len();
+        let total = slot.room.members();
+        note_occupancy(&mut self.occupancy, room, members_before, total, now);
+        let owed = slot.presence.handle_interest(&limits, room, link, change, total, slot.room.links(), now, &mut self.transmit);
+        self.count_presence(before);
+        if owed {
+            self.schedule_presence(room, now);
+        }
     }
 
     /// Answers a join: reset / gap / replay / joined. A `paged` join's replay stops once it holds
@@ -592,7 +715,7 @@ fn slot<'a>(
                 return Err(PublishError::TooManyRooms);
             }
         }
-        let fresh = RoomSlot { room: Room::new(room, limits.room, next_epoch(epochs)), last_active_micros: now };
+        let fresh = RoomSlot { room: Room::new(room, limits.room, next_epoch(epochs)), last_active_micros: now, presence: RoomPresence::new(room) };
         rooms.insert(room.to_owned(), fresh);
     }
     rooms.get_mut(room).ok_or(PublishError::BadRoom)
@@ -923,5 +1046,54 @@ mod tests {
         assert_eq!(kinds(&drain(&mut table)), vec![(Kind::Reset, 0), (Kind::Message, 1), (Kind::Message, 2)]);
         assert!(table.evict("lobby"));
         assert!(table.room("lobby").is_none());
+    }
+
+    #[test]
+    fn presence_counts_are_throttled_per_room_and_events_follow_links() {
+        use crate::presence::PresenceLimits;
+        let presence = PresenceLimits { interval_micros: 1_000, events_max_members: 10 };
+        let mut table = RoomTable::new(TableLimits { presence, ..TableLimits::default() }, 7);
+        let count = |out: &[(LinkId, Frame)], kind| out.iter().filter(|(_, f)| f.kind() == kind).count();
+        // Each Link is told the count when it gains interest.
+        table.handle_link_frame(0, LinkId(1), &interest("r", 1, 1));
+        table.handle_link_frame(0, LinkId(2), &interest("r", 2, 1));
+        assert_eq!(count(&drain(&mut table), Kind::Presence), 2);
+        // The second Link changed the count; the room-wide one waits for the interval (the first
+        // Link's own count at time 0 counted as the room's).
+        table.handle_presence_timeout(0);
+        assert!(drain(&mut table).is_empty());
+        // Churn within the interval: one room-wide Presence per Link with the last count.
+        for (at, n) in [(10, 5), (20, 3), (30, 7)] {
+            table.handle_link_frame(at, LinkId(1), &interest("r", 1, n));
+            table.handle_presence_timeout(at);
+        }
+        assert!(drain(&mut table).is_empty(), "not before the interval");
+        table.handle_presence_timeout(1_000);
+        let out = drain(&mut table);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(_, f)| matches!(f.body(), ArchivedBody::Presence { members, events } if members.to_native() == 8 && *events)));
+        assert_eq!(out[0].1.as_bytes().as_ptr(), out[1].1.as_bytes().as_ptr(), "one encoding shared");
+        // Member reports become events for both Links; a Link going down takes its users.
+        let member = |user: &str, joined| FrameBuilder::new("r").sender(user).build(&Body::Member { joined });
+        table.handle_link_frame(1_001, LinkId(1), &member("alice", true));
+        assert_eq!(count(&drain(&mut table), Kind::Member), 2);
+        let list = FrameBuilder::new("r").build(&Body::MemberList { users: vec!["bob".into()] });
+        table.handle_link_frame(1_002, LinkId(2), &list);
+        assert!(drain(&mut table).is_empty(), "a list raises no event");
+        assert_eq!(table.presence("r").map(|p| p.2), Some(Some(vec!["alice".to_owned(), "bob".to_owned()])));
+        table.handle_link_down(1_003, LinkId(1));
+        let out = drain(&mut table);
+        assert!(matches!(out.as_slice(), [(LinkId(2), f)] if f.kind() == Kind::Member && f.sender() == "alice"));
+        table.handle_presence_timeout(2_000);
+        assert!(matches!(drain(&mut table).as_slice(), [(LinkId(2), f)] if matches!(f.body(), ArchivedBody::Presence { members, .. } if members.to_native() == 1)));
+        assert_eq!((table.stats().presence_sends, table.stats().member_sends), (5, 3), "2 at interest, 2 + 1 room-wide; 2 + 1 events");
+        // The room list: biggest first.
+        table.handle_link_frame(2_001, LinkId(2), &interest("big", 2, 50));
+        table.handle_link_frame(2_001, LinkId(2), &interest("user:bob", 2, 1));
+        let listed: Vec<(String, u64)> = table.rooms_by_members("", 10).into_iter().map(|(r, m, _)| (r, m)).collect();
+        assert_eq!(listed, vec![("big".to_owned(), 50), ("r".to_owned(), 1), ("user:bob".to_owned(), 1)]);
+        assert_eq!(table.rooms_by_members("b", 10).len(), 1);
+        assert_eq!(table.rooms_by_members("", 1)[0].0, "big");
+        assert!(drain(&mut table).iter().all(|(_, f)| f.room() != "user:bob"), "no presence in personal rooms");
     }
 }

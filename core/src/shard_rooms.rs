@@ -5,7 +5,8 @@
 //! room messages ([`RoomMessage`]: the hub's frame plus the WebSocket frame built once per Link),
 //! and two room-wide markers, a [`RingItem::Gap`] (the Link itself missed messages: its hub
 //! queue overflowed, or its rejoin after a reconnect found them gone) and a [`RingItem::Reset`]
-//! (the room's history was lost: new epoch). The shard pushes each item once onto the room's
+//! (the room's history was lost: new epoch), plus presence [`RingItem::Notice`]s (counts and
+//! join/leave events, no seq). The shard pushes each item once onto the room's
 //! ring ([`ShardRooms::push`]); every member reads it from its own cursor through its
 //! [`crate::link_session::LinkSession`], which turns markers into `gap` / `reset` messages in order
 //! with the room's messages. Markers therefore reach every member of the room on the Link,
@@ -76,6 +77,17 @@ pub enum RingItem {
         /// Its last seq when the Link learnt of it.
         last_seq: u64,
     },
+    /// Presence (no seq): the room's member count (`{"op":"presence",...}`, to every member) or
+    /// a user's join/leave (`member_joined` / `member_left`, only to members that joined with
+    /// `presence`), in order with the room's messages. Encoded once per Link.
+    Notice {
+        /// The complete WebSocket text frame.
+        ws: Bytes,
+        /// The hub's `Presence` / `Member` frame, forwarded unchanged to QUIC clients.
+        frame: Frame,
+        /// Only for members that asked for join/leave events.
+        events_only: bool,
+    },
 }
 
 impl RingItem {
@@ -84,6 +96,7 @@ impl RingItem {
         match self {
             RingItem::Message(d) => d.ws.len() + d.frame.len(),
             RingItem::Gap { .. } | RingItem::Reset { .. } => MARKER_BYTES,
+            RingItem::Notice { ws, frame, .. } => ws.len() + frame.len(),
         }
     }
 }

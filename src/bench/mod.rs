@@ -7,6 +7,8 @@
 //!   (RSS per idle connection), then one broadcast that every one of them must receive;
 //! - `resume`: like fanout, but a share of the subscribers is cut mid-stream and resumes with
 //!   `since`; lost and duplicated messages are counted;
+//! - `presence`: one room of N members churning (leave + join); hub → Link presence frames and
+//!   client deliveries per second, to compare presence on and off (`presence.rs`);
 //! - `compare A.json B.json …`: the side-by-side table (ratios to the first), for
 //!   scripts/compare-peers.
 //!
@@ -33,6 +35,7 @@ mod fleet;
 mod nats;
 mod payload;
 pub mod plot;
+pub mod presence;
 mod procstat;
 mod publisher;
 pub mod report;
@@ -77,6 +80,9 @@ pub enum Scenario {
     Connect(LoadArgs),
     /// Fanout with --drop-fraction of subscribers cut mid-stream and resuming with `since`.
     Resume(LoadArgs),
+    /// The cost of member counts: hub → Link and client deliveries per second while one big room
+    /// churns (run with presence on and off: `hub.presence_interval_ms = 0`).
+    Presence(presence::PresenceArgs),
     /// Prints the side-by-side table of several --json results (ratios to the first).
     Compare {
         /// Report files; the first is the reference.
@@ -209,6 +215,7 @@ pub fn run_cli(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Scenario::Rooms(a) => ("rooms", a),
         Scenario::Connect(a) => ("connect", a),
         Scenario::Resume(a) => ("resume", a),
+        Scenario::Presence(a) => return presence::run_cli(a),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(run_load(name, load.clone()))?;

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use super::locate::Locator;
+use super::presence_api::{PresenceInfo, RoomCount};
 use super::queue::LinkQueue;
 use linkcast_core::link_queue::Admit;
 use super::durable::Durable;
@@ -72,6 +73,10 @@ pub(crate) enum HubInput {
     History { room: String, since: u64, epoch: Option<u64>, limit: usize, reply: oneshot::Sender<Result<Option<JoinAnswer>, PublishError>> },
     /// The operator's API on users (`moderation.rs`).
     Moderation(ModerationInput),
+    /// `GET /v1/rooms/{room}/presence` (`presence_api.rs`).
+    Presence { room: String, reply: oneshot::Sender<Result<Option<PresenceInfo>, PublishError>> },
+    /// This hub's rooms with members, biggest first (`GET /v1/rooms`, `presence_api.rs`).
+    Rooms { prefix: String, limit: usize, reply: oneshot::Sender<Vec<RoomCount>> },
 }
 
 /// Input to the hub task from Link connections (`links.rs`).
@@ -273,6 +278,14 @@ impl HubTask {
                 })));
             }
             HubInput::Moderation(input) => self.handle_moderation(input),
+            HubInput::Presence { room, reply } => {
+                let info = self.table.presence(&room).map(|(members, events, users)| PresenceInfo { room, members, events, users });
+                let _ = reply.send(Ok(info));
+            }
+            HubInput::Rooms { prefix, limit, reply } => {
+                let rooms = self.table.rooms_by_members(&prefix, limit);
+                let _ = reply.send(rooms.into_iter().map(|(room, members, links)| RoomCount { room, members, links: links.iter().map(|l| l.0).collect() }).collect());
+            }
         }
     }
 
@@ -330,6 +343,8 @@ impl HubTask {
     /// Moves every frame the table owes into the Links' queues; exports counters.
     fn flush(&mut self) {
         self.emit_occupancy();
+        // Member counts due by now (presence.rs: at most one per room per interval).
+        self.table.handle_presence_timeout(now_micros());
         let mut overflowed = Vec::new();
         while let Some((link, frame)) = self.table.poll_transmit() {
             let Some(connected) = self.links.get_mut(&link) else { continue };
@@ -351,6 +366,8 @@ impl HubTask {
         let stats = self.table.stats();
         self.metrics.published.increment(stats.published - self.seen.published);
         self.metrics.link_sends.increment(stats.link_sends - self.seen.link_sends);
+        self.metrics.presence_sends.increment(stats.presence_sends - self.seen.presence_sends);
+        self.metrics.member_sends.increment(stats.member_sends - self.seen.member_sends);
         self.seen = stats;
         self.metrics.rooms.set(self.table.len() as f64);
         self.metrics.links.set(self.links.len() as f64);

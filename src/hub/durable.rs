@@ -167,9 +167,11 @@ impl HubTask {
     pub(super) fn durable_api(&mut self, event: HubInput) {
         let Some(durable) = &self.durable else { return self.handle_owned(event) };
         let room = match &event {
-            HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } => room,
+            // The rooms this hub holds, as they are.
+            HubInput::Rooms { .. } => return self.handle_owned(event),
             // Not a room's: bans live in the hub task, apart from room ownership.
             HubInput::Moderation(_) => return self.handle_owned(event),
+            HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } | HubInput::Presence { room, .. } => room,
         };
         if !durable.is_owned(room) {
             let room = room.clone();
@@ -305,6 +307,12 @@ impl HubTask {
             }
             // Never deferred (not a room's input); dropping it answers "hub shutting down".
             Deferred::Api(HubInput::Moderation(_)) => {}
+            Deferred::Api(HubInput::Presence { reply, .. }) => {
+                let _ = reply.send(Err(error));
+            }
+            Deferred::Api(HubInput::Rooms { reply, .. }) => {
+                let _ = reply.send(Vec::new());
+            }
             Deferred::Link { link, generation, frame } => {
                 if self.links.get(&link).is_none_or(|c| c.generation != generation) {
                     return;

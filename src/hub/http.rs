@@ -72,6 +72,9 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         .route("/v1/users/{uid}/revoke", post(moderation::revoke))
         .route("/v1/rooms/{room}/members/{uid}/remove", post(moderation::remove))
         .route("/v1/users/{uid}", get(moderation::user))
+        // Presence (presence_api.rs): one room's count and users; the cluster-wide room list.
+        .route("/v1/rooms/{room}/presence", get(super::presence_api::room_presence))
+        .route("/v1/rooms", get(super::presence_api::rooms))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -259,7 +262,7 @@ async fn locate(
     Ok(Json(serde_json::json!({ "room": room, "links": links })).into_response())
 }
 
-fn room_name(room: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(super) fn room_name(room: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     // A path that does not even decode (bad percent-encoding, not UTF-8) is a bad room name too.
     let Path(room) = room.map_err(|_| ApiError::BadRoom)?;
     if is_valid_room(&room) {

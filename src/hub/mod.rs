@@ -11,7 +11,8 @@
 //! - the **HTTP API** (`http.rs`, axum, served by `server.rs`: hyper with a connection cap,
 //!   head and request timeouts, and `https://` with the `[tls]` certificate): publish, room info,
 //!   history, locate (`locate.rs`) and the demo page, with JSON errors (`error.rs`), per-key
-//!   publish rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`).
+//!   publish rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`);
+//!   presence and the cluster-wide room list in `presence_api.rs`.
 //!   Reads need a `read`-scoped API key or a client token allowing the room once the hub is
 //!   secured; `/metrics` and `/healthz` are then on the admin listener (`admin.rs`) only.
 //! - the **backend hooks** (`hooks/`, optional): the publish proxy the hub task hands client
@@ -36,6 +37,7 @@ mod http;
 mod links;
 mod locate;
 mod moderation;
+mod presence_api;
 mod queue;
 mod rate;
 mod server;
@@ -253,6 +255,10 @@ impl ApiState {
 pub(crate) struct HubMetrics {
     published: metrics::Counter,
     link_sends: metrics::Counter,
+    /// `Presence` frames (member counts) queued to Links.
+    presence_sends: metrics::Counter,
+    /// `Member` frames (join/leave events) queued to Links.
+    member_sends: metrics::Counter,
     queue_dropped: metrics::Counter,
     rooms: metrics::Gauge,
     links: metrics::Gauge,
@@ -270,6 +276,8 @@ impl HubMetrics {
         HubMetrics {
             published: metrics::counter!("linkcast_hub_published_total", "hub" => hub.clone()),
             link_sends: metrics::counter!("linkcast_hub_link_sends_total", "hub" => hub.clone()),
+            presence_sends: metrics::counter!("linkcast_hub_presence_sends_total", "hub" => hub.clone()),
+            member_sends: metrics::counter!("linkcast_hub_member_event_sends_total", "hub" => hub.clone()),
             queue_dropped: metrics::counter!("linkcast_hub_link_queue_dropped_total", "hub" => hub.clone()),
             rooms: metrics::gauge!("linkcast_hub_rooms", "hub" => hub.clone()),
             links: metrics::gauge!("linkcast_hub_links", "hub" => hub.clone()),

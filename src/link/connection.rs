@@ -286,8 +286,10 @@ impl Connection {
         let shard = shard_of(self.session.id());
         while let Some(action) = self.session.poll_coordinator() {
             let sent = self.ctx.coordinator.send(match action {
-                ToCoordinator::Join { request, room, since, epoch } => CoordMsg::Join { shard, request, room, since, epoch },
-                ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room },
+                ToCoordinator::Join { request, room, since, epoch } => {
+                    CoordMsg::Join { shard, request, room, since, epoch, user: self.session.claims().sub.clone() }
+                }
+                ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room, user: self.session.claims().sub.clone() },
                 ToCoordinator::Publish { frame } => CoordMsg::Publish { frame },
             });
             // The coordinator's inbox is full: the request is answered "link busy" (503) here.

@@ -36,6 +36,9 @@
 //! - **hub connections**: one task per hub calls `HubConnector::connect` again whenever the
 //!   previous connection ended (with a capped backoff), so the same code runs over `uplink::pair`
 //!   in-process and over QUIC.
+//! - **presence** (`presence.rs`): users per room, reported to the owner hub on a user's first
+//!   connection in / last out while the room's events are on, and the hub's `Presence` /
+//!   `Member` frames turned into ring items (encoded once) for the room's members.
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
 //!   (`ws_frame::message`) and a [`RoomMessage`] (two shared `Bytes`) goes to every shard with
 //!   members; answers to a connection's request → the one shard whose index is in the id's top bits
@@ -71,6 +74,7 @@ use linkcast_core::shard_rooms::{make_id, COORDINATOR_SHARD};
 use linkcast_core::ws_frame;
 
 use super::moderation::LinkModeration;
+use super::presence::LinkPresence;
 use super::shard::{shard_of, RingItem, RoomMessage, ShardMsg};
 use crate::uplink::HubConnector;
 
@@ -89,6 +93,8 @@ pub(crate) enum CoordMsg {
         since: Option<u64>,
         /// The epoch `since` belongs to.
         epoch: Option<u64>,
+        /// The connection's user (presence: `presence.rs`).
+        user: String,
     },
     /// A member on `shard` left `room` (or its connection ended).
     Leave {
@@ -96,6 +102,8 @@ pub(crate) enum CoordMsg {
         shard: usize,
         /// Room.
         room: String,
+        /// The connection's user.
+        user: String,
     },
     /// A client publish (a `Publish` frame with the shard-issued request id).
     Publish {
@@ -175,7 +183,7 @@ impl CoordInbox {
                     return Err(msg);
                 }
             }
-            CoordMsg::Leave { shard, room } => {
+            CoordMsg::Leave { shard, room, .. } => {
                 let mut swallow = lock(&load.swallow);
                 if let Some(owed) = swallow.get_mut(&(*shard, room.clone())) {
                     *owed -= 1;
@@ -288,6 +296,8 @@ struct Coordinator {
     hubs_connected: Arc<AtomicUsize>,
     /// Operators' actions on users (`moderation.rs`).
     moderation: LinkModeration,
+    /// Users per room, and the hubs' counts and events for members (`presence.rs`).
+    presence: LinkPresence,
 }
 
 /// Runs the coordinator on the current thread until [`CoordMsg::Shutdown`].
@@ -320,6 +330,7 @@ pub(crate) fn run(
             next_id: 1,
             hubs_connected,
             moderation,
+            presence: LinkPresence::default(),
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -334,6 +345,7 @@ pub(crate) fn run(
                 _ = tick.tick() => {
                     coordinator.announce_owed();
                     coordinator.rejoin_owed();
+                    coordinator.member_lists_owed();
                 }
             }
         }
@@ -402,14 +414,43 @@ impl Coordinator {
     }
 
     /// Sends `announcement` to the room's owner and tells the interest whether it was queued.
+    /// A hub that did not count this Link in is also sent the room's users (`MemberList`).
     fn announce(&mut self, announcement: Announcement<String>) -> bool {
         let members = announcement.members;
+        let fresh = members > 0 && !self.interest.is_announced(announcement.room.as_str());
         let builder = FrameBuilder::new(&announcement.room);
         let builder = if members == 0 { builder.interest_remove() } else { builder };
         let frame = builder.build(&Body::Interest { link: self.link.0, members });
-        let sent = self.send_to_hub(self.owner(&announcement.room), frame);
+        let owner = self.owner(&announcement.room);
+        let sent = self.send_to_hub(owner, frame);
         self.interest.handle_sent(&announcement, sent);
+        if sent && fresh {
+            if let Some(list) = self.presence.member_list(&announcement.room) {
+                if !self.send_to_hub(owner, list) {
+                    self.presence.owe_list(&announcement.room);
+                }
+            }
+        }
         sent
+    }
+
+    /// Sends a presence report (`Member`, `MemberList`) to the room's owner; one that cannot be
+    /// queued makes the room's list owed.
+    fn report_presence(&mut self, room: &str, frame: Frame) {
+        if !self.send_to_hub(self.owner(room), frame) {
+            self.presence.owe_list(room);
+        }
+    }
+
+    /// Sends the lists owed (reports that could not be queued), once a second.
+    fn member_lists_owed(&mut self) {
+        for room in self.presence.take_owed() {
+            if self.interest.members(room.as_str()) > 0 {
+                if let Some(list) = self.presence.member_list(&room) {
+                    self.report_presence(&room, list);
+                }
+            }
+        }
     }
 
     /// Sends the count changes owed to hubs (once a second).
@@ -458,7 +499,7 @@ impl Coordinator {
 
     async fn handle_client(&mut self, msg: CoordMsg) {
         match msg {
-            CoordMsg::Join { shard, request, room, since, epoch } => {
+            CoordMsg::Join { shard, request, room, since, epoch, user } => {
                 self.rooms.entry(room.clone()).or_default();
                 let announced = match self.interest.handle_join(room.as_str(), shard) {
                     Some(announcement) => self.announce(announcement),
@@ -469,13 +510,21 @@ impl Coordinator {
                 if !(announced && self.send_request(request, &room, join)) {
                     self.refuse(request, &room, ClientError::HubUnavailable).await;
                 }
+                // Counted as a member either way: the session sends the leave that pairs it.
+                if let Some(report) = self.presence.handle_join(&room, &user) {
+                    self.report_presence(&room, report);
+                }
             }
-            CoordMsg::Leave { shard, room } => {
+            CoordMsg::Leave { shard, room, user } => {
+                if let Some(report) = self.presence.handle_leave(&room, &user) {
+                    self.report_presence(&room, report);
+                }
                 if let Some(removal) = self.interest.handle_leave(room.as_str(), shard) {
                     self.announce(removal);
                 }
                 if self.interest.members(room.as_str()) == 0 {
                     self.rooms.remove(&room);
+                    self.presence.forget(&room);
                 }
             }
             CoordMsg::Publish { frame } => {
@@ -601,7 +650,7 @@ impl Coordinator {
     /// from the room's owner, the owner map from any hub, answers by request id.
     async fn route(&mut self, hub: HubId, frame: Frame) {
         let room_wide = match frame.body() {
-            ArchivedBody::Message { .. } => true,
+            ArchivedBody::Message { .. } | ArchivedBody::Presence { .. } | ArchivedBody::Member { .. } => true,
             ArchivedBody::Gap { request, .. } | ArchivedBody::Reset { request, .. } => request.to_native() == 0,
             _ => false,
         };
@@ -624,6 +673,26 @@ impl Coordinator {
             ArchivedBody::Message { .. } => {
                 if self.rooms.get(frame.room()).is_some_and(|s| !s.rejoining()) {
                     self.push_message(frame).await;
+                }
+                return;
+            }
+            ArchivedBody::Presence { members, events } => {
+                let (members, events) = (members.to_native(), *events);
+                let room = frame.room().to_owned();
+                if self.interest.members(room.as_str()) > 0 {
+                    let (item, list) = self.presence.handle_presence(frame, members, events);
+                    self.to_rings(&room, item).await;
+                    if let Some(list) = list {
+                        self.report_presence(&room, list);
+                    }
+                }
+                return;
+            }
+            ArchivedBody::Member { joined } => {
+                let (room, joined) = (frame.room().to_owned(), *joined);
+                if self.interest.members(room.as_str()) > 0 {
+                    let item = LinkPresence::member_notice(frame, joined);
+                    self.to_rings(&room, item).await;
                 }
                 return;
             }
@@ -695,7 +764,16 @@ impl Coordinator {
             }
             _ => {}
         }
+        // A joining connection learns the room's count (before `Joined`, which ends the
+        // request's routing; the session shows it after `joined`).
+        let count = match frame.body() {
+            ArchivedBody::Joined { .. } => self.presence.last_count(frame.room()),
+            _ => None,
+        };
         if let Some(shard) = self.shards.get(shard_of(request)) {
+            if let Some(count) = count {
+                let _ = shard.send(ShardMsg::ToConn { id: request, frame: count }).await;
+            }
             let _ = shard.send(ShardMsg::ToConn { id: request, frame }).await;
         }
     }
@@ -823,7 +901,7 @@ mod tests {
     use super::*;
 
     fn join(shard: usize, request: u64, room: &str) -> CoordMsg {
-        CoordMsg::Join { shard, request, room: room.into(), since: None, epoch: None }
+        CoordMsg::Join { shard, request, room: room.into(), since: None, epoch: None, user: "u".into() }
     }
 
     #[test]
@@ -837,8 +915,8 @@ mod tests {
         assert_eq!(request, 99_999);
         assert!(matches!(answer.body(), ArchivedBody::Error { code, .. } if code.to_native() == 503));
         // The refused join's leave never reaches the coordinator; other leaves do.
-        assert!(tx.send(CoordMsg::Leave { shard: 1, room: "r".into() }).is_ok());
-        assert!(tx.send(CoordMsg::Leave { shard: 1, room: "r".into() }).is_ok());
+        assert!(tx.send(CoordMsg::Leave { shard: 1, room: "r".into(), user: "u".into() }).is_ok());
+        assert!(tx.send(CoordMsg::Leave { shard: 1, room: "r".into(), user: "u".into() }).is_ok());
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let mut leaves = 0;
         runtime.block_on(async {

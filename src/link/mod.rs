@@ -37,6 +37,7 @@ mod connection;
 mod coordinator;
 mod hub_connector;
 mod moderation;
+mod presence;
 mod quic_clients;
 mod registry;
 mod shard;

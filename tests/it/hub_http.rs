@@ -349,6 +349,9 @@ async fn quic_links_must_say_hello_with_the_cluster_secret() {
         FrameBuilder::new("").build(&Body::Heartbeat { nonce: 1 }),
     ];
     quic::write_frames(&mut send, &mut frames.into_iter().map(Frame::into_bytes).collect()).await.expect("write");
+    // The hub tells a Link that gains interest the room's count first (presence.rs).
+    let count = tokio::time::timeout(STEP, reader.next()).await.expect("in time").expect("frame").expect("open");
+    assert_eq!(count.kind(), Kind::Presence);
     let echo = tokio::time::timeout(STEP, reader.next()).await.expect("in time").expect("frame").expect("open");
     assert_eq!(echo.kind(), Kind::Heartbeat);
     assert_eq!(publish_ok(hub.http_addr(), "q", None, b"over quic").await, 1);

@@ -87,16 +87,19 @@ impl FakeHub {
                 .await
                 .expect("the Link sends the hub a frame")
                 .expect("hub connection open");
-            if !linkcast_core::system_rooms::is_server_only(frame.room()) {
+            // System rooms and presence reports (tests/it/presence.rs covers them) are not this
+            // test's subject.
+            if !linkcast_core::system_rooms::is_server_only(frame.room()) && !matches!(frame.kind(), Kind::Member | Kind::MemberList) {
                 return frame;
             }
         }
     }
 
-    /// Asserts the Link sent this hub nothing (beyond what was read; system rooms aside).
+    /// Asserts the Link sent this hub nothing (beyond what was read; system rooms and presence
+    /// reports aside).
     fn assert_quiet(&mut self, why: &str) {
         while let Ok(frame) = self.port.from_link.try_recv() {
-            if !linkcast_core::system_rooms::is_server_only(frame.room()) {
+            if !linkcast_core::system_rooms::is_server_only(frame.room()) && !matches!(frame.kind(), Kind::Member | Kind::MemberList) {
                 panic!("{why}: the Link sent {frame:?}");
             }
         }

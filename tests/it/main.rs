@@ -13,7 +13,8 @@
 //! - `serve` (hub + Link in-process): [`serve_e2e`], [`no_silent_loss_link`], the client library
 //!   [`client_resume`], [`client_quic`], the load generator [`bench_scenarios`], the demo page in
 //!   Chromium [`browser`];
-//! - processes of the binary: [`cluster`] (2 hubs, 3 Links), [`no_silent_loss`] (faults);
+//! - processes of the binary: [`cluster`] (2 hubs, 3 Links), [`no_silent_loss`] (faults),
+//!   [`presence`] (member counts, join/leave events, the admin's room list);
 //! - attacks on the edge (TLS, reads, admin, handshakes, slowloris): [`security_edge`].
 //! - what a client can do to a Link around authentication (paged replays, join floods, token
 //!   expiry and refresh, the token in the first message, SIGTERM): [`security_session`].
@@ -44,6 +45,7 @@ mod link_ws_framing;
 mod no_silent_loss;
 mod no_silent_loss_link;
 mod operator_users;
+mod presence;
 mod security_edge;
 mod security_cluster;
 mod security_session;

@@ -44,8 +44,14 @@ impl QuicLink {
     }
 
     /// The next frame from the hub; fails after [`STEP`] or if the stream ends.
+    /// Presence frames (member counts, join/leave events) are skipped.
     pub async fn recv(&mut self) -> Frame {
-        tokio::time::timeout(STEP, self.reader.next()).await.expect("frame in time").expect("valid stream").expect("stream open")
+        loop {
+            let frame = tokio::time::timeout(STEP, self.reader.next()).await.expect("frame in time").expect("valid stream").expect("stream open");
+            if !matches!(frame.kind(), linkcast_core::frame::Kind::Presence | linkcast_core::frame::Kind::Member) {
+                return frame;
+            }
+        }
     }
 
     /// Round-trips a heartbeat; returns every other frame received before its echo. Proves the

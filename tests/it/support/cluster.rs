@@ -51,8 +51,9 @@ pub struct Cluster {
     /// Each Link's WebSocket address.
     pub links: Vec<SocketAddr>,
     relay: Option<Relay>,
-    /// The admin-scoped API key the hubs' admin listeners require, if the settings have one.
-    admin_key: Option<String>,
+    /// The admin-scoped API key the hubs' admin listeners require: the one given to
+    /// [`Cluster::start_with_admin_key`], else the settings' first `admin`-scoped key, if any.
+    pub admin_key: Option<String>,
 }
 
 impl Cluster {
@@ -104,7 +105,11 @@ impl Cluster {
             hub_quic: hubs.iter().map(|h| h.1).collect(),
             links: links.iter().map(|l| l.0).collect(),
             relay,
-            admin_key: admin_key.map(str::to_owned),
+            admin_key: admin_key.map(str::to_owned).or_else(|| {
+                let config = linkcast::config::Config::from_toml(spec.settings).ok()?;
+                let admin = config.auth.scoped_keys().find(|(_, scopes)| scopes.contains(&linkcast::config::Scope::Admin)).map(|(k, _)| k.to_owned());
+                admin
+            }),
         };
         for id in 0..spec.hubs {
             cluster.spawn_hub(id);

@@ -80,8 +80,14 @@ impl FakeLink {
     }
 
     /// The next frame from the hub (`None` if the hub closed the port); fails after [`STEP`].
+    /// Presence frames (member counts, join/leave events: tests/it/presence.rs) are skipped.
     pub async fn recv(&mut self) -> Option<Frame> {
-        tokio::time::timeout(STEP, self.port.from_hub.recv()).await.expect("frame from hub in time")
+        loop {
+            let frame = tokio::time::timeout(STEP, self.port.from_hub.recv()).await.expect("frame from hub in time")?;
+            if !matches!(frame.kind(), Kind::Presence | Kind::Member) {
+                return Some(frame);
+            }
+        }
     }
 
     /// Receives `n` frames of kind `Message`, skipping heartbeats.

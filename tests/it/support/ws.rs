@@ -31,6 +31,9 @@ pub struct WsClient {
     /// Also return messages about the rooms the Link joins by itself (`all`, `user:*`); off by
     /// default, so tests about other rooms read exactly what they read before issue 15.
     system_rooms: bool,
+    /// Also return presence messages (`presence`, `member_joined`, `member_left`); other tests
+    /// never see them.
+    keep_presence: bool,
 }
 
 /// Whether `value` is about a room the Link joins every connection to (`all`, `user:{sub}`).
@@ -72,7 +75,7 @@ impl WsClient {
         let (stream, _) = tokio::time::timeout(STEP, builder.connect())
             .await
             .map_err(|_| tokio_websockets::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-        Ok(WsClient { stream, system_rooms: false })
+        Ok(WsClient { stream, system_rooms: false, keep_presence: false })
     }
 
     /// Connects to `ws://addr/ws` over a socket with a receive buffer of `rcvbuf` bytes (a
@@ -86,7 +89,13 @@ impl WsClient {
             .await
             .expect("upgrade in time")
             .expect("upgrade");
-        WsClient { stream, system_rooms: false }
+        WsClient { stream, system_rooms: false, keep_presence: false }
+    }
+
+    /// This client's reads also return presence messages.
+    pub fn keep_presence(mut self) -> WsClient {
+        self.keep_presence = true;
+        self
     }
 
     /// The underlying stream (for a reader task of its own).
@@ -132,6 +141,9 @@ impl WsClient {
                 if !self.system_rooms && is_system_room_message(&value) {
                     continue;
                 }
+                if !self.keep_presence && matches!(value["op"].as_str(), Some("presence" | "member_joined" | "member_left")) {
+                    continue;
+                }
                 return Some(Got::Json(value));
             }
         }
@@ -155,6 +167,9 @@ impl WsClient {
                 .expect("valid frame");
             if let Some(text) = message.as_text() {
                 if !self.system_rooms && (text.contains(r#""room":"all""#) || text.contains(r#""room":"user:"#)) {
+                    continue;
+                }
+                if !self.keep_presence && (text.starts_with(r#"{"op":"presence""#) || text.starts_with(r#"{"op":"member_"#)) {
                     continue;
                 }
                 return text.to_owned();

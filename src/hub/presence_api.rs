@@ -1,0 +1,186 @@
+//! The presence routes of the hub's HTTP API: one room's presence, and the cluster-wide room
+//! list an operator looks at first.
+//!
+//! - `GET /v1/rooms/{room}/presence` (read scope, as `GET /v1/rooms/{room}`; forwarded to the
+//!   room's owner hub like the other room routes): `{"room","members","events","users"}` from the
+//!   owner's table (`linkcast_core::presence`): `users` is the sorted list of distinct users while
+//!   join/leave events are on (at most `hub.presence_events_max_members` members), else `null`.
+//! - `GET /v1/rooms?prefix=P&limit=N` (admin scope: `ApiState::check_admin`): rooms with members,
+//!   biggest first, `{"rooms":[{"room","members","links"}],"incomplete_hubs":[ids]}`. The hub
+//!   that is asked answers its own rooms (from its hub task) and asks every other configured hub
+//!   for theirs with `local=1` — concurrently, each bounded by [`PEER_TIMEOUT`] — then merges
+//!   (a room seen at two hubs while it moves counts once, with the larger count) and cuts to
+//!   `limit`. A hub that does not answer in time, or answers with an error, is listed in
+//!   `incomplete_hubs`. With `local=1` a hub answers only its own rooms (what peers ask).
+//!
+//! Handlers only validate and ask: the hub task (driver.rs) reads its room table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::sync::oneshot;
+
+use super::driver::HubInput;
+use super::error::ApiError;
+use super::forward::FORWARDED_HEADER;
+use super::http::{ask, forward_unless_owner, room_name};
+use super::ApiState;
+use linkcast_core::frame::MAX_ROOM_LEN;
+
+/// How long the room list waits for each other hub.
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default `limit` of the room list.
+const DEFAULT_ROOMS_LIMIT: usize = 100;
+
+/// Largest `limit` of the room list.
+const MAX_ROOMS_LIMIT: usize = 1000;
+
+/// One room's presence at its owner hub.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct PresenceInfo {
+    pub(crate) room: String,
+    /// Members (connections) on all Links.
+    pub(crate) members: u64,
+    /// Join/leave events are on (the room is small enough).
+    pub(crate) events: bool,
+    /// Distinct users, sorted, while events are on.
+    pub(crate) users: Option<Vec<String>>,
+}
+
+/// One line of the room list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RoomCount {
+    pub(crate) room: String,
+    pub(crate) members: u64,
+    /// Links holding members.
+    pub(crate) links: Vec<u32>,
+}
+
+/// Query of the room list.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct RoomsQuery {
+    prefix: Option<String>,
+    limit: Option<usize>,
+    /// `1`/`true`: this hub's rooms only (what a hub asks its peers).
+    local: Option<String>,
+}
+
+/// A peer's answer to the room list.
+#[derive(Debug, serde::Deserialize)]
+struct PeerRooms {
+    rooms: Vec<RoomCount>,
+}
+
+/// `GET /v1/rooms/{room}/presence`.
+pub(crate) async fn room_presence(
+    State(shared): State<Arc<ApiState>>,
+    room: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let room = room_name(room)?;
+    shared.check_read(&headers, &room)?;
+    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
+        return Ok(answer);
+    }
+    let (reply, answer) = oneshot::channel();
+    let info = ask(&shared, HubInput::Presence { room, reply }, answer).await??;
+    let info = info.ok_or(ApiError::NotFound("unknown room"))?;
+    Ok(Json(info).into_response())
+}
+
+/// `GET /v1/rooms?prefix=&limit=[&local=1]`.
+pub(crate) async fn rooms(
+    State(shared): State<Arc<ApiState>>,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    shared.check_admin(&headers)?;
+    let Query(query) = query.map_err(ApiError::rejected)?;
+    let prefix = query.prefix.unwrap_or_default();
+    if prefix.len() > MAX_ROOM_LEN || !prefix.bytes().all(is_room_byte) {
+        return Err(ApiError::BadRequest("prefix must be the start of a valid room name"));
+    }
+    let limit = match query.limit {
+        Some(0) => return Err(ApiError::BadRequest("limit must be at least 1")),
+        Some(limit) => limit.min(MAX_ROOMS_LIMIT),
+        None => DEFAULT_ROOMS_LIMIT,
+    };
+    let local = matches!(query.local.as_deref(), Some("1" | "true")) || headers.contains_key(FORWARDED_HEADER);
+    let (reply, answer) = oneshot::channel();
+    let mut rooms = ask(&shared, HubInput::Rooms { prefix: prefix.clone(), limit, reply }, answer).await?;
+    let mut incomplete: Vec<u32> = Vec::new();
+    if !local {
+        let target = format!("/v1/rooms?local=1&limit={limit}&prefix={}", encode(&prefix));
+        let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut asks = tokio::task::JoinSet::new();
+        for hub in shared.config.hubs.iter().filter(|h| h.id != shared.id.0) {
+            let (id, addr, tls_name) = (hub.id, hub.http, hub.tls_name.clone());
+            let (dialer, target, auth, me) = (shared.dialer.clone(), target.clone(), auth.clone(), shared.id.0.to_string());
+            asks.spawn(async move {
+                let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, me.as_str())];
+                if let Some(auth) = auth.as_deref() {
+                    pass.push((axum::http::header::AUTHORIZATION.as_str(), auth));
+                }
+                let request = super::forward::request(&dialer, addr, tls_name.as_deref(), Method::GET, &target, &pass, Bytes::new());
+                let answer = match tokio::time::timeout(PEER_TIMEOUT, request).await {
+                    Ok(Ok(answer)) if answer.status == 200 => serde_json::from_slice::<PeerRooms>(&answer.body).ok(),
+                    _ => None,
+                };
+                (id, answer)
+            });
+        }
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok((_, Some(peer))) => rooms.extend(peer.rooms),
+                Ok((id, None)) => incomplete.push(id),
+                Err(_) => {}
+            }
+        }
+        incomplete.sort_unstable();
+        rooms = merge(rooms, limit);
+    }
+    Ok(Json(serde_json::json!({ "rooms": rooms, "incomplete_hubs": incomplete })).into_response())
+}
+
+/// Rooms from several hubs, biggest first (then by name), each once (the larger count), at
+/// most `limit`.
+fn merge(mut rooms: Vec<RoomCount>, limit: usize) -> Vec<RoomCount> {
+    rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room).then(b.members.cmp(&a.members)));
+    rooms.dedup_by(|later, first| later.room == first.room);
+    rooms.sort_unstable_by(|a, b| b.members.cmp(&a.members).then(a.room.cmp(&b.room)));
+    rooms.truncate(limit);
+    rooms
+}
+
+fn is_room_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'#')
+}
+
+/// Percent-encodes the room characters that mean something in a query string.
+fn encode(prefix: &str) -> String {
+    prefix.replace(':', "%3A").replace('@', "%40").replace('#', "%23")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(room: &str, members: u64) -> RoomCount {
+        RoomCount { room: room.into(), members, links: vec![] }
+    }
+
+    #[test]
+    fn merged_rooms_are_biggest_first_and_each_once() {
+        let merged = merge(vec![count("a", 3), count("b", 10), count("a", 5), count("c", 1)], 2);
+        assert_eq!(merged, vec![count("b", 10), count("a", 5)]);
+        assert_eq!(encode("x:y@z#1"), "x%3Ay%40z%231");
+    }
+}

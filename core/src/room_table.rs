@@ -450,12 +450,15 @@ impl RoomTable {
     }
 
     /// Rooms whose name starts with `prefix`, biggest first (then by name), at most `limit`:
-    /// (room, members, Links). Rooms without members are left out.
+    /// (room, members, Links). Rooms without members are left out, and so are personal rooms
+    /// (`user:*`, one per connected user) unless `prefix` asks for them.
     pub fn rooms_by_members(&self, prefix: &str, limit: usize) -> Vec<(String, u64, Vec<LinkId>)> {
+        let personal = prefix.starts_with(crate::system_rooms::PERSONAL_PREFIX);
         let mut rooms: Vec<(&str, u64)> = self
             .rooms
             .iter()
             .filter(|(name, slot)| name.starts_with(prefix) && !slot.room.links().is_empty())
+            .filter(|(name, _)| personal || crate::system_rooms::personal_user(name).is_none())
             .map(|(name, slot)| (name.as_str(), slot.room.members()))
             .collect();
         let limit = limit.min(rooms.len());
@@ -1091,7 +1094,8 @@ mod tests {
         table.handle_link_frame(2_001, LinkId(2), &interest("big", 2, 50));
         table.handle_link_frame(2_001, LinkId(2), &interest("user:bob", 2, 1));
         let listed: Vec<(String, u64)> = table.rooms_by_members("", 10).into_iter().map(|(r, m, _)| (r, m)).collect();
-        assert_eq!(listed, vec![("big".to_owned(), 50), ("r".to_owned(), 1), ("user:bob".to_owned(), 1)]);
+        assert_eq!(listed, vec![("big".to_owned(), 50), ("r".to_owned(), 1)], "personal rooms only when asked for");
+        assert_eq!(table.rooms_by_members("user:", 10).len(), 1);
         assert_eq!(table.rooms_by_members("b", 10).len(), 1);
         assert_eq!(table.rooms_by_members("", 1)[0].0, "big");
         assert!(drain(&mut table).iter().all(|(_, f)| f.room() != "user:bob"), "no presence in personal rooms");

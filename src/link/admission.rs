@@ -4,7 +4,7 @@
 //! A driver (`upgrade.rs` for WebSocket, `quic_clients.rs` for QUIC) takes a slot with
 //! [`Admission::admit`] (through `ConnContext::admit`, which also refuses while the shard stops)
 //! and checks the client's token with [`Admission::verify`] (dev mode: an anonymous user id,
-//! `anon-N`). The slot is an [`Admitted`] guard: the connection holds it for its whole life and
+//! `anon-L-N` for the N-th on Link L: unique in the cluster, since it names a personal room). The slot is an [`Admitted`] guard: the connection holds it for its whole life and
 //! the count goes down when it is dropped. It also holds the Link's bans and token revocations
 //! ([`Moderation`], `moderation.rs`), checked with [`Admission::check_moderation`] once a
 //! client's token is known.
@@ -27,14 +27,18 @@ pub(crate) struct Admission {
     max_connections: usize,
     /// Counter for anonymous dev-mode user ids.
     anonymous: AtomicU64,
+    /// This Link's id, in anonymous user ids (`anon-L-N`): two Links never name two anonymous
+    /// users alike, so one's personal room `user:anon-L-N` is never another's.
+    link: u32,
     /// Bans and revocations (written by the coordinator from hub `Moderate` frames).
     moderation: Arc<Moderation>,
 }
 
 impl Admission {
-    /// Admits up to `max_connections` connections whose tokens `verifier` accepts.
-    pub(crate) fn new(verifier: Verifier, max_connections: usize) -> Self {
+    /// Admits up to `max_connections` connections whose tokens `verifier` accepts, on Link `link`.
+    pub(crate) fn new(verifier: Verifier, max_connections: usize, link: u32) -> Self {
         Admission {
+            link,
             verifier,
             connections: AtomicUsize::new(0),
             max_connections,
@@ -60,7 +64,7 @@ impl Admission {
     /// Checks a client's token (`None` or empty: none given) now; in dev mode a client without
     /// one gets an anonymous user id.
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
-        let anonymous = format!("anon-{}", self.anonymous.fetch_add(1, Ordering::Relaxed) + 1);
+        let anonymous = format!("anon-{}-{}", self.link, self.anonymous.fetch_add(1, Ordering::Relaxed) + 1);
         let result = self.verifier.verify(token, now_micros() / 1_000_000, &anonymous);
         if result.is_err() {
             metrics::counter!("linkcast_link_auth_failures_total").increment(1);
@@ -99,7 +103,7 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_and_returned_on_drop() {
-        let admission = Arc::new(Admission::new(Verifier::new(None), 2));
+        let admission = Arc::new(Admission::new(Verifier::new(None), 2, 1));
         let first = admission.admit().expect("first slot");
         let second = admission.admit().expect("second slot");
         assert!(admission.admit().is_none(), "the Link is full");
@@ -111,10 +115,10 @@ mod tests {
 
     #[test]
     fn dev_mode_gives_each_anonymous_client_its_own_id() {
-        let admission = Admission::new(Verifier::new(None), 1);
+        let admission = Admission::new(Verifier::new(None), 1, 3);
         let a = admission.verify(None).expect("dev mode admits anonymous clients");
         let b = admission.verify(Some("")).expect("an empty token is none");
         assert_ne!(a.sub, b.sub);
-        assert!(a.sub.starts_with("anon-"));
+        assert!(a.sub.starts_with("anon-3-"), "{}: the Link's id keeps anonymous users of two Links apart", a.sub);
     }
 }

@@ -243,7 +243,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
         handshakes: crate::pre_auth::PreAuthCaps::shared_under_pressure(config.link.max_handshakes, config.link.max_handshakes_per_ip),
         admin_routes: !secured && admin.is_none(),
     };
-    let admission = Arc::new(Admission::new(verifier, config.link.max_connections));
+    let admission = Arc::new(Admission::new(verifier, config.link.max_connections, options.id.0));
     let users = Arc::new(Users::default());
     let stats: Vec<Arc<ShardStats>> = (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect();
     let hubs_connected = Arc::new(AtomicUsize::new(0));

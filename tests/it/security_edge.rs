@@ -417,6 +417,10 @@ async fn wss_delivers_everything_in_order_through_a_blocked_socket() {
     pki.issue("server");
     let mut config = with_tls(secured_config(), &pki.path("server.pem"), &pki.path("server.key"));
     config.link.socket_send_buffer = 4096;
+    // The ring holds the whole burst (100 × ~16 KB: WebSocket frame + hub frame), so what this
+    // test sees is the encrypted path blocking and resuming, not a member falling off its ring
+    // (at the default 1 MiB, a presence notice or a few KB less in flight were enough for a gap).
+    config.link.ring_bytes = 4 * 1024 * 1024;
     let serve = start_serve(config, false).await;
     let https = format!("https://{}", serve.http_addr());
     let mut options = ClientOptions::new(Target::Locate { http: https.clone(), room: "burst".into(), transport: Transport::Ws });

@@ -35,6 +35,7 @@ use super::moderation;
 use super::ApiState;
 use linkcast_core::frame::{is_valid_room, Frame, FLAG_JSON, MAX_SENDER_LEN};
 use linkcast_core::protocol::{format_epoch, parse_epoch};
+use linkcast_core::room_table::PublishError;
 
 /// Header naming the sender of an HTTP publish (default `"server"`).
 pub const FROM_HEADER: &str = "x-linkcast-from";
@@ -173,13 +174,26 @@ async fn room_info(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    read_room(&shared, room, &uri, &headers, |room, reply| HubInput::RoomInfo { room, reply }).await
+}
+
+/// One room's state read at its owner (room info, presence): the room name (400), read rights,
+/// forwarding to the owner hub, then the hub task's answer to the input `ask_for` builds around
+/// the reply channel, as JSON (404 when the owner has no such room).
+pub(super) async fn read_room<T: serde::Serialize>(
+    shared: &ApiState,
+    room: Result<Path<String>, PathRejection>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    ask_for: impl FnOnce(String, oneshot::Sender<Result<Option<T>, PublishError>>) -> HubInput,
+) -> Result<Response, ApiError> {
     let room = room_name(room)?;
-    shared.check_read(&headers, &room)?;
-    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
+    shared.check_read(headers, &room)?;
+    if let Some(answer) = forward_unless_owner(shared, &room, Method::GET, uri, headers, Bytes::new()).await? {
         return Ok(answer);
     }
     let (reply, answer) = oneshot::channel();
-    let info = ask(&shared, HubInput::RoomInfo { room, reply }, answer).await??;
+    let info = ask(shared, ask_for(room, reply), answer).await??;
     let info = info.ok_or(ApiError::NotFound("unknown room"))?;
     Ok(Json(info).into_response())
 }

@@ -419,6 +419,33 @@ async fn act(shared: &ApiState, user: &str, action: u8, reason: String, until: u
     ask(shared, HubInput::Moderation(input), answer).await
 }
 
+/// Where an operator's action on a user is answered: here, with the user id and the parsed
+/// body, or by the owner hub of `user:{uid}` (its answer, as it is).
+enum Action<B> {
+    Here { uid: String, body: B },
+    Forwarded(Response),
+}
+
+/// What every operator action on a user starts with: the `admin` scope (401/403), the user id
+/// (400), the JSON body (400), then forwarding to the owner hub of `user:{uid}` (where the
+/// handler runs again and checks the body's fields).
+async fn admin_action<B: Default + serde::de::DeserializeOwned>(
+    shared: &ApiState,
+    uid: Result<Path<String>, PathRejection>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Action<B>, ApiError> {
+    shared.check_admin(headers)?;
+    let (uid, room) = user_id(uid)?;
+    let body = body.map_err(ApiError::rejected)?;
+    let request: B = json_body(&body)?;
+    Ok(match forward_unless_owner(shared, &room, Method::POST, uri, headers, body).await? {
+        Some(answer) => Action::Forwarded(answer),
+        None => Action::Here { uid, body: request },
+    })
+}
+
 /// Body of `POST /v1/users/{uid}/disconnect`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -435,14 +462,11 @@ pub(super) async fn disconnect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    shared.check_admin(&headers)?;
-    let (uid, room) = user_id(uid)?;
-    let body = body.map_err(ApiError::rejected)?;
-    let request: DisconnectBody = json_body(&body)?;
+    let (uid, request) = match admin_action::<DisconnectBody>(&shared, uid, &uri, &headers, body).await? {
+        Action::Forwarded(answer) => return Ok(answer),
+        Action::Here { uid, body } => (uid, body),
+    };
     let reason = reason_of(request.reason)?;
-    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body).await? {
-        return Ok(answer);
-    }
     let state = match request.ban_seconds.filter(|s| *s > 0) {
         Some(seconds) => {
             let until = (now_micros() / 1_000_000).saturating_add(seconds);
@@ -468,14 +492,11 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    shared.check_admin(&headers)?;
-    let (uid, room) = user_id(uid)?;
-    let body = body.map_err(ApiError::rejected)?;
-    let request: RevokeBody = json_body(&body)?;
+    let (uid, request) = match admin_action::<RevokeBody>(&shared, uid, &uri, &headers, body).await? {
+        Action::Forwarded(answer) => return Ok(answer),
+        Action::Here { uid, body } => (uid, body),
+    };
     let before = request.before.ok_or(ApiError::BadRequest("before (seconds since the Unix epoch) is required"))?;
-    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body).await? {
-        return Ok(answer);
-    }
     let state = act(&shared, &uid, MODERATE_REVOKE, String::new(), before, String::new()).await?;
     Ok(Json(serde_json::json!({ "user": uid, "revoked_before": state.revoked_before })).into_response())
 }
@@ -500,13 +521,11 @@ pub(super) async fn remove(
     if !is_valid_room(&target) {
         return Err(ApiError::BadRoom);
     }
-    let (uid, room) = user_id(Ok(Path(uid)))?;
-    let body = body.map_err(ApiError::rejected)?;
-    let request: RemoveBody = json_body(&body)?;
+    let (uid, request) = match admin_action::<RemoveBody>(&shared, Ok(Path(uid)), &uri, &headers, body).await? {
+        Action::Forwarded(answer) => return Ok(answer),
+        Action::Here { uid, body } => (uid, body),
+    };
     let reason = reason_of(request.reason)?;
-    if let Some(answer) = forward_unless_owner(&shared, &room, Method::POST, &uri, &headers, body).await? {
-        return Ok(answer);
-    }
     act(&shared, &uid, MODERATE_REMOVE, reason, 0, target.clone()).await?;
     Ok(Json(serde_json::json!({ "room": target, "user": uid, "removed": true })).into_response())
 }

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use super::driver::HubInput;
 use super::error::ApiError;
 use super::forward::FORWARDED_HEADER;
-use super::http::{ask, forward_unless_owner, room_name};
+use super::http::{ask, read_room};
 use super::ApiState;
 use linkcast_core::frame::MAX_ROOM_LEN;
 
@@ -85,15 +85,7 @@ pub(crate) async fn room_presence(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let room = room_name(room)?;
-    shared.check_read(&headers, &room)?;
-    if let Some(answer) = forward_unless_owner(&shared, &room, Method::GET, &uri, &headers, Bytes::new()).await? {
-        return Ok(answer);
-    }
-    let (reply, answer) = oneshot::channel();
-    let info = ask(&shared, HubInput::Presence { room, reply }, answer).await??;
-    let info = info.ok_or(ApiError::NotFound("unknown room"))?;
-    Ok(Json(info).into_response())
+    read_room(&shared, room, &uri, &headers, |room, reply| HubInput::Presence { room, reply }).await
 }
 
 /// `GET /v1/rooms?prefix=&limit=[&local=1]`.

@@ -244,11 +244,14 @@ impl Connection {
     }
 
     /// Handles one client request (answers into `items`). A `refresh` (or a late `auth`) is
-    /// verified here: a refused token is an error answer and the current one stays.
+    /// verified here: a refused token is an error answer and the current one stays; a token of
+    /// a banned user, or one issued before the user's revocation time, closes the connection
+    /// (4001 / 4002), as it would be refused at connect.
     pub(crate) fn handle_request(&mut self, request: Request, items: &mut Vec<ToClient>) -> Result<(), ClientError> {
         let result = match request {
             Request::Refresh { token } => match self.ctx.admission.verify(Some(&token)) {
                 Ok(claims) => {
+                    self.ctx.admission.check_moderation(&claims).map_err(|refused| refused.error())?;
                     self.session.refresh(claims, &mut self.ctx.shard.borrow_mut().rooms, items);
                     Ok(())
                 }

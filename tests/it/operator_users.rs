@@ -9,7 +9,8 @@
 //! - kick and ban across Links: every connection closed 4001 with the reason, the upgrade refused
 //!   403 `{"error":"banned","until"}` (and an `auth` message closed 4001) until the ban ends, then
 //!   accepted; a plain kick closes 4000 and the user may come back at once;
-//! - revoke: a token issued before the revocation is closed 4002 and refused; a newer one works;
+//! - revoke: a token issued before the revocation is closed 4002 and refused (at connect and by
+//!   `refresh`); a newer one works;
 //! - remove from a room: `removed`, nothing more of the room, other members still served;
 //! - a ban made while a Link is down reaches it when it connects;
 //! - with `[store] redis`, a ban survives a restart of the hub and of the Link;
@@ -253,6 +254,9 @@ async fn kicks_bans_revocations_and_removals_reach_every_link() {
     let _oz_new = connect(&cluster, 2, "oz", &fresh).await;
     let seq = push(&cluster, 0, "/v1/users/oz/messages", json!("still here")).await;
     assert_eq!(message(&mut oz_fresh).await, ("user:oz".into(), seq, json!("still here")), "the newer token was not closed");
+    // A refresh to a revoked token is refused like a connect with it: the connection closes.
+    oz_fresh.send(json!({"op": "refresh", "token": old})).await;
+    assert_eq!(oz_fresh.next().await, Got::Close(4002, "token revoked".into()), "a revoked token cannot come back by refresh");
 
     // Remove from a room: `removed`, nothing more of the room; the other member still served.
     let mut rex = connect(&cluster, 0, "rex", &token("rex", Some(now_secs()))).await;

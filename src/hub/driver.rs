@@ -114,6 +114,15 @@ pub(crate) struct StorePath {
     pub(crate) events: mpsc::UnboundedReceiver<StoreEvent>,
 }
 
+/// The next input of an optional channel of the loop (the store's answers, the publish proxy's
+/// decisions); never resolves when the hub runs without it.
+async fn recv_if_any<T>(inputs: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match inputs.as_mut() {
+        Some(inputs) => inputs.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the hub task until `shutdown` turns true or every event sender is gone.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
@@ -180,21 +189,11 @@ pub(crate) async fn run(
                 }
                 None => break,
             },
-            Some(event) = async {
-                match store_events.as_mut() {
-                    Some(events) => events.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            Some(event) = recv_if_any(&mut store_events) => {
                 driver.handle_store(event);
                 driver.flush();
             }
-            Some(decided) = async {
-                match decided.as_mut() {
-                    Some(decided) => decided.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            Some(decided) = recv_if_any(&mut decided) => {
                 driver.handle_decided(decided);
                 driver.flush();
             }

@@ -268,6 +268,9 @@ pub struct HubConfig {
     /// Presence: join/leave events (and `GET .../presence` user lists) while a room has at most
     /// this many members; above, counts only.
     pub presence_events_max_members: u64,
+    /// Origins whose pages may call the HTTP API from a browser (CORS, src/hub/cors.rs): `[]`
+    /// (default) = no CORS headers, `["*"]` = any origin, else exact `scheme://host[:port]`s.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -292,6 +295,7 @@ impl Default for HubConfig {
             link_write_timeout_ms: 10_000,
             presence_interval_ms: 1000,
             presence_events_max_members: 1000,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -1067,5 +1071,17 @@ mod presence_tests {
         let config = Config::from_toml("[hub]\npresence_interval_ms = 0\npresence_events_max_members = 20\n").expect("valid");
         assert!(!config.hub.table_limits().presence.is_on(), "0 = presence off");
         assert_eq!(config.hub.table_limits().presence.events_max_members, 20);
+    }
+}
+
+#[cfg(test)]
+mod cors_tests {
+    use super::*;
+
+    #[test]
+    fn cors_origins_default_to_none_and_are_read() {
+        assert!(Config::from_toml("").expect("valid").hub.cors_origins.is_empty(), "no CORS unless asked");
+        let config = Config::from_toml("[hub]\ncors_origins = [\"https://app.example\", \"*\"]\n").expect("valid");
+        assert_eq!(config.hub.cors_origins, vec!["https://app.example".to_owned(), "*".to_owned()]);
     }
 }

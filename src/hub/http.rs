@@ -52,17 +52,21 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 /// The embedded demo page (static/index.html; no build step).
 const DEMO_PAGE: &str = include_str!("../../static/index.html");
 
+/// The browser/Node client library (clients/js/linkcast.js, a plain ES module; no build step).
+const LINKCAST_JS: &str = include_str!("../../clients/js/linkcast.js");
+
 /// The router of every route, with body limit, JSON fallbacks and request metrics.
 /// `admin_routes`: also serve `/metrics` and `/healthz` (an unsecured hub without an admin
 /// listener).
 pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
     let body_limit = shared.config.hub.max_payload;
     let request_timeout = Duration::from_secs(shared.config.hub.http_request_timeout_secs.max(1));
-    let mut router = Router::new().route("/", get(demo_page));
+    let cors = Arc::new(super::cors::Cors::new(&shared.config.hub.cors_origins));
+    let mut router = Router::new().route("/", get(demo_page)).route("/linkcast.js", get(linkcast_js));
     if admin_routes {
         router = router.route("/healthz", get(healthz)).route("/metrics", get(metrics));
     }
-    router
+    let mut router = router
         .route("/v1/locate", get(locate))
         .route("/v1/rooms/{room}", get(room_info))
         .route("/v1/rooms/{room}/messages", get(history).post(publish))
@@ -79,8 +83,12 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(move |matched, request, next| count_requests(matched, request, next, request_timeout)))
-        .with_state(shared)
+        .layer(middleware::from_fn(move |matched, request, next| count_requests(matched, request, next, request_timeout)));
+    // CORS (cors.rs) outermost, so preflights and every answer, 404s included, carry it.
+    if !cors.is_off() {
+        router = router.layer(middleware::from_fn(move |request, next| super::cors::cors(cors.clone(), request, next)));
+    }
+    router.with_state(shared)
 }
 
 /// Counts every request, and answers 408 to one that takes longer than `timeout` (a body
@@ -98,6 +106,10 @@ async fn count_requests(matched: Option<MatchedPath>, request: Request, next: Ne
 
 async fn demo_page() -> Html<&'static str> {
     Html(DEMO_PAGE)
+}
+
+async fn linkcast_js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], LINKCAST_JS).into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -28,6 +28,7 @@
 //!
 //! [`RoomTable`]: linkcast_core::room_table::RoomTable
 
+mod cors;
 mod driver;
 mod durable;
 mod error;

@@ -35,6 +35,7 @@ mod cluster;
 mod hooks;
 mod hub_forward;
 mod hub_http;
+mod js_client;
 mod link_bad_input;
 mod link_fanout;
 mod link_owner_map;

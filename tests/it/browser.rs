@@ -4,6 +4,8 @@
 //! HTTP API with the tests' own small HTTP client (no extra dependency). Needs the Debian packages `chromium` and `chromium-driver` (installed by
 //! .ci/run); without them this test FAILS with a message saying so — it never skips.
 //!
+//! The page's protocol code is linkcast.js (clients/js/, served at `/linkcast.js`); the page
+//! exposes `chat` and `onServer` for these tests.
 //! Steps: both tabs pick a name and join a room (through locate + WebSocket); each sends a
 //! line, both see both lines with seq and sender; then tab A's socket is dropped, tab B sends
 //! while A is away, and A — after reconnecting with `since` and the room's `epoch` — shows every
@@ -262,6 +264,10 @@ async fn two_tabs_chat_through_serve_and_resume_after_a_drop() {
     let bob = Tab::open(&driver, &chromium).await;
     alice.join(&page, "alice", "browser-room").await;
     bob.join(&page, "bob", "browser-room").await;
+    // The page speaks the protocol through linkcast.js (GET /linkcast.js), not inline code.
+    let library = alice.eval("return [chat.client.constructor.name, [...document.scripts].map(s => s.type + ' ' + s.text).join('')];").await;
+    assert_eq!(library[0], "LinkcastClient", "{library}");
+    assert!(library[1].as_str().is_some_and(|s| s.starts_with("module") && s.contains("from \"/linkcast.js\"")), "{library}");
 
     alice.say("hello from alice").await;
     let count = "return document.querySelectorAll('#messages li.msg').length;";

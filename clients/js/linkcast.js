@@ -316,7 +316,9 @@ export class LinkcastClient {
         return resolve(null);
       }
       const timer = setTimeout(() => { cleanup(); try { ws.close(); } catch (_) {} resolve(null); }, this.options.connectTimeoutMs);
-      const cleanup = () => { clearTimeout(timer); ws.onopen = ws.onerror = ws.onclose = null; };
+      // onerror stays a no-op: Node's `ws` throws an 'error' nobody listens to (closing a
+      // socket still connecting emits one).
+      const cleanup = () => { clearTimeout(timer); ws.onopen = ws.onclose = null; ws.onerror = () => {}; };
       ws.onopen = () => { cleanup(); resolve(ws); };
       // A refused upgrade: Node's `ws` says "Unexpected server response: 401"; a browser says
       // nothing (locate, which checks the same token at the hub, catches it there).

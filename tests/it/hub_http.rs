@@ -377,7 +377,11 @@ async fn demo_page_health_and_metrics_are_served() {
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").is_some_and(|t| t.starts_with("text/html")));
     let html = page.text();
-    assert!(html.contains("/v1/locate") && html.contains("\"publish\"") && html.contains("since"));
+    assert!(html.contains("from \"/linkcast.js\""), "the page speaks the protocol through linkcast.js");
+    let js = get(addr, "/linkcast.js").await;
+    assert_eq!(js.header("content-type"), Some("text/javascript; charset=utf-8"));
+    let js = js.text();
+    assert!(js.contains("/v1/locate") && js.contains("op: \"publish\"") && js.contains("since"));
     // With an admin listener, health and metrics are served there, not on the API port.
     let admin = hub.admin_addr().expect("admin listener");
     let health = get(admin, "/healthz").await;

@@ -4,7 +4,8 @@
 //! - [`register`] (at `start`): every labelled counter a dashboard or alert names exists from
 //!   the first scrape — `linkcast_link_closes_total{reason}` for every close reason,
 //!   `linkcast_link_gaps_total{reason}` for every [`GapReason`], `linkcast_link_connections` and
-//!   `linkcast_link_queued_bytes` for every shard — and the served certificate's expiry.
+//!   `linkcast_link_queued_bytes` for every shard, the delivery counters — and the served
+//!   certificate's expiry.
 //! - Scrape-time gauges: `linkcast_link_queued_bytes{shard}` (bytes in the shard's client socket
 //!   queues, already kept in [`ShardStats::queued_bytes`] by the connection drivers) and
 //!   `linkcast_link_hubs_connected` (kept by the coordinator) are summed over the Links alive in
@@ -64,6 +65,10 @@ pub(crate) fn register(stats: &[Arc<ShardStats>], hubs_connected: &Arc<AtomicUsi
     }
     for reason in GapReason::ALL {
         metrics::counter!("linkcast_link_gaps_total", "reason" => reason.label()).increment(0);
+    }
+    // Made on a shard's first burst otherwise (`tally.rs`).
+    for name in ["linkcast_link_deliveries_total", "linkcast_link_bytes_out_total"] {
+        metrics::counter!(name).increment(0);
     }
     for shard in 0..stats.len() {
         metrics::gauge!("linkcast_link_connections", "shard" => shard.to_string()).increment(0.0);

@@ -87,7 +87,7 @@ async fn metrics(State(keys): State<Arc<Vec<String>>>, headers: HeaderMap) -> Re
     if let Some(refusal) = refused(&headers, &keys) {
         return refusal;
     }
-    let text = crate::telemetry::prometheus().render();
+    let text = crate::telemetry::render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

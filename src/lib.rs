@@ -21,7 +21,7 @@
 //! - `store` (doc-hidden; `pub` only for the integration tests): rooms' seq, epoch, history and
 //!   owner leases in Redis / Redis Cluster, for hubs that restart or take over a dead hub's rooms.
 //!
-//! Private glue: `admin` (the `/metrics` + `/healthz` listener), `telemetry` (the process-wide Prometheus recorder) and `clock` (the one place the
+//! Private glue: `admin` (the `/metrics` + `/healthz` listener), `telemetry` (the process-wide Prometheus recorder), `cert_expiry` (the served certificate's expiry as a metric) and `clock` (the one place the
 //! wall clock is read).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -38,5 +38,6 @@ pub mod serve;
 #[doc(hidden)]
 pub mod store;
 mod telemetry;
+mod cert_expiry;
 pub mod tls;
 pub mod uplink;

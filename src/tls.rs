@@ -103,6 +103,11 @@ impl ServerCert {
         self.files.is_some()
     }
 
+    /// The certificate presented right now (the chain's first), DER.
+    pub(crate) fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).cert.first().cloned()
+    }
+
     /// Reads the files again; on any error the current certificate stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let Some((cert, key)) = &self.files else { return Ok(()) };

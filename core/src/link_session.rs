@@ -60,7 +60,7 @@ use crate::fanout::{Cursor, LagPolicy, ParkTicket, ReadOutcome};
 use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PARTIAL};
 use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
-use crate::shard_rooms::{RingItem, ShardRooms};
+use crate::shard_rooms::{GapReason, RingItem, ShardRooms};
 use crate::system_rooms::{is_server_only, may_join, personal_room, BROADCAST_ROOM};
 use crate::token_bucket::{TokenBucket, Verdict};
 
@@ -325,6 +325,8 @@ pub struct SessionStats {
     pub delivered: u64,
     /// Gaps told to the client.
     pub gaps: u64,
+    /// `gaps` by reason, indexed by [`GapReason::index`].
+    pub gaps_by: [u64; GapReason::ALL.len()],
     /// Resets told to the client.
     pub resets: u64,
     /// Replays cut at the connection's replay cap, to be continued once its socket drains.
@@ -759,7 +761,7 @@ impl LinkSession {
                     last_lost: last_lost.to_native(),
                     resume_from: resume_from.to_native(),
                 };
-                tell_gap(&room, member, lost, &mut self.stats, out);
+                tell_gap(&room, member, lost, GapReason::History, &mut self.stats, out);
             }
             (Kind::Replay, _) => {
                 let seq = frame.seq();
@@ -777,7 +779,7 @@ impl LinkSession {
                     member.truncated = true;
                     return;
                 }
-                jump(&room, member, seq, &mut self.stats, out);
+                jump(&room, member, seq, GapReason::History, &mut self.stats, out);
                 member.last = seq;
                 self.replay_held += len;
                 self.stats.delivered += 1;
@@ -810,7 +812,7 @@ impl LinkSession {
                 member.epoch = Some(epoch);
                 if member.replay && member.last < last_seq {
                     let lost = LostRange { first_lost: member.last + 1, last_lost: last_seq, resume_from: last_seq + 1 };
-                    tell_gap(&room, member, lost, &mut self.stats, out);
+                    tell_gap(&room, member, lost, GapReason::History, &mut self.stats, out);
                 }
                 member.last = member.last.max(last_seq);
                 member.joined = true;
@@ -943,21 +945,22 @@ fn skipped(skips: &[Skip], room: &str, epoch: Option<u64>, seq: u64) -> bool {
 }
 
 /// Tells the member of a lost range (the part after what it already has), and moves it past.
-fn tell_gap(room: &str, member: &mut Member, lost: LostRange, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
+fn tell_gap(room: &str, member: &mut Member, lost: LostRange, reason: GapReason, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
     if lost.last_lost <= member.last {
         return;
     }
     let first_lost = lost.first_lost.max(member.last + 1);
     stats.gaps += 1;
+    stats.gaps_by[reason.index()] += 1;
     out.push(ToClient::Gap { room: room.to_owned(), lost: LostRange { first_lost, ..lost } });
     member.last = lost.last_lost;
 }
 
 /// Before delivering `seq`: a gap for anything between the member's last seq and it.
-fn jump(room: &str, member: &mut Member, seq: u64, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
+fn jump(room: &str, member: &mut Member, seq: u64, reason: GapReason, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
     if seq > member.last + 1 {
         let lost = LostRange { first_lost: member.last + 1, last_lost: seq - 1, resume_from: seq };
-        tell_gap(room, member, lost, stats, out);
+        tell_gap(room, member, lost, reason, stats, out);
     }
 }
 
@@ -981,7 +984,7 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
             if delivery.seq <= member.last {
                 return 0;
             }
-            jump(room, member, delivery.seq, stats, out);
+            jump(room, member, delivery.seq, GapReason::Lagging, stats, out);
             member.last = delivery.seq;
             stats.delivered += 1;
             let bytes = match wire {
@@ -992,9 +995,9 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
             out.push(ToClient::Encoded(bytes));
             len
         }
-        RingItem::Gap { epoch, lost } => {
+        RingItem::Gap { epoch, lost, reason } => {
             follow_epoch(room, member, epoch, stats, out);
-            tell_gap(room, member, lost, stats, out);
+            tell_gap(room, member, lost, reason, stats, out);
             0
         }
         RingItem::Notice { ws, frame, events_only } => {
@@ -1207,7 +1210,7 @@ mod tests {
         rig.hub(joined("r", request, E1, 10));
         rig.live("r", 11, E1);
         let lost = LostRange { first_lost: 12, last_lost: 20, resume_from: 21 };
-        rig.ring("r", RingItem::Gap { epoch: E1, lost });
+        rig.ring("r", RingItem::Gap { epoch: E1, lost, reason: GapReason::HubQueue });
         rig.live("r", 21, E1);
         rig.ring("r", RingItem::Reset { epoch: E2, last_seq: 0 });
         rig.live("r", 1, E2);
@@ -1216,8 +1219,10 @@ mod tests {
             rig.seen(),
             vec!["joined 1111 10", "live r:11", "gap 12..=20 next 21", "live r:21", "reset 2222 0", "live r:1"]
         );
+        let stats = rig.session.take_stats();
+        assert_eq!((stats.gaps, stats.gaps_by[GapReason::HubQueue.index()]), (1, 1), "counted with the ring item's reason");
         // A room-wide gap the member already has (it joined later) is not repeated.
-        rig.ring("r", RingItem::Gap { epoch: E2, lost: LostRange { first_lost: 1, last_lost: 1, resume_from: 2 } });
+        rig.ring("r", RingItem::Gap { epoch: E2, lost: LostRange { first_lost: 1, last_lost: 1, resume_from: 2 }, reason: GapReason::Outage });
         rig.fill().expect("fill");
         assert!(rig.seen().is_empty());
     }
@@ -1258,7 +1263,8 @@ mod tests {
         }
         rig.fill().expect("fill");
         assert_eq!(rig.seen(), vec!["joined 1111 0", "gap 1..=6 next 7", "live r:7", "live r:8", "live r:9", "live r:10"]);
-        assert_eq!(rig.session.take_stats().lagging, 1);
+        let stats = rig.session.take_stats();
+        assert_eq!((stats.lagging, stats.gaps_by[GapReason::Lagging.index()]), (1, 1));
         // Over a reset it missed, the member is told of the reset first.
         rig.ring("r", RingItem::Reset { epoch: E2, last_seq: 0 });
         for seq in 1..=6 {

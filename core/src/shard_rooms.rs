@@ -69,6 +69,8 @@ pub enum RingItem {
         epoch: u64,
         /// What was lost and where delivery continues.
         lost: LostRange,
+        /// Why the Link missed it ([`GapReason::HubQueue`] or [`GapReason::Outage`]).
+        reason: GapReason,
     },
     /// The room's history was lost under its members: positions restart at (`epoch`, 0).
     Reset {
@@ -88,6 +90,39 @@ pub enum RingItem {
         /// Only for members that asked for join/leave events.
         events_only: bool,
     },
+}
+
+/// Why a client was told a `gap` (the `reason` label of `linkcast_link_gaps_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The member fell off its room's ring (a slow reader under `lag_policy = "gap"`).
+    Lagging,
+    /// Its join or resume asked for seqs the hub no longer holds (outside the history window).
+    History,
+    /// The hub's queue to this Link overflowed: every member on the Link missed them.
+    HubQueue,
+    /// The Link lost its hub (or the room moved) and the rejoin could not replay everything.
+    Outage,
+}
+
+impl GapReason {
+    /// Every reason, in [`GapReason::index`] order.
+    pub const ALL: [GapReason; 4] = [GapReason::Lagging, GapReason::History, GapReason::HubQueue, GapReason::Outage];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            GapReason::Lagging => "lagging",
+            GapReason::History => "history",
+            GapReason::HubQueue => "hub_queue",
+            GapReason::Outage => "outage",
+        }
+    }
+
+    /// Position in [`GapReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl RingItem {

@@ -117,7 +117,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn metrics() -> Response {
-    let text = crate::telemetry::prometheus().render();
+    let text = crate::telemetry::render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -153,6 +153,7 @@ pub(super) async fn publish_room(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let received = std::time::Instant::now();
     let (shared, uri, headers) = (shared, uri, headers);
     let key = shared.api_key(headers)?;
     let body = body.map_err(ApiError::rejected)?;
@@ -177,6 +178,7 @@ pub(super) async fn publish_room(
     let (reply, answer) = oneshot::channel();
     let event = HubInput::Publish { room, sender, flags, data: body, key: idempotency_key, reply };
     let ack = ask(shared, event, answer).await??;
+    shared.publish_seconds.record(received.elapsed());
     Ok(Json(serde_json::json!({ "seq": ack.seq, "epoch": format_epoch(ack.epoch) })).into_response())
 }
 

@@ -164,6 +164,8 @@ pub(crate) struct ApiState {
     /// Reads need credentials (principle 8): any credential is configured or the node listens
     /// beyond loopback.
     secured: bool,
+    /// `linkcast_hub_publish_seconds{hub}`: HTTP publish received → acknowledged (owner only).
+    publish_seconds: metrics::Histogram,
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme matched in any case).
@@ -344,6 +346,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         true => None,
         false => Some(start_store(id, &config, live_tx, &shutdown_rx, moderation_rx).await?),
     };
+    let _ = crate::telemetry::prometheus(); // before any metric handle is made
     let shared = Arc::new(ApiState {
         id,
         config: config.clone(),
@@ -355,12 +358,15 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         tokens: (!config.auth.is_dev()).then(|| Verifier::new(Some(config.auth.jwt_secret.as_str()))),
         dialer,
         secured,
+        publish_seconds: metrics::histogram!("linkcast_hub_publish_seconds", "hub" => id.0.to_string()),
     });
     // Link events: unbounded as a channel, bounded per connection by its in-flight byte budget
     // (`links::LINK_INFLIGHT_BYTES`) and in connections by the Link port's caps.
     let (link_events, link_events_rx) = mpsc::unbounded_channel();
     let queued_total = Arc::new(AtomicUsize::new(0));
     let metrics = HubMetrics::new(id);
+    metrics::gauge!("linkcast_hub_link_queue_limit_bytes", "hub" => id.0.to_string()).set(hub.link_queue_bytes as f64);
+    crate::cert_expiry::export("hub", &cert);
     let ctx = LinkContext {
         events: link_events,
         generations: Arc::new(AtomicU64::new(0)),

@@ -309,7 +309,7 @@ impl Connection {
             metrics::counter!("linkcast_link_lagging_total").increment(stats.lagging);
         }
         if stats.gaps > 0 {
-            metrics::counter!("linkcast_link_gaps_total").increment(stats.gaps);
+            super::metrics::gaps(&stats.gaps_by);
         }
         if stats.resets > 0 {
             metrics::counter!("linkcast_link_resets_total").increment(stats.resets);

@@ -70,7 +70,7 @@ use linkcast_core::interest::{Announcement, LinkInterest};
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::{ClientError, Refusal};
 use linkcast_core::room::LostRange;
-use linkcast_core::shard_rooms::{make_id, COORDINATOR_SHARD};
+use linkcast_core::shard_rooms::{make_id, GapReason, COORDINATOR_SHARD};
 use linkcast_core::ws_frame;
 
 use super::moderation::LinkModeration;
@@ -636,13 +636,13 @@ impl Coordinator {
     }
 
     /// A room-wide gap: every member of the room on this Link lost `lost`.
-    async fn push_gap(&mut self, room: &str, lost: LostRange) {
+    async fn push_gap(&mut self, room: &str, lost: LostRange, reason: GapReason) {
         let Some(state) = self.rooms.get_mut(room) else { return };
         if self.interest.members(room) == 0 || lost.last_lost <= state.pushed {
             return;
         }
         state.pushed = lost.last_lost;
-        let item = RingItem::Gap { epoch: state.epoch.unwrap_or(0), lost };
+        let item = RingItem::Gap { epoch: state.epoch.unwrap_or(0), lost, reason };
         self.to_rings(room, item).await;
     }
 
@@ -714,7 +714,7 @@ impl Coordinator {
                 };
                 let room = frame.room().to_owned();
                 if self.rooms.get(&room).is_some_and(|s| !s.rejoining()) {
-                    self.push_gap(&room, lost).await;
+                    self.push_gap(&room, lost, GapReason::HubQueue).await;
                 }
                 return;
             }
@@ -862,7 +862,7 @@ impl Coordinator {
                     last_lost: last_lost.to_native(),
                     resume_from: resume_from.to_native(),
                 };
-                self.push_gap(&room, lost).await;
+                self.push_gap(&room, lost, GapReason::Outage).await;
             }
             ArchivedBody::Replay { .. } => self.push_message(frame).await,
             ArchivedBody::Joined { epoch, .. } => {
@@ -875,7 +875,7 @@ impl Coordinator {
                 if pushed < last_seq {
                     // The replay should have covered it; if not, never skip silently.
                     let lost = LostRange { first_lost: pushed + 1, last_lost: last_seq, resume_from: last_seq + 1 };
-                    self.push_gap(&room, lost).await;
+                    self.push_gap(&room, lost, GapReason::Outage).await;
                 }
             }
             ArchivedBody::Error { code, reason, .. } => {

@@ -36,6 +36,7 @@ mod conn_io;
 mod connection;
 mod coordinator;
 mod hub_connector;
+mod metrics;
 mod moderation;
 mod presence;
 mod quic_clients;
@@ -247,6 +248,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let users = Arc::new(Users::default());
     let stats: Vec<Arc<ShardStats>> = (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect();
     let hubs_connected = Arc::new(AtomicUsize::new(0));
+    metrics::register(&stats, &hubs_connected, &cert);
     let (coord_tx, coord_rx) = coordinator::inbox();
     let mut senders = Vec::with_capacity(shard_count);
     let mut receivers = Vec::with_capacity(shard_count);

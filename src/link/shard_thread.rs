@@ -6,7 +6,9 @@
 //! QUIC client endpoint (`quic_clients.rs`), then loops over the shard's inbox: room messages
 //! and markers are pushed onto the rings, hub answers and close requests routed to their
 //! connection, QUIC clients handed over started here. Messages already queued are applied (up to
-//! [`MAX_BURST`]) before any woken member is served, so a burst leaves each socket as one write.
+//! [`MAX_BURST`]) before any woken member is served, so a burst leaves each socket as one write;
+//! after those writes each room message of the burst is timed once (publish → written,
+//! `linkcast_link_delivery_seconds`, `metrics.rs`).
 //! On [`ShardMsg::Shutdown`] new connections are refused, every connection is asked to close with
 //! 1001, and the thread waits briefly for their close frames to leave.
 
@@ -20,6 +22,7 @@ use linkcast_core::protocol::ClientError;
 
 use super::admission::Admission;
 use super::connection::ConnContext;
+use super::metrics::DeliveryClock;
 use super::coordinator::CoordInbox;
 use super::registry::Users;
 use super::shard::{ShardMsg, ShardState, ShardStats};
@@ -74,6 +77,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
             None => None,
         };
         let mut woken = Vec::new();
+        let mut clock = DeliveryClock::new();
         'run: while let Some(first) = inbox.recv().await {
             // Take what is already queued (up to a bound) before waking anyone, so a burst of
             // room messages reaches each member socket as one vectored write.
@@ -81,7 +85,10 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
             let mut taken = 0;
             while let Some(msg) = next.take() {
                 match msg {
-                    ShardMsg::Room(message) => state.borrow_mut().push_message(message, &mut woken),
+                    ShardMsg::Room(message) => {
+                        clock.pushed(message.frame.ts_micros());
+                        state.borrow_mut().push_message(message, &mut woken);
+                    }
                     ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
                     ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
                     ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
@@ -99,6 +106,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
             for conn in woken.drain(..) {
                 conn.wake();
             }
+            clock.written(crate::clock::now_micros());
             state.borrow_mut().sync_stats();
             tally::flush();
         }

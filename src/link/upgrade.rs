@@ -196,7 +196,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
         "/metrics" if port.admin_routes => {
-            let text = crate::telemetry::prometheus().render();
+            let text = crate::telemetry::render();
             answer(tcp, http_upgrade::response(200, "text/plain; version=0.0.4", &text)).await;
             return None;
         }

@@ -15,6 +15,8 @@
 //!   Chromium [`browser`];
 //! - processes of the binary: [`cluster`] (2 hubs, 3 Links), [`no_silent_loss`] (faults),
 //!   [`presence`] (member counts, join/leave events, the admin's room list);
+//! - the dashboard and alert rules (`deploy/`) against what `serve` and a cluster export, and
+//!   promtool's checks of the rules: [`observability`];
 //! - attacks on the edge (TLS, reads, admin, handshakes, slowloris): [`security_edge`].
 //! - what a client can do to a Link around authentication (paged replays, join floods, token
 //!   expiry and refresh, the token in the first message, SIGTERM): [`security_session`].
@@ -45,6 +47,7 @@ mod link_throughput;
 mod link_ws_framing;
 mod no_silent_loss;
 mod no_silent_loss_link;
+mod observability;
 mod operator_users;
 mod presence;
 mod security_edge;

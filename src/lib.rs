@@ -38,5 +38,6 @@ pub mod serve;
 #[doc(hidden)]
 pub mod store;
 mod telemetry;
+pub mod mtls;
 pub mod tls;
 pub mod uplink;

@@ -985,7 +985,7 @@ mod tests {
         assert_eq!(Kind::from_u8(15), Some(Kind::OwnerMap));
         assert_eq!(Kind::from_u8(21), Some(Kind::UserInfo));
         assert_eq!(Kind::from_u8(22), Some(Kind::Draining));
-        assert_eq!(Kind::from_u8(22), None);
+        assert_eq!(Kind::from_u8(23), None);
     }
 
     #[test]

@@ -148,8 +148,14 @@ pub struct TlsConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// SHA-256 fingerprints (hex) of accepted server certificates, instead of a CA.
     pub pin_sha256: Vec<String>,
-    /// Reserved for mutual TLS (Links presenting client certificates); refused when set.
+    /// PEM CA certificates a Link's client certificate must chain to (mutual TLS): a hub with
+    /// it requires and verifies one on its Link QUIC port, and then also accepts Link ids not in
+    /// `[[links]]` (docs/operations.md "Adding and draining Links").
     pub client_ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain a Link presents to hubs (mutual TLS); goes with `client_key_file`.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<std::path::PathBuf>,
 }
 
 impl TlsConfig {
@@ -478,6 +484,9 @@ pub struct LinkConfig {
     /// Join every connection to the broadcast room `all` (issue 15; the personal room
     /// `user:{sub}` is always joined).
     pub broadcast_room: bool,
+    /// Seconds between SIGTERM (the Link tells its hubs it is draining, so `locate` stops
+    /// offering it) and closing every client with 1001 and a retry hint.
+    pub drain_secs: u64,
 }
 
 impl Default for LinkConfig {
@@ -505,6 +514,7 @@ impl Default for LinkConfig {
             join_burst: 10,
             replay_bytes: 1024 * 1024,
             broadcast_room: true,
+            drain_secs: 5,
         }
     }
 }
@@ -730,8 +740,8 @@ impl Config {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid("tls.cert_file and tls.key_file go together".into()));
         }
-        if self.tls.client_ca_file.is_some() {
-            return Err(ConfigError::Invalid("tls.client_ca_file (mutual TLS) is reserved and not supported yet".into()));
+        if self.tls.client_cert_file.is_some() != self.tls.client_key_file.is_some() {
+            return Err(ConfigError::Invalid("tls.client_cert_file and tls.client_key_file go together".into()));
         }
         if self.auth.keys.iter().any(|k| k.key.is_empty() || k.scopes.is_empty()) {
             return Err(ConfigError::Invalid("every [[auth.keys]] entry needs a key and at least one scope".into()));
@@ -921,8 +931,30 @@ mod security_tests {
         assert!(config.validate().is_err());
         config.tls.key_file = Some("k.pem".into());
         assert!(config.validate().is_ok());
-        config.tls.client_ca_file = Some("ca.pem".into());
-        assert!(config.validate().is_err());
+        config.tls.client_cert_file = Some("link.pem".into());
+        assert!(config.validate().is_err(), "a client certificate without its key");
+        config.tls.client_key_file = Some("link.key".into());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn mutual_tls_and_drain_keys_parse() {
+        let config = Config::from_toml("").expect("valid");
+        assert_eq!(config.link.drain_secs, 5);
+        assert_eq!((config.tls.client_ca_file.as_ref(), config.tls.client_cert_file.as_ref()), (None, None));
+        let text = r#"
+            [tls]
+            client_ca_file = "links-ca.pem"
+            client_cert_file = "link.pem"
+            client_key_file = "link.key"
+            [link]
+            drain_secs = 30
+        "#;
+        let config = Config::from_toml(text).expect("valid");
+        assert!(config.validate().is_ok(), "client_ca_file is a real key now");
+        assert_eq!(config.tls.client_ca_file, Some("links-ca.pem".into()));
+        assert_eq!((config.tls.client_cert_file, config.tls.client_key_file), (Some("link.pem".into()), Some("link.key".into())));
+        assert_eq!(config.link.drain_secs, 30);
     }
 }
 

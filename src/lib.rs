@@ -39,5 +39,6 @@ pub mod serve;
 pub mod store;
 mod telemetry;
 mod cert_expiry;
+pub mod mtls;
 pub mod tls;
 pub mod uplink;

@@ -68,7 +68,12 @@ pub fn server_transport(max_frame: usize) -> quinn::TransportConfig {
 /// Server config for `alpns` presenting `cert`, with [`server_transport`] limits for frames of
 /// at most `max_frame` bytes.
 pub fn server_config(cert: Arc<ServerCert>, alpns: &[&[u8]], max_frame: usize) -> Result<quinn::ServerConfig, QuicSetupError> {
-    let tls = tls::server_config(cert, alpns)?;
+    server_config_from_tls(tls::server_config(cert, alpns)?, max_frame)
+}
+
+/// [`server_config`] over a rustls config of the caller's (the hub's Link port with mutual TLS:
+/// `mtls.rs`).
+pub fn server_config_from_tls(tls: rustls::ServerConfig, max_frame: usize) -> Result<quinn::ServerConfig, QuicSetupError> {
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(Arc::new(server_transport(max_frame)));
     config.max_incoming(MAX_INCOMING);
@@ -77,7 +82,12 @@ pub fn server_config(cert: Arc<ServerCert>, alpns: &[&[u8]], max_frame: usize) -
 
 /// Client config for `alpn` checking the server by `trust`. The server may open no stream.
 pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, QuicSetupError> {
-    let tls = trust.client_config(&[alpn])?;
+    client_config_as(trust, alpn, None)
+}
+
+/// [`client_config`] presenting `identity` as client certificate when given.
+pub fn client_config_as(trust: &Trust, alpn: &[u8], identity: Option<&crate::mtls::ClientIdentity>) -> Result<quinn::ClientConfig, QuicSetupError> {
+    let tls = trust.client_config_as(&[alpn], identity)?;
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
@@ -97,8 +107,18 @@ pub fn server_endpoint(addr: SocketAddr, alpns: &[&[u8]]) -> Result<quinn::Endpo
 /// by `trust` (dial with [`crate::tls::server_name`] and check the target with
 /// [`Trust::check_target`] first).
 pub fn client_endpoint(bind: SocketAddr, trust: &Trust, alpn: &[u8]) -> Result<quinn::Endpoint, QuicSetupError> {
+    client_endpoint_as(bind, trust, alpn, None)
+}
+
+/// [`client_endpoint`] presenting `identity` as client certificate when given.
+pub fn client_endpoint_as(
+    bind: SocketAddr,
+    trust: &Trust,
+    alpn: &[u8],
+    identity: Option<&crate::mtls::ClientIdentity>,
+) -> Result<quinn::Endpoint, QuicSetupError> {
     let mut endpoint = quinn::Endpoint::client(bind)?;
-    endpoint.set_default_client_config(client_config(trust, alpn)?);
+    endpoint.set_default_client_config(client_config_as(trust, alpn, identity)?);
     Ok(endpoint)
 }
 

@@ -123,11 +123,11 @@ impl ResolvesServerCert for ServerCert {
     }
 }
 
-fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+pub(crate) fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_error(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -227,23 +227,29 @@ impl Trust {
 
     /// A rustls client config verifying by this trust, offering `alpns`.
     pub fn client_config(&self, alpns: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config_as(alpns, None)
+    }
+
+    /// [`Trust::client_config`] presenting `identity` as client certificate when given (a Link
+    /// dialling hubs that require mutual TLS: `mtls.rs`).
+    pub fn client_config_as(&self, alpns: &[&[u8]], identity: Option<&crate::mtls::ClientIdentity>) -> Result<rustls::ClientConfig, TlsError> {
         let provider = provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&[&rustls::version::TLS13])?;
-        let mut config = match self {
+        let wants_client_cert = match self {
             Trust::Ca(roots) => {
                 let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider)
                     .build()
                     .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
-                builder.with_webpki_verifier(verifier).with_no_client_auth()
+                builder.with_webpki_verifier(verifier)
             }
-            Trust::Pins(pins) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned { pins: pins.clone(), provider }))
-                .with_no_client_auth(),
-            Trust::LoopbackDev => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned { pins: Arc::new(Vec::new()), provider }))
-                .with_no_client_auth(),
+            Trust::Pins(pins) => builder.dangerous().with_custom_certificate_verifier(Arc::new(Pinned { pins: pins.clone(), provider })),
+            Trust::LoopbackDev => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(Pinned { pins: Arc::new(Vec::new()), provider }))
+            }
+        };
+        let mut config = match identity {
+            None => wants_client_cert.with_no_client_auth(),
+            Some(identity) => wants_client_cert.with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?,
         };
         config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
         Ok(config)

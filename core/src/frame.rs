@@ -101,6 +101,9 @@ pub enum Kind {
     UserQuery = 20,
     /// The answer to a `UserQuery` (Link → hub; no room): the user's connections as JSON.
     UserInfo = 21,
+    /// The Link is draining (Link → hub; no room): stop offering it in `locate`; it stays
+    /// connected and its members keep receiving until it closes them.
+    Draining = 22,
 }
 
 /// `Moderate` action: close every connection of the user (close code in the body, 4000).
@@ -139,6 +142,7 @@ impl Kind {
             19 => Kind::Moderate,
             20 => Kind::UserQuery,
             21 => Kind::UserInfo,
+            22 => Kind::Draining,
             _ => return None,
         })
     }
@@ -239,12 +243,20 @@ mod body {
             /// For retryable refusals (503, 429): retry after this many milliseconds (0: no hint).
             retry_after_ms: u32,
         },
-        /// A Link introduces itself to a hub.
+        /// A Link introduces itself to a hub (or a QUIC client to a Link, with its token as
+        /// `secret` and no addresses).
         Hello {
             /// The Link's id.
             link: u32,
             /// Shared secret proving the Link belongs to the cluster (empty in dev mode).
             secret: String,
+            /// The WebSocket URL clients should use (`ws://` or `wss://`); empty = not announced.
+            /// Checked by [`is_valid_public_ws`] at ingress.
+            ws: String,
+            /// The QUIC `host:port` clients should use; empty = none. [`is_valid_public_quic`].
+            quic: String,
+            /// The Link's admin listener `ip:port`; empty = none. [`is_valid_admin_addr`].
+            admin: String,
         },
         /// The position of join `request` (0: of every member of the room on that Link) belongs
         /// to another epoch: forget it. The room is now at `epoch`, header seq = its last seq;
@@ -309,6 +321,11 @@ mod body {
             /// JSON array of the user's connections on this Link (docs/protocol.md).
             json: Vec<u8>,
         },
+        /// The Link stops taking new rooms and closes its clients after `drain_ms` (Link → hub).
+        Draining {
+            /// How long the Link keeps its clients before closing them, milliseconds.
+            drain_ms: u32,
+        },
     }
 }
 
@@ -336,6 +353,7 @@ impl Body {
             Body::Moderate { .. } => Kind::Moderate,
             Body::UserQuery { .. } => Kind::UserQuery,
             Body::UserInfo { .. } => Kind::UserInfo,
+            Body::Draining { .. } => Kind::Draining,
         }
     }
 }
@@ -365,6 +383,7 @@ impl ArchivedBody {
                 | (ArchivedBody::Moderate { .. }, Kind::Moderate)
                 | (ArchivedBody::UserQuery { .. }, Kind::UserQuery)
                 | (ArchivedBody::UserInfo { .. }, Kind::UserInfo)
+                | (ArchivedBody::Draining { .. }, Kind::Draining)
         )
     }
 }
@@ -415,6 +434,9 @@ pub enum FrameError {
     /// The body variant does not belong to the header's kind.
     #[error("frame body does not match kind {0:?}")]
     KindMismatch(Kind),
+    /// A `Hello` announces an address that is too long or does not parse.
+    #[error("invalid announced address")]
+    BadAddress,
 }
 
 impl FrameError {
@@ -432,8 +454,52 @@ impl FrameError {
             FrameError::Reserved => "reserved bits set",
             FrameError::BadBody => "malformed frame body",
             FrameError::KindMismatch(_) => "frame body does not match kind",
+            FrameError::BadAddress => "invalid announced address",
         }
     }
+}
+
+/// Longest address a `Hello` may announce, in bytes.
+pub const MAX_ADDRESS_LEN: usize = 256;
+
+/// A `host:port` with a non-empty host of `A-Z a-z 0-9 - .` (a DNS name or IPv4 address) or a
+/// bracketed IPv6 address, and a port 1..=65535.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else { return false };
+    if !matches!(port.parse::<u16>(), Ok(1..)) || port.starts_with('+') {
+        return false;
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')),
+    }
+}
+
+/// Checks a WebSocket URL a Link announces: empty (none), or at most [`MAX_ADDRESS_LEN`] bytes of
+/// `ws://` or `wss://`, a [`host:port`](is_host_port) and an optional path of URL-safe
+/// characters. Kept strict: hubs hand it to clients as it is.
+pub fn is_valid_public_ws(url: &str) -> bool {
+    if url.is_empty() {
+        return true;
+    }
+    if url.len() > MAX_ADDRESS_LEN {
+        return false;
+    }
+    let Some(rest) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://")) else { return false };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    is_host_port(authority)
+        && path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~' | b'%' | b'?' | b'=' | b'&'))
+}
+
+/// Checks a QUIC address a Link announces: empty (none), or a [`host:port`](is_host_port) of at
+/// most [`MAX_ADDRESS_LEN`] bytes.
+pub fn is_valid_public_quic(addr: &str) -> bool {
+    addr.is_empty() || addr.len() <= MAX_ADDRESS_LEN && is_host_port(addr)
+}
+
+/// Checks an admin address a Link announces: empty (none) or an `ip:port` socket address.
+pub fn is_valid_admin_addr(addr: &str) -> bool {
+    addr.is_empty() || addr.len() <= MAX_ADDRESS_LEN && addr.parse::<std::net::SocketAddr>().is_ok()
 }
 
 /// Checks a room name: 1..=128 bytes of `A-Z a-z 0-9 _ - . : @ #`.
@@ -495,7 +561,14 @@ impl Frame {
         // Moderate names a room only for a removal: they may carry no room.
         let roomless = matches!(
             header.kind,
-            Kind::Heartbeat | Kind::Hello | Kind::Error | Kind::OwnerMap | Kind::Moderate | Kind::UserQuery | Kind::UserInfo
+            Kind::Heartbeat
+                | Kind::Hello
+                | Kind::Error
+                | Kind::OwnerMap
+                | Kind::Moderate
+                | Kind::UserQuery
+                | Kind::UserInfo
+                | Kind::Draining
         );
         if !(is_valid_room(room) || roomless && room.is_empty()) {
             return Err(FrameError::BadRoom);
@@ -505,6 +578,11 @@ impl Frame {
             .map_err(|_| FrameError::BadBody)?;
         if !body.matches(header.kind) {
             return Err(FrameError::KindMismatch(header.kind));
+        }
+        if let ArchivedBody::Hello { ws, quic, admin, .. } = body {
+            if !(is_valid_public_ws(ws) && is_valid_public_quic(quic) && is_valid_admin_addr(admin)) {
+                return Err(FrameError::BadAddress);
+            }
         }
         Ok(Frame {
             kind: header.kind,
@@ -685,7 +763,7 @@ fn body_size_hint(body: &Body) -> usize {
     let data = match body {
         Body::Message { data } | Body::Replay { data, .. } | Body::Publish { data, .. } => data.len(),
         Body::Error { reason, .. } => reason.len(),
-        Body::Hello { secret, .. } => secret.len(),
+        Body::Hello { secret, ws, quic, admin, .. } => secret.len() + ws.len() + quic.len() + admin.len(),
         Body::OwnerMap { hubs, .. } => hubs.len() * 4,
         Body::MemberList { users } => users.iter().map(|u| u.len() + 8).sum(),
         Body::Moderate { reason, .. } => reason.len(),
@@ -800,6 +878,35 @@ mod tests {
     }
 
     #[test]
+    fn hello_addresses_are_checked_at_ingress() {
+        let hello = |ws: &str, quic: &str, admin: &str| {
+            let body = Body::Hello { link: 4, secret: "s".into(), ws: ws.into(), quic: quic.into(), admin: admin.into() };
+            Frame::from_bytes(FrameBuilder::new("").build(&body).into_bytes())
+        };
+        assert!(hello("", "", "").is_ok(), "nothing announced (a QUIC client's hello)");
+        assert!(hello("ws://127.0.0.1:7080/ws", "127.0.0.1:7443", "127.0.0.1:9100").is_ok());
+        assert!(hello("wss://link-4.links.chat.svc:443/ws", "link-4.example:7443", "").is_ok());
+        assert!(hello("wss://[::1]:8443", "[2001:db8::1]:7443", "[::1]:9100").is_ok());
+        for (ws, quic, admin) in [
+            ("http://127.0.0.1:7080/ws", "", ""),
+            ("ws://127.0.0.1/ws", "", ""),
+            ("ws://:7080/ws", "", ""),
+            ("ws://127.0.0.1:0/ws", "", ""),
+            ("ws://127.0.0.1:99999/ws", "", ""),
+            ("ws://127.0.0.1:7080/ws\"><script>", "", ""),
+            ("ws://user@host:7080/ws", "", ""),
+            ("", "not an address", ""),
+            ("", "host:7443 ", ""),
+            ("", "[::g]:7443", ""),
+            ("", "", "localhost:9100"),
+        ] {
+            assert_eq!(hello(ws, quic, admin), Err(FrameError::BadAddress), "{ws:?} {quic:?} {admin:?}");
+        }
+        let long = format!("ws://{}.example:80/ws", "a".repeat(MAX_ADDRESS_LEN));
+        assert_eq!(hello(&long, "", ""), Err(FrameError::BadAddress), "too long");
+    }
+
+    #[test]
     fn clone_shares_the_buffer() {
         let frame = sample();
         let copy = frame.clone();
@@ -835,7 +942,8 @@ mod tests {
         assert_eq!(Frame::from_bytes(remove.into_bytes()).map(|f| f.kind()), Ok(Kind::InterestRemove));
         for body in [
             Body::Heartbeat { nonce: 1 },
-            Body::Hello { link: 1, secret: "s".into() },
+            Body::Hello { link: 1, secret: "s".into(), ws: "wss://link-1.example:443/ws".into(), quic: "10.0.0.1:7443".into(), admin: String::new() },
+            Body::Draining { drain_ms: 5000 },
             Body::Error { request: 1, code: 403, reason: "no".into(), retry_after_ms: 0 },
             Body::OwnerMap { version: 1, hubs: vec![] },
             Body::Moderate { action: MODERATE_BAN, code: 4001, reason: "spam".into(), until_secs: 1_800_000_000 },
@@ -876,7 +984,8 @@ mod tests {
         assert_eq!(Frame::from_bytes(bad.into()), Err(FrameError::KindMismatch(Kind::Heartbeat)));
         assert_eq!(Kind::from_u8(15), Some(Kind::OwnerMap));
         assert_eq!(Kind::from_u8(21), Some(Kind::UserInfo));
-        assert_eq!(Kind::from_u8(22), None);
+        assert_eq!(Kind::from_u8(22), Some(Kind::Draining));
+        assert_eq!(Kind::from_u8(23), None);
     }
 
     #[test]

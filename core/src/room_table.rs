@@ -940,7 +940,7 @@ mod tests {
         assert_eq!(check_link_frame(&interest("r", 1, 1)), LinkFrameCheck::Accept);
         let message = Frame::message("r", 1, 1, "u", 0, b"m");
         assert!(matches!(check_link_frame(&message), LinkFrameCheck::Drop(_)));
-        let hello = FrameBuilder::new("").build(&Body::Hello { link: 1, secret: "s".into() });
+        let hello = FrameBuilder::new("").build(&Body::Hello { link: 1, secret: "s".into(), ws: String::new(), quic: String::new(), admin: String::new() });
         assert!(matches!(check_link_frame(&hello), LinkFrameCheck::Drop(_)));
         // The owner map goes hub → Link only: a Link that sends one is dropped, and the table
         // refuses it too.

@@ -202,7 +202,13 @@ pub fn owned_body(body: &ArchivedBody) -> Option<Body> {
             reason: reason.as_str().to_owned(),
             retry_after_ms: retry_after_ms.to_native(),
         },
-        ArchivedBody::Hello { link, secret } => Body::Hello { link: link.to_native(), secret: secret.as_str().to_owned() },
+        ArchivedBody::Hello { link, secret, ws, quic, admin } => Body::Hello {
+            link: link.to_native(),
+            secret: secret.as_str().to_owned(),
+            ws: ws.as_str().to_owned(),
+            quic: quic.as_str().to_owned(),
+            admin: admin.as_str().to_owned(),
+        },
         ArchivedBody::Reset { request, epoch } => Body::Reset { request: request.to_native(), epoch: epoch.to_native() },
         ArchivedBody::OwnerMap { version, hubs } => {
             Body::OwnerMap { version: version.to_native(), hubs: hubs.iter().map(|h| h.to_native()).collect() }

@@ -117,7 +117,7 @@ impl QuicTransport {
         let name = crate::tls::server_name(None, addr);
         let conn = endpoint.connect(addr, &name.to_str())?.await?;
         let (mut send, recv) = conn.open_bi().await?;
-        let hello = FrameBuilder::new("").build(&Body::Hello { link: 0, secret: token.unwrap_or("").to_owned() });
+        let hello = FrameBuilder::new("").build(&Body::Hello { link: 0, secret: token.unwrap_or("").to_owned(), ws: String::new(), quic: String::new(), admin: String::new() });
         send.write_all(hello.as_bytes()).await?;
         Ok(QuicTransport { endpoint, conn, send, reader: FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN), pending: VecDeque::new() })
     }

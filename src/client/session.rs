@@ -33,8 +33,9 @@
 //! reason, no reconnect); **4100–4199** reconnect after the server's hint — `retry_after_ms=N` in
 //! the close reason, else the `retry_after_ms` of the error op just before the close, else the
 //! normal backoff — plus up to a fifth of it as jitter (so a Link that shed many clients is not
-//! hit by all of them at once). A room the server took the connection out of (`removed`) is not
-//! rejoined.
+//! hit by all of them at once). A **1001** whose reason carries `retry_after_ms=N` (a draining
+//! Link) is treated the same way. A room the server took the connection out of (`removed`) is
+//! not rejoined.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -120,9 +121,11 @@ impl Disconnect {
         matches!(self.close_code, Some(1003 | 1008 | 1009 | 4000..=4099)) || matches!(self.http_status, Some(401 | 403))
     }
 
-    /// Whether the server asked to reconnect after a delay it gives (close 4100–4199).
+    /// Whether the server asked to reconnect after a delay it gives: close 4100–4199, or 1001
+    /// with a `retry_after_ms=N` hint in its reason (a draining Link: `link draining;
+    /// retry_after_ms=N`; the reconnect locates again, so it lands on another Link).
     pub fn is_retry_later(&self) -> bool {
-        matches!(self.close_code, Some(4100..=4199))
+        matches!(self.close_code, Some(4100..=4199)) || self.close_code == Some(1001) && self.reason_hint().is_some()
     }
 
     /// The `retry_after_ms=N` hint in the close reason (`"slow consumer; retry_after_ms=1000"`).
@@ -1268,6 +1271,21 @@ mod tests {
         let delay = s.poll_timeout().expect("reconnects") - now;
         assert!(delay >= Duration::from_millis(3000) && delay <= Duration::from_millis(3600), "{delay:?}");
         assert_eq!(Disconnect { reason: "x; retry_after_ms=25".into(), ..Disconnect::default() }.reason_hint(), Some(Duration::from_millis(25)));
+    }
+
+    #[test]
+    fn a_draining_links_1001_with_a_hint_reconnects_after_it() {
+        let t0 = Instant::now();
+        let mut s = session();
+        assert!(s.poll_connect(t0));
+        s.handle_connected(t0);
+        let draining = Disconnect { close_code: Some(1001), reason: "link draining; retry_after_ms=700".into(), ..Disconnect::default() };
+        assert!(draining.is_retry_later() && !draining.is_fatal());
+        s.handle_disconnected(t0, draining);
+        let delay = s.poll_timeout().expect("reconnects") - t0;
+        assert!(delay >= Duration::from_millis(700) && delay <= Duration::from_millis(840), "{delay:?}");
+        let plain = Disconnect { close_code: Some(1001), reason: "server shutting down".into(), ..Disconnect::default() };
+        assert!(!plain.is_retry_later(), "a 1001 without a hint keeps the normal backoff");
     }
 
     #[test]

@@ -83,7 +83,8 @@ pub(crate) enum HubInput {
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
     /// A Link connection is established; frames for it go to `queue`. `trusted`: in-process.
-    Up { link: LinkId, generation: u64, queue: LinkQueue, trusted: bool },
+    /// `announced`: where `locate` finds an unlisted Link (accepted with mutual TLS).
+    Up { link: LinkId, generation: u64, queue: LinkQueue, trusted: bool, announced: Option<super::locate::Reach> },
     /// A frame from a Link, holding `frame.len()` of its connection's in-flight budget.
     Frame { link: LinkId, generation: u64, frame: Frame, credit: OwnedSemaphorePermit },
     /// A Link connection ended.
@@ -291,7 +292,7 @@ impl HubTask {
     fn handle_link(&mut self, event: LinkEvent) {
         let now = now_micros();
         match event {
-            LinkEvent::Up { link, generation, mut queue, trusted } => {
+            LinkEvent::Up { link, generation, mut queue, trusted, announced } => {
                 if let Some(old) = self.links.remove(&link) {
                     // A reconnect: the old connection's interest is void; the Link re-announces.
                     self.table.handle_link_down(now, link);
@@ -303,11 +304,17 @@ impl HubTask {
                 }
                 self.links.insert(link, Connected { generation, queue, trusted });
                 self.moderation_link_up(link);
-                lock(&self.locator).link_up(link);
+                lock(&self.locator).link_up(link, announced);
                 tracing::info!(%link, generation, "link connected");
             }
             LinkEvent::Frame { link, generation, frame, credit } => {
                 if self.links.get(&link).is_none_or(|c| c.generation != generation) || self.moderation_link_frame(link, &frame) {
+                    return;
+                }
+                if frame.kind() == linkcast_core::frame::Kind::Draining {
+                    // Stop offering it at once; it stays connected and its rooms keep flowing.
+                    lock(&self.locator).set_draining(link);
+                    tracing::info!(%link, "link draining: no longer offered by locate");
                     return;
                 }
                 let Some(connected) = self.links.get_mut(&link) else { return };

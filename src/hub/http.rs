@@ -80,6 +80,7 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         // Presence (presence_api.rs): one room's count and users; the cluster-wide room list.
         .route("/v1/rooms/{room}/presence", get(super::presence_api::room_presence))
         .route("/v1/rooms", get(super::presence_api::rooms))
+        .route("/v1/links", get(super::links_api::links)) // Links known, announced, draining (links_api.rs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

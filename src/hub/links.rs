@@ -4,12 +4,20 @@
 //! - **in-process** (`serve`, tests): a [`LinkPort`] sent to `HubHandle::link_ports()`; its id
 //!   is trusted (same process, no `Hello` needed — one is ignored if sent), and so are its frames;
 //! - **QUIC** (a cluster): a connection with ALPN `linkcast-hub/1` opening one bidirectional
-//!   stream whose first frame must be `Hello {link, secret}` with `auth.cluster_secret`. The hub
-//!   refuses every `Hello` while its own secret is empty (close 401), a wrong secret (401), and a
-//!   Link id not in `[[links]]` when that list is not empty (403) ([`HelloError::close`]);
-//!   nothing reaches the room table before these checks. A connection that passed them and
-//!   names an id already connected replaces the older connection (a Link reconnecting after a
-//!   network cut; only secret holders get that far). Its frames are re-validated by the hub task.
+//!   stream whose first frame must be `Hello {link, secret, ws, quic, admin}` with
+//!   `auth.cluster_secret`. The hub refuses every `Hello` while its own secret is empty (close
+//!   401), a wrong secret (401), an announced address that does not parse (400, checked by the
+//!   frame codec), and a Link id not in `[[links]]` (403) when that list is not empty — unless
+//!   the hub has `tls.client_ca_file`: then the handshake itself required a client certificate
+//!   chained to that CA (`mtls.rs`), and an unlisted id is accepted if it announces its `ws`
+//!   address (400 otherwise), which `locate` then offers while it is connected
+//!   ([`HelloError::close`]). Nothing reaches the room table before these checks.
+//! - **One id, one Link.** A connection that passed them and names an id already connected
+//!   *with the same announced addresses* replaces the older connection (the same Link
+//!   reconnecting after a network cut, or restarted, before the hub noticed the old one died);
+//!   with *other* addresses it is refused (409 "link id in use", counted in
+//!   `linkcast_hub_link_id_conflicts_total`): two Links configured with one id must not take
+//!   each other's rooms over. Its frames are re-validated by the hub task.
 //!
 //! **Before `Hello`** a connection holds two permits: one of [`MAX_PRE_AUTH`] overall and one
 //! of [`MAX_PRE_AUTH_PER_IP`] for its source address; without both it is refused at once
@@ -29,18 +37,19 @@
 //! transport sends keep-alives every 2 s and gives up on a silent Link after 8 s, so a killed
 //! Link leaves `locate` answers quickly.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::driver::LinkEvent;
+use super::driver::{lock, LinkEvent};
+use super::locate::Reach;
 use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
 use super::queue::{link_queue, QueueReader};
-use linkcast_core::frame::{ArchivedBody, Frame, Kind, DEFAULT_MAX_FRAME_LEN};
+use linkcast_core::frame::{ArchivedBody, Frame, FrameError, Kind, DEFAULT_MAX_FRAME_LEN};
 use linkcast_core::placement::LinkId;
 use crate::quic::{self, FrameReader, StreamError, ALPN_HUB};
 use crate::tls::ServerCert;
@@ -71,6 +80,11 @@ pub(crate) struct LinkContext {
     pub(crate) cluster_secret: Arc<str>,
     /// Link ids allowed over QUIC (`[[links]]`); `None` when the config lists none.
     pub(crate) allowed: Option<Arc<HashSet<u32>>>,
+    /// The Link port requires client certificates (`tls.client_ca_file`): unlisted ids that
+    /// announce their addresses are accepted.
+    pub(crate) mutual_tls: bool,
+    /// Each Link id's live QUIC connection: its generation and announced `(ws, quic)`.
+    pub(crate) live: Arc<Mutex<HashMap<u32, (u64, String, String)>>>,
     /// A write to a Link that makes no progress for this long ends the connection.
     pub(crate) write_timeout: Duration,
     pub(crate) metrics: LinkPortMetrics,
@@ -85,6 +99,10 @@ pub(crate) struct LinkPortMetrics {
     pub(crate) hello_refused: metrics::Counter,
     /// Links closed because a write made no progress in time.
     pub(crate) write_timeouts: metrics::Counter,
+    /// Handshakes that failed (with mutual TLS: no or untrusted client certificate).
+    pub(crate) tls_refused: metrics::Counter,
+    /// Connections refused because their id was live with other addresses.
+    pub(crate) id_conflicts: metrics::Counter,
 }
 
 impl LinkPortMetrics {
@@ -93,6 +111,8 @@ impl LinkPortMetrics {
             preauth_refused: metrics::counter!("linkcast_hub_link_preauth_refused_total", "hub" => hub.to_owned()),
             hello_refused: metrics::counter!("linkcast_hub_link_hello_refused_total", "hub" => hub.to_owned()),
             write_timeouts: metrics::counter!("linkcast_hub_link_write_timeouts_total", "hub" => hub.to_owned()),
+            tls_refused: metrics::counter!("linkcast_hub_link_tls_refused_total", "hub" => hub.to_owned()),
+            id_conflicts: metrics::counter!("linkcast_hub_link_id_conflicts_total", "hub" => hub.to_owned()),
         }
     }
 }
@@ -101,10 +121,11 @@ impl LinkContext {
     /// Registers a new connection of `link` with the hub task; returns its generation, the
     /// writer's end of its queue and the connection's in-flight budget, or `None` if the hub is
     /// gone. `trusted`: an in-process port, whose frames are not re-validated.
-    fn link_up(&self, link: LinkId, trusted: bool) -> Option<(u64, QueueReader, Arc<Semaphore>)> {
+    /// `announced`: the addresses `locate` offers for an unlisted Link.
+    fn link_up(&self, link: LinkId, trusted: bool, announced: Option<Reach>) -> Option<(u64, QueueReader, Arc<Semaphore>)> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let (queue, reader) = link_queue(self.queue_bytes, self.queued_total.clone());
-        self.events.send(LinkEvent::Up { link, generation, queue, trusted }).ok()?;
+        self.events.send(LinkEvent::Up { link, generation, queue, trusted, announced }).ok()?;
         Some((generation, reader, Arc::new(Semaphore::new(LINK_INFLIGHT_BYTES))))
     }
 
@@ -141,6 +162,9 @@ pub(crate) enum HelloError {
     /// The Link id is not in `[[links]]`.
     #[error("link id {0} not listed")]
     NotListed(u32),
+    /// An unlisted Link (accepted with mutual TLS) announced no `ws` address to offer.
+    #[error("unlisted link {0} announced no ws address")]
+    NoAddress(u32),
 }
 
 impl HelloError {
@@ -148,11 +172,13 @@ impl HelloError {
     pub(crate) fn close(&self) -> (u32, &'static str) {
         match self {
             HelloError::Timeout => (408, "timed out waiting for hello"),
+            HelloError::Stream(StreamError::Frame(FrameError::BadAddress)) => (400, "invalid announced address"),
             HelloError::Connection(_) | HelloError::Stream(_) => (400, "bad hello stream"),
             HelloError::NotHello => (400, "first frame must be hello"),
             HelloError::NoSecret => (401, "cluster secret not configured"),
             HelloError::BadSecret => (401, "bad cluster secret"),
             HelloError::NotListed(_) => (403, "link id not listed"),
+            HelloError::NoAddress(_) => (400, "unlisted link must announce its ws address"),
         }
     }
 }
@@ -175,7 +201,7 @@ pub(crate) async fn attach_ports(ctx: LinkContext, mut ports: mpsc::Receiver<Lin
 
 async fn serve_port(ctx: LinkContext, port: LinkPort) {
     let LinkPort { link, to_link, mut from_link } = port;
-    let Some((generation, mut queue, budget)) = ctx.link_up(link, true) else { return };
+    let Some((generation, mut queue, budget)) = ctx.link_up(link, true, None) else { return };
     tokio::spawn(async move {
         loop {
             let outgoing = tokio::select! {
@@ -206,9 +232,16 @@ async fn serve_port(ctx: LinkContext, port: LinkPort) {
     let _ = ctx.events.send(LinkEvent::Down { link, generation });
 }
 
-/// The hub's QUIC endpoint for Links on `addr`, with fast dead-Link detection.
-pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>) -> std::io::Result<quinn::Endpoint> {
-    let mut config = quic::server_config(cert, &[ALPN_HUB], DEFAULT_MAX_FRAME_LEN).map_err(std::io::Error::other)?;
+/// The hub's QUIC endpoint for Links on `addr`, with fast dead-Link detection; with
+/// `client_ca`, every Link must present a client certificate chained to it (`mtls.rs`).
+pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>, client_ca: Option<&std::path::Path>) -> std::io::Result<quinn::Endpoint> {
+    let mut config = match client_ca {
+        None => quic::server_config(cert, &[ALPN_HUB], DEFAULT_MAX_FRAME_LEN),
+        Some(ca) => crate::mtls::link_port_tls(cert, ca, &[ALPN_HUB])
+            .map_err(quic::QuicSetupError::from)
+            .and_then(|tls| quic::server_config_from_tls(tls, DEFAULT_MAX_FRAME_LEN)),
+    }
+    .map_err(std::io::Error::other)?;
     let mut transport = quic::server_transport(DEFAULT_MAX_FRAME_LEN);
     transport.keep_alive_interval(Some(Duration::from_secs(2)));
     transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
@@ -251,7 +284,13 @@ async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming, slot: PreAuthSl
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let connection = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => return tracing::debug!(%remote, "link handshake failed: {e}"),
+        Ok(Err(e)) => {
+            ctx.metrics.tls_refused.increment(1);
+            if ctx.mutual_tls {
+                return tracing::warn!(%remote, "link handshake failed (a client certificate of tls.client_ca_file is required): {e}");
+            }
+            return tracing::debug!(%remote, "link handshake failed: {e}");
+        }
         Err(_) => {
             ctx.metrics.hello_refused.increment(1);
             return tracing::debug!(%remote, "link handshake timed out");
@@ -261,7 +300,7 @@ async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming, slot: PreAuthSl
         Ok(result) => result,
         Err(_) => Err(HelloError::Timeout),
     };
-    let (link, send, reader) = match hello {
+    let (link, announced, send, reader) = match hello {
         Ok(ok) => ok,
         Err(e) => {
             let (code, reason) = e.close();
@@ -276,17 +315,53 @@ async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming, slot: PreAuthSl
         connection.close(quinn::VarInt::from_u32(503), b"too many links");
         return;
     };
-    let Some((generation, queue, budget)) = ctx.link_up(link, false) else { return };
+    let (ws, quic) = (announced.ws.clone(), announced.quic.clone());
+    let offered = announced.offered.then(|| Reach { ws: announced.ws, quic: announced.quic, admin: announced.admin });
+    let up = {
+        let mut live = lock(&ctx.live);
+        match live.get(&link.0) {
+            Some((_, live_ws, live_quic)) if (live_ws, live_quic) != (&ws, &quic) => None,
+            _ => {
+                let up = ctx.link_up(link, false, offered);
+                if let Some((generation, ..)) = &up {
+                    live.insert(link.0, (*generation, ws.clone(), quic.clone()));
+                }
+                Some(up)
+            }
+        }
+    };
+    let Some(up) = up else {
+        ctx.metrics.id_conflicts.increment(1);
+        tracing::warn!(%remote, %link, %ws, "refusing a link connection: its id is connected from another Link (other announced addresses)");
+        connection.close(quinn::VarInt::from_u32(409), b"link id in use by another link");
+        return;
+    };
+    let Some((generation, queue, budget)) = up else { return };
     tracing::debug!(%remote, %link, "link hello accepted");
     tokio::spawn(write_quic(send, queue, connection.clone(), ctx.clone()));
     read_quic(&ctx, link, generation, &budget, reader).await;
+    {
+        let mut live = lock(&ctx.live);
+        if live.get(&link.0).is_some_and(|(g, ..)| *g == generation) {
+            live.remove(&link.0);
+        }
+    }
     let _ = ctx.events.send(LinkEvent::Down { link, generation });
+}
+
+/// What a Link's `Hello` announced.
+struct Announced {
+    ws: String,
+    quic: String,
+    admin: Option<SocketAddr>,
+    /// `locate` offers these addresses (an unlisted Link accepted with mutual TLS).
+    offered: bool,
 }
 
 async fn hello(
     ctx: &LinkContext,
     connection: &quinn::Connection,
-) -> Result<(LinkId, quinn::SendStream, FrameReader), HelloError> {
+) -> Result<(LinkId, Announced, quinn::SendStream, FrameReader), HelloError> {
     if ctx.cluster_secret.is_empty() {
         return Err(HelloError::NoSecret);
     }
@@ -294,15 +369,29 @@ async fn hello(
     let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
     let Some(first) = reader.next().await? else { return Err(HelloError::NotHello) };
     match (first.kind(), first.body()) {
-        (Kind::Hello, ArchivedBody::Hello { link, secret }) => {
+        (Kind::Hello, ArchivedBody::Hello { link, secret, ws, quic, admin }) => {
             if !linkcast_core::auth::constant_time_eq(secret.as_bytes(), ctx.cluster_secret.as_bytes()) {
                 return Err(HelloError::BadSecret);
             }
             let link = link.to_native();
-            if ctx.allowed.as_ref().is_some_and(|allowed| !allowed.contains(&link)) {
-                return Err(HelloError::NotListed(link));
+            let listed = ctx.allowed.as_ref().is_some_and(|allowed| allowed.contains(&link));
+            // The codec checked the addresses (`is_valid_public_ws` …): they are offered as is.
+            let announced = Announced {
+                ws: ws.as_str().to_owned(),
+                quic: quic.as_str().to_owned(),
+                admin: admin.parse().ok(),
+                offered: !listed && ctx.mutual_tls,
+            };
+            if !listed {
+                if ctx.mutual_tls {
+                    if announced.ws.is_empty() {
+                        return Err(HelloError::NoAddress(link));
+                    }
+                } else if ctx.allowed.is_some() {
+                    return Err(HelloError::NotListed(link));
+                }
             }
-            Ok((LinkId(link), send, reader))
+            Ok((LinkId(link), announced, send, reader))
         }
         _ => Err(HelloError::NotHello),
     }

@@ -36,6 +36,7 @@ mod forward;
 mod hooks;
 mod http;
 mod links;
+mod links_api;
 mod locate;
 mod moderation;
 mod presence_api;
@@ -311,7 +312,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     }
     let listener = tokio::net::TcpListener::bind(http_addr).await?;
     let http_addr = listener.local_addr()?;
-    let endpoint = quic_addr.map(|addr| links::quic_endpoint(addr, cert.clone())).transpose()?;
+    let endpoint = quic_addr.map(|addr| links::quic_endpoint(addr, cert.clone(), config.tls.client_ca_file.as_deref())).transpose()?;
     let quic_addr = endpoint.as_ref().map(quinn::Endpoint::local_addr).transpose()?;
     let admin = admin_addr.map(|addr| AdminServer::start(addr, &config.auth)).transpose()?;
     let dialer = match &https {
@@ -333,6 +334,8 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     let (events, events_rx) = mpsc::channel(EVENT_CAPACITY);
     let hub = &config.hub;
     let locator = Arc::new(Mutex::new(Locator::new(&config.links, hub.group_size, hub.load_factor, hub.max_rooms, config.tls.serves_tls())));
+    let _ = crate::telemetry::prometheus(); // the recorder first, or the gauge records nowhere
+    driver::lock(&locator).set_draining_gauge(metrics::gauge!("linkcast_hub_links_draining", "hub" => id.0.to_string()));
     let directory = (!config.hubs.is_empty()).then(|| HubDirectory::new(config.hubs.iter().map(|h| HubId(h.id))));
     let (live_tx, live) = watch::channel(Vec::new());
     let (moderation_writes, moderation_rx) = match config.store.redis.is_empty() {
@@ -374,6 +377,8 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
         queued_total: queued_total.clone(),
         cluster_secret: Arc::from(config.auth.cluster_secret.as_str()),
         allowed: (!config.links.is_empty()).then(|| Arc::new(config.links.iter().map(|l| l.id).collect())),
+        mutual_tls: config.tls.client_ca_file.is_some(),
+        live: Arc::default(),
         write_timeout: Duration::from_millis(hub.link_write_timeout_ms.max(1)),
         metrics: links::LinkPortMetrics::new(&id.0.to_string()),
     };

@@ -1,16 +1,24 @@
 //! [`QuicHubConnector`]: how a standalone Link reaches its hubs over QUIC (ALPN `linkcast-hub/1`).
 //!
 //! `connect(hub)` dials `config.hubs[hub].quic`, checking the hub's certificate by `[tls]`
-//! (`ca_file` or `pin_sha256`; unverified only for a loopback hub), opens one bidirectional stream, sends
-//! `Hello {link, secret: auth.cluster_secret}` first, and returns a [`HubPort`] whose channels
+//! (`ca_file` or `pin_sha256`; unverified only for a loopback hub) and presenting the client
+//! certificate of `tls.client_cert_file` if configured (mutual TLS, `mtls.rs`), opens one
+//! bidirectional stream, sends `Hello {link, secret: auth.cluster_secret, ws, quic, admin}`
+//! first (the addresses of [`Announce`]), and returns a [`HubPort`] whose channels
 //! are pumped to and from the stream by two tasks (frames length-prefixed by their own header,
 //! several per write). When either direction fails, both channels close; the Link notices and
 //! calls `connect` again (reconnect policy lives in the coordinator, not here). A hub that
 //! refuses the Link (401 no or wrong cluster secret, 403 id not in `[[links]]`) is logged as an
 //! error naming what to fix; the Link keeps retrying with backoff.
+//!
+//! Draining: [`QuicHubConnector::start_draining`] makes every connection's writer send one
+//! `Draining` frame (now, or right after `Hello` on a connection made later), so every hub stops
+//! offering this Link in `locate` while its members keep receiving.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use crate::config::Config;
 use linkcast_core::frame::{Body, FrameBuilder, DEFAULT_MAX_FRAME_LEN};
@@ -20,12 +28,26 @@ use crate::tls::{self, Trust};
 use linkcast_core::hub_directory::HubId;
 use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, PORT_CAPACITY};
 
+/// The addresses a Link announces in its `Hello` (empty = not announced).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Announce {
+    /// WebSocket URL clients should use (`ws://` or `wss://`).
+    pub ws: String,
+    /// QUIC `host:port` for native clients.
+    pub quic: String,
+    /// Admin listener `ip:port`.
+    pub admin: String,
+}
+
 /// Connects a Link to hubs over QUIC (see the module docs).
 pub struct QuicHubConnector {
     link: LinkId,
     config: Arc<Config>,
     /// One client endpoint per address family, made on first use (inside a runtime).
     endpoints: Mutex<Vec<quinn::Endpoint>>,
+    announce: Announce,
+    /// `Some(drain_ms)` once the Link drains.
+    draining: watch::Sender<Option<u32>>,
 }
 
 impl std::fmt::Debug for QuicHubConnector {
@@ -37,7 +59,19 @@ impl std::fmt::Debug for QuicHubConnector {
 impl QuicHubConnector {
     /// A connector for Link `link` of the cluster described by `config`.
     pub fn new(link: LinkId, config: Arc<Config>) -> Self {
-        QuicHubConnector { link, config, endpoints: Mutex::new(Vec::new()) }
+        QuicHubConnector { link, config, endpoints: Mutex::new(Vec::new()), announce: Announce::default(), draining: watch::Sender::new(None) }
+    }
+
+    /// Announces `announce` in every `Hello`.
+    pub fn announcing(mut self, announce: Announce) -> Self {
+        self.announce = announce;
+        self
+    }
+
+    /// Tells every hub, now and on later connections, that this Link drains and closes its
+    /// clients in `drain_ms`.
+    pub fn start_draining(&self, drain_ms: u32) {
+        self.draining.send_replace(Some(drain_ms));
     }
 
     fn endpoint(&self, target: SocketAddr) -> std::io::Result<quinn::Endpoint> {
@@ -50,7 +84,8 @@ impl QuicHubConnector {
             .parse()
             .map_err(std::io::Error::other)?;
         let trust = Trust::from_config(&self.config.tls).map_err(std::io::Error::other)?;
-        let endpoint = quic::client_endpoint(bind, &trust, ALPN_HUB).map_err(std::io::Error::other)?;
+        let identity = crate::mtls::ClientIdentity::from_config(&self.config.tls).map_err(std::io::Error::other)?;
+        let endpoint = quic::client_endpoint_as(bind, &trust, ALPN_HUB, identity.as_ref()).map_err(std::io::Error::other)?;
         endpoints.push(endpoint.clone());
         Ok(endpoint)
     }
@@ -72,16 +107,41 @@ impl QuicHubConnector {
             .await
             .map_err(std::io::Error::other)?;
         let (mut send, recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
-        let hello = FrameBuilder::new("")
-            .build(&Body::Hello { link: self.link.0, secret: self.config.auth.cluster_secret.clone() });
+        let hello = FrameBuilder::new("").build(&Body::Hello {
+            link: self.link.0,
+            secret: self.config.auth.cluster_secret.clone(),
+            ws: self.announce.ws.clone(),
+            quic: self.announce.quic.clone(),
+            admin: self.announce.admin.clone(),
+        });
         send.write_all(hello.as_bytes()).await.map_err(std::io::Error::other)?;
 
         let (hub_port, mut link_port) = pair(self.link, hub, PORT_CAPACITY);
         let writer_conn = conn.clone();
+        let mut draining = self.draining.subscribe();
         tokio::spawn(async move {
             let mut chunks = Vec::new();
-            while let Some(frame) = link_port.from_link.recv().await {
-                chunks.push(frame.into_bytes());
+            let mut told = false;
+            loop {
+                if !told {
+                    if let Some(drain_ms) = *draining.borrow_and_update() {
+                        told = true;
+                        chunks.push(FrameBuilder::new("").build(&Body::Draining { drain_ms }).into_bytes());
+                    }
+                }
+                if chunks.is_empty() {
+                    tokio::select! {
+                        frame = link_port.from_link.recv() => match frame {
+                            Some(frame) => chunks.push(frame.into_bytes()),
+                            None => break,
+                        },
+                        changed = draining.changed(), if !told => {
+                            // The connector is gone: nothing more to tell.
+                            told = changed.is_err();
+                            continue;
+                        }
+                    }
+                }
                 while chunks.len() < 64 {
                     match link_port.from_link.try_recv() {
                         Ok(frame) => chunks.push(frame.into_bytes()),
@@ -113,13 +173,13 @@ impl QuicHubConnector {
             }
             if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
                 let code = u64::from(close.error_code);
-                if matches!(code, 401 | 403) {
+                if matches!(code, 400 | 401 | 403 | 409) {
                     // The hub will refuse every retry alike: say what to fix.
                     tracing::error!(
                         hub = hub.0,
                         code,
                         reason = %String::from_utf8_lossy(&close.reason),
-                        "hub refused this Link: check auth.cluster_secret and that [[links]] lists this Link's id"
+                        "hub refused this Link: check auth.cluster_secret, that [[links]] lists this Link's id or the hub has tls.client_ca_file, the announced addresses, and that no other Link runs with this id"
                     );
                 }
             }

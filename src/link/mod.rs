@@ -65,7 +65,7 @@ use crate::tls::{self, ServerCert};
 use crate::uplink::HubConnector;
 use admission::Admission;
 use coordinator::{CoordInbox, CoordMsg};
-pub use hub_connector::QuicHubConnector;
+pub use hub_connector::{Announce, QuicHubConnector};
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
 use shard_thread::ShardSetup;
@@ -159,6 +159,19 @@ impl LinkHandle {
             total.queued_bytes += s.queued_bytes.load(Ordering::Relaxed);
         }
         total
+    }
+
+    /// Closes every client connection with 1001 and `link draining; retry_after_ms=N` (N at
+    /// least `retry_after_ms`, jittered per connection), then waits until they are gone or
+    /// `within` passed. The Link keeps running (call [`LinkHandle::shutdown`] next).
+    pub async fn drain_clients(&self, retry_after_ms: u32, within: std::time::Duration) {
+        for shard in &self.shards {
+            let _ = shard.send(ShardMsg::Drain { retry_after_ms }).await;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while self.stats().connections > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Closes client connections with 1001 "server shutting down", stops the shards and the
@@ -324,13 +337,29 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
 
 /// Command-line flags of `linkcast link`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("identity").required(true).args(["id", "id_from_hostname"])))]
 pub struct LinkArgs {
     /// Cluster configuration file (TOML).
     #[arg(long)]
     pub config: std::path::PathBuf,
-    /// This node's id in the configuration.
+    /// This node's id (its `[[links]]` entry, if listed).
     #[arg(long)]
-    pub id: u32,
+    pub id: Option<u32>,
+    /// Take the id from the host name's trailing `-N` (a StatefulSet ordinal: `link-3` → 3).
+    #[arg(long, conflicts_with = "id")]
+    pub id_from_hostname: bool,
+    /// WebSocket URL announced to the hubs for `locate` (`ws://` or `wss://`; default: the
+    /// entry's `public_ws`, else `ws(s)://{--ws}/ws`).
+    #[arg(long)]
+    pub public_ws: Option<String>,
+    /// QUIC `host:port` announced to the hubs for native clients (default: the entry's
+    /// `public_quic`, else the QUIC listen address).
+    #[arg(long)]
+    pub public_quic: Option<String>,
+    /// Admin listener (`/metrics`, `/healthz`), also announced to the hubs (default: the
+    /// entry's `admin`).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
     /// Override `link.shards` (0 = one per core).
     #[arg(long)]
     pub shards: Option<usize>,
@@ -354,30 +383,123 @@ pub fn run_cli(args: LinkArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(shards) = args.shards {
         config.link.shards = shards;
     }
-    let entry = config.link_entry(args.id).cloned();
-    let ws_addr = args
-        .ws
-        .or(entry.as_ref().map(|e| e.ws))
-        .ok_or_else(|| format!("link {} is not in the config and --ws was not given", args.id))?;
+    let id = match (args.id, args.id_from_hostname) {
+        (Some(id), _) => id,
+        (None, _) => {
+            let host = hostname()?;
+            id_from_hostname(&host).ok_or_else(|| format!("--id-from-hostname: host name {host:?} does not end in -N"))?
+        }
+    };
+    let entry = config.link_entry(id).cloned();
+    let ws_addr = args.ws.or(entry.as_ref().map(|e| e.ws)).ok_or_else(|| format!("link {id} is not in [[links]]: give --ws (and --quic or --no-quic)"))?;
+    if entry.is_none() && args.quic.is_none() && !args.no_quic {
+        return Err(format!("link {id} is not in [[links]]: give --quic ADDR or --no-quic").into());
+    }
     let quic_addr = if args.no_quic { None } else { args.quic.or(entry.as_ref().map(|e| e.quic)) };
     if config.hubs.is_empty() {
         return Err("the config lists no hubs for this Link to connect to".into());
     }
     let own_addrs: Vec<SocketAddr> = [Some(ws_addr), quic_addr].into_iter().flatten().collect();
     config.check_cluster_node(&own_addrs, true)?;
-    let admin_addr = entry.as_ref().and_then(|e| e.admin);
+    let admin_addr = args.admin.or(entry.as_ref().and_then(|e| e.admin));
+    let announce = announce(&args, entry.as_ref(), config.tls.serves_tls(), ws_addr, quic_addr, admin_addr)?;
     crate::telemetry::prometheus();
+    let drain = std::time::Duration::from_secs(config.link.drain_secs);
     let config = Arc::new(config);
-    let id = LinkId(args.id);
-    let connector = Arc::new(QuicHubConnector::new(id, config.clone()));
+    let id = LinkId(id);
+    let connector = Arc::new(QuicHubConnector::new(id, config.clone()).announcing(announce));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let handle = start(LinkOptions { id, config, ws_addr, quic_addr, admin_addr }, connector)?;
-        tracing::info!(ws = %handle.ws_addr(), quic = ?handle.quic_addr(), "link {id} serving; Ctrl-C or SIGTERM stops");
-        // Both signals close every client with 1001 (a bare SIGTERM would reset them).
+        let handle = start(LinkOptions { id, config, ws_addr, quic_addr, admin_addr }, connector.clone())?;
+        tracing::info!(ws = %handle.ws_addr(), quic = ?handle.quic_addr(), "link {id} serving; Ctrl-C or SIGTERM drains and stops");
         crate::hub::shutdown_signal().await;
-        tracing::info!("stopping");
+        // Drain (docs/operations.md "Adding and draining Links"): the hubs stop offering this
+        // Link at once; its clients keep their messages for `link.drain_secs`, then are closed
+        // with 1001 and a retry hint, and re-locate onto other Links.
+        let drain_ms = u32::try_from(drain.as_millis()).unwrap_or(u32::MAX);
+        tracing::info!(drain_ms, "draining: hubs stop offering this Link; clients are closed after the drain time");
+        connector.start_draining(drain_ms);
+        tokio::time::sleep(drain).await;
+        handle.drain_clients(DRAIN_RETRY_AFTER_MS, std::time::Duration::from_secs(3)).await;
+        tracing::info!("clients closed; stopping");
         handle.shutdown().await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// Least retry hint given to the clients of a draining Link, milliseconds (each gets up to
+/// twice this, jittered).
+const DRAIN_RETRY_AFTER_MS: u32 = 500;
+
+/// The addresses this Link announces to the hubs, checked as the hubs' frame codec will check
+/// them (a Link that would be refused does not start).
+fn announce(
+    args: &LinkArgs,
+    entry: Option<&crate::config::LinkEntry>,
+    wss: bool,
+    ws_addr: SocketAddr,
+    quic_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+) -> Result<Announce, Box<dyn std::error::Error>> {
+    use linkcast_core::frame::{is_valid_admin_addr, is_valid_public_quic, is_valid_public_ws};
+    let ws = match (&args.public_ws, entry) {
+        (Some(url), _) => url.clone(),
+        (None, Some(entry)) => entry.ws_url(wss),
+        (None, None) if ws_addr.ip().is_unspecified() || ws_addr.port() == 0 => {
+            return Err(format!("--ws {ws_addr} is not an address clients can dial: give --public-ws URL").into())
+        }
+        (None, None) => format!("{}://{ws_addr}/ws", if wss { "wss" } else { "ws" }),
+    };
+    let quic = match (&args.public_quic, entry) {
+        (Some(addr), _) => addr.clone(),
+        _ if quic_addr.is_none() => String::new(),
+        (None, Some(entry)) => entry.quic_addr(),
+        (None, None) => quic_addr.map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let admin = admin_addr.map(|a| a.to_string()).unwrap_or_default();
+    if !is_valid_public_ws(&ws) {
+        return Err(format!("announced WebSocket URL {ws:?} is not ws://HOST:PORT[/PATH] or wss://…").into());
+    }
+    if !is_valid_public_quic(&quic) {
+        return Err(format!("announced QUIC address {quic:?} is not HOST:PORT").into());
+    }
+    if !is_valid_admin_addr(&admin) {
+        return Err(format!("announced admin address {admin:?} is not IP:PORT").into());
+    }
+    Ok(Announce { ws, quic, admin })
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`).
+fn hostname() -> Result<String, Box<dyn std::error::Error>> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("--id-from-hostname: cannot read this host's name".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// The id in a host name's trailing `-N` (`link-3` → 3, `chat-links-12.svc` → none: the name
+/// must end in the digits).
+fn id_from_hostname(host: &str) -> Option<u32> {
+    let (_, digits) = host.rsplit_once('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::id_from_hostname;
+
+    #[test]
+    fn the_id_is_the_host_names_ordinal() {
+        assert_eq!(id_from_hostname("link-3"), Some(3));
+        assert_eq!(id_from_hostname("chat-links-12"), Some(12));
+        assert_eq!(id_from_hostname("link-0"), Some(0));
+        for bad in ["link", "link-", "link-3a", "link-+3", "link-99999999999", "links-3.example"] {
+            assert_eq!(id_from_hostname(bad), None, "{bad}");
+        }
+    }
 }

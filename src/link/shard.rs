@@ -86,6 +86,12 @@ pub(crate) enum ShardMsg {
     },
     /// A QUIC client connection to run on this shard (boxed: it is large and rare).
     Quic(Box<super::quic_clients::Accepted>),
+    /// The Link drains: close every connection with 1001 and `link draining; retry_after_ms=N`,
+    /// N jittered per connection in [`retry_after_ms`, 2 × `retry_after_ms`).
+    Drain {
+        /// Least retry hint, milliseconds.
+        retry_after_ms: u32,
+    },
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -407,6 +413,21 @@ impl ShardState {
     pub(crate) fn moderate(&mut self, id: u64, action: Box<ConnAction>) {
         if let Some(slot) = self.conns.get(&id) {
             slot.mailbox.post(ConnEvent::Moderate(action));
+        }
+    }
+
+    /// Asks every connection to close with 1001 and a retry hint of at least `retry_after_ms`,
+    /// jittered per connection (so its clients do not all come back at the same instant).
+    pub(crate) fn close_all_draining(&mut self, retry_after_ms: u32) {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new();
+        let base = u64::from(retry_after_ms.max(1));
+        for (id, slot) in &self.conns {
+            let mut hasher = seed.build_hasher();
+            hasher.write_u64(*id);
+            let retry = base + hasher.finish() % base;
+            let reason = format!("link draining; retry_after_ms={retry}").into_boxed_str();
+            slot.mailbox.post(ConnEvent::Moderate(Box::new(ConnAction::Close { error: ClientError::ShuttingDown, reason })));
         }
     }
 

@@ -10,7 +10,8 @@
 //! after those writes each room message of the burst is timed once (publish → written,
 //! `linkcast_link_delivery_seconds`, `metrics.rs`).
 //! On [`ShardMsg::Shutdown`] new connections are refused, every connection is asked to close with
-//! 1001, and the thread waits briefly for their close frames to leave.
+//! 1001, and the thread waits briefly for their close frames to leave. [`ShardMsg::Drain`] (a
+//! draining Link) closes every connection with 1001 and a jittered retry hint, and runs on.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -96,6 +97,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
                     ShardMsg::Quic(incoming) => {
                         tokio::task::spawn_local(quic_clients::handle(*incoming, ctx.clone()));
                     }
+                    ShardMsg::Drain { retry_after_ms } => state.borrow_mut().close_all_draining(retry_after_ms),
                     ShardMsg::Shutdown => break 'run,
                 }
                 taken += 1;

@@ -328,7 +328,7 @@ async fn quic_links_must_say_hello_with_the_cluster_secret() {
     // Wrong secret: closed with a reason, never attached.
     let conn = client.connect(quic_addr, "localhost").expect("connect").await.expect("handshake");
     let (mut send, _recv) = conn.open_bi().await.expect("stream");
-    let hello = FrameBuilder::new("").build(&Body::Hello { link: 5, secret: "wrong".into() });
+    let hello = FrameBuilder::new("").build(&Body::Hello { link: 5, secret: "wrong".into(), ws: String::new(), quic: String::new(), admin: String::new() });
     quic::write_frames(&mut send, &mut vec![hello.into_bytes()]).await.expect("write");
     let closed = tokio::time::timeout(STEP, conn.closed()).await.expect("closed in time");
     match closed {
@@ -344,7 +344,7 @@ async fn quic_links_must_say_hello_with_the_cluster_secret() {
     let (mut send, recv) = conn.open_bi().await.expect("stream");
     let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
     let frames = vec![
-        FrameBuilder::new("").build(&Body::Hello { link: 5, secret: "s3cret".into() }),
+        FrameBuilder::new("").build(&Body::Hello { link: 5, secret: "s3cret".into(), ws: String::new(), quic: String::new(), admin: String::new() }),
         FrameBuilder::new("q").build(&Body::Interest { link: 5, members: 2 }),
         FrameBuilder::new("").build(&Body::Heartbeat { nonce: 1 }),
     ];

@@ -37,7 +37,7 @@ async fn quic_and_websocket_members_get_the_same_messages() {
     let (mut send, recv) = conn.open_bi().await.expect("stream");
     let mut reader = FrameReader::new(recv, 1 << 20);
     let mut out: Vec<Bytes> = vec![
-        FrameBuilder::new("").build(&Body::Hello { link: 0, secret: String::new() }).into_bytes(),
+        FrameBuilder::new("").build(&Body::Hello { link: 0, secret: String::new(), ws: String::new(), quic: String::new(), admin: String::new() }).into_bytes(),
         FrameBuilder::new("both").build(&Body::Join { request: 0, since: None, epoch: None }).into_bytes(),
     ];
     write_frames(&mut send, &mut out).await.expect("write");

@@ -25,6 +25,8 @@
 //! - the hub's backend hooks (publish proxy, webhooks) against a real axum backend: [`hooks`].
 //! - the operator's API on users (push to a user / everyone, kick, ban, revoke, remove, user
 //!   lookup) in a cluster of processes, and the client library's stop on a ban: [`operator_users`].
+//! - Links that come and go (a Link joining at run time with mutual TLS, drain on SIGTERM, the
+//!   refusals): [`links_dynamic`].
 
 mod support;
 
@@ -40,6 +42,7 @@ mod hub_http;
 mod js_client;
 mod link_bad_input;
 mod link_fanout;
+mod links_dynamic;
 mod link_owner_map;
 mod link_quic;
 mod link_slow_consumer;

@@ -183,7 +183,7 @@ async fn silent_handshakes_on_the_link_client_port_leave_room_for_real_clients()
     let (mut send, recv) = conn.open_bi().await.expect("stream");
     let mut reader = FrameReader::new(recv, 1 << 20);
     let mut out = vec![
-        FrameBuilder::new("").build(&Body::Hello { link: 0, secret: String::new() }).into_bytes(),
+        FrameBuilder::new("").build(&Body::Hello { link: 0, secret: String::new(), ws: String::new(), quic: String::new(), admin: String::new() }).into_bytes(),
         FrameBuilder::new("room").build(&Body::Join { request: 0, since: None, epoch: None }).into_bytes(),
     ];
     write_frames(&mut send, &mut out).await.expect("write");

@@ -264,7 +264,8 @@ async fn a_token_in_the_first_message_works_and_a_url_without_one_must_auth_firs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_the_links_clients_with_1001() {
-    let settings = "[auth]\ncluster_secret = \"sigterm-secret\"\n\n[link]\nshards = 1\n";
+    // drain_secs = 0: straight to the close (links_dynamic.rs tests the drain window).
+    let settings = "[auth]\ncluster_secret = \"sigterm-secret\"\n\n[link]\nshards = 1\ndrain_secs = 0\n";
     let mut cluster =
         Cluster::start(ClusterSpec { tag: "sigterm", hubs: 1, links: 1, settings, relay: false, link_quic: false }).await;
     let mut client = WsClient::connect_to(cluster.links[0], None).await;
@@ -272,7 +273,11 @@ async fn sigterm_closes_the_links_clients_with_1001() {
     publish_ok(cluster.hubs[0], "r", None, br#"{"before":"term"}"#).await;
     assert_eq!(client.next_json().await["seq"], 1);
     cluster.processes.terminate("link-1");
-    assert_eq!(client.next().await, Got::Close(1001, "server shutting down".into()));
+    // A draining Link's close: 1001 with a retry hint (docs/protocol.md).
+    match client.next().await {
+        Got::Close(1001, reason) => assert!(reason.starts_with("link draining; retry_after_ms="), "{reason}"),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
     eventually(STEP, "the Link process exits", || {
         let running = cluster.processes.running("link-1");
         async move { (!running).then_some(()) }

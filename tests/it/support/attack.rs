@@ -33,7 +33,7 @@ impl QuicLink {
             .expect("handshake in time")
             .expect("handshake");
         let (mut send, recv) = conn.open_bi().await.expect("stream");
-        let hello = FrameBuilder::new("").build(&Body::Hello { link, secret: secret.into() });
+        let hello = FrameBuilder::new("").build(&Body::Hello { link, secret: secret.into(), ws: String::new(), quic: String::new(), admin: String::new() });
         write_frames(&mut send, &mut vec![hello.into_bytes()]).await.expect("write hello");
         QuicLink { endpoint, conn, send, reader: FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN), nonce: 0 }
     }

@@ -191,7 +191,7 @@ impl Cluster {
 
 
 /// A free loopback TCP port (bound, then released).
-fn free_tcp_port() -> u16 {
+pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free tcp port")
 }
 
@@ -282,6 +282,11 @@ impl Processes {
     /// True while the process has not exited.
     pub fn running(&mut self, name: &str) -> bool {
         self.children.iter_mut().find(|(n, _)| n == name).is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.children.iter_mut().find(|(n, _)| n == name).and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
     /// The name of a process that has exited, if any (they are expected to run until killed).

@@ -39,6 +39,18 @@ impl Pki {
         cert.der().to_vec()
     }
 
+    /// Issues a client certificate (extended key usage: client authentication) into
+    /// `name`.pem / `name`.key: what a Link presents to hubs that require mutual TLS.
+    pub fn issue_client(&self, name: &str) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name.to_owned());
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).expect("signed");
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
+    }
+
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }

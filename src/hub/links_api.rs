@@ -1,0 +1,145 @@
+//! `GET /v1/links` (admin scope: `ApiState::check_admin`): the Links the cluster knows —
+//! listed in `[[links]]`, registered, or announced by an unlisted Link accepted with mutual TLS
+//! — with where clients reach them and their state:
+//! `{"links":[{"id","ws","quic","admin"|null,"connected","draining","listed"}],"incomplete_hubs":[ids]}`.
+//!
+//! The hub that is asked reads its own locator (locate.rs) and asks every other configured hub
+//! for its view with `local=1` (concurrently, each bounded by `presence_api::PEER_TIMEOUT`,
+//! like `GET /v1/rooms`), then merges by id: a Link is `connected` / `draining` / `listed` if it
+//! is at any hub that answered, and its addresses are the first non-empty ones seen. A hub that
+//! does not answer in time is listed in `incomplete_hubs`. With `local=1` a hub answers only
+//! what it knows itself. `linkcast top` reads it to find Links' admin addresses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::driver::lock;
+use super::error::ApiError;
+use super::forward::FORWARDED_HEADER;
+use super::locate::LinkView;
+use super::presence_api::PEER_TIMEOUT;
+use super::ApiState;
+
+/// Query of the Link list.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct LinksQuery {
+    /// `1`/`true`: this hub's view only (what a hub asks its peers).
+    local: Option<String>,
+}
+
+/// A peer's answer.
+#[derive(Debug, serde::Deserialize)]
+struct PeerLinks {
+    links: Vec<PeerLink>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PeerLink {
+    id: u32,
+    ws: String,
+    quic: String,
+    admin: Option<String>,
+    connected: bool,
+    draining: bool,
+    listed: bool,
+}
+
+/// `GET /v1/links[?local=1]`.
+pub(crate) async fn links(
+    State(shared): State<Arc<ApiState>>,
+    query: Result<Query<LinksQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    shared.check_admin(&headers)?;
+    let Query(query) = query.map_err(ApiError::rejected)?;
+    let local = matches!(query.local.as_deref(), Some("1" | "true")) || headers.contains_key(FORWARDED_HEADER);
+    let mut links = lock(&shared.locator).snapshot();
+    let mut incomplete: Vec<u32> = Vec::new();
+    if !local {
+        let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut asks = tokio::task::JoinSet::new();
+        for hub in shared.config.hubs.iter().filter(|h| h.id != shared.id.0) {
+            let (id, addr, tls_name) = (hub.id, hub.http, hub.tls_name.clone());
+            let (dialer, auth, me) = (shared.dialer.clone(), auth.clone(), shared.id.0.to_string());
+            asks.spawn(async move {
+                let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, me.as_str())];
+                if let Some(auth) = auth.as_deref() {
+                    pass.push((axum::http::header::AUTHORIZATION.as_str(), auth));
+                }
+                let request = super::forward::request(&dialer, addr, tls_name.as_deref(), Method::GET, "/v1/links?local=1", &pass, Bytes::new());
+                let answer = match tokio::time::timeout(PEER_TIMEOUT, request).await {
+                    Ok(Ok(answer)) if answer.status == 200 => serde_json::from_slice::<PeerLinks>(&answer.body).ok(),
+                    _ => None,
+                };
+                (id, answer)
+            });
+        }
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok((_, Some(peer))) => links.extend(peer.links.into_iter().map(|l| LinkView {
+                    id: l.id,
+                    ws: l.ws,
+                    quic: l.quic,
+                    admin: l.admin,
+                    connected: l.connected,
+                    draining: l.draining,
+                    listed: l.listed,
+                })),
+                Ok((id, None)) => incomplete.push(id),
+                Err(_) => {}
+            }
+        }
+        incomplete.sort_unstable();
+        links = merge(links);
+    }
+    Ok(Json(serde_json::json!({ "links": links, "incomplete_hubs": incomplete })).into_response())
+}
+
+/// Views of the same Links from several hubs, one per id (see the module docs).
+fn merge(views: Vec<LinkView>) -> Vec<LinkView> {
+    let mut merged: BTreeMap<u32, LinkView> = BTreeMap::new();
+    for view in views {
+        match merged.get_mut(&view.id) {
+            None => {
+                merged.insert(view.id, view);
+            }
+            Some(seen) => {
+                if seen.ws.is_empty() {
+                    seen.ws = view.ws;
+                }
+                if seen.quic.is_empty() {
+                    seen.quic = view.quic;
+                }
+                if seen.admin.is_none() {
+                    seen.admin = view.admin;
+                }
+                seen.connected |= view.connected;
+                seen.draining |= view.draining;
+                seen.listed |= view.listed;
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: u32, ws: &str, connected: bool, draining: bool) -> LinkView {
+        LinkView { id, ws: ws.into(), quic: String::new(), admin: None, connected, draining, listed: false }
+    }
+
+    #[test]
+    fn views_merge_by_id() {
+        let merged = merge(vec![view(4, "", false, false), view(1, "ws://a:1/ws", true, false), view(4, "ws://b:2/ws", true, true)]);
+        assert_eq!(merged, vec![view(1, "ws://a:1/ws", true, false), view(4, "ws://b:2/ws", true, true)]);
+    }
+}

@@ -76,6 +76,8 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         // Presence (presence_api.rs): one room's count and users; the cluster-wide room list.
         .route("/v1/rooms/{room}/presence", get(super::presence_api::room_presence))
         .route("/v1/rooms", get(super::presence_api::rooms))
+        // Issue 16: the hottest rooms by publish rate (top_api.rs).
+        .route("/v1/top/rooms", get(super::top_api::top_rooms))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

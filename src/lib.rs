@@ -9,6 +9,7 @@
 //! no clocks, no tokio). This crate moves bytes between sockets and those state machines:
 //! - [`hub`], [`link`], [`serve`]: the role runtimes (`serve` = a hub and Links in one process).
 //! - [`client`]: the resuming client library (WebSocket and QUIC).
+//! - [`top`]: `linkcast top`, the terminal view of a running cluster (scrapes `/metrics`).
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
 //! - [`bench`](mod@bench) (feature `bench`, on by default): the `linkcast bench` load generator.
 //!
@@ -39,4 +40,5 @@ pub mod serve;
 pub mod store;
 mod telemetry;
 pub mod tls;
+pub mod top;
 pub mod uplink;

@@ -21,6 +21,7 @@
 //! - the Redis room store against real `redis-server` processes and a Redis Cluster:
 //!   [`store_redis`].
 //! - the hub's backend hooks (publish proxy, webhooks) against a real axum backend: [`hooks`].
+//! - `linkcast top` and `GET /v1/top/rooms` against a cluster of processes: [`top`].
 //! - the operator's API on users (push to a user / everyone, kick, ban, revoke, remove, user
 //!   lookup) in a cluster of processes, and the client library's stop on a ban: [`operator_users`].
 
@@ -52,3 +53,4 @@ mod security_session;
 mod store_redis;
 mod durable_rooms;
 mod serve_e2e;
+mod top;

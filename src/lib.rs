@@ -9,6 +9,7 @@
 //! no clocks, no tokio). This crate moves bytes between sockets and those state machines:
 //! - [`hub`], [`link`], [`serve`]: the role runtimes (`serve` = a hub and Links in one process).
 //! - [`client`]: the resuming client library (WebSocket and QUIC).
+//! - [`healthcheck`]: `linkcast healthcheck`, the probe of the container image and Kubernetes.
 //! - [`top`]: `linkcast top`, the terminal view of a running cluster (scrapes `/metrics`).
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
 //! - [`bench`](mod@bench) (feature `bench`, on by default): the `linkcast bench` load generator.
@@ -31,6 +32,7 @@ pub mod bench;
 pub mod client;
 mod clock;
 pub mod config;
+pub mod healthcheck;
 pub mod hub;
 pub mod link;
 mod pre_auth;

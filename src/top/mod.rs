@@ -10,7 +10,7 @@
 //! 2. every node's `/metrics` is fetched concurrently (each bounded by a timeout) and parsed
 //!    ([`prom`]); counters become rates against the node's previous scrape ([`view`]);
 //! 3. the hottest rooms come from the operator API, `GET /v1/top/rooms` on the first hub that
-//!    answers (admin scope: `--api-key`, or `LINKCAST_API_KEY`).
+//!    answers (admin scope: `--api-key`, or `LINKCAST_ADMIN_KEY`).
 //!
 //! Output: on a terminal the view is redrawn in place ([`term`]: plain ANSI on the alternate
 //! screen; `q` or Ctrl-C quits and restores the terminal). `--once` scrapes twice,
@@ -42,7 +42,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub hub: Option<String>,
     /// API key with the `admin` scope (room list; admin listeners that require one).
-    #[arg(long, env = "LINKCAST_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "LINKCAST_ADMIN_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Milliseconds between two scrapes (rates are over this interval).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]

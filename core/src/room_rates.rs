@@ -101,7 +101,8 @@ pub fn top_k<'a, T>(entries: impl IntoIterator<Item = (&'a str, f64, T)>, k: usi
     }
     let mut heap: BinaryHeap<Ranked<T>> = BinaryHeap::with_capacity(k + 1);
     for (name, rate, extra) in entries {
-        if !(rate > 0.0) {
+        // NaN is not above 0 either.
+        if rate.partial_cmp(&0.0) != Some(Ordering::Greater) {
             continue;
         }
         if heap.len() == k {

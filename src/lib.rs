@@ -9,6 +9,8 @@
 //! no clocks, no tokio). This crate moves bytes between sockets and those state machines:
 //! - [`hub`], [`link`], [`serve`]: the role runtimes (`serve` = a hub and Links in one process).
 //! - [`client`]: the resuming client library (WebSocket and QUIC).
+//! - [`healthcheck`]: `linkcast healthcheck`, the probe of the container image and Kubernetes.
+//! - [`top`]: `linkcast top`, the terminal view of a running cluster (scrapes `/metrics`).
 //! - [`config`]: the cluster TOML (hubs, Links, secrets, limits) with defaults.
 //! - [`bench`](mod@bench) (feature `bench`, on by default): the `linkcast bench` load generator.
 //!
@@ -30,6 +32,7 @@ pub mod bench;
 pub mod client;
 mod clock;
 pub mod config;
+pub mod healthcheck;
 pub mod hub;
 pub mod link;
 mod pre_auth;
@@ -41,4 +44,5 @@ mod telemetry;
 mod cert_expiry;
 pub mod mtls;
 pub mod tls;
+pub mod top;
 pub mod uplink;

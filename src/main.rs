@@ -3,6 +3,8 @@
 //! - `serve`: hub + Link in one process on loopback, with the demo page (the default setup);
 //! - `hub --config F --id N`: one hub of a cluster;
 //! - `link --config F --id N`: one Link of a cluster;
+//! - `top [--config F | --hub URL]`: a live view of a running cluster (`src/top/`);
+//! - `healthcheck [URL]`: exit 0 if `/healthz` answers (container and Kubernetes probes);
 //! - `bench SCENARIO`: the load generator (fanout, rooms, connect, resume); cargo feature `bench`,
 //!   on by default.
 //!
@@ -32,6 +34,10 @@ enum Command {
     Hub(linkcast::hub::HubArgs),
     /// Run one Link (gateway) of a cluster.
     Link(linkcast::link::LinkArgs),
+    /// Watch a running cluster: connections, deliveries/s, hottest rooms, queues, gaps.
+    Top(linkcast::top::TopArgs),
+    /// Exit 0 if a node's /healthz (default the admin listener on 127.0.0.1:7090) answers.
+    Healthcheck(linkcast::healthcheck::HealthcheckArgs),
     /// Generate bounded load against a server on loopback and report throughput and latency.
     #[cfg(feature = "bench")]
     Bench(Box<linkcast::bench::BenchArgs>),
@@ -46,6 +52,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => linkcast::serve::run_cli(args),
         Command::Hub(args) => linkcast::hub::run_cli(args),
         Command::Link(args) => linkcast::link::run_cli(args),
+        Command::Top(args) => linkcast::top::run_cli(args),
+        Command::Healthcheck(args) => linkcast::healthcheck::run_cli(args),
         #[cfg(feature = "bench")]
         Command::Bench(args) => linkcast::bench::run_cli(*args),
     };

@@ -4,6 +4,8 @@
 //! - `frame/validate_access`: a Link's ingress check plus the reads it routes on;
 //! - `placement/*`: locate on rings of 64 and 1,024 Links (k = 1 and k = 2), rendezvous;
 //! - `room/publish`: sequencing + history push + encode, with history at its bound;
+//!   `room/table_publish_64B_4_links`: the hub table's whole publish (lookup, rate count,
+//!   sequencing, one frame per interested Link, drained);
 //! - `fanout/push_read_10k`: one frame pushed to a ring and read by 10,000 cursors.
 //!
 //! Targets (reported in docs/benchmarks.md, never asserted): validate+access ≤ 100 ns,
@@ -14,9 +16,10 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use linkcast_core::fanout::{FanoutRing, ReadOutcome, RingLimits};
-use linkcast_core::frame::{Frame, FLAG_JSON};
+use linkcast_core::frame::{Body, Frame, FrameBuilder, FLAG_JSON};
 use linkcast_core::placement::{HashRing, LinkId, Placement, Rendezvous};
 use linkcast_core::room::{Room, RoomLimits};
+use linkcast_core::room_table::{RoomTable, TableLimits};
 
 fn frame_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
@@ -89,6 +92,23 @@ fn room_benches(c: &mut Criterion) {
             now += 1;
             let published = room.publish(now, "alice", FLAG_JSON, black_box(&payload)).expect("fits");
             black_box((published.seq, published.links.len()))
+        })
+    });
+    // The hub's whole publish (issue 16: the table now also counts the room's publish rate):
+    // slot lookup, seq, history, encode, one frame queued per interested Link, drained.
+    let mut table = RoomTable::new(TableLimits::default(), 1);
+    for link in 0..4u32 {
+        let interest = FrameBuilder::new("lobby").build(&Body::Interest { link, members: 100 });
+        table.handle_link_frame(0, LinkId(link), &interest);
+    }
+    group.bench_function("table_publish_64B_4_links", |b| {
+        b.iter(|| {
+            now += 1;
+            let ack = table.publish(now, black_box("lobby"), "alice", FLAG_JSON, black_box(&payload), "").expect("fits");
+            while let Some(sent) = table.poll_transmit() {
+                black_box(sent);
+            }
+            black_box(ack.seq)
         })
     });
     group.finish();

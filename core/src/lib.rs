@@ -23,6 +23,7 @@
 //! - [`room`]: one room at its owner hub: sequencer, epoch, bounded history, interest set,
 //!   join answers (replay / gap / reset), publish de-duplication.
 //! - [`room_table`]: the hub's table of owned rooms and the frames owed to each Link.
+//! - [`room_rates`]: each owned room's publish rate (two fixed windows) and the top-K by it.
 //! - [`presence`]: a room's cluster-wide member count told to its Links (throttled) and its
 //!   users' join/leave events while it is small, at the owner hub.
 //! - [`link_queue`]: the hub's per-Link send queue accounting (byte limit, what a drop loses).
@@ -57,6 +58,7 @@ pub mod presence;
 pub mod protocol;
 pub mod quantiles;
 pub mod room;
+pub mod room_rates;
 pub mod room_table;
 pub mod shard_rooms;
 pub mod system_rooms;

@@ -34,6 +34,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PAGED, FLAG_PARTIAL, MAX_SENDER_LEN};
 use crate::placement::LinkId;
 use crate::presence::{PresenceLimits, RoomPresence};
+use crate::room_rates::{top_k, PublishRate};
 use crate::room::{InterestChange, Room, RoomError, RoomLimits};
 
 /// Limits of a hub's room table.
@@ -178,6 +179,8 @@ struct RoomSlot {
     room: Room,
     last_active_micros: u64,
     presence: RoomPresence,
+    /// Messages sequenced lately (`room_rates.rs`): what the hottest-rooms view ranks by.
+    rate: PublishRate,
 }
 
 impl RoomTable {
@@ -249,6 +252,7 @@ impl RoomTable {
             }
         }
         let published = slot.room.publish(now, sender, flags, data)?;
+        slot.rate.record(now);
         let seq = published.seq;
         self.stats.published += 1;
         self.stats.link_sends += published.links.len() as u64;
@@ -329,6 +333,7 @@ impl RoomTable {
             push_to_links(&mut self.transmit, slot.room.links(), &FrameBuilder::new(room).build(&body));
         }
         let published = slot.room.append_stored(seq, ts_micros, sender, flags, data);
+        slot.rate.record(now);
         self.stats.published += 1;
         self.stats.link_sends += published.links.len() as u64;
         push_to_links(&mut self.transmit, published.links, &published.frame);
@@ -468,6 +473,13 @@ impl RoomTable {
         rooms.truncate(limit);
         rooms.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         rooms.into_iter().filter_map(|(name, members)| self.rooms.get(name).map(|s| (name.to_owned(), members, s.room.links().to_vec()))).collect()
+    }
+
+    /// The `limit` rooms with the highest publish rate at `now` (messages per second over the
+    /// last `room_rates::WINDOW_MICROS`), biggest first (then by name): (room, rate, members).
+    /// Rooms that published nothing lately are left out. One walk over the table.
+    pub fn rooms_by_rate(&self, now: u64, limit: usize) -> Vec<(String, f64, u64)> {
+        top_k(self.rooms.iter().map(|(name, slot)| (name.as_str(), slot.rate.per_sec(now), slot.room.members())), limit)
     }
 
     /// Counts the presence frames queued since the queue held `before` frames.
@@ -718,7 +730,7 @@ fn slot<'a>(
                 return Err(PublishError::TooManyRooms);
             }
         }
-        let fresh = RoomSlot { room: Room::new(room, limits.room, next_epoch(epochs)), last_active_micros: now, presence: RoomPresence::new(room) };
+        let fresh = RoomSlot { room: Room::new(room, limits.room, next_epoch(epochs)), last_active_micros: now, presence: RoomPresence::new(room), rate: PublishRate::default() };
         rooms.insert(room.to_owned(), fresh);
     }
     rooms.get_mut(room).ok_or(PublishError::BadRoom)
@@ -740,6 +752,29 @@ mod tests {
 
     fn drain(table: &mut RoomTable) -> Vec<(LinkId, Frame)> {
         std::iter::from_fn(|| table.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn rooms_by_rate_ranks_rooms_by_what_they_published_lately() {
+        let mut table = RoomTable::new(TableLimits::default(), 7);
+        table.handle_link_frame(1, LinkId(1), &interest("hot", 1, 4));
+        let start = 10 * crate::room_rates::WINDOW_MICROS;
+        for i in 0..40 {
+            assert!(table.publish(start + i * 1000, "hot", "a", 0, b"x", "").is_ok());
+        }
+        for i in 0..5 {
+            assert!(table.publish(start + i * 1000, "warm", "a", 0, b"x", "").is_ok());
+        }
+        // A duplicate (same idempotency key) and a refused publish are not counted.
+        assert!(table.publish(start, "cold", "a", 0, b"x", "k").is_ok());
+        assert!(table.publish(start, "cold", "a", 0, b"x", "k").is_ok_and(|ack| ack.duplicate));
+        let top = table.rooms_by_rate(start + 50_000, 2);
+        assert_eq!(top.iter().map(|(r, _, m)| (r.as_str(), *m)).collect::<Vec<_>>(), vec![("hot", 4), ("warm", 0)]);
+        assert!(top[0].1 > top[1].1 && top[1].1 > 0.0);
+        let all = table.rooms_by_rate(start + 50_000, 10);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].1 / all[2].1, 40.0, "cold counted once");
+        assert!(table.rooms_by_rate(start + 3 * crate::room_rates::WINDOW_MICROS, 10).is_empty(), "silent rooms read 0");
     }
 
     #[test]

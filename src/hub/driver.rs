@@ -77,6 +77,9 @@ pub(crate) enum HubInput {
     Presence { room: String, reply: oneshot::Sender<Result<Option<PresenceInfo>, PublishError>> },
     /// This hub's rooms with members, biggest first (`GET /v1/rooms`, `presence_api.rs`).
     Rooms { prefix: String, limit: usize, reply: oneshot::Sender<Vec<RoomCount>> },
+    /// This hub's rooms with the highest publish rate: (room, msgs/s, members), biggest first
+    /// (`GET /v1/top/rooms`, `top_api.rs`).
+    TopRooms { limit: usize, reply: oneshot::Sender<Vec<(String, f64, u64)>> },
 }
 
 /// Input to the hub task from Link connections (`links.rs`).
@@ -285,6 +288,9 @@ impl HubTask {
             HubInput::Rooms { prefix, limit, reply } => {
                 let rooms = self.table.rooms_by_members(&prefix, limit);
                 let _ = reply.send(rooms.into_iter().map(|(room, members, links)| RoomCount { room, members, links: links.iter().map(|l| l.0).collect() }).collect());
+            }
+            HubInput::TopRooms { limit, reply } => {
+                let _ = reply.send(self.table.rooms_by_rate(now, limit));
             }
         }
     }

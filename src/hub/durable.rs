@@ -168,7 +168,7 @@ impl HubTask {
         let Some(durable) = &self.durable else { return self.handle_owned(event) };
         let room = match &event {
             // The rooms this hub holds, as they are.
-            HubInput::Rooms { .. } => return self.handle_owned(event),
+            HubInput::Rooms { .. } | HubInput::TopRooms { .. } => return self.handle_owned(event),
             // Not a room's: bans live in the hub task, apart from room ownership.
             HubInput::Moderation(_) => return self.handle_owned(event),
             HubInput::Publish { room, .. } | HubInput::RoomInfo { room, .. } | HubInput::History { room, .. } | HubInput::Presence { room, .. } => room,
@@ -311,6 +311,9 @@ impl HubTask {
                 let _ = reply.send(Err(error));
             }
             Deferred::Api(HubInput::Rooms { reply, .. }) => {
+                let _ = reply.send(Vec::new());
+            }
+            Deferred::Api(HubInput::TopRooms { reply, .. }) => {
                 let _ = reply.send(Vec::new());
             }
             Deferred::Link { link, generation, frame } => {

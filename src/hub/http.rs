@@ -81,6 +81,8 @@ pub(crate) fn router(shared: Arc<ApiState>, admin_routes: bool) -> Router {
         .route("/v1/rooms/{room}/presence", get(super::presence_api::room_presence))
         .route("/v1/rooms", get(super::presence_api::rooms))
         .route("/v1/links", get(super::links_api::links)) // Links known, announced, draining (links_api.rs)
+        // Issue 16: the hottest rooms by publish rate (top_api.rs).
+        .route("/v1/top/rooms", get(super::top_api::top_rooms))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

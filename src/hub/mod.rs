@@ -12,7 +12,8 @@
 //!   head and request timeouts, and `https://` with the `[tls]` certificate): publish, room info,
 //!   history, locate (`locate.rs`) and the demo page, with JSON errors (`error.rs`), per-key
 //!   publish rate limits (`rate.rs`) and forwarding to the room's owner hub (`forward.rs`);
-//!   presence and the cluster-wide room list in `presence_api.rs`.
+//!   presence and the cluster-wide room list in `presence_api.rs`; the hottest rooms by publish
+//!   rate in `top_api.rs`.
 //!   Reads need a `read`-scoped API key or a client token allowing the room once the hub is
 //!   secured; `/metrics` and `/healthz` are then on the admin listener (`admin.rs`) only.
 //! - the **backend hooks** (`hooks/`, optional): the publish proxy the hub task hands client
@@ -44,6 +45,7 @@ mod queue;
 mod rate;
 mod server;
 mod store_tasks;
+mod top_api;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};

@@ -111,45 +111,73 @@ pub(crate) async fn rooms(
     let mut incomplete: Vec<u32> = Vec::new();
     if !local {
         let target = format!("/v1/rooms?local=1&limit={limit}&prefix={}", encode(&prefix));
-        let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut asks = tokio::task::JoinSet::new();
-        for hub in shared.config.hubs.iter().filter(|h| h.id != shared.id.0) {
-            let (id, addr, tls_name) = (hub.id, hub.http, hub.tls_name.clone());
-            let (dialer, target, auth, me) = (shared.dialer.clone(), target.clone(), auth.clone(), shared.id.0.to_string());
-            asks.spawn(async move {
-                let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, me.as_str())];
-                if let Some(auth) = auth.as_deref() {
-                    pass.push((axum::http::header::AUTHORIZATION.as_str(), auth));
-                }
-                let request = super::forward::request(&dialer, addr, tls_name.as_deref(), Method::GET, &target, &pass, Bytes::new());
-                let answer = match tokio::time::timeout(PEER_TIMEOUT, request).await {
-                    Ok(Ok(answer)) if answer.status == 200 => serde_json::from_slice::<PeerRooms>(&answer.body).ok(),
-                    _ => None,
-                };
-                (id, answer)
-            });
-        }
-        while let Some(done) = asks.join_next().await {
-            match done {
-                Ok((_, Some(peer))) => rooms.extend(peer.rooms),
-                Ok((id, None)) => incomplete.push(id),
-                Err(_) => {}
-            }
-        }
-        incomplete.sort_unstable();
+        let (answers, missing) = ask_peers::<PeerRooms>(&shared, &target, &headers).await;
+        rooms.extend(answers.into_iter().flat_map(|(_, peer)| peer.rooms));
+        incomplete = missing;
         rooms = merge(rooms, limit);
     }
     Ok(Json(serde_json::json!({ "rooms": rooms, "incomplete_hubs": incomplete })).into_response())
 }
 
+/// Asks every other configured hub for `target` (a `local=1` query of a merged admin route),
+/// concurrently, each bounded by [`PEER_TIMEOUT`], passing the caller's `Authorization` on.
+/// Returns the answers that came back 200 with the JSON `T`, by hub id, and the ids of the hubs
+/// that did not (timeout, error status, malformed answer), sorted. Used by `GET /v1/rooms` and
+/// `GET /v1/top/rooms` (top_api.rs).
+pub(crate) async fn ask_peers<T: serde::de::DeserializeOwned + Send + 'static>(
+    shared: &ApiState,
+    target: &str,
+    headers: &HeaderMap,
+) -> (Vec<(u32, T)>, Vec<u32>) {
+    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut asks = tokio::task::JoinSet::new();
+    for hub in shared.config.hubs.iter().filter(|h| h.id != shared.id.0) {
+        let (id, addr, tls_name) = (hub.id, hub.http, hub.tls_name.clone());
+        let (dialer, target, auth, me) = (shared.dialer.clone(), target.to_owned(), auth.clone(), shared.id.0.to_string());
+        asks.spawn(async move {
+            let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, me.as_str())];
+            if let Some(auth) = auth.as_deref() {
+                pass.push((axum::http::header::AUTHORIZATION.as_str(), auth));
+            }
+            let request = super::forward::request(&dialer, addr, tls_name.as_deref(), Method::GET, &target, &pass, Bytes::new());
+            let answer = match tokio::time::timeout(PEER_TIMEOUT, request).await {
+                Ok(Ok(answer)) if answer.status == 200 => serde_json::from_slice::<T>(&answer.body).ok(),
+                _ => None,
+            };
+            (id, answer)
+        });
+    }
+    let (mut answers, mut missing) = (Vec::new(), Vec::new());
+    while let Some(done) = asks.join_next().await {
+        match done {
+            Ok((id, Some(answer))) => answers.push((id, answer)),
+            Ok((id, None)) => missing.push(id),
+            Err(_) => {}
+        }
+    }
+    missing.sort_unstable();
+    (answers, missing)
+}
+
 /// Rooms from several hubs, biggest first (then by name), each once (the larger count), at
 /// most `limit`.
-fn merge(mut rooms: Vec<RoomCount>, limit: usize) -> Vec<RoomCount> {
-    rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room).then(b.members.cmp(&a.members)));
-    rooms.dedup_by(|later, first| later.room == first.room);
-    rooms.sort_unstable_by(|a, b| b.members.cmp(&a.members).then(a.room.cmp(&b.room)));
-    rooms.truncate(limit);
-    rooms
+fn merge(rooms: Vec<RoomCount>, limit: usize) -> Vec<RoomCount> {
+    merge_ranked(rooms, limit, |r| &r.room, |a, b| b.members.cmp(&a.members))
+}
+
+/// Rows of rooms from several hubs, best first by `better` (then by name), each room once (its
+/// best row: a room seen at two hubs while it moves), at most `limit`.
+pub(crate) fn merge_ranked<T>(
+    mut rows: Vec<T>,
+    limit: usize,
+    room: impl Fn(&T) -> &str,
+    better: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
+    rows.sort_unstable_by(|a, b| room(a).cmp(room(b)).then_with(|| better(a, b)));
+    rows.dedup_by(|later, first| room(later) == room(first));
+    rows.sort_unstable_by(|a, b| better(a, b).then_with(|| room(a).cmp(room(b))));
+    rows.truncate(limit);
+    rows
 }
 
 fn is_room_byte(b: u8) -> bool {

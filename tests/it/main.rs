@@ -23,6 +23,9 @@
 //! - the Redis room store against real `redis-server` processes and a Redis Cluster:
 //!   [`store_redis`].
 //! - the hub's backend hooks (publish proxy, webhooks) against a real axum backend: [`hooks`].
+//! - the deploy files (systemd units, Dockerfile, Kubernetes) against the binary and its config:
+//!   [`deploy_files`].
+//! - `linkcast top` and `GET /v1/top/rooms` against a cluster of processes: [`top`].
 //! - the operator's API on users (push to a user / everyone, kick, ban, revoke, remove, user
 //!   lookup) in a cluster of processes, and the client library's stop on a ban: [`operator_users`].
 //! - Links that come and go (a Link joining at run time with mutual TLS, drain on SIGTERM, the
@@ -36,6 +39,7 @@ mod browser;
 mod client_quic;
 mod client_resume;
 mod cluster;
+mod deploy_files;
 mod hooks;
 mod hub_forward;
 mod hub_http;
@@ -59,3 +63,4 @@ mod security_session;
 mod store_redis;
 mod durable_rooms;
 mod serve_e2e;
+mod top;

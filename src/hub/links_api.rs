@@ -5,7 +5,7 @@
 //!
 //! The hub that is asked reads its own locator (locate.rs) and asks every other configured hub
 //! for its view with `local=1` (concurrently, each bounded by `presence_api::PEER_TIMEOUT`,
-//! like `GET /v1/rooms`), then merges by id: a Link is `connected` / `draining` / `listed` if it
+//! through `presence_api::ask_peers` like `GET /v1/rooms`), then merges by id: a Link is `connected` / `draining` / `listed` if it
 //! is at any hub that answered, and its addresses are the first non-empty ones seen. A hub that
 //! does not answer in time is listed in `incomplete_hubs`. With `local=1` a hub answers only
 //! what it knows itself. `linkcast top` reads it to find Links' admin addresses.
@@ -13,10 +13,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -24,7 +23,7 @@ use super::driver::lock;
 use super::error::ApiError;
 use super::forward::FORWARDED_HEADER;
 use super::locate::LinkView;
-use super::presence_api::PEER_TIMEOUT;
+use super::presence_api::ask_peers;
 use super::ApiState;
 
 /// Query of the Link list.
@@ -37,18 +36,7 @@ pub(crate) struct LinksQuery {
 /// A peer's answer.
 #[derive(Debug, serde::Deserialize)]
 struct PeerLinks {
-    links: Vec<PeerLink>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct PeerLink {
-    id: u32,
-    ws: String,
-    quic: String,
-    admin: Option<String>,
-    connected: bool,
-    draining: bool,
-    listed: bool,
+    links: Vec<LinkView>,
 }
 
 /// `GET /v1/links[?local=1]`.
@@ -63,40 +51,9 @@ pub(crate) async fn links(
     let mut links = lock(&shared.locator).snapshot();
     let mut incomplete: Vec<u32> = Vec::new();
     if !local {
-        let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut asks = tokio::task::JoinSet::new();
-        for hub in shared.config.hubs.iter().filter(|h| h.id != shared.id.0) {
-            let (id, addr, tls_name) = (hub.id, hub.http, hub.tls_name.clone());
-            let (dialer, auth, me) = (shared.dialer.clone(), auth.clone(), shared.id.0.to_string());
-            asks.spawn(async move {
-                let mut pass: Vec<(&str, &str)> = vec![(FORWARDED_HEADER, me.as_str())];
-                if let Some(auth) = auth.as_deref() {
-                    pass.push((axum::http::header::AUTHORIZATION.as_str(), auth));
-                }
-                let request = super::forward::request(&dialer, addr, tls_name.as_deref(), Method::GET, "/v1/links?local=1", &pass, Bytes::new());
-                let answer = match tokio::time::timeout(PEER_TIMEOUT, request).await {
-                    Ok(Ok(answer)) if answer.status == 200 => serde_json::from_slice::<PeerLinks>(&answer.body).ok(),
-                    _ => None,
-                };
-                (id, answer)
-            });
-        }
-        while let Some(done) = asks.join_next().await {
-            match done {
-                Ok((_, Some(peer))) => links.extend(peer.links.into_iter().map(|l| LinkView {
-                    id: l.id,
-                    ws: l.ws,
-                    quic: l.quic,
-                    admin: l.admin,
-                    connected: l.connected,
-                    draining: l.draining,
-                    listed: l.listed,
-                })),
-                Ok((id, None)) => incomplete.push(id),
-                Err(_) => {}
-            }
-        }
-        incomplete.sort_unstable();
+        let (answers, missing) = ask_peers::<PeerLinks>(&shared, "/v1/links?local=1", &headers).await;
+        links.extend(answers.into_iter().flat_map(|(_, peer)| peer.links));
+        incomplete = missing;
         links = merge(links);
     }
     Ok(Json(serde_json::json!({ "links": links, "incomplete_hubs": incomplete })).into_response())

@@ -44,7 +44,7 @@ pub(crate) struct Reach {
 }
 
 /// One Link as this hub knows it (`GET /v1/links`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LinkView {
     pub(crate) id: u32,
     pub(crate) ws: String,

@@ -62,6 +62,13 @@ fn checked(name: &str, toml: &str, env: &BTreeMap<String, String>, pki: &Pki) ->
     if config.tls.ca_file.is_some() {
         config.tls.ca_file = Some(pki.path("ca.pem"));
     }
+    if config.tls.client_ca_file.is_some() {
+        config.tls.client_ca_file = Some(pki.path("ca.pem"));
+    }
+    if config.tls.client_cert_file.is_some() {
+        config.tls.client_cert_file = Some(pki.path("link-client.pem"));
+        config.tls.client_key_file = Some(pki.path("link-client.key"));
+    }
     config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
     config
 }
@@ -84,6 +91,7 @@ fn yaml_int(text: &str, key: &str) -> u64 {
 fn configs_in_the_deploy_files_parse_validate_and_match_the_manifests() {
     let pki = Pki::new("deploy-files");
     pki.issue("node");
+    pki.issue_client("link-client");
     let env = example_secret_env();
     assert!(env.contains_key("LINKCAST_CLUSTER_SECRET") && env.contains_key("LINKCAST_API_KEYS"), "{env:?}");
 
@@ -92,6 +100,12 @@ fn configs_in_the_deploy_files_parse_validate_and_match_the_manifests() {
     let cluster = checked("deploy/k8s/configmap.yaml cluster.toml", &cluster_toml, &env, &pki);
     assert!(!cluster.auth.cluster_secret.is_empty(), "the cluster secret comes from the Secret's env var");
     assert_eq!(cluster.hubs.len(), 2);
+    // The Links join at run time (not in [[links]]): hubs accept them only with mutual TLS.
+    assert!(cluster.links.is_empty(), "the k8s Links are not listed");
+    assert!(
+        cluster.tls.client_ca_file.is_some() && cluster.tls.client_cert_file.is_some(),
+        "unlisted Links need tls.client_ca_file (hubs) and tls.client_cert_file (Links)"
+    );
     let listen = ["0.0.0.0:7070".parse().expect("addr"), "0.0.0.0:7071".parse().expect("addr")];
     cluster.check_cluster_node(&listen, true).unwrap_or_else(|e| panic!("a k8s node may start: {e}"));
 

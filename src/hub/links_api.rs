@@ -21,9 +21,8 @@ use axum::Json;
 
 use super::driver::lock;
 use super::error::ApiError;
-use super::forward::FORWARDED_HEADER;
 use super::locate::LinkView;
-use super::presence_api::ask_peers;
+use super::presence_api::{ask_peers, only_local};
 use super::ApiState;
 
 /// Query of the Link list.
@@ -47,7 +46,7 @@ pub(crate) async fn links(
 ) -> Result<Response, ApiError> {
     shared.check_admin(&headers)?;
     let Query(query) = query.map_err(ApiError::rejected)?;
-    let local = matches!(query.local.as_deref(), Some("1" | "true")) || headers.contains_key(FORWARDED_HEADER);
+    let local = only_local(query.local.as_deref(), &headers);
     let mut links = lock(&shared.locator).snapshot();
     let mut incomplete: Vec<u32> = Vec::new();
     if !local {

@@ -105,7 +105,7 @@ pub(crate) async fn rooms(
         Some(limit) => limit.min(MAX_ROOMS_LIMIT),
         None => DEFAULT_ROOMS_LIMIT,
     };
-    let local = matches!(query.local.as_deref(), Some("1" | "true")) || headers.contains_key(FORWARDED_HEADER);
+    let local = only_local(query.local.as_deref(), &headers);
     let (reply, answer) = oneshot::channel();
     let mut rooms = ask(&shared, HubInput::Rooms { prefix: prefix.clone(), limit, reply }, answer).await?;
     let mut incomplete: Vec<u32> = Vec::new();
@@ -117,6 +117,12 @@ pub(crate) async fn rooms(
         rooms = merge(rooms, limit);
     }
     Ok(Json(serde_json::json!({ "rooms": rooms, "incomplete_hubs": incomplete })).into_response())
+}
+
+/// True when a merged admin route must answer with this hub's own view only: `local=1` (or
+/// `true`) was asked, or the request was forwarded by a peer hub (which merges itself).
+pub(crate) fn only_local(local: Option<&str>, headers: &HeaderMap) -> bool {
+    matches!(local, Some("1" | "true")) || headers.contains_key(FORWARDED_HEADER)
 }
 
 /// Asks every other configured hub for `target` (a `local=1` query of a merged admin route),

@@ -22,9 +22,8 @@ use tokio::sync::oneshot;
 
 use super::driver::HubInput;
 use super::error::ApiError;
-use super::forward::FORWARDED_HEADER;
 use super::http::ask;
-use super::presence_api::{ask_peers, merge_ranked};
+use super::presence_api::{ask_peers, merge_ranked, only_local};
 use super::ApiState;
 
 /// Default `limit`.
@@ -72,7 +71,7 @@ pub(crate) async fn top_rooms(
         Some(limit) => limit.min(MAX_TOP_LIMIT),
         None => DEFAULT_TOP_LIMIT,
     };
-    let local = matches!(query.local.as_deref(), Some("1" | "true")) || headers.contains_key(FORWARDED_HEADER);
+    let local = only_local(query.local.as_deref(), &headers);
     let (reply, answer) = oneshot::channel();
     let hub = shared.id.0;
     let own = ask(&shared, HubInput::TopRooms { limit, reply }, answer).await?;

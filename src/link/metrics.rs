@@ -142,8 +142,14 @@ impl DeliveryClock {
         }
     }
 
-    /// The burst's direct writes are done: records each pushed message's latency (`now` in µs).
-    pub(crate) fn written(&mut self, now: u64) {
+    /// The burst's direct writes are done: records each pushed message's latency. `now` (µs)
+    /// is read only when the burst had room messages, so an idle or control-only turn of the
+    /// shard loop costs no clock read.
+    pub(crate) fn written(&mut self, now: impl FnOnce() -> u64) {
+        if self.stamps.is_empty() {
+            return;
+        }
+        let now = now();
         for ts in self.stamps.drain(..) {
             self.histogram.record(now.saturating_sub(ts) as f64 / 1e6);
         }

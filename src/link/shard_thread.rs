@@ -108,7 +108,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
             for conn in woken.drain(..) {
                 conn.wake();
             }
-            clock.written(crate::clock::now_micros());
+            clock.written(crate::clock::now_micros);
             state.borrow_mut().sync_stats();
             tally::flush();
         }

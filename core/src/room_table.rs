@@ -29,7 +29,9 @@
 //! [`check_link_frame`] first.)
 
 use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, FLAG_JSON, FLAG_PAGED, FLAG_PARTIAL, MAX_SENDER_LEN};
 use crate::placement::LinkId;
@@ -137,9 +139,14 @@ pub struct PublishAck {
 }
 
 /// Every room this hub owns.
+///
+/// `S` hashes room names. Production keeps the default, `RandomState`: room names come from
+/// clients, so the map's hashing must not be predictable (HashDoS). The instruction-count gate
+/// (`core/benches/icount.rs`) passes a fixed hasher through [`RoomTable::with_hasher`] so its
+/// counts do not move with the process's random keys.
 #[derive(Debug)]
-pub struct RoomTable {
-    rooms: HashMap<String, RoomSlot>,
+pub struct RoomTable<S = RandomState> {
+    rooms: HashMap<String, RoomSlot, S>,
     limits: TableLimits,
     transmit: VecDeque<(LinkId, Frame)>,
     stats: TableStats,
@@ -187,8 +194,16 @@ impl RoomTable {
     /// An empty table. `seed` drives the epochs of new rooms: pass fresh randomness in
     /// production (two hub lifetimes must not share it), a constant in tests.
     pub fn new(limits: TableLimits, seed: u64) -> Self {
+        RoomTable::with_hasher(limits, seed, RandomState::new())
+    }
+}
+
+impl<S: BuildHasher> RoomTable<S> {
+    /// An empty table whose room names are hashed by `hasher` (see [`RoomTable`]: only the
+    /// benches pass a fixed one).
+    pub fn with_hasher(limits: TableLimits, seed: u64, hasher: S) -> Self {
         RoomTable {
-            rooms: HashMap::new(),
+            rooms: HashMap::with_hasher(hasher),
             limits,
             transmit: VecDeque::new(),
             stats: TableStats::default(),
@@ -706,8 +721,8 @@ pub fn next_epoch(state: &mut u64) -> u64 {
 
 /// The slot of `room`, created if absent and the table has space. A full table is scanned for
 /// idle rooms at most once per [`FULL_SWEEP_INTERVAL_MICROS`]; in between, refused at once.
-fn slot<'a>(
-    rooms: &'a mut HashMap<String, RoomSlot>,
+fn slot<'a, S: BuildHasher>(
+    rooms: &'a mut HashMap<String, RoomSlot, S>,
     limits: &TableLimits,
     epochs: &mut u64,
     sweeps: &mut Sweeps,
@@ -736,7 +751,7 @@ fn slot<'a>(
     rooms.get_mut(room).ok_or(PublishError::BadRoom)
 }
 
-fn drop_idle(rooms: &mut HashMap<String, RoomSlot>, ttl: u64, now: u64) {
+fn drop_idle<S>(rooms: &mut HashMap<String, RoomSlot, S>, ttl: u64, now: u64) {
     rooms.retain(|_, slot| !slot.room.links().is_empty() || now.saturating_sub(slot.last_active_micros) < ttl);
 }
 

@@ -204,6 +204,11 @@ pub fn decide(measured: Vec<Measured>, threshold: Threshold) -> Decision {
     Decision { rows, threshold }
 }
 
+/// Discovery of alternating rounds ([`crate::rounds`]) plus judgement: `main.rs` with `--rounds`.
+pub fn gate_rounds(criterion_dir: &Path, threshold: Threshold) -> Result<Decision, EstimatesError> {
+    Ok(decide(crate::rounds::discover(criterion_dir)?, threshold))
+}
+
 /// Discovery plus judgement: what `main.rs` runs.
 pub fn gate(
     criterion_dir: &Path,

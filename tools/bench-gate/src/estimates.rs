@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// File name criterion uses for estimates in `new/`, `<baseline>/` and `change/`.
-const ESTIMATES_FILE: &str = "estimates.json";
+pub(crate) const ESTIMATES_FILE: &str = "estimates.json";
 /// Directory criterion writes the relative change into.
 const CHANGE_DIR: &str = "change";
 /// Directory criterion writes the current run into.
 const NEW_DIR: &str = "new";
 /// HTML report directories: never hold estimates, can be large.
-const REPORT_DIR: &str = "report";
+pub(crate) const REPORT_DIR: &str = "report";
 
 /// A bench's id: its directory relative to the criterion dir, parts joined with `/`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,7 +216,7 @@ fn read_bench(
 }
 
 /// The bench id of `dir`: its path below `root`, with `/` between parts on every platform.
-fn bench_id(root: &Path, dir: &Path) -> BenchId {
+pub(crate) fn bench_id(root: &Path, dir: &Path) -> BenchId {
     // `dir` was reached by walking down from `root`, so the prefix is always there; fall back
     // to the full path rather than panic if that ever changes.
     let relative = dir.strip_prefix(root).unwrap_or(dir);
@@ -228,7 +228,7 @@ fn bench_id(root: &Path, dir: &Path) -> BenchId {
 }
 
 /// The mean of an absolute estimates file, or `None` if the file is not there.
-fn read_absolute_mean(path: &Path) -> Result<Option<f64>, EstimatesError> {
+pub(crate) fn read_absolute_mean(path: &Path) -> Result<Option<f64>, EstimatesError> {
     if !path.is_file() {
         return Ok(None);
     }
@@ -245,7 +245,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Estimates
     })
 }
 
-fn io_error(path: &Path, source: io::Error) -> EstimatesError {
+pub(crate) fn io_error(path: &Path, source: io::Error) -> EstimatesError {
     EstimatesError::Io {
         path: path.to_owned(),
         source,

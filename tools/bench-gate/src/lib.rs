@@ -14,10 +14,13 @@
 //! - [`estimates`]: criterion's JSON shapes (only the fields we read) and the directory walk.
 //! - [`decision`]: the threshold, the verdict rules and the gate's exit status; unit tests live
 //!   at its bottom.
+//! - [`rounds`]: the repeated, alternating runs `scripts/bench-gate` makes (`base-<i>`/`head-<i>`
+//!   baselines): each bench's median per-round change, judged by [`decision`]'s rules.
 //! - [`table`]: human-readable formatting of times, percentages and the result table.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod decision;
 pub mod estimates;
+pub mod rounds;
 pub mod table;

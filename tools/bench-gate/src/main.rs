@@ -15,7 +15,7 @@ use bench_gate::decision::{self, GateExit, Threshold};
 use bench_gate::table;
 
 const USAGE: &str = "\
-usage: bench-gate [--criterion-dir DIR] [--threshold PERCENT] [--baseline NAME]
+usage: bench-gate [--criterion-dir DIR] [--threshold PERCENT] [--baseline NAME | --rounds]
 
 Reads <DIR>/**/change/estimates.json written by `cargo bench -- --baseline NAME` and fails
 when a bench's mean got slower by more than PERCENT with its whole confidence interval
@@ -25,6 +25,9 @@ options:
   --criterion-dir DIR   criterion output directory [default: target/criterion]
   --threshold PERCENT   allowed slowdown of the mean, in percent [default: 10]
   --baseline NAME       baseline directory the absolute base times are read from [default: base]
+  --rounds              judge alternating runs instead: <id>/base-<i>/ and <id>/head-<i>/
+                        (scripts/bench-gate); a bench's change is its median round's, its
+                        interval the rounds' [min, max]
   -h, --help            print this help
 
 exit status: 0 no regression, 1 regression, 2 usage error or no estimates found";
@@ -38,6 +41,8 @@ struct Args {
     threshold: Threshold,
     /// Name given to `--save-baseline` / `--baseline`.
     baseline: String,
+    /// Judge `base-<i>`/`head-<i>` rounds (`bench_gate::rounds`) instead of one change file.
+    rounds: bool,
 }
 
 /// A command line that cannot be run; printed with the usage text, exit 2.
@@ -69,7 +74,12 @@ fn main() -> ExitCode {
             return ExitCode::from(GateExit::Unusable.code());
         }
     };
-    match decision::gate(&args.criterion_dir, &args.baseline, args.threshold) {
+    let decided = if args.rounds {
+        decision::gate_rounds(&args.criterion_dir, args.threshold)
+    } else {
+        decision::gate(&args.criterion_dir, &args.baseline, args.threshold)
+    };
+    match decided {
         Ok(decision) => {
             print!("{}", table::render(&decision));
             ExitCode::from(decision.exit().code())
@@ -85,6 +95,7 @@ fn parse_args(mut raw: impl Iterator<Item = OsString>) -> Result<Command, UsageE
     let mut criterion_dir = PathBuf::from("target/criterion");
     let mut threshold = Threshold::default();
     let mut baseline = String::from("base");
+    let mut rounds = false;
 
     while let Some(arg) = raw.next() {
         let arg = arg
@@ -119,6 +130,7 @@ fn parse_args(mut raw: impl Iterator<Item = OsString>) -> Result<Command, UsageE
                     .map_err(|err| UsageError(format!("--threshold: {err}")))?;
             }
             "--baseline" => baseline = checked_baseline(value("--baseline")?)?,
+            "--rounds" if inline.is_none() => rounds = true,
             other => return Err(UsageError(format!("unexpected argument {other:?}"))),
         }
     }
@@ -126,6 +138,7 @@ fn parse_args(mut raw: impl Iterator<Item = OsString>) -> Result<Command, UsageE
         criterion_dir,
         threshold,
         baseline,
+        rounds,
     }))
 }
 
@@ -161,6 +174,8 @@ mod tests {
         assert_eq!(args.criterion_dir, PathBuf::from("target/criterion"));
         assert_eq!(args.threshold, Threshold::default());
         assert_eq!(args.baseline, "base");
+        assert!(!args.rounds);
+        assert!(run_args(&["--rounds"]).rounds);
     }
 
     #[test]

@@ -487,6 +487,9 @@ pub struct LinkConfig {
     /// Seconds between SIGTERM (the Link tells its hubs it is draining, so `locate` stops
     /// offering it) and closing every client with 1001 and a retry hint.
     pub drain_secs: u64,
+    /// Byte bound of each shard's inbox (coordinator → shard): room frames a full shard cannot
+    /// take become a `gap` for that shard's members (`linkcast_link_shard_queue_full_total`).
+    pub shard_queue_bytes: usize,
 }
 
 impl Default for LinkConfig {
@@ -515,6 +518,7 @@ impl Default for LinkConfig {
             replay_bytes: 1024 * 1024,
             broadcast_room: true,
             drain_secs: 5,
+            shard_queue_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -733,6 +737,9 @@ impl Config {
         }
         if self.link.max_message_bytes + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
             return Err(ConfigError::Invalid("link.max_message_bytes must be below 1 MiB (a publish must fit a Link↔hub frame)".into()));
+        }
+        if self.link.shard_queue_bytes == 0 {
+            return Err(ConfigError::Invalid("link.shard_queue_bytes must be positive".into()));
         }
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {
             return Err(ConfigError::Invalid("group_size, ring_items and ring_bytes must be positive".into()));

@@ -3,7 +3,10 @@
 //! - `link_fanout/10k_sinks_2_shards`: one message dispatched to 2 shards (the coordinator →
 //!   shard queue hop), pushed once on each shard's ring, and drained by 5,000 cursors per shard
 //!   into in-memory sinks (each sink queues the shared `Bytes`, as the Link's `OutQueue` does) — the
-//!   per-member cost is a cursor read and a refcount bump.
+//!   per-member cost is a cursor read and a refcount bump. Both "shards" run on this one thread,
+//!   over a copy of the loop: it stays as the single-threaded per-member cost (and the series
+//!   `scripts/bench-gate` has compared since issue 9); scaling with shards, on the real shard
+//!   code, one thread per shard, is `shard_scaling.rs`.
 //! - `link_wsframe/*`: building the WebSocket frame (header + JSON) of a message, which happens
 //!   once per message per Link.
 //!

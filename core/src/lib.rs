@@ -30,6 +30,8 @@
 
 //! - [`fanout`]: a shard's ring of recent frames per room and per-connection cursors.
 //! - [`shard_rooms`]: one Link shard's rings, with room-wide gap / reset markers in order.
+//! - [`shard_queue`]: the coordinator → shard queue (bounded in bytes, sleep/wake handshake)
+//!   and the gaps owed to a shard whose queue was full.
 //! - [`link_session`]: one client connection's rooms at a Link, as a state machine.
 //! - [`interest`]: a Link's member counts per room and what it owes the owner hubs about them.
 //! - [`http_upgrade`]: the HTTP/1.1 request head and answers of a Link's WebSocket upgrade.
@@ -60,6 +62,7 @@ pub mod quantiles;
 pub mod room;
 pub mod room_rates;
 pub mod room_table;
+pub mod shard_queue;
 pub mod shard_rooms;
 pub mod system_rooms;
 pub mod token_bucket;

@@ -69,7 +69,8 @@ pub enum RingItem {
         epoch: u64,
         /// What was lost and where delivery continues.
         lost: LostRange,
-        /// Why the Link missed it ([`GapReason::HubQueue`] or [`GapReason::Outage`]).
+        /// Why the Link missed it ([`GapReason::HubQueue`], [`GapReason::Outage`] or
+        /// [`GapReason::ShardQueue`]).
         reason: GapReason,
     },
     /// The room's history was lost under its members: positions restart at (`epoch`, 0).
@@ -103,11 +104,14 @@ pub enum GapReason {
     HubQueue,
     /// The Link lost its hub (or the room moved) and the rejoin could not replay everything.
     Outage,
+    /// This shard's inbox was full (`link.shard_queue_bytes`): its members missed these
+    /// (`shard_queue.rs`).
+    ShardQueue,
 }
 
 impl GapReason {
     /// Every reason, in [`GapReason::index`] order.
-    pub const ALL: [GapReason; 4] = [GapReason::Lagging, GapReason::History, GapReason::HubQueue, GapReason::Outage];
+    pub const ALL: [GapReason; 5] = [GapReason::Lagging, GapReason::History, GapReason::HubQueue, GapReason::Outage, GapReason::ShardQueue];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -116,6 +120,7 @@ impl GapReason {
             GapReason::History => "history",
             GapReason::HubQueue => "hub_queue",
             GapReason::Outage => "outage",
+            GapReason::ShardQueue => "shard_queue",
         }
     }
 

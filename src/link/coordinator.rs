@@ -47,6 +47,19 @@
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that
 //! finds it full, or the hub disconnected, is answered `503 hub unavailable` instead of waiting.
 //!
+//! **To the shards** the coordinator never waits either (`shard_inbox.rs`: lock-free inboxes
+//! bounded by `link.shard_queue_bytes`). A ring item (room message, gap, reset, presence notice)
+//! that a full shard cannot take is counted (`linkcast_link_shard_queue_full_total{shard}`) and
+//! owed to that shard only (the core's `OwedItems`): the room's missed seqs merge into one
+//! `Gap` (reason `shard_queue`), a missed reset replaces what was owed before it, and a missed
+//! presence notice is not owed (the next one supersedes it). What is owed goes before the room's
+//! next item on that shard, and is retried every [`OWED_RETRY`] while anything is owed, so the
+//! members get their `gap` once the shard has room even if the room falls silent; they resume
+//! from history. Other shards, and other rooms' members, are not touched. A replay that does not
+//! fit is dropped and its connection told (`ShardMsg::ReplayDropped`: the session asks again,
+//! as for its own mailbox's cap); other answers, closes, operators' actions and shutdown always
+//! pass (bounded by requests in flight and connections).
+//!
 //! **The inbox** ([`CoordInbox`], one per Link, cloned into every shard) never blocks a shard
 //! and is bounded: at most [`MAX_INBOX_JOINS`] joins and [`MAX_INBOX_PUBLISH_BYTES`] of publish
 //! frames wait in it. A join or publish beyond that is handed back to the connection
@@ -70,12 +83,14 @@ use linkcast_core::interest::{Announcement, LinkInterest};
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::{ClientError, Refusal};
 use linkcast_core::room::LostRange;
+use linkcast_core::shard_queue::OwedItems;
 use linkcast_core::shard_rooms::{make_id, GapReason, COORDINATOR_SHARD};
 use linkcast_core::ws_frame;
 
 use super::moderation::LinkModeration;
 use super::presence::LinkPresence;
 use super::shard::{shard_of, RingItem, RoomMessage, ShardMsg};
+use super::shard_inbox::{SendError, ShardSender};
 use crate::uplink::HubConnector;
 
 /// Shard / connection → coordinator.
@@ -120,6 +135,9 @@ pub(crate) enum CoordMsg {
     /// Stop.
     Shutdown,
 }
+
+/// How often ring items owed to full shards are retried while any are owed.
+const OWED_RETRY: Duration = Duration::from_millis(1);
 
 /// Most joins waiting in the coordinator's inbox.
 pub(crate) const MAX_INBOX_JOINS: usize = 16_384;
@@ -280,7 +298,11 @@ struct InFlight {
 /// The coordinator's state (see the module docs).
 struct Coordinator {
     link: LinkId,
-    shards: Vec<mpsc::Sender<ShardMsg>>,
+    shards: Vec<ShardSender>,
+    /// Per shard: the ring items its full inbox could not take, owed before the room's next.
+    owed: Vec<OwedItems>,
+    /// Per shard: `linkcast_link_shard_queue_full_total{shard}`.
+    queue_full: Vec<metrics::Counter>,
     directory: HubDirectory,
     /// The newest owner map from any hub: which hubs own rooms.
     view: OwnerView,
@@ -305,7 +327,7 @@ pub(crate) fn run(
     link: LinkId,
     hubs: Vec<HubId>,
     connector: Arc<dyn HubConnector>,
-    shards: Vec<mpsc::Sender<ShardMsg>>,
+    shards: Vec<ShardSender>,
     mut inbox: CoordReceiver,
     hubs_connected: Arc<AtomicUsize>,
     moderation: LinkModeration,
@@ -318,9 +340,16 @@ pub(crate) fn run(
             tasks.push(tokio::spawn(hub_session(hub, connector.clone(), events_tx.clone())));
         }
         drop(events_tx);
+        let queue_full: Vec<metrics::Counter> =
+            (0..shards.len()).map(|shard| metrics::counter!("linkcast_link_shard_queue_full_total", "shard" => shard.to_string())).collect();
+        for counter in &queue_full {
+            counter.increment(0);
+        }
         let mut coordinator = Coordinator {
             link,
             interest: LinkInterest::new(shards.len()),
+            owed: (0..shards.len()).map(|_| OwedItems::new()).collect(),
+            queue_full,
             shards,
             directory: HubDirectory::new(hubs),
             view: OwnerView::new(),
@@ -334,6 +363,8 @@ pub(crate) fn run(
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut owed_retry = tokio::time::interval(OWED_RETRY);
+        owed_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // No priority: the inbox and the hubs' frames are served in turn.
             tokio::select! {
@@ -342,6 +373,7 @@ pub(crate) fn run(
                     Some(msg) => coordinator.handle_client(msg).await,
                 },
                 Some(event) = events.recv() => coordinator.handle_hub_event(event).await,
+                _ = owed_retry.tick(), if coordinator.owes_shards() => coordinator.pay_owed(),
                 _ = tick.tick() => {
                     coordinator.announce_owed();
                     coordinator.rejoin_owed();
@@ -539,7 +571,7 @@ impl Coordinator {
             }
             CoordMsg::CloseConn { conn, reason } => {
                 if let Some(shard) = self.shards.get(shard_of(conn)) {
-                    let _ = shard.send(ShardMsg::Close { id: conn, reason }).await;
+                    shard.send(ShardMsg::Close { id: conn, reason });
                 }
             }
             CoordMsg::Shutdown => {}
@@ -553,7 +585,7 @@ impl Coordinator {
         let retry_after_ms = error.retry_after_ms().unwrap_or(0);
         let frame = FrameBuilder::new(room).build(&Body::Error { request: id, code, reason: reason.to_owned(), retry_after_ms });
         if let Some(shard) = self.shards.get(shard_of(id)) {
-            let _ = shard.send(ShardMsg::ToConn { id, frame }).await;
+            shard.send(ShardMsg::ToConn { id, frame });
         }
     }
 
@@ -610,11 +642,87 @@ impl Coordinator {
     }
 
     /// Sends a room-wide ring item to every shard with members of `room`.
-    async fn to_rings(&self, room: &str, item: RingItem) {
-        for (shard, &count) in self.interest.per_shard(room).iter().enumerate() {
-            if count > 0 {
-                let _ = self.shards[shard].send(ShardMsg::Marker { room: room.to_owned(), item: item.clone() }).await;
+    async fn to_rings(&mut self, room: &str, item: RingItem) {
+        for shard in 0..self.shards.len() {
+            if self.interest.per_shard(room).get(shard).is_some_and(|&count| count > 0) {
+                self.to_ring(shard, room, ShardMsg::Marker { room: room.to_owned(), item: item.clone() });
             }
+        }
+    }
+
+    /// Queues a ring item ([`ShardMsg::Room`] or [`ShardMsg::Marker`] of `room`) to `shard`
+    /// without waiting: behind what the shard is owed for the room, or, if its inbox is full,
+    /// owed itself (a shard-local `gap`, sent once the shard has room: [`Coordinator::pay_owed`]).
+    fn to_ring(&mut self, shard: usize, room: &str, msg: ShardMsg) {
+        if self.owed[shard].owes(room) && !self.pay_room(shard, room) {
+            return self.missed(shard, room, msg);
+        }
+        if let Err(SendError::Full(msg)) = self.shards[shard].try_send(msg) {
+            self.missed(shard, room, msg);
+        }
+    }
+
+    /// `shard`'s inbox could not take `msg` (a ring item of `room`): counted, and owed.
+    fn missed(&mut self, shard: usize, room: &str, msg: ShardMsg) {
+        self.queue_full[shard].increment(1);
+        let item = match msg {
+            ShardMsg::Room(message) => RingItem::Message(message),
+            ShardMsg::Marker { item, .. } => item,
+            _ => return,
+        };
+        self.owed[shard].missed(room, &item);
+    }
+
+    /// Sends what `shard` owes `room`'s members, in order; true when nothing stays owed.
+    fn pay_room(&mut self, shard: usize, room: &str) -> bool {
+        let mut items = self.owed[shard].take(room).into_iter();
+        while let Some(item) = items.next() {
+            if let Err(SendError::Full(ShardMsg::Marker { item, .. })) = self.shards[shard].try_send(ShardMsg::Marker { room: room.to_owned(), item }) {
+                self.owed[shard].missed(room, &item);
+                for rest in items {
+                    self.owed[shard].missed(room, &rest);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True when some shard is owed ring items.
+    fn owes_shards(&self) -> bool {
+        self.owed.iter().any(|owed| !owed.is_empty())
+    }
+
+    /// Pays what the shards are owed, as far as their inboxes take it (every [`OWED_RETRY`]
+    /// while anything is owed, so a room with no further message still gets its `gap`).
+    fn pay_owed(&mut self) {
+        for shard in 0..self.shards.len() {
+            if self.owed[shard].is_empty() || !self.shards[shard].has_room() {
+                continue;
+            }
+            let rooms: Vec<String> = self.owed[shard].rooms().map(str::to_owned).collect();
+            for room in rooms {
+                if self.interest.per_shard(room.as_str()).get(shard).is_none_or(|&count| count == 0) {
+                    self.owed[shard].forget(&room);
+                } else if !self.pay_room(shard, &room) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues a hub answer for connection or request `id` on its shard. A replay the shard's
+    /// full inbox cannot take is dropped and the connection told so (it asks for it again:
+    /// nothing lost); other answers always pass (a few per request in flight).
+    fn to_conn(&mut self, id: u64, frame: Frame) {
+        let Some(shard) = self.shards.get(shard_of(id)) else { return };
+        if !matches!(frame.body(), ArchivedBody::Replay { .. }) {
+            shard.send(ShardMsg::ToConn { id, frame });
+            return;
+        }
+        if let Err(SendError::Full(ShardMsg::ToConn { frame, .. })) = shard.try_send(ShardMsg::ToConn { id, frame }) {
+            metrics::counter!("linkcast_link_replay_dropped_bytes_total").increment(frame.len() as u64);
+            shard.send(ShardMsg::ReplayDropped { id });
         }
     }
 
@@ -625,12 +733,11 @@ impl Coordinator {
             return;
         }
         state.pushed = frame.seq();
-        let per_shard = self.interest.per_shard(frame.room());
         // Built once per message per Link; every shard and socket shares these bytes.
         let message = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
-        for (shard, &count) in per_shard.iter().enumerate() {
-            if count > 0 {
-                let _ = self.shards[shard].send(ShardMsg::Room(message.clone())).await;
+        for shard in 0..self.shards.len() {
+            if self.interest.per_shard(message.frame.room()).get(shard).is_some_and(|&count| count > 0) {
+                self.to_ring(shard, message.frame.room(), ShardMsg::Room(message.clone()));
             }
         }
     }
@@ -770,12 +877,10 @@ impl Coordinator {
             ArchivedBody::Joined { .. } => self.presence.last_count(frame.room()),
             _ => None,
         };
-        if let Some(shard) = self.shards.get(shard_of(request)) {
-            if let Some(count) = count {
-                let _ = shard.send(ShardMsg::ToConn { id: request, frame: count }).await;
-            }
-            let _ = shard.send(ShardMsg::ToConn { id: request, frame }).await;
+        if let Some(count) = count {
+            self.to_conn(request, count);
         }
+        self.to_conn(request, frame);
     }
 
     /// A hub's owner map: if it is newer than the view, every room with members whose owner

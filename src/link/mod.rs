@@ -1,7 +1,7 @@
 //! The Link runtime: the gateway where client connections live (DESIGN "link" role).
 //!
 //! ```text
-//!   hubs ──HubPort──▶ coordinator ──ShardMsg (bounded, Bytes clones)──▶ shard 0..N ──▶ sockets
+//!   hubs ──HubPort──▶ coordinator ──ShardMsg (crossbeam, byte-bounded, Bytes clones)──▶ shard 0..N ──▶ sockets
 //!      ◀─interest, joins, publishes──┘   ▲ CoordMsg (join/leave/publish)      │
 //!                                        └────────────────────────────────────┘
 //! ```
@@ -10,7 +10,10 @@
 //!   so the kernel spreads accepts) and the optional QUIC client socket, then spawns the shard
 //!   threads (`shard_thread.rs`, each a current-thread runtime over its `shard.rs` state: its
 //!   connections and rings) and the coordinator thread (`coordinator.rs`: routing between hubs
-//!   and shards, with the core's `LinkInterest` for membership and announcements).
+//!   and shards, with the core's `LinkInterest` for membership and announcements). Each shard's
+//!   inbox (`shard_inbox.rs`) is a lock-free queue bounded by `link.shard_queue_bytes`; the
+//!   coordinator never waits on it: what a full shard cannot take becomes a `gap` for that
+//!   shard's members only.
 //! - A client connection is pinned to the shard that accepted it. Its life (admission, the core
 //!   `LinkSession`, close) is `connection.rs`, whatever carries it: WebSocket (`upgrade.rs` for
 //!   the HTTP exchange, `ws.rs` for the connection) or QUIC (`quic_clients.rs`); `wire.rs`
@@ -28,7 +31,7 @@
 //!
 //! Module dependency order (each file uses only files listed before it; no cycle):
 //! `tally`, `registry`, `admission`, `socket`, `conn_io`, `wire`, `hub_connector` (leaves) →
-//! `shard` → `moderation` → `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` →
+//! `shard` → `shard_inbox` → `moderation` → `coordinator` → `connection` → `ws` → `upgrade`, `quic_clients` → `shard_thread` →
 //! this file. (Pre-auth caps are the crate's `pre_auth.rs`, shared with the hub.)
 
 mod admission;
@@ -42,6 +45,7 @@ mod presence;
 mod quic_clients;
 mod registry;
 mod shard;
+mod shard_inbox;
 mod shard_thread;
 mod socket;
 mod tally;
@@ -53,8 +57,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use tokio::sync::mpsc;
 
 use linkcast_core::auth::Verifier;
 use linkcast_core::hub_directory::HubId;
@@ -68,13 +70,11 @@ use coordinator::{CoordInbox, CoordMsg};
 pub use hub_connector::{Announce, QuicHubConnector};
 use registry::Users;
 use shard::{ShardMsg, ShardStats};
+use shard_inbox::ShardSender;
 use shard_thread::ShardSetup;
 use upgrade::PortSetup;
 
 pub use linkcast_core::placement::LinkId;
-
-/// Capacity, in messages, of each coordinator → shard channel.
-const SHARD_QUEUE: usize = 16 * 1024;
 
 /// What a Link needs to start.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ pub struct LinkHandle {
     /// Hubs connected right now (kept by the coordinator).
     hubs_connected: Arc<AtomicUsize>,
     /// The shards' inboxes (to stop them).
-    shards: Vec<mpsc::Sender<ShardMsg>>,
+    shards: Vec<ShardSender>,
     /// The coordinator's inbox (to stop it).
     coordinator: CoordInbox,
     threads: Vec<JoinHandle<()>>,
@@ -166,7 +166,7 @@ impl LinkHandle {
     /// `within` passed. The Link keeps running (call [`LinkHandle::shutdown`] next).
     pub async fn drain_clients(&self, retry_after_ms: u32, within: std::time::Duration) {
         for shard in &self.shards {
-            let _ = shard.send(ShardMsg::Drain { retry_after_ms }).await;
+            shard.send(ShardMsg::Drain { retry_after_ms });
         }
         let deadline = tokio::time::Instant::now() + within;
         while self.stats().connections > 0 && tokio::time::Instant::now() < deadline {
@@ -194,14 +194,8 @@ impl LinkHandle {
 
     fn signal_stop(&self) {
         for shard in &self.shards {
-            // A full queue is drained by the shard soon; `try_send` keeps this non-blocking,
-            // and a blocking retry on a helper thread covers the rare full case.
-            if let Err(mpsc::error::TrySendError::Full(msg)) = shard.try_send(ShardMsg::Shutdown) {
-                let shard = shard.clone();
-                std::thread::spawn(move || {
-                    let _ = shard.blocking_send(msg);
-                });
-            }
+            // Control messages always pass the shard's byte bound (`shard_inbox.rs`).
+            shard.send(ShardMsg::Shutdown);
         }
         let _ = self.coordinator.send(CoordMsg::Shutdown);
     }
@@ -266,7 +260,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let mut senders = Vec::with_capacity(shard_count);
     let mut receivers = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {
-        let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+        let (tx, rx) = shard_inbox::channel(config.link.shard_queue_bytes);
         senders.push(tx);
         receivers.push(rx);
     }

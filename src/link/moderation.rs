@@ -38,6 +38,7 @@ use linkcast_core::protocol::ClientError;
 
 use super::registry::Users;
 use super::shard::{shard_of, ConnAction, ShardMsg};
+use super::shard_inbox::ShardSender;
 use crate::clock::now_micros;
 
 /// Most bans (and, apart, most revocations) a Link remembers.
@@ -181,7 +182,7 @@ impl LinkModeration {
     }
 
     /// Handles a hub's `Moderate` or `UserQuery` frame; `to_hub` takes a `UserInfo` answer.
-    pub(crate) async fn handle(&self, frame: &Frame, shards: &[mpsc::Sender<ShardMsg>], to_hub: Option<mpsc::Sender<Frame>>) {
+    pub(crate) async fn handle(&self, frame: &Frame, shards: &[ShardSender], to_hub: Option<mpsc::Sender<Frame>>) {
         let user = frame.sender();
         match frame.body() {
             ArchivedBody::Moderate { action, reason, until_secs, .. } => {
@@ -203,7 +204,7 @@ impl LinkModeration {
                 }
                 for conn in self.users.connections(user) {
                     if let (Some(action), Some(shard)) = (per_conn(conn.id), shards.get(shard_of(conn.id))) {
-                        let _ = shard.send(ShardMsg::Moderate { id: conn.id, action: Box::new(action) }).await;
+                        shard.send(ShardMsg::Moderate { id: conn.id, action: Box::new(action) });
                     }
                 }
             }
@@ -215,7 +216,7 @@ impl LinkModeration {
                 for conn in conns {
                     let (reply, rooms) = oneshot::channel();
                     if let Some(shard) = shards.get(shard_of(conn.id)) {
-                        let _ = shard.send(ShardMsg::Moderate { id: conn.id, action: Box::new(ConnAction::Query(reply)) }).await;
+                        shard.send(ShardMsg::Moderate { id: conn.id, action: Box::new(ConnAction::Query(reply)) });
                     }
                     asked.push((conn, rooms));
                 }

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use linkcast_core::frame::{ArchivedBody, Body, FrameBuilder, FrameError, HEADER_LEN, MAX_ROOM_LEN, MAX_SENDER_LEN};
 use linkcast_core::link_session::{refuse, Request, ToClient, Wire};
@@ -30,6 +29,7 @@ use linkcast_core::protocol::{ClientError, Refusal};
 
 use super::connection::{count_close, ConnContext, Connection};
 use super::shard::ShardMsg;
+use super::shard_inbox::ShardSender;
 use super::tally;
 use super::wire::encode;
 use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
@@ -55,7 +55,7 @@ pub(crate) struct Accepted {
 /// which hands each connection to one of `shards` in turn.
 pub(crate) fn start_endpoint(
     socket: std::net::UdpSocket,
-    shards: Vec<mpsc::Sender<ShardMsg>>,
+    shards: Vec<ShardSender>,
     cert: Arc<ServerCert>,
     max_frame: usize,
 ) -> std::io::Result<quinn::Endpoint> {
@@ -78,7 +78,8 @@ pub(crate) fn start_endpoint(
                 continue;
             };
             let shard = next.fetch_add(1, Ordering::Relaxed) % shards.len();
-            let _ = shards[shard].send(ShardMsg::Quic(Box::new(Accepted { incoming, pre_auth }))).await;
+            // Always queued (bounded by the pre-auth caps above); a shard that is gone drops it.
+            shards[shard].send(ShardMsg::Quic(Box::new(Accepted { incoming, pre_auth })));
         }
     });
     Ok(endpoint)

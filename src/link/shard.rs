@@ -2,7 +2,8 @@
 //! that drives it is `shard_thread.rs`; the connections' drivers are `ws.rs` and
 //! `quic_clients.rs`.
 //!
-//! Data flow into a shard is one bounded channel of [`ShardMsg`] from the coordinator:
+//! Data flow into a shard is one inbox of [`ShardMsg`] from the coordinator, bounded in bytes
+//! (`shard_inbox.rs`):
 //! - [`ShardMsg::Room`]: a room message ([`RoomMessage`]: the hub's frame plus the WebSocket
 //!   frame built once per Link), or [`ShardMsg::Marker`]: a room-wide gap or reset
 //!   (`shard_rooms.rs`). [`ShardState::push`] puts it once onto that room's ring and returns the
@@ -14,6 +15,8 @@
 //!   or a close request for one connection (or one of its requests), found by id in
 //!   [`ShardState`] and posted to that connection's [`Mailbox`] with the room ring's tail at
 //!   that moment (the boundary between what a `Joined` covers and what the ring delivers).
+//!   [`ShardMsg::ReplayDropped`]: a replay the full inbox could not take; the connection asks
+//!   for it again.
 //! - [`ShardMsg::Moderate`]: an operator's action for one connection ([`ConnAction`], from
 //!   `moderation.rs`), posted to its mailbox like a close request.
 //! - [`ShardMsg::Quic`]: a QUIC client handed over by the shard that owns the UDP endpoint.
@@ -69,6 +72,12 @@ pub(crate) enum ShardMsg {
         id: u64,
         /// The hub's frame.
         frame: Frame,
+    },
+    /// Replays of join request `id` did not fit the shard's inbox: the connection asks for them
+    /// again (as when its mailbox drops them).
+    ReplayDropped {
+        /// The join's request id.
+        id: u64,
     },
     /// Close connection `id` with `reason` (e.g. the user opened too many).
     Close {
@@ -399,6 +408,14 @@ impl ShardState {
         if let Some(slot) = conn.and_then(|c| self.conns.get(&c)) {
             let ring_tail = self.rooms.tail(frame.room());
             slot.mailbox.post(ConnEvent::Hub { frame, ring_tail });
+        }
+    }
+
+    /// Tells the connection of join request `id` that replays of it were dropped before they
+    /// reached it (it asks for them again).
+    pub(crate) fn replay_dropped(&mut self, id: u64) {
+        if let Some(slot) = self.rooms.conn_of(id).and_then(|c| self.conns.get(&c)) {
+            slot.mailbox.post(ConnEvent::Dropped { request: id });
         }
     }
 

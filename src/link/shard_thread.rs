@@ -3,7 +3,9 @@
 //! messages.
 //!
 //! [`run`] starts the WebSocket accept loop (`upgrade.rs`) and, on the shard that owns it, the
-//! QUIC client endpoint (`quic_clients.rs`), then loops over the shard's inbox: room messages
+//! QUIC client endpoint (`quic_clients.rs`), then loops over the shard's inbox
+//! (`shard_inbox.rs`: a crossbeam queue bounded in bytes; an empty one parks this runtime on a
+//! `Notify` its senders ring only while it sleeps): room messages
 //! and markers are pushed onto the rings, hub answers and close requests routed to their
 //! connection, QUIC clients handed over started here. Messages already queued are applied (up to
 //! [`MAX_BURST`]) before any woken member is served, so a burst leaves each socket as one write;
@@ -17,8 +19,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use linkcast_core::protocol::ClientError;
 
 use super::admission::Admission;
@@ -27,13 +27,14 @@ use super::metrics::DeliveryClock;
 use super::coordinator::CoordInbox;
 use super::registry::Users;
 use super::shard::{ShardMsg, ShardState, ShardStats};
+use super::shard_inbox::{ShardInbox, ShardSender};
 use super::{quic_clients, tally, upgrade};
 use super::upgrade::PortSetup;
 use crate::config::LinkConfig;
 use crate::tls::ServerCert;
 
 /// Most coordinator messages applied before the woken members are written to.
-const MAX_BURST: usize = 256;
+const MAX_BURST: usize = linkcast_core::shard_queue::MAX_BURST;
 
 /// What a shard's thread is started with (everything `Send`; the thread builds its
 /// single-threaded state from it).
@@ -55,11 +56,11 @@ pub(crate) struct ShardSetup {
     pub(crate) listener: std::net::TcpListener,
     /// TLS and handshake bounds of the WebSocket port.
     pub(crate) port: PortSetup,
-    /// The coordinator → shard channel.
-    pub(crate) inbox: mpsc::Receiver<ShardMsg>,
+    /// The coordinator → shard inbox (`shard_inbox.rs`: bounded in bytes, wakes this runtime).
+    pub(crate) inbox: ShardInbox,
     /// On the shard that hosts the QUIC client endpoint: its socket, every shard's inbox to
     /// hand connections to, and the certificate to present.
-    pub(crate) quic: Option<(std::net::UdpSocket, Vec<mpsc::Sender<ShardMsg>>, Arc<ServerCert>)>,
+    pub(crate) quic: Option<(std::net::UdpSocket, Vec<ShardSender>, Arc<ServerCert>)>,
 }
 
 /// Runs the shard on the current thread until shutdown (see the module docs).
@@ -92,6 +93,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
                     }
                     ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
                     ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
+                    ShardMsg::ReplayDropped { id } => state.borrow_mut().replay_dropped(id),
                     ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
                     ShardMsg::Moderate { id, action } => state.borrow_mut().moderate(id, action),
                     ShardMsg::Quic(incoming) => {

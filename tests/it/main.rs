@@ -10,7 +10,8 @@
 //! - Link alone (fake in-process hub): [`link_fanout`], [`link_bad_input`], [`link_ws_framing`],
 //!   [`link_quic`], [`link_slow_consumer`], [`link_throughput`]; Link with two scripted fake
 //!   hubs (owner map, room-wide reset): [`link_owner_map`];
-//! - `serve` (hub + Link in-process): [`serve_e2e`], [`no_silent_loss_link`], the client library
+//! - `serve` (hub + Link in-process): [`serve_e2e`], [`no_silent_loss_link`], a full shard
+//!   inbox [`shard_queue`], the client library
 //!   [`client_resume`], [`client_quic`], the load generator [`bench_scenarios`], the demo page in
 //!   Chromium [`browser`];
 //! - processes of the binary: [`cluster`] (2 hubs, 3 Links), [`no_silent_loss`] (faults),
@@ -58,6 +59,7 @@ mod observability;
 mod operator_users;
 mod presence;
 mod security_edge;
+mod shard_queue;
 mod security_cluster;
 mod security_session;
 mod store_redis;

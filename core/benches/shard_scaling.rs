@@ -65,8 +65,17 @@ struct Conn {
     out: VecDeque<Bytes>,
 }
 
-/// A shard's thread: joins its members, then serves its inbox until the bench drops it.
-fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender<QueueSender<ToShard, Unpark>>) {
+/// CPU time this thread has run, ns (`/proc/thread-self/schedstat`; 0 where there is none).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A shard's thread: joins its members, then serves its inbox until the bench drops it;
+/// returns the CPU time it spent serving (ns).
+fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender<QueueSender<ToShard, Unpark>>) -> u64 {
     let (tx, rx) = shard_queue::queue::<ToShard, _>(64 << 20, Unpark(std::thread::current()));
     let mut rooms = ShardRooms::new(index, RingLimits::default());
     let limits = SessionLimits {
@@ -101,6 +110,7 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
     let mut woken = Vec::with_capacity(members);
     let mut delivered = 0u64;
     let mut acks = Vec::new();
+    let cpu_start = thread_cpu_ns();
     loop {
         // The shard loop's shape: wait for one, take what is queued (up to a bound), then serve
         // the members woken.
@@ -110,7 +120,7 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
                 std::thread::park();
                 continue;
             }
-            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Disconnected) => return thread_cpu_ns() - cpu_start,
         };
         let mut next = Some(first);
         let mut taken = 0;
@@ -145,9 +155,11 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
 /// `shards` shard threads with `MEMBERS` members in all, and their inboxes.
 struct Link {
     inboxes: Vec<QueueSender<ToShard, Unpark>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<u64>>,
     seq: u64,
     delivered: Arc<AtomicU64>,
+    /// CPU time of the bench's thread (the coordinator) in rounds, ns.
+    coordinator_ns: u64,
 }
 
 impl Link {
@@ -165,11 +177,12 @@ impl Link {
         drop(started_tx);
         let inboxes: Vec<_> = started.iter().collect();
         assert_eq!(inboxes.len(), shards);
-        Link { inboxes, threads, seq: 0, delivered: Arc::new(AtomicU64::new(0)) }
+        Link { inboxes, threads, seq: 0, delivered: Arc::new(AtomicU64::new(0)), coordinator_ns: 0 }
     }
 
     /// Publishes `PER_ITER` messages to the room and waits until every member has them.
     fn round(&mut self) {
+        let cpu_start = thread_cpu_ns();
         for _ in 0..PER_ITER {
             self.seq += 1;
             let frame = Frame::message(ROOM, self.seq, self.seq, "u", FLAG_JSON, &[b'1'; 100]);
@@ -187,15 +200,24 @@ impl Link {
         let total: u64 = (0..self.inboxes.len()).map(|_| acked.recv().expect("shard alive")).sum();
         let before = self.delivered.swap(total, Ordering::Relaxed);
         assert_eq!(total - before, PER_ITER * MEMBERS as u64, "every member got every message");
+        self.coordinator_ns += thread_cpu_ns() - cpu_start;
     }
 }
 
 impl Drop for Link {
+    /// Says what the shards' and the coordinator's CPU cost per delivery was: equal costs for 1
+    /// and 2 shards mean nothing is shared between shards, so deliveries/s scale with free cores.
     fn drop(&mut self) {
+        let shards = self.inboxes.len();
         self.inboxes.clear();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        let shard_ns: u64 = self.threads.drain(..).map(|thread| thread.join().unwrap_or(0)).sum();
+        let delivered = self.delivered.load(Ordering::Relaxed).max(1);
+        eprintln!(
+            "shard_scaling/{shards} shard(s): {delivered} deliveries, shard CPU {:.1} ns/delivery ({:.2} s), coordinator CPU {:.1} ns/delivery",
+            shard_ns as f64 / delivered as f64,
+            shard_ns as f64 / 1e9,
+            self.coordinator_ns as f64 / delivered as f64,
+        );
     }
 }
 

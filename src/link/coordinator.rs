@@ -642,10 +642,10 @@ impl Coordinator {
     }
 
     /// Sends a room-wide ring item to every shard with members of `room`.
-    async fn to_rings(&mut self, room: &str, item: RingItem) {
+    async fn push_rings(&mut self, room: &str, item: RingItem) {
         for shard in 0..self.shards.len() {
             if self.interest.per_shard(room).get(shard).is_some_and(|&count| count > 0) {
-                self.to_ring(shard, room, ShardMsg::Marker { room: room.to_owned(), item: item.clone() });
+                self.push_ring(shard, room, ShardMsg::Marker { room: room.to_owned(), item: item.clone() });
             }
         }
     }
@@ -653,7 +653,7 @@ impl Coordinator {
     /// Queues a ring item ([`ShardMsg::Room`] or [`ShardMsg::Marker`] of `room`) to `shard`
     /// without waiting: behind what the shard is owed for the room, or, if its inbox is full,
     /// owed itself (a shard-local `gap`, sent once the shard has room: [`Coordinator::pay_owed`]).
-    fn to_ring(&mut self, shard: usize, room: &str, msg: ShardMsg) {
+    fn push_ring(&mut self, shard: usize, room: &str, msg: ShardMsg) {
         if self.owed[shard].owes(room) && !self.pay_room(shard, room) {
             return self.missed(shard, room, msg);
         }
@@ -714,7 +714,7 @@ impl Coordinator {
     /// Queues a hub answer for connection or request `id` on its shard. A replay the shard's
     /// full inbox cannot take is dropped and the connection told so (it asks for it again:
     /// nothing lost); other answers always pass (a few per request in flight).
-    fn to_conn(&mut self, id: u64, frame: Frame) {
+    fn answer_conn(&mut self, id: u64, frame: Frame) {
         let Some(shard) = self.shards.get(shard_of(id)) else { return };
         if !matches!(frame.body(), ArchivedBody::Replay { .. }) {
             shard.send(ShardMsg::ToConn { id, frame });
@@ -737,7 +737,7 @@ impl Coordinator {
         let message = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
         for shard in 0..self.shards.len() {
             if self.interest.per_shard(message.frame.room()).get(shard).is_some_and(|&count| count > 0) {
-                self.to_ring(shard, message.frame.room(), ShardMsg::Room(message.clone()));
+                self.push_ring(shard, message.frame.room(), ShardMsg::Room(message.clone()));
             }
         }
     }
@@ -750,7 +750,7 @@ impl Coordinator {
         }
         state.pushed = lost.last_lost;
         let item = RingItem::Gap { epoch: state.epoch.unwrap_or(0), lost, reason };
-        self.to_rings(room, item).await;
+        self.push_rings(room, item).await;
     }
 
     /// Routes a frame from `hub`: room-wide ones (live messages, room-wide gaps and resets) only
@@ -788,7 +788,7 @@ impl Coordinator {
                 let room = frame.room().to_owned();
                 if self.interest.members(room.as_str()) > 0 {
                     let (item, list) = self.presence.handle_presence(frame, members, events);
-                    self.to_rings(&room, item).await;
+                    self.push_rings(&room, item).await;
                     if let Some(list) = list {
                         self.report_presence(&room, list);
                     }
@@ -799,7 +799,7 @@ impl Coordinator {
                 let (room, joined) = (frame.room().to_owned(), *joined);
                 if self.interest.members(room.as_str()) > 0 {
                     let item = LinkPresence::member_notice(frame, joined);
-                    self.to_rings(&room, item).await;
+                    self.push_rings(&room, item).await;
                 }
                 return;
             }
@@ -878,9 +878,9 @@ impl Coordinator {
             _ => None,
         };
         if let Some(count) = count {
-            self.to_conn(request, count);
+            self.answer_conn(request, count);
         }
-        self.to_conn(request, frame);
+        self.answer_conn(request, frame);
     }
 
     /// A hub's owner map: if it is newer than the view, every room with members whose owner
@@ -941,7 +941,7 @@ impl Coordinator {
         tracing::warn!(room = %room, "room history was lost at its hub (new epoch): resetting members");
         state.epoch = Some(epoch);
         state.pushed = last_seq;
-        self.to_rings(room, RingItem::Reset { epoch, last_seq }).await;
+        self.push_rings(room, RingItem::Reset { epoch, last_seq }).await;
     }
 
     /// The hub's answer to the coordinator's rejoin `request` of a room: into the rings.
@@ -959,7 +959,7 @@ impl Coordinator {
                 let Some(state) = self.rooms.get_mut(&room) else { return };
                 state.epoch = Some(epoch);
                 state.pushed = 0;
-                self.to_rings(&room, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
+                self.push_rings(&room, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
             }
             ArchivedBody::Gap { first_lost, last_lost, resume_from, .. } => {
                 let lost = LostRange {

@@ -487,7 +487,14 @@ pub struct LinkConfig {
     /// Seconds between SIGTERM (the Link tells its hubs it is draining, so `locate` stops
     /// offering it) and closing every client with 1001 and a retry hint.
     pub drain_secs: u64,
+    /// Linger of each shard, microseconds (0 = off, at most [`MAX_COALESCE_US`]): after the
+    /// first room message of a burst, wait up to this long for more before writing, so several
+    /// frames leave each member socket in one send (hot rooms with many messages per second).
+    pub coalesce_us: u32,
 }
+
+/// Largest `link.coalesce_us` (20 ms): a linger is a latency every message pays.
+pub const MAX_COALESCE_US: u32 = 20_000;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -515,6 +522,7 @@ impl Default for LinkConfig {
             replay_bytes: 1024 * 1024,
             broadcast_room: true,
             drain_secs: 5,
+            coalesce_us: 0,
         }
     }
 }
@@ -733,6 +741,9 @@ impl Config {
         }
         if self.link.max_message_bytes + 4096 > linkcast_core::frame::DEFAULT_MAX_FRAME_LEN {
             return Err(ConfigError::Invalid("link.max_message_bytes must be below 1 MiB (a publish must fit a Link↔hub frame)".into()));
+        }
+        if self.link.coalesce_us > MAX_COALESCE_US {
+            return Err(ConfigError::Invalid(format!("link.coalesce_us must be at most {MAX_COALESCE_US} (20 ms)")));
         }
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {
             return Err(ConfigError::Invalid("group_size, ring_items and ring_bytes must be positive".into()));
@@ -955,6 +966,16 @@ mod security_tests {
         assert_eq!(config.tls.client_ca_file, Some("links-ca.pem".into()));
         assert_eq!((config.tls.client_cert_file, config.tls.client_key_file), (Some("link.pem".into()), Some("link.key".into())));
         assert_eq!(config.link.drain_secs, 30);
+    }
+
+    #[test]
+    fn coalesce_us_defaults_off_and_is_bounded() {
+        let config = Config::from_toml("").expect("valid");
+        assert_eq!(config.link.coalesce_us, 0);
+        let config = Config::from_toml("[link]\ncoalesce_us = 20000").expect("valid");
+        assert!(config.validate().is_ok(), "20 ms is the bound, allowed");
+        let config = Config::from_toml("[link]\ncoalesce_us = 20001").expect("parses");
+        assert!(config.validate().is_err(), "above 20 ms is refused");
     }
 }
 

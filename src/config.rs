@@ -490,7 +490,14 @@ pub struct LinkConfig {
     /// Byte bound of each shard's inbox (coordinator → shard): room frames a full shard cannot
     /// take become a `gap` for that shard's members (`linkcast_link_shard_queue_full_total`).
     pub shard_queue_bytes: usize,
+    /// Linger of each shard, microseconds (0 = off, at most [`MAX_COALESCE_US`]): after the
+    /// first room message of a burst, wait up to this long for more before writing, so several
+    /// frames leave each member socket in one send (hot rooms with many messages per second).
+    pub coalesce_us: u32,
 }
+
+/// Largest `link.coalesce_us` (20 ms): a linger is a latency every message pays.
+pub const MAX_COALESCE_US: u32 = 20_000;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -519,6 +526,7 @@ impl Default for LinkConfig {
             broadcast_room: true,
             drain_secs: 5,
             shard_queue_bytes: 64 * 1024 * 1024,
+            coalesce_us: 0,
         }
     }
 }
@@ -741,6 +749,9 @@ impl Config {
         if self.link.shard_queue_bytes == 0 {
             return Err(ConfigError::Invalid("link.shard_queue_bytes must be positive".into()));
         }
+        if self.link.coalesce_us > MAX_COALESCE_US {
+            return Err(ConfigError::Invalid(format!("link.coalesce_us must be at most {MAX_COALESCE_US} (20 ms)")));
+        }
         if self.hub.group_size == 0 || self.link.ring_items == 0 || self.link.ring_bytes == 0 {
             return Err(ConfigError::Invalid("group_size, ring_items and ring_bytes must be positive".into()));
         }
@@ -962,6 +973,16 @@ mod security_tests {
         assert_eq!(config.tls.client_ca_file, Some("links-ca.pem".into()));
         assert_eq!((config.tls.client_cert_file, config.tls.client_key_file), (Some("link.pem".into()), Some("link.key".into())));
         assert_eq!(config.link.drain_secs, 30);
+    }
+
+    #[test]
+    fn coalesce_us_defaults_off_and_is_bounded() {
+        let config = Config::from_toml("").expect("valid");
+        assert_eq!(config.link.coalesce_us, 0);
+        let config = Config::from_toml("[link]\ncoalesce_us = 20000").expect("valid");
+        assert!(config.validate().is_ok(), "20 ms is the bound, allowed");
+        let config = Config::from_toml("[link]\ncoalesce_us = 20001").expect("parses");
+        assert!(config.validate().is_err(), "above 20 ms is refused");
     }
 }
 

@@ -8,8 +8,12 @@
 //! `Notify` its senders ring only while it sleeps): room messages
 //! and markers are pushed onto the rings, hub answers and close requests routed to their
 //! connection, QUIC clients handed over started here. Messages already queued are applied (up to
-//! [`MAX_BURST`]) before any woken member is served, so a burst leaves each socket as one write;
-//! after those writes each room message of the burst is timed once (publish → written,
+//! [`MAX_BURST`]) before any woken member is served, so a burst leaves each socket as one write.
+//! With `link.coalesce_us` > 0 the shard then lingers: once a burst woke members it keeps
+//! applying messages for up to that long before serving them, so the frames of a hot room
+//! (thousands of comments a second) leave each socket in one send instead of one each; a drain or
+//! shutdown ends the linger at once, and control messages are applied as they come (connection
+//! tasks run while the shard waits). After those writes each room message of the burst is timed once (publish → written,
 //! `linkcast_link_delivery_seconds`, `metrics.rs`).
 //! On [`ShardMsg::Shutdown`] new connections are refused, every connection is asked to close with
 //! 1001, and the thread waits briefly for their close frames to leave. [`ShardMsg::Drain`] (a
@@ -26,7 +30,7 @@ use super::connection::ConnContext;
 use super::metrics::DeliveryClock;
 use super::coordinator::CoordInbox;
 use super::registry::Users;
-use super::shard::{ShardMsg, ShardState, ShardStats};
+use super::shard::{ShardMsg, ShardState, ShardStats, Woken};
 use super::shard_inbox::{ShardInbox, ShardSender};
 use super::{quic_clients, tally, upgrade};
 use super::upgrade::PortSetup;
@@ -35,6 +39,28 @@ use crate::tls::ServerCert;
 
 /// Most coordinator messages applied before the woken members are written to.
 const MAX_BURST: usize = linkcast_core::shard_queue::MAX_BURST;
+
+/// What applying a coordinator message lets the shard loop do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// Go on (and linger if configured).
+    Go,
+    /// Write now: connections are closing (drain), holding frames helps nobody.
+    Stop,
+    /// Shut down.
+    Break,
+}
+
+impl Linger {
+    /// The stronger of two outcomes.
+    fn and(self, other: Linger) -> Linger {
+        match (self, other) {
+            (Linger::Break, _) | (_, Linger::Break) => Linger::Break,
+            (Linger::Stop, _) | (_, Linger::Stop) => Linger::Stop,
+            _ => Linger::Go,
+        }
+    }
+}
 
 /// What a shard's thread is started with (everything `Send`; the thread builds its
 /// single-threaded state from it).
@@ -80,31 +106,58 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
         };
         let mut woken = Vec::new();
         let mut clock = DeliveryClock::new();
+        let linger = std::time::Duration::from_micros(u64::from(ctx.link.coalesce_us));
+        // Applies one coordinator message; `Break` on shutdown.
+        let apply = |msg: ShardMsg, woken: &mut Vec<Woken>, clock: &mut DeliveryClock| {
+            match msg {
+                ShardMsg::Room(message) => {
+                    clock.pushed(message.frame.ts_micros());
+                    state.borrow_mut().push_message(message, woken);
+                }
+                ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, woken),
+                ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
+                ShardMsg::ReplayDropped { id } => state.borrow_mut().replay_dropped(id),
+                ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
+                ShardMsg::Moderate { id, action } => state.borrow_mut().moderate(id, action),
+                ShardMsg::Quic(incoming) => {
+                    tokio::task::spawn_local(quic_clients::handle(*incoming, ctx.clone()));
+                }
+                ShardMsg::Drain { retry_after_ms } => {
+                    state.borrow_mut().close_all_draining(retry_after_ms);
+                    return Linger::Stop;
+                }
+                ShardMsg::Shutdown => return Linger::Break,
+            }
+            Linger::Go
+        };
         'run: while let Some(first) = inbox.recv().await {
             // Take what is already queued (up to a bound) before waking anyone, so a burst of
-            // room messages reaches each member socket as one vectored write.
+            // room messages reaches each member socket as one write.
             let mut next = Some(first);
             let mut taken = 0;
+            let mut flow = Linger::Go;
             while let Some(msg) = next.take() {
-                match msg {
-                    ShardMsg::Room(message) => {
-                        clock.pushed(message.frame.ts_micros());
-                        state.borrow_mut().push_message(message, &mut woken);
-                    }
-                    ShardMsg::Marker { room, item } => state.borrow_mut().push(&room, item, &mut woken),
-                    ShardMsg::ToConn { id, frame } => state.borrow_mut().route(id, frame),
-                    ShardMsg::ReplayDropped { id } => state.borrow_mut().replay_dropped(id),
-                    ShardMsg::Close { id, reason } => state.borrow_mut().close(id, reason),
-                    ShardMsg::Moderate { id, action } => state.borrow_mut().moderate(id, action),
-                    ShardMsg::Quic(incoming) => {
-                        tokio::task::spawn_local(quic_clients::handle(*incoming, ctx.clone()));
-                    }
-                    ShardMsg::Drain { retry_after_ms } => state.borrow_mut().close_all_draining(retry_after_ms),
-                    ShardMsg::Shutdown => break 'run,
+                flow = flow.and(apply(msg, &mut woken, &mut clock));
+                if flow == Linger::Break {
+                    break 'run;
                 }
                 taken += 1;
                 if taken < MAX_BURST {
                     next = inbox.try_recv().ok();
+                }
+            }
+            // The linger (`link.coalesce_us`): members woken by room messages wait up to that
+            // long for more, so a hot room's frames leave each socket together. Control
+            // messages that arrive meanwhile are applied at once (connection tasks run while
+            // the shard waits); a drain or shutdown ends the wait.
+            if !linger.is_zero() && !woken.is_empty() && flow == Linger::Go {
+                let deadline = tokio::time::Instant::now() + linger;
+                while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, inbox.recv()).await {
+                    match apply(msg, &mut woken, &mut clock) {
+                        Linger::Go => {}
+                        Linger::Stop => break,
+                        Linger::Break => break 'run,
+                    }
                 }
             }
             for conn in woken.drain(..) {

@@ -46,6 +46,7 @@ mod hub_forward;
 mod hub_http;
 mod js_client;
 mod link_bad_input;
+mod link_coalesce;
 mod link_fanout;
 mod links_dynamic;
 mod link_owner_map;

@@ -158,7 +158,7 @@ fn fanout_push_read((mut ring, mut cursors, mut batch, frame): RingState) {
     ring.push(frame.clone(), frame.len());
     for cursor in cursors.iter_mut() {
         batch.clear();
-        black_box(ring.read(cursor, 256 * 1024, &mut batch));
+        let _ = black_box(ring.read(cursor, 256 * 1024, &mut batch));
     }
     std::mem::forget((ring, cursors, batch, frame));
 }
@@ -196,7 +196,7 @@ fn fanout_shard_push_wake(mut s: ShardState) {
     for conn in s.wake.drain(..) {
         let (cursor, ticket) = &mut s.members[conn as usize];
         s.batch.clear();
-        black_box(s.room.read(cursor, 256 * 1024, &mut s.batch));
+        let _ = black_box(s.room.read(cursor, 256 * 1024, &mut s.batch));
         s.room.park(conn, ticket);
     }
     std::mem::forget(s);

@@ -297,13 +297,17 @@ fn decode(buf: &[u8], ctx: &Ctx, index: u64, track: &Track, after: &mut After) -
     used
 }
 
-/// Handles one text message.
+/// Handles one text message. Only the bench room's messages count: the Link also joins every
+/// connection to its personal room `user:{sub}` and to `all`, each with a `joined` of its own.
 fn on_text(payload: &[u8], ctx: &Ctx, index: u64, track: &Track, after: &mut After) {
     let Ok(text) = std::str::from_utf8(payload) else {
         ctx.errors.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    let rooms = &ctx.spec.rooms;
+    let mine = rooms.get((index % rooms.len().max(1) as u64) as usize).map_or("", String::as_str);
     match ServerMsg::<Stamp>::decode(text) {
+        Ok(ServerMsg::Message { room, .. } | ServerMsg::Joined { room, .. } | ServerMsg::Gap { room, .. }) if room != mine => {}
         Ok(ServerMsg::Message { seq, data, .. }) => {
             let last = track.last_seq.load(Ordering::Relaxed);
             if seq <= last {

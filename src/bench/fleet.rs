@@ -13,6 +13,8 @@
 //! would see them), raw (uWebSockets.js: the payload is broadcast verbatim to every socket) and
 //! NATS (its text protocol over its WebSocket listener).
 
+mod lean;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +76,13 @@ pub(crate) struct FleetSpec {
     pub reconnect_initial_ms: u64,
     /// Seed for backoff jitter and drop selection.
     pub seed: u64,
+    /// Lean subscribers (`lean.rs`: linkcast only, no reconnects) instead of the client
+    /// library's session over tokio-websockets.
+    #[serde(default)]
+    pub lean: bool,
+    /// Extra attempts a lean subscriber makes to connect and join before it counts as failed.
+    #[serde(default)]
+    pub connect_retries: u32,
 }
 
 /// Sent once every subscriber joined or failed.
@@ -95,6 +104,12 @@ pub(crate) struct Ready {
     pub rss_before: u64,
     /// RSS once all joined.
     pub rss_ready: u64,
+    /// CPU seconds of this process once all joined.
+    #[serde(default)]
+    pub cpu_ready: f64,
+    /// Connect/join attempts retried after a failure or a timeout (lean subscribers).
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// Periodic counters.
@@ -131,6 +146,25 @@ pub(crate) struct Final {
     pub rss_bytes: u64,
     /// This process's CPU seconds at the end.
     pub cpu_secs: f64,
+    /// Unique deliveries when the parent's window closed ([`FleetCmd::Window`]); the rest came late.
+    #[serde(default)]
+    pub received_in_window: u64,
+    /// CPU seconds of this process when told to stop (before closing its connections).
+    #[serde(default)]
+    pub cpu_at_stop: f64,
+    /// Messages skipped with no `gap` (a delivery's seq beyond last + 1): silent loss (lean).
+    #[serde(default)]
+    pub holes: u64,
+    /// Owed deliveries (published to the room × joined connections) that never arrived (lean:
+    /// counted per connection from its unique deliveries).
+    #[serde(default)]
+    pub missing: u64,
+    /// Connections that ended before Stop (lean; they do not reconnect).
+    #[serde(default)]
+    pub ended: u64,
+    /// Why the first of them ended.
+    #[serde(default)]
+    pub first_end: Option<String>,
 }
 
 /// A fleet's answers.
@@ -155,6 +189,12 @@ pub(crate) enum FleetCmd {
         fraction: f64,
         /// Distinguishes successive drops.
         generation: u64,
+    },
+    /// The parent's delivery window closed: snapshot the counters (what comes after is late)
+    /// and keep the messages published per room index for the per-connection accounting.
+    Window {
+        /// Messages accepted per room index.
+        published_per_room: Vec<u64>,
     },
     /// Close everything and send `Final`.
     Stop,
@@ -188,9 +228,45 @@ struct Ctx {
     first_error: Mutex<Option<String>>,
     recorder: ShardedRecorder,
     connect_slots: Semaphore,
+    /// Lean subscribers' per-connection slots (empty for full subscribers).
+    track: Vec<lean::Track>,
+    holes: AtomicU64,
+    retries: AtomicU64,
+    ended: AtomicU64,
+    first_end: Mutex<Option<String>>,
 }
 
 impl Ctx {
+    /// A fleet's shared state for `spec` (targets parsed; unusable ones left out).
+    fn new(spec: FleetSpec) -> Ctx {
+        let urls: Vec<WsUrl> = spec.targets.iter().filter_map(|t| WsUrl::parse(t, spec.token.as_deref()).ok()).collect();
+        Ctx {
+            urls,
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_delivery_us: AtomicU64::new(0),
+            joined_per_room: (0..spec.rooms.len()).map(|_| AtomicU64::new(0)).collect(),
+            connect_latency: Mutex::new(stats::new_histogram()),
+            first_error: Mutex::new(None),
+            recorder: ShardedRecorder::new(64),
+            connect_slots: Semaphore::new(spec.connect_concurrency.max(1)),
+            track: if spec.lean { (0..spec.count).map(|_| lean::Track::default()).collect() } else { Vec::new() },
+            holes: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            first_end: Mutex::new(None),
+            spec,
+        }
+    }
+
     fn deliver(&self, index: u64, sent_us: u64) {
         let now = crate::clock::now_micros();
         self.received.fetch_add(1, Ordering::Relaxed);
@@ -225,27 +301,7 @@ impl Ctx {
 /// Runs a fleet until `Stop` (or the command channel closes), reporting on `out`.
 pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<FleetCmd>, out: mpsc::Sender<FleetMsg>) {
     let rss_before = ProcSample::own().rss_bytes;
-    let urls: Vec<WsUrl> = spec.targets.iter().filter_map(|t| WsUrl::parse(t, spec.token.as_deref()).ok()).collect();
-    let ctx = Arc::new(Ctx {
-        urls,
-        received: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
-        gaps: AtomicU64::new(0),
-        drops: AtomicU64::new(0),
-        reconnects: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        connected: AtomicU64::new(0),
-        opened: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        last_delivery_us: AtomicU64::new(0),
-        joined_per_room: (0..spec.rooms.len()).map(|_| AtomicU64::new(0)).collect(),
-        connect_latency: Mutex::new(stats::new_histogram()),
-        first_error: Mutex::new(None),
-        recorder: ShardedRecorder::new(64),
-        connect_slots: Semaphore::new(spec.connect_concurrency.max(1)),
-        spec,
-    });
+    let ctx = Arc::new(Ctx::new(spec));
     let (control_tx, control_rx) = watch::channel(Control::default());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -255,11 +311,15 @@ pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<Flee
     } else {
         for i in 0..ctx.spec.count {
             let index = ctx.spec.first + i;
-            tasks.spawn(subscriber(ctx.clone(), index, control_rx.clone()));
+            if ctx.spec.lean {
+                tasks.spawn(lean::subscriber(ctx.clone(), i as usize, index, ctx.spec.connect_retries));
+            } else {
+                tasks.spawn(subscriber(ctx.clone(), index, control_rx.clone()));
+            }
         }
     }
     // Wait until every subscriber settled; bounded by the connect timeout per concurrency wave.
-    let waves = ctx.spec.count / ctx.spec.connect_concurrency.max(1) as u64 + 2;
+    let waves = (ctx.spec.count / ctx.spec.connect_concurrency.max(1) as u64 + 2) * (u64::from(ctx.spec.connect_retries) + 1);
     let deadline = started + Duration::from_millis(ctx.spec.connect_timeout_ms.saturating_mul(waves)).min(Duration::from_secs(600));
     while ctx.settled() < ctx.spec.count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -274,16 +334,22 @@ pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<Flee
         first_error: ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         rss_before,
         rss_ready: ProcSample::own().rss_bytes,
+        cpu_ready: ProcSample::own().cpu_secs,
+        retries: ctx.retries.load(Ordering::Relaxed),
     };
     if out.send(FleetMsg::Ready(ready)).await.is_err() {
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut window: Option<(u64, Vec<u64>)> = None;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(FleetCmd::Drop { fraction, generation }) => {
                     control_tx.send_modify(|c| { c.drop_fraction = fraction; c.drop_generation = generation; });
+                }
+                Some(FleetCmd::Window { published_per_room }) => {
+                    window = Some((ctx.received.load(Ordering::Relaxed), published_per_room));
                 }
                 Some(FleetCmd::Stop) | None => break,
             },
@@ -298,12 +364,20 @@ pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<Flee
             }
         }
     }
+    // Lean subscribers do not watch the control: the abort closes their sockets.
+    let received = ctx.received.load(Ordering::Relaxed);
+    let cpu_at_stop = ProcSample::own().cpu_secs;
+    let missing = window.as_ref().map_or(0, |(_, published)| missing_deliveries(&ctx, published));
+    if ctx.spec.lean {
+        tasks.abort_all();
+    }
     control_tx.send_modify(|c| c.stop = true);
     let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     let own = ProcSample::own();
+    let received_in_window = window.as_ref().map_or(received, |(r, _)| *r);
     let last = Final {
-        received: ctx.received.load(Ordering::Relaxed),
+        received,
         duplicates: ctx.duplicates.load(Ordering::Relaxed),
         lost: ctx.lost.load(Ordering::Relaxed),
         gaps: ctx.gaps.load(Ordering::Relaxed),
@@ -314,8 +388,30 @@ pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<Flee
         recorder: ctx.recorder.merged().dump(),
         rss_bytes: own.rss_bytes,
         cpu_secs: own.cpu_secs,
+        received_in_window,
+        cpu_at_stop,
+        holes: ctx.holes.load(Ordering::Relaxed),
+        missing,
+        ended: ctx.ended.load(Ordering::Relaxed),
+        first_end: ctx.first_end.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     let _ = out.send(FleetMsg::Final(Box::new(last))).await;
+}
+
+/// Σ over the lean connections that joined of (messages published to their room − their unique
+/// deliveries): what never arrived (0 for full subscribers, whose sessions count losses).
+fn missing_deliveries(ctx: &Ctx, published_per_room: &[u64]) -> u64 {
+    let rooms = ctx.spec.rooms.len().max(1) as u64;
+    ctx.track
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.state.load(Ordering::Relaxed) & lean::JOINED != 0)
+        .map(|(i, t)| {
+            let room = ((ctx.spec.first + i as u64) % rooms) as usize;
+            let owed = published_per_room.get(room).copied().unwrap_or(0);
+            owed.saturating_sub(u64::from(t.got.load(Ordering::Relaxed)))
+        })
+        .sum()
 }
 
 /// Whether subscriber `index` is among the `fraction` cut by drop `generation`.
@@ -613,6 +709,36 @@ impl Dialect<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-connection futures, measured without polling them: the lean one is what a lean
+    /// worker holds per idle connection (plus the task header and the socket's registration);
+    /// `cargo test … subscriber_futures -- --nocapture` prints both for docs/benchmarks.md.
+    #[tokio::test]
+    async fn subscriber_futures_the_lean_one_is_small() {
+        let spec = FleetSpec {
+            proto: Proto::Linkcast,
+            targets: vec!["ws://127.0.0.1:9/ws".into()],
+            token: None,
+            rooms: vec!["r".into()],
+            first: 0,
+            count: 1,
+            bind: Vec::new(),
+            connect_concurrency: 1,
+            connect_timeout_ms: 1000,
+            reconnect_initial_ms: 10,
+            seed: 1,
+            lean: true,
+            connect_retries: 0,
+        };
+        let ctx = Arc::new(Ctx::new(spec));
+        let (_tx, rx) = watch::channel(Control::default());
+        let full = subscriber(ctx.clone(), 0, rx);
+        let lean = lean::subscriber(ctx.clone(), 0, 0, 0);
+        let (full, lean) = (std::mem::size_of_val(&full), std::mem::size_of_val(&lean));
+        println!("future bytes: full subscriber {full}, lean subscriber {lean}; Track slot {}", std::mem::size_of::<lean::Track>());
+        assert!(lean < 1024 && lean < full, "lean {lean} B, full {full} B");
+        assert_eq!(std::mem::size_of::<lean::Track>(), 16);
+    }
 
     #[test]
     fn drop_selection_is_about_the_fraction() {

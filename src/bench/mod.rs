@@ -147,18 +147,35 @@ pub struct LoadArgs {
     /// 127.0.0.2, 127.0.0.3, …).
     #[arg(long)]
     pub bind: Vec<IpAddr>,
-    /// Connects in flight at once per fleet.
-    #[arg(long, default_value_t = 256)]
-    pub connect_concurrency: usize,
+    /// Connects in flight at once per fleet (default: --connect-budget shared by the fleets).
+    #[arg(long)]
+    pub connect_concurrency: Option<usize>,
+    /// Connects in flight at once over all fleets together, when --connect-concurrency is not
+    /// given: each fleet gets budget / fleets (8 to 256). A budget that does not grow with the
+    /// number of workers keeps the time a connect waits in the servers' queues bounded.
+    #[arg(long, default_value_t = 2048)]
+    pub connect_budget: usize,
+    /// Extra attempts a (lean) subscriber makes to connect and join before it counts as failed.
+    #[arg(long, default_value_t = 2)]
+    pub connect_retries: u32,
+    /// Subscriber implementation: `lean` (a few hundred bytes per connection, linkcast only, no
+    /// reconnects), `full` (the client library's session over tokio-websockets), `auto`: lean
+    /// for linkcast fanout/rooms/connect, full otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub client: ClientKind,
     /// Bound on one connect + join, milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
     /// Idle seconds between "all joined" and the first publish (RSS of idle connections).
     #[arg(long, default_value_t = 0.5)]
     pub hold: f64,
-    /// Most seconds to wait for owed deliveries after the last publish.
+    /// The delivery window: most seconds to wait for owed deliveries after the last publish.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// After the window, most seconds more to wait for what is still owed: deliveries that
+    /// arrive then are counted as late, what never arrives as lost.
+    #[arg(long, default_value_t = 30.0)]
+    pub late_drain: f64,
     /// resume: share of subscribers cut at each drop.
     #[arg(long, default_value_t = 0.5)]
     pub drop_fraction: f64,
@@ -183,6 +200,17 @@ pub struct LoadArgs {
     /// Print nothing but errors (tests).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Which subscriber implementation a fleet runs (`--client`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// Lean for linkcast fanout/rooms/connect, full otherwise.
+    Auto,
+    /// The lean subscriber (`fleet/lean.rs`).
+    Lean,
+    /// The client library's session over tokio-websockets.
+    Full,
 }
 
 /// Why a bench run could not proceed.
@@ -272,6 +300,16 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
     let mut fleets: Vec<FleetHandle> = Vec::new();
     let fleet_count = workers.max(1);
     let chunk = total_subs.div_ceil(fleet_count);
+    let lean = match args.client {
+        ClientKind::Lean => true,
+        ClientKind::Full => false,
+        ClientKind::Auto => args.proto == Proto::Linkcast && matches!(scenario, "fanout" | "rooms" | "connect"),
+    };
+    if lean && (args.proto != Proto::Linkcast || scenario == "resume") {
+        return Err(BenchError::Usage("--client lean speaks linkcast only and does not resume".into()));
+    }
+    let connect_concurrency =
+        args.connect_concurrency.unwrap_or_else(|| (args.connect_budget / fleet_count as usize).clamp(8, 256));
     for k in 0..fleet_count {
         let first = k * chunk;
         let count = chunk.min(total_subs.saturating_sub(first));
@@ -289,10 +327,12 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             first,
             count,
             bind,
-            connect_concurrency: args.connect_concurrency,
+            connect_concurrency,
             connect_timeout_ms: args.connect_timeout_ms,
             reconnect_initial_ms: args.reconnect_ms,
             seed: run_id ^ k,
+            lean,
+            connect_retries: if lean { args.connect_retries } else { 0 },
         };
         let handle = if workers > 0 {
             worker::spawn_process(k as usize, &spec, msg_tx.clone()).await?
@@ -392,6 +432,25 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             Err(_) => {}
         }
     }
+    // The window closed: what arrives from now on is late. Wait (bounded) for the rest, so that
+    // late and never-arrived are told apart.
+    let window_closed_us = crate::clock::now_micros();
+    for f in &fleets {
+        let _ = f.commands.send(FleetCmd::Window { published_per_room: published.per_room.clone() }).await;
+    }
+    let late_deadline = Instant::now() + Duration::from_secs_f64(args.late_drain.max(0.0));
+    loop {
+        let received: u64 = latest.iter().map(|p| p.received).sum();
+        if received >= expected || Instant::now() >= late_deadline {
+            break;
+        }
+        progress.set_message(format!("late drain: delivered {received} / {expected}"));
+        match tokio::time::timeout(Duration::from_millis(300), msg_rx.recv()).await {
+            Ok(Some((id, msg))) => absorb(id, msg, &mut [], &mut latest, &mut finals),
+            Ok(None) => return Err(BenchError::Fleets("while draining late deliveries")),
+            Err(_) => {}
+        }
+    }
     // One more beat for stragglers beyond `expected` (duplicates) to show up.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let cpu_end = ProcSample::of(&args.server_pid);
@@ -431,6 +490,13 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
     let window_secs = (last_delivery_us.max(published.last_send_us).saturating_sub(published.first_send_us)) as f64 / 1e6;
     let server_cpu = cpu_end.cpu_secs - cpu_start.cpu_secs;
     let unique = received - extra;
+    let in_window: u64 = finals.iter().map(|f| f.received_in_window).sum::<u64>().min(unique);
+    let client_cpu_window: f64 = if workers > 0 {
+        finals.iter().zip(&readies).map(|(f, r)| (f.cpu_at_stop - r.cpu_ready).max(0.0)).sum()
+    } else {
+        // In-process fleets share this process's clock with the publisher: not separable.
+        0.0
+    };
     let (client_rss_per_conn, client_cpu, processes) = if workers > 0 {
         let rss: u64 = readies.iter().map(|r| r.rss_ready.saturating_sub(r.rss_before)).sum();
         (per(rss as f64, opened), finals.iter().map(|f| f.cpu_secs).sum(), workers)
@@ -456,6 +522,10 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             connect_latency_us: stats::quantiles(&connect_latency),
             drops: finals.iter().map(|f| f.drops).sum(),
             reconnects: finals.iter().map(|f| f.reconnects).sum(),
+            retries: readies.iter().map(|r| r.retries).sum(),
+            connect_concurrency,
+            ended: finals.iter().map(|f| f.ended).sum(),
+            first_end: finals.iter().find_map(|f| f.first_end.clone()),
         },
         deliveries: report::DeliveryStats {
             messages_sent: published.sent,
@@ -464,6 +534,10 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             expected,
             received: unique,
             lost: expected.saturating_sub(unique),
+            late: unique - in_window,
+            holes: finals.iter().map(|f| f.holes).sum(),
+            missing: finals.iter().map(|f| f.missing).sum(),
+            window_closed_after_secs: window_closed_us.saturating_sub(published.first_send_us) as f64 / 1e6,
             duplicated: seen_duplicates + extra,
             reported_lost: finals.iter().map(|f| f.lost).sum(),
             gaps: finals.iter().map(|f| f.gaps).sum(),
@@ -483,7 +557,15 @@ pub async fn run_load(scenario: &str, args: LoadArgs) -> Result<Report, BenchErr
             rss_end: cpu_end.rss_bytes,
             rss_per_conn_bytes: per(server_connected.rss_bytes.saturating_sub(server_before.rss_bytes) as f64, opened),
         },
-        client: report::ClientStats { processes, rss_per_conn_bytes: client_rss_per_conn, cpu_secs: client_cpu },
+        client: report::ClientStats {
+            processes,
+            rss_per_conn_bytes: client_rss_per_conn,
+            cpu_secs: client_cpu,
+            cpu_secs_delivering: client_cpu_window,
+            lean,
+            rss_before: readies.iter().map(|r| r.rss_before).sum(),
+            rss_ready: readies.iter().map(|r| r.rss_ready).sum(),
+        },
         series: recorder.series(published.first_send_us / 1_000_000),
     })
 }

@@ -5,6 +5,13 @@
 //! room × subscribers joined to it when publishing began); `received` = unique deliveries;
 //! `lost` = expected − received when positive; `duplicated` = deliveries dropped as already seen
 //! (linkcast seqs) plus, for peers without seqs, deliveries beyond `expected`.
+//!
+//! Late vs lost: the bench waits `--drain` seconds after the last publish (the window), then up
+//! to `--late-drain` more. Deliveries of the second wait are `late` (received, but after the
+//! window); what has not come by its end is `lost`. Lean subscribers also tell the loss apart per
+//! connection: `reported_lost` (covered by a `gap` op), `holes` (seqs skipped with no gap: silent
+//! loss), `missing` (Σ per connection of owed − got; includes the two before and what simply never
+//! came), and `ended` connections (cut before the end; their owed messages are missing too).
 
 use std::path::Path;
 
@@ -35,6 +42,18 @@ pub struct ConnectionStats {
     pub drops: u64,
     /// Reconnects after cuts.
     pub reconnects: u64,
+    /// Connect/join attempts retried (lean subscribers).
+    #[serde(default)]
+    pub retries: u64,
+    /// Connects in flight at once per fleet.
+    #[serde(default)]
+    pub connect_concurrency: usize,
+    /// Connections that ended before the bench stopped them (lean subscribers).
+    #[serde(default)]
+    pub ended: u64,
+    /// Why the first of those ended.
+    #[serde(default)]
+    pub first_end: Option<String>,
 }
 
 /// Deliveries.
@@ -50,8 +69,20 @@ pub struct DeliveryStats {
     pub expected: u64,
     /// Unique deliveries.
     pub received: u64,
-    /// expected − received, when positive.
+    /// expected − received, when positive, at the end of the late drain.
     pub lost: u64,
+    /// Received after the window (`--drain`) closed, within the late drain.
+    #[serde(default)]
+    pub late: u64,
+    /// Seqs skipped with no gap reported (lean subscribers): silent loss.
+    #[serde(default)]
+    pub holes: u64,
+    /// Σ per joined connection of (published to its room − its unique deliveries) (lean).
+    #[serde(default)]
+    pub missing: u64,
+    /// Seconds from the first publish to the window's end.
+    #[serde(default)]
+    pub window_closed_after_secs: f64,
     /// Duplicates seen.
     pub duplicated: u64,
     /// Messages the server reported lost (gap events).
@@ -96,6 +127,19 @@ pub struct ClientStats {
     pub rss_per_conn_bytes: f64,
     /// CPU seconds of the subscriber processes (whole run).
     pub cpu_secs: f64,
+    /// CPU seconds of the worker processes from "all joined" to the end of the drain (the
+    /// delivery phase; 0 for in-process fleets).
+    #[serde(default)]
+    pub cpu_secs_delivering: f64,
+    /// Lean subscribers ran.
+    #[serde(default)]
+    pub lean: bool,
+    /// Σ RSS of the subscriber processes before they connected (their baseline).
+    #[serde(default)]
+    pub rss_before: u64,
+    /// Σ RSS of the subscriber processes once all joined.
+    #[serde(default)]
+    pub rss_ready: u64,
 }
 
 /// One run.
@@ -145,7 +189,7 @@ impl Report {
             "linkcast bench {} ({}{})\n\
              connections  opened {} / {} (failed {}), {:.2} s, {:.0} joins/s, connect p50 {} µs p99 {} µs{}\n\
              messages     sent {} ({:.0}/s, {} B), publish errors {}\n\
-             deliveries   expected {} received {} lost {} duplicated {} (gaps {}, reported lost {})\n\
+             deliveries   expected {} received {} (late {}) lost {} duplicated {} (gaps {}, reported lost {}, holes {}, missing {})\n\
              throughput   {:.0} deliveries/s over {:.2} s\n\
              latency µs   p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
             self.scenario,
@@ -165,10 +209,13 @@ impl Report {
             d.publish_errors,
             d.expected,
             d.received,
+            d.late,
             d.lost,
             d.duplicated,
             d.gaps,
             d.reported_lost,
+            d.holes,
+            d.missing,
             d.deliveries_per_sec,
             d.window_secs,
             l.p50,
@@ -178,6 +225,10 @@ impl Report {
             l.max,
             l.count,
         );
+        if c.retries > 0 || c.ended > 0 {
+            out.push_str(&format!("connect      retried {} attempt(s); {} connection(s) ended early{}\n", c.retries, c.ended,
+                c.first_end.as_ref().map_or(String::new(), |e| format!(" (first: {e})"))));
+        }
         if let Some(e) = &c.first_error {
             out.push_str(&format!("first connect error: {e}\n"));
         }
@@ -196,8 +247,13 @@ impl Report {
             ));
         }
         out.push_str(&format!(
-            "client       {} process(es), {:.0} B RSS/conn, {:.2} CPU-s\n",
-            self.client.processes, self.client.rss_per_conn_bytes, self.client.cpu_secs
+            "client       {} process(es) ({} subscribers, {} connects in flight each), {:.0} B RSS/conn, {:.2} CPU-s ({:.2} delivering)\n",
+            self.client.processes,
+            if self.client.lean { "lean" } else { "full" },
+            c.connect_concurrency,
+            self.client.rss_per_conn_bytes,
+            self.client.cpu_secs,
+            self.client.cpu_secs_delivering
         ));
         out
     }

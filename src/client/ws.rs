@@ -186,7 +186,7 @@ impl WsTransport {
 /// `bind(ip, 0)` searches that address's bound ports and gets slower with every connection
 /// (≈ 2 CPU-ms per connect at 16k connections per source address, measured with perf while
 /// `scripts/bench-100k` ran). Best effort: without it, binding still works, only slower.
-fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
+pub(crate) fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

@@ -31,6 +31,7 @@ async fn every_scenario_accounts_exactly() {
         ("fanout", "-n 50 -r 400 -d 1"),
         ("rooms", "-n 10 --rooms 5 -r 400 -d 1"),
         ("connect", "-n 300"),
+        ("connect", "-n 100 --client full"),
         ("resume", "-n 40 -r 300 -d 1.5 --drops 2 --drop-fraction 0.5 --reconnect-ms 10"),
     ] {
         let report = run_load(scenario, args(&serve, flags)).await.expect("bench runs");
@@ -40,6 +41,12 @@ async fn every_scenario_accounts_exactly() {
         assert!(report.is_exact(), "{scenario}: {text}");
         assert_eq!(report.deliveries.publish_errors, 0, "{text}");
         assert!(report.latency_us.count == report.deliveries.received, "{text}");
+        // Lean subscribers (the default for linkcast fanout/rooms/connect) track seqs per
+        // connection: nothing skipped, nothing missing, nothing ended early.
+        assert_eq!(report.client.lean, scenario != "resume" && !flags.contains("--client full"), "{text}");
+        if report.client.lean {
+            assert_eq!((report.deliveries.holes, report.deliveries.missing, report.connections.ended), (0, 0, 0), "{text}");
+        }
         if scenario == "resume" {
             assert!(report.connections.drops > 0 && report.connections.reconnects >= report.connections.drops, "{text}");
         }

@@ -644,7 +644,7 @@ impl Coordinator {
     /// Sends a room-wide ring item to every shard with members of `room`.
     async fn push_rings(&mut self, room: &str, item: RingItem) {
         for shard in 0..self.shards.len() {
-            if self.interest.per_shard(room).get(shard).is_some_and(|&count| count > 0) {
+            if self.has_members(shard, room) {
                 self.push_ring(shard, room, ShardMsg::Marker { room: room.to_owned(), item: item.clone() });
             }
         }
@@ -688,6 +688,11 @@ impl Coordinator {
         true
     }
 
+    /// True while `shard` has members in `room` (it is sent the room's ring items only then).
+    fn has_members(&self, shard: usize, room: &str) -> bool {
+        self.interest.per_shard(room).get(shard).is_some_and(|&count| count > 0)
+    }
+
     /// True when some shard is owed ring items.
     fn owes_shards(&self) -> bool {
         self.owed.iter().any(|owed| !owed.is_empty())
@@ -702,7 +707,7 @@ impl Coordinator {
             }
             let rooms: Vec<String> = self.owed[shard].rooms().map(str::to_owned).collect();
             for room in rooms {
-                if self.interest.per_shard(room.as_str()).get(shard).is_none_or(|&count| count == 0) {
+                if !self.has_members(shard, &room) {
                     self.owed[shard].forget(&room);
                 } else if !self.pay_room(shard, &room) {
                     break;
@@ -736,7 +741,7 @@ impl Coordinator {
         // Built once per message per Link; every shard and socket shares these bytes.
         let message = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
         for shard in 0..self.shards.len() {
-            if self.interest.per_shard(message.frame.room()).get(shard).is_some_and(|&count| count > 0) {
+            if self.has_members(shard, message.frame.room()) {
                 self.push_ring(shard, message.frame.room(), ShardMsg::Room(message.clone()));
             }
         }

@@ -68,6 +68,9 @@ pub(crate) const LINK_INFLIGHT_BYTES: usize = 4 * DEFAULT_MAX_FRAME_LEN;
 /// Most bytes the writer hands to one vectored QUIC write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// A Link's live QUIC connection: its generation and its announced `(ws, quic)` addresses.
+pub(crate) type LiveLink = (u64, String, String);
+
 /// What every Link connection needs from the hub.
 #[derive(Clone)]
 pub(crate) struct LinkContext {
@@ -84,7 +87,7 @@ pub(crate) struct LinkContext {
     /// announce their addresses are accepted.
     pub(crate) mutual_tls: bool,
     /// Each Link id's live QUIC connection: its generation and announced `(ws, quic)`.
-    pub(crate) live: Arc<Mutex<HashMap<u32, (u64, String, String)>>>,
+    pub(crate) live: Arc<Mutex<HashMap<u32, LiveLink>>>,
     /// A write to a Link that makes no progress for this long ends the connection.
     pub(crate) write_timeout: Duration,
     pub(crate) metrics: LinkPortMetrics,
@@ -316,7 +319,7 @@ async fn serve_quic(ctx: LinkContext, incoming: quinn::Incoming, slot: PreAuthSl
         return;
     };
     let (ws, quic) = (announced.ws.clone(), announced.quic.clone());
-    let offered = announced.offered.then(|| Reach { ws: announced.ws, quic: announced.quic, admin: announced.admin });
+    let offered = announced.offered.then_some(Reach { ws: announced.ws, quic: announced.quic, admin: announced.admin });
     let up = {
         let mut live = lock(&ctx.live);
         match live.get(&link.0) {

@@ -390,7 +390,6 @@ pub struct LinkSession {
     pub dirty: bool,
     to_coordinator: VecDeque<ToCoordinator>,
     stats: SessionStats,
-    batch: Vec<RingItem>,
     join_bucket: TokenBucket,
     /// Replayed bytes handed out since the driver's socket queue was last empty.
     replay_held: usize,
@@ -418,7 +417,6 @@ impl LinkSession {
             dirty: false,
             to_coordinator: VecDeque::new(),
             stats: SessionStats::default(),
-            batch: Vec::new(),
         }
     }
 
@@ -439,7 +437,12 @@ impl LinkSession {
 
     /// The next thing the coordinator must do for this connection.
     pub fn poll_coordinator(&mut self) -> Option<ToCoordinator> {
-        self.to_coordinator.pop_front()
+        let next = self.to_coordinator.pop_front();
+        if next.is_none() && self.to_coordinator.capacity() > 0 {
+            // Drained: an idle connection keeps no queue (it grew to hold the automatic joins).
+            self.to_coordinator = VecDeque::new();
+        }
+        next
     }
 
     /// Counters since the last call.
@@ -840,7 +843,7 @@ impl LinkSession {
     /// `lag_policy = "disconnect"`. Leaves `dirty` set when the budget ran out first.
     pub fn fill(&mut self, mut budget: usize, shard: &mut ShardRooms, out: &mut Vec<ToClient>) -> Result<(), ClientError> {
         self.dirty = false;
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = shard.take_batch();
         let result = 'rooms: {
             for (room, member) in self.rooms.iter_mut() {
                 if !member.joined {
@@ -871,8 +874,7 @@ impl LinkSession {
             }
             Ok(())
         };
-        batch.clear();
-        self.batch = batch;
+        shard.return_batch(batch);
         result
     }
 

@@ -152,6 +152,10 @@ pub struct ShardRooms {
     limits: RingLimits,
     bytes: usize,
     items: usize,
+    /// The shard's one read batch: what a member's fill reads off a ring before delivering it.
+    /// One per shard, not one per connection: a batch grown by a burst (tens of items) would
+    /// otherwise stay allocated in every idle session for its whole life.
+    batch: Vec<RingItem>,
 }
 
 impl ShardRooms {
@@ -165,6 +169,21 @@ impl ShardRooms {
             limits,
             bytes: 0,
             items: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Lends the shard's read batch (empty) to a member's fill; give it back with
+    /// [`ShardRooms::return_batch`] (a fill that nests gets a fresh one).
+    pub fn take_batch(&mut self) -> Vec<RingItem> {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Returns the batch lent by [`ShardRooms::take_batch`], emptied, for the next fill.
+    pub fn return_batch(&mut self, mut batch: Vec<RingItem>) {
+        batch.clear();
+        if batch.capacity() >= self.batch.capacity() {
+            self.batch = batch;
         }
     }
 

@@ -245,7 +245,15 @@ impl Mailbox {
 
     /// The next queued event.
     pub(crate) fn next_event(&self) -> Option<ConnEvent> {
-        let event = self.events.borrow_mut().pop_front()?;
+        let mut events = self.events.borrow_mut();
+        let Some(event) = events.pop_front() else {
+            if events.capacity() > 0 {
+                // Drained: an idle connection keeps no queue (it grew to hold its join answers).
+                *events = VecDeque::new();
+            }
+            return None;
+        };
+        drop(events);
         match replay_len(&event) {
             Some((len, _)) => self.replay_bytes.set(self.replay_bytes.get().saturating_sub(len)),
             None => self.others.set(self.others.get().saturating_sub(1)),

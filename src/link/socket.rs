@@ -174,6 +174,20 @@ impl ClientSocket {
     pub(crate) async fn writable(&self) -> io::Result<()> {
         self.tcp.writable().await
     }
+
+    /// [`ClientSocket::readable`] as a poll (the task's one reader: the waker is kept by the
+    /// socket's registration, not in a future).
+    pub(crate) fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        if self.has_plaintext() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.tcp.poll_read_ready(cx)
+    }
+
+    /// [`ClientSocket::writable`] as a poll (the task's one writer).
+    pub(crate) fn poll_writable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.tcp.poll_write_ready(cx)
+    }
 }
 
 /// `std::io` adapters over tokio's non-blocking calls, for rustls' `read_tls`/`write_tls`.

@@ -103,33 +103,41 @@ async fn handle_tcp(
     if link.socket_send_buffer > 0 {
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(link.socket_send_buffer);
     }
+    let upgraded = handshake_tcp(tcp, tls, &port, &ctx).await;
+    drop(handshake);
+    // The connection's life is a task of its own (`ws::run` spawns it): this one, sized by the
+    // handshake's state (a TLS stream, timers, the request head), ends here.
+    if let Some((socket, early, claims)) = upgraded {
+        ws::run(socket, early, claims, admitted, ctx);
+    }
+}
+
+/// The HTTP part of a WebSocket connection (and its TLS handshake on a `wss://` port): the
+/// upgraded socket, the bytes the client sent behind its request head and who it is; `None`
+/// when the exchange was answered with an error or failed. Everything of the exchange is
+/// dropped before the connection runs (an idle connection keeps no request bytes).
+async fn handshake_tcp(
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    port: &PortSetup,
+    ctx: &ConnContext,
+) -> Option<(ClientSocket, Vec<u8>, Pending)> {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    // Everything of the HTTP exchange is dropped before the connection runs (an idle
-    // connection keeps no request bytes).
-    let upgraded = match tls {
+    match tls {
         None => {
             let mut tcp = tcp;
-            // Boxed: the handshake's state lives on the heap only while it runs, so it does not
-            // size the connection task's future for the connection's whole life.
-            Box::pin(upgrade(&mut tcp, deadline, &port, &ctx)).await.map(|(early, claims)| (ClientSocket::plain(tcp), early, claims))
+            upgrade(&mut tcp, deadline, port, ctx).await.map(|(early, claims)| (ClientSocket::plain(tcp), early, claims))
         }
         Some(acceptor) => {
-            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await else {
+            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await else {
                 metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => "tls handshake").increment(1);
-                return;
+                return None;
             };
-            match Box::pin(upgrade(&mut stream, deadline, &port, &ctx)).await {
-                Some((early, claims)) => {
-                    let (tcp, session) = stream.into_inner();
-                    Some((ClientSocket::tls(tcp, session), early, claims))
-                }
-                None => None,
-            }
+            let (early, claims) = upgrade(&mut stream, deadline, port, ctx).await?;
+            let (tcp, session) = stream.into_inner();
+            Some((ClientSocket::tls(tcp, session), early, claims))
         }
-    };
-    drop(handshake);
-    let Some((socket, early, claims)) = upgraded else { return };
-    ws::run(socket, early, claims, admitted, ctx).await;
+    }
 }
 
 /// Reads up to the end of the request head; `None` if the peer closed or sent too much.

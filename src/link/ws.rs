@@ -328,35 +328,64 @@ async fn close_unauthenticated(socket: ClientSocket, error: ClientError) {
     .await;
 }
 
-/// Runs an upgraded connection on this shard until it ends: `early` holds the bytes the client
-/// sent right behind its request head; a [`Pending::Auth`] connection authenticates first.
-pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admitted: Admitted, ctx: Rc<ConnContext>) {
-    let mut reader = MessageReader::new(ctx.link.max_message_bytes);
-    let (claims, early) = match who {
-        Pending::Ready(claims) => (claims, early),
-        // Boxed (as the upgrade is): these states must not size the task's future for the
-        // connection's whole life.
-        Pending::Auth => match Box::pin(authenticate(&socket, early, &mut reader, &ctx)).await {
-            Ok(authenticated) => authenticated,
-            Err(Some(error)) => return Box::pin(close_unauthenticated(socket, error)).await,
-            Err(None) => return,
-        },
-    };
+/// Starts an upgraded connection on this shard: `early` holds the bytes the client sent right
+/// behind its request head. A connection with its token ([`Pending::Ready`]) gets its session
+/// and its task ([`serve`]) at once; a [`Pending::Auth`] one first gets a task that waits for
+/// its `auth` message, which then starts the same way.
+///
+/// Each connection's life is one task of its own, spawned here, so that task's future is only
+/// what a running connection needs (about 1 KB: the idle connection's main cost) — not the
+/// handshake's or the authentication's state, which a nesting future would keep for good.
+pub(crate) fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admitted: Admitted, ctx: Rc<ConnContext>) {
+    let reader = MessageReader::new(ctx.link.max_message_bytes);
+    match who {
+        Pending::Ready(claims) => start(socket, early, claims, reader, admitted, ctx),
+        Pending::Auth => {
+            tokio::task::spawn_local(async move {
+                let mut reader = reader;
+                match authenticate(&socket, early, &mut reader, &ctx).await {
+                    Ok((claims, early)) => start(socket, early, claims, reader, admitted, ctx),
+                    Err(Some(error)) => close_unauthenticated(socket, error).await,
+                    Err(None) => {}
+                }
+            });
+        }
+    }
+}
+
+/// Opens the session of an authenticated connection, hands the shard its direct-delivery
+/// handle and spawns its task.
+fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: MessageReader, admitted: Admitted, ctx: Rc<ConnContext>) {
     let conn = Connection::open(ctx.clone(), Wire::Ws, claims, admitted);
-    let (id, mailbox) = (conn.id(), conn.mailbox().clone());
-    let link = &ctx.link;
-    let stats = &ctx.stats;
-    let batch = link.write_batch_bytes.max(1);
+    let id = conn.id();
+    let mailbox = conn.mailbox().clone();
     let ws = Rc::new(WsConnection {
         socket,
         conn: RefCell::new(conn),
         out: RefCell::new(OutQueue::default()),
-        mailbox: mailbox.clone(),
-        batch,
+        mailbox,
+        batch: ctx.link.write_batch_bytes.max(1),
         ended: Cell::new(None),
     });
     ctx.shard.borrow_mut().set_direct(id, ws.clone());
+    // What the client sent behind its head (or its `auth` message) is handled before the task
+    // first waits; a frame cut short waits in `pending`.
+    let mut pending = Vec::new();
+    let first = if early.is_empty() {
+        Ok(())
+    } else {
+        let mut early = early;
+        ws.decode(&mut reader, &mut early).map(|used| pending.extend_from_slice(&early[used..]))
+    };
+    tokio::task::spawn_local(serve(ws, first, reader, pending, ctx));
+}
 
+/// A connection's task: runs it until it ends (see the module docs), then closes it.
+async fn serve(ws: Rc<WsConnection>, first: Result<(), End>, mut reader: MessageReader, mut pending: Vec<u8>, ctx: Rc<ConnContext>) {
+    let mailbox = &ws.mailbox;
+    let link = &ctx.link;
+    let stats = &ctx.stats;
+    let batch = ws.batch;
     // Above this, client input is not read until the socket drains (replies need room too).
     let input_cap = batch * 2 + 64 * 1024;
     let idle = Duration::from_secs(link.idle_timeout_secs.max(1));
@@ -366,17 +395,11 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
     let mut armed_exp = ws.conn.borrow().expires();
     let expiry = tokio::time::sleep_until(expiry_deadline(armed_exp));
     tokio::pin!(expiry);
-    let mut pending: Vec<u8> = Vec::new();
     let mut last_heard = Instant::now();
     let mut last_progress = Instant::now();
     let mut reported_queue = 0usize;
 
-    let mut end = if early.is_empty() {
-        Ok(())
-    } else {
-        let mut early = early;
-        ws.decode(&mut reader, &mut early).map(|used| pending.extend_from_slice(&early[used..]))
-    };
+    let mut end = first;
     let end: End = loop {
         if let Err(e) = end.and_then(|_| ws.pump()) {
             break e;
@@ -399,8 +422,10 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
         end = tokio::select! {
             biased;
             _ = mailbox.wait() => Ok(()),
-            ready = ws.socket.writable(), if queued > 0 || ws.socket.wants_write() => ready.map_err(|_| End::Gone),
-            ready = ws.socket.readable(), if read_allowed => match ready {
+            // Readiness by `poll_fn`: a few bytes in the task's future where `readable()` /
+            // `writable()` futures hold a waiter node each (~170 B) for the connection's life.
+            ready = std::future::poll_fn(|cx| ws.socket.poll_writable(cx)), if queued > 0 || ws.socket.wants_write() => ready.map_err(|_| End::Gone),
+            ready = std::future::poll_fn(|cx| ws.socket.poll_readable(cx)), if read_allowed => match ready {
                 Ok(()) => match ws.read(&mut reader, &mut pending) {
                     Ok(ReadState::Heard) => {
                         last_heard = Instant::now();
@@ -437,6 +462,16 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
 
     ws.ended.set(Some(end));
     ws.conn.borrow_mut().finish();
+    // Boxed: the close's timers and reads must not size the task's future for the connection's
+    // whole life (that future is what an idle connection costs).
+    Box::pin(close(&ws, end, link.max_message_bytes)).await;
+    stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
+}
+
+/// Ends a connection that had a session: a close frame with `end`'s code and reason (the client's
+/// own code echoed when it closed first), written within [`CLOSE_TIMEOUT`]; nothing when the
+/// socket is gone.
+async fn close(ws: &WsConnection, end: End, max_message_bytes: usize) {
     match end {
         End::Refused(error) => {
             count_close(error);
@@ -453,7 +488,7 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
                     // Wait briefly for the client's close reply so it reads our reason before
                     // the FIN (closing with unread input would reset the connection).
                     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                        let mut closing = MessageReader::new(link.max_message_bytes);
+                        let mut closing = MessageReader::new(max_message_bytes);
                         let mut rest = Vec::new();
                         loop {
                             if ws.socket.readable().await.is_err() {
@@ -477,7 +512,6 @@ pub(crate) async fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admi
         }
         End::Gone => {}
     }
-    stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
 }
 
 impl WsConnection {

@@ -274,6 +274,11 @@ pub struct HubConfig {
     /// Presence: join/leave events (and `GET .../presence` user lists) while a room has at most
     /// this many members; above, counts only.
     pub presence_events_max_members: u64,
+    /// Presence: most count messages a second one room's counts may cost its members (each
+    /// count goes to every member): a bigger room hears its count every `members / this`
+    /// seconds instead (never less often than every 60 s); 0 = every room every
+    /// `presence_interval_ms`.
+    pub presence_deliveries_per_sec: u64,
     /// Origins whose pages may call the HTTP API from a browser (CORS, src/hub/cors.rs): `[]`
     /// (default) = no CORS headers, `["*"]` = any origin, else exact `scheme://host[:port]`s.
     pub cors_origins: Vec<String>,
@@ -301,6 +306,7 @@ impl Default for HubConfig {
             link_write_timeout_ms: 10_000,
             presence_interval_ms: 1000,
             presence_events_max_members: 1000,
+            presence_deliveries_per_sec: 20_000,
             cors_origins: Vec::new(),
         }
     }
@@ -431,6 +437,7 @@ impl HubConfig {
             presence: linkcast_core::presence::PresenceLimits {
                 interval_micros: self.presence_interval_ms.saturating_mul(1000),
                 events_max_members: self.presence_events_max_members,
+                deliveries_per_sec: self.presence_deliveries_per_sec,
             },
         }
     }
@@ -1127,10 +1134,11 @@ mod presence_tests {
         let config = Config::from_toml("").expect("valid");
         assert_eq!((config.hub.presence_interval_ms, config.hub.presence_events_max_members), (1000, 1000));
         let limits = config.hub.table_limits().presence;
-        assert_eq!((limits.interval_micros, limits.events_max_members), (1_000_000, 1000));
-        let config = Config::from_toml("[hub]\npresence_interval_ms = 0\npresence_events_max_members = 20\n").expect("valid");
+        assert_eq!((limits.interval_micros, limits.events_max_members, limits.deliveries_per_sec), (1_000_000, 1000, 20_000));
+        let config = Config::from_toml("[hub]\npresence_interval_ms = 0\npresence_events_max_members = 20\npresence_deliveries_per_sec = 0\n").expect("valid");
         assert!(!config.hub.table_limits().presence.is_on(), "0 = presence off");
         assert_eq!(config.hub.table_limits().presence.events_max_members, 20);
+        assert_eq!(config.hub.table_limits().presence.deliveries_per_sec, 0);
     }
 }
 

@@ -8,7 +8,11 @@
 //!   change the table schedules the room; [`RoomPresence::poll`] (at the due time) sends one
 //!   `Presence {members, events}` frame — encoded once, the same `Frame` queued to every
 //!   interested Link — at most once per [`PresenceLimits::interval_micros`], however fast the
-//!   count churns. A Link that gains interest gets one at once
+//!   count churns, and for a big room less often ([`PresenceLimits::interval_for`]): each count
+//!   is one message to every member, so a room's counts cost its members at most
+//!   [`PresenceLimits::deliveries_per_sec`] messages a second in all (a 200,000-member room
+//!   hears its count every 10 s at the default 20,000, never less often than
+//!   [`MAX_INTERVAL_MICROS`]). A Link that gains interest gets one at once
 //!   ([`RoomPresence::handle_interest`]), so it learns the count and the events flag.
 //! - **join/leave events**, only while the room has at most
 //!   [`PresenceLimits::events_max_members`] members: per Link, the set of its users in the room
@@ -41,7 +45,11 @@ use crate::system_rooms::{BROADCAST_ROOM, PERSONAL_PREFIX};
 /// the same bound as a `MemberList` ([`crate::room_table::MAX_MEMBER_LIST`]).
 pub const MAX_USERS_PER_LINK: usize = crate::room_table::MAX_MEMBER_LIST;
 
-/// Presence settings of a hub (`hub.presence_interval_ms`, `hub.presence_events_max_members`).
+/// Longest time between two counts of a changing room, however big it is (micros).
+pub const MAX_INTERVAL_MICROS: u64 = 60_000_000;
+
+/// Presence settings of a hub (`hub.presence_interval_ms`, `hub.presence_events_max_members`,
+/// `hub.presence_deliveries_per_sec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresenceLimits {
     /// Least time between two `Presence` frames of one room, micros; 0 = presence off (no
@@ -49,11 +57,16 @@ pub struct PresenceLimits {
     pub interval_micros: u64,
     /// Join/leave events while the room has at most this many members.
     pub events_max_members: u64,
+    /// Most count messages a second one room's counts may cost its members (a count is one
+    /// message per member): a room of more than this many members hears its count every
+    /// `members / deliveries_per_sec` seconds instead (up to [`MAX_INTERVAL_MICROS`]). 0 = no
+    /// stretching (every room at `interval_micros`).
+    pub deliveries_per_sec: u64,
 }
 
 impl Default for PresenceLimits {
     fn default() -> Self {
-        PresenceLimits { interval_micros: 0, events_max_members: 1000 }
+        PresenceLimits { interval_micros: 0, events_max_members: 1000, deliveries_per_sec: 0 }
     }
 }
 
@@ -61,6 +74,20 @@ impl PresenceLimits {
     /// True when the hub tells Links about counts at all.
     pub fn is_on(&self) -> bool {
         self.interval_micros > 0
+    }
+
+    /// Least time between two counts of a room of `members` (micros): `interval_micros`,
+    /// stretched so the counts cost the room's members at most `deliveries_per_sec` messages a
+    /// second, capped at [`MAX_INTERVAL_MICROS`] (or `interval_micros` if that is longer).
+    ///
+    /// Why: while a million members join, the count changes all the time, and a count a second
+    /// would be a million deliveries a second — more than the broadcasts the room exists for.
+    pub fn interval_for(&self, members: u64) -> u64 {
+        if self.deliveries_per_sec == 0 {
+            return self.interval_micros;
+        }
+        let stretched = members.saturating_mul(1_000_000) / self.deliveries_per_sec;
+        self.interval_micros.max(stretched.min(MAX_INTERVAL_MICROS))
     }
 }
 
@@ -125,9 +152,11 @@ impl RoomPresence {
         Some(users)
     }
 
-    /// When the next room-wide `Presence` may go, if one is owed (`now` or later).
+    /// When the next room-wide `Presence` may go, if one is owed (`now` or later): one
+    /// [`PresenceLimits::interval_for`] the count last sent after it was sent.
     pub fn due(&self, limits: &PresenceLimits, now: u64) -> u64 {
-        self.sent_at.map_or(now, |at| now.max(at.saturating_add(limits.interval_micros)))
+        let interval = limits.interval_for(self.sent_members.unwrap_or(0));
+        self.sent_at.map_or(now, |at| now.max(at.saturating_add(interval)))
     }
 
     /// A Link's interest report was applied to the room (`members`: the room's new total,
@@ -312,7 +341,21 @@ mod tests {
     use super::*;
     use crate::frame::{ArchivedBody, Kind};
 
-    const ON: PresenceLimits = PresenceLimits { interval_micros: 1_000_000, events_max_members: 3 };
+    const ON: PresenceLimits = PresenceLimits { interval_micros: 1_000_000, events_max_members: 3, deliveries_per_sec: 0 };
+
+    #[test]
+    fn the_interval_stretches_with_the_room_up_to_a_minute() {
+        let limits = PresenceLimits { interval_micros: 1_000_000, events_max_members: 1000, deliveries_per_sec: 20_000 };
+        assert_eq!(limits.interval_for(0), 1_000_000);
+        assert_eq!(limits.interval_for(20_000), 1_000_000, "up to 20,000 members: the configured interval");
+        assert_eq!(limits.interval_for(200_000), 10_000_000);
+        assert_eq!(limits.interval_for(1_000_000), 50_000_000);
+        assert_eq!(limits.interval_for(10_000_000), MAX_INTERVAL_MICROS, "never less often than a minute");
+        let fixed = PresenceLimits { deliveries_per_sec: 0, ..limits };
+        assert_eq!(fixed.interval_for(10_000_000), 1_000_000, "0 = no stretching");
+        let slow = PresenceLimits { interval_micros: 120_000_000, ..limits };
+        assert_eq!(slow.interval_for(10_000_000), 120_000_000, "a configured interval above the cap stays");
+    }
 
     fn presences(out: &mut VecDeque<(LinkId, Frame)>) -> Vec<(u32, u64, bool)> {
         let mut seen = Vec::new();

@@ -1104,7 +1104,7 @@ mod tests {
     #[test]
     fn presence_counts_are_throttled_per_room_and_events_follow_links() {
         use crate::presence::PresenceLimits;
-        let presence = PresenceLimits { interval_micros: 1_000, events_max_members: 10 };
+        let presence = PresenceLimits { interval_micros: 1_000, events_max_members: 10, deliveries_per_sec: 0 };
         let mut table = RoomTable::new(TableLimits { presence, ..TableLimits::default() }, 7);
         let count = |out: &[(LinkId, Frame)], kind| out.iter().filter(|(_, f)| f.kind() == kind).count();
         // Each Link is told the count when it gains interest.
@@ -1149,5 +1149,38 @@ mod tests {
         assert_eq!(table.rooms_by_members("b", 10).len(), 1);
         assert_eq!(table.rooms_by_members("", 1)[0].0, "big");
         assert!(drain(&mut table).iter().all(|(_, f)| f.room() != "user:bob"), "no presence in personal rooms");
+    }
+
+    #[test]
+    fn a_big_rooms_count_is_told_less_often_so_its_members_get_a_bounded_count_rate() {
+        use crate::presence::PresenceLimits;
+        // 1 s apart at most 10,000 count messages a second: 40,000 members hear it every 4 s.
+        let presence = PresenceLimits { interval_micros: 1_000_000, events_max_members: 10, deliveries_per_sec: 10_000 };
+        let mut table = RoomTable::new(TableLimits { presence, ..TableLimits::default() }, 7);
+        let counts = |out: &[(LinkId, Frame)]| -> Vec<u64> {
+            out.iter()
+                .filter_map(|(_, f)| match f.body() {
+                    ArchivedBody::Presence { members, .. } => Some(members.to_native()),
+                    _ => None,
+                })
+                .collect()
+        };
+        table.handle_link_frame(0, LinkId(1), &interest("hot", 1, 40_000));
+        assert_eq!(counts(&drain(&mut table)), vec![40_000], "a Link gaining interest is told at once");
+        // The count keeps changing (members join every 100 ms): nothing for 4 s, then the last count.
+        let mut sent = Vec::new();
+        for step in 1..=45u64 {
+            let now = step * 100_000;
+            table.handle_link_frame(now, LinkId(1), &interest("hot", 1, 40_000 + step));
+            table.handle_presence_timeout(now);
+            sent.extend(counts(&drain(&mut table)).into_iter().map(|m| (now, m)));
+        }
+        assert_eq!(sent, vec![(4_000_000, 40_040)], "one count in 4.5 s, at 4 s");
+        // A small room in the same table keeps the 1 s interval.
+        table.handle_link_frame(5_000_000, LinkId(1), &interest("small", 1, 5));
+        assert_eq!(counts(&drain(&mut table)), vec![5]);
+        table.handle_link_frame(5_100_000, LinkId(1), &interest("small", 1, 6));
+        table.handle_presence_timeout(6_000_000);
+        assert_eq!(counts(&drain(&mut table)), vec![6]);
     }
 }

@@ -11,7 +11,9 @@
 //!   sink that queues the shared `Bytes` as `conn_io`'s `OutQueue` does, then "writes" them all.
 //!
 //! The bench's thread plays the coordinator: it builds each message's WebSocket frame once and
-//! queues a clone to every shard (`try_send`, never waiting), then sleeps until every shard has
+//! queues it to the first shard and a copy of its own to every other one
+//! (`RoomMessage::copy_for_shard`, as the coordinator does; `try_send`, never waiting), then
+//! sleeps until every shard has
 //! delivered the iteration's messages. Throughput is deliveries (message × member) per second;
 //! `shard_scaling/1_shard` and `shard_scaling/2_shards` run side by side in one run. On this
 //! 2-core machine the coordinator thread shares the cores with the 2 shards.
@@ -186,11 +188,13 @@ impl Link {
         for _ in 0..PER_ITER {
             self.seq += 1;
             let frame = Frame::message(ROOM, self.seq, self.seq, "u", FLAG_JSON, &[b'1'; 100]);
-            // Built once per message per Link, as the coordinator does.
+            // Built once per message per Link, as the coordinator does; each shard after the
+            // first gets a copy of its own, as the coordinator does (`copy_for_shard`).
             let message = RoomMessage { seq: self.seq, epoch: EPOCH, ws: ws_frame::message(&frame), frame };
             let cost = message.ws.len() + message.frame.len() + 64;
-            for inbox in &self.inboxes {
-                assert!(inbox.try_send(ToShard::Room(message.clone()), cost).is_ok(), "the bench never fills 64 MiB");
+            for (i, inbox) in self.inboxes.iter().enumerate() {
+                let for_shard = if i == 0 { message.clone() } else { message.copy_for_shard() };
+                assert!(inbox.try_send(ToShard::Room(for_shard), cost).is_ok(), "the bench never fills 64 MiB");
             }
         }
         let (ack, acked) = crossbeam_channel::bounded(self.inboxes.len());

@@ -538,6 +538,13 @@ impl std::fmt::Debug for Frame {
 }
 
 impl Frame {
+    /// The same frame in a buffer of its own (a copy of its bytes, already validated): for a
+    /// reader on another core, so the two do not share one reference count. See
+    /// [`crate::shard_rooms::RoomMessage::copy_for_shard`].
+    pub fn copied(&self) -> Frame {
+        Frame { bytes: Bytes::copy_from_slice(&self.bytes), kind: self.kind, room_end: self.room_end, sender_end: self.sender_end }
+    }
+
     /// Validates `bytes` as one whole frame, with the default maximum length.
     pub fn from_bytes(bytes: Bytes) -> Result<Frame, FrameError> {
         Frame::from_bytes_limited(bytes, DEFAULT_MAX_FRAME_LEN)

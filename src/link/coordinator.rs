@@ -41,7 +41,8 @@
 //!   `Member` frames turned into ring items (encoded once) for the room's members.
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
 //!   (`ws_frame::message`) and a [`RoomMessage`] (two shared `Bytes`) goes to every shard with
-//!   members; answers to a connection's request → the one shard whose index is in the id's top bits
+//!   members — a copy of its own to each shard after the first, so shards on different cores
+//!   never share the reference count each delivery touches; answers to a connection's request → the one shard whose index is in the id's top bits
 //!   (`shard::shard_of`), with the ring tail recorded by the shard.
 //!
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that
@@ -738,11 +739,17 @@ impl Coordinator {
             return;
         }
         state.pushed = frame.seq();
-        // Built once per message per Link; every shard and socket shares these bytes.
+        // Built once per message per Link; the first shard with members takes these bytes, every
+        // other one a copy of its own (`RoomMessage::copy_for_shard`: shards on different cores
+        // must not share the reference count every delivery touches); all the sockets of a
+        // shard share its copy.
         let message = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
+        let mut first = true;
         for shard in 0..self.shards.len() {
             if self.has_members(shard, message.frame.room()) {
-                self.push_ring(shard, message.frame.room(), ShardMsg::Room(message.clone()));
+                let for_shard = if first { message.clone() } else { message.copy_for_shard() };
+                first = false;
+                self.push_ring(shard, message.frame.room(), ShardMsg::Room(for_shard));
             }
         }
     }

@@ -17,7 +17,7 @@
 // Usage: node ws-subscribers.js --target linkcast --http http://127.0.0.1:17070 \
 //          | --target uws --ws ws://127.0.0.1:9001/
 //        [-n 2000] [-r 100] [-d 10] [--size 130] [--grace 3] [--workers 2] [--room bench]
-//        [--server-pid PID] [--label NAME] [--json FILE]
+//        [--server-pid PID] [--label NAME] [--json FILE] [--http-conns 4]
 // Prints one line and writes the JSON report (label, subs, rate, offered, delivered,
 // delivered_pct, server_cpu_s, deliveries_per_cpu_s, p50_ms, p99_ms, max_ms).
 // `node ws-subscribers.js --table A.json B.json…` prints reports as a markdown table, with
@@ -34,12 +34,12 @@ const BUCKET_US = 50;
 const BUCKETS = 600000;
 
 function parseArgs(argv) {
-  const a = { target: 'linkcast', n: 2000, r: 100, d: 10, size: 130, grace: 3, workers: 2, room: 'bench', label: '' };
+  const a = { target: 'linkcast', n: 2000, r: 100, d: 10, size: 130, grace: 3, workers: 2, room: 'bench', label: '', 'http-conns': 4 };
   for (let i = 0; i < argv.length; i += 2) {
     const k = argv[i].replace(/^-+/, ''), v = argv[i + 1];
     if (v === undefined) throw new Error(`missing value for ${argv[i]}`);
     const key = { 'server-pid': 'pid', json: 'json', http: 'http', ws: 'ws' }[k] || k;
-    a[key] = ['n', 'r', 'd', 'size', 'grace', 'workers', 'pid'].includes(key) ? Number(v) : v;
+    a[key] = ['n', 'r', 'd', 'size', 'grace', 'workers', 'pid', 'http-conns'].includes(key) ? Number(v) : v;
   }
   if (!(a.n > 0 && a.r > 0 && a.d > 0)) throw new Error('-n, -r and -d must be positive');
   a.label = a.label || a.target;
@@ -144,7 +144,9 @@ function percentile(hist, total, q) {
 async function main() {
   const a = parseArgs(process.argv.slice(2));
   const linkcast = a.target === 'linkcast';
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+  // Keep-alive connections the linkcast publisher uses (--http-conns, default 4): a publish waits
+  // in this agent for a free one, and its stamp was taken before, so that wait counts as latency.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: a['http-conns'] });
   let url = a.ws;
   if (linkcast) {
     const located = JSON.parse(await request(agent, 'GET', `${a.http}/v1/locate?room=${a.room}`));

@@ -63,10 +63,10 @@ impl RoomMessage {
     ///
     /// Why: every delivery clones the message's `Bytes` (a reference-count increment, and a
     /// decrement once written). Shared by two shards on two cores, that count's cache line moves
-    /// between the cores once per delivery, and each shard's CPU per delivery rose by 1.3–1.4×
-    /// (`core/benches/shard_scaling.rs`: 2 shards gave 1.1–1.6× the deliveries/s of one). With a
-    /// copy per shard (one ~200-byte copy per shard per message, nothing per member) 2 shards
-    /// gave 1.9–2.3×.
+    /// between the cores once per delivery: each shard's CPU per delivery rose by 1.4–2×
+    /// (`core/benches/shard_scaling.rs`, three alternated rounds: 2 shards gave 1.05–1.28× the
+    /// deliveries/s of one). With a copy per shard (one ~200-byte copy per shard per message,
+    /// nothing per member) 2 shards gave 1.73–2.03×, at the CPU per delivery of one.
     pub fn copy_for_shard(&self) -> RoomMessage {
         RoomMessage { seq: self.seq, epoch: self.epoch, ws: Bytes::copy_from_slice(&self.ws), frame: self.frame.copied() }
     }

@@ -42,7 +42,8 @@
 //! - **routing of hub frames**: `Message` → the WebSocket frame is built *once* here
 //!   (`ws_frame::message`) and a [`RoomMessage`] (two shared `Bytes`) goes to every shard with
 //!   members — a copy of its own to each shard after the first, so shards on different cores
-//!   never share the reference count each delivery touches; answers to a connection's request → the one shard whose index is in the id's top bits
+//!   never share the reference count each delivery touches; answers to a connection's request →
+//!   the one shard whose index is in the id's top bits
 //!   (`shard::shard_of`), with the ring tail recorded by the shard.
 //!
 //! Frames to a hub are sent with `try_send` (its channel is bounded): a join or publish that

@@ -40,6 +40,7 @@ use super::coordinator::{busy_answer, CoordInbox, CoordMsg};
 use super::registry::{ConnInfo, Users};
 use super::shard::{shard_of, ConnAction, ConnEvent, Mailbox, Registered, ShardState, ShardStats};
 use super::tally;
+use super::ws_driver::WsDriver;
 use crate::clock::now_micros;
 use crate::config::LinkConfig;
 
@@ -58,6 +59,8 @@ pub(crate) struct ConnContext {
     pub(crate) stats: Arc<ShardStats>,
     /// This shard's connections and rings.
     pub(crate) shard: Rc<RefCell<ShardState>>,
+    /// This shard's WebSocket connections, stepped by one task (`ws_driver.rs`).
+    pub(crate) ws_driver: WsDriver,
 }
 
 impl ConnContext {
@@ -70,7 +73,7 @@ impl ConnContext {
         stats: Arc<ShardStats>,
         shard: Rc<RefCell<ShardState>>,
     ) -> Self {
-        ConnContext { link, admission, users, coordinator, stats, shard }
+        ConnContext { link, admission, users, coordinator, stats, shard, ws_driver: WsDriver::default() }
     }
 
     /// Takes a connection slot; `None` when the Link is full or this shard is stopping.

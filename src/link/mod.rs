@@ -52,6 +52,7 @@ mod tally;
 mod upgrade;
 mod wire;
 mod ws;
+mod ws_driver;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -34,7 +34,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 use linkcast_core::fanout::RingLimits;
 use linkcast_core::frame::{ArchivedBody, Frame};
@@ -158,8 +158,13 @@ pub(crate) enum ConnEvent {
 /// ("publish flood"). Replays are not counted here: a catch-up is never a flood.
 const MAX_MAILBOX: usize = 4096;
 
-/// A connection task's inbox on its shard: hub answers, close requests and "a ring has frames
-/// for you". Same thread only (no channel, no allocation while empty).
+/// A connection's inbox on its shard: hub answers, close requests and "a ring has frames for
+/// you". Same thread only (no channel, no allocation while empty).
+///
+/// Whoever drives the connection is woken through one [`Waker`]: a QUIC connection's task
+/// registers its own by awaiting [`Mailbox::wait`]; a WebSocket connection, driven by its
+/// shard's `ws_driver.rs` with no task of its own, is given its slot's waker once
+/// ([`Mailbox::set_waker`]).
 ///
 /// Replayed messages are held up to `replay_cap` bytes (`link.replay_bytes`); one beyond that is
 /// dropped here, and the session, seeing its replay stop short, asks the hub again from where it
@@ -173,7 +178,10 @@ pub(crate) struct Mailbox {
     replay_bytes: Cell<usize>,
     replay_cap: usize,
     ring: Cell<bool>,
-    notify: Notify,
+    /// A wake not yet seen by [`Mailbox::wait`] (a wake before the wait is not lost).
+    signalled: Cell<bool>,
+    /// Who to wake: the connection's driver.
+    waker: RefCell<Option<Waker>>,
 }
 
 /// Whether `event` is a replayed message: its size and join request.
@@ -224,23 +232,42 @@ impl Mailbox {
                 }
             }
         }
-        self.notify.notify_one();
+        self.wake();
     }
 
-    /// Tells the task that a ring it is parked on has frames.
+    /// Tells the driver that a ring the connection is parked on has frames.
     pub(crate) fn ring(&self) {
         self.ring.set(true);
-        self.notify.notify_one();
+        self.wake();
     }
 
-    /// Wakes the task (to look at its socket and state again).
+    /// Wakes the driver (to look at the socket and state again).
     pub(crate) fn wake(&self) {
-        self.notify.notify_one();
+        self.signalled.set(true);
+        if let Some(waker) = self.waker.borrow().as_ref() {
+            waker.wake_by_ref();
+        }
     }
 
-    /// Waits for the next post, ring or wake (a wake before the wait is not lost).
+    /// Wakes `waker` from now on, whenever something is posted or rung.
+    pub(crate) fn set_waker(&self, waker: Waker) {
+        *self.waker.borrow_mut() = Some(waker);
+    }
+
+    /// Waits for the next post, ring or wake (a wake before the wait is not lost): for a
+    /// connection with a task of its own (QUIC).
     pub(crate) async fn wait(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| {
+            if self.signalled.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut waker = self.waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
     }
 
     /// The next queued event.

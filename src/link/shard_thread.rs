@@ -32,7 +32,7 @@ use super::coordinator::CoordInbox;
 use super::registry::Users;
 use super::shard::{ShardMsg, ShardState, ShardStats, Woken};
 use super::shard_inbox::{ShardInbox, ShardSender};
-use super::{quic_clients, tally, upgrade};
+use super::{quic_clients, tally, upgrade, ws_driver};
 use super::upgrade::PortSetup;
 use crate::config::LinkConfig;
 use crate::tls::ServerCert;
@@ -100,6 +100,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
         let ctx = Rc::new(ConnContext::new(link, admission, users, coordinator, stats, state.clone()));
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let accept = tokio::task::spawn_local(upgrade::accept_loop(listener, ctx.clone(), port));
+        let ws_driver = tokio::task::spawn_local(ws_driver::run(ctx.clone()));
         let quic_endpoint = match quic {
             Some((socket, shards, cert)) => Some(quic_clients::start_endpoint(socket, shards, cert, max_client_frame)?),
             None => None,
@@ -185,6 +186,10 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
             endpoint.close(quinn::VarInt::from_u32(1001), b"server shutting down");
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
         }
+        ws_driver.abort();
+        // Connections still open after the grace period are dropped with the shard (their
+        // sockets closed): the slab is the only thing that still holds them.
+        ctx.ws_driver.clear();
         Ok::<(), std::io::Error>(())
     })
 }

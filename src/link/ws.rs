@@ -1,30 +1,34 @@
 //! The WebSocket connection driver: one upgraded connection (`upgrade.rs` did the HTTP part)
-//! run as a [`WsConnection`] shared by two drivers on the shard's thread:
+//! run as a [`WsConnection`] on its shard's thread, by two drivers and no task of its own:
 //! - **the shard loop** (delivery path): when a ring the connection is parked on gets a frame,
 //!   [`WsConnection::deliver`] moves the connection's new frames into its [`OutQueue`] and
-//!   writes them with one non-blocking `writev` — no task wake, no channel, no timer touched;
-//! - **its task** ([`run`], everything else): hub answers and close requests from its mailbox,
-//!   client frames (read into the shard's one scratch buffer, decoded in place by
-//!   `linkcast_core::ws_read`; only a frame cut by a read is kept, in a buffer freed once it
-//!   completes), waiting for a full socket to drain, a ping timer (keep-alive, idle, stall and
-//!   lag checks) and a timer at the token's expiry (moved by a `refresh`; close 1008 `token
-//!   expired` on time).
+//!   writes them with one non-blocking `writev` — no wake, no channel, no timer touched;
+//! - **the shard's WebSocket driver** (`ws_driver.rs`, everything else): the connection is a
+//!   slot ([`Served`]) in the driver's slab, stepped when its socket, its mailbox or a timer
+//!   wakes it ([`Served::step`]): hub answers and close requests from its mailbox, client frames
+//!   (read into the shard's one scratch buffer, decoded in place by `linkcast_core::ws_read`;
+//!   only a frame cut by a read is kept, in a buffer freed once it completes), and writing a
+//!   full socket as it drains; the driver's tick runs its timers ([`Served::tick`]: keep-alive
+//!   ping, idle, stall and lag checks, and the token's expiry: close 1008 `token expired`
+//!   within a tick of it, moved by a `refresh`).
 //!
 //! A connection admitted without a token in its URL ([`Pending::Auth`]) first runs
-//! [`authenticate`]: its first message must be `{"op":"auth","token"}` within
-//! [`AUTH_TIMEOUT`], or it is closed with 1008 before any session exists.
+//! [`authenticate`] in a task of its own: its first message must be `{"op":"auth","token"}`
+//! within [`AUTH_TIMEOUT`], or it is closed with 1008 before any session exists. Closing a
+//! connection (the close frame, a short wait for the client's) is a task too, only while it
+//! lasts.
 //!
 //! The connection's life (admission, session, close) is the shared [`Connection`]; this file
 //! only moves WebSocket frames. Ring frames are pulled only while less than
 //! `write_batch_bytes` wait in the socket queue, so a client that does not read costs one batch
 //! here plus its ring cursor, never a private copy of the room. An idle connection holds no
-//! buffer at all: its memory is its `WsConnection`, its task and its room membership.
+//! buffer at all: its memory is its `WsConnection`, its driver slot and its room membership.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
 
 use linkcast_core::auth::Claims;
 use linkcast_core::link_session::{refuse, ReqId, ToClient, Wire};
@@ -87,8 +91,8 @@ enum End {
     Gone,
 }
 
-/// One upgraded WebSocket connection, shared (`Rc`) by its task and its shard (see the module
-/// docs).
+/// One upgraded WebSocket connection, shared (`Rc`) by its driver slot and its shard (see the
+/// module docs).
 #[derive(Debug)]
 pub(crate) struct WsConnection {
     socket: ClientSocket,
@@ -104,7 +108,7 @@ pub(crate) struct WsConnection {
 
 impl DirectDelivery for WsConnection {
     /// The shard got frames on a ring this connection is parked on: move them to the socket now
-    /// (one non-blocking vectored write); a full socket is left to the task.
+    /// (one non-blocking vectored write); a full socket is left to its driver slot.
     fn deliver(&self) {
         if self.ended.get().is_some() {
             return;
@@ -113,7 +117,7 @@ impl DirectDelivery for WsConnection {
         let Ok(mut conn) = self.conn.try_borrow_mut() else { return self.mailbox.ring() };
         conn.mark_ring();
         if out.queued() > 0 || self.socket.wants_write() {
-            // Waiting for the socket already: the task pulls when it drains.
+            // Waiting for the socket already: its slot pulls when it drains.
             return self.mailbox.ring();
         }
         if !conn.shard_free() {
@@ -330,12 +334,12 @@ async fn close_unauthenticated(socket: ClientSocket, error: ClientError) {
 
 /// Starts an upgraded connection on this shard: `early` holds the bytes the client sent right
 /// behind its request head. A connection with its token ([`Pending::Ready`]) gets its session
-/// and its task ([`serve`]) at once; a [`Pending::Auth`] one first gets a task that waits for
-/// its `auth` message, which then starts the same way.
+/// and its driver slot ([`Served`]) at once; a [`Pending::Auth`] one first gets a task that
+/// waits for its `auth` message, which then starts the same way.
 ///
-/// Each connection's life is one task of its own, spawned here, so that task's future is only
-/// what a running connection needs (about 1 KB: the idle connection's main cost) — not the
-/// handshake's or the authentication's state, which a nesting future would keep for good.
+/// A running connection has no task: a slot in the shard's driver keeps only what its loop
+/// needs between wake-ups — not a task's cell and future (768 bytes), nor the handshake's or the
+/// authentication's state.
 pub(crate) fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admitted: Admitted, ctx: Rc<ConnContext>) {
     let reader = MessageReader::new(ctx.link.max_message_bytes);
     match who {
@@ -354,7 +358,8 @@ pub(crate) fn run(socket: ClientSocket, early: Vec<u8>, who: Pending, admitted: 
 }
 
 /// Opens the session of an authenticated connection, hands the shard its direct-delivery
-/// handle and spawns its task.
+/// handle and puts it in the shard's WebSocket driver (`ws_driver.rs`): from now on it is a slot
+/// there, not a task.
 fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: MessageReader, admitted: Admitted, ctx: Rc<ConnContext>) {
     let conn = Connection::open(ctx.clone(), Wire::Ws, claims, admitted);
     let id = conn.id();
@@ -368,104 +373,163 @@ fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: Messa
         ended: Cell::new(None),
     });
     ctx.shard.borrow_mut().set_direct(id, ws.clone());
-    // What the client sent behind its head (or its `auth` message) is handled before the task
-    // first waits; a frame cut short waits in `pending`.
+    // What the client sent behind its head (or its `auth` message) is handled before the
+    // connection is first stepped; a frame cut short waits in `pending`.
     let mut pending = Vec::new();
-    let first = if early.is_empty() {
-        Ok(())
-    } else {
+    if !early.is_empty() {
         let mut early = early;
-        ws.decode(&mut reader, &mut early).map(|used| pending.extend_from_slice(&early[used..]))
-    };
-    tokio::task::spawn_local(serve(ws, first, reader, pending, ctx));
+        match ws.decode(&mut reader, &mut early) {
+            Ok(used) => pending.extend_from_slice(&early[used..]),
+            Err(end) => ws.end(end),
+        }
+    }
+    let now = Instant::now();
+    let ping_every = Duration::from_secs(ctx.link.ping_interval_secs.max(1));
+    let served = Served { ws, reader, pending, last_heard: now, last_progress: now, next_ping: now + ping_every, reported_queue: 0 };
+    ctx.ws_driver.insert(served);
 }
 
-/// A connection's task: runs it until it ends (see the module docs), then closes it.
-async fn serve(ws: Rc<WsConnection>, first: Result<(), End>, mut reader: MessageReader, mut pending: Vec<u8>, ctx: Rc<ConnContext>) {
-    let mailbox = &ws.mailbox;
-    let link = &ctx.link;
-    let stats = &ctx.stats;
-    let batch = ws.batch;
-    // Above this, client input is not read until the socket drains (replies need room too).
-    let input_cap = batch * 2 + 64 * 1024;
-    let idle = Duration::from_secs(link.idle_timeout_secs.max(1));
-    let mut ping = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut armed_exp = ws.conn.borrow().expires();
-    let expiry = tokio::time::sleep_until(expiry_deadline(armed_exp));
-    tokio::pin!(expiry);
-    let mut last_heard = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut reported_queue = 0usize;
+/// Most rounds of [`Served::step`] (pump, write, read) before a busy connection lets the other
+/// connections of the shard go first.
+const ROUNDS_PER_STEP: usize = 4;
 
-    let mut end = first;
-    let end: End = loop {
-        if let Err(e) = end.and_then(|_| ws.pump()) {
-            break e;
+/// What [`Served::step`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stepped {
+    /// Waiting: its socket, mailbox or a tick will wake it.
+    Idle,
+    /// It could go on (input still readable): step it again after the others.
+    More,
+    /// The connection ended: take it out and [`Served::finish`] it.
+    Ended,
+}
+
+/// A running WebSocket connection as its shard's driver holds it: the connection and what
+/// its loop keeps between wake-ups (the reader's state, a frame cut by a read, the keep-alive
+/// clocks). What used to be the locals of a task per connection, now a slot in a slab.
+#[derive(Debug)]
+pub(crate) struct Served {
+    ws: Rc<WsConnection>,
+    reader: MessageReader,
+    pending: Vec<u8>,
+    last_heard: Instant,
+    last_progress: Instant,
+    next_ping: Instant,
+    /// Socket-queue bytes last added to the shard's `queued_bytes`.
+    reported_queue: usize,
+}
+
+impl Served {
+    /// The connection's mailbox (its driver gives it the slot's waker).
+    pub(crate) fn mailbox(&self) -> &Mailbox {
+        &self.ws.mailbox
+    }
+
+    /// Runs the connection until it has to wait, as its task did on each wake-up: mailbox
+    /// events and ring frames into the socket queue ([`WsConnection::pump`]), the socket written
+    /// while it takes bytes, the client's input read while the queue leaves room for replies.
+    /// The socket's readiness is registered with `cx`'s waker (the slot's).
+    pub(crate) fn step(&mut self, cx: &mut Context<'_>, ctx: &ConnContext) -> Stepped {
+        match self.rounds(cx, ctx) {
+            Ok(stepped) => stepped,
+            Err(end) => {
+                self.ws.ended.set(Some(end));
+                Stepped::Ended
+            }
         }
-        let queued = ws.out.borrow().queued();
-        if queued != reported_queue {
-            stats.queued_bytes.fetch_add(queued, Ordering::Relaxed);
-            stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
-            reported_queue = queued;
-        }
-        if ws.out.borrow_mut().take_progress() {
-            last_progress = Instant::now();
-        }
-        let read_allowed = queued < input_cap;
-        let exp = ws.conn.borrow().expires();
-        if exp != armed_exp {
-            armed_exp = exp;
-            expiry.as_mut().reset(expiry_deadline(exp));
-        }
-        end = tokio::select! {
-            biased;
-            _ = mailbox.wait() => Ok(()),
-            // Readiness by `poll_fn`: a few bytes in the task's future where `readable()` /
-            // `writable()` futures hold a waiter node each (~170 B) for the connection's life.
-            ready = std::future::poll_fn(|cx| ws.socket.poll_writable(cx)), if queued > 0 || ws.socket.wants_write() => ready.map_err(|_| End::Gone),
-            ready = std::future::poll_fn(|cx| ws.socket.poll_readable(cx)), if read_allowed => match ready {
-                Ok(()) => match ws.read(&mut reader, &mut pending) {
-                    Ok(ReadState::Heard) => {
-                        last_heard = Instant::now();
-                        Ok(())
+    }
+
+    fn rounds(&mut self, cx: &mut Context<'_>, ctx: &ConnContext) -> Result<Stepped, End> {
+        let ws = &*self.ws;
+        // Above this, client input is not read until the socket drains (replies need room too).
+        let input_cap = ws.batch * 2 + 64 * 1024;
+        for _ in 0..ROUNDS_PER_STEP {
+            ws.pump()?;
+            let queued = ws.out.borrow().queued();
+            if queued != self.reported_queue {
+                ctx.stats.queued_bytes.fetch_add(queued, Ordering::Relaxed);
+                ctx.stats.queued_bytes.fetch_sub(self.reported_queue, Ordering::Relaxed);
+                self.reported_queue = queued;
+            }
+            if ws.out.borrow_mut().take_progress() {
+                self.last_progress = Instant::now();
+            }
+            let mut again = false;
+            if queued > 0 || ws.socket.wants_write() {
+                match ws.socket.poll_writable(cx) {
+                    Poll::Ready(Ok(())) => again = true,
+                    Poll::Ready(Err(_)) => return Err(End::Gone),
+                    Poll::Pending => {}
+                }
+            }
+            if queued < input_cap {
+                match ws.socket.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if let ReadState::Heard = ws.read(&mut self.reader, &mut self.pending)? {
+                            self.last_heard = Instant::now();
+                        }
+                        again = true;
                     }
-                    Ok(ReadState::Nothing) => Ok(()),
-                    Err(e) => Err(e),
-                },
-                Err(_) => Err(End::Gone),
-            },
-            _ = &mut expiry, if armed_exp != u64::MAX => {
-                if armed_exp <= crate::clock::now_micros() / 1_000_000 {
-                    Err(End::Refused(ClientError::TokenExpired))
-                } else {
-                    expiry.as_mut().reset(expiry_deadline(armed_exp));
-                    Ok(())
+                    Poll::Ready(Err(_)) => return Err(End::Gone),
+                    Poll::Pending => {}
                 }
             }
-            _ = ping.tick() => {
-                let now = Instant::now();
-                let silent = now.duration_since(last_heard) > idle;
-                let stalled = queued > 0 && now.duration_since(last_progress) > idle;
-                if silent || stalled {
-                    Err(End::Refused(ClientError::Idle))
-                } else if let Err(error) = ws.conn.borrow().check() {
-                    Err(End::Refused(error))
-                } else {
-                    ws.out.borrow_mut().push(ws_frame::ping());
-                    Ok(())
-                }
+            if !again {
+                return Ok(Stepped::Idle);
             }
-        };
-    };
+        }
+        Ok(Stepped::More)
+    }
 
-    ws.ended.set(Some(end));
-    ws.conn.borrow_mut().finish();
-    // Boxed: the close's timers and reads must not size the task's future for the connection's
-    // whole life (that future is what an idle connection costs).
-    Box::pin(close(&ws, end, link.max_message_bytes)).await;
-    stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
+    /// The connection's timers, looked at every driver tick: the token's expiry (close 1008
+    /// `token expired`), and every `ping_interval_secs` the idle and stall checks (silent for
+    /// `idle_timeout_secs`, or a socket queue that did not move for as long), the session's
+    /// check (lag policy) and a keep-alive ping. True when it must be stepped (it ended, or a
+    /// ping waits in its queue).
+    pub(crate) fn tick(&mut self, now: Instant, now_secs: u64, ctx: &ConnContext) -> bool {
+        let ws = &*self.ws;
+        if ws.ended.get().is_some() {
+            return true;
+        }
+        let Ok(conn) = ws.conn.try_borrow() else { return false };
+        if conn.expires() <= now_secs {
+            drop(conn);
+            ws.end(End::Refused(ClientError::TokenExpired));
+            return true;
+        }
+        if now < self.next_ping {
+            return false;
+        }
+        let link = &ctx.link;
+        self.next_ping = now + Duration::from_secs(link.ping_interval_secs.max(1));
+        let idle = Duration::from_secs(link.idle_timeout_secs.max(1));
+        let queued = ws.out.borrow().queued();
+        let silent = now.duration_since(self.last_heard) > idle;
+        let stalled = queued > 0 && now.duration_since(self.last_progress) > idle;
+        let checked = conn.check();
+        drop(conn);
+        if silent || stalled {
+            ws.end(End::Refused(ClientError::Idle));
+        } else if let Err(error) = checked {
+            ws.end(End::Refused(error));
+        } else {
+            ws.out.borrow_mut().push(ws_frame::ping());
+        }
+        true
+    }
+
+    /// Ends a connection its step said [`Stepped::Ended`]: the session leaves its rooms, and a
+    /// task of its own (only while it closes) writes the close frame.
+    pub(crate) fn finish(self, ctx: &Rc<ConnContext>) {
+        let Served { ws, reported_queue, .. } = self;
+        let end = ws.ended.get().unwrap_or(End::Gone);
+        ws.conn.borrow_mut().finish();
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            close(&ws, end, ctx.link.max_message_bytes).await;
+            ctx.stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
+        });
+    }
 }
 
 /// Ends a connection that had a session: a close frame with `end`'s code and reason (the client's

@@ -80,7 +80,7 @@ fn thread_cpu_ns() -> u64 {
 fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender<QueueSender<ToShard, Unpark>>) -> u64 {
     let (tx, rx) = shard_queue::queue::<ToShard, _>(64 << 20, Unpark(std::thread::current()));
     let mut rooms = ShardRooms::new(index, RingLimits::default());
-    let limits = SessionLimits {
+    let limits = std::sync::Arc::new(SessionLimits {
         max_rooms: 4,
         max_message_bytes: 64 * 1024,
         lag_policy: LagPolicy::Gap,
@@ -89,13 +89,13 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
         join_rate: 0,
         join_burst: 10,
         replay_bytes: 1 << 20,
-    };
+    });
     let claims = Claims { sub: "u".into(), exp: u64::MAX, rooms: vec!["*".into()], iat: None };
     let mut conns: HashMap<u64, Conn> = HashMap::with_capacity(members);
     let mut items = Vec::new();
     for _ in 0..members {
         let id = rooms.new_id();
-        let mut session = LinkSession::new(id, Wire::Ws, claims.clone(), limits, 0);
+        let mut session = LinkSession::new(id, Wire::Ws, claims.clone(), limits.clone(), 0);
         let join = Request::Join { room: ROOM.into(), since: None, epoch: None, presence: false };
         session.handle_request(join, 0, &mut rooms, &mut items).expect("join accepted");
         let Some(ToCoordinator::Join { request, .. }) = session.poll_coordinator() else { panic!("a join for the coordinator") };

@@ -52,6 +52,7 @@
 //! operator's removal ([`LinkSession::remove`]) leaves a room with `removed` instead of `left`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -362,8 +363,9 @@ struct Member {
     live_from: u64,
     /// Joined with `"presence": true`: also gets the room's join/leave events.
     presence: bool,
-    /// The room's count as the Link knew it at the join, shown right after `joined`.
-    count: Option<Frame>,
+    /// The room's count as the Link knew it at the join, shown right after `joined` (boxed:
+    /// held only between a join and its `joined`, it would otherwise size every member).
+    count: Option<Box<Frame>>,
 }
 
 /// Seqs a resumed automatic room already delivered live: replays inside are skipped.
@@ -381,10 +383,15 @@ pub struct LinkSession {
     id: u64,
     wire: Wire,
     claims: Claims,
-    limits: SessionLimits,
+    /// Shared by every session of a Link (the same `[link]` limits).
+    limits: Arc<SessionLimits>,
+    /// Grown one room at a time (exactly): an idle connection is in a few rooms, and a doubled
+    /// capacity would cost it a whole unused member each.
     rooms: Vec<(String, Member)>,
-    /// Publish request id → (room, client id).
-    pending: HashMap<u64, (String, ReqId)>,
+    /// Publish request id → (room, client id); allocated by the first publish (most members
+    /// of a live room only read). Boxed on purpose: 8 bytes per reader instead of a map's 48.
+    #[allow(clippy::box_collection)]
+    pending: Option<Box<HashMap<u64, (String, ReqId)>>>,
     bucket: TokenBucket,
     /// A ring may have items for this connection: call [`LinkSession::fill`].
     pub dirty: bool,
@@ -401,7 +408,7 @@ pub struct LinkSession {
 
 impl LinkSession {
     /// A session for connection `id` (issued by its shard) with `claims`.
-    pub fn new(id: u64, wire: Wire, claims: Claims, limits: SessionLimits, now_micros: u64) -> Self {
+    pub fn new(id: u64, wire: Wire, claims: Claims, limits: Arc<SessionLimits>, now_micros: u64) -> Self {
         LinkSession {
             id,
             wire,
@@ -413,7 +420,7 @@ impl LinkSession {
             claims,
             limits,
             rooms: Vec::new(),
-            pending: HashMap::new(),
+            pending: None,
             dirty: false,
             to_coordinator: VecDeque::new(),
             stats: SessionStats::default(),
@@ -506,7 +513,8 @@ impl LinkSession {
                     Verdict::Limited => return refuse(ClientError::RateLimited, Some(&room), Some(id), out),
                     Verdict::Flood => return Err(ClientError::Flood),
                 }
-                if self.pending.len() >= MAX_PENDING_PUBLISHES {
+                let pending = self.pending.get_or_insert_with(Box::default);
+                if pending.len() >= MAX_PENDING_PUBLISHES {
                     return refuse(ClientError::RateLimited, Some(&room), Some(id), out);
                 }
                 let request = shard.new_id();
@@ -515,7 +523,7 @@ impl LinkSession {
                     .sender(&self.claims.sub)
                     .flags(flags)
                     .build(&Body::Publish { request, key, data });
-                self.pending.insert(request, (room, id));
+                pending.insert(request, (room, id));
                 self.to_coordinator.push_back(ToCoordinator::Publish { frame });
             }
             Request::Ping { nonce } => out.push(ToClient::Pong { nonce }),
@@ -673,6 +681,7 @@ impl LinkSession {
             presence,
             count: None,
         };
+        self.rooms.reserve_exact(1);
         self.rooms.push((room.to_owned(), member));
         self.stats.joins += 1;
         self.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since, epoch });
@@ -709,7 +718,7 @@ impl LinkSession {
             ArchivedBody::PublishAck { request, epoch } => {
                 let request = request.to_native();
                 shard.remove_request(request);
-                if let Some((room, id)) = self.pending.remove(&request) {
+                if let Some((room, id)) = self.pending.as_mut().and_then(|p| p.remove(&request)) {
                     out.push(ToClient::Published { room, seq: frame.seq(), epoch: epoch.to_native(), id });
                 }
                 return;
@@ -724,7 +733,7 @@ impl LinkSession {
                     let room = room.clone();
                     self.leave(&room, shard);
                     out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: None, retry_after_ms: retry });
-                } else if let Some((room, id)) = self.pending.remove(&request) {
+                } else if let Some((room, id)) = self.pending.as_mut().and_then(|p| p.remove(&request)) {
                     out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: Some(id), retry_after_ms: retry });
                 }
                 return;
@@ -734,7 +743,7 @@ impl LinkSession {
         if let ArchivedBody::Presence { .. } = frame.body() {
             // The room's count, routed with the join's answers: kept for after `joined`.
             if let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| r == frame.room() && !m.joined) {
-                member.count = Some(frame);
+                member.count = Some(Box::new(frame));
             }
             return;
         }
@@ -904,10 +913,9 @@ impl LinkSession {
             let room = room.clone();
             self.leave(&room, shard);
         }
-        for request in self.pending.keys() {
-            shard.remove_request(*request);
+        for request in self.pending.take().into_iter().flat_map(|p| p.into_keys()) {
+            shard.remove_request(request);
         }
-        self.pending.clear();
     }
 }
 
@@ -1064,7 +1072,7 @@ mod tests {
         fn new(ring_items: usize, policy: LagPolicy) -> Rig {
             let mut shard = ShardRooms::new(2, RingLimits { max_bytes: 1 << 20, max_items: ring_items });
             let id = shard.new_id();
-            Rig { shard, session: LinkSession::new(id, Wire::Ws, claims(), limits(policy), 0), out: Vec::new() }
+            Rig { shard, session: LinkSession::new(id, Wire::Ws, claims(), Arc::new(limits(policy)), 0), out: Vec::new() }
         }
 
         fn request(&mut self, request: Request) -> Result<(), ClientError> {
@@ -1327,7 +1335,7 @@ mod tests {
         let mut rig = Rig::new(64, LagPolicy::Gap);
         let limits = SessionLimits { replay_bytes, join_rate, join_burst, ..limits(LagPolicy::Gap) };
         let id = rig.shard.new_id();
-        rig.session = LinkSession::new(id, Wire::Ws, claims(), limits, 0);
+        rig.session = LinkSession::new(id, Wire::Ws, claims(), Arc::new(limits), 0);
         rig
     }
 
@@ -1460,7 +1468,7 @@ mod tests {
     #[test]
     fn a_publish_above_the_frame_limit_is_refused_whatever_the_config() {
         let mut rig = Rig::new(8, LagPolicy::Gap);
-        rig.session.limits.max_message_bytes = usize::MAX;
+        Arc::make_mut(&mut rig.session.limits).max_message_bytes = usize::MAX;
         let big = Request::Publish {
             room: "r".into(),
             data: vec![b'x'; MAX_PUBLISH_BYTES + 1],

@@ -73,6 +73,15 @@ impl OutQueue {
         self.out.push_back(frame);
     }
 
+    /// Frees the queue's slots once it is empty: an idle connection keeps no allocation. Not
+    /// done on every flush — a connection of a busy room would allocate per delivery — but by
+    /// its driver's tick.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+    }
+
     /// Bytes queued and not yet written.
     pub(crate) fn queued(&self) -> usize {
         self.queued

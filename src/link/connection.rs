@@ -61,6 +61,10 @@ pub(crate) struct ConnContext {
     pub(crate) shard: Rc<RefCell<ShardState>>,
     /// This shard's WebSocket connections, stepped by one task (`ws_driver.rs`).
     pub(crate) ws_driver: WsDriver,
+    /// `linkcast_link_connections{shard}`: one handle per shard, not one per connection.
+    connections_gauge: metrics::Gauge,
+    /// The sessions' limits (from `[link]`), shared by every session of the shard.
+    session_limits: Arc<SessionLimits>,
 }
 
 impl ConnContext {
@@ -73,7 +77,10 @@ impl ConnContext {
         stats: Arc<ShardStats>,
         shard: Rc<RefCell<ShardState>>,
     ) -> Self {
-        ConnContext { link, admission, users, coordinator, stats, shard, ws_driver: WsDriver::default() }
+        let index = shard.borrow().index();
+        let connections_gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
+        let session_limits = Arc::new(limits(&link));
+        ConnContext { link, admission, users, coordinator, stats, shard, ws_driver: WsDriver::default(), connections_gauge, session_limits }
     }
 
     /// Takes a connection slot; `None` when the Link is full or this shard is stopping.
@@ -121,7 +128,6 @@ pub(crate) struct Connection {
     session: LinkSession,
     mailbox: Rc<Mailbox>,
     wire: Wire,
-    gauge: metrics::Gauge,
     _admitted: Admitted,
     /// An operator's close reason, sent instead of the close code's own (`moderation.rs`).
     close_reason: Option<Box<str>>,
@@ -130,18 +136,17 @@ pub(crate) struct Connection {
 impl Connection {
     /// Registers an admitted, authenticated client on the shard and starts its session.
     pub(crate) fn open(ctx: Rc<ConnContext>, wire: Wire, claims: Claims, admitted: Admitted) -> Self {
-        let Registered { id, index, mailbox } = ctx.shard.borrow_mut().register_conn(ctx.link.replay_bytes);
+        let Registered { id, mailbox } = ctx.shard.borrow_mut().register_conn(ctx.link.replay_bytes);
         let info = ConnInfo { id, quic: wire == Wire::Quic, since_micros: now_micros() };
         for evicted in ctx.users.register(&claims.sub, info, ctx.link.max_conns_per_user) {
             let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
         }
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
-        gauge.increment(1.0);
-        let mut session = LinkSession::new(id, wire, claims, limits(&ctx.link), now_micros());
+        ctx.connections_gauge.increment(1.0);
+        let mut session = LinkSession::new(id, wire, claims, ctx.session_limits.clone(), now_micros());
         // The personal room and (unless off) `all`, live only: the client gets `joined` for each.
         session.join_system_rooms(ctx.link.broadcast_room, &mut ctx.shard.borrow_mut().rooms);
-        let mut conn = Connection { ctx, session, mailbox, wire, gauge, _admitted: admitted, close_reason: None };
+        let mut conn = Connection { ctx, session, mailbox, wire, _admitted: admitted, close_reason: None };
         conn.forward();
         conn
     }
@@ -329,7 +334,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.decrement(1.0);
+        self.ctx.connections_gauge.decrement(1.0);
     }
 }
 

@@ -329,13 +329,11 @@ impl Woken {
     }
 }
 
-/// What a connection task gets from [`ShardState::register_conn`].
+/// What a new connection gets from [`ShardState::register_conn`].
 #[derive(Debug)]
 pub(crate) struct Registered {
     /// The connection id (carries the shard index).
     pub(crate) id: u64,
-    /// The shard's index.
-    pub(crate) index: usize,
     /// The connection's mailbox.
     pub(crate) mailbox: Rc<Mailbox>,
 }
@@ -379,7 +377,7 @@ impl ShardState {
         let id = self.rooms.new_id();
         let mailbox = Rc::new(Mailbox::new(replay_cap));
         self.conns.insert(id, ConnSlot { mailbox: mailbox.clone(), direct: None });
-        Registered { id, index: self.index(), mailbox }
+        Registered { id, mailbox }
     }
 
     /// Lets the shard write ring frames straight to connection `id`.

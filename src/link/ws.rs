@@ -383,9 +383,10 @@ fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: Messa
             Err(end) => ws.end(end),
         }
     }
-    let now = Instant::now();
+    let now = Stamp::now();
     let ping_every = Duration::from_secs(ctx.link.ping_interval_secs.max(1));
-    let served = Served { ws, reader, pending, last_heard: now, last_progress: now, next_ping: now + ping_every, reported_queue: 0 };
+    let pending = (!pending.is_empty()).then(|| Box::new(pending));
+    let served = Served { ws, reader, pending, last_heard: now, last_progress: now, next_ping: now.after(ping_every), reported_queue: 0 };
     ctx.ws_driver.insert(served);
 }
 
@@ -406,17 +407,51 @@ pub(crate) enum Stepped {
 
 /// A running WebSocket connection as its shard's driver holds it: the connection and what
 /// its loop keeps between wake-ups (the reader's state, a frame cut by a read, the keep-alive
-/// clocks). What used to be the locals of a task per connection, now a slot in a slab.
+/// clocks). What used to be the locals of a task per connection, now a slot in a slab: 48
+/// bytes, kept small because an idle connection has one.
 #[derive(Debug)]
 pub(crate) struct Served {
     ws: Rc<WsConnection>,
     reader: MessageReader,
-    pending: Vec<u8>,
-    last_heard: Instant,
-    last_progress: Instant,
-    next_ping: Instant,
+    /// A frame cut by a read, until the rest arrives (rare: boxed, 8 bytes instead of 24).
+    #[allow(clippy::box_collection)]
+    pending: Option<Box<Vec<u8>>>,
+    last_heard: Stamp,
+    last_progress: Stamp,
+    next_ping: Stamp,
     /// Socket-queue bytes last added to the shard's `queued_bytes`.
-    reported_queue: usize,
+    reported_queue: u32,
+}
+
+/// A connection's clock reading in 4 bytes: milliseconds since the process's first reading,
+/// wrapping every 49 days. Compared by wrapping difference, which holds for the spans it
+/// measures: silence is checked every `ping_interval_secs` (and ends the connection past
+/// `idle_timeout_secs`), progress is refreshed while the queue is empty, pings are due within
+/// `ping_interval_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp(u32);
+
+impl Stamp {
+    /// Now.
+    pub(crate) fn now() -> Stamp {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        Stamp(EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32)
+    }
+
+    /// `span` later.
+    fn after(self, span: Duration) -> Stamp {
+        Stamp(self.0.wrapping_add(u32::try_from(span.as_millis()).unwrap_or(u32::MAX / 2)))
+    }
+
+    /// Time from `earlier` to this reading.
+    fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_millis(u64::from(self.0.wrapping_sub(earlier.0)))
+    }
+
+    /// Whether this reading is at or past `deadline`.
+    fn reached(self, deadline: Stamp) -> bool {
+        (self.0.wrapping_sub(deadline.0) as i32) >= 0
+    }
 }
 
 impl Served {
@@ -446,13 +481,14 @@ impl Served {
         for _ in 0..ROUNDS_PER_STEP {
             ws.pump()?;
             let queued = ws.out.borrow().queued();
-            if queued != self.reported_queue {
-                ctx.stats.queued_bytes.fetch_add(queued, Ordering::Relaxed);
-                ctx.stats.queued_bytes.fetch_sub(self.reported_queue, Ordering::Relaxed);
-                self.reported_queue = queued;
+            let reported = u32::try_from(queued).unwrap_or(u32::MAX);
+            if reported != self.reported_queue {
+                ctx.stats.queued_bytes.fetch_add(reported as usize, Ordering::Relaxed);
+                ctx.stats.queued_bytes.fetch_sub(self.reported_queue as usize, Ordering::Relaxed);
+                self.reported_queue = reported;
             }
             if ws.out.borrow_mut().take_progress() {
-                self.last_progress = Instant::now();
+                self.last_progress = Stamp::now();
             }
             let mut again = false;
             if queued > 0 || ws.socket.wants_write() {
@@ -465,8 +501,13 @@ impl Served {
             if queued < input_cap {
                 match ws.socket.poll_readable(cx) {
                     Poll::Ready(Ok(())) => {
-                        if let ReadState::Heard = ws.read(&mut self.reader, &mut self.pending)? {
-                            self.last_heard = Instant::now();
+                        let mut pending = self.pending.take().map(|cut| *cut).unwrap_or_default();
+                        let read = ws.read(&mut self.reader, &mut pending)?;
+                        if !pending.is_empty() {
+                            self.pending = Some(Box::new(pending));
+                        }
+                        if let ReadState::Heard = read {
+                            self.last_heard = Stamp::now();
                         }
                         again = true;
                     }
@@ -486,10 +527,16 @@ impl Served {
     /// `idle_timeout_secs`, or a socket queue that did not move for as long), the session's
     /// check (lag policy) and a keep-alive ping. True when it must be stepped (it ended, or a
     /// ping waits in its queue).
-    pub(crate) fn tick(&mut self, now: Instant, now_secs: u64, ctx: &ConnContext) -> bool {
+    pub(crate) fn tick(&mut self, now: Stamp, now_secs: u64, ctx: &ConnContext) -> bool {
         let ws = &*self.ws;
         if ws.ended.get().is_some() {
             return true;
+        }
+        if let Ok(mut out) = ws.out.try_borrow_mut() {
+            if out.queued() == 0 {
+                out.release_if_empty();
+                self.last_progress = now; // nothing waits: not stalled
+            }
         }
         let Ok(conn) = ws.conn.try_borrow() else { return false };
         if conn.expires() <= now_secs {
@@ -497,15 +544,15 @@ impl Served {
             ws.end(End::Refused(ClientError::TokenExpired));
             return true;
         }
-        if now < self.next_ping {
+        if !now.reached(self.next_ping) {
             return false;
         }
         let link = &ctx.link;
-        self.next_ping = now + Duration::from_secs(link.ping_interval_secs.max(1));
+        self.next_ping = now.after(Duration::from_secs(link.ping_interval_secs.max(1)));
         let idle = Duration::from_secs(link.idle_timeout_secs.max(1));
         let queued = ws.out.borrow().queued();
-        let silent = now.duration_since(self.last_heard) > idle;
-        let stalled = queued > 0 && now.duration_since(self.last_progress) > idle;
+        let silent = now.since(self.last_heard) > idle;
+        let stalled = queued > 0 && now.since(self.last_progress) > idle;
         let checked = conn.check();
         drop(conn);
         if silent || stalled {
@@ -527,7 +574,7 @@ impl Served {
         let ctx = ctx.clone();
         tokio::task::spawn_local(async move {
             close(&ws, end, ctx.link.max_message_bytes).await;
-            ctx.stats.queued_bytes.fetch_sub(reported_queue, Ordering::Relaxed);
+            ctx.stats.queued_bytes.fetch_sub(reported_queue as usize, Ordering::Relaxed);
         });
     }
 }
@@ -602,5 +649,27 @@ impl WsConnection {
             pending.drain(..at);
             Ok(false)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_compare_across_the_wrap() {
+        let before_wrap = Stamp(u32::MAX - 500);
+        let after = before_wrap.after(Duration::from_millis(1_500));
+        assert_eq!(after, Stamp(999));
+        assert_eq!(after.since(before_wrap), Duration::from_millis(1_500));
+        assert!(after.reached(before_wrap) && after.reached(after));
+        assert!(!before_wrap.reached(after), "a deadline 1.5 s ahead across the wrap is not reached");
+    }
+
+    #[test]
+    fn an_idle_connection_slot_stays_small() {
+        // What every idle connection costs its shard's driver (issue 17: Link memory per
+        // connection); a field added here is paid a million times.
+        assert!(std::mem::size_of::<Served>() <= 48, "{}", std::mem::size_of::<Served>());
     }
 }

@@ -28,12 +28,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::connection::ConnContext;
-use super::ws::{Served, Stepped};
+use super::ws::{Served, Stamp, Stepped};
 
 /// How often every connection's timers are looked at: the token's expiry closes within this of
 /// its time; keep-alive pings go out at `ping_interval_secs` to within this.
@@ -146,7 +146,7 @@ impl WsDriver {
     /// Every slot's timers; slots that must be stepped (a ping queued, the connection ended)
     /// are woken.
     fn tick(&self, ctx: &ConnContext) {
-        let now = Instant::now();
+        let now = Stamp::now();
         let now_secs = crate::clock::now_micros() / 1_000_000;
         for slot in self.slots.borrow_mut().iter_mut().flatten() {
             if slot.served.tick(now, now_secs, ctx) {

@@ -315,25 +315,26 @@ pub struct SessionLimits {
     pub replay_bytes: usize,
 }
 
-/// Counters since the last [`LinkSession::take_stats`].
+/// Counters since the last [`LinkSession::take_stats`]. 32-bit: a driver takes them after
+/// every call into the session (they count one call's work), and every connection carries a set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
     /// Joins requested.
-    pub joins: u64,
+    pub joins: u32,
     /// Times a cursor fell off its ring.
-    pub lagging: u64,
+    pub lagging: u32,
     /// Messages delivered (replayed or live).
-    pub delivered: u64,
+    pub delivered: u32,
     /// Gaps told to the client.
-    pub gaps: u64,
+    pub gaps: u32,
     /// `gaps` by reason, indexed by [`GapReason::index`].
-    pub gaps_by: [u64; GapReason::ALL.len()],
+    pub gaps_by: [u32; GapReason::ALL.len()],
     /// Resets told to the client.
-    pub resets: u64,
+    pub resets: u32,
     /// Replays cut at the connection's replay cap, to be continued once its socket drains.
-    pub replay_pages: u64,
+    pub replay_pages: u32,
     /// Joins refused by the join rate limit.
-    pub joins_limited: u64,
+    pub joins_limited: u32,
 }
 
 #[derive(Debug)]

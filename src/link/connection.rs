@@ -309,24 +309,24 @@ impl Connection {
             }
         }
         let stats = self.session.take_stats();
-        tally::delivered(stats.delivered);
+        tally::delivered(stats.delivered.into());
         if stats.joins > 0 {
-            metrics::counter!("linkcast_link_joins_total").increment(stats.joins);
+            metrics::counter!("linkcast_link_joins_total").increment(stats.joins.into());
         }
         if stats.lagging > 0 {
-            metrics::counter!("linkcast_link_lagging_total").increment(stats.lagging);
+            metrics::counter!("linkcast_link_lagging_total").increment(stats.lagging.into());
         }
         if stats.gaps > 0 {
             super::metrics::gaps(&stats.gaps_by);
         }
         if stats.resets > 0 {
-            metrics::counter!("linkcast_link_resets_total").increment(stats.resets);
+            metrics::counter!("linkcast_link_resets_total").increment(stats.resets.into());
         }
         if stats.replay_pages > 0 {
-            metrics::counter!("linkcast_link_replay_pages_total").increment(stats.replay_pages);
+            metrics::counter!("linkcast_link_replay_pages_total").increment(stats.replay_pages.into());
         }
         if stats.joins_limited > 0 {
-            metrics::counter!("linkcast_link_joins_limited_total").increment(stats.joins_limited);
+            metrics::counter!("linkcast_link_joins_limited_total").increment(stats.joins_limited.into());
         }
     }
 }

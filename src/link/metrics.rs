@@ -106,11 +106,11 @@ pub(crate) fn register(stats: &[Arc<ShardStats>], hubs_connected: &Arc<AtomicUsi
 }
 
 /// Adds a session's gap counts (indexed by [`GapReason::index`]) to `linkcast_link_gaps_total`.
-pub(crate) fn gaps(by_reason: &[u64; GapReason::ALL.len()]) {
+pub(crate) fn gaps(by_reason: &[u32; GapReason::ALL.len()]) {
     for reason in GapReason::ALL {
         let n = by_reason[reason.index()];
         if n > 0 {
-            metrics::counter!("linkcast_link_gaps_total", "reason" => reason.label()).increment(n);
+            metrics::counter!("linkcast_link_gaps_total", "reason" => reason.label()).increment(n.into());
         }
     }
 }

@@ -220,6 +220,12 @@ impl<T: Clone, C> ShardRoom<T, C> {
     /// Adds a member; its cursor starts at the tail (live from now).
     pub fn join(&mut self) -> Cursor {
         self.members += 1;
+        if self.parked.capacity() == 0 {
+            // Room for one parked member, exactly: most rooms on a Link are a user's personal
+            // room, with one member (a default first push would make room for four); a busy
+            // room's list grows from there as usual. Done here, not on the park path.
+            self.parked.reserve_exact(1);
+        }
         self.ring.cursor()
     }
 

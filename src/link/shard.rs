@@ -131,7 +131,7 @@ pub(crate) enum ConnAction {
     Query(tokio::sync::oneshot::Sender<Vec<String>>),
 }
 
-/// Shard → one connection task.
+/// Shard → one connection (its mailbox).
 #[derive(Debug)]
 pub(crate) enum ConnEvent {
     /// A hub answer for this connection, and where the room's ring stood when it was routed.
@@ -201,7 +201,7 @@ impl Mailbox {
         Mailbox { replay_cap, ..Mailbox::default() }
     }
 
-    /// Queues `event` and wakes the task.
+    /// Queues `event` and wakes the connection's driver.
     pub(crate) fn post(&self, event: ConnEvent) {
         {
             let mut events = self.events.borrow_mut();
@@ -298,7 +298,7 @@ impl Mailbox {
 /// gets them (a WebSocket connection: one non-blocking vectored write, no task wake).
 pub(crate) trait DirectDelivery: std::fmt::Debug {
     /// A ring this connection is parked on got items: move them to the socket now, or leave
-    /// them to the connection's task if the socket is full.
+    /// them to the connection's driver (its slot in `ws_driver.rs`) if the socket is full.
     fn deliver(&self);
 }
 
@@ -315,12 +315,12 @@ struct ConnSlot {
 pub(crate) enum Woken {
     /// A connection written to by the shard loop: [`DirectDelivery::deliver`].
     Direct(Rc<dyn DirectDelivery>),
-    /// Any other connection task: [`Mailbox::ring`].
+    /// Any other connection (a full socket, QUIC): [`Mailbox::ring`].
     Task(Rc<Mailbox>),
 }
 
 impl Woken {
-    /// Delivers (direct) or signals (task). Call with no borrow of the shard state held.
+    /// Delivers (direct) or signals (mailbox). Call with no borrow of the shard state held.
     pub(crate) fn wake(self) {
         match self {
             Woken::Direct(conn) => conn.deliver(),
@@ -387,7 +387,7 @@ impl ShardState {
         }
     }
 
-    /// Forgets a connection task.
+    /// Forgets a connection.
     pub(crate) fn remove_conn(&mut self, id: u64) {
         self.conns.remove(&id);
     }

@@ -12,8 +12,8 @@
 //! With `link.coalesce_us` > 0 the shard then lingers: once a burst woke members it keeps
 //! applying messages for up to that long before serving them, so the frames of a hot room
 //! (thousands of comments a second) leave each socket in one send instead of one each; a drain or
-//! shutdown ends the linger at once, and control messages are applied as they come (connection
-//! tasks run while the shard waits). After those writes each room message of the burst is timed once (publish → written,
+//! shutdown ends the linger at once, and control messages are applied as they come (the
+//! connections' driver runs while the shard waits). After those writes each room message of the burst is timed once (publish → written,
 //! `linkcast_link_delivery_seconds`, `metrics.rs`).
 //! On [`ShardMsg::Shutdown`] new connections are refused, every connection is asked to close with
 //! 1001, and the thread waits briefly for their close frames to leave. [`ShardMsg::Drain`] (a
@@ -149,7 +149,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
             }
             // The linger (`link.coalesce_us`): members woken by room messages wait up to that
             // long for more, so a hot room's frames leave each socket together. Control
-            // messages that arrive meanwhile are applied at once (connection tasks run while
+            // messages that arrive meanwhile are applied at once (the connections' driver runs while
             // the shard waits); a drain or shutdown ends the wait.
             if !linger.is_zero() && !woken.is_empty() && flow == Linger::Go {
                 let deadline = tokio::time::Instant::now() + linger;

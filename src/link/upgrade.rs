@@ -105,8 +105,9 @@ async fn handle_tcp(
     }
     let upgraded = handshake_tcp(tcp, tls, &port, &ctx).await;
     drop(handshake);
-    // The connection's life is a task of its own (`ws::run` spawns it): this one, sized by the
-    // handshake's state (a TLS stream, timers, the request head), ends here.
+    // The connection's life is a slot in the shard's WebSocket driver (`ws::run` puts it
+    // there): this task, sized by the handshake's state (a TLS stream, timers, the request
+    // head), ends here.
     if let Some((socket, early, claims)) = upgraded {
         ws::run(socket, early, claims, admitted, ctx);
     }

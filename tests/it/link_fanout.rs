@@ -179,3 +179,49 @@ async fn a_join_beyond_history_gets_a_gap_then_the_window() {
     assert_eq!(ws.next_json().await["seq"], 21);
     link.shutdown().await;
 }
+
+/// Connections are slots of their shard's driver (`ws_driver.rs`), not tasks: one that goes away
+/// (abruptly or with a close frame) frees its slot, and connections that reuse those slots are
+/// served as the others — no late wake of a gone connection reaches them, nothing is delivered
+/// twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_leave_free_their_slots_for_new_ones() {
+    const FIRST: usize = 40;
+    let (link, hub) = start_link(config(1, |_| {}), TableLimits::default()).await;
+    let addr = link.ws_addr();
+    let connect = || async move {
+        let mut ws = WsClient::connect_to(addr, None).await;
+        assert_eq!(ws.join("slots", None).await.1, 0);
+        ws
+    };
+    let mut clients = join_all((0..FIRST).map(|_| connect())).await;
+    // Half leave: every other one drops its socket, the rest close properly.
+    let leaving: Vec<WsClient> = clients.drain(FIRST / 2..).collect();
+    for (n, ws) in leaving.into_iter().enumerate() {
+        if n % 2 == 0 {
+            drop(ws);
+        } else {
+            ws.close().await;
+        }
+    }
+    let handle = &link;
+    crate::support::eventually(Duration::from_secs(10), "the leavers' connections end", || async move {
+        (handle.shard_connections() == vec![FIRST / 2]).then_some(())
+    })
+    .await;
+    // New connections take the freed slots.
+    clients.extend(join_all((0..FIRST / 2).map(|_| connect())).await);
+    assert_eq!(link.shard_connections(), vec![FIRST]);
+    for n in 1..=3 {
+        hub.publish("slots", &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    for ws in &mut clients {
+        for n in 1..=3u64 {
+            let got = ws.next_json().await;
+            assert_eq!((got["room"].as_str(), got["seq"].as_u64(), got["data"]["n"].as_u64()), (Some("slots"), Some(n), Some(n)), "{got}");
+        }
+        ws.assert_pong_next().await; // nothing more, nothing twice
+    }
+    link.shutdown().await;
+}
+

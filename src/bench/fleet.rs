@@ -72,6 +72,8 @@ pub(crate) struct FleetSpec {
     pub connect_concurrency: usize,
     /// Bound on one connect + join.
     pub connect_timeout_ms: u64,
+    /// Bound on the whole connect phase, seconds.
+    pub connect_window_secs: u64,
     /// First reconnect delay after a drop (backoff base).
     pub reconnect_initial_ms: u64,
     /// Seed for backoff jitter and drop selection.
@@ -320,7 +322,7 @@ pub(crate) async fn run_fleet(spec: FleetSpec, mut commands: mpsc::Receiver<Flee
     }
     // Wait until every subscriber settled; bounded by the connect timeout per concurrency wave.
     let waves = (ctx.spec.count / ctx.spec.connect_concurrency.max(1) as u64 + 2) * (u64::from(ctx.spec.connect_retries) + 1);
-    let deadline = started + Duration::from_millis(ctx.spec.connect_timeout_ms.saturating_mul(waves)).min(Duration::from_secs(600));
+    let deadline = started + Duration::from_millis(ctx.spec.connect_timeout_ms.saturating_mul(waves)).min(Duration::from_secs(ctx.spec.connect_window_secs));
     while ctx.settled() < ctx.spec.count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -725,6 +727,7 @@ mod tests {
             bind: Vec::new(),
             connect_concurrency: 1,
             connect_timeout_ms: 1000,
+            connect_window_secs: 600,
             reconnect_initial_ms: 10,
             seed: 1,
             lean: true,

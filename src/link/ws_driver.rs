@@ -3,7 +3,8 @@
 //!
 //! Why (issue 17): an idle connection's task — tokio's task cell around its future, 768 bytes,
 //! plus a boxed keep-alive timer — was the largest thing a connection cost the Link in user
-//! space. A slot is the connection's loop state ([`Served`], `ws.rs`) and a 40-byte waker.
+//! space. A slot is the connection's loop state ([`Served`], `ws.rs`, 56 bytes) and a 32-byte
+//! waker.
 //!
 //! Data flow:
 //! - `ws.rs` opens a connection and [`WsDriver::insert`]s it: the slot gets a [`Waker`] of its
@@ -13,8 +14,10 @@
 //!   and wakes the driver's task ([`run`]), which steps each ready slot ([`Served::step`]: the
 //!   mailbox, the rings, the socket queue, then the client's input), [`STEPS_PER_YIELD`] at a
 //!   time before it lets the shard's other tasks (the shard loop, accepts) run;
-//! - every [`TICK`] the driver runs every slot's timers ([`Served::tick`]: keep-alive ping,
-//!   idle, stall and lag checks, the token's expiry);
+//! - every [`TICK`] the driver looks at every slot's next due time, kept in the slot itself
+//!   (a slot with nothing due is one comparison in the slab, its connection not touched), and
+//!   runs the due ones' timers ([`Served::tick`]: keep-alive ping, idle, stall and lag checks,
+//!   the token's expiry);
 //! - a step that ends its connection frees the slot (its waker is disarmed, the index reused)
 //!   and [`Served::finish`] hands the connection to a short-lived task that writes the close.
 //!

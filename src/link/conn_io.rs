@@ -75,7 +75,7 @@ impl OutQueue {
 
     /// Frees the queue's slots once it is empty: an idle connection keeps no allocation. Not
     /// done on every flush — a connection of a busy room would allocate per delivery — but by
-    /// its driver's tick.
+    /// its driver at each keep-alive check.
     pub(crate) fn release_if_empty(&mut self) {
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = VecDeque::new();

@@ -9,3 +9,8 @@
 pub(crate) fn now_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
+
+/// Seconds since the Unix epoch: what token expiries (`exp`) are in.
+pub(crate) fn now_secs() -> u64 {
+    now_micros() / 1_000_000
+}

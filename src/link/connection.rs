@@ -276,7 +276,7 @@ impl Connection {
         if self.ctx.link.lag_policy == LagPolicy::Disconnect && self.session.lagging(&self.ctx.shard.borrow().rooms) {
             return Err(ClientError::SlowConsumer);
         }
-        if self.expires() <= now_micros() / 1_000_000 {
+        if self.expires() <= crate::clock::now_secs() {
             return Err(ClientError::TokenExpired);
         }
         Ok(())

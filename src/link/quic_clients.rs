@@ -91,6 +91,14 @@ fn close(conn: &quinn::Connection, error: ClientError) {
     conn.close(quinn::VarInt::from_u32(u32::from(code)), reason.as_bytes());
 }
 
+/// When the expiry timer of a token expiring at `exp` (seconds since the Unix epoch) fires: at
+/// `exp`, or within the hour (it is armed again then). (A WebSocket connection has no timer of
+/// its own: its driver's tick looks at the expiry, `ws.rs` `Served::due`.)
+fn expiry_deadline(exp: u64) -> tokio::time::Instant {
+    let left = exp.saturating_mul(1_000_000).saturating_sub(crate::clock::now_micros());
+    tokio::time::Instant::now() + Duration::from_micros(left.min(3_600_000_000))
+}
+
 /// Runs one QUIC client connection on this shard.
 pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
     let Accepted { incoming, pre_auth } = accepted;
@@ -147,7 +155,7 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut tick = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
     let exp = client.expires();
-    let expiry = tokio::time::sleep_until(super::ws::expiry_deadline(exp));
+    let expiry = tokio::time::sleep_until(expiry_deadline(exp));
     tokio::pin!(expiry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut items: Vec<ToClient> = Vec::new();
@@ -206,10 +214,10 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
             }
             // The token is enforced at its `exp`, not at the next tick (as on WebSocket).
             _ = &mut expiry, if exp != u64::MAX => {
-                if exp <= crate::clock::now_micros() / 1_000_000 {
+                if exp <= crate::clock::now_secs() {
                     break Some(ClientError::TokenExpired);
                 }
-                expiry.as_mut().reset(super::ws::expiry_deadline(exp));
+                expiry.as_mut().reset(expiry_deadline(exp));
             }
         }
     };

@@ -272,13 +272,6 @@ enum ReadState {
     Nothing,
 }
 
-/// When the expiry timer of a token expiring at `exp` (seconds since the Unix epoch) fires: at
-/// `exp`, or within the hour (it is armed again then).
-pub(crate) fn expiry_deadline(exp: u64) -> tokio::time::Instant {
-    let left = exp.saturating_mul(1_000_000).saturating_sub(crate::clock::now_micros());
-    tokio::time::Instant::now() + Duration::from_micros(left.min(3_600_000_000))
-}
-
 /// The first message of a connection without a token in its URL: `{"op":"auth","token"}`
 /// within [`AUTH_TIMEOUT`]. `Ok`: its claims and the bytes after that message. `Err(Some)`:
 /// close with that error; `Err(None)`: the client went away.
@@ -388,7 +381,7 @@ fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: Messa
     let pending = (!pending.is_empty()).then(|| Box::new(pending));
     let next_ping = now.after(ping_every);
     let mut served = Served { ws, reader, pending, last_heard: now, last_progress: now, next_ping, next_due: next_ping, reported_queue: 0 };
-    served.next_due = served.due(now, now_secs());
+    served.next_due = served.due(now, crate::clock::now_secs());
     ctx.ws_driver.insert(served);
 }
 
@@ -427,11 +420,6 @@ pub(crate) struct Served {
     next_due: Stamp,
     /// Socket-queue bytes last added to the shard's `queued_bytes`.
     reported_queue: u32,
-}
-
-/// Seconds since the Unix epoch (what token expiries are in).
-fn now_secs() -> u64 {
-    crate::clock::now_micros() / 1_000_000
 }
 
 /// A connection's clock reading in 4 bytes: milliseconds since the process's first reading,
@@ -480,7 +468,7 @@ impl Served {
             Ok((stepped, heard)) => {
                 if heard {
                     // A client message may have been a `refresh`: the token's expiry moved.
-                    self.next_due = self.due(Stamp::now(), now_secs());
+                    self.next_due = self.due(Stamp::now(), crate::clock::now_secs());
                 }
                 stepped
             }

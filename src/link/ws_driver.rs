@@ -150,7 +150,7 @@ impl WsDriver {
     /// are woken.
     fn tick(&self, ctx: &ConnContext) {
         let now = Stamp::now();
-        let now_secs = crate::clock::now_micros() / 1_000_000;
+        let now_secs = crate::clock::now_secs();
         for slot in self.slots.borrow_mut().iter_mut().flatten() {
             if slot.served.tick(now, now_secs, ctx) {
                 Waker::from(slot.wake.clone()).wake_by_ref();

@@ -14,11 +14,14 @@
 //!
 //! A regression must be both large (over the threshold) and real (the whole interval above
 //! zero); either alone is not enough. Comparisons are strict, so a change of exactly `t` is ok.
+//! When the interval is the range of alternating rounds rather than a confidence interval
+//! ([`Evidence::Rounds`]), "real" is stricter: the whole range must be past `t / 2` (below
+//! `-t / 2` for `faster`), since three rounds on the same side of zero happen by chance.
 
 use std::fmt;
 use std::path::Path;
 
-use crate::estimates::{self, Estimate, EstimatesError, Measured};
+use crate::estimates::{self, Estimate, EstimatesError, Evidence, Measured};
 
 /// Threshold used when none is given: +10 % on the mean.
 pub const DEFAULT_THRESHOLD_PERCENT: f64 = 10.0;
@@ -171,18 +174,23 @@ impl Decision {
 }
 
 /// Applies the rules in the module doc to one change-of-the-mean estimate.
-pub fn judge(change: &Estimate, threshold: Threshold) -> Verdict {
+pub fn judge(change: &Estimate, evidence: Evidence, threshold: Threshold) -> Verdict {
     let point = change.point_estimate;
     let interval = change.confidence_interval;
     let t = threshold.fraction();
+    // How far past zero the whole interval must be for the change to be real.
+    let margin = match evidence {
+        Evidence::Confidence => 0.0,
+        Evidence::Rounds => t / 2.0,
+    };
     if point > t {
-        if interval.lower_bound > 0.0 {
+        if interval.lower_bound > margin {
             Verdict::Regressed
         } else {
             Verdict::Noise
         }
     } else if point < -t {
-        if interval.upper_bound < 0.0 {
+        if interval.upper_bound < -margin {
             Verdict::Faster
         } else {
             Verdict::Noise
@@ -197,7 +205,7 @@ pub fn decide(measured: Vec<Measured>, threshold: Threshold) -> Decision {
     let rows = measured
         .into_iter()
         .map(|measured| {
-            let verdict = judge(&measured.change, threshold);
+            let verdict = judge(&measured.change, measured.evidence, threshold);
             Row { measured, verdict }
         })
         .collect();
@@ -248,6 +256,7 @@ mod tests {
             change,
             base_mean_ns: Some(100.0),
             head_mean_ns: Some(100.0 * (1.0 + change.point_estimate)),
+            evidence: Evidence::Confidence,
         }
     }
 
@@ -258,7 +267,7 @@ mod tests {
     #[test]
     fn clear_regression_fails() {
         let c = change(0.25, 0.20, 0.30);
-        assert_eq!(judge(&c, ten_percent()), Verdict::Regressed);
+        assert_eq!(judge(&c, Evidence::Confidence, ten_percent()), Verdict::Regressed);
         let decision = decide(vec![measured("frame/decode", c)], ten_percent());
         assert_eq!(decision.exit(), GateExit::Regressed);
         assert_eq!(decision.exit().code(), 1);
@@ -268,7 +277,7 @@ mod tests {
     fn noise_over_threshold_passes() {
         // +12 % point estimate, but the interval reaches below zero: not a proven slowdown.
         let c = change(0.12, -0.02, 0.26);
-        assert_eq!(judge(&c, ten_percent()), Verdict::Noise);
+        assert_eq!(judge(&c, Evidence::Confidence, ten_percent()), Verdict::Noise);
         let decision = decide(vec![measured("frame/decode", c)], ten_percent());
         assert_eq!(decision.exit(), GateExit::Pass);
         assert_eq!(decision.exit().code(), 0);
@@ -278,7 +287,7 @@ mod tests {
     fn small_significant_change_passes() {
         // Real (+2 %..+6 %) but under the threshold.
         let c = change(0.04, 0.02, 0.06);
-        assert_eq!(judge(&c, ten_percent()), Verdict::Ok);
+        assert_eq!(judge(&c, Evidence::Confidence, ten_percent()), Verdict::Ok);
         assert_eq!(
             decide(vec![measured("a", c)], ten_percent()).exit(),
             GateExit::Pass
@@ -288,32 +297,32 @@ mod tests {
     #[test]
     fn improvement_is_faster_and_passes() {
         let c = change(-0.30, -0.35, -0.25);
-        assert_eq!(judge(&c, ten_percent()), Verdict::Faster);
+        assert_eq!(judge(&c, Evidence::Confidence, ten_percent()), Verdict::Faster);
         assert_eq!(
             decide(vec![measured("a", c)], ten_percent()).exit(),
             GateExit::Pass
         );
         // A large but inconclusive speed-up is noise, not faster.
         assert_eq!(
-            judge(&change(-0.30, -0.60, 0.01), ten_percent()),
+            judge(&change(-0.30, -0.60, 0.01), Evidence::Confidence, ten_percent()),
             Verdict::Noise
         );
     }
 
     #[test]
     fn boundaries_are_strict() {
-        assert_eq!(judge(&change(0.10, 0.05, 0.15), ten_percent()), Verdict::Ok);
+        assert_eq!(judge(&change(0.10, 0.05, 0.15), Evidence::Confidence, ten_percent()), Verdict::Ok);
         assert_eq!(
-            judge(&change(0.11, 0.0, 0.2), ten_percent()),
+            judge(&change(0.11, 0.0, 0.2), Evidence::Confidence, ten_percent()),
             Verdict::Noise
         );
         assert_eq!(
-            judge(&change(-0.10, -0.15, -0.05), ten_percent()),
+            judge(&change(-0.10, -0.15, -0.05), Evidence::Confidence, ten_percent()),
             Verdict::Ok
         );
         let zero = Threshold::from_percent(0.0).expect("0 is a valid percentage");
         assert_eq!(
-            judge(&change(0.001, 0.0005, 0.002), zero),
+            judge(&change(0.001, 0.0005, 0.002), Evidence::Confidence, zero),
             Verdict::Regressed
         );
     }

@@ -91,6 +91,20 @@ pub struct Measured {
     pub base_mean_ns: Option<f64>,
     /// Head mean in ns; `None` if `new/estimates.json` is absent.
     pub head_mean_ns: Option<f64>,
+    /// What `change`'s interval is, and so how far it must clear zero to count.
+    pub evidence: Evidence,
+}
+
+/// Where a change's interval comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// criterion's confidence interval of one base/head comparison: it must exclude zero.
+    Confidence,
+    /// The [min, max] of the per-round changes of alternating rounds ([`crate::rounds`]): every
+    /// round must be past HALF the threshold. A range of three rounds all above zero is a coin
+    /// that comes up "slower" three times in eight on identical code; on the idle machine it
+    /// flagged a 26 ns bench whose rounds were +1.1 %, +11.1 % and +25.8 %.
+    Rounds,
 }
 
 /// Why the estimates could not be read. Every variant means "nothing trustworthy to judge".
@@ -212,6 +226,7 @@ fn read_bench(
         change: change.mean,
         base_mean_ns,
         head_mean_ns,
+        evidence: Evidence::Confidence,
     })
 }
 

@@ -6,8 +6,9 @@
 //! Per round `i` the change is `head_i / base_i - 1` (the two ran back to back, so slow drifts
 //! of a shared machine hit both). The bench's change is the MEDIAN of those per-round changes;
 //! its interval is [min, max] over the rounds. So a bench is `REGRESSED` only when the median
-//! round is slower by more than the threshold AND every round saw it slower (the interval is
-//! above zero); one noisy round can neither make nor hide a regression by itself.
+//! round is slower by more than the threshold AND every round saw it slower by more than half
+//! the threshold ([`Evidence::Rounds`]); one noisy round can neither make nor hide a regression
+//! by itself.
 //!
 //! Layout read (criterion 0.5, `--save-baseline NAME` writes `<bench id>/NAME/estimates.json`):
 //! `<criterion-dir>/<bench id>/{base-1,head-1,base-2,head-2,…}/estimates.json`.
@@ -17,7 +18,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::estimates::{self, ConfidenceInterval, Estimate, EstimatesError, Measured, ESTIMATES_FILE, REPORT_DIR};
+use crate::estimates::{self, ConfidenceInterval, Estimate, EstimatesError, Evidence, Measured, ESTIMATES_FILE, REPORT_DIR};
 
 /// Baseline name of round `round` (1-based) of `side` (`base` or `head`).
 pub fn baseline_name(side: &str, round: usize) -> String {
@@ -91,6 +92,7 @@ pub fn summarize(id: estimates::BenchId, rounds: &[(f64, f64)]) -> Option<Measur
         },
         base_mean_ns: Some(median(bases)),
         head_mean_ns: Some(median(heads)),
+        evidence: Evidence::Rounds,
     })
 }
 
@@ -127,6 +129,18 @@ mod tests {
         // Median beyond the threshold but one round faster: not conclusive.
         assert_eq!(verdict(&[(100.0, 121.0), (100.0, 95.0), (100.0, 125.0)]), Verdict::Noise);
         assert_eq!(verdict(&[(100.0, 80.0), (100.0, 82.0)]), Verdict::Faster);
+    }
+
+    #[test]
+    fn every_round_must_be_past_half_the_threshold() {
+        // The false alarm of the idle machine (identical code, a 26 ns bench): median +11.1 %,
+        // every round slower, but one by 1.1 %: noise.
+        assert_eq!(verdict(&[(26.0, 26.0 * 1.011), (26.0, 26.0 * 1.111), (26.0, 26.0 * 1.258)]), Verdict::Noise);
+        // Every round at least 5 % (half of 10 %) slower, median over 10 %: regressed.
+        assert_eq!(verdict(&[(100.0, 105.5), (100.0, 112.0), (100.0, 130.0)]), Verdict::Regressed);
+        // The same rule for speed-ups.
+        assert_eq!(verdict(&[(100.0, 98.0), (100.0, 85.0), (100.0, 80.0)]), Verdict::Noise);
+        assert_eq!(verdict(&[(100.0, 94.0), (100.0, 85.0), (100.0, 80.0)]), Verdict::Faster);
     }
 
     #[test]

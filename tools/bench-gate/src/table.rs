@@ -132,7 +132,7 @@ fn summary(decision: &Decision) -> String {
 mod tests {
     use super::*;
     use crate::decision::{decide, Threshold};
-    use crate::estimates::{BenchId, ConfidenceInterval, Estimate, Measured};
+    use crate::estimates::{BenchId, ConfidenceInterval, Estimate, Evidence, Measured};
 
     #[test]
     fn times_pick_a_readable_unit() {
@@ -159,6 +159,7 @@ mod tests {
             },
             base_mean_ns: Some(800.0),
             head_mean_ns: Some(960.0),
+            evidence: Evidence::Confidence,
         };
         let threshold = Threshold::from_percent(10.0).expect("valid percentage");
         let text = render(&decide(vec![measured], threshold));

@@ -469,10 +469,14 @@ pub struct LinkConfig {
     pub publish_rate: u32,
     /// Token bucket burst for client publishes.
     pub publish_burst: u32,
-    /// Seconds between WebSocket pings.
+    /// Seconds between WebSocket pings (with `keepalive = "tcp"`: of silence on the wire before
+    /// the kernel's first keep-alive probe).
     pub ping_interval_secs: u64,
-    /// A connection silent for this long is closed.
+    /// A connection silent for this long is closed (with `keepalive = "tcp"`: a peer that
+    /// stopped answering the kernel for this long).
     pub idle_timeout_secs: u64,
+    /// How the Link finds out that a WebSocket client is gone.
+    pub keepalive: KeepAlive,
     /// Browser origins allowed to connect; empty = any.
     pub allowed_origins: Vec<String>,
     /// Kernel send buffer (SO_SNDBUF) of each client socket, bytes; 0 = the OS default
@@ -503,6 +507,25 @@ pub struct LinkConfig {
     pub coalesce_us: u32,
 }
 
+/// How a Link finds out that a WebSocket client is gone (`link.keepalive`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepAlive {
+    /// A WebSocket ping every `ping_interval_secs`; a client silent for `idle_timeout_secs` is
+    /// closed (1001 `idle timeout`). Crosses HTTP proxies and load balancers with idle timers of
+    /// their own, and tells a live but frozen client from a working one. Each ping is a send, a
+    /// client wake-up and a pong read: connections / `ping_interval_secs` of them a second.
+    #[default]
+    Ping,
+    /// The kernel's TCP keep-alive instead: probes after `ping_interval_secs` of silence on the
+    /// wire, and `TCP_USER_TIMEOUT` = `idle_timeout_secs`, so a peer that answers neither probes
+    /// nor data for that long ends its socket with an error — without waking the Link or the
+    /// client (a probe is answered by the client's kernel). No WebSocket pings and no silence
+    /// check; the stall check (a socket queue that does not move) and token expiry stay. For
+    /// clients that reach the Link directly: a proxy in between does not see TCP probes.
+    Tcp,
+}
+
 /// Largest `link.coalesce_us` (20 ms): a linger is a latency every message pays.
 pub const MAX_COALESCE_US: u32 = 20_000;
 
@@ -523,6 +546,7 @@ impl Default for LinkConfig {
             publish_burst: 40,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
+            keepalive: KeepAlive::Ping,
             allowed_origins: Vec::new(),
             socket_send_buffer: 0,
             max_handshakes: 4096,
@@ -755,6 +779,10 @@ impl Config {
         }
         if self.link.shard_queue_bytes == 0 {
             return Err(ConfigError::Invalid("link.shard_queue_bytes must be positive".into()));
+        }
+        if self.link.idle_timeout_secs <= self.link.ping_interval_secs {
+            // A silence check at every ping would close a client before its pong could come.
+            return Err(ConfigError::Invalid("link.idle_timeout_secs must be longer than link.ping_interval_secs".into()));
         }
         if self.link.coalesce_us > MAX_COALESCE_US {
             return Err(ConfigError::Invalid(format!("link.coalesce_us must be at most {MAX_COALESCE_US} (20 ms)")));
@@ -990,6 +1018,17 @@ mod security_tests {
         assert!(config.validate().is_ok(), "20 ms is the bound, allowed");
         let config = Config::from_toml("[link]\ncoalesce_us = 20001").expect("parses");
         assert!(config.validate().is_err(), "above 20 ms is refused");
+    }
+
+    #[test]
+    fn keepalive_defaults_to_pings_and_tcp_is_accepted() {
+        assert_eq!(Config::from_toml("").expect("valid").link.keepalive, KeepAlive::Ping);
+        let config = Config::from_toml("[link]\nkeepalive = \"tcp\"").expect("valid");
+        assert_eq!(config.link.keepalive, KeepAlive::Tcp);
+        assert!(config.validate().is_ok());
+        assert!(Config::from_toml("[link]\nkeepalive = \"udp\"").is_err(), "an unknown mode is refused");
+        let config = Config::from_toml("[link]\nping_interval_secs = 60\nidle_timeout_secs = 60").expect("parses");
+        assert!(config.validate().is_err(), "an idle timeout no longer than the ping interval is refused");
     }
 }
 

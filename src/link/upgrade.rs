@@ -32,6 +32,7 @@ use super::admission::Admitted;
 use super::connection::{ConnContext, Pending};
 use super::socket::ClientSocket;
 use super::ws;
+use crate::config::KeepAlive;
 use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
 
 /// Time a client has, from its TCP connect, to finish TLS (wss) and send its request head.
@@ -103,6 +104,14 @@ async fn handle_tcp(
     if link.socket_send_buffer > 0 {
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(link.socket_send_buffer);
     }
+    if link.keepalive == KeepAlive::Tcp {
+        if let Err(error) = kernel_keepalive(&tcp, link.ping_interval_secs, link.idle_timeout_secs) {
+            // The connection could not be watched the way the config says: refuse it rather
+            // than keep a socket nothing would ever find dead.
+            tracing::warn!(%error, "cannot set TCP keep-alive on a client socket; closing it");
+            return;
+        }
+    }
     let upgraded = handshake_tcp(tcp, tls, &port, &ctx).await;
     drop(handshake);
     // The connection's life is a slot in the shard's WebSocket driver (`ws::run` puts it
@@ -111,6 +120,26 @@ async fn handle_tcp(
     if let Some((socket, early, claims)) = upgraded {
         ws::run(socket, early, claims, admitted, ctx);
     }
+}
+
+/// `link.keepalive = "tcp"`: the kernel probes a socket silent for `ping_secs` (every
+/// `(idle_secs - ping_secs) / 4` s after that, 4 probes) and `TCP_USER_TIMEOUT` ends it once
+/// anything it sent — data or probe — went unacknowledged for `idle_secs`: a dead client ends
+/// its socket with an error within about `idle_secs`, and no process wakes up meanwhile.
+fn kernel_keepalive(tcp: &TcpStream, ping_secs: u64, idle_secs: u64) -> std::io::Result<()> {
+    let ping = ping_secs.max(1);
+    let probes = 4;
+    let between = (idle_secs.saturating_sub(ping) / u64::from(probes)).max(1);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(ping))
+        .with_interval(Duration::from_secs(between))
+        .with_retries(probes);
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(&keepalive)?;
+    // Linux's (elsewhere the probes alone find a dead peer; data waits on the kernel's retries).
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(Duration::from_secs(idle_secs.max(1))))?;
+    Ok(())
 }
 
 /// The HTTP part of a WebSocket connection (and its TLS handshake on a `wss://` port): the

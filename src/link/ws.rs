@@ -36,6 +36,7 @@ use linkcast_core::protocol::{ClientError, ClientOp, Refusal};
 use linkcast_core::ws_frame;
 use linkcast_core::ws_read::{Incoming, MessageReader};
 
+use crate::config::KeepAlive;
 use super::conn_io::{Flushed, OutQueue};
 use super::admission::Admitted;
 use super::connection::{count_close, ConnContext, Connection, Pending, AUTH_TIMEOUT};
@@ -565,7 +566,11 @@ impl Served {
             // An idle connection keeps no queue slots (they grew with its last burst).
             ws.out.borrow_mut().release_if_empty();
         }
-        let silent = now.since(self.last_heard) > idle;
+        // With the kernel's keep-alive (`link.keepalive = "tcp"`) a dead client ends its socket
+        // by itself: no ping, and silence is no reason to close (a member that only reads says
+        // nothing for hours).
+        let pings = link.keepalive == KeepAlive::Ping;
+        let silent = pings && now.since(self.last_heard) > idle;
         let stalled = queued > 0 && now.since(self.last_progress) > idle;
         let checked = conn.check();
         drop(conn);
@@ -573,7 +578,7 @@ impl Served {
             ws.end(End::Refused(ClientError::Idle));
         } else if let Err(error) = checked {
             ws.end(End::Refused(error));
-        } else {
+        } else if pings {
             ws.out.borrow_mut().push(ws_frame::ping());
         }
         true

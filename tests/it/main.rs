@@ -48,6 +48,8 @@ mod js_client;
 mod link_bad_input;
 mod link_coalesce;
 mod link_fanout;
+#[cfg(target_os = "linux")]
+mod link_keepalive;
 mod links_dynamic;
 mod link_owner_map;
 mod link_quic;

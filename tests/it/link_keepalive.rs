@@ -10,34 +10,14 @@ use std::time::Duration;
 
 use linkcast::config::KeepAlive;
 use linkcast_core::room_table::TableLimits;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::support::eventually;
-use crate::support::http::UPGRADE;
+use crate::support::http::raw_upgrade;
 use crate::support::link::{config, start_link};
 
 const PING_SECS: u64 = 1;
-
-/// Opens a WebSocket (dev mode: no token) with a raw client; returns it past the 101 answer.
-async fn upgraded(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    let headers: String = UPGRADE.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-    tcp.write_all(format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await.expect("in time").expect("read");
-        assert!(n > 0, "closed during the upgrade");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
-    buf.drain(..head_end);
-    (tcp, buf)
-}
 
 /// The opcodes of every server frame that arrives within `wait` (frames are unmasked).
 async fn opcodes_within(tcp: &mut TcpStream, mut buf: Vec<u8>, wait: Duration) -> Vec<u8> {
@@ -100,7 +80,7 @@ async fn ping_mode_pings_and_tcp_mode_arms_the_kernel_instead() {
             TableLimits::default(),
         )
         .await;
-        let (mut tcp, buf) = upgraded(link.ws_addr()).await;
+        let (mut tcp, buf) = raw_upgrade(link.ws_addr()).await;
         // Three ping intervals of a connection that only listens.
         let opcodes = opcodes_within(&mut tcp, buf, Duration::from_secs(3 * PING_SECS)).await;
         let pings = opcodes.iter().filter(|&&op| op == 0x9).count();
@@ -128,7 +108,7 @@ async fn a_client_gone_without_a_fin_is_found_by_the_kernel_probe() {
         TableLimits::default(),
     )
     .await;
-    let (mut tcp, buf) = upgraded(link.ws_addr()).await;
+    let (mut tcp, buf) = raw_upgrade(link.ws_addr()).await;
     // Let the connection settle: its answers (the automatic rooms' `joined`) sent and read,
     // then nothing more to send — a send to the vanished client would meet its kernel's RST
     // without any keep-alive.

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::http::UPGRADE;
+use crate::support::http::raw_upgrade;
 use crate::support::link::{config, start_link};
 use crate::support::ws::WsClient;
 
@@ -26,25 +26,7 @@ struct Raw {
 
 impl Raw {
     async fn open(addr: SocketAddr) -> Raw {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        let headers: String = UPGRADE.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-        let request = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
-        tcp.write_all(request.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        let head_end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await.expect("in time").expect("read");
-            assert!(n > 0, "closed during the upgrade");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-        assert!(head.starts_with("http/1.1 101"), "{head}");
-        // RFC 6455 §1.3's example key and its accept value.
-        assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
-        buf.drain(..head_end);
+        let (tcp, buf) = raw_upgrade(addr).await;
         Raw { tcp, buf }
     }
 

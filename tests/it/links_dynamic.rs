@@ -289,7 +289,12 @@ async fn unlisted_links_need_the_cluster_ca_valid_addresses_and_a_unique_id() {
     .await;
     let view = link_view(hub, 4).await.expect("link 4");
     assert_eq!(view["ws"], format!("ws://{first}/ws"), "the first Link keeps the id: {view}");
-    assert!(cluster.processes.log_tail("link-4-twin", 40).contains("409"), "the twin is told why");
+    // The hub counts the conflict before the twin has read (and logged) its refusal.
+    eventually(STEP, "the twin is told why (409 in its log)", || {
+        let told = cluster.processes.log_tail("link-4-twin", 40).contains("409");
+        async move { told.then_some(()) }
+    })
+    .await;
     cluster.processes.kill("link-4-twin");
 
     // The same Link coming back on its own addresses (a crash and restart, before the hub

@@ -51,6 +51,31 @@ pub const UPGRADE: &[(&str, &str)] = &[
     ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
 ];
 
+/// Upgrades a raw TCP connection to `addr` to a WebSocket at `/ws` (no token: a dev-mode Link)
+/// with [`UPGRADE`]'s headers. Returns the socket and the bytes read past the answer's head;
+/// panics unless the answer is `101` with RFC 6455 §1.3's accept value for that key.
+pub async fn raw_upgrade(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let headers: String = UPGRADE.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await.expect("in time").expect("read");
+        assert!(n > 0, "closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    buf.drain(..head_end);
+    (tcp, buf)
+}
+
 /// Sends one request to `addr` and reads the whole response within [`STEP`]. `target` is the
 /// path with query.
 pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {

@@ -14,28 +14,18 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::support::eventually;
-use crate::support::http::raw_upgrade;
+use crate::support::http::{raw_upgrade, take_server_frame};
 use crate::support::link::{config, start_link};
 
 const PING_SECS: u64 = 1;
 
-/// The opcodes of every server frame that arrives within `wait` (frames are unmasked).
+/// The opcodes of every server frame that arrives within `wait`.
 async fn opcodes_within(tcp: &mut TcpStream, mut buf: Vec<u8>, wait: Duration) -> Vec<u8> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut seen = Vec::new();
     loop {
-        while buf.len() >= 2 {
-            let (len, at) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-                127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize, 10),
-                126 | 127 => break,
-                short => (usize::from(short), 2),
-            };
-            if buf.len() < at + len {
-                break;
-            }
-            seen.push(buf[0] & 0x0f);
-            buf.drain(..at + len);
+        while let Some((opcode, _)) = take_server_frame(&mut buf) {
+            seen.push(opcode);
         }
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {

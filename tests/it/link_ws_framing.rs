@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::http::raw_upgrade;
+use crate::support::http::{raw_upgrade, take_server_frame};
 use crate::support::link::{config, start_link};
 use crate::support::ws::WsClient;
 
@@ -37,21 +37,8 @@ impl Raw {
     /// The next server frame: (opcode, payload). Server frames must be unmasked and final.
     async fn next(&mut self) -> (u8, Vec<u8>) {
         loop {
-            if self.buf.len() >= 2 {
-                let (first, second) = (self.buf[0], self.buf[1]);
-                assert_eq!(second & 0x80, 0, "server frames are unmasked");
-                assert_eq!(first & 0x80, 0x80, "server frames are final");
-                let (len, at) = match second & 0x7f {
-                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
-                    127 => panic!("no test message is that long"),
-                    126 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return (first & 0x0f, payload);
-                }
+            if let Some(frame) = take_server_frame(&mut self.buf) {
+                return frame;
             }
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout(Duration::from_secs(5), self.tcp.read(&mut chunk)).await.expect("in time").expect("read");

@@ -76,6 +76,26 @@ pub async fn raw_upgrade(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
     (tcp, buf)
 }
 
+/// Takes one whole server frame off the front of `buf` — (opcode, payload) — or `None` while it
+/// is incomplete. Server frames must be unmasked and final; no test frame needs the 8-byte
+/// length.
+pub fn take_server_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let (&first, &second) = (buf.first()?, buf.get(1)?);
+    assert_eq!(second & 0x80, 0, "server frames are unmasked");
+    assert_eq!(first & 0x80, 0x80, "server frames are final");
+    let (len, at) = match second & 0x7f {
+        127 => panic!("no test message is that long"),
+        126 => (usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])), 4),
+        n => (usize::from(n), 2),
+    };
+    if buf.len() < at + len {
+        return None;
+    }
+    let payload = buf[at..at + len].to_vec();
+    buf.drain(..at + len);
+    Some((first & 0x0f, payload))
+}
+
 /// Sends one request to `addr` and reads the whole response within [`STEP`]. `target` is the
 /// path with query.
 pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {

@@ -63,7 +63,7 @@ use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
 use crate::shard_rooms::{GapReason, RingItem, ShardRooms};
 use crate::system_rooms::{is_server_only, may_join, personal_room, BROADCAST_ROOM};
-use crate::token_bucket::{TokenBucket, Verdict};
+use crate::token_bucket::{Rate, TokenBucket, Verdict};
 
 /// Most publishes of one connection awaiting their hub ack.
 pub const MAX_PENDING_PUBLISHES: usize = 1024;
@@ -315,6 +315,18 @@ pub struct SessionLimits {
     pub replay_bytes: usize,
 }
 
+impl SessionLimits {
+    /// The publish bucket's rate.
+    pub fn publish(&self) -> Rate {
+        Rate::new(self.publish_rate, self.publish_burst)
+    }
+
+    /// The join bucket's rate.
+    pub fn join(&self) -> Rate {
+        Rate::new(self.join_rate, self.join_burst)
+    }
+}
+
 /// Counters since the last [`LinkSession::take_stats`]. 32-bit: a driver takes them after
 /// every call into the session (they count one call's work), and every connection carries a set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -413,8 +425,8 @@ impl LinkSession {
         LinkSession {
             id,
             wire,
-            bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now_micros),
-            join_bucket: TokenBucket::new(limits.join_rate, limits.join_burst, now_micros),
+            bucket: TokenBucket::new(limits.publish(), now_micros),
+            join_bucket: TokenBucket::new(limits.join(), now_micros),
             replay_held: 0,
             resuming: 0,
             skips: Vec::new(),
@@ -469,10 +481,10 @@ impl LinkSession {
     ) -> Result<(), ClientError> {
         match request {
             Request::Join { room, since, epoch, presence } => {
-                if self.join_bucket.take(now_micros) != Verdict::Allow {
+                if self.join_bucket.take(self.limits.join(), now_micros) != Verdict::Allow {
                     // Refused, never closed: a client retrying too eagerly keeps its connection.
                     self.stats.joins_limited += 1;
-                    let wait_ms = self.join_bucket.wait_micros().div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
+                    let wait_ms = self.join_bucket.wait_micros(self.limits.join()).div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
                     out.push(ToClient::Error {
                         code: 429,
                         reason: ClientError::JoinRateLimited.label().to_owned(),
@@ -509,7 +521,7 @@ impl LinkSession {
                 if data.len() > self.limits.max_message_bytes.min(MAX_PUBLISH_BYTES) {
                     return Err(ClientError::TooBig);
                 }
-                match self.bucket.take(now_micros) {
+                match self.bucket.take(self.limits.publish(), now_micros) {
                     Verdict::Allow => {}
                     Verdict::Limited => return refuse(ClientError::RateLimited, Some(&room), Some(id), out),
                     Verdict::Flood => return Err(ClientError::Flood),

@@ -5,15 +5,35 @@
 //! that keeps publishing into an empty bucket is told 429 a burst's worth of times, then the
 //! verdict turns to [`Verdict::Flood`] and its connection is closed.
 
-/// A token bucket (see the module docs).
+/// A bucket's policy: `per_sec` tokens a second, at most `burst` stored. Kept apart from the
+/// bucket's state, so the sessions of a Link share one (their `[link]` limits) and each
+/// connection carries only its own 16 bytes of [`TokenBucket`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    per_sec: f64,
+    burst: f64,
+}
+
+impl Rate {
+    /// `per_sec` tokens a second, `burst` at most (at least 1). `per_sec == 0` means unlimited.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Rate { per_sec: f64::from(per_sec), burst: f64::from(burst.max(1)) }
+    }
+
+    fn unlimited(&self) -> bool {
+        self.per_sec <= 0.0
+    }
+}
+
+/// A token bucket's state (see the module docs); its policy is the [`Rate`] passed to each call,
+/// the same one every time.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last_micros: u64,
+    /// Tokens stored (at most the rate's burst; a fraction is a token partly refilled).
+    tokens: f32,
     /// Refusals in a row; reset by an accepted publish.
     strikes: u32,
+    last_micros: u64,
 }
 
 /// The bucket's verdict on one publish.
@@ -28,28 +48,28 @@ pub enum Verdict {
 }
 
 impl TokenBucket {
-    /// A full bucket. `rate == 0` means unlimited.
-    pub fn new(rate: u32, burst: u32, now_micros: u64) -> Self {
-        let burst = f64::from(burst.max(1));
-        TokenBucket { rate: f64::from(rate), burst, tokens: burst, last_micros: now_micros, strikes: 0 }
+    /// A full bucket of `rate`.
+    pub fn new(rate: Rate, now_micros: u64) -> Self {
+        TokenBucket { tokens: rate.burst as f32, strikes: 0, last_micros: now_micros }
     }
 
-    /// Takes one token at `now_micros`.
-    pub fn take(&mut self, now_micros: u64) -> Verdict {
-        if self.rate <= 0.0 {
+    /// Takes one token of `rate` at `now_micros`.
+    pub fn take(&mut self, rate: Rate, now_micros: u64) -> Verdict {
+        if rate.unlimited() {
             return Verdict::Allow;
         }
         let elapsed = now_micros.saturating_sub(self.last_micros) as f64 / 1e6;
         self.last_micros = now_micros;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let tokens = (f64::from(self.tokens) + elapsed * rate.per_sec).min(rate.burst);
+        if tokens >= 1.0 {
+            self.tokens = (tokens - 1.0) as f32;
             self.strikes = 0;
             return Verdict::Allow;
         }
+        self.tokens = tokens as f32;
         self.strikes += 1;
         // Refusals beyond one more burst's worth mean the client ignores the 429s.
-        if f64::from(self.strikes) > self.burst {
+        if f64::from(self.strikes) > rate.burst {
             Verdict::Flood
         } else {
             Verdict::Limited
@@ -60,12 +80,12 @@ impl TokenBucket {
     /// [`TokenBucket::take`]: the time until the token for this refusal, counting the ones
     /// refused just before it (refused in a row, they are told to come back one after the
     /// other, not all at the next token). 0 when unlimited.
-    pub fn wait_micros(&self) -> u64 {
-        if self.rate <= 0.0 {
+    pub fn wait_micros(&self, rate: Rate) -> u64 {
+        if rate.unlimited() {
             return 0;
         }
-        let owed = f64::from(self.strikes.max(1)) - self.tokens;
-        (owed.max(0.0) / self.rate * 1e6).ceil() as u64
+        let owed = f64::from(self.strikes.max(1)) - f64::from(self.tokens);
+        (owed.max(0.0) / rate.per_sec * 1e6).ceil() as u64
     }
 }
 
@@ -75,21 +95,42 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_limits_then_floods() {
-        let mut bucket = TokenBucket::new(10, 3, 0);
-        assert_eq!((0..3).map(|_| bucket.take(0)).collect::<Vec<_>>(), vec![Verdict::Allow; 3]);
-        assert_eq!(bucket.take(0), Verdict::Limited);
-        assert_eq!(bucket.take(100_000), Verdict::Allow, "one token refilled after 100 ms");
+        let rate = Rate::new(10, 3);
+        let mut bucket = TokenBucket::new(rate, 0);
+        assert_eq!((0..3).map(|_| bucket.take(rate, 0)).collect::<Vec<_>>(), vec![Verdict::Allow; 3]);
+        assert_eq!(bucket.take(rate, 0), Verdict::Limited);
+        assert_eq!(bucket.take(rate, 100_000), Verdict::Allow, "one token refilled after 100 ms");
         for _ in 0..3 {
-            assert_eq!(bucket.take(100_000), Verdict::Limited);
+            assert_eq!(bucket.take(rate, 100_000), Verdict::Limited);
         }
-        assert_eq!(bucket.take(100_000), Verdict::Flood);
-        assert_eq!(TokenBucket::new(0, 0, 0).take(0), Verdict::Allow);
-        let mut bucket = TokenBucket::new(4, 2, 0);
-        assert_eq!(bucket.take(0), Verdict::Allow);
-        assert_eq!(bucket.take(0), Verdict::Allow);
-        assert_eq!(bucket.wait_micros(), 250_000, "a quarter second to the next token at 4/s");
-        assert_eq!(bucket.take(0), Verdict::Limited);
-        assert_eq!(bucket.take(0), Verdict::Limited);
-        assert_eq!(bucket.wait_micros(), 500_000, "the second refused in a row comes back after the first");
+        assert_eq!(bucket.take(rate, 100_000), Verdict::Flood);
+        let unlimited = Rate::new(0, 0);
+        assert_eq!(TokenBucket::new(unlimited, 0).take(unlimited, 0), Verdict::Allow);
+        let rate = Rate::new(4, 2);
+        let mut bucket = TokenBucket::new(rate, 0);
+        assert_eq!(bucket.take(rate, 0), Verdict::Allow);
+        assert_eq!(bucket.take(rate, 0), Verdict::Allow);
+        assert_eq!(bucket.wait_micros(rate), 250_000, "a quarter second to the next token at 4/s");
+        assert_eq!(bucket.take(rate, 0), Verdict::Limited);
+        assert_eq!(bucket.take(rate, 0), Verdict::Limited);
+        assert_eq!(bucket.wait_micros(rate), 500_000, "the second refused in a row comes back after the first");
+    }
+
+    #[test]
+    fn a_slow_rate_refills_in_small_steps_without_drifting() {
+        // One token a second, asked for every millisecond: the f32 state must add up the 1,000
+        // small refills to one token (f32 rounding may cost it a millisecond, never more).
+        let rate = Rate::new(1, 1);
+        let mut bucket = TokenBucket::new(rate, 0);
+        assert_eq!(bucket.take(rate, 0), Verdict::Allow);
+        let mut allowed_at = None;
+        for ms in 1..=1_100u64 {
+            if bucket.take(rate, ms * 1_000) == Verdict::Allow {
+                allowed_at = Some(ms);
+                break;
+            }
+        }
+        assert!(matches!(allowed_at, Some(1_000..=1_001)), "the next token comes after one second: {allowed_at:?}");
+        assert_eq!(std::mem::size_of::<TokenBucket>(), 16, "a connection carries two of these");
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use linkcast_core::token_bucket::{TokenBucket, Verdict};
+use linkcast_core::token_bucket::{Rate, TokenBucket, Verdict};
 
 /// Token buckets keyed by API key.
 #[derive(Debug)]
@@ -33,8 +33,9 @@ impl RateLimiter {
         // A poisoned lock only means another handler panicked mid-update; the buckets are
         // still plain numbers, so keep using them.
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bucket = buckets.entry(key.to_owned()).or_insert_with(|| TokenBucket::new(self.rate, self.rate, now_micros));
-        bucket.take(now_micros) == Verdict::Allow
+        let rate = Rate::new(self.rate, self.rate);
+        let bucket = buckets.entry(key.to_owned()).or_insert_with(|| TokenBucket::new(rate, now_micros));
+        bucket.take(rate, now_micros) == Verdict::Allow
     }
 }
 

@@ -40,7 +40,8 @@ pub struct Announcement<K> {
 #[derive(Debug, Default)]
 struct RoomMembers {
     /// Members per shard: the shards that get the room's messages are those with members.
-    per_shard: Vec<u32>,
+    /// (A boxed slice: one entry per room, and a Vec's spare capacity word for every room.)
+    per_shard: Box<[u32]>,
     /// Members on all shards.
     total: u64,
     /// The count the owner hub was last told (0: the hub does not count this Link in).
@@ -87,7 +88,7 @@ impl<K: Hash + Eq + Clone> LinkInterest<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.rooms.get(room).map_or(&[], |r| r.per_shard.as_slice())
+        self.rooms.get(room).map_or(&[], |r| &r.per_shard[..])
     }
 
     /// Rooms known (with members, or with a removal still owed).
@@ -112,7 +113,9 @@ impl<K: Hash + Eq + Clone> LinkInterest<K> {
         let shards = self.shards;
         let state = self.rooms.entry(key.clone()).or_default();
         if state.per_shard.len() <= shard {
-            state.per_shard.resize(shards.max(shard + 1), 0);
+            let mut grown = std::mem::take(&mut state.per_shard).into_vec();
+            grown.resize(shards.max(shard + 1), 0);
+            state.per_shard = grown.into_boxed_slice();
         }
         state.per_shard[shard] += 1;
         state.total += 1;

@@ -399,8 +399,9 @@ pub struct LinkSession {
     /// Shared by every session of a Link (the same `[link]` limits).
     limits: Arc<SessionLimits>,
     /// Grown one room at a time (exactly): an idle connection is in a few rooms, and a doubled
-    /// capacity would cost it a whole unused member each.
-    rooms: Vec<(String, Member)>,
+    /// capacity would cost it a whole unused member each. Names are boxed for the same reason
+    /// (a `String` carries a capacity word).
+    rooms: Vec<(Box<str>, Member)>,
     /// Publish request id → (room, client id); allocated by the first publish (most members
     /// of a live room only read). Boxed on purpose: 8 bytes per reader instead of a map's 48.
     #[allow(clippy::box_collection)]
@@ -558,7 +559,7 @@ impl LinkSession {
         self.claims = claims;
         let claims = &self.claims;
         let revoked: Vec<String> =
-            self.rooms.iter().map(|(room, _)| room).filter(|room| !may_join(&claims.sub, room, claims.allows(room))).cloned().collect();
+            self.rooms.iter().map(|(room, _)| room).filter(|room| !may_join(&claims.sub, room, claims.allows(room))).map(|room| room.to_string()).collect();
         for room in revoked {
             self.leave(&room, shard);
             let _ = refuse(ClientError::RoomNotAllowed, Some(&room), None, out);
@@ -598,11 +599,11 @@ impl LinkSession {
             // asks the hub again without changing the room's interest.
             self.to_coordinator.push_back(ToCoordinator::Join {
                 request,
-                room: room.clone(),
+                room: room.to_string(),
                 since: Some(member.last),
                 epoch: member.epoch,
             });
-            self.to_coordinator.push_back(ToCoordinator::Leave { room: room.clone() });
+            self.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_string() });
         }
         self.resuming = 0;
     }
@@ -626,7 +627,7 @@ impl LinkSession {
     /// already got live since its automatic join is not delivered twice. Without a position it
     /// is answered `joined` again (current epoch and last seq) and nothing else changes.
     fn join_again(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, shard: &mut ShardRooms, out: &mut Vec<ToClient>) {
-        let Some((_, member)) = self.rooms.iter_mut().find(|(r, _)| r == room) else { return };
+        let Some((_, member)) = self.rooms.iter_mut().find(|(r, _)| **r == *room) else { return };
         let Some(since) = since else {
             if member.joined {
                 out.push(ToClient::Joined { room: room.to_owned(), epoch: member.epoch.unwrap_or(0), last_seq: member.last });
@@ -695,7 +696,7 @@ impl LinkSession {
             count: None,
         };
         self.rooms.reserve_exact(1);
-        self.rooms.push((room.to_owned(), member));
+        self.rooms.push((room.into(), member));
         self.stats.joins += 1;
         self.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since, epoch });
         Ok(())
@@ -703,7 +704,7 @@ impl LinkSession {
 
     /// Leaves `room`; false if the connection was not in it.
     fn leave(&mut self, room: &str, shard: &mut ShardRooms) -> bool {
-        let Some(at) = self.rooms.iter().position(|(r, _)| r == room) else { return false };
+        let Some(at) = self.rooms.iter().position(|(r, _)| **r == *room) else { return false };
         let (room, member) = self.rooms.swap_remove(at);
         if member.resume {
             self.resuming -= 1;
@@ -712,16 +713,16 @@ impl LinkSession {
             self.rooms = Vec::new(); // an idle connection keeps no allocation
         }
         if !self.skips.is_empty() {
-            self.skips.retain(|skip| skip.room != room);
+            self.skips.retain(|skip| *skip.room != *room);
         }
         shard.leave_room(&room);
         shard.remove_request(member.request);
-        self.to_coordinator.push_back(ToCoordinator::Leave { room });
+        self.to_coordinator.push_back(ToCoordinator::Leave { room: room.into_string() });
         true
     }
 
     fn member(&self, room: &str) -> Option<&Member> {
-        self.rooms.iter().find(|(r, _)| r == room).map(|(_, m)| m)
+        self.rooms.iter().find(|(r, _)| **r == *room).map(|(_, m)| m)
     }
 
     /// Handles a hub answer routed to this connection. `ring_tail` is where the room's ring on
@@ -743,7 +744,7 @@ impl LinkSession {
                 shard.remove_request(request);
                 if let Some((room, _)) = self.rooms.iter().find(|(_, m)| m.request == request && !m.joined) {
                     // A join was refused: the connection is not in the room.
-                    let room = room.clone();
+                    let room = room.to_string();
                     self.leave(&room, shard);
                     out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: None, retry_after_ms: retry });
                 } else if let Some((room, id)) = self.pending.as_mut().and_then(|p| p.remove(&request)) {
@@ -755,7 +756,7 @@ impl LinkSession {
         }
         if let ArchivedBody::Presence { .. } = frame.body() {
             // The room's count, routed with the join's answers: kept for after `joined`.
-            if let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| r == frame.room() && !m.joined) {
+            if let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| &**r == frame.room() && !m.joined) {
                 member.count = Some(Box::new(frame));
             }
             return;
@@ -768,7 +769,7 @@ impl LinkSession {
             _ => return,
         };
         let room = frame.room();
-        let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| r == room && m.request == request && !m.joined) else {
+        let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| **r == *room && m.request == request && !m.joined) else {
             return; // an answer to a join left meanwhile, or a duplicate
         };
         let room = room.to_owned();
@@ -917,7 +918,7 @@ impl LinkSession {
 
     /// The rooms this connection is in (or joining), for an operator's `GET /v1/users/{uid}`.
     pub fn rooms(&self) -> impl Iterator<Item = &str> {
-        self.rooms.iter().map(|(room, _)| room.as_str())
+        self.rooms.iter().map(|(room, _)| &**room)
     }
 
     /// Leaves every room and forgets outstanding requests (the connection ended).

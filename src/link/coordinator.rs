@@ -73,6 +73,7 @@
 //! (no priority), so a join/leave flood cannot hold back every member's room messages.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -278,7 +279,8 @@ struct RoomPosition {
     /// Last seq pushed into the rings (of `epoch`).
     pushed: u64,
     /// The coordinator's own rejoin in flight: live messages are dropped until it is answered.
-    rejoin: Option<u64>,
+    /// (Its request ids are never 0: 8 bytes, not 16, in every room's entry.)
+    rejoin: Option<NonZeroU64>,
     /// A rejoin is owed as soon as the owner hub is connected.
     rejoin_owed: bool,
 }
@@ -312,7 +314,7 @@ struct Coordinator {
     /// Member counts per room and shard, and the announcements owed to hubs.
     interest: LinkInterest<String>,
     /// Where the Link stands in each room that has members.
-    rooms: HashMap<String, RoomPosition>,
+    rooms: HashMap<Box<str>, RoomPosition>,
     /// Joins and publishes (of connections, and the coordinator's rejoins) awaiting an answer.
     in_flight: HashMap<u64, InFlight>,
     next_id: u64,
@@ -510,7 +512,7 @@ impl Coordinator {
         let sent = self.send_request(request, room, frame);
         if let Some(state) = self.rooms.get_mut(room) {
             if sent {
-                state.rejoin = Some(request);
+                state.rejoin = NonZeroU64::new(request);
                 state.rejoin_owed = false;
             } else {
                 state.rejoin_owed = true;
@@ -524,7 +526,7 @@ impl Coordinator {
             .rooms
             .iter()
             .filter(|(room, state)| state.rejoin_owed && self.hubs.contains_key(&self.owner(room)))
-            .map(|(room, _)| room.clone())
+            .map(|(room, _)| room.to_string())
             .collect();
         for room in owed {
             self.rejoin(&room);
@@ -534,7 +536,9 @@ impl Coordinator {
     async fn handle_client(&mut self, msg: CoordMsg) {
         match msg {
             CoordMsg::Join { shard, request, room, since, epoch, user } => {
-                self.rooms.entry(room.clone()).or_default();
+                if !self.rooms.contains_key(room.as_str()) {
+                    self.rooms.insert(room.as_str().into(), RoomPosition::default());
+                }
                 let announced = match self.interest.handle_join(room.as_str(), shard) {
                     Some(announcement) => self.announce(announcement),
                     None => true,
@@ -557,7 +561,7 @@ impl Coordinator {
                     self.announce(removal);
                 }
                 if self.interest.members(room.as_str()) == 0 {
-                    self.rooms.remove(&room);
+                    self.rooms.remove(room.as_str());
                     self.presence.forget(&room);
                 }
             }
@@ -603,7 +607,7 @@ impl Coordinator {
                 for announcement in owed {
                     let room = announcement.room.clone();
                     self.announce(announcement);
-                    if self.rooms.get(&room).is_some_and(|r| r.rejoin_owed) {
+                    if self.rooms.get(room.as_str()).is_some_and(|r| r.rejoin_owed) {
                         self.rejoin(&room);
                     }
                 }
@@ -626,7 +630,7 @@ impl Coordinator {
         for request in lost {
             let Some(flight) = self.in_flight.remove(&request) else { continue };
             if shard_of(request) == COORDINATOR_SHARD {
-                if let Some(state) = self.rooms.get_mut(&flight.room) {
+                if let Some(state) = self.rooms.get_mut(flight.room.as_str()) {
                     state.rejoin = None;
                 }
             } else {
@@ -635,7 +639,7 @@ impl Coordinator {
         }
         for (room, state) in self.rooms.iter_mut() {
             // A room whose epoch the Link never learnt has no joined member to catch up.
-            let members = self.interest.members(room.as_str());
+            let members = self.interest.members(&**room);
             if members > 0 && state.epoch.is_some() && owner_in(&self.view, &self.directory, room) == hub {
                 state.rejoin = None;
                 state.rejoin_owed = true;
@@ -820,7 +824,7 @@ impl Coordinator {
                 // While a rejoin is in flight its answer (sent after this by the same hub) covers
                 // the reset.
                 let room = frame.room().to_owned();
-                if self.rooms.get(&room).is_some_and(|s| !s.rejoining()) {
+                if self.rooms.get(room.as_str()).is_some_and(|s| !s.rejoining()) {
                     self.room_reset(&room, epoch.to_native(), frame.seq()).await;
                 }
                 return;
@@ -833,7 +837,7 @@ impl Coordinator {
                     resume_from: resume_from.to_native(),
                 };
                 let room = frame.room().to_owned();
-                if self.rooms.get(&room).is_some_and(|s| !s.rejoining()) {
+                if self.rooms.get(room.as_str()).is_some_and(|s| !s.rejoining()) {
                     self.push_gap(&room, lost, GapReason::HubQueue).await;
                 }
                 return;
@@ -862,7 +866,7 @@ impl Coordinator {
                 let epoch = epoch.to_native();
                 let room = frame.room().to_owned();
                 let mut stale = false;
-                if let Some(state) = self.rooms.get_mut(&room) {
+                if let Some(state) = self.rooms.get_mut(room.as_str()) {
                     match state.epoch {
                         None => state.epoch = Some(epoch),
                         Some(known) if known != epoch => stale = !state.rejoining(),
@@ -902,8 +906,8 @@ impl Coordinator {
         let before: Vec<(String, HubId)> = self
             .rooms
             .keys()
-            .filter(|room| self.interest.members(room.as_str()) > 0)
-            .map(|room| (room.clone(), self.owner(room)))
+            .filter(|&room| self.interest.members(&**room) > 0)
+            .map(|room| (room.to_string(), self.owner(room)))
             .collect();
         if !self.view.accept(version, hubs) {
             tracing::debug!(version, held = self.view.version(), "owner map not newer than the one held; ignored");
@@ -934,7 +938,7 @@ impl Coordinator {
         let Some(state) = self.rooms.get_mut(room) else { return };
         if let Some(abandoned) = state.rejoin.take() {
             // Its answer (if the old owner still sends one) no longer matches and is ignored.
-            self.in_flight.remove(&abandoned);
+            self.in_flight.remove(&abandoned.get());
         }
         // A room whose epoch the Link never learnt has no joined member to catch up: its
         // members' joins are in flight at `old`, which answers them.
@@ -960,7 +964,7 @@ impl Coordinator {
     /// The hub's answer to the coordinator's rejoin `request` of a room: into the rings.
     async fn rejoin_answer(&mut self, request: u64, frame: Frame) {
         let room = frame.room().to_owned();
-        if self.rooms.get(&room).and_then(|s| s.rejoin) != Some(request) {
+        if self.rooms.get(room.as_str()).and_then(|s| s.rejoin).map(NonZeroU64::get) != Some(request) {
             // The room is gone, or this rejoin was abandoned at a disconnect.
             self.in_flight.remove(&request);
             return;
@@ -969,7 +973,7 @@ impl Coordinator {
             ArchivedBody::Reset { epoch, .. } => {
                 let epoch = epoch.to_native();
                 tracing::info!(room = %room, "room history was lost at its hub (new epoch): resetting members");
-                let Some(state) = self.rooms.get_mut(&room) else { return };
+                let Some(state) = self.rooms.get_mut(room.as_str()) else { return };
                 state.epoch = Some(epoch);
                 state.pushed = 0;
                 self.push_rings(&room, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
@@ -986,7 +990,7 @@ impl Coordinator {
             ArchivedBody::Joined { epoch, .. } => {
                 self.in_flight.remove(&request);
                 let last_seq = frame.seq();
-                let Some(state) = self.rooms.get_mut(&room) else { return };
+                let Some(state) = self.rooms.get_mut(room.as_str()) else { return };
                 state.epoch = Some(epoch.to_native());
                 state.rejoin = None;
                 let pushed = state.pushed;
@@ -999,7 +1003,7 @@ impl Coordinator {
             ArchivedBody::Error { code, reason, .. } => {
                 self.in_flight.remove(&request);
                 tracing::warn!(room = %room, code = code.to_native(), reason = reason.as_str(), "room rejoin refused; retrying");
-                if let Some(state) = self.rooms.get_mut(&room) {
+                if let Some(state) = self.rooms.get_mut(room.as_str()) {
                     state.rejoin = None;
                     state.rejoin_owed = true;
                 }

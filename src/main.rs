@@ -18,6 +18,26 @@ use mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (the 16th option of `mi_option_e` in `mimalloc.h`, v3; the
+/// Rust bindings name no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Gives freed memory back to the OS as soon as a page of it is empty, unless the operator set
+/// `MIMALLOC_PURGE_DELAY` (which mimalloc then reads itself).
+///
+/// mimalloc's default delay (1 s) is only acted on when the thread that freed the memory
+/// allocates again after it: a Link whose connections sit idle after a join storm never does,
+/// and kept ≈ 200 bytes per connection of freed memory, more or less from run to run
+/// (docs/benchmarks.md, "Issue 17 — smaller room tables, and freed memory returned"). Fan-out
+/// frames come and go inside pages that stay in use, so delivery pays nothing for it (measured
+/// there too).
+fn purge_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option; mimalloc reads it at each purge decision.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 /// linkcast: publish a room message once; every member gets it, in order, across reconnects.
 #[derive(Debug, Parser)]
 #[command(name = "linkcast", version, about, long_about = None)]
@@ -44,6 +64,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
@@ -63,5 +84,22 @@ fn main() -> ExitCode {
             eprintln!("linkcast: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // Option 15 must be the purge delay: read before anything sets it, it has that option's
+        // documented default (1,000 ms in mimalloc v3), which no other option has.
+        assert!(std::env::var_os("MIMALLOC_PURGE_DELAY").is_none(), "run without MIMALLOC_PURGE_DELAY");
+        // SAFETY: reads one integer option.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        purge_freed_memory_at_once();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, 0);
     }
 }

@@ -146,7 +146,9 @@ pub struct PublishAck {
 /// counts do not move with the process's random keys.
 #[derive(Debug)]
 pub struct RoomTable<S = RandomState> {
-    rooms: HashMap<String, RoomSlot, S>,
+    /// Boxed: a hash table keeps up to half its slots empty, and a slot of 440 bytes made each
+    /// room (every user's personal room among them) cost ≈ 900 bytes of table; a slot is 32.
+    rooms: HashMap<String, Box<RoomSlot>, S>,
     limits: TableLimits,
     transmit: VecDeque<(LinkId, Frame)>,
     stats: TableStats,
@@ -722,7 +724,7 @@ pub fn next_epoch(state: &mut u64) -> u64 {
 /// The slot of `room`, created if absent and the table has space. A full table is scanned for
 /// idle rooms at most once per [`FULL_SWEEP_INTERVAL_MICROS`]; in between, refused at once.
 fn slot<'a, S: BuildHasher>(
-    rooms: &'a mut HashMap<String, RoomSlot, S>,
+    rooms: &'a mut HashMap<String, Box<RoomSlot>, S>,
     limits: &TableLimits,
     epochs: &mut u64,
     sweeps: &mut Sweeps,
@@ -746,12 +748,12 @@ fn slot<'a, S: BuildHasher>(
             }
         }
         let fresh = RoomSlot { room: Room::new(room, limits.room, next_epoch(epochs)), last_active_micros: now, presence: RoomPresence::new(room), rate: PublishRate::default() };
-        rooms.insert(room.to_owned(), fresh);
+        rooms.insert(room.to_owned(), Box::new(fresh));
     }
-    rooms.get_mut(room).ok_or(PublishError::BadRoom)
+    rooms.get_mut(room).map(|slot| &mut **slot).ok_or(PublishError::BadRoom)
 }
 
-fn drop_idle<S>(rooms: &mut HashMap<String, RoomSlot, S>, ttl: u64, now: u64) {
+fn drop_idle<S>(rooms: &mut HashMap<String, Box<RoomSlot>, S>, ttl: u64, now: u64) {
     rooms.retain(|_, slot| !slot.room.links().is_empty() || now.saturating_sub(slot.last_active_micros) < ttl);
 }
 

@@ -157,13 +157,22 @@ pub struct Room {
     /// Links holding members, sorted by id; parallel to `members_per_link`.
     links: Vec<LinkId>,
     members_per_link: Vec<u64>,
-    /// Publish keys remembered, oldest first: ((sender, key), seq, when).
-    keys: VecDeque<(PublishKey, u64, u64)>,
-    key_index: HashMap<PublishKey, u64>,
+    /// Publish keys remembered; `None` until the room's first keyed publish and again once
+    /// they all expired (most rooms never see one, and the two tables would size every room).
+    keys: Option<Box<RememberedKeys>>,
 }
 
 /// A publish's idempotency scope within a room: (sender, key).
 type PublishKey = (String, String);
+
+/// A room's remembered publish keys.
+#[derive(Debug, Clone, Default)]
+struct RememberedKeys {
+    /// Oldest first: ((sender, key), seq, when).
+    order: VecDeque<(PublishKey, u64, u64)>,
+    /// (sender, key) → seq of its latest publish.
+    index: HashMap<PublishKey, u64>,
+}
 
 impl Room {
     /// A new, empty room whose history begins with `epoch` (a random id drawn by the caller).
@@ -179,8 +188,7 @@ impl Room {
             history_bytes: 0,
             links: Vec::new(),
             members_per_link: Vec::new(),
-            keys: VecDeque::new(),
-            key_index: HashMap::new(),
+            keys: None,
         }
     }
 
@@ -194,7 +202,7 @@ impl Room {
     pub fn duplicate(&mut self, now_micros: u64, sender: &str, key: &str) -> Option<u64> {
         self.forget_keys(now_micros);
         // The lookup key is built only for keyed publishes, never on the plain publish path.
-        self.key_index.get(&(sender.to_owned(), key.to_owned())).copied()
+        self.keys.as_ref()?.index.get(&(sender.to_owned(), key.to_owned())).copied()
     }
 
     /// Remembers that `sender`'s publish with idempotency `key` got `seq`.
@@ -203,28 +211,33 @@ impl Room {
             return;
         }
         let id = (sender.to_owned(), key.to_owned());
-        self.key_index.insert(id.clone(), seq);
-        self.keys.push_back((id, seq, now_micros));
+        let keys = self.keys.get_or_insert_with(Box::default);
+        keys.index.insert(id.clone(), seq);
+        keys.order.push_back((id, seq, now_micros));
         self.forget_keys(now_micros);
     }
 
     /// Publish keys remembered.
     pub fn remembered_keys(&self) -> usize {
-        self.key_index.len()
+        self.keys.as_ref().map_or(0, |keys| keys.index.len())
     }
 
     fn forget_keys(&mut self, now_micros: u64) {
-        while let Some((_, _, at)) = self.keys.front() {
+        let Some(keys) = self.keys.as_deref_mut() else { return };
+        while let Some((_, _, at)) = keys.order.front() {
             let expired = now_micros.saturating_sub(*at) >= self.limits.dedupe_micros;
-            if !expired && self.keys.len() <= self.limits.dedupe_keys {
+            if !expired && keys.order.len() <= self.limits.dedupe_keys {
                 break;
             }
-            if let Some((id, seq, _)) = self.keys.pop_front() {
+            if let Some((id, seq, _)) = keys.order.pop_front() {
                 // A key re-used later points at the newer entry: leave that one.
-                if self.key_index.get(&id) == Some(&seq) {
-                    self.key_index.remove(&id);
+                if keys.index.get(&id) == Some(&seq) {
+                    keys.index.remove(&id);
                 }
             }
+        }
+        if keys.order.is_empty() {
+            self.keys = None;
         }
     }
 
@@ -322,8 +335,7 @@ impl Room {
         self.last_seq = last_seq;
         self.history.clear();
         self.history_bytes = 0;
-        self.keys.clear();
-        self.key_index.clear();
+        self.keys = None;
         for frame in frames {
             self.last_ts = self.last_ts.max(frame.ts_micros());
             self.remember(frame);
@@ -507,6 +519,9 @@ mod tests {
         assert_eq!(room.duplicate(30, "alice", "k3"), Some(3));
         assert_eq!(room.duplicate(1_025, "alice", "k3"), None, "time bound");
         assert_eq!(room.remembered_keys(), 0);
+        assert!(room.keys.is_none(), "a room whose keys all expired keeps no tables");
+        room.remember_key(2_000, "alice", "k1", 4);
+        assert_eq!(room.duplicate(2_010, "alice", "k1"), Some(4), "and remembers the next key");
     }
 
     #[test]

@@ -116,9 +116,17 @@ pub struct RoomPresence {
     sent_at: Option<u64>,
     /// The table has this room in its schedule.
     pub(crate) scheduled: bool,
-    /// Users per Link (only while `events`).
+    /// Who is in the room, only while `events`; `None` until the first user is reported
+    /// (personal and broadcast rooms never have events, and the two tables would size them).
+    users: Option<Box<RoomUsers>>,
+}
+
+/// A room's users at its owner hub.
+#[derive(Debug, Default)]
+struct RoomUsers {
+    /// Users per Link.
     per_link: HashMap<LinkId, HashSet<String>>,
-    /// Per user, the number of Links that hold it (only while `events`).
+    /// Per user, the number of Links that hold it.
     links_of: HashMap<String, u32>,
 }
 
@@ -132,8 +140,7 @@ impl RoomPresence {
             sent_members: None,
             sent_at: None,
             scheduled: false,
-            per_link: HashMap::new(),
-            links_of: HashMap::new(),
+            users: None,
         }
     }
 
@@ -147,7 +154,7 @@ impl RoomPresence {
         if !self.events {
             return None;
         }
-        let mut users: Vec<String> = self.links_of.keys().cloned().collect();
+        let mut users: Vec<String> = self.users.as_ref().map(|u| u.links_of.keys().cloned().collect()).unwrap_or_default();
         users.sort_unstable();
         Some(users)
     }
@@ -185,8 +192,7 @@ impl RoomPresence {
             // Over the threshold: stop tracking users now (bounded memory); the next
             // `Presence` tells the Links.
             self.events = false;
-            self.per_link = HashMap::new();
-            self.links_of = HashMap::new();
+            self.users = None;
         }
         if change == InterestChange::Added {
             let frame = FrameBuilder::new(room).build(&Body::Presence { members, events: self.events });
@@ -205,7 +211,7 @@ impl RoomPresence {
     /// its users go; those on no other Link are announced as left to `links` (the Links still
     /// interested).
     pub fn handle_link_gone(&mut self, room: &str, link: LinkId, links: &[LinkId], out: &mut VecDeque<(LinkId, Frame)>) {
-        let Some(users) = self.per_link.remove(&link) else { return };
+        let Some(users) = self.users.as_mut().and_then(|u| u.per_link.remove(&link)) else { return };
         for user in users {
             if self.release(&user) {
                 push_member(out, room, &user, false, links);
@@ -232,18 +238,19 @@ impl RoomPresence {
             return;
         }
         if joined {
-            let set = self.per_link.entry(link).or_default();
+            let users = self.users.get_or_insert_with(Box::default);
+            let set = users.per_link.entry(link).or_default();
             if set.len() >= MAX_USERS_PER_LINK || set.contains(user) {
                 return;
             }
             set.insert(user.to_owned());
-            let count = self.links_of.entry(user.to_owned()).or_insert(0);
+            let count = users.links_of.entry(user.to_owned()).or_insert(0);
             *count += 1;
             if *count == 1 {
                 push_member(out, room, user, true, links);
             }
         } else {
-            let removed = self.per_link.get_mut(&link).is_some_and(|set| set.remove(user));
+            let removed = self.users.as_mut().and_then(|u| u.per_link.get_mut(&link)).is_some_and(|set| set.remove(user));
             if removed && self.release(user) {
                 push_member(out, room, user, false, links);
             }
@@ -257,16 +264,18 @@ impl RoomPresence {
             return;
         }
         let new: HashSet<String> = users.filter(|u| !u.is_empty()).take(MAX_USERS_PER_LINK).map(str::to_owned).collect();
-        let old = self.per_link.remove(&link).unwrap_or_default();
+        let old = self.users.as_mut().and_then(|u| u.per_link.remove(&link)).unwrap_or_default();
         for user in old.difference(&new) {
             self.release(user);
         }
+        if new.is_empty() {
+            return;
+        }
+        let users = self.users.get_or_insert_with(Box::default);
         for user in new.difference(&old) {
-            *self.links_of.entry(user.clone()).or_insert(0) += 1;
+            *users.links_of.entry(user.clone()).or_insert(0) += 1;
         }
-        if !new.is_empty() {
-            self.per_link.insert(link, new);
-        }
+        users.per_link.insert(link, new);
     }
 
     /// Sends the room-wide `Presence` if the count or the events flag differs from what the
@@ -307,13 +316,14 @@ impl RoomPresence {
 
     /// Drops one Link from `user`'s count; true if no Link holds it anymore.
     fn release(&mut self, user: &str) -> bool {
-        match self.links_of.get_mut(user) {
+        let Some(users) = self.users.as_mut() else { return false };
+        match users.links_of.get_mut(user) {
             Some(count) if *count > 1 => {
                 *count -= 1;
                 false
             }
             Some(_) => {
-                self.links_of.remove(user);
+                users.links_of.remove(user);
                 true
             }
             None => false,

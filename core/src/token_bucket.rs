@@ -29,7 +29,9 @@ impl Rate {
 /// the same one every time.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    /// Tokens stored (at most the rate's burst; a fraction is a token partly refilled).
+    /// Tokens stored (at most the rate's burst; a fraction is a token partly refilled). As an
+    /// f32 each refill rounds by at most tokens × 2⁻²⁴: 6 × 10⁻⁵ of a token per call at a burst of
+    /// 1,000, and far less when few are stored, which is when a limit bites.
     tokens: f32,
     /// Refusals in a row; reset by an accepted publish.
     strikes: u32,

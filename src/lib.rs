@@ -23,8 +23,9 @@
 //! - `store` (doc-hidden; `pub` only for the integration tests): rooms' seq, epoch, history and
 //!   owner leases in Redis / Redis Cluster, for hubs that restart or take over a dead hub's rooms.
 //!
-//! Private glue: `admin` (the `/metrics` + `/healthz` listener), `telemetry` (the process-wide Prometheus recorder), `cert_expiry` (the served certificate's expiry as a metric) and `clock` (the one place the
-//! wall clock is read).
+//! Private glue: `admin` (the `/metrics` + `/healthz` listener), `telemetry` (the process-wide Prometheus recorder), `cert_expiry` (the served certificate's expiry as a metric), `clock` (the one place the
+//! wall clock is read) and `udp_socket` (the busy QUIC endpoints' sockets: receive buffer and
+//! the kernel's drop count).
 #![warn(missing_docs, unreachable_pub)]
 
 mod admin;
@@ -45,4 +46,5 @@ mod cert_expiry;
 pub mod mtls;
 pub mod tls;
 pub mod top;
+mod udp_socket;
 pub mod uplink;

@@ -122,6 +122,20 @@ pub fn client_endpoint_as(
     Ok(endpoint)
 }
 
+/// [`client_endpoint_as`] on a socket of the caller's (a Link's endpoint towards its hubs, bound
+/// with a large receive buffer by `udp_socket.rs`).
+pub(crate) fn client_endpoint_on(
+    socket: std::net::UdpSocket,
+    trust: &Trust,
+    alpn: &[u8],
+    identity: Option<&crate::mtls::ClientIdentity>,
+) -> Result<quinn::Endpoint, QuicSetupError> {
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
+    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+    endpoint.set_default_client_config(client_config_as(trust, alpn, identity)?);
+    Ok(endpoint)
+}
+
 /// Errors reading frames from a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {

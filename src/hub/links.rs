@@ -249,7 +249,12 @@ pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>, client_ca: 
     transport.keep_alive_interval(Some(Duration::from_secs(2)));
     transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, addr)
+    // Every Link's joins arrive on this one socket: a join storm that starves the hub for a
+    // second must not overflow it (udp_socket.rs).
+    let socket = crate::udp_socket::bind_busy(addr)?;
+    crate::udp_socket::export_drops(&socket, "hub", "links");
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
 }
 
 /// Accepts Link connections on `endpoint` until shutdown.

@@ -85,7 +85,10 @@ impl QuicHubConnector {
             .map_err(std::io::Error::other)?;
         let trust = Trust::from_config(&self.config.tls).map_err(std::io::Error::other)?;
         let identity = crate::mtls::ClientIdentity::from_config(&self.config.tls).map_err(std::io::Error::other)?;
-        let endpoint = quic::client_endpoint_as(bind, &trust, ALPN_HUB, identity.as_ref()).map_err(std::io::Error::other)?;
+        // Every broadcast of every hub arrives on this one socket (udp_socket.rs).
+        let socket = crate::udp_socket::bind_busy(bind)?;
+        crate::udp_socket::export_drops(&socket, "link", "hubs");
+        let endpoint = quic::client_endpoint_on(socket, &trust, ALPN_HUB, identity.as_ref()).map_err(std::io::Error::other)?;
         endpoints.push(endpoint.clone());
         Ok(endpoint)
     }

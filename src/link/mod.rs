@@ -258,7 +258,11 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let listeners = bind_reuseport(options.ws_addr, shard_count)?;
     let ws_addr = listeners[0].local_addr()?;
     let quic_socket = match options.quic_addr {
-        Some(addr) => Some(std::net::UdpSocket::bind(addr)?),
+        Some(addr) => {
+            let socket = crate::udp_socket::bind_busy(addr)?;
+            crate::udp_socket::export_drops(&socket, "link", "clients");
+            Some(socket)
+        }
         None => None,
     };
     let quic_addr = match &quic_socket {

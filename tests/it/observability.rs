@@ -10,6 +10,8 @@
 //! - One publish to a room with two members on one shard is timed once by the delivery
 //!   histogram (per message per shard, not per socket) while both members get it, and once by
 //!   the hub's publish histogram; the certificate gauge holds the served certificate's notAfter.
+//! - The kernel's UDP drop count is exported for each busy QUIC endpoint: serve's client port,
+//!   each hub's Link port, a Link's endpoint towards its hubs.
 //!
 //! `promtool` comes from Debian's `prometheus` package (`.ci/run` installs it when missing).
 
@@ -219,6 +221,9 @@ async fn serve_exports_every_metric_the_dashboard_and_rules_name_and_times_deliv
         assert_eq!(metric(&text, "linkcast_tls_cert_expiry_timestamp_seconds", &[("role", role)]), RCGEN_NOT_AFTER, "{role}");
     }
     assert_eq!(metric(&text, "linkcast_link_hubs_connected", &[]), 1.0, "serve's Link reaches its one hub");
+    let clients_port = [("role", "link"), ("endpoint", "clients"), ("addr", quic_arg.as_str())];
+    assert!(has_series(&text, "linkcast_udp_drops_total", &clients_port), "the client QUIC port's kernel drops:\n{text}");
+    assert_eq!(metric(&text, "linkcast_udp_drops_total", &clients_port), 0.0, "nothing dropped on an idle loopback port");
     assert_eq!(metric(&text, "linkcast_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
     drop(members);
     processes.kill_all();
@@ -258,5 +263,19 @@ async fn a_cluster_link_exports_its_metrics_and_counts_its_hubs() {
             .collect();
         assert!(missing.is_empty(), "hub {id}: hub metrics named by the dashboard or rules missing: {missing:?}\n{text}");
         assert_eq!(metric(&text, "linkcast_hub_links", &[("hub", &id.to_string())]), 1.0, "hub {id} sees the Link");
+        assert!(has_series(&text, "linkcast_udp_drops_total", &[("role", "hub"), ("endpoint", "links")]), "hub {id}'s Link port:\n{text}");
     }
+    // The Link's one endpoint towards both hubs.
+    let text = metrics_text(link).await;
+    assert!(has_series(&text, "linkcast_udp_drops_total", &[("role", "link"), ("endpoint", "hubs")]), "the Link's hub endpoint:\n{text}");
+}
+
+/// Whether `text` has a sample of `name` with (at least) `labels`: `metric` reads a missing
+/// series as 0.
+fn has_series(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    text.lines().filter(|line| !line.starts_with('#')).any(|line| {
+        line.strip_prefix(name).and_then(|rest| rest.strip_prefix('{')).is_some_and(|rest| {
+            labels.iter().all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")))
+        })
+    })
 }

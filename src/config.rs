@@ -268,6 +268,10 @@ pub struct HubConfig {
     pub http_request_timeout_secs: u64,
     /// A write to a Link that makes no progress for this many milliseconds disconnects it.
     pub link_write_timeout_ms: u64,
+    /// The hub <-> Link QUIC connection is declared dead after this many milliseconds without a
+    /// packet (keep-alives every quarter of it): how fast a dead Link is noticed, and how long a
+    /// starved node may stay silent before its connection is dropped and rejoined.
+    pub link_idle_timeout_ms: u64,
     /// Presence: least milliseconds between two member counts of one room told to its Links
     /// (and so to every member); 0 = presence off (no counts, no join/leave events).
     pub presence_interval_ms: u64,
@@ -304,6 +308,7 @@ impl Default for HubConfig {
             http_header_timeout_secs: 5,
             http_request_timeout_secs: 30,
             link_write_timeout_ms: 10_000,
+            link_idle_timeout_ms: 8_000,
             presence_interval_ms: 1000,
             presence_events_max_members: 1000,
             presence_deliveries_per_sec: 20_000,
@@ -780,6 +785,9 @@ impl Config {
         if self.link.shard_queue_bytes == 0 {
             return Err(ConfigError::Invalid("link.shard_queue_bytes must be positive".into()));
         }
+        if !(1_000..=600_000).contains(&self.hub.link_idle_timeout_ms) {
+            return Err(ConfigError::Invalid("hub.link_idle_timeout_ms must be from 1000 to 600000".into()));
+        }
         if self.link.idle_timeout_secs <= self.link.ping_interval_secs {
             // A silence check at every ping would close a client before its pong could come.
             return Err(ConfigError::Invalid("link.idle_timeout_secs must be longer than link.ping_interval_secs".into()));
@@ -1029,6 +1037,18 @@ mod security_tests {
         assert!(Config::from_toml("[link]\nkeepalive = \"udp\"").is_err(), "an unknown mode is refused");
         let config = Config::from_toml("[link]\nping_interval_secs = 60\nidle_timeout_secs = 60").expect("parses");
         assert!(config.validate().is_err(), "an idle timeout no longer than the ping interval is refused");
+    }
+
+    #[test]
+    fn the_hub_link_idle_timeout_defaults_to_8_s_and_is_bounded() {
+        assert_eq!(Config::from_toml("").expect("valid").hub.link_idle_timeout_ms, 8_000);
+        let config = Config::from_toml("[hub]\nlink_idle_timeout_ms = 30000").expect("parses");
+        assert!(config.validate().is_ok());
+        for refused in [0, 999, 600_001] {
+            let config = Config::from_toml(&format!("[hub]\nlink_idle_timeout_ms = {refused}")).expect("parses");
+            let error = config.validate().expect_err("out of range").to_string();
+            assert!(error.contains("hub.link_idle_timeout_ms"), "{refused}: {error}");
+        }
     }
 }
 

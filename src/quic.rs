@@ -80,6 +80,14 @@ pub fn server_config_from_tls(tls: rustls::ServerConfig, max_frame: usize) -> Re
     Ok(config)
 }
 
+/// Sets the hub <-> Link connection's liveness on `transport` (both ends set it: QUIC keeps the
+/// smaller of the two idle timeouts): dead after `idle_timeout` without a packet, a keep-alive
+/// every quarter of it, so three in a row may be lost first.
+pub(crate) fn cluster_keep_alive(transport: &mut quinn::TransportConfig, idle_timeout: std::time::Duration) {
+    transport.keep_alive_interval(Some(idle_timeout / 4));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+}
+
 /// Client config for `alpn` checking the server by `trust`. The server may open no stream.
 pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, QuicSetupError> {
     client_config_as(trust, alpn, None)
@@ -87,12 +95,27 @@ pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, 
 
 /// [`client_config`] presenting `identity` as client certificate when given.
 pub fn client_config_as(trust: &Trust, alpn: &[u8], identity: Option<&crate::mtls::ClientIdentity>) -> Result<quinn::ClientConfig, QuicSetupError> {
-    let tls = trust.client_config_as(&[alpn], identity)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut transport = client_transport();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    client_config_with(trust, alpn, identity, transport)
+}
+
+/// A client's transport: the server may open no stream.
+fn client_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    transport
+}
+
+fn client_config_with(
+    trust: &Trust,
+    alpn: &[u8],
+    identity: Option<&crate::mtls::ClientIdentity>,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig, QuicSetupError> {
+    let tls = trust.client_config_as(&[alpn], identity)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -122,17 +145,19 @@ pub fn client_endpoint_as(
     Ok(endpoint)
 }
 
-/// [`client_endpoint_as`] on a socket of the caller's (a Link's endpoint towards its hubs, bound
-/// with a large receive buffer by `udp_socket.rs`).
-pub(crate) fn client_endpoint_on(
+/// A Link's endpoint towards its hubs on `socket` (bound with a large receive buffer by
+/// `udp_socket.rs`), its connections kept alive by [`cluster_keep_alive`] with `idle_timeout`.
+pub(crate) fn hub_client_endpoint(
     socket: std::net::UdpSocket,
     trust: &Trust,
-    alpn: &[u8],
     identity: Option<&crate::mtls::ClientIdentity>,
+    idle_timeout: std::time::Duration,
 ) -> Result<quinn::Endpoint, QuicSetupError> {
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
     let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
-    endpoint.set_default_client_config(client_config_as(trust, alpn, identity)?);
+    let mut transport = client_transport();
+    cluster_keep_alive(&mut transport, idle_timeout);
+    endpoint.set_default_client_config(client_config_with(trust, ALPN_HUB, identity, transport)?);
     Ok(endpoint)
 }
 
@@ -142,12 +167,21 @@ pub enum StreamError {
     /// The peer sent bytes that are not a valid frame.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
-    /// The stream failed.
-    #[error("stream: {0}")]
+    /// The stream failed; a lost connection says why ("timed out", "closed by peer: …").
+    #[error("stream: {0}{because}", because = lost_because(.0))]
     Read(#[from] quinn::ReadError),
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame")]
     Truncated,
+}
+
+/// Why a stream's connection was lost, for [`StreamError`]'s message (quinn's `ReadError` says
+/// only "connection lost").
+fn lost_because(error: &quinn::ReadError) -> String {
+    match error {
+        quinn::ReadError::ConnectionLost(cause) => format!(" ({cause})"),
+        _ => String::new(),
+    }
 }
 
 /// Splits a QUIC receive stream into validated frames.
@@ -193,6 +227,13 @@ pub async fn write_frames(send: &mut quinn::SendStream, frames: &mut Vec<bytes::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_connection_says_why() {
+        let lost = StreamError::Read(quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut));
+        assert_eq!(lost.to_string(), "stream: connection lost (timed out)");
+        assert_eq!(StreamError::Read(quinn::ReadError::ClosedStream).to_string(), "stream: closed stream");
+    }
 
     #[tokio::test]
     async fn frames_cross_a_loopback_quic_stream() {

@@ -34,8 +34,9 @@
 //! for `hub.link_write_timeout_ms` ends the connection; when the hub gives up on a Link, its
 //! writer stops at once and drops what was queued (the close is not queued behind it). When the
 //! reader ends, the hub task gets `LinkEvent::Down` and drops the Link's interest. The hub's QUIC
-//! transport sends keep-alives every 2 s and gives up on a silent Link after 8 s, so a killed
-//! Link leaves `locate` answers quickly.
+//! transport gives up on a silent Link after `hub.link_idle_timeout_ms` (8 s; keep-alives every
+//! quarter of it), so a killed Link leaves `locate` answers quickly. Every Link's packets arrive
+//! on one UDP socket with a large receive buffer (`udp_socket.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -235,9 +236,15 @@ async fn serve_port(ctx: LinkContext, port: LinkPort) {
     let _ = ctx.events.send(LinkEvent::Down { link, generation });
 }
 
-/// The hub's QUIC endpoint for Links on `addr`, with fast dead-Link detection; with
+/// The hub's QUIC endpoint for Links on `addr`, declaring a Link dead after `idle_timeout`
+/// without a packet (`hub.link_idle_timeout_ms`, [`quic::cluster_keep_alive`]); with
 /// `client_ca`, every Link must present a client certificate chained to it (`mtls.rs`).
-pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>, client_ca: Option<&std::path::Path>) -> std::io::Result<quinn::Endpoint> {
+pub(crate) fn quic_endpoint(
+    addr: SocketAddr,
+    cert: Arc<ServerCert>,
+    client_ca: Option<&std::path::Path>,
+    idle_timeout: Duration,
+) -> std::io::Result<quinn::Endpoint> {
     let mut config = match client_ca {
         None => quic::server_config(cert, &[ALPN_HUB], DEFAULT_MAX_FRAME_LEN),
         Some(ca) => crate::mtls::link_port_tls(cert, ca, &[ALPN_HUB])
@@ -246,8 +253,7 @@ pub(crate) fn quic_endpoint(addr: SocketAddr, cert: Arc<ServerCert>, client_ca: 
     }
     .map_err(std::io::Error::other)?;
     let mut transport = quic::server_transport(DEFAULT_MAX_FRAME_LEN);
-    transport.keep_alive_interval(Some(Duration::from_secs(2)));
-    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
+    quic::cluster_keep_alive(&mut transport, idle_timeout);
     config.transport_config(Arc::new(transport));
     // Every Link's joins arrive on this one socket: a join storm that starves the hub for a
     // second must not overflow it (udp_socket.rs).

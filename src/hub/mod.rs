@@ -314,7 +314,7 @@ pub async fn start(options: HubOptions) -> std::io::Result<HubHandle> {
     }
     let listener = tokio::net::TcpListener::bind(http_addr).await?;
     let http_addr = listener.local_addr()?;
-    let endpoint = quic_addr.map(|addr| links::quic_endpoint(addr, cert.clone(), config.tls.client_ca_file.as_deref())).transpose()?;
+    let endpoint = quic_addr.map(|addr| links::quic_endpoint(addr, cert.clone(), config.tls.client_ca_file.as_deref(), Duration::from_millis(config.hub.link_idle_timeout_ms))).transpose()?;
     let quic_addr = endpoint.as_ref().map(quinn::Endpoint::local_addr).transpose()?;
     let admin = admin_addr.map(|addr| AdminServer::start(addr, &config.auth)).transpose()?;
     let dialer = match &https {

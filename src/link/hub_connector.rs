@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use linkcast_core::frame::{Body, FrameBuilder, DEFAULT_MAX_FRAME_LEN};
 use linkcast_core::placement::LinkId;
-use crate::quic::{self, FrameReader, ALPN_HUB};
+use crate::quic::{self, FrameReader};
 use crate::tls::{self, Trust};
 use linkcast_core::hub_directory::HubId;
 use crate::uplink::{pair, BoxFuture, HubConnector, HubPort, PORT_CAPACITY};
@@ -88,7 +88,8 @@ impl QuicHubConnector {
         // Every broadcast of every hub arrives on this one socket (udp_socket.rs).
         let socket = crate::udp_socket::bind_busy(bind)?;
         crate::udp_socket::export_drops(&socket, "link", "hubs");
-        let endpoint = quic::client_endpoint_on(socket, &trust, ALPN_HUB, identity.as_ref()).map_err(std::io::Error::other)?;
+        let idle_timeout = std::time::Duration::from_millis(self.config.hub.link_idle_timeout_ms);
+        let endpoint = quic::hub_client_endpoint(socket, &trust, identity.as_ref(), idle_timeout).map_err(std::io::Error::other)?;
         endpoints.push(endpoint.clone());
         Ok(endpoint)
     }

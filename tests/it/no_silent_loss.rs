@@ -13,6 +13,8 @@
 //!   is answered `error` 503 with `retry_after_ms` and, re-sent with the same `id`, is
 //!   `published` and sequenced exactly once; with a tiny history every member gets one exact
 //!   `gap` instead;
+//! - the same cut with `hub.link_idle_timeout_ms = 2000`: both ends drop the connection after
+//!   2 s, not the default 8 s, and reconnect once the path is back;
 //! - the hub SIGKILLed and restarted on the same ports: every member still connected to its
 //!   Link gets `reset` to the new epoch, then exactly the new epoch's messages.
 
@@ -202,6 +204,31 @@ where
     let last = last.load(Ordering::Relaxed);
     assert!(last > before_restore && before_restore > 0, "published before, during and after the cut");
     last
+}
+
+/// `hub.link_idle_timeout_ms` is what both ends of the hub <-> Link connection wait on: cut at
+/// 2 s, the hub drops the Link and the Link its hub well before the default's 8 s, and they
+/// reconnect once the path is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_hub_link_connection_is_dropped_after_link_idle_timeout_ms_and_comes_back() {
+    let cluster = start("nsl-idle-timeout", 1, "[hub]\nlink_idle_timeout_ms = 2000\n", true).await;
+    let (hub_admin, link_admin) = (cluster.hub_admin[0], cluster.links[0]);
+    let hub_links = move || async move { hub_metric(&metrics_text(hub_admin).await, "linkcast_hub_links", 0) };
+    let link_hubs = move || async move { crate::support::http::metric(&metrics_text(link_admin).await, "linkcast_link_hubs_connected", &[]) };
+    eventually(STEP, "the hub lists the Link", || async { (hub_links().await == 1.0).then_some(()) }).await;
+    let relay = cluster.relay();
+    relay.set_paused(true);
+    let cut_at = Instant::now();
+    eventually(STEP, "the hub drops the silent Link", || async { (hub_links().await == 0.0).then_some(()) }).await;
+    eventually(STEP, "the Link drops its silent hub", || async { (link_hubs().await == 0.0).then_some(()) }).await;
+    let dropped_after = cut_at.elapsed();
+    assert!(relay.dropped() > 0, "the relay really cut the path");
+    assert!(
+        dropped_after >= Duration::from_millis(1500) && dropped_after < Duration::from_secs(7),
+        "both ends gave up after {dropped_after:?}: 2 s configured, 8 s by default"
+    );
+    relay.set_paused(false);
+    eventually(STEP, "the Link reconnects", || async { (hub_links().await == 1.0 && link_hubs().await == 1.0).then_some(()) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

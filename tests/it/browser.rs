@@ -53,8 +53,23 @@ impl Drop for WebDriver {
 
 impl WebDriver {
     /// Starts chromedriver on port 0 and reads the port it got from its first lines of output
-    /// ("ChromeDriver was started successfully on port N.").
+    /// ("ChromeDriver was started successfully on port N."). A chromedriver that exits before
+    /// saying so (seen once in a full CI run, on a loaded machine) is started once more; the
+    /// second failure fails the test with everything it printed.
     async fn start(chromedriver: &str) -> WebDriver {
+        match Self::try_start(chromedriver).await {
+            Ok(driver) => driver,
+            Err(output) => {
+                eprintln!("chromedriver exited before listening, starting it again; it printed:\n{output}");
+                Self::try_start(chromedriver)
+                    .await
+                    .unwrap_or_else(|output| panic!("chromedriver did not say which port it listens on; it printed:\n{output}"))
+            }
+        }
+    }
+
+    /// One chromedriver start: the driver, or what chromedriver printed before it exited.
+    async fn try_start(chromedriver: &str) -> Result<WebDriver, String> {
         let mut child = Command::new(chromedriver)
             .arg("--port=0")
             .stdout(Stdio::piped())
@@ -64,18 +79,21 @@ impl WebDriver {
         let stdout = child.stdout.take().expect("piped stdout");
         let port = tokio::task::spawn_blocking(move || {
             let mut lines = std::io::BufReader::new(stdout).lines();
+            let mut seen = Vec::new();
             let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
-                line.split_once("started successfully on port ").and_then(|(_, rest)| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+                let port = line.split_once("started successfully on port ").and_then(|(_, rest)| rest.trim_end_matches('.').trim().parse::<u16>().ok());
+                seen.push(line);
+                port
             });
             // Keep draining its output so chromedriver never blocks on a full pipe.
             std::thread::spawn(move || lines.for_each(drop));
-            port
+            port.ok_or_else(|| seen.join("\n"))
         });
         // Built before waiting, so a failing test still kills chromedriver (Drop).
         let mut driver = WebDriver { addr: local(0), child };
-        let port = tokio::time::timeout(STEP, port).await.expect("chromedriver starts in time").expect("reader");
-        driver.addr = local(port.unwrap_or_else(|| panic!("chromedriver did not say which port it listens on")));
-        driver
+        let port = tokio::time::timeout(STEP, port).await.expect("chromedriver starts in time").expect("reader")?;
+        driver.addr = local(port);
+        Ok(driver)
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {

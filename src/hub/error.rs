@@ -28,7 +28,7 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(&'static str),
     /// The request did not finish within `hub.http_request_timeout_secs`.
-    #[error("request timed out")]
+    #[error("request timed out (a publish may still be sequenced: retry it with the same Idempotency-Key)")]
     Timeout,
     /// The room or route does not exist.
     #[error("{0}")]

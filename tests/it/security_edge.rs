@@ -398,7 +398,10 @@ async fn slowloris_on_the_hub_is_cut_and_publishers_are_served() {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the slow body was not cut");
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The publisher is told the outcome is unknown, and how to retry safely.
+    assert!(answer.contains(r#""error":"timeout""#) && answer.contains("retry it with the same Idempotency-Key"), "{answer}");
 
     // Publishers are served (the member gets it).
     let mut member = WsClient::connect_to(serve.ws_addr(), None).await;

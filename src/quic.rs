@@ -145,6 +145,13 @@ pub fn client_endpoint_as(
     Ok(endpoint)
 }
 
+/// A quinn endpoint on `socket` (from `udp_socket::bind_busy`), serving `server` if given, on
+/// the current tokio runtime.
+pub(crate) fn endpoint_on(socket: std::net::UdpSocket, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+}
+
 /// A Link's endpoint towards its hubs on `socket` (bound with a large receive buffer by
 /// `udp_socket.rs`), its connections kept alive by [`cluster_keep_alive`] with `idle_timeout`.
 pub(crate) fn hub_client_endpoint(
@@ -153,8 +160,7 @@ pub(crate) fn hub_client_endpoint(
     identity: Option<&crate::mtls::ClientIdentity>,
     idle_timeout: std::time::Duration,
 ) -> Result<quinn::Endpoint, QuicSetupError> {
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+    let mut endpoint = endpoint_on(socket, None)?;
     let mut transport = client_transport();
     cluster_keep_alive(&mut transport, idle_timeout);
     endpoint.set_default_client_config(client_config_with(trust, ALPN_HUB, identity, transport)?);

@@ -28,9 +28,10 @@ pub(crate) const BUSY_RECV_BUFFER: usize = 8 << 20;
 
 static WARNED_SMALL_BUFFER: AtomicBool = AtomicBool::new(false);
 
-/// A UDP socket bound to `addr` with a receive buffer of up to [`BUSY_RECV_BUFFER`], ready for
-/// `quinn::Endpoint::new`. A wildcard IPv6 `addr` is made dual-stack where the system allows.
-pub(crate) fn bind_busy(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket bound to `addr` with a receive buffer of up to [`BUSY_RECV_BUFFER`], its drops
+/// exported under `role` and `endpoint` ([`export_drops`]), ready for `quic::endpoint_on`. A
+/// wildcard IPv6 `addr` is made dual-stack where the system allows.
+pub(crate) fn bind_busy(addr: SocketAddr, role: &'static str, endpoint: &'static str) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         if let Err(error) = socket.set_only_v6(false) {
@@ -55,13 +56,15 @@ pub(crate) fn bind_busy(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket
         }
         Err(error) => tracing::warn!(%error, "could not size a QUIC endpoint's UDP receive buffer"),
     }
-    Ok(socket.into())
+    let socket = std::net::UdpSocket::from(socket);
+    export_drops(&socket, role, endpoint);
+    Ok(socket)
 }
 
 /// Exports the datagrams the kernel dropped on `socket` as `linkcast_udp_drops_total{role,
 /// endpoint, addr}`, brought up to date at each scrape until the socket is closed. `addr` (the
 /// socket's own address) tells apart the endpoints of the nodes of one process (`serve`, tests).
-pub(crate) fn export_drops(socket: &std::net::UdpSocket, role: &'static str, endpoint: &'static str) {
+fn export_drops(socket: &std::net::UdpSocket, role: &'static str, endpoint: &'static str) {
     let (Some(inode), Ok(addr)) = (inode(socket), socket.local_addr()) else { return };
     let v6 = addr.is_ipv6();
     // The recorder first: a counter made before it is installed counts into nothing.
@@ -106,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_busy_socket_gets_the_larger_receive_buffer_where_the_kernel_allows_it() {
-        let socket = bind_busy("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let socket = bind_busy("127.0.0.1:0".parse().expect("addr"), "test", "busy").expect("bind");
         let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -132,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_live_socket_is_found_by_its_inode_and_a_closed_one_is_not() {
-        let socket = bind_busy("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let socket = bind_busy("127.0.0.1:0".parse().expect("addr"), "test", "busy").expect("bind");
         let inode = inode(&socket).expect("inode");
         assert_eq!(drops(inode, false), Some(0));
         drop(socket);

@@ -257,10 +257,7 @@ pub(crate) fn quic_endpoint(
     config.transport_config(Arc::new(transport));
     // Every Link's joins arrive on this one socket: a join storm that starves the hub for a
     // second must not overflow it (udp_socket.rs).
-    let socket = crate::udp_socket::bind_busy(addr)?;
-    crate::udp_socket::export_drops(&socket, "hub", "links");
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+    quic::endpoint_on(crate::udp_socket::bind_busy(addr, "hub", "links")?, Some(config))
 }
 
 /// Accepts Link connections on `endpoint` until shutdown.

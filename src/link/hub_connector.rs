@@ -86,8 +86,7 @@ impl QuicHubConnector {
         let trust = Trust::from_config(&self.config.tls).map_err(std::io::Error::other)?;
         let identity = crate::mtls::ClientIdentity::from_config(&self.config.tls).map_err(std::io::Error::other)?;
         // Every broadcast of every hub arrives on this one socket (udp_socket.rs).
-        let socket = crate::udp_socket::bind_busy(bind)?;
-        crate::udp_socket::export_drops(&socket, "link", "hubs");
+        let socket = crate::udp_socket::bind_busy(bind, "link", "hubs")?;
         let idle_timeout = std::time::Duration::from_millis(self.config.hub.link_idle_timeout_ms);
         let endpoint = quic::hub_client_endpoint(socket, &trust, identity.as_ref(), idle_timeout).map_err(std::io::Error::other)?;
         endpoints.push(endpoint.clone());

@@ -258,11 +258,7 @@ pub fn start(options: LinkOptions, connector: Arc<dyn HubConnector>) -> std::io:
     let listeners = bind_reuseport(options.ws_addr, shard_count)?;
     let ws_addr = listeners[0].local_addr()?;
     let quic_socket = match options.quic_addr {
-        Some(addr) => {
-            let socket = crate::udp_socket::bind_busy(addr)?;
-            crate::udp_socket::export_drops(&socket, "link", "clients");
-            Some(socket)
-        }
+        Some(addr) => Some(crate::udp_socket::bind_busy(addr, "link", "clients")?),
         None => None,
     };
     let quic_addr = match &quic_socket {

@@ -62,8 +62,7 @@ pub(crate) fn start_endpoint(
     let config = quic::server_config(cert, &[ALPN_CLIENT], max_frame).map_err(std::io::Error::other)?;
     let caps = PreAuthCaps::new(MAX_PRE_AUTH, MAX_PRE_AUTH_PER_IP);
     let refused = metrics::counter!("linkcast_link_quic_preauth_refused_total");
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?;
+    let endpoint = quic::endpoint_on(socket, Some(config))?;
     let accepting = endpoint.clone();
     tokio::task::spawn_local(async move {
         let next = AtomicUsize::new(0);

@@ -21,7 +21,7 @@ use serde_json::Value;
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 
 use crate::support::cluster::Processes;
-use crate::support::http::{get, get_as, hub_metric, publish, try_get_as};
+use crate::support::http::{get, get_as, hub_metric, metric, publish, try_get_as};
 use crate::support::ws::{ws_url, WsClient};
 use crate::support::{eventually, local, STEP};
 
@@ -57,6 +57,7 @@ async fn start(tag: &str) -> Nodes {
     let hubs: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
     let hub_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
     let links: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
+    let link_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
     let mut toml = format!(
         "[auth]\napi_keys = [\"{KEY}\"]\ncluster_secret = \"top-secret\"\n\n[[auth.keys]]\nkey = \"{ADMIN}\"\nscopes = [\"admin\", \"read\"]\n\n\
          [link]\nshards = 1\n\n"
@@ -64,8 +65,8 @@ async fn start(tag: &str) -> Nodes {
     for (id, (http, admin)) in hubs.iter().zip(&hub_admin).enumerate() {
         toml.push_str(&format!("[[hubs]]\nid = {id}\nhttp = \"{http}\"\nquic = \"127.0.0.1:{}\"\nadmin = \"{admin}\"\n\n", free_udp_port()));
     }
-    for (i, ws) in links.iter().enumerate() {
-        toml.push_str(&format!("[[links]]\nid = {}\nws = \"{ws}\"\nquic = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\n", i + 1, free_udp_port(), free_port()));
+    for (i, (ws, admin)) in links.iter().zip(&link_admin).enumerate() {
+        toml.push_str(&format!("[[links]]\nid = {}\nws = \"{ws}\"\nquic = \"127.0.0.1:{}\"\nadmin = \"{admin}\"\n\n", i + 1, free_udp_port()));
     }
     let config = processes.write_config(&toml);
     for id in 0..2 {
@@ -78,6 +79,15 @@ async fn start(tag: &str) -> Nodes {
         eventually(STEP, "both hubs see both Links", || async {
             let res = try_get_as(*admin, "/metrics", ADMIN).await?;
             (res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == 2.0).then_some(())
+        })
+        .await;
+    }
+    // A hub counts a Link at its hello, a little before the Link's coordinator has its hub up: a
+    // join in between is answered 503 (hub unavailable). Wait for the Links' side too.
+    for admin in &link_admin {
+        eventually(STEP, "each Link has both hubs up", || async {
+            let res = try_get_as(*admin, "/metrics", ADMIN).await?;
+            (res.status == 200 && metric(&res.text(), "linkcast_link_hubs_connected", &[]) == 2.0).then_some(())
         })
         .await;
     }

@@ -29,6 +29,8 @@
 //!   a request id of the coordinator's own), and its answer — replay, gap or reset — goes into
 //!   the rings as room-wide items, so members see the outage replayed, a `gap`, or a `reset`.
 //!   Live messages of a room whose rejoin is not answered yet are dropped: the replay covers them.
+//!   For the same reason a connection's own `Joined` meanwhile does not move the room's position
+//!   (only the rejoin's answer does): the rejoin must still ask from what the members got.
 //!   A hub's room-wide `Reset {request: 0}` (the store lost the room's history while the Link is
 //!   attached) sets the new epoch and position and puts a reset marker in every ring.
 //! - **operators' actions**: a hub's `Moderate` / `UserQuery` frame (a kick, ban, revocation,
@@ -872,7 +874,11 @@ impl Coordinator {
                         Some(known) if known != epoch => stale = !state.rejoining(),
                         Some(_) => {}
                     }
-                    if state.epoch == Some(epoch) {
+                    // While the room rejoins, only the rejoin's answer moves the Link's position:
+                    // the live messages up to this seq were dropped, and the rejoin's replay from
+                    // `pushed` is what brings them to the other members (moving `pushed` here
+                    // made the rejoin ask from this seq, and they never came).
+                    if state.epoch == Some(epoch) && !state.rejoining() {
                         state.pushed = state.pushed.max(frame.seq());
                     }
                 }

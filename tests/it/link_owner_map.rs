@@ -9,7 +9,9 @@
 //!   message once, in order, without a gap; an older (or equal) map changes nothing;
 //! - a room-wide `Reset {request: 0}` (the store lost the room's history): members get `reset`,
 //!   then the new epoch from seq 1;
-//! - a hub connection that drops never moves a room: the Link rejoins at the same hub.
+//! - a hub connection that drops never moves a room: the Link rejoins at the same hub;
+//! - a member who joins while the room's rejoin is still owed does not move the Link's position:
+//!   the rejoin still asks from the last seq the members got, so they get what the outage held.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -302,5 +304,57 @@ async fn a_dropped_hub_connection_never_moves_a_room() {
     hub1.send(message(&room, 4, "not-the-owner")).await;
     hub0.send(message(&room, 4, "hub0")).await;
     expect_message(&mut ws, &room, 4, "hub0").await;
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_joins_while_the_room_rejoins_does_not_cut_the_rejoins_replay_short() {
+    let (link, mut hub0, _hub1, mut connections) = start().await;
+    let room = room_owned_by(HubId(0));
+    let mut first = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((_, last_seq), ()) = tokio::join!(first.join(&room, None), hub0.answer_first_join(&room, E1, 0));
+    assert_eq!(last_seq, 0);
+    hub0.send(message(&room, 1, "hub0")).await;
+    expect_message(&mut first, &room, 1, "hub0").await;
+
+    // The connection drops; the hub sequences 2 and 3 meanwhile. The Link rejoins from 1.
+    drop(hub0);
+    let mut hub0 = connections.next(HubId(0)).await;
+    assert_eq!(hub0.interest(&room).await, (Kind::InterestAdd, 1));
+    let (rejoin, since, _, _) = hub0.join(&room).await;
+    assert_eq!(since, Some(1));
+    // A second member joins before the hub answers. The hub answers in order: the rejoin is
+    // refused for now (it stays owed and is retried within a second), the member joined at 3.
+    let mut second = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((replayed, last_seq), ()) = tokio::join!(second.join(&room, None), async {
+        let (request, since, _, _) = hub0.join(&room).await;
+        assert_eq!(since, None, "a plain join");
+        let refused = Body::Error { request: rejoin, code: 503, reason: "room store unavailable".into(), retry_after_ms: 0 };
+        hub0.send(FrameBuilder::new(&room).build(&refused)).await;
+        hub0.send(joined(&room, request, E1, 3)).await;
+    });
+    assert_eq!((replayed.len(), last_seq), (0, 3));
+
+    // The retried rejoin still asks from 1: 2 and 3 reached no member of this Link yet.
+    let (retry, since, epoch) = loop {
+        let frame = hub0.next().await;
+        match frame.body() {
+            ArchivedBody::Interest { .. } => continue, // the new member count, once a second
+            ArchivedBody::Join { request, since, epoch } => {
+                break (request.to_native(), since.as_ref().map(|s| s.to_native()), epoch.as_ref().map(|e| e.to_native()))
+            }
+            _ => panic!("expected the retried rejoin, got {frame:?}"),
+        }
+    };
+    assert_eq!((since, epoch), (Some(1), Some(E1)), "the rejoin asks from the last seq the members got");
+    hub0.send(replay(&room, retry, 2, "hub0-replay")).await;
+    hub0.send(replay(&room, retry, 3, "hub0-replay")).await;
+    hub0.send(joined(&room, retry, E1, 3)).await;
+    hub0.send(message(&room, 4, "hub0")).await;
+    expect_message(&mut first, &room, 2, "hub0-replay").await;
+    expect_message(&mut first, &room, 3, "hub0-replay").await;
+    expect_message(&mut first, &room, 4, "hub0").await;
+    // The second member joined at 3: it gets 4 only, once.
+    expect_message(&mut second, &room, 4, "hub0").await;
     link.shutdown().await;
 }

@@ -31,6 +31,11 @@
 //!   Live messages of a room whose rejoin is not answered yet are dropped: the replay covers them.
 //!   For the same reason a connection's own `Joined` meanwhile does not move the room's position
 //!   (only the rejoin's answer does): the rejoin must still ask from what the members got.
+//!   The rooms with the most members are announced and rejoined first (a Link owes a rejoin
+//!   per member's personal room too: thousands, in a queue that takes a few thousand frames);
+//!   a room's rejoin waits until its interest announcement is queued; what the hub's queue
+//!   cannot take stays owed, retried once a second, without being encoded meanwhile. Gauge
+//!   `linkcast_link_rooms_rejoining`, counter `linkcast_link_rejoins_total`.
 //!   A hub's room-wide `Reset {request: 0}` (the store lost the room's history while the Link is
 //!   attached) sets the new epoch and position and puts a reset marker in every ring.
 //! - **operators' actions**: a hub's `Moderate` / `UserQuery` frame (a kick, ban, revocation,
@@ -326,6 +331,13 @@ struct Coordinator {
     moderation: LinkModeration,
     /// Users per room, and the hubs' counts and events for members (`presence.rs`).
     presence: LinkPresence,
+    /// Since when some room has owed or awaited a rejoin (logged once they all are answered).
+    rejoining_since: Option<std::time::Instant>,
+    /// `linkcast_link_rooms_rejoining`: rooms whose rejoin is owed or awaited, summed over the
+    /// Links of the process (each adds the change of its own count), and this Link's count.
+    rooms_rejoining: (metrics::Gauge, usize),
+    /// `linkcast_link_rejoins_total`: rejoins sent to hubs.
+    rejoins_sent: metrics::Counter,
 }
 
 /// Runs the coordinator on the current thread until [`CoordMsg::Shutdown`].
@@ -366,7 +378,12 @@ pub(crate) fn run(
             hubs_connected,
             moderation,
             presence: LinkPresence::default(),
+            rejoining_since: None,
+            rooms_rejoining: (metrics::gauge!("linkcast_link_rooms_rejoining"), 0),
+            rejoins_sent: metrics::counter!("linkcast_link_rejoins_total"),
         };
+        coordinator.rooms_rejoining.0.increment(0.0);
+        coordinator.rejoins_sent.increment(0);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut owed_retry = tokio::time::interval(OWED_RETRY);
@@ -384,9 +401,13 @@ pub(crate) fn run(
                     coordinator.announce_owed();
                     coordinator.rejoin_owed();
                     coordinator.member_lists_owed();
+                    coordinator.count_rejoining();
                 }
             }
         }
+        // A Link that stops takes its rooms out of the process's sum.
+        let (gauge, shown) = &coordinator.rooms_rejoining;
+        gauge.decrement(*shown as f64);
         for task in tasks {
             task.abort();
         }
@@ -440,6 +461,13 @@ impl Coordinator {
         }
     }
 
+    /// True when `hub` is connected and its queue has room for one more frame (checked before a
+    /// frame is built for it: after a reconnect, thousands of announcements and rejoins wait
+    /// for a queue that takes a few thousand, and the rest stay owed without being encoded).
+    fn hub_has_room(&self, hub: HubId) -> bool {
+        self.hubs.get(&hub).is_some_and(|(_, tx)| tx.capacity() > 0)
+    }
+
     /// Sends `frame` (a join or publish with request id `request`) to the owner of `room` and
     /// remembers it until answered. False if it could not be queued.
     fn send_request(&mut self, request: u64, room: &str, frame: Frame) -> bool {
@@ -456,10 +484,14 @@ impl Coordinator {
     fn announce(&mut self, announcement: Announcement<String>) -> bool {
         let members = announcement.members;
         let fresh = members > 0 && !self.interest.is_announced(announcement.room.as_str());
+        let owner = self.owner(&announcement.room);
+        if !self.hub_has_room(owner) {
+            self.interest.handle_sent(&announcement, false);
+            return false;
+        }
         let builder = FrameBuilder::new(&announcement.room);
         let builder = if members == 0 { builder.interest_remove() } else { builder };
         let frame = builder.build(&Body::Interest { link: self.link.0, members });
-        let owner = self.owner(&announcement.room);
         let sent = self.send_to_hub(owner, frame);
         self.interest.handle_sent(&announcement, sent);
         if sent && fresh {
@@ -491,47 +523,72 @@ impl Coordinator {
         }
     }
 
-    /// Sends the count changes owed to hubs (once a second).
+    /// Sends the count changes owed to hubs (once a second), the rooms with the most members
+    /// first.
     fn announce_owed(&mut self) {
         let mut owed = Vec::new();
         self.interest.poll_announcements(&mut owed);
+        owed.sort_unstable_by_key(|a| std::cmp::Reverse(a.members));
         for announcement in owed {
             self.announce(announcement);
         }
     }
 
     /// Rejoins `room` once for all its members: `Join {since: pushed, epoch}` under a request
-    /// id of the coordinator's own. Stays owed when the hub cannot take it now.
+    /// id of the coordinator's own. Stays owed when the hub cannot take it now, or does not
+    /// count this Link in the room yet (its announcement is still owed: a rejoin answered
+    /// before it would be followed by no live message until it arrives).
     fn rejoin(&mut self, room: &str) {
         let Some(state) = self.rooms.get(room) else { return };
         if self.interest.members(room) == 0 || state.rejoin.is_some() {
             return;
         }
         let (since, epoch) = (state.epoch.map(|_| state.pushed), state.epoch);
-        let request = make_id(COORDINATOR_SHARD, self.next_id);
-        self.next_id += 1;
-        let frame = FrameBuilder::new(room).build(&Body::Join { request, since, epoch });
-        let sent = self.send_request(request, room, frame);
-        if let Some(state) = self.rooms.get_mut(room) {
-            if sent {
-                state.rejoin = NonZeroU64::new(request);
-                state.rejoin_owed = false;
-            } else {
-                state.rejoin_owed = true;
+        let mut sent = None;
+        if self.interest.is_announced(room) && self.hub_has_room(self.owner(room)) {
+            let request = make_id(COORDINATOR_SHARD, self.next_id);
+            self.next_id += 1;
+            let frame = FrameBuilder::new(room).build(&Body::Join { request, since, epoch });
+            if self.send_request(request, room, frame) {
+                self.rejoins_sent.increment(1);
+                sent = NonZeroU64::new(request);
             }
+        }
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.rejoin = sent;
+            state.rejoin_owed = sent.is_none();
         }
     }
 
-    /// Retries the rejoins still owed to connected hubs.
+    /// Retries the rejoins still owed to connected hubs, the rooms with the most members first.
     fn rejoin_owed(&mut self) {
-        let owed: Vec<String> = self
+        let mut owed: Vec<(u64, String)> = self
             .rooms
             .iter()
             .filter(|(room, state)| state.rejoin_owed && self.hubs.contains_key(&self.owner(room)))
-            .map(|(room, _)| room.to_string())
+            .map(|(room, _)| (self.interest.members(&**room), room.to_string()))
             .collect();
-        for room in owed {
+        owed.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
+        for (_, room) in owed {
             self.rejoin(&room);
+        }
+    }
+
+    /// Counts the rooms whose rejoin is owed or awaited (`linkcast_link_rooms_rejoining`, once a
+    /// second), and logs how long the rooms took once none is left: while a room rejoins, its
+    /// live messages wait for the rejoin's replay.
+    fn count_rejoining(&mut self) {
+        let rejoining = self.rooms.values().filter(|state| state.rejoining()).count();
+        let (gauge, shown) = &mut self.rooms_rejoining;
+        gauge.increment(rejoining as f64 - *shown as f64);
+        *shown = rejoining;
+        match (rejoining, self.rejoining_since) {
+            (0, Some(since)) => {
+                self.rejoining_since = None;
+                tracing::info!(seconds = since.elapsed().as_secs_f64(), "every room is rejoined");
+            }
+            (1.., None) => self.rejoining_since = Some(std::time::Instant::now()),
+            _ => {}
         }
     }
 
@@ -600,12 +657,16 @@ impl Coordinator {
     async fn handle_hub_event(&mut self, event: HubEvent) {
         match event {
             HubEvent::Up { hub, generation, to_hub } => {
-                tracing::info!(hub = hub.0, "hub connected; announcing interest and rejoining rooms");
                 self.hubs.insert(hub, (generation, to_hub));
                 self.hubs_connected.store(self.hubs.len(), Ordering::Relaxed);
                 let mut owed = Vec::new();
                 let (view, directory) = (&self.view, &self.directory);
                 self.interest.handle_hub_up(|room| owner_in(view, directory, room) == hub, &mut owed);
+                // The rooms with the most members first: after a reconnect a Link may owe a
+                // hub thousands of rejoins (one per personal room), and its busiest rooms'
+                // live messages wait for theirs.
+                owed.sort_unstable_by_key(|a| std::cmp::Reverse(a.members));
+                tracing::info!(hub = hub.0, rooms = owed.len(), "hub connected; announcing interest and rejoining rooms");
                 for announcement in owed {
                     let room = announcement.room.clone();
                     self.announce(announcement);

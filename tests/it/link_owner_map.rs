@@ -12,6 +12,8 @@
 //! - a hub connection that drops never moves a room: the Link rejoins at the same hub;
 //! - a member who joins while the room's rejoin is still owed does not move the Link's position:
 //!   the rejoin still asks from the last seq the members got, so they get what the outage held.
+//! - after a reconnect the rooms with the most members are announced and rejoined first, each
+//!   room's interest before its rejoin, and `linkcast_link_rooms_rejoining` counts them meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,6 +135,21 @@ impl FakeHub {
             ),
             _ => panic!("expected a join, got {frame:?}"),
         }
+    }
+
+    /// Answers a connection's join of `room` the Link already announced with `Joined`
+    /// (the member count it announces once a second is skipped).
+    async fn answer_join(&mut self, room: &str, epoch: u64, last_seq: u64) {
+        let request = loop {
+            let frame = self.next().await;
+            assert_eq!(frame.room(), room, "{frame:?}");
+            match frame.body() {
+                ArchivedBody::Interest { .. } => continue,
+                ArchivedBody::Join { request, .. } => break request.to_native(),
+                _ => panic!("expected a join, got {frame:?}"),
+            }
+        };
+        self.send(joined(room, request, epoch, last_seq)).await;
     }
 
     /// Answers a connection's first join of `room` (interest, then `Join`) with `Joined`.
@@ -356,5 +373,58 @@ async fn a_member_who_joins_while_the_room_rejoins_does_not_cut_the_rejoins_repl
     expect_message(&mut first, &room, 4, "hub0").await;
     // The second member joined at 3: it gets 4 only, once.
     expect_message(&mut second, &room, 4, "hub0").await;
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_the_rooms_with_the_most_members_rejoin_first() {
+    let (link, mut hub0, _hub1, mut connections) = start().await;
+    let directory = HubDirectory::new([HubId(0), HubId(1)]);
+    let rooms: Vec<String> =
+        (0..).map(|n| format!("sized-room-{n}")).filter(|room| directory.owner(room) == Some(HubId(0))).take(3).collect();
+    // Members: one in rooms[0], three in rooms[1], two in rooms[2].
+    let mut members = Vec::new();
+    for (index, joins) in [vec![0, 1, 2], vec![1, 2], vec![1]].into_iter().enumerate() {
+        let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+        for room in joins.into_iter().map(|r| &rooms[r]) {
+            if index == 0 {
+                tokio::join!(ws.join(room, None), hub0.answer_first_join(room, E1, 0));
+            } else {
+                tokio::join!(ws.join(room, None), hub0.answer_join(room, E1, 0));
+            }
+        }
+        members.push(ws);
+    }
+    metrics_text(link.ws_addr()).await;
+
+    drop(hub0);
+    let mut hub0 = connections.next(HubId(0)).await;
+    let (mut announced, mut rejoins) = (Vec::new(), Vec::new());
+    while rejoins.len() < rooms.len() {
+        let frame = hub0.next().await;
+        match frame.body() {
+            ArchivedBody::Interest { .. } => announced.push(frame.room().to_owned()),
+            ArchivedBody::Join { request, .. } => {
+                assert!(announced.iter().any(|r| r == frame.room()), "{} rejoined before its interest was announced", frame.room());
+                rejoins.push((frame.room().to_owned(), request.to_native()));
+            }
+            _ => panic!("expected interest or a rejoin, got {frame:?}"),
+        }
+    }
+    let order: Vec<&str> = rejoins.iter().map(|(room, _)| room.as_str()).collect();
+    assert_eq!(order, [&rooms[1], &rooms[2], &rooms[0]], "the rooms with the most members first");
+    // Other tests' Links in this process add to the gauge, never take from this Link's count.
+    eventually(STEP, "the three rooms counted as rejoining", || async {
+        let text = metrics_text(link.ws_addr()).await;
+        (metric(&text, "linkcast_link_rooms_rejoining", &[]) >= 3.0).then_some(())
+    })
+    .await;
+    for (room, request) in &rejoins {
+        hub0.send(joined(room, *request, E1, 0)).await;
+    }
+    hub0.send(message(&rooms[0], 1, "hub0")).await;
+    expect_message(&mut members[0], &rooms[0], 1, "hub0").await;
+    let text = metrics_text(link.ws_addr()).await;
+    assert!(metric(&text, "linkcast_link_rejoins_total", &[]) >= 3.0, "{text}");
     link.shutdown().await;
 }

@@ -29,8 +29,9 @@
 //!   a request id of the coordinator's own), and its answer — replay, gap or reset — goes into
 //!   the rings as room-wide items, so members see the outage replayed, a `gap`, or a `reset`.
 //!   Live messages of a room whose rejoin is not answered yet are dropped: the replay covers them.
-//!   For the same reason a connection's own `Joined` meanwhile does not move the room's position
-//!   (only the rejoin's answer does): the rejoin must still ask from what the members got.
+//!   For the same reason a connection's `Joined` never moves the position of a room the Link
+//!   already holds (only the room's first one sets it): what it skips is owed to the members
+//!   there, by the rejoin's replay or by the hub's room-wide `Gap`.
 //!   The rooms with the most members are announced and rejoined first (a Link owes a rejoin
 //!   per member's personal room too: thousands, in a queue that takes a few thousand frames);
 //!   a room's rejoin waits until its interest announcement is queued; what the hub's queue
@@ -575,20 +576,17 @@ impl Coordinator {
     }
 
     /// Counts the rooms whose rejoin is owed or awaited (`linkcast_link_rooms_rejoining`, once a
-    /// second), and logs how long the rooms took once none is left: while a room rejoins, its
-    /// live messages wait for the rejoin's replay.
+    /// second), and logs, to the second, how long they took since a hub came up once none is
+    /// left: while a room rejoins, its live messages wait for the rejoin's replay.
     fn count_rejoining(&mut self) {
         let rejoining = self.rooms.values().filter(|state| state.rejoining()).count();
         let (gauge, shown) = &mut self.rooms_rejoining;
         gauge.increment(rejoining as f64 - *shown as f64);
         *shown = rejoining;
-        match (rejoining, self.rejoining_since) {
-            (0, Some(since)) => {
-                self.rejoining_since = None;
-                tracing::info!(seconds = since.elapsed().as_secs_f64(), "every room is rejoined");
-            }
-            (1.., None) => self.rejoining_since = Some(std::time::Instant::now()),
-            _ => {}
+        if rejoining > 0 {
+            self.rejoining_since.get_or_insert_with(std::time::Instant::now);
+        } else if let Some(since) = self.rejoining_since.take() {
+            tracing::info!(seconds = since.elapsed().as_secs(), "every room is rejoined");
         }
     }
 
@@ -667,6 +665,9 @@ impl Coordinator {
                 // live messages wait for theirs.
                 owed.sort_unstable_by_key(|a| std::cmp::Reverse(a.members));
                 tracing::info!(hub = hub.0, rooms = owed.len(), "hub connected; announcing interest and rejoining rooms");
+                if !owed.is_empty() {
+                    self.rejoining_since.get_or_insert_with(std::time::Instant::now);
+                }
                 for announcement in owed {
                     let room = announcement.room.clone();
                     self.announce(announcement);
@@ -930,17 +931,21 @@ impl Coordinator {
                 let room = frame.room().to_owned();
                 let mut stale = false;
                 if let Some(state) = self.rooms.get_mut(room.as_str()) {
+                    // Only the room's first `Joined` sets the Link's position (no member here
+                    // needs what came before it). Later, every seq up to a `Joined` reached this
+                    // Link before it — or was dropped, and is still owed to the members already
+                    // here: by the rejoin's replay while the room rejoins (live messages are
+                    // dropped then), by the hub's room-wide `Gap` when its queue to this Link
+                    // overflowed (answers pass that queue, messages do not). Moving `pushed` to
+                    // this seq made the rejoin ask from it and the gap look old: the members
+                    // got neither the messages nor a `gap`.
                     match state.epoch {
-                        None => state.epoch = Some(epoch),
+                        None => {
+                            state.epoch = Some(epoch);
+                            state.pushed = frame.seq();
+                        }
                         Some(known) if known != epoch => stale = !state.rejoining(),
                         Some(_) => {}
-                    }
-                    // While the room rejoins, only the rejoin's answer moves the Link's position:
-                    // the live messages up to this seq were dropped, and the rejoin's replay from
-                    // `pushed` is what brings them to the other members (moving `pushed` here
-                    // made the rejoin ask from this seq, and they never came).
-                    if state.epoch == Some(epoch) && !state.rejoining() {
-                        state.pushed = state.pushed.max(frame.seq());
                     }
                 }
                 if stale {

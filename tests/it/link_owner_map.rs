@@ -12,6 +12,8 @@
 //! - a hub connection that drops never moves a room: the Link rejoins at the same hub;
 //! - a member who joins while the room's rejoin is still owed does not move the Link's position:
 //!   the rejoin still asks from the last seq the members got, so they get what the outage held.
+//! - a member who joins past messages the hub's queue to this Link dropped does not hide the
+//!   hub's room-wide `Gap` from the members already there: they are told at once;
 //! - after a reconnect the rooms with the most members are announced and rejoined first, each
 //!   room's interest before its rejoin, and `linkcast_link_rooms_rejoining` counts them meanwhile.
 
@@ -138,15 +140,14 @@ impl FakeHub {
     }
 
     /// Answers a connection's join of `room` the Link already announced with `Joined`
-    /// (the member count it announces once a second is skipped).
+    /// (the member counts it announces once a second, of any room, are skipped).
     async fn answer_join(&mut self, room: &str, epoch: u64, last_seq: u64) {
         let request = loop {
             let frame = self.next().await;
-            assert_eq!(frame.room(), room, "{frame:?}");
             match frame.body() {
                 ArchivedBody::Interest { .. } => continue,
-                ArchivedBody::Join { request, .. } => break request.to_native(),
-                _ => panic!("expected a join, got {frame:?}"),
+                ArchivedBody::Join { request, .. } if frame.room() == room => break request.to_native(),
+                _ => panic!("expected a join of {room}, got {frame:?}"),
             }
         };
         self.send(joined(room, request, epoch, last_seq)).await;
@@ -426,5 +427,31 @@ async fn after_a_reconnect_the_rooms_with_the_most_members_rejoin_first() {
     expect_message(&mut members[0], &rooms[0], 1, "hub0").await;
     let text = metrics_text(link.ws_addr()).await;
     assert!(metric(&text, "linkcast_link_rejoins_total", &[]) >= 3.0, "{text}");
+    link.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_joins_past_messages_the_hub_dropped_does_not_hide_their_gap() {
+    let (link, mut hub0, _hub1, _connections) = start().await;
+    let room = room_owned_by(HubId(0));
+    let mut first = WsClient::connect_to(link.ws_addr(), None).await;
+    tokio::join!(first.join(&room, None), hub0.answer_first_join(&room, E1, 0));
+    hub0.send(message(&room, 1, "hub0")).await;
+    expect_message(&mut first, &room, 1, "hub0").await;
+
+    // The hub's queue to this Link is full: it drops 2 and 3 for this Link (answers still pass,
+    // queued even above the limit). A second member joins at 3; then the queue drains and the
+    // hub tells the Link what it dropped.
+    let mut second = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((replayed, last_seq), ()) = tokio::join!(second.join(&room, None), hub0.answer_join(&room, E1, 3));
+    assert_eq!((replayed.len(), last_seq), (0, 3));
+    hub0.send(FrameBuilder::new(&room).build(&Body::Gap { request: 0, first_lost: 2, last_lost: 3, resume_from: 4 })).await;
+    // The first member learns it at once, not at the room's next message (there may be none).
+    let gap = first.next_json().await;
+    assert_eq!(gap, json!({"op": "gap", "room": room, "first_lost": 2, "last_lost": 3, "resume_from": 4}));
+    hub0.send(message(&room, 4, "hub0")).await;
+    expect_message(&mut first, &room, 4, "hub0").await;
+    // The second member joined at 3: no gap for it, 4 once.
+    expect_message(&mut second, &room, 4, "hub0").await;
     link.shutdown().await;
 }

@@ -110,6 +110,8 @@ impl WebDriver {
 struct Tab<'a> {
     driver: &'a WebDriver,
     session: String,
+    /// Chromium's profile dir, removed once the session is closed.
+    profile: std::path::PathBuf,
 }
 
 impl Tab<'_> {
@@ -133,7 +135,7 @@ impl Tab<'_> {
         }}});
         let created = driver.call("POST", "/session", caps).await;
         let session = created["sessionId"].as_str().expect("session id").to_owned();
-        Tab { driver, session }
+        Tab { driver, session, profile }
     }
 
     async fn go(&self, url: &str) {
@@ -200,7 +202,9 @@ impl Tab<'_> {
     }
 
     async fn close(self) {
+        // chromedriver answers once Chromium has quit: its profile can go.
         self.driver.call("DELETE", &format!("/session/{}", self.session), json!({})).await;
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 

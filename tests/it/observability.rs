@@ -177,6 +177,9 @@ async fn serve_exports_every_metric_the_dashboard_and_rules_name_and_times_deliv
         &["serve", "--config", &config, "--http", &http_arg, "--ws", &ws_arg, "--quic", &quic_arg, "--admin", &admin_arg, "--shards", "1"],
     );
     let before = scrape(admin).await;
+    // serve binds the hub's listeners (admin included) before the Link's: a member started on
+    // the first answer from admin could find the WebSocket port still closed.
+    eventually(STEP, "the Link's WebSocket port accepts", || async move { tokio::net::TcpStream::connect(ws).await.ok().map(drop) }).await;
 
     // Two members of one room on the Link's one shard; one publish over https.
     let wss = format!("wss://{ws}/ws");

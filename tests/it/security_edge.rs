@@ -293,6 +293,7 @@ async fn secured_nodes_refuse_to_start_without_a_cluster_secret() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cluster_secret"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A socket from `ip` (a loopback address) connected to `addr`.

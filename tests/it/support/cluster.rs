@@ -324,8 +324,11 @@ impl Drop for Processes {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The logs are kept for a failing test only: a passing run leaves nothing in the temp dir.
         if std::thread::panicking() {
             eprintln!("process logs are in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -61,3 +61,12 @@ impl Pki {
     }
 }
 
+
+impl Drop for Pki {
+    /// The keys and certificates go with the test (kept when it fails, for a look).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

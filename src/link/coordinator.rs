@@ -35,7 +35,8 @@
 //!   The rooms with the most members are announced and rejoined first (a Link owes a rejoin
 //!   per member's personal room too: thousands, in a queue that takes a few thousand frames);
 //!   a room's rejoin waits until its interest announcement is queued; what the hub's queue
-//!   cannot take stays owed, retried once a second, without being encoded meanwhile. Gauge
+//!   cannot take stays owed, without being encoded meanwhile, and is retried as soon as that
+//!   queue is half empty (checked every 10 ms). Gauge
 //!   `linkcast_link_rooms_rejoining`, counter `linkcast_link_rejoins_total`.
 //!   A hub's room-wide `Reset {request: 0}` (the store lost the room's history while the Link is
 //!   attached) sets the new epoch and position and puts a reset marker in every ring.
@@ -149,6 +150,10 @@ pub(crate) enum CoordMsg {
 
 /// How often ring items owed to full shards are retried while any are owed.
 const OWED_RETRY: Duration = Duration::from_millis(1);
+
+/// How often announcements and rejoins a hub's full queue refused are retried while any are
+/// owed (only once the queue is half empty: each retry walks every owed room).
+const HUB_RETRY: Duration = Duration::from_millis(10);
 
 /// Most joins waiting in the coordinator's inbox.
 pub(crate) const MAX_INBOX_JOINS: usize = 16_384;
@@ -339,6 +344,9 @@ struct Coordinator {
     rooms_rejoining: (metrics::Gauge, usize),
     /// `linkcast_link_rejoins_total`: rejoins sent to hubs.
     rejoins_sent: metrics::Counter,
+    /// A connected hub's full queue refused an announcement or a rejoin: retried every
+    /// [`HUB_RETRY`] instead of at the next second's tick.
+    owes_hubs: bool,
 }
 
 /// Runs the coordinator on the current thread until [`CoordMsg::Shutdown`].
@@ -382,6 +390,7 @@ pub(crate) fn run(
             rejoining_since: None,
             rooms_rejoining: (metrics::gauge!("linkcast_link_rooms_rejoining"), 0),
             rejoins_sent: metrics::counter!("linkcast_link_rejoins_total"),
+            owes_hubs: false,
         };
         coordinator.rooms_rejoining.0.increment(0.0);
         coordinator.rejoins_sent.increment(0);
@@ -389,6 +398,8 @@ pub(crate) fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut owed_retry = tokio::time::interval(OWED_RETRY);
         owed_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hub_retry = tokio::time::interval(HUB_RETRY);
+        hub_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // No priority: the inbox and the hubs' frames are served in turn.
             tokio::select! {
@@ -398,6 +409,7 @@ pub(crate) fn run(
                 },
                 Some(event) = events.recv() => coordinator.handle_hub_event(event).await,
                 _ = owed_retry.tick(), if coordinator.owes_shards() => coordinator.pay_owed(),
+                _ = hub_retry.tick(), if coordinator.owes_hubs => coordinator.retry_hubs(),
                 _ = tick.tick() => {
                     coordinator.announce_owed();
                     coordinator.rejoin_owed();
@@ -487,6 +499,7 @@ impl Coordinator {
         let fresh = members > 0 && !self.interest.is_announced(announcement.room.as_str());
         let owner = self.owner(&announcement.room);
         if !self.hub_has_room(owner) {
+            self.owes_hubs |= self.hubs.contains_key(&owner);
             self.interest.handle_sent(&announcement, false);
             return false;
         }
@@ -546,7 +559,8 @@ impl Coordinator {
         }
         let (since, epoch) = (state.epoch.map(|_| state.pushed), state.epoch);
         let mut sent = None;
-        if self.interest.is_announced(room) && self.hub_has_room(self.owner(room)) {
+        let owner = self.owner(room);
+        if self.interest.is_announced(room) && self.hub_has_room(owner) {
             let request = make_id(COORDINATOR_SHARD, self.next_id);
             self.next_id += 1;
             let frame = FrameBuilder::new(room).build(&Body::Join { request, since, epoch });
@@ -555,6 +569,9 @@ impl Coordinator {
                 sent = NonZeroU64::new(request);
             }
         }
+        // Not sent to a connected hub: its queue is full (or the room's announcement is still
+        // owed, which sets the flag itself).
+        self.owes_hubs |= sent.is_none() && self.hubs.contains_key(&owner);
         if let Some(state) = self.rooms.get_mut(room) {
             state.rejoin = sent;
             state.rejoin_owed = sent.is_none();
@@ -575,9 +592,22 @@ impl Coordinator {
         }
     }
 
+    /// Sends what hubs' full queues refused (announcements, then rejoins), once every connected
+    /// hub's queue is at least half empty: after a reconnect a Link owes thousands, and waiting
+    /// for the second's tick made each second move one queue's worth.
+    fn retry_hubs(&mut self) {
+        if self.hubs.values().any(|(_, tx)| tx.capacity() * 2 < tx.max_capacity()) {
+            return;
+        }
+        self.owes_hubs = false;
+        self.announce_owed();
+        self.rejoin_owed();
+    }
+
     /// Counts the rooms whose rejoin is owed or awaited (`linkcast_link_rooms_rejoining`, once a
-    /// second), and logs, to the second, how long they took since a hub came up once none is
-    /// left: while a room rejoins, its live messages wait for the rejoin's replay.
+    /// second), and logs, to the second, how long since a hub came up once none is left (each
+    /// was rejoined, or lost its last member): while a room rejoins, its live messages wait for
+    /// the rejoin's replay.
     fn count_rejoining(&mut self) {
         let rejoining = self.rooms.values().filter(|state| state.rejoining()).count();
         let (gauge, shown) = &mut self.rooms_rejoining;
@@ -586,7 +616,7 @@ impl Coordinator {
         if rejoining > 0 {
             self.rejoining_since.get_or_insert_with(std::time::Instant::now);
         } else if let Some(since) = self.rejoining_since.take() {
-            tracing::info!(seconds = since.elapsed().as_secs(), "every room is rejoined");
+            tracing::info!(seconds = since.elapsed().as_secs(), "no room waits for a rejoin any more");
         }
     }
 

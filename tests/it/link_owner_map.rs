@@ -210,6 +210,26 @@ async fn expect_message(ws: &mut WsClient, room: &str, seq: u64, from: &str) {
     assert_eq!(got["data"], json!({"seq": seq, "from": from}), "{got}");
 }
 
+/// The first member of `room` (owned by hub 0), joined at seq 0, that got message 1 from it.
+async fn member_with_message_1(link: &LinkHandle, hub0: &mut FakeHub, room: &str) -> WsClient {
+    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
+    let ((_, last_seq), ()) = tokio::join!(ws.join(room, None), hub0.answer_first_join(room, E1, 0));
+    assert_eq!(last_seq, 0);
+    hub0.send(message(room, 1, "hub0")).await;
+    expect_message(&mut ws, room, 1, "hub0").await;
+    ws
+}
+
+/// Ends hub 0's connection: the Link reconnects, announces its one member of `room` again and
+/// rejoins it. Returns the new connection and the rejoin's `(request, since, epoch)`.
+async fn reconnect_hub0(hub0: FakeHub, connections: &mut Connections, room: &str) -> (FakeHub, u64, Option<u64>, Option<u64>) {
+    drop(hub0);
+    let mut hub0 = connections.next(HubId(0)).await;
+    assert_eq!(hub0.interest(room).await, (Kind::InterestAdd, 1));
+    let (rejoin, since, epoch, _) = hub0.join(room).await;
+    (hub0, rejoin, since, epoch)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_owner_map_moves_the_room_and_members_get_every_message_once_in_order() {
     let (link, mut hub0, mut hub1, _connections) = start().await;
@@ -299,17 +319,10 @@ async fn a_room_wide_reset_gives_members_a_reset_then_the_new_epoch_from_seq_1()
 async fn a_dropped_hub_connection_never_moves_a_room() {
     let (link, mut hub0, mut hub1, mut connections) = start().await;
     let room = room_owned_by(HubId(0));
-    let mut ws = WsClient::connect_to(link.ws_addr(), None).await;
-    let ((_, last_seq), ()) = tokio::join!(ws.join(&room, None), hub0.answer_first_join(&room, E1, 0));
-    assert_eq!(last_seq, 0);
-    hub0.send(message(&room, 1, "hub0")).await;
-    expect_message(&mut ws, &room, 1, "hub0").await;
+    let mut ws = member_with_message_1(&link, &mut hub0, &room).await;
 
     // Hub 0's connection ends. No map says it is dead: the Link reconnects to it and rejoins there.
-    drop(hub0);
-    let mut hub0 = connections.next(HubId(0)).await;
-    assert_eq!(hub0.interest(&room).await, (Kind::InterestAdd, 1));
-    let (rejoin, since, epoch, _) = hub0.join(&room).await;
+    let (hub0, rejoin, since, epoch) = reconnect_hub0(hub0, &mut connections, &room).await;
     assert_eq!((since, epoch), (Some(1), Some(E1)));
     hub1.assert_quiet("hub 1 is not the room's owner");
     hub0.send(replay(&room, rejoin, 2, "hub0-replay")).await;
@@ -329,17 +342,10 @@ async fn a_dropped_hub_connection_never_moves_a_room() {
 async fn a_member_who_joins_while_the_room_rejoins_does_not_cut_the_rejoins_replay_short() {
     let (link, mut hub0, _hub1, mut connections) = start().await;
     let room = room_owned_by(HubId(0));
-    let mut first = WsClient::connect_to(link.ws_addr(), None).await;
-    let ((_, last_seq), ()) = tokio::join!(first.join(&room, None), hub0.answer_first_join(&room, E1, 0));
-    assert_eq!(last_seq, 0);
-    hub0.send(message(&room, 1, "hub0")).await;
-    expect_message(&mut first, &room, 1, "hub0").await;
+    let mut first = member_with_message_1(&link, &mut hub0, &room).await;
 
     // The connection drops; the hub sequences 2 and 3 meanwhile. The Link rejoins from 1.
-    drop(hub0);
-    let mut hub0 = connections.next(HubId(0)).await;
-    assert_eq!(hub0.interest(&room).await, (Kind::InterestAdd, 1));
-    let (rejoin, since, _, _) = hub0.join(&room).await;
+    let (mut hub0, rejoin, since, _) = reconnect_hub0(hub0, &mut connections, &room).await;
     assert_eq!(since, Some(1));
     // A second member joins before the hub answers. The hub answers in order: the rejoin is
     // refused for now (it stays owed and is retried within a second), the member joined at 3.
@@ -434,10 +440,7 @@ async fn after_a_reconnect_the_rooms_with_the_most_members_rejoin_first() {
 async fn a_member_who_joins_past_messages_the_hub_dropped_does_not_hide_their_gap() {
     let (link, mut hub0, _hub1, _connections) = start().await;
     let room = room_owned_by(HubId(0));
-    let mut first = WsClient::connect_to(link.ws_addr(), None).await;
-    tokio::join!(first.join(&room, None), hub0.answer_first_join(&room, E1, 0));
-    hub0.send(message(&room, 1, "hub0")).await;
-    expect_message(&mut first, &room, 1, "hub0").await;
+    let mut first = member_with_message_1(&link, &mut hub0, &room).await;
 
     // The hub's queue to this Link is full: it drops 2 and 3 for this Link (answers still pass,
     // queued even above the limit). A second member joins at 3; then the queue drains and the

@@ -36,7 +36,8 @@
 //!   per member's personal room too: thousands, in a queue that takes a few thousand frames);
 //!   a room's rejoin waits until its interest announcement is queued; what the hub's queue
 //!   cannot take stays owed, without being encoded meanwhile, and is retried as soon as that
-//!   queue is half empty (checked every 10 ms). Gauge
+//!   queue is half empty (checked every 10 ms; a hub whose queue stays full holds back no
+//!   other). Gauge
 //!   `linkcast_link_rooms_rejoining`, counter `linkcast_link_rejoins_total`.
 //!   A hub's room-wide `Reset {request: 0}` (the store lost the room's history while the Link is
 //!   attached) sets the new epoch and position and puts a reset marker in every ring.
@@ -344,9 +345,9 @@ struct Coordinator {
     rooms_rejoining: (metrics::Gauge, usize),
     /// `linkcast_link_rejoins_total`: rejoins sent to hubs.
     rejoins_sent: metrics::Counter,
-    /// A connected hub's full queue refused an announcement or a rejoin: retried every
-    /// [`HUB_RETRY`] instead of at the next second's tick.
-    owes_hubs: bool,
+    /// Connected hubs whose full queue refused an announcement or a rejoin: retried every
+    /// [`HUB_RETRY`] once one of them has room, instead of at the next second's tick.
+    owed_hubs: Vec<HubId>,
 }
 
 /// Runs the coordinator on the current thread until [`CoordMsg::Shutdown`].
@@ -390,7 +391,7 @@ pub(crate) fn run(
             rejoining_since: None,
             rooms_rejoining: (metrics::gauge!("linkcast_link_rooms_rejoining"), 0),
             rejoins_sent: metrics::counter!("linkcast_link_rejoins_total"),
-            owes_hubs: false,
+            owed_hubs: Vec::new(),
         };
         coordinator.rooms_rejoining.0.increment(0.0);
         coordinator.rejoins_sent.increment(0);
@@ -409,7 +410,7 @@ pub(crate) fn run(
                 },
                 Some(event) = events.recv() => coordinator.handle_hub_event(event).await,
                 _ = owed_retry.tick(), if coordinator.owes_shards() => coordinator.pay_owed(),
-                _ = hub_retry.tick(), if coordinator.owes_hubs => coordinator.retry_hubs(),
+                _ = hub_retry.tick(), if !coordinator.owed_hubs.is_empty() => coordinator.retry_hubs(),
                 _ = tick.tick() => {
                     coordinator.announce_owed();
                     coordinator.rejoin_owed();
@@ -499,7 +500,7 @@ impl Coordinator {
         let fresh = members > 0 && !self.interest.is_announced(announcement.room.as_str());
         let owner = self.owner(&announcement.room);
         if !self.hub_has_room(owner) {
-            self.owes_hubs |= self.hubs.contains_key(&owner);
+            self.owe_hub(owner);
             self.interest.handle_sent(&announcement, false);
             return false;
         }
@@ -569,9 +570,10 @@ impl Coordinator {
                 sent = NonZeroU64::new(request);
             }
         }
-        // Not sent to a connected hub: its queue is full (or the room's announcement is still
-        // owed, which sets the flag itself).
-        self.owes_hubs |= sent.is_none() && self.hubs.contains_key(&owner);
+        if sent.is_none() {
+            // Its queue is full, or the room's announcement is still owed (for the same reason).
+            self.owe_hub(owner);
+        }
         if let Some(state) = self.rooms.get_mut(room) {
             state.rejoin = sent;
             state.rejoin_owed = sent.is_none();
@@ -592,14 +594,25 @@ impl Coordinator {
         }
     }
 
-    /// Sends what hubs' full queues refused (announcements, then rejoins), once every connected
-    /// hub's queue is at least half empty: after a reconnect a Link owes thousands, and waiting
-    /// for the second's tick made each second move one queue's worth.
+    /// Remembers that `hub`, if connected, is owed frames its full queue refused.
+    fn owe_hub(&mut self, hub: HubId) {
+        if self.hubs.contains_key(&hub) && !self.owed_hubs.contains(&hub) {
+            self.owed_hubs.push(hub);
+        }
+    }
+
+    /// Sends what hubs' full queues refused (announcements, then rejoins) once one of those
+    /// queues is at least half empty (or its hub gone): after a reconnect a Link owes
+    /// thousands, and waiting for the second's tick made each second move one queue's worth.
+    /// A hub whose queue stays full holds back no other: what is owed to it fails again at once
+    /// and it is owed again.
     fn retry_hubs(&mut self) {
-        if self.hubs.values().any(|(_, tx)| tx.capacity() * 2 < tx.max_capacity()) {
+        let hubs = &self.hubs;
+        let ready = self.owed_hubs.iter().any(|hub| hubs.get(hub).is_none_or(|(_, tx)| tx.capacity() * 2 >= tx.max_capacity()));
+        if !ready {
             return;
         }
-        self.owes_hubs = false;
+        self.owed_hubs.clear();
         self.announce_owed();
         self.rejoin_owed();
     }

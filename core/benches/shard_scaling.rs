@@ -98,7 +98,7 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
         let mut session = LinkSession::new(id, Wire::Ws, claims.clone(), limits.clone(), 0);
         let join = Request::Join { room: ROOM.into(), since: None, epoch: None, presence: false };
         session.handle_request(join, 0, &mut rooms, &mut items).expect("join accepted");
-        let Some(ToCoordinator::Join { request, .. }) = session.poll_coordinator() else { panic!("a join for the coordinator") };
+        let Some(ToCoordinator::Join { request, .. }) = rooms.poll_coordinator() else { panic!("a join for the coordinator") };
         let joined = FrameBuilder::new(ROOM).seq(0).build(&Body::Joined { request, epoch: EPOCH });
         let tail = rooms.tail(ROOM);
         session.handle_hub_frame(joined, tail, &mut rooms, &mut items);
@@ -139,6 +139,8 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
         for id in woken.drain(..) {
             let Some(conn) = conns.get_mut(&id) else { continue };
             conn.session.fill(WRITE_BATCH, &mut rooms, &mut items).expect("no lag in this bench");
+            // As the Link's driver does after every call into a session.
+            let _ = rooms.take_session_stats();
             for item in items.drain(..) {
                 if let ToClient::Encoded(bytes) = item {
                     conn.out.push_back(bytes);

@@ -10,7 +10,9 @@
 //!
 //! Out come [`ToClient`] values (what to send the client, still to be encoded for the wire by
 //! the driver — ring deliveries already are, as shared buffers) and, through
-//! [`LinkSession::poll_coordinator`], what the Link's coordinator must tell the hub.
+//! [`ShardRooms::poll_coordinator`], what the Link's coordinator must tell the hub. That queue
+//! and the sessions' counters ([`SessionOut`]) are the shard's, not each connection's: the
+//! driver drains them after every call into a session, so an idle connection carries neither.
 //!
 //! The join, exactly as docs/protocol.md promises (no loss, no duplicate, never a silent jump):
 //! 1. take a cursor at the tail of the shard's ring for the room *now*, give the join its own
@@ -327,8 +329,8 @@ impl SessionLimits {
     }
 }
 
-/// Counters since the last [`LinkSession::take_stats`]. 32-bit: a driver takes them after
-/// every call into the session (they count one call's work), and every connection carries a set.
+/// Counters since the last [`ShardRooms::take_session_stats`]. 32-bit: a driver takes them
+/// after every call into a session (they count one call's work).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
     /// Joins requested.
@@ -347,6 +349,17 @@ pub struct SessionStats {
     pub replay_pages: u32,
     /// Joins refused by the join rate limit.
     pub joins_limited: u32,
+}
+
+/// What the sessions of a shard hand their driver besides the client's output: the
+/// coordinator's work and the counters. One per shard, inside its [`ShardRooms`] (as the read
+/// batch is), not one per connection: the driver drains it after every call into a session
+/// ([`ShardRooms::poll_coordinator`], [`ShardRooms::take_session_stats`]), so it is empty
+/// between calls, and an idle connection carries neither a queue (32 bytes) nor counters (48).
+#[derive(Debug, Default)]
+pub struct SessionOut {
+    pub(crate) to_coordinator: VecDeque<ToCoordinator>,
+    pub(crate) stats: SessionStats,
 }
 
 #[derive(Debug)]
@@ -409,13 +422,12 @@ pub struct LinkSession {
     bucket: TokenBucket,
     /// A ring may have items for this connection: call [`LinkSession::fill`].
     pub dirty: bool,
-    to_coordinator: VecDeque<ToCoordinator>,
-    stats: SessionStats,
     join_bucket: TokenBucket,
-    /// Replayed bytes handed out since the driver's socket queue was last empty.
-    replay_held: usize,
+    /// Replayed bytes handed out since the driver's socket queue was last empty (at most
+    /// `limits.replay_bytes` plus one message: 32 bits, like the counters).
+    replay_held: u32,
     /// Members with `resume` set.
-    resuming: usize,
+    resuming: u32,
     /// Resumes of automatic rooms in progress (rare; empty otherwise).
     skips: Vec<Skip>,
 }
@@ -436,8 +448,6 @@ impl LinkSession {
             rooms: Vec::new(),
             pending: None,
             dirty: false,
-            to_coordinator: VecDeque::new(),
-            stats: SessionStats::default(),
         }
     }
 
@@ -456,21 +466,6 @@ impl LinkSession {
         self.rooms.len()
     }
 
-    /// The next thing the coordinator must do for this connection.
-    pub fn poll_coordinator(&mut self) -> Option<ToCoordinator> {
-        let next = self.to_coordinator.pop_front();
-        if next.is_none() && self.to_coordinator.capacity() > 0 {
-            // Drained: an idle connection keeps no queue (it grew to hold the automatic joins).
-            self.to_coordinator = VecDeque::new();
-        }
-        next
-    }
-
-    /// Counters since the last call.
-    pub fn take_stats(&mut self) -> SessionStats {
-        std::mem::take(&mut self.stats)
-    }
-
     /// Handles a client request; refusals that keep the connection open are answered into
     /// `out`. `Err` means: close the connection with that error.
     pub fn handle_request(
@@ -484,7 +479,7 @@ impl LinkSession {
             Request::Join { room, since, epoch, presence } => {
                 if self.join_bucket.take(self.limits.join(), now_micros) != Verdict::Allow {
                     // Refused, never closed: a client retrying too eagerly keeps its connection.
-                    self.stats.joins_limited += 1;
+                    shard.session_out.stats.joins_limited += 1;
                     let wait_ms = self.join_bucket.wait_micros(self.limits.join()).div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
                     out.push(ToClient::Error {
                         code: 429,
@@ -538,7 +533,7 @@ impl LinkSession {
                     .flags(flags)
                     .build(&Body::Publish { request, key, data });
                 pending.insert(request, (room, id));
-                self.to_coordinator.push_back(ToCoordinator::Publish { frame });
+                shard.session_out.to_coordinator.push_back(ToCoordinator::Publish { frame });
             }
             Request::Ping { nonce } => out.push(ToClient::Pong { nonce }),
             // Verified by the driver, which calls `refresh`; a session on its own cannot.
@@ -594,16 +589,16 @@ impl LinkSession {
             let request = shard.new_id();
             shard.add_request(request, self.id);
             member.request = request;
-            self.stats.replay_pages += 1;
+            shard.session_out.stats.replay_pages += 1;
             // The coordinator counts a member per `Join` and uncounts one per `Leave`: the pair
             // asks the hub again without changing the room's interest.
-            self.to_coordinator.push_back(ToCoordinator::Join {
+            shard.session_out.to_coordinator.push_back(ToCoordinator::Join {
                 request,
                 room: room.to_string(),
                 since: Some(member.last),
                 epoch: member.epoch,
             });
-            self.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_string() });
+            shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_string() });
         }
         self.resuming = 0;
     }
@@ -651,9 +646,9 @@ impl LinkSession {
         member.epoch = epoch;
         member.last = since;
         member.truncated = false;
-        self.stats.joins += 1;
-        self.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since: Some(since), epoch });
-        self.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_owned() });
+        shard.session_out.stats.joins += 1;
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since: Some(since), epoch });
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_owned() });
     }
 
     fn join(
@@ -697,8 +692,8 @@ impl LinkSession {
         };
         self.rooms.reserve_exact(1);
         self.rooms.push((room.into(), member));
-        self.stats.joins += 1;
-        self.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since, epoch });
+        shard.session_out.stats.joins += 1;
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since, epoch });
         Ok(())
     }
 
@@ -717,7 +712,7 @@ impl LinkSession {
         }
         shard.leave_room(&room);
         shard.remove_request(member.request);
-        self.to_coordinator.push_back(ToCoordinator::Leave { room: room.into_string() });
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.into_string() });
         true
     }
 
@@ -778,7 +773,7 @@ impl LinkSession {
                 let epoch = epoch.to_native();
                 member.epoch = Some(epoch);
                 member.last = 0;
-                self.stats.resets += 1;
+                shard.session_out.stats.resets += 1;
                 out.push(ToClient::Reset { room, epoch, last_seq: frame.seq() });
             }
             (Kind::Gap, ArchivedBody::Gap { first_lost, last_lost, resume_from, .. }) => {
@@ -787,7 +782,7 @@ impl LinkSession {
                     last_lost: last_lost.to_native(),
                     resume_from: resume_from.to_native(),
                 };
-                tell_gap(&room, member, lost, GapReason::History, &mut self.stats, out);
+                tell_gap(&room, member, lost, GapReason::History, &mut shard.session_out.stats, out);
             }
             (Kind::Replay, _) => {
                 let seq = frame.seq();
@@ -800,15 +795,15 @@ impl LinkSession {
                     return;
                 }
                 let len = frame.len();
-                if self.replay_held > 0 && self.replay_held + len > self.limits.replay_bytes {
+                if self.replay_held > 0 && self.replay_held as usize + len > self.limits.replay_bytes {
                     // Over the cap: the rest is asked for again once the socket drained.
                     member.truncated = true;
                     return;
                 }
-                jump(&room, member, seq, GapReason::History, &mut self.stats, out);
+                jump(&room, member, seq, GapReason::History, &mut shard.session_out.stats, out);
                 member.last = seq;
-                self.replay_held += len;
-                self.stats.delivered += 1;
+                self.replay_held = self.replay_held.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+                shard.session_out.stats.delivered += 1;
                 out.push(ToClient::Replay(frame));
             }
             (Kind::Joined, ArchivedBody::Joined { epoch, .. }) => {
@@ -832,13 +827,13 @@ impl LinkSession {
                 if member.epoch != Some(epoch) && member.replay && member.epoch.is_some() {
                     // The hub answers a stale position with Reset first; this is defence in depth.
                     out.push(ToClient::Reset { room: room.clone(), epoch, last_seq: 0 });
-                    self.stats.resets += 1;
+                    shard.session_out.stats.resets += 1;
                     member.last = 0;
                 }
                 member.epoch = Some(epoch);
                 if member.replay && member.last < last_seq {
                     let lost = LostRange { first_lost: member.last + 1, last_lost: last_seq, resume_from: last_seq + 1 };
-                    tell_gap(&room, member, lost, GapReason::History, &mut self.stats, out);
+                    tell_gap(&room, member, lost, GapReason::History, &mut shard.session_out.stats, out);
                 }
                 member.last = member.last.max(last_seq);
                 member.joined = true;
@@ -881,7 +876,7 @@ impl LinkSession {
                     match shard.read(room, self.id, &mut member.cursor, budget, &mut batch, &mut member.ticket) {
                         ReadOutcome::Idle => break,
                         ReadOutcome::Lagged { .. } => {
-                            self.stats.lagging += 1;
+                            shard.session_out.stats.lagging += 1;
                             if self.limits.lag_policy == LagPolicy::Disconnect {
                                 break 'rooms Err(ClientError::SlowConsumer);
                             }
@@ -889,7 +884,7 @@ impl LinkSession {
                         }
                         ReadOutcome::Read { .. } => {
                             for item in batch.drain(..) {
-                                budget = budget.saturating_sub(deliver(room, member, item, self.wire, &mut self.stats, out));
+                                budget = budget.saturating_sub(deliver(room, member, item, self.wire, &mut shard.session_out.stats, out));
                             }
                         }
                     }
@@ -1095,7 +1090,7 @@ mod tests {
 
         fn join(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>) -> u64 {
             self.request(Request::Join { room: room.into(), since, epoch, presence: false }).expect("join accepted");
-            match self.session.poll_coordinator() {
+            match self.shard.poll_coordinator() {
                 Some(ToCoordinator::Join { request, .. }) => request,
                 other => panic!("expected a join for the coordinator, got {other:?}"),
             }
@@ -1192,7 +1187,7 @@ mod tests {
         let mut rig = Rig::new(64, LagPolicy::Gap);
         let first = rig.join("r", Some(0), Some(E1));
         rig.request(Request::Leave { room: "r".into() }).expect("leave");
-        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
+        assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
         let second = rig.join("r", Some(2), Some(E1));
         assert_ne!(first, second);
         // The first join's answers arrive late: they belong to nobody now.
@@ -1243,7 +1238,7 @@ mod tests {
             rig.seen(),
             vec!["joined 1111 10", "live r:11", "gap 12..=20 next 21", "live r:21", "reset 2222 0", "live r:1"]
         );
-        let stats = rig.session.take_stats();
+        let stats = rig.shard.take_session_stats();
         assert_eq!((stats.gaps, stats.gaps_by[GapReason::HubQueue.index()]), (1, 1), "counted with the ring item's reason");
         // A room-wide gap the member already has (it joined later) is not repeated.
         rig.ring("r", RingItem::Gap { epoch: E2, lost: LostRange { first_lost: 1, last_lost: 1, resume_from: 2 }, reason: GapReason::Outage });
@@ -1287,7 +1282,7 @@ mod tests {
         }
         rig.fill().expect("fill");
         assert_eq!(rig.seen(), vec!["joined 1111 0", "gap 1..=6 next 7", "live r:7", "live r:8", "live r:9", "live r:10"]);
-        let stats = rig.session.take_stats();
+        let stats = rig.shard.take_session_stats();
         assert_eq!((stats.lagging, stats.gaps_by[GapReason::Lagging.index()]), (1, 1));
         // Over a reset it missed, the member is told of the reset first.
         rig.ring("r", RingItem::Reset { epoch: E2, last_seq: 0 });
@@ -1324,7 +1319,7 @@ mod tests {
         assert_eq!(rig.seen(), vec!["error 503 Some(1000)"]);
         assert_eq!(rig.session.room_count(), 0);
         assert!(!rig.shard.has_room("r"));
-        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
+        assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
         // The room can be joined again.
         rig.join("r", Some(1), Some(E1));
     }
@@ -1335,7 +1330,7 @@ mod tests {
         let id = ReqId::Json(Some(serde_json::json!("k-1")));
         let publish = Request::Publish { room: "r".into(), data: b"{}".to_vec(), flags: FLAG_JSON, id, key: "\"k-1\"".into() };
         rig.request(publish).expect("publish");
-        let Some(ToCoordinator::Publish { frame }) = rig.session.poll_coordinator() else { panic!("expected a publish") };
+        let Some(ToCoordinator::Publish { frame }) = rig.shard.poll_coordinator() else { panic!("expected a publish") };
         let ArchivedBody::Publish { request, key, .. } = frame.body() else { panic!("not a publish frame") };
         assert_eq!(key.as_str(), "\"k-1\"");
         let request = request.to_native();
@@ -1363,24 +1358,24 @@ mod tests {
         }
         rig.hub(joined("r", first, E1, 5));
         assert_eq!(rig.seen(), vec!["replay 1", "replay 2"], "two frames fit the cap; the rest waits");
-        assert_eq!(rig.session.poll_coordinator(), None, "nothing asked before the socket drained");
+        assert_eq!(rig.shard.poll_coordinator(), None, "nothing asked before the socket drained");
         rig.session.drained(&mut rig.shard);
-        let Some(ToCoordinator::Join { request: second, since, epoch, .. }) = rig.session.poll_coordinator() else {
+        let Some(ToCoordinator::Join { request: second, since, epoch, .. }) = rig.shard.poll_coordinator() else {
             panic!("expected the continuation")
         };
         assert_eq!((since, epoch), (Some(2), Some(E1)));
-        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }), "interest unchanged");
+        assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }), "interest unchanged");
         rig.live("r", 6, E1);
         for seq in 3..=6 {
             rig.hub(replay("r", second, seq));
         }
         rig.hub(joined("r", second, E1, 6));
         rig.session.drained(&mut rig.shard);
-        let third = match rig.session.poll_coordinator() {
+        let third = match rig.shard.poll_coordinator() {
             Some(ToCoordinator::Join { request, since: Some(4), .. }) => request,
             other => panic!("expected a continuation from 4, got {other:?}"),
         };
-        let _ = rig.session.poll_coordinator();
+        let _ = rig.shard.poll_coordinator();
         rig.hub(replay("r", third, 5));
         rig.hub(replay("r", third, 6));
         rig.hub(joined("r", third, E1, 6));
@@ -1391,7 +1386,7 @@ mod tests {
             vec!["replay 3", "replay 4", "replay 5", "replay 6", "joined 1111 6", "live r:7"],
             "every message once, in order, no gap"
         );
-        assert_eq!(rig.session.take_stats().replay_pages, 2);
+        assert_eq!(rig.shard.take_session_stats().replay_pages, 2);
         assert_eq!(rig.shard.pending_requests(), 0);
     }
 
@@ -1406,15 +1401,15 @@ mod tests {
         rig.hub(partial);
         assert_eq!(rig.seen(), vec!["replay 1", "replay 2"], "no gap, no joined yet");
         rig.session.drained(&mut rig.shard);
-        let Some(ToCoordinator::Join { request: second, since: Some(2), epoch: Some(E1), .. }) = rig.session.poll_coordinator() else {
+        let Some(ToCoordinator::Join { request: second, since: Some(2), epoch: Some(E1), .. }) = rig.shard.poll_coordinator() else {
             panic!("the join continues from 2")
         };
-        let _ = rig.session.poll_coordinator();
+        let _ = rig.shard.poll_coordinator();
         rig.hub(replay("r", second, 3));
         rig.hub(replay("r", second, 4));
         rig.hub(joined("r", second, E1, 4));
         assert_eq!(rig.seen(), vec!["replay 3", "replay 4", "joined 1111 4"]);
-        assert_eq!(rig.session.take_stats().gaps, 0);
+        assert_eq!(rig.shard.take_session_stats().gaps, 0);
     }
 
     #[test]
@@ -1428,10 +1423,10 @@ mod tests {
         rig.hub(joined("r", first, E1, 4));
         assert_eq!(rig.seen(), vec!["replay 1"]);
         rig.session.drained(&mut rig.shard);
-        let Some(ToCoordinator::Join { request: second, since: Some(1), .. }) = rig.session.poll_coordinator() else {
+        let Some(ToCoordinator::Join { request: second, since: Some(1), .. }) = rig.shard.poll_coordinator() else {
             panic!("the join continues once the socket drained")
         };
-        let _ = rig.session.poll_coordinator();
+        let _ = rig.shard.poll_coordinator();
         for seq in 2..=4 {
             rig.hub(replay("r", second, seq));
         }
@@ -1475,7 +1470,7 @@ mod tests {
         assert_eq!(rig.seen(), vec!["error 403 None", "refreshed 99"]);
         assert_eq!(rig.session.room_count(), 1);
         assert_eq!(rig.session.claims().exp, 99);
-        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "b".into() }));
+        assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "b".into() }));
         assert!(!rig.shard.has_room("b"));
     }
 
@@ -1491,7 +1486,7 @@ mod tests {
             key: String::new(),
         };
         assert_eq!(rig.request(big), Err(ClientError::TooBig));
-        assert_eq!(rig.session.poll_coordinator(), None, "nothing reaches the hub link");
+        assert_eq!(rig.shard.poll_coordinator(), None, "nothing reaches the hub link");
     }
 
     fn room_of(item: &ToCoordinator) -> &str {
@@ -1506,7 +1501,7 @@ mod tests {
         let mut rig = Rig::new(64, LagPolicy::Gap);
         rig.session.join_system_rooms(true, &mut rig.shard);
         let mut requests = Vec::new();
-        while let Some(item) = rig.session.poll_coordinator() {
+        while let Some(item) = rig.shard.poll_coordinator() {
             let ToCoordinator::Join { request, since: None, epoch: None, .. } = &item else { panic!("live joins only: {item:?}") };
             requests.push((room_of(&item).to_owned(), *request));
         }
@@ -1545,7 +1540,7 @@ mod tests {
             rig.request(publish).expect("refused, not closed");
         }
         assert_eq!(rig.seen(), vec!["error 403 None"; 3]);
-        assert_eq!(rig.session.poll_coordinator(), None, "nothing reaches the hub");
+        assert_eq!(rig.shard.poll_coordinator(), None, "nothing reaches the hub");
         assert_eq!(ClientError::ReadOnlyRoom.refusal(), Refusal::Error(403, "room is read-only for clients"));
     }
 
@@ -1559,10 +1554,10 @@ mod tests {
         assert_eq!(rig.seen(), vec!["joined 1111 10", "live user:alice:11", "live user:alice:12"]);
         // The client (reconnected) had up to 8: it resumes from there.
         rig.request(Request::Join { room: "user:alice".into(), since: Some(8), epoch: Some(E1), presence: false }).expect("resume");
-        let Some(ToCoordinator::Join { request, since: Some(8), epoch: Some(E1), .. }) = rig.session.poll_coordinator() else {
+        let Some(ToCoordinator::Join { request, since: Some(8), epoch: Some(E1), .. }) = rig.shard.poll_coordinator() else {
             panic!("the room is asked again from 8")
         };
-        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "user:alice".into() }), "interest unchanged");
+        assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "user:alice".into() }), "interest unchanged");
         rig.live("user:alice", 13, E1);
         for seq in 9..=13 {
             rig.hub(replay("user:alice", request, seq));
@@ -1578,7 +1573,7 @@ mod tests {
         // A join without a position while in the room: `joined` again, nothing else.
         rig.request(Request::Join { room: "user:alice".into(), since: None, epoch: None, presence: false }).expect("harmless");
         assert_eq!(rig.seen(), vec!["joined 1111 14"]);
-        assert_eq!(rig.session.poll_coordinator(), None);
+        assert_eq!(rig.shard.poll_coordinator(), None);
         // A client-joined room is still `already joined`.
         rig.join("r", None, None);
         rig.request(Request::Join { room: "r".into(), since: Some(1), epoch: None, presence: false }).expect("refused");
@@ -1592,7 +1587,7 @@ mod tests {
         rig.hub(joined("r", request, E1, 0));
         assert!(rig.session.remove("r", "spam", &mut rig.shard, &mut rig.out));
         assert_eq!(rig.seen(), vec!["joined 1111 0", "removed r spam"]);
-        assert_eq!(rig.session.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
+        assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "r".into() }));
         assert!(!rig.session.remove("r", "spam", &mut rig.shard, &mut rig.out), "idempotent");
         assert_eq!(rig.session.room_count(), 0);
     }
@@ -1620,7 +1615,7 @@ mod tests {
         for presence in [false, true] {
             let mut rig = Rig::new(64, LagPolicy::Gap);
             rig.request(Request::Join { room: "r".into(), since: None, epoch: None, presence }).expect("join");
-            let request = match rig.session.poll_coordinator() {
+            let request = match rig.shard.poll_coordinator() {
                 Some(ToCoordinator::Join { request, .. }) => request,
                 other => panic!("expected a join, got {other:?}"),
             };

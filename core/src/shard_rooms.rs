@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
 use crate::frame::Frame;
+use crate::link_session::{SessionOut, SessionStats, ToCoordinator};
 use crate::room::LostRange;
 
 /// Bits of an id below the shard index.
@@ -172,6 +173,9 @@ pub struct ShardRooms {
     /// One per shard, not one per connection: a batch grown by a burst (tens of items) would
     /// otherwise stay allocated in every idle session for its whole life.
     batch: Vec<RingItem>,
+    /// What the session being called owes the coordinator, and the sessions' counters (see
+    /// [`SessionOut`]).
+    pub(crate) session_out: SessionOut,
 }
 
 impl ShardRooms {
@@ -186,7 +190,19 @@ impl ShardRooms {
             bytes: 0,
             items: 0,
             batch: Vec::new(),
+            session_out: SessionOut::default(),
         }
+    }
+
+    /// The next thing the coordinator must do for the session just called. Drain it after every
+    /// call into a session: the queue is the shard's, and it carries no connection id.
+    pub fn poll_coordinator(&mut self) -> Option<ToCoordinator> {
+        self.session_out.to_coordinator.pop_front()
+    }
+
+    /// The sessions' counters since the last call.
+    pub fn take_session_stats(&mut self) -> SessionStats {
+        std::mem::take(&mut self.session_out.stats)
     }
 
     /// Lends the shard's read batch (empty) to a member's fill; give it back with

@@ -44,8 +44,9 @@ thread_local! {
 #[derive(Debug, Default)]
 pub(crate) struct OutQueue {
     out: VecDeque<Bytes>,
-    /// Bytes of `out[0]` already written.
-    written: usize,
+    /// Bytes of `out[0]` already written (32 bits: a frame is at most a Link↔hub frame plus
+    /// its WebSocket header, far below 4 GiB; every connection carries this queue).
+    written: u32,
     /// Bytes queued and not yet written.
     queued: usize,
     /// Bytes written since the last [`OutQueue::take_written`].
@@ -69,6 +70,7 @@ impl OutQueue {
         if frame.is_empty() {
             return;
         }
+        debug_assert!(u32::try_from(frame.len()).is_ok(), "frames are far below 4 GiB");
         self.queued += frame.len();
         self.out.push_back(frame);
     }
@@ -138,7 +140,7 @@ impl OutQueue {
     /// `cork` (up to [`CORK_BYTES`]) and sent as one contiguous buffer; a large frame at the
     /// front with what follows as one vectored send.
     fn send_some(&self, socket: &ClientSocket, cork: &mut Vec<u8>) -> io::Result<usize> {
-        let front = self.out.front().map_or(&[][..], |f| &f[self.written..]);
+        let front = self.out.front().map_or(&[][..], |f| &f[self.written as usize..]);
         if self.out.len() == 1 {
             // The common case on the delivery path: one frame, nothing to gather.
             return socket.send(&[IoSlice::new(front)]);
@@ -175,13 +177,13 @@ impl OutQueue {
         self.progress = true;
         while n > 0 {
             let Some(front) = self.out.front() else { break };
-            let left = front.len() - self.written;
+            let left = front.len() - self.written as usize;
             if n >= left {
                 n -= left;
                 self.written = 0;
                 self.out.pop_front();
             } else {
-                self.written += n;
+                self.written += n as u32; // n < left ≤ a frame's length
                 n = 0;
             }
         }

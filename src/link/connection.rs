@@ -180,6 +180,12 @@ impl Connection {
         &self.mailbox
     }
 
+    /// Ring frames are pulled into the driver's socket queue only while less than this waits
+    /// there (`link.write_batch_bytes`).
+    pub(crate) fn write_batch(&self) -> usize {
+        self.ctx.link.write_batch_bytes.max(1)
+    }
+
     /// Whether the rings may hold items for this connection (then [`Connection::fill`]).
     pub(crate) fn wants_fill(&self) -> bool {
         self.session.dirty
@@ -292,10 +298,13 @@ impl Connection {
         self.ctx.users.unregister(&self.session.claims().sub, id);
     }
 
-    /// Sends what the session owes the coordinator and exports its counters.
+    /// Sends what the session owes the coordinator and exports its counters. Called after every
+    /// call into the session: both wait in the shard's `ShardRooms` (`SessionOut`), not in the
+    /// session, and carry no connection of their own.
     fn forward(&mut self) {
         let shard = shard_of(self.session.id());
-        while let Some(action) = self.session.poll_coordinator() {
+        loop {
+            let Some(action) = self.ctx.shard.borrow_mut().rooms.poll_coordinator() else { break };
             let sent = self.ctx.coordinator.send(match action {
                 ToCoordinator::Join { request, room, since, epoch } => {
                     CoordMsg::Join { shard, request, room, since, epoch, user: self.session.claims().sub.clone() }
@@ -308,7 +317,7 @@ impl Connection {
                 self.ctx.shard.borrow_mut().route(request, answer);
             }
         }
-        let stats = self.session.take_stats();
+        let stats = self.ctx.shard.borrow_mut().rooms.take_session_stats();
         tally::delivered(stats.delivered.into());
         if stats.joins > 0 {
             metrics::counter!("linkcast_link_joins_total").increment(stats.joins.into());

@@ -101,8 +101,6 @@ pub(crate) struct WsConnection {
     out: RefCell<OutQueue>,
     /// The connection's mailbox (also in `conn`; here to reach it while `conn` is borrowed).
     mailbox: Rc<Mailbox>,
-    /// Ring frames are pulled only while less than this waits in `out`.
-    batch: usize,
     /// Set by the shard's direct delivery when the connection must end.
     ended: Cell<Option<End>>,
 }
@@ -124,7 +122,8 @@ impl DirectDelivery for WsConnection {
         if !conn.shard_free() {
             return self.mailbox.ring();
         }
-        let filled = into_queue(&mut out, |items| conn.fill(self.batch, items));
+        let batch = conn.write_batch();
+        let filled = into_queue(&mut out, |items| conn.fill(batch, items));
         if let Err(error) = filled {
             self.end(End::Refused(error));
             return;
@@ -161,9 +160,9 @@ impl WsConnection {
             if let Err(end) = result {
                 break Err(end);
             }
-            let queued = out.queued();
-            if conn.wants_fill() && queued < self.batch {
-                let filled = into_queue(&mut out, |items| conn.fill(self.batch - queued, items));
+            let (queued, batch) = (out.queued(), conn.write_batch());
+            if conn.wants_fill() && queued < batch {
+                let filled = into_queue(&mut out, |items| conn.fill(batch - queued, items));
                 if let Err(error) = filled {
                     break Err(End::Refused(error));
                 }
@@ -363,7 +362,6 @@ fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: Messa
         conn: RefCell::new(conn),
         out: RefCell::new(OutQueue::default()),
         mailbox,
-        batch: ctx.link.write_batch_bytes.max(1),
         ended: Cell::new(None),
     });
     ctx.shard.borrow_mut().set_direct(id, ws.clone());
@@ -485,7 +483,7 @@ impl Served {
         let ws = &*self.ws;
         let mut heard = false;
         // Above this, client input is not read until the socket drains (replies need room too).
-        let input_cap = ws.batch * 2 + 64 * 1024;
+        let input_cap = ctx.link.write_batch_bytes.max(1) * 2 + 64 * 1024;
         for _ in 0..ROUNDS_PER_STEP {
             ws.pump()?;
             let queued = ws.out.borrow().queued();
@@ -703,5 +701,15 @@ mod tests {
         // What every idle connection costs its shard's driver (issue 17: Link memory per
         // connection); a field added here is paid a million times.
         assert!(std::mem::size_of::<Served>() <= 56, "{}", std::mem::size_of::<Served>());
+    }
+
+    #[test]
+    fn a_connection_record_fits_the_384_byte_allocation_class() {
+        // Every connection's record is one allocation of this type in an `Rc` (16 bytes more).
+        // At 368 bytes it fits mimalloc's 384-byte size class; 8 bytes more take a 448-byte
+        // block: 64 bytes per connection, 61 MiB a million. The session's counters and its
+        // queue for the coordinator are the shard's for this reason (`SessionOut`).
+        let record = std::mem::size_of::<WsConnection>() + 16;
+        assert!(record <= 384, "{record} bytes");
     }
 }

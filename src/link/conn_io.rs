@@ -203,7 +203,7 @@ mod tests {
         let (server, _) = listener.accept().await.expect("accept");
         let mut client = client.await.expect("join");
         let _ = socket2::SockRef::from(&server).set_send_buffer_size(4096);
-        let server = ClientSocket::plain(server);
+        let server = ClientSocket::plain(server).expect("socket");
         let mut queue = OutQueue::default();
         let frame = Bytes::from(vec![7u8; 1000]);
         let mut expected = 0;
@@ -275,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn corked_frames_leave_whole_and_in_order_through_partial_writes() {
         let (server, mut client) = pair().await;
-        let server = ClientSocket::plain(server);
+        let server = ClientSocket::plain(server).expect("socket");
         let frames = mixed_frames();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         let mut queue = OutQueue::default();
@@ -298,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn several_small_frames_leave_in_one_send() {
         let (server, mut client) = pair().await;
-        let server = ClientSocket::plain(server);
+        let server = ClientSocket::plain(server).expect("socket");
         let mut queue = OutQueue::default();
         let frames = [&b"first"[..], b"second", b"third frame"];
         for frame in frames {
@@ -323,7 +323,7 @@ mod tests {
         let client = tokio::spawn(async move { connector.connect(crate::tls::server_name(None, addr), client).await.expect("client handshake") });
         let (tcp, session) = acceptor.accept(server).await.expect("server handshake").into_inner();
         let mut client = client.await.expect("join");
-        let server = ClientSocket::tls(tcp, session);
+        let server = ClientSocket::tls(tcp, session).expect("socket");
         let frames = mixed_frames();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         let mut queue = OutQueue::default();

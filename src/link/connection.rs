@@ -68,7 +68,8 @@ pub(crate) struct ConnContext {
 }
 
 impl ConnContext {
-    /// The context of the connections on `shard`.
+    /// The context of the connections on `shard` (inside the shard's runtime: its epoll set
+    /// registers there).
     pub(crate) fn new(
         link: LinkConfig,
         admission: Arc<Admission>,
@@ -76,11 +77,12 @@ impl ConnContext {
         coordinator: CoordInbox,
         stats: Arc<ShardStats>,
         shard: Rc<RefCell<ShardState>>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let index = shard.borrow().index();
         let connections_gauge = metrics::gauge!("linkcast_link_connections", "shard" => index.to_string());
         let session_limits = Arc::new(limits(&link));
-        ConnContext { link, admission, users, coordinator, stats, shard, ws_driver: WsDriver::default(), connections_gauge, session_limits }
+        let ws_driver = WsDriver::new()?;
+        Ok(ConnContext { link, admission, users, coordinator, stats, shard, ws_driver, connections_gauge, session_limits })
     }
 
     /// Takes a connection slot; `None` when the Link is full or this shard is stopping.

@@ -48,6 +48,7 @@ mod shard;
 mod shard_inbox;
 mod shard_thread;
 mod socket;
+mod socket_poll;
 mod tally;
 mod upgrade;
 mod wire;

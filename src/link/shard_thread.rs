@@ -97,7 +97,7 @@ pub(crate) fn run(setup: ShardSetup) -> std::io::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let state = Rc::new(RefCell::new(ShardState::new(index, link.ring_limits(), stats.clone())));
-        let ctx = Rc::new(ConnContext::new(link, admission, users, coordinator, stats, state.clone()));
+        let ctx = Rc::new(ConnContext::new(link, admission, users, coordinator, stats, state.clone())?);
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let accept = tokio::task::spawn_local(upgrade::accept_loop(listener, ctx.clone(), port));
         let ws_driver = tokio::task::spawn_local(ws_driver::run(ctx.clone()));

@@ -13,39 +13,87 @@
 //!   decrypts; [`ClientSocket::readable`] is ready at once while plaintext waits.
 //!
 //! Plain sockets go straight to `send`/`sendmsg` with `MSG_NOSIGNAL` and `read`.
+//!
+//! Readiness: the socket is a plain non-blocking `std` stream with two readiness bits, not a
+//! tokio registration (256 bytes per socket). While its connection is in the shard's driver,
+//! the shard's epoll set (`socket_poll.rs`) sets them ([`ClientSocket::mark_ready`]) and a call
+//! that would block clears its own ([`ClientSocket::read_ready`], [`ClientSocket::write_ready`]).
+//! The few waits outside the driver — the `auth` message, the close — register the socket with
+//! tokio for as long as each wait lasts ([`ClientSocket::readable`], [`ClientSocket::writable`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 
-use tokio::net::TcpStream;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// Most ciphertext rustls holds for one connection before it refuses more plaintext.
 pub(crate) const TLS_OUT_LIMIT: usize = 64 * 1024;
+
+/// Readiness bit: a read may not block.
+const READABLE: u8 = 1;
+/// Readiness bit: a write may not block.
+const WRITABLE: u8 = 2;
 
 /// A client connection's stream (see the module docs).
 #[derive(Debug)]
 pub(crate) struct ClientSocket {
     tcp: TcpStream,
+    /// [`READABLE`] and [`WRITABLE`]: set by the shard's epoll set, cleared by a call that
+    /// would block.
+    ready: Cell<u8>,
     /// Boxed: a rustls session is large, and a plain connection should not carry its room.
     tls: Option<Box<RefCell<rustls::ServerConnection>>>,
 }
 
 impl ClientSocket {
-    /// A plain `ws://` socket.
-    pub(crate) fn plain(tcp: TcpStream) -> Self {
-        ClientSocket { tcp, tls: None }
+    /// A plain `ws://` socket (taken out of tokio's reactor: its readiness is the shard's).
+    pub(crate) fn plain(tcp: tokio::net::TcpStream) -> io::Result<Self> {
+        Ok(ClientSocket { tcp: tcp.into_std()?, ready: Cell::new(READABLE | WRITABLE), tls: None })
     }
 
     /// A `wss://` socket whose handshake `session` completed on `tcp`.
-    pub(crate) fn tls(tcp: TcpStream, mut session: rustls::ServerConnection) -> Self {
+    pub(crate) fn tls(tcp: tokio::net::TcpStream, mut session: rustls::ServerConnection) -> io::Result<Self> {
         session.set_buffer_limit(Some(TLS_OUT_LIMIT));
-        ClientSocket { tcp, tls: Some(Box::new(RefCell::new(session))) }
+        Ok(ClientSocket { tcp: tcp.into_std()?, ready: Cell::new(READABLE | WRITABLE), tls: Some(Box::new(RefCell::new(session))) })
+    }
+
+    /// The socket's descriptor (for the shard's epoll set).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.tcp.as_raw_fd()
+    }
+
+    /// An event of the shard's epoll set: input, or output space, arrived.
+    pub(crate) fn mark_ready(&self, readable: bool, writable: bool) {
+        let bits = if readable { READABLE } else { 0 } | if writable { WRITABLE } else { 0 };
+        self.ready.set(self.ready.get() | bits);
+    }
+
+    /// Whether a read may find something (input arrived since a read last would block, or
+    /// rustls holds plaintext). `false`: an event of the shard's epoll set will say.
+    pub(crate) fn read_ready(&self) -> bool {
+        self.ready.get() & READABLE != 0 || self.has_plaintext()
+    }
+
+    /// Whether a write may be taken (no write would block since the last space event).
+    pub(crate) fn write_ready(&self) -> bool {
+        self.ready.get() & WRITABLE != 0
+    }
+
+    /// `result` of a call that needed `bit`: a `WouldBlock` clears it until the next event.
+    fn track<T>(&self, bit: u8, result: io::Result<T>) -> io::Result<T> {
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.ready.set(self.ready.get() & !bit);
+        }
+        result
     }
 
     /// Writes as much of `slices` as the socket (and rustls' bounded buffer) takes; `WouldBlock`
     /// when nothing could be taken.
     pub(crate) fn send(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-        let Some(tls) = &self.tls else { return send_raw(&self.tcp, slices) };
+        let Some(tls) = &self.tls else { return self.track(WRITABLE, send_raw(&self.tcp, slices)) };
         let Ok(mut session) = tls.try_borrow_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
         self.push_tls(&mut session)?;
         let taken = session.writer().write_vectored(slices)?;
@@ -71,7 +119,7 @@ impl ClientSocket {
 
     fn push_tls(&self, session: &mut rustls::ServerConnection) -> io::Result<()> {
         while session.wants_write() {
-            match session.write_tls(&mut RawWriter(&self.tcp)) {
+            match self.track(WRITABLE, session.write_tls(&mut RawWriter(&self.tcp))) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -89,7 +137,7 @@ impl ClientSocket {
     /// Reads plaintext into `buf`: `Ok(0)` at the end of the stream, `WouldBlock` when nothing
     /// waits.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(tls) = &self.tls else { return self.tcp.try_read(buf) };
+        let Some(tls) = &self.tls else { return self.track(READABLE, (&self.tcp).read(buf)) };
         let Ok(mut session) = tls.try_borrow_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
         loop {
             match session.reader().read(buf) {
@@ -99,7 +147,7 @@ impl ClientSocket {
                 Err(e) => return Err(e),
             }
             // No plaintext waits: read records from the socket.
-            if session.read_tls(&mut RawReader(&self.tcp))? == 0 {
+            if self.track(READABLE, session.read_tls(&mut (&self.tcp)))? == 0 {
                 return Ok(0);
             }
             let state = session.process_new_packets().map_err(|e| {
@@ -119,12 +167,25 @@ impl ClientSocket {
     }
 
     /// Waits until [`ClientSocket::try_read`] may have something (at once while rustls holds
-    /// plaintext).
+    /// plaintext). Outside the shard's driver only (`auth`, close): the socket is registered
+    /// with tokio for the wait.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         if self.has_plaintext() {
             return Ok(());
         }
-        self.tcp.readable().await
+        self.wait(Interest::READABLE).await
+    }
+
+    /// Waits for `interest` through a tokio registration that lasts as long as the wait (an
+    /// edge-triggered registration reports what is ready already at once).
+    async fn wait(&self, interest: Interest) -> io::Result<()> {
+        // SAFETY: the descriptor is `self.tcp`'s, which outlives this registration (a local of
+        // a call that borrows `self`).
+        let registered = unsafe { AsyncFd::register_with_interest(Descriptor(self.tcp.as_raw_fd()), interest)? };
+        let _ready = registered.ready(interest).await?;
+        let bit = if interest.is_readable() { READABLE } else { WRITABLE };
+        self.ready.set(self.ready.get() | bit);
+        Ok(())
     }
 
     fn has_plaintext(&self) -> bool {
@@ -170,35 +231,23 @@ impl ClientSocket {
         }
     }
 
-    /// Waits until the socket takes bytes again.
+    /// Waits until the socket takes bytes again (outside the shard's driver, as
+    /// [`ClientSocket::readable`]).
     pub(crate) async fn writable(&self) -> io::Result<()> {
-        self.tcp.writable().await
-    }
-
-    /// [`ClientSocket::readable`] as a poll (the task's one reader: the waker is kept by the
-    /// socket's registration, not in a future).
-    pub(crate) fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        if self.has_plaintext() {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        self.tcp.poll_read_ready(cx)
-    }
-
-    /// [`ClientSocket::writable`] as a poll (the task's one writer).
-    pub(crate) fn poll_writable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        self.tcp.poll_write_ready(cx)
+        self.wait(Interest::WRITABLE).await
     }
 }
 
-/// `std::io` adapters over tokio's non-blocking calls, for rustls' `read_tls`/`write_tls`.
-struct RawReader<'a>(&'a TcpStream);
+/// A descriptor lent to a tokio registration for one wait (never closed by it).
+struct Descriptor(RawFd);
 
-impl Read for RawReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+impl AsRawFd for Descriptor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }
 
+/// A `std::io::Write` over [`send_raw`], for rustls' `write_tls`.
 struct RawWriter<'a>(&'a TcpStream);
 
 impl Write for RawWriter<'_> {
@@ -221,19 +270,17 @@ const MSG_NOSIGNAL: std::os::raw::c_int = 0x4000;
 #[cfg(not(target_os = "linux"))]
 const MSG_NOSIGNAL: std::os::raw::c_int = 0;
 
-/// One non-blocking `send` (one slice) or `sendmsg` (several), with `MSG_NOSIGNAL`, through
-/// tokio's readiness tracking (`try_io` clears readiness on `WouldBlock`).
+/// One non-blocking `send` (one slice) or `sendmsg` (several), with `MSG_NOSIGNAL` (the
+/// caller clears the socket's readiness on `WouldBlock`: [`ClientSocket::send`]).
 ///
 /// Why not `write`/`writev` (`TcpStream::try_write_vectored`): on a socket they go through the
 /// VFS layer (`vfs_writev`, `fdget_pos`), about a tenth of the Link's CPU per delivery when one
 /// small frame goes to each of thousands of sockets (perf, docs/benchmarks.md); the socket calls
 /// reach TCP directly.
 fn send_raw(tcp: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    tcp.try_io(tokio::io::Interest::WRITABLE, || {
-        let socket = socket2::SockRef::from(tcp);
-        match slices {
-            [one] => socket.send_with_flags(one, MSG_NOSIGNAL),
-            many => socket.send_vectored_with_flags(many, MSG_NOSIGNAL),
-        }
-    })
+    let socket = socket2::SockRef::from(tcp);
+    match slices {
+        [one] => socket.send_with_flags(one, MSG_NOSIGNAL),
+        many => socket.send_vectored_with_flags(many, MSG_NOSIGNAL),
+    }
 }

@@ -156,7 +156,8 @@ async fn handshake_tcp(
     match tls {
         None => {
             let mut tcp = tcp;
-            upgrade(&mut tcp, deadline, port, ctx).await.map(|(early, claims)| (ClientSocket::plain(tcp), early, claims))
+            let (early, claims) = upgrade(&mut tcp, deadline, port, ctx).await?;
+            Some((ClientSocket::plain(tcp).ok()?, early, claims))
         }
         Some(acceptor) => {
             let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await else {
@@ -165,7 +166,7 @@ async fn handshake_tcp(
             };
             let (early, claims) = upgrade(&mut stream, deadline, port, ctx).await?;
             let (tcp, session) = stream.into_inner();
-            Some((ClientSocket::tls(tcp, session), early, claims))
+            Some((ClientSocket::tls(tcp, session).ok()?, early, claims))
         }
     }
 }

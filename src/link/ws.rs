@@ -27,7 +27,6 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use linkcast_core::auth::Claims;
@@ -381,7 +380,12 @@ fn start(socket: ClientSocket, early: Vec<u8>, claims: Claims, mut reader: Messa
     let next_ping = now.after(ping_every);
     let mut served = Served { ws, reader, pending, last_heard: now, last_progress: now, next_ping, next_due: next_ping, reported_queue: 0 };
     served.next_due = served.due(now, crate::clock::now_secs());
-    ctx.ws_driver.insert(served);
+    if let Err((served, error)) = ctx.ws_driver.insert(served) {
+        // The kernel refused to watch one more socket (`fs.epoll.max_user_watches`): the
+        // connection cannot be served; it ends (its client reconnects), the others go on.
+        tracing::error!(%error, "cannot watch a client socket; closing it");
+        served.finish(&ctx);
+    }
 }
 
 /// Most rounds of [`Served::step`] (pump, write, read) before a busy connection lets the other
@@ -458,12 +462,18 @@ impl Served {
         &self.ws.mailbox
     }
 
+    /// The connection's socket (its driver watches it in the shard's epoll set).
+    pub(crate) fn socket(&self) -> &ClientSocket {
+        &self.ws.socket
+    }
+
     /// Runs the connection until it has to wait, as its task did on each wake-up: mailbox
     /// events and ring frames into the socket queue ([`WsConnection::pump`]), the socket written
     /// while it takes bytes, the client's input read while the queue leaves room for replies.
-    /// The socket's readiness is registered with `cx`'s waker (the slot's).
-    pub(crate) fn step(&mut self, cx: &mut Context<'_>, ctx: &ConnContext) -> Stepped {
-        match self.rounds(cx, ctx) {
+    /// A socket that would block waits for its next event from the shard's epoll set
+    /// (`socket_poll.rs`), which steps the slot again.
+    pub(crate) fn step(&mut self, ctx: &ConnContext) -> Stepped {
+        match self.rounds(ctx) {
             Ok((stepped, heard)) => {
                 if heard {
                     // A client message may have been a `refresh`: the token's expiry moved.
@@ -479,7 +489,7 @@ impl Served {
     }
 
     /// [`Served::step`]'s rounds; also says whether the client was heard.
-    fn rounds(&mut self, cx: &mut Context<'_>, ctx: &ConnContext) -> Result<(Stepped, bool), End> {
+    fn rounds(&mut self, ctx: &ConnContext) -> Result<(Stepped, bool), End> {
         let ws = &*self.ws;
         let mut heard = false;
         // Above this, client input is not read until the socket drains (replies need room too).
@@ -498,30 +508,20 @@ impl Served {
                 self.last_progress = Stamp::now();
             }
             let mut again = false;
-            if queued > 0 || ws.socket.wants_write() {
-                match ws.socket.poll_writable(cx) {
-                    Poll::Ready(Ok(())) => again = true,
-                    Poll::Ready(Err(_)) => return Err(End::Gone),
-                    Poll::Pending => {}
-                }
+            if (queued > 0 || ws.socket.wants_write()) && ws.socket.write_ready() {
+                again = true;
             }
-            if queued < input_cap {
-                match ws.socket.poll_readable(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let mut pending = self.pending.take().map(|cut| *cut).unwrap_or_default();
-                        let read = ws.read(&mut self.reader, &mut pending)?;
-                        if !pending.is_empty() {
-                            self.pending = Some(Box::new(pending));
-                        }
-                        if let ReadState::Heard = read {
-                            self.last_heard = Stamp::now();
-                            heard = true;
-                        }
-                        again = true;
-                    }
-                    Poll::Ready(Err(_)) => return Err(End::Gone),
-                    Poll::Pending => {}
+            if queued < input_cap && ws.socket.read_ready() {
+                let mut pending = self.pending.take().map(|cut| *cut).unwrap_or_default();
+                let read = ws.read(&mut self.reader, &mut pending)?;
+                if !pending.is_empty() {
+                    self.pending = Some(Box::new(pending));
                 }
+                if let ReadState::Heard = read {
+                    self.last_heard = Stamp::now();
+                    heard = true;
+                }
+                again = true;
             }
             if !again {
                 return Ok((Stepped::Idle, heard));

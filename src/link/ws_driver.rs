@@ -9,7 +9,9 @@
 //! Data flow:
 //! - `ws.rs` opens a connection and [`WsDriver::insert`]s it: the slot gets a [`Waker`] of its
 //!   own (`SlotWake`: the slot's index and the shard's ready list, no task behind it), which the
-//!   socket's readiness and the connection's mailbox wake;
+//!   connection's mailbox wakes, and its socket joins the shard's epoll set (`socket_poll.rs`)
+//!   under the slot's index: an event there marks the socket ready and wakes the slot the same
+//!   way (no tokio registration per socket);
 //! - a wake puts the slot's index on the shard's ready list — once until the slot is stepped —
 //!   and wakes the driver's task ([`run`]), which steps each ready slot ([`Served::step`]: the
 //!   mailbox, the rings, the socket queue, then the client's input), [`STEPS_PER_YIELD`] at a
@@ -30,12 +32,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Wake, Waker};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::connection::ConnContext;
+use super::socket_poll::{Readiness, SocketPoll};
 use super::ws::{Served, Stamp, Stepped};
 
 /// How often every connection's timers are looked at: the token's expiry closes within this of
@@ -90,18 +93,26 @@ struct Slot {
 
 /// A shard's WebSocket connections (see the module docs). Lives in the shard's
 /// [`ConnContext`]; [`run`] is its task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WsDriver {
     slots: RefCell<Vec<Option<Slot>>>,
     /// Indices of empty slots.
     free: RefCell<Vec<u32>>,
     ready: Arc<ReadyList>,
+    /// The slots' sockets, watched under their slot's index.
+    sockets: SocketPoll,
 }
 
 impl WsDriver {
-    /// Takes a new connection: a slot, its waker given to the connection's mailbox, and a first
-    /// step (what the client sent with its upgrade may already wait).
-    pub(crate) fn insert(&self, served: Served) {
+    /// An empty driver; its epoll set is registered with the current (the shard's) runtime.
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(WsDriver { slots: RefCell::default(), free: RefCell::default(), ready: Arc::default(), sockets: SocketPoll::new()? })
+    }
+
+    /// Takes a new connection: a slot, its waker given to the connection's mailbox, its socket
+    /// watched, and a first step (what the client sent with its upgrade may already wait).
+    /// A socket the epoll set refuses (the kernel's `max_user_watches`) is handed back.
+    pub(crate) fn insert(&self, served: Served) -> Result<(), (Served, std::io::Error)> {
         let mut slots = self.slots.borrow_mut();
         let index = match self.free.borrow_mut().pop() {
             Some(index) => index,
@@ -110,10 +121,25 @@ impl WsDriver {
                 (slots.len() - 1) as u32
             }
         };
+        if let Err(error) = self.sockets.add(served.socket().raw_fd(), index) {
+            self.free.borrow_mut().push(index);
+            return Err((served, error));
+        }
         let wake = Arc::new(SlotWake { slot: index, queued: AtomicBool::new(false), ready: self.ready.clone() });
         served.mailbox().set_waker(Waker::from(wake.clone()));
         wake.wake_by_ref();
         slots[index as usize] = Some(Slot { served, wake });
+        Ok(())
+    }
+
+    /// Events of the epoll set: each marks its socket ready and wakes its slot.
+    fn dispatch(&self, events: &[Readiness]) {
+        let slots = self.slots.borrow();
+        for event in events {
+            let Some(slot) = slots.get(event.token as usize).and_then(Option::as_ref) else { continue };
+            slot.served.socket().mark_ready(event.readable, event.writable);
+            slot.wake.wake_by_ref();
+        }
     }
 
     /// Drops every connection still in the slab (the shard is stopping).
@@ -129,13 +155,15 @@ impl WsDriver {
         let Some(slot) = slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
         // Wakes from here on queue the slot again.
         slot.wake.queued.store(false, Ordering::Release);
-        let waker = Waker::from(slot.wake.clone());
-        match slot.served.step(&mut Context::from_waker(&waker), ctx) {
+        match slot.served.step(ctx) {
             Stepped::Idle => {}
-            Stepped::More => waker.wake_by_ref(),
+            Stepped::More => slot.wake.wake_by_ref(),
             Stepped::Ended => {
                 let Some(Slot { served, wake }) = slots[index as usize].take() else { return };
                 drop(slots);
+                // Its close waits on the socket through tokio; a later event here would wake
+                // whoever takes the slot next.
+                self.sockets.remove(served.socket().raw_fd());
                 // Disarmed: a late wake of this waker (held by the socket until the close task
                 // waits on it) must not step whoever gets the slot next.
                 wake.queued.store(true, Ordering::Release);
@@ -153,7 +181,7 @@ impl WsDriver {
         let now_secs = crate::clock::now_secs();
         for slot in self.slots.borrow_mut().iter_mut().flatten() {
             if slot.served.tick(now, now_secs, ctx) {
-                Waker::from(slot.wake.clone()).wake_by_ref();
+                slot.wake.wake_by_ref();
             }
         }
     }
@@ -164,11 +192,20 @@ impl WsDriver {
 pub(crate) async fn run(ctx: Rc<ConnContext>) {
     let driver = &ctx.ws_driver;
     let mut ready = Vec::new();
+    let mut events = Vec::new();
     let mut next_tick = tokio::time::Instant::now() + TICK;
     loop {
         tokio::select! {
             _ = driver.ready.notify.notified() => {}
             _ = tokio::time::sleep_until(next_tick) => {}
+            taken = driver.sockets.take(&mut events) => match taken {
+                Ok(()) => driver.dispatch(&events),
+                Err(error) => {
+                    // Not expected (the set is the shard's own); the slots' timers still run.
+                    tracing::error!(%error, "the shard's socket events cannot be read");
+                    tokio::time::sleep(TICK).await;
+                }
+            },
         }
         if tokio::time::Instant::now() >= next_tick {
             driver.tick(&ctx);

@@ -177,7 +177,7 @@ fn shard_room(members: usize) -> ShardState {
     let members: Vec<_> = (0..members as u32)
         .map(|conn| {
             let cursor = room.join();
-            let mut ticket = None;
+            let mut ticket = ParkTicket::default();
             room.park(conn, &mut ticket);
             (cursor, ticket)
         })

@@ -46,7 +46,7 @@ impl Shard {
         let mut sinks = Vec::with_capacity(PER_SHARD);
         for i in 0..PER_SHARD {
             let cursor = room.join();
-            let mut ticket = None;
+            let mut ticket = ParkTicket::default();
             room.park(i as u32, &mut ticket);
             sinks.push(Sink { cursor, ticket, out: VecDeque::with_capacity(4), bytes: 0 });
         }

@@ -198,8 +198,11 @@ pub struct ShardRoom<T, C> {
     wakes: u64,
 }
 
-/// A member's record of where it parked: `Some(w)` = in the parked list since wake `w`.
-pub type ParkTicket = Option<u64>;
+/// A member's record of where it parked: in the parked list since the room's wake `w`, stored
+/// as `w + 1` (the default, 0: never parked). Eight bytes: every member of every room holds
+/// one, and an `Option<u64>` takes sixteen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParkTicket(u64);
 
 impl<T: Clone, C> ShardRoom<T, C> {
     /// An empty room.
@@ -240,11 +243,12 @@ impl<T: Clone, C> ShardRoom<T, C> {
     /// Registers a member that read everything and now waits, unless its `ticket` says it is
     /// parked already (since the last wake).
     pub fn park(&mut self, conn: C, ticket: &mut ParkTicket) {
-        if *ticket == Some(self.wakes) {
+        let now = ParkTicket(self.wakes + 1);
+        if *ticket == now {
             return;
         }
         self.parked.push(conn);
-        *ticket = Some(self.wakes);
+        *ticket = now;
     }
 
     /// Pushes an item and moves every parked member into `wake`.
@@ -325,7 +329,7 @@ mod tests {
         let mut room: ShardRoom<u32, usize> = ShardRoom::new(RingLimits::default());
         let _c0 = room.join();
         let _c1 = room.join();
-        let (mut t0, mut t1) = (None, None);
+        let (mut t0, mut t1) = (ParkTicket::default(), ParkTicket::default());
         room.park(0, &mut t0);
         room.park(0, &mut t0);
         room.park(1, &mut t1);

@@ -362,6 +362,10 @@ pub struct SessionOut {
     pub(crate) stats: SessionStats,
 }
 
+/// One room of a connection. 64 bytes (a test keeps it so): an idle connection is in three
+/// rooms (its room, `user:{sub}`, `all`), and three members with their names fit a 256-byte
+/// block, where 80-byte members took a 320-byte one. Hence the epoch as a value and a flag
+/// ([`Member::epoch`]) rather than an `Option<u64>` (16 bytes).
 #[derive(Debug)]
 struct Member {
     cursor: Cursor,
@@ -371,8 +375,10 @@ struct Member {
     joined: bool,
     /// The join asked for a replay (it had a position).
     replay: bool,
-    /// The epoch of `last`, once known.
-    epoch: Option<u64>,
+    /// `epoch_value` is known.
+    has_epoch: bool,
+    /// The epoch of `last`, once known (`has_epoch`).
+    epoch_value: u64,
     /// Highest seq delivered or accounted for (by a gap) in `epoch`.
     last: u64,
     ticket: ParkTicket,
@@ -392,6 +398,18 @@ struct Member {
     /// The room's count as the Link knew it at the join, shown right after `joined` (boxed:
     /// held only between a join and its `joined`, it would otherwise size every member).
     count: Option<Box<Frame>>,
+}
+
+impl Member {
+    /// The epoch of `last`, once known.
+    fn epoch(&self) -> Option<u64> {
+        self.has_epoch.then_some(self.epoch_value)
+    }
+
+    fn set_epoch(&mut self, epoch: Option<u64>) {
+        self.has_epoch = epoch.is_some();
+        self.epoch_value = epoch.unwrap_or(0);
+    }
 }
 
 /// Seqs a resumed automatic room already delivered live: replays inside are skipped.
@@ -596,7 +614,7 @@ impl LinkSession {
                 request,
                 room: room.to_string(),
                 since: Some(member.last),
-                epoch: member.epoch,
+                epoch: member.epoch(),
             });
             shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_string() });
         }
@@ -625,12 +643,12 @@ impl LinkSession {
         let Some((_, member)) = self.rooms.iter_mut().find(|(r, _)| **r == *room) else { return };
         let Some(since) = since else {
             if member.joined {
-                out.push(ToClient::Joined { room: room.to_owned(), epoch: member.epoch.unwrap_or(0), last_seq: member.last });
+                out.push(ToClient::Joined { room: room.to_owned(), epoch: member.epoch().unwrap_or(0), last_seq: member.last });
             }
             return; // still joining: its `joined` is on the way
         };
         self.skips.retain(|skip| skip.room != room);
-        if let Some(known) = member.epoch.filter(|_| member.joined && member.live_from <= member.last) {
+        if let Some(known) = member.epoch().filter(|_| member.joined && member.live_from <= member.last) {
             self.skips.push(Skip { room: room.to_owned(), epoch: known, from: member.live_from, to: member.last });
         }
         if member.resume {
@@ -643,7 +661,7 @@ impl LinkSession {
         member.request = request;
         member.joined = false;
         member.replay = true;
-        member.epoch = epoch;
+        member.set_epoch(epoch);
         member.last = since;
         member.truncated = false;
         shard.session_out.stats.joins += 1;
@@ -680,9 +698,10 @@ impl LinkSession {
             request,
             joined: false,
             replay: since.is_some(),
-            epoch,
+            has_epoch: epoch.is_some(),
+            epoch_value: epoch.unwrap_or(0),
             last: since.unwrap_or(0),
-            ticket: None,
+            ticket: ParkTicket::default(),
             truncated: false,
             resume: false,
             auto,
@@ -771,7 +790,7 @@ impl LinkSession {
         match (frame.kind(), frame.body()) {
             (Kind::Reset, ArchivedBody::Reset { epoch, .. }) => {
                 let epoch = epoch.to_native();
-                member.epoch = Some(epoch);
+                member.set_epoch(Some(epoch));
                 member.last = 0;
                 shard.session_out.stats.resets += 1;
                 out.push(ToClient::Reset { room, epoch, last_seq: frame.seq() });
@@ -789,7 +808,7 @@ impl LinkSession {
                 if seq <= member.last || member.truncated {
                     return;
                 }
-                if skipped(&self.skips, &room, member.epoch, seq) {
+                if skipped(&self.skips, &room, member.epoch(), seq) {
                     // Delivered live before this resume: accounted for, not sent twice.
                     member.last = seq;
                     return;
@@ -812,9 +831,9 @@ impl LinkSession {
                 // The hub cut its answer at its per-join cap (`FLAG_PARTIAL`), or this session
                 // cut the replay at its own: either way it is continued from `last`.
                 let partial = frame.flags() & FLAG_PARTIAL != 0 && member.last < last_seq;
-                if (member.truncated || partial) && member.epoch.is_none_or(|e| e == epoch) {
+                if (member.truncated || partial) && member.epoch().is_none_or(|e| e == epoch) {
                     // A cut replay: continued from `last` once the socket drained.
-                    member.epoch = Some(epoch);
+                    member.set_epoch(Some(epoch));
                     member.truncated = false;
                     member.resume = true;
                     self.resuming += 1;
@@ -824,13 +843,13 @@ impl LinkSession {
                     }
                     return;
                 }
-                if member.epoch != Some(epoch) && member.replay && member.epoch.is_some() {
+                if member.epoch() != Some(epoch) && member.replay && member.epoch().is_some() {
                     // The hub answers a stale position with Reset first; this is defence in depth.
                     out.push(ToClient::Reset { room: room.clone(), epoch, last_seq: 0 });
                     shard.session_out.stats.resets += 1;
                     member.last = 0;
                 }
-                member.epoch = Some(epoch);
+                member.set_epoch(Some(epoch));
                 if member.replay && member.last < last_seq {
                     let lost = LostRange { first_lost: member.last + 1, last_lost: last_seq, resume_from: last_seq + 1 };
                     tell_gap(&room, member, lost, GapReason::History, &mut shard.session_out.stats, out);
@@ -986,8 +1005,8 @@ fn jump(room: &str, member: &mut Member, seq: u64, reason: GapReason, stats: &mu
 /// Before an item of `epoch`: a reset if the member's position is of another epoch (it missed
 /// the room-wide reset, e.g. because it fell off the ring).
 fn follow_epoch(room: &str, member: &mut Member, epoch: u64, stats: &mut SessionStats, out: &mut Vec<ToClient>) {
-    if epoch != 0 && member.epoch != Some(epoch) {
-        member.epoch = Some(epoch);
+    if epoch != 0 && member.epoch() != Some(epoch) {
+        member.set_epoch(Some(epoch));
         member.last = 0;
         member.live_from = 1;
         stats.resets += 1;
@@ -1032,8 +1051,8 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
             len
         }
         RingItem::Reset { epoch, last_seq } => {
-            if member.epoch != Some(epoch) {
-                member.epoch = Some(epoch);
+            if member.epoch() != Some(epoch) {
+                member.set_epoch(Some(epoch));
                 member.last = 0;
                 member.live_from = 1;
                 stats.resets += 1;
@@ -1047,6 +1066,13 @@ fn deliver(room: &str, member: &mut Member, item: RingItem, wire: Wire, stats: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_stays_64_bytes() {
+        // Every connection holds three (its room, `user:{sub}`, `all`), each with a 16-byte
+        // name: 3 × 80 = 240 bytes fit a 256-byte block; 8 bytes more per member take 320.
+        assert!(std::mem::size_of::<(Box<str>, Member)>() <= 80, "{}", std::mem::size_of::<(Box<str>, Member)>());
+    }
     use crate::fanout::RingLimits;
     use crate::shard_rooms::RoomMessage;
 

@@ -380,7 +380,7 @@ mod tests {
         shard.push("nobody", message("nobody", 1), &mut woken);
         assert_eq!(shard.ring_items(), 0);
         let mut cursor = shard.join_room("r");
-        let mut ticket = None;
+        let mut ticket = ParkTicket::default();
         let mut batch = Vec::new();
         assert_eq!(shard.read("r", 7, &mut cursor, usize::MAX, &mut batch, &mut ticket), ReadOutcome::Idle);
         shard.push("r", message("r", 1), &mut woken);

@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 
-use linkcast_core::fanout::{Cursor, ReadOutcome, RingLimits, ShardRoom};
+use linkcast_core::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
 
 /// What the shard worker found when it read the group's next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +107,7 @@ impl ShardGroup {
     pub fn new(room: u32, limits: RingLimits, last_seq: u64) -> Self {
         let mut shard_room = ShardRoom::new(limits);
         // The aggregate cursor starts idle: parked, so the first push wakes it.
-        shard_room.park((), &mut None);
+        shard_room.park((), &mut ParkTicket::default());
         let cursor = shard_room.ring().cursor();
         ShardGroup {
             room,
@@ -211,7 +211,7 @@ impl ShardGroup {
         let mut batch = Vec::with_capacity(1);
         match self.shard_room.read(&mut self.cursor, 0, &mut batch) {
             ReadOutcome::Idle => {
-                self.shard_room.park((), &mut None);
+                self.shard_room.park((), &mut ParkTicket::default());
                 Next::Idle
             }
             ReadOutcome::Lagged { missed } => {

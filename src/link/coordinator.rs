@@ -3,7 +3,8 @@
 //! It runs on its own thread (a current-thread runtime) and only routes: connections' joins,
 //! leaves and publishes to the rooms' owner hubs, and hub frames to the shards. It owns:
 //! - **membership and interest**: a core [`LinkInterest`] (room → member count per shard, and
-//!   the announcements owed to the rooms' owner hubs). A shard is sent a room's
+//!   the announcements owed to the rooms' owner hubs; each room's entry also holds the Link's
+//!   position in it, below). A shard is sent a room's
 //!   messages only while it has members there. An announcement the core says is due now (first
 //!   member in, last out) is queued before the `Join` that caused it, on the same ordered hub
 //!   channel, so the hub knows the Link is interested before it answers the join — the basis of
@@ -285,7 +286,8 @@ enum HubEvent {
     Down { hub: HubId, generation: u64 },
 }
 
-/// The Link's position in one room it has members in (membership itself is in [`LinkInterest`]).
+/// The Link's position in one room it has members in: the payload of the room's entry in the
+/// [`LinkInterest`] (reset whenever the room has no member).
 #[derive(Debug, Default)]
 struct RoomPosition {
     /// The room's epoch as far as this Link knows (from a `Joined` or `Reset`).
@@ -325,10 +327,10 @@ struct Coordinator {
     /// The newest owner map from any hub: which hubs own rooms.
     view: OwnerView,
     hubs: HashMap<HubId, (u64, mpsc::Sender<Frame>)>,
-    /// Member counts per room and shard, and the announcements owed to hubs.
-    interest: LinkInterest<String>,
-    /// Where the Link stands in each room that has members.
-    rooms: HashMap<Box<str>, RoomPosition>,
+    /// Member counts per room and shard, the announcements owed to hubs, and where the Link
+    /// stands in each room that has members: one entry per room (every connection brings one,
+    /// its personal room).
+    interest: LinkInterest<String, RoomPosition>,
     /// Joins and publishes (of connections, and the coordinator's rejoins) awaiting an answer.
     in_flight: HashMap<u64, InFlight>,
     next_id: u64,
@@ -382,7 +384,6 @@ pub(crate) fn run(
             directory: HubDirectory::new(hubs),
             view: OwnerView::new(),
             hubs: HashMap::new(),
-            rooms: HashMap::new(),
             in_flight: HashMap::new(),
             next_id: 1,
             hubs_connected,
@@ -554,7 +555,7 @@ impl Coordinator {
     /// count this Link in the room yet (its announcement is still owed: a rejoin answered
     /// before it would be followed by no live message until it arrives).
     fn rejoin(&mut self, room: &str) {
-        let Some(state) = self.rooms.get(room) else { return };
+        let Some(state) = self.interest.payload(room) else { return };
         if self.interest.members(room) == 0 || state.rejoin.is_some() {
             return;
         }
@@ -574,7 +575,7 @@ impl Coordinator {
             // Its queue is full, or the room's announcement is still owed (for the same reason).
             self.owe_hub(owner);
         }
-        if let Some(state) = self.rooms.get_mut(room) {
+        if let Some(state) = self.interest.payload_mut(room) {
             state.rejoin = sent;
             state.rejoin_owed = sent.is_none();
         }
@@ -583,10 +584,10 @@ impl Coordinator {
     /// Retries the rejoins still owed to connected hubs, the rooms with the most members first.
     fn rejoin_owed(&mut self) {
         let mut owed: Vec<(u64, String)> = self
-            .rooms
-            .iter()
-            .filter(|(room, state)| state.rejoin_owed && self.hubs.contains_key(&self.owner(room)))
-            .map(|(room, _)| (self.interest.members(&**room), room.to_string()))
+            .interest
+            .rooms()
+            .filter(|(room, _, state)| state.rejoin_owed && self.hubs.contains_key(&self.owner(room)))
+            .map(|(room, members, _)| (members, room.clone()))
             .collect();
         owed.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
         for (_, room) in owed {
@@ -622,7 +623,7 @@ impl Coordinator {
     /// was rejoined, or lost its last member): while a room rejoins, its live messages wait for
     /// the rejoin's replay.
     fn count_rejoining(&mut self) {
-        let rejoining = self.rooms.values().filter(|state| state.rejoining()).count();
+        let rejoining = self.interest.rooms().filter(|(_, _, state)| state.rejoining()).count();
         let (gauge, shown) = &mut self.rooms_rejoining;
         gauge.increment(rejoining as f64 - *shown as f64);
         *shown = rejoining;
@@ -636,9 +637,6 @@ impl Coordinator {
     async fn handle_client(&mut self, msg: CoordMsg) {
         match msg {
             CoordMsg::Join { shard, request, room, since, epoch, user } => {
-                if !self.rooms.contains_key(room.as_str()) {
-                    self.rooms.insert(room.as_str().into(), RoomPosition::default());
-                }
                 let announced = match self.interest.handle_join(room.as_str(), shard) {
                     Some(announcement) => self.announce(announcement),
                     None => true,
@@ -661,7 +659,7 @@ impl Coordinator {
                     self.announce(removal);
                 }
                 if self.interest.members(room.as_str()) == 0 {
-                    self.rooms.remove(room.as_str());
+                    // Its position went with its last member (`LinkInterest` resets it).
                     self.presence.forget(&room);
                 }
             }
@@ -714,7 +712,7 @@ impl Coordinator {
                 for announcement in owed {
                     let room = announcement.room.clone();
                     self.announce(announcement);
-                    if self.rooms.get(room.as_str()).is_some_and(|r| r.rejoin_owed) {
+                    if self.interest.payload(room.as_str()).is_some_and(|r| r.rejoin_owed) {
                         self.rejoin(&room);
                     }
                 }
@@ -737,17 +735,17 @@ impl Coordinator {
         for request in lost {
             let Some(flight) = self.in_flight.remove(&request) else { continue };
             if shard_of(request) == COORDINATOR_SHARD {
-                if let Some(state) = self.rooms.get_mut(flight.room.as_str()) {
+                if let Some(state) = self.interest.payload_mut(flight.room.as_str()) {
                     state.rejoin = None;
                 }
             } else {
                 self.refuse(request, &flight.room, ClientError::HubLost).await;
             }
         }
-        for (room, state) in self.rooms.iter_mut() {
+        let (view, directory) = (&self.view, &self.directory);
+        for (room, members, state) in self.interest.rooms_mut() {
             // A room whose epoch the Link never learnt has no joined member to catch up.
-            let members = self.interest.members(&**room);
-            if members > 0 && state.epoch.is_some() && owner_in(&self.view, &self.directory, room) == hub {
+            if members > 0 && state.epoch.is_some() && owner_in(view, directory, room) == hub {
                 state.rejoin = None;
                 state.rejoin_owed = true;
             }
@@ -846,8 +844,11 @@ impl Coordinator {
 
     /// Pushes a room message (live, or replayed by a rejoin) into the rings, once.
     async fn push_message(&mut self, frame: Frame) {
-        let Some(state) = self.rooms.get_mut(frame.room()) else { return };
-        if self.interest.members(frame.room()) == 0 || frame.seq() <= state.pushed {
+        if self.interest.members(frame.room()) == 0 {
+            return;
+        }
+        let Some(state) = self.interest.payload_mut(frame.room()) else { return };
+        if frame.seq() <= state.pushed {
             return;
         }
         state.pushed = frame.seq();
@@ -868,8 +869,11 @@ impl Coordinator {
 
     /// A room-wide gap: every member of the room on this Link lost `lost`.
     async fn push_gap(&mut self, room: &str, lost: LostRange, reason: GapReason) {
-        let Some(state) = self.rooms.get_mut(room) else { return };
-        if self.interest.members(room) == 0 || lost.last_lost <= state.pushed {
+        if self.interest.members(room) == 0 {
+            return;
+        }
+        let Some(state) = self.interest.payload_mut(room) else { return };
+        if lost.last_lost <= state.pushed {
             return;
         }
         state.pushed = lost.last_lost;
@@ -902,7 +906,7 @@ impl Coordinator {
                 return;
             }
             ArchivedBody::Message { .. } => {
-                if self.rooms.get(frame.room()).is_some_and(|s| !s.rejoining()) {
+                if self.interest.payload(frame.room()).is_some_and(|s| !s.rejoining()) {
                     self.push_message(frame).await;
                 }
                 return;
@@ -931,7 +935,7 @@ impl Coordinator {
                 // While a rejoin is in flight its answer (sent after this by the same hub) covers
                 // the reset.
                 let room = frame.room().to_owned();
-                if self.rooms.get(room.as_str()).is_some_and(|s| !s.rejoining()) {
+                if self.interest.payload(room.as_str()).is_some_and(|s| !s.rejoining()) {
                     self.room_reset(&room, epoch.to_native(), frame.seq()).await;
                 }
                 return;
@@ -944,7 +948,7 @@ impl Coordinator {
                     resume_from: resume_from.to_native(),
                 };
                 let room = frame.room().to_owned();
-                if self.rooms.get(room.as_str()).is_some_and(|s| !s.rejoining()) {
+                if self.interest.payload(room.as_str()).is_some_and(|s| !s.rejoining()) {
                     self.push_gap(&room, lost, GapReason::HubQueue).await;
                 }
                 return;
@@ -973,7 +977,7 @@ impl Coordinator {
                 let epoch = epoch.to_native();
                 let room = frame.room().to_owned();
                 let mut stale = false;
-                if let Some(state) = self.rooms.get_mut(room.as_str()) {
+                if let Some(state) = self.interest.payload_mut(room.as_str()) {
                     // Only the room's first `Joined` sets the Link's position (no member here
                     // needs what came before it). Later, every seq up to a `Joined` reached this
                     // Link before it — or was dropped, and is still owed to the members already
@@ -1018,12 +1022,8 @@ impl Coordinator {
     /// A hub's owner map: if it is newer than the view, every room with members whose owner
     /// changed moves to its new owner (see the module docs).
     async fn handle_owner_map(&mut self, version: u64, hubs: Vec<u32>) {
-        let before: Vec<(String, HubId)> = self
-            .rooms
-            .keys()
-            .filter(|&room| self.interest.members(&**room) > 0)
-            .map(|room| (room.to_string(), self.owner(room)))
-            .collect();
+        let before: Vec<(String, HubId)> =
+            self.interest.rooms().filter(|(_, members, _)| *members > 0).map(|(room, _, _)| (room.clone(), self.owner(room))).collect();
         if !self.view.accept(version, hubs) {
             tracing::debug!(version, held = self.view.version(), "owner map not newer than the one held; ignored");
             return;
@@ -1050,7 +1050,7 @@ impl Coordinator {
             // Not queued: owed, re-sent by the next tick or when `new` connects.
             self.announce(announcement);
         }
-        let Some(state) = self.rooms.get_mut(room) else { return };
+        let Some(state) = self.interest.payload_mut(room) else { return };
         if let Some(abandoned) = state.rejoin.take() {
             // Its answer (if the old owner still sends one) no longer matches and is ignored.
             self.in_flight.remove(&abandoned.get());
@@ -1066,8 +1066,11 @@ impl Coordinator {
     /// The room's owner lost its history while this Link is attached (room-wide `Reset`): the
     /// room is now at `epoch`, whose last seq is `last_seq`; every member is told.
     async fn room_reset(&mut self, room: &str, epoch: u64, last_seq: u64) {
-        let Some(state) = self.rooms.get_mut(room) else { return };
-        if self.interest.members(room) == 0 || state.epoch == Some(epoch) {
+        if self.interest.members(room) == 0 {
+            return;
+        }
+        let Some(state) = self.interest.payload_mut(room) else { return };
+        if state.epoch == Some(epoch) {
             return;
         }
         tracing::warn!(room = %room, "room history was lost at its hub (new epoch): resetting members");
@@ -1079,7 +1082,7 @@ impl Coordinator {
     /// The hub's answer to the coordinator's rejoin `request` of a room: into the rings.
     async fn rejoin_answer(&mut self, request: u64, frame: Frame) {
         let room = frame.room().to_owned();
-        if self.rooms.get(room.as_str()).and_then(|s| s.rejoin).map(NonZeroU64::get) != Some(request) {
+        if self.interest.payload(room.as_str()).and_then(|s| s.rejoin).map(NonZeroU64::get) != Some(request) {
             // The room is gone, or this rejoin was abandoned at a disconnect.
             self.in_flight.remove(&request);
             return;
@@ -1088,7 +1091,7 @@ impl Coordinator {
             ArchivedBody::Reset { epoch, .. } => {
                 let epoch = epoch.to_native();
                 tracing::info!(room = %room, "room history was lost at its hub (new epoch): resetting members");
-                let Some(state) = self.rooms.get_mut(room.as_str()) else { return };
+                let Some(state) = self.interest.payload_mut(room.as_str()) else { return };
                 state.epoch = Some(epoch);
                 state.pushed = 0;
                 self.push_rings(&room, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
@@ -1105,7 +1108,7 @@ impl Coordinator {
             ArchivedBody::Joined { epoch, .. } => {
                 self.in_flight.remove(&request);
                 let last_seq = frame.seq();
-                let Some(state) = self.rooms.get_mut(room.as_str()) else { return };
+                let Some(state) = self.interest.payload_mut(room.as_str()) else { return };
                 state.epoch = Some(epoch.to_native());
                 state.rejoin = None;
                 let pushed = state.pushed;
@@ -1118,7 +1121,7 @@ impl Coordinator {
             ArchivedBody::Error { code, reason, .. } => {
                 self.in_flight.remove(&request);
                 tracing::warn!(room = %room, code = code.to_native(), reason = reason.as_str(), "room rejoin refused; retrying");
-                if let Some(state) = self.rooms.get_mut(room.as_str()) {
+                if let Some(state) = self.interest.payload_mut(room.as_str()) {
                     state.rejoin = None;
                     state.rejoin_owed = true;
                 }

@@ -169,14 +169,17 @@ const MAX_MAILBOX: usize = 4096;
 /// Replayed messages are held up to `replay_cap` bytes (`link.replay_bytes`); one beyond that is
 /// dropped here, and the session, seeing its replay stop short, asks the hub again from where it
 /// stopped once the socket drained (`LinkSession` paging): nothing is lost, nothing is unbounded.
+///
+/// 80 bytes, 96 with its `Rc` (a test keeps it so): every connection has one, so its counts are
+/// 32-bit (at most [`MAX_MAILBOX`] events, and replays up to a cap of at most 4 GiB).
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     events: RefCell<VecDeque<ConnEvent>>,
     /// Events in `events` that are not replays.
-    others: Cell<usize>,
-    /// Bytes of replays in `events`.
-    replay_bytes: Cell<usize>,
-    replay_cap: usize,
+    others: Cell<u32>,
+    /// Bytes of replays in `events` (saturating).
+    replay_bytes: Cell<u32>,
+    replay_cap: u32,
     ring: Cell<bool>,
     /// A wake not yet seen by [`Mailbox::wait`] (a wake before the wait is not lost).
     signalled: Cell<bool>,
@@ -198,7 +201,8 @@ fn replay_len(event: &ConnEvent) -> Option<(usize, u64)> {
 impl Mailbox {
     /// An empty mailbox holding at most `replay_cap` bytes of replays.
     pub(crate) fn new(replay_cap: usize) -> Self {
-        Mailbox { replay_cap, ..Mailbox::default() }
+        // Below `u32::MAX`: the saturating count of held bytes always exceeds it.
+        Mailbox { replay_cap: u32::try_from(replay_cap).unwrap_or(u32::MAX / 2).min(u32::MAX / 2), ..Mailbox::default() }
     }
 
     /// Queues `event` and wakes the connection's driver.
@@ -208,7 +212,8 @@ impl Mailbox {
             match replay_len(&event) {
                 Some((len, request)) => {
                     let held = self.replay_bytes.get();
-                    if held > 0 && held + len > self.replay_cap {
+                    let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+                    if held > 0 && held.saturating_add(len32) > self.replay_cap {
                         // Dropped, and said once per run: the session asks for it again.
                         metrics::counter!("linkcast_link_replay_dropped_bytes_total").increment(len as u64);
                         if !matches!(events.back(), Some(ConnEvent::Dropped { request: r }) if *r == request) {
@@ -216,11 +221,11 @@ impl Mailbox {
                             events.push_back(ConnEvent::Dropped { request });
                         }
                     } else {
-                        self.replay_bytes.set(held + len);
+                        self.replay_bytes.set(held.saturating_add(len32));
                         events.push_back(event);
                     }
                 }
-                None if self.others.get() >= MAX_MAILBOX => {
+                None if self.others.get() as usize >= MAX_MAILBOX => {
                     events.clear();
                     self.others.set(1);
                     self.replay_bytes.set(0);
@@ -282,7 +287,7 @@ impl Mailbox {
         };
         drop(events);
         match replay_len(&event) {
-            Some((len, _)) => self.replay_bytes.set(self.replay_bytes.get().saturating_sub(len)),
+            Some((len, _)) => self.replay_bytes.set(self.replay_bytes.get().saturating_sub(u32::try_from(len).unwrap_or(u32::MAX))),
             None => self.others.set(self.others.get().saturating_sub(1)),
         }
         Some(event)

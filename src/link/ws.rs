@@ -712,4 +712,12 @@ mod tests {
         let record = std::mem::size_of::<WsConnection>() + 16;
         assert!(record <= 384, "{record} bytes");
     }
+
+    #[test]
+    fn a_mailbox_fits_the_96_byte_allocation_class() {
+        // Every connection has one, in an `Rc` (16 bytes more): 96 bytes is a size class of
+        // its own; 8 more take 112.
+        let mailbox = std::mem::size_of::<Mailbox>() + 16;
+        assert!(mailbox <= 96, "{mailbox} bytes");
+    }
 }

@@ -164,8 +164,8 @@ impl WsDriver {
                 // Its close waits on the socket through tokio; a later event here would wake
                 // whoever takes the slot next.
                 self.sockets.remove(served.socket().raw_fd());
-                // Disarmed: a late wake of this waker (held by the socket until the close task
-                // waits on it) must not step whoever gets the slot next.
+                // Disarmed: a late wake of this waker (the mailbox holds it until it is replaced
+                // below) must not step whoever gets the slot next.
                 wake.queued.store(true, Ordering::Release);
                 served.mailbox().set_waker(Waker::noop().clone());
                 self.free.borrow_mut().push(index);

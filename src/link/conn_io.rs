@@ -3,9 +3,10 @@
 //!
 //! Frames are `Bytes`: a room message's frame is the very buffer every other member also holds
 //! (built once per Link by `ws_frame`), so queueing it is a reference-count increment. The shard
-//! loop (`WsConnection::deliver`) and the connection task both push here and call
-//! [`OutQueue::flush`], which sends until the queue is empty or the socket is full; what is left
-//! waits for the socket to become writable (the task awaits that). Each send is one syscall:
+//! loop (`WsConnection::deliver`) and the connection's driver slot (`ws_driver.rs`) both push
+//! here and call [`OutQueue::flush`], which sends until the queue is empty or the socket is full;
+//! what is left waits for the socket to become writable (an event of the shard's epoll set steps
+//! the slot again). Each send is one syscall:
 //! - one frame: sent from its own buffer;
 //! - several small frames (a burst of a hot room): copied into the shard's one cork buffer
 //!   ([`CORK_BYTES`], a thread-local reused for every socket, as uWebSockets corks) and sent as
@@ -14,7 +15,7 @@
 //! - a frame too large for the cork at the front: one vectored send of up to [`MAX_IOVECS`]
 //!   frames from their own buffers.
 //!
-//! Bounds: nobody fills the queue above `link.write_batch_bytes` from the rings, and the task
+//! Bounds: nobody fills the queue above `link.write_batch_bytes` from the rings, and the slot
 //! stops reading client input while the queue is over its cap, so a peer that never reads holds
 //! at most a batch here (the rest stays in the shard's ring, shared).
 

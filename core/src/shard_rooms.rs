@@ -1,5 +1,7 @@
 //! One Link shard's rooms: the per-room fan-out rings, the ids the shard hands out and which
-//! connection each outstanding request belongs to.
+//! connection each outstanding request belongs to. It also lends the sessions of the shard what
+//! they need for one call and no longer (the read batch; [`SessionOut`]: what the session just
+//! called owes the coordinator, and its counters), so an idle connection carries none of it.
 //!
 //! Data flow: the Link's coordinator turns what the hub sends for a room into [`RingItem`]s —
 //! room messages ([`RoomMessage`]: the hub's frame plus the WebSocket frame built once per Link),

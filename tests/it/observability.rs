@@ -24,7 +24,7 @@ use linkcast::client::http::HttpApi;
 use linkcast::client::{Client, ClientOptions, Event, Target};
 
 use crate::support::client::next;
-use crate::support::cluster::{Cluster, ClusterSpec, Processes};
+use crate::support::cluster::{free_tcp_port, free_udp_port, Cluster, ClusterSpec, Processes};
 use crate::support::http::{metric, metrics_text, try_get};
 use crate::support::pki::Pki;
 use crate::support::{eventually, local, STEP};
@@ -123,14 +123,6 @@ fn exported(text: &str) -> BTreeSet<String> {
     text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(str::to_owned).collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
-}
-
 /// `/metrics` of `addr` once it answers.
 async fn scrape(addr: SocketAddr) -> String {
     eventually(STEP, "/metrics answers", || async move { try_get(addr, "/metrics").await.filter(|r| r.status == 200).map(|r| r.text()) })
@@ -170,7 +162,7 @@ async fn serve_exports_every_metric_the_dashboard_and_rules_name_and_times_deliv
         pki.path("serve.pem"),
         pki.path("serve.key")
     ));
-    let (http, ws, quic, admin) = (local(free_port()), local(free_port()), local(free_udp_port()), local(free_port()));
+    let (http, ws, quic, admin) = (local(free_tcp_port()), local(free_tcp_port()), local(free_udp_port()), local(free_tcp_port()));
     let (http_arg, ws_arg, quic_arg, admin_arg) = (http.to_string(), ws.to_string(), quic.to_string(), admin.to_string());
     processes.spawn(
         "serve",

@@ -20,10 +20,10 @@ use serde_json::Value;
 
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 
-use crate::support::cluster::Processes;
+use crate::support::cluster::{free_tcp_port, free_udp_port, Processes};
 use crate::support::http::{get, get_as, hub_metric, metric, publish, try_get_as};
 use crate::support::ws::{ws_url, WsClient};
-use crate::support::{eventually, local, STEP};
+use crate::support::{local, STEP};
 
 const KEY: &str = "top-publish-key";
 const ADMIN: &str = "top-admin-key";
@@ -33,14 +33,6 @@ const ROOMS: [(&str, usize); 3] = [("top-hot", 6), ("top-warm", 3), ("top-cool",
 
 /// Members per Link (Link ids 1 and 2).
 const MEMBERS: [usize; 2] = [3, 2];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
-}
 
 /// The running cluster: config path, hubs' HTTP and admin addresses, Links' WebSocket addresses.
 struct Nodes {
@@ -54,10 +46,26 @@ struct Nodes {
 /// 2 hubs and 2 Links, each with an admin listener; waits until both hubs see both Links.
 async fn start(tag: &str) -> Nodes {
     let mut processes = Processes::new(tag);
-    let hubs: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
-    let hub_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
-    let links: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
-    let link_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_port())).collect();
+    for attempt in 1..=5 {
+        match try_start(processes).await {
+            Ok(nodes) => return nodes,
+            Err((back, clash)) => {
+                eprintln!("{tag}: attempt {attempt}: {clash}; starting again on fresh ports");
+                processes = back;
+            }
+        }
+    }
+    panic!("{tag}: five port clashes in a row");
+}
+
+/// Starts 2 hubs and 2 Links on free ports; `Err` (with the processes, to start again) when a
+/// node found its port taken meanwhile by another test.
+async fn try_start(mut processes: Processes) -> Result<Nodes, (Processes, String)> {
+    processes.kill_all();
+    let hubs: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
+    let hub_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
+    let links: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
+    let link_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
     let mut toml = format!(
         "[auth]\napi_keys = [\"{KEY}\"]\ncluster_secret = \"top-secret\"\n\n[[auth.keys]]\nkey = \"{ADMIN}\"\nscopes = [\"admin\", \"read\"]\n\n\
          [link]\nshards = 1\n\n"
@@ -76,23 +84,49 @@ async fn start(tag: &str) -> Nodes {
         processes.spawn(&format!("link-{id}"), &["link", "--config", &config, "--id", &id.to_string(), "--no-quic"]);
     }
     for (hub, admin) in hub_admin.iter().enumerate() {
-        eventually(STEP, "both hubs see both Links", || async {
-            let res = try_get_as(*admin, "/metrics", ADMIN).await?;
-            (res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == 2.0).then_some(())
-        })
-        .await;
+        let seen = until(&mut processes, "both hubs see both Links", || async {
+            let res = try_get_as(*admin, "/metrics", ADMIN).await;
+            res.is_some_and(|res| res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == 2.0)
+        });
+        if let Err(clash) = seen.await {
+            return Err((processes, clash));
+        }
     }
     // A hub counts a Link at its hello, a little before the Link's coordinator has its hub up: a
     // join in between is answered 503 (hub unavailable). Wait for the Links' side too.
     for admin in &link_admin {
-        eventually(STEP, "each Link has both hubs up", || async {
-            let res = try_get_as(*admin, "/metrics", ADMIN).await?;
-            (res.status == 200 && metric(&res.text(), "linkcast_link_hubs_connected", &[]) == 2.0).then_some(())
-        })
-        .await;
+        let up = until(&mut processes, "each Link has both hubs up", || async {
+            let res = try_get_as(*admin, "/metrics", ADMIN).await;
+            res.is_some_and(|res| res.status == 200 && metric(&res.text(), "linkcast_link_hubs_connected", &[]) == 2.0)
+        });
+        if let Err(clash) = up.await {
+            return Err((processes, clash));
+        }
     }
-    Nodes { processes, config, hubs, hub_admin, links }
+    Ok(Nodes { processes, config, hubs, hub_admin, links })
 }
+
+/// Polls `probe` until it holds (within [`STEP`], or the test fails); `Err` if a node exited
+/// because its port was taken.
+async fn until<F, Fut>(processes: &mut Processes, what: &str, mut probe: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        if probe().await {
+            return Ok(());
+        }
+        if let Some(clash) = processes.port_clash() {
+            return Err(clash);
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {STEP:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+
 
 /// Connects `MEMBERS[i]` members to Link `i + 1`, each in every room of [`ROOMS`].
 async fn connect_members(nodes: &Nodes) -> Vec<WsClient> {

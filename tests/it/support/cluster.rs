@@ -162,12 +162,8 @@ impl Cluster {
                     return Ok(());
                 }
             }
-            if let Some(name) = self.processes.exited() {
-                let log = self.processes.log_tail(&name, 20);
-                if log.to_ascii_lowercase().contains("address already in use") {
-                    return Err(format!("{name} found its port taken"));
-                }
-                panic!("{name} exited; its log:\n{log}");
+            if let Some(clash) = self.processes.port_clash() {
+                return Err(clash);
             }
             assert!(
                 Instant::now() < deadline,
@@ -196,7 +192,7 @@ pub fn free_tcp_port() -> u16 {
 }
 
 /// A free loopback UDP port (bound, then released).
-fn free_udp_port() -> u16 {
+pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
 }
 
@@ -287,6 +283,18 @@ impl Processes {
     /// How the process ended, once it has (`None` while it runs).
     pub fn exit_status(&mut self, name: &str) -> Option<std::process::ExitStatus> {
         self.children.iter_mut().find(|(n, _)| n == name).and_then(|(_, c)| c.try_wait().ok().flatten())
+    }
+
+    /// A node that exited because its port was taken (another test bound it between this
+    /// test's `free_tcp_port` and the node's own bind): why, for the caller to start again on
+    /// fresh ports. Any other exit fails the test with the node's log.
+    pub fn port_clash(&mut self) -> Option<String> {
+        let name = self.exited()?;
+        let log = self.log_tail(&name, 20);
+        if log.to_ascii_lowercase().contains("address already in use") {
+            return Some(format!("{name} found its port taken"));
+        }
+        panic!("{name} exited; its log:\n{log}");
     }
 
     /// The name of a process that has exited, if any (they are expected to run until killed).

@@ -84,10 +84,10 @@ async fn try_start(mut processes: Processes) -> Result<Nodes, (Processes, String
         processes.spawn(&format!("link-{id}"), &["link", "--config", &config, "--id", &id.to_string(), "--no-quic"]);
     }
     for (hub, admin) in hub_admin.iter().enumerate() {
-        let seen = until(&mut processes, "both hubs see both Links", || async {
+        let seen = processes.until(STEP, || async {
             let res = try_get_as(*admin, "/metrics", ADMIN).await;
             res.is_some_and(|res| res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == 2.0)
-        });
+        }, |_| format!("both hubs see both Links: not within {STEP:?}"));
         if let Err(clash) = seen.await {
             return Err((processes, clash));
         }
@@ -95,38 +95,16 @@ async fn try_start(mut processes: Processes) -> Result<Nodes, (Processes, String
     // A hub counts a Link at its hello, a little before the Link's coordinator has its hub up: a
     // join in between is answered 503 (hub unavailable). Wait for the Links' side too.
     for admin in &link_admin {
-        let up = until(&mut processes, "each Link has both hubs up", || async {
+        let up = processes.until(STEP, || async {
             let res = try_get_as(*admin, "/metrics", ADMIN).await;
             res.is_some_and(|res| res.status == 200 && metric(&res.text(), "linkcast_link_hubs_connected", &[]) == 2.0)
-        });
+        }, |_| format!("each Link has both hubs up: not within {STEP:?}"));
         if let Err(clash) = up.await {
             return Err((processes, clash));
         }
     }
     Ok(Nodes { processes, config, hubs, hub_admin, links })
 }
-
-/// Polls `probe` until it holds (within [`STEP`], or the test fails); `Err` if a node exited
-/// because its port was taken.
-async fn until<F, Fut>(processes: &mut Processes, what: &str, mut probe: F) -> Result<(), String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + STEP;
-    loop {
-        if probe().await {
-            return Ok(());
-        }
-        if let Some(clash) = processes.port_clash() {
-            return Err(clash);
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: not within {STEP:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-
 
 /// Connects `MEMBERS[i]` members to Link `i + 1`, each in every room of [`ROOMS`].
 async fn connect_members(nodes: &Nodes) -> Vec<WsClient> {

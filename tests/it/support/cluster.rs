@@ -151,27 +151,22 @@ impl Cluster {
 
     /// Like [`Cluster::wait_links`]; `Err` if a node exited because its port was taken.
     async fn try_wait_links(&mut self, hub: usize, n: usize, within: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let metrics = match &self.admin_key {
-                Some(key) => try_get_as(self.hub_admin[hub], "/metrics", key).await,
-                None => try_get(self.hub_admin[hub], "/metrics").await,
-            };
-            if let Some(res) = metrics {
-                if res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == n as f64 {
-                    return Ok(());
-                }
+        let (admin, key) = (self.hub_admin[hub], self.admin_key.clone());
+        let seen = || {
+            let key = key.clone();
+            async move {
+                let metrics = match &key {
+                    Some(key) => try_get_as(admin, "/metrics", key).await,
+                    None => try_get(admin, "/metrics").await,
+                };
+                metrics.is_some_and(|res| res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == n as f64)
             }
-            if let Some(clash) = self.processes.port_clash() {
-                return Err(clash);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hub {hub} does not see {n} Links within {within:?}; its log:\n{}",
-                self.processes.log_tail(&format!("hub-{hub}"), 20)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        self.processes
+            .until(within, seen, |processes| {
+                format!("hub {hub} does not see {n} Links within {within:?}; its log:\n{}", processes.log_tail(&format!("hub-{hub}"), 20))
+            })
+            .await
     }
 
     /// The WebSocket URL of Link `index` (0-based; its id is `index + 1`).
@@ -283,6 +278,31 @@ impl Processes {
     /// How the process ended, once it has (`None` while it runs).
     pub fn exit_status(&mut self, name: &str) -> Option<std::process::ExitStatus> {
         self.children.iter_mut().find(|(n, _)| n == name).and_then(|(_, c)| c.try_wait().ok().flatten())
+    }
+
+    /// Polls `probe` until it holds; `Err` if a node exited because its port was taken
+    /// ([`Processes::port_clash`]). Past `within` the test fails with `failure`'s message.
+    pub async fn until<F, Fut>(&mut self, within: Duration, mut probe: F, failure: impl FnOnce(&Processes) -> String) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            if probe().await {
+                return Ok(());
+            }
+            if let Some(clash) = self.port_clash() {
+                return Err(clash);
+            }
+            if Instant::now() >= deadline {
+                panic!("{}", failure(self));
+            }
+            // 50 ms, as `wait_links` always polled: a hub counts a Link at its hello, ≈ 10 ms
+            // before the Link has its hub up, and a member joining in between is answered 503
+            // (the test members do not retry); polling faster makes landing there likelier.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A node that exited because its port was taken (another test bound it between this

@@ -212,7 +212,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_hub_link_connection_is_dropped_after_link_idle_timeout_ms_and_comes_back() {
     let cluster = start("nsl-idle-timeout", 1, "[hub]\nlink_idle_timeout_ms = 2000\n", true).await;
-    let (hub_admin, link_admin) = (cluster.hub_admin[0], cluster.links[0]);
+    let (hub_admin, link_admin) = (cluster.hub_admin[0], cluster.link_admin[0]);
     let hub_links = move || async move { hub_metric(&metrics_text(hub_admin).await, "linkcast_hub_links", 0) };
     let link_hubs = move || async move { crate::support::http::metric(&metrics_text(link_admin).await, "linkcast_link_hubs_connected", &[]) };
     eventually(STEP, "the hub lists the Link", || async { (hub_links().await == 1.0).then_some(()) }).await;

@@ -233,8 +233,9 @@ async fn a_cluster_link_exports_its_metrics_and_counts_its_hubs() {
     for expr in dashboard_exprs().iter().chain(rule_exprs().iter()) {
         metric_names(expr, &mut used);
     }
-    // The Link's own process: every Link-side name (the certificate gauge needs TLS: serve's test).
-    let link = cluster.links[0];
+    // The Link's own process, on its admin listener: every Link-side name (the certificate gauge
+    // needs TLS: serve's test).
+    let link = cluster.link_admin[0];
     let text = eventually(STEP, "the Link reaches both hubs", || async move {
         let text = metrics_text(link).await;
         (metric(&text, "linkcast_link_hubs_connected", &[]) == 2.0).then_some(text)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use super::http::{hub_metric, try_get, try_get_as};
+use super::http::{hub_metric, metric, try_get, try_get_as};
 use super::{local, STEP};
 
 /// What to start.
@@ -46,6 +46,8 @@ pub struct Cluster {
     pub hubs: Vec<SocketAddr>,
     /// Each hub's admin listener (`/metrics`, `/healthz`).
     pub hub_admin: Vec<SocketAddr>,
+    /// Each Link's admin listener (its `/metrics` say how many hubs it has up).
+    pub link_admin: Vec<SocketAddr>,
     /// Where each hub listens for Links (hub 0's config entry may name the relay instead).
     hub_quic: Vec<SocketAddr>,
     /// Each Link's WebSocket address.
@@ -83,6 +85,7 @@ impl Cluster {
         let hubs: Vec<(SocketAddr, SocketAddr)> = (0..spec.hubs).map(|_| (local(free_tcp_port()), local(free_udp_port()))).collect();
         let links: Vec<(SocketAddr, SocketAddr)> = (0..spec.links).map(|_| (local(free_tcp_port()), local(free_udp_port()))).collect();
         let admin: Vec<SocketAddr> = (0..spec.hubs).map(|_| local(free_tcp_port())).collect();
+        let link_admin: Vec<SocketAddr> = (0..spec.links).map(|_| local(free_tcp_port())).collect();
         let relay = if spec.relay { Some(Relay::start(hubs[0].1).await) } else { None };
         let mut toml = format!("{}\n\n", spec.settings);
         for (id, (http, quic)) in hubs.iter().enumerate() {
@@ -93,8 +96,8 @@ impl Cluster {
             let admin = admin[id];
             toml.push_str(&format!("[[hubs]]\nid = {id}\nhttp = \"{http}\"\nquic = \"{dialed}\"\nadmin = \"{admin}\"\n\n"));
         }
-        for (i, (ws, quic)) in links.iter().enumerate() {
-            toml.push_str(&format!("[[links]]\nid = {}\nws = \"{ws}\"\nquic = \"{quic}\"\n\n", i + 1));
+        for (i, ((ws, quic), admin)) in links.iter().zip(&link_admin).enumerate() {
+            toml.push_str(&format!("[[links]]\nid = {}\nws = \"{ws}\"\nquic = \"{quic}\"\nadmin = \"{admin}\"\n\n", i + 1));
         }
         let config = processes.write_config(&toml);
         let mut cluster = Cluster {
@@ -102,6 +105,7 @@ impl Cluster {
             config,
             hubs: hubs.iter().map(|h| h.0).collect(),
             hub_admin: admin,
+            link_admin,
             hub_quic: hubs.iter().map(|h| h.1).collect(),
             links: links.iter().map(|l| l.0).collect(),
             relay,
@@ -142,7 +146,11 @@ impl Cluster {
         self.processes.spawn(&format!("hub-{id}"), &["hub", "--config", &config, "--id", &id.to_string(), "--quic", &quic]);
     }
 
-    /// Waits until hub `hub` sees `n` Links connected; fails the test if it does not in time.
+    /// Waits until hub `hub` sees `n` Links connected and every running Link of the config has
+    /// every running hub up; fails the test if that does not happen in time.
+    ///
+    /// Both sides, because a hub counts a Link at its hello, a moment before the Link has that
+    /// hub up: a member joining in between is answered 503, and the tests' members do not retry.
     pub async fn wait_links(&mut self, hub: usize, n: usize, within: Duration) {
         if let Err(failure) = self.try_wait_links(hub, n, within).await {
             panic!("{failure}");
@@ -151,20 +159,45 @@ impl Cluster {
 
     /// Like [`Cluster::wait_links`]; `Err` if a node exited because its port was taken.
     async fn try_wait_links(&mut self, hub: usize, n: usize, within: Duration) -> Result<(), String> {
+        let hubs_up = (0..self.hub_admin.len()).filter(|id| self.processes.running(&format!("hub-{id}"))).count();
+        let links: Vec<SocketAddr> =
+            self.link_admin.iter().enumerate().filter(|(i, _)| self.processes.running(&format!("link-{}", i + 1))).map(|(_, admin)| *admin).collect();
         let (admin, key) = (self.hub_admin[hub], self.admin_key.clone());
         let seen = || {
-            let key = key.clone();
+            let (key, links) = (key.clone(), links.clone());
             async move {
-                let metrics = match &key {
-                    Some(key) => try_get_as(admin, "/metrics", key).await,
-                    None => try_get(admin, "/metrics").await,
+                let metrics = |at: SocketAddr| {
+                    let key = key.clone();
+                    async move {
+                        let res = match &key {
+                            Some(key) => try_get_as(at, "/metrics", key).await,
+                            None => try_get(at, "/metrics").await,
+                        };
+                        res.filter(|res| res.status == 200).map(|res| res.text())
+                    }
                 };
-                metrics.is_some_and(|res| res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == n as f64)
+                if !metrics(admin).await.is_some_and(|text| hub_metric(&text, "linkcast_hub_links", hub as u32) == n as f64) {
+                    return false;
+                }
+                for link in links {
+                    if !metrics(link).await.is_some_and(|text| metric(&text, "linkcast_link_hubs_connected", &[]) == hubs_up as f64) {
+                        return false;
+                    }
+                }
+                true
             }
         };
+        let link_logs = self.link_admin.len();
         self.processes
             .until(within, seen, |processes| {
-                format!("hub {hub} does not see {n} Links within {within:?}; its log:\n{}", processes.log_tail(&format!("hub-{hub}"), 20))
+                let mut failure = format!(
+                    "hub {hub} does not see {n} Links, or a Link does not have its {hubs_up} hub(s) up, within {within:?}; hub {hub}'s log:\n{}",
+                    processes.log_tail(&format!("hub-{hub}"), 20)
+                );
+                for id in 1..=link_logs {
+                    failure.push_str(&format!("\nlink-{id}'s log:\n{}", processes.log_tail(&format!("link-{id}"), 10)));
+                }
+                failure
             })
             .await
     }
@@ -298,9 +331,7 @@ impl Processes {
             if Instant::now() >= deadline {
                 panic!("{}", failure(self));
             }
-            // 50 ms, as `wait_links` always polled: a hub counts a Link at its hello, ≈ 10 ms
-            // before the Link has its hub up, and a member joining in between is answered 503
-            // (the test members do not retry); polling faster makes landing there likelier.
+            // 50 ms, as `wait_links` always polled.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

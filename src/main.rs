@@ -38,6 +38,30 @@ fn purge_freed_memory_at_once() {
     }
 }
 
+/// Keeps transparent huge pages out of this process (`prctl(PR_SET_THP_DISABLE)`), unless the
+/// operator set `MIMALLOC_ALLOW_THP` (mimalloc then decides). Returns the OS error if the
+/// kernel refused.
+///
+/// mimalloc asks the kernel for huge pages on its arenas (`madvise`), and a 2 MiB page is
+/// resident as a whole as soon as one byte of it is touched: a Link's live connections are
+/// spread thinly over those pages. Measured: a Link with 18,000 idle connections held 2.6 KB of
+/// RSS per connection with them and 2.0 KB without, and its baseline halved (26 → 13 MB); at
+/// 1,000,000 connections the load generator's workers held ≈ 120 MB of huge pages each
+/// (docs/benchmarks.md, "Issue 17 — no transparent huge pages"). The flag is inherited by the
+/// processes this one starts (`bench`'s workers).
+fn no_transparent_huge_pages() -> std::io::Result<()> {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return Ok(());
+    }
+    // SAFETY: prctl(2) sets one flag of this process; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// linkcast: publish a room message once; every member gets it, in order, across reconnects.
 #[derive(Debug, Parser)]
 #[command(name = "linkcast", version, about, long_about = None)]
@@ -68,6 +92,9 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    if let Err(error) = no_transparent_huge_pages() {
+        tracing::warn!(%error, "transparent huge pages stay on for this process: more memory per connection");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => linkcast::serve::run_cli(args),
@@ -101,5 +128,14 @@ mod tests {
         purge_freed_memory_at_once();
         // SAFETY: as above.
         assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, 0);
+    }
+
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_process() {
+        assert!(std::env::var_os("MIMALLOC_ALLOW_THP").is_none(), "run without MIMALLOC_ALLOW_THP");
+        no_transparent_huge_pages().expect("prctl(PR_SET_THP_DISABLE)");
+        // SAFETY: reads one flag of this process.
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(disabled, 1, "the kernel reports THP disabled for this process");
     }
 }

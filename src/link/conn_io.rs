@@ -54,6 +54,8 @@ pub(crate) struct OutQueue {
     sent: u64,
     /// Some bytes were written since the last [`OutQueue::take_progress`].
     progress: bool,
+    /// Free the slots once the queue is empty again ([`OutQueue::push_lone`]).
+    release_when_empty: bool,
 }
 
 /// What a flush left behind.
@@ -74,6 +76,15 @@ impl OutQueue {
         debug_assert!(u32::try_from(frame.len()).is_ok(), "frames are far below 4 GiB");
         self.queued += frame.len();
         self.out.push_back(frame);
+    }
+
+    /// Queues a frame the connection's timers made (a keep-alive ping). If nothing else was
+    /// queued, the slots it takes are freed again once it is written: an idle connection holds
+    /// no queue between pings (four slots, 128 bytes, where every ping would otherwise leave
+    /// them until the next one).
+    pub(crate) fn push_lone(&mut self, frame: Bytes) {
+        self.release_when_empty |= self.out.is_empty();
+        self.push(frame);
     }
 
     /// Frees the queue's slots once it is empty: an idle connection keeps no allocation. Not
@@ -127,7 +138,9 @@ impl OutQueue {
                 Err(error) => return Err(error),
             }
         }
-        if self.out.capacity() > 64 {
+        if std::mem::take(&mut self.release_when_empty) {
+            self.out = VecDeque::new();
+        } else if self.out.capacity() > 64 {
             self.out.shrink_to(8); // a burst's slots are not kept by an idle connection
         }
         match socket.flush_tls() {
@@ -310,6 +323,25 @@ mod tests {
         let mut got = vec![0u8; sent];
         tokio::io::AsyncReadExt::read_exact(&mut client, &mut got).await.expect("read");
         assert_eq!(got, frames.concat());
+    }
+
+    #[tokio::test]
+    async fn a_lone_ping_leaves_no_queue_behind_and_a_busy_queue_keeps_its_slots() {
+        let (server, mut client) = pair().await;
+        let server = ClientSocket::plain(server).expect("socket");
+        let mut queue = OutQueue::default();
+        queue.push_lone(Bytes::from_static(b"ping"));
+        assert!(queue.out.capacity() > 0);
+        assert!(!flush_all(&mut queue, &server).await);
+        assert_eq!(queue.out.capacity(), 0, "an idle connection's ping frees its slots once written");
+        // Behind frames already queued, a ping does not free what a busy connection reuses.
+        queue.push(Bytes::from_static(b"message"));
+        queue.push_lone(Bytes::from_static(b"ping"));
+        assert!(!flush_all(&mut queue, &server).await);
+        assert!(queue.out.capacity() > 0, "a delivering connection keeps its slots");
+        let mut got = vec![0u8; 15];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got).await.expect("read");
+        assert_eq!(got, b"pingmessageping");
     }
 
     #[tokio::test]

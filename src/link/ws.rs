@@ -577,7 +577,7 @@ impl Served {
         } else if let Err(error) = checked {
             ws.end(End::Refused(error));
         } else if pings {
-            ws.out.borrow_mut().push(ws_frame::ping());
+            ws.out.borrow_mut().push_lone(ws_frame::ping());
         }
         true
     }

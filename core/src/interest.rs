@@ -146,6 +146,13 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let key = self.rooms.get_key_value(room).map_or_else(|| room.to_owned(), |(key, _)| key.clone());
+        self.handle_join_key(key, shard)
+    }
+
+    /// [`LinkInterest::handle_join`] of a room whose name the caller already holds as a key (a
+    /// shared name: kept as is when the room is new, so the table makes no copy of it).
+    pub fn handle_join_key(&mut self, room: K, shard: usize) -> Option<Announcement<K>> {
+        let key = self.rooms.get_key_value(&room).map_or(room, |(key, _)| key.clone());
         let shards = self.shards;
         let state = self.rooms.entry(key.clone()).or_default();
         if state.per_shard.len() <= shard {
@@ -160,7 +167,7 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         state.per_shard[shard] += 1;
         state.total += 1;
         if state.announced == 0 {
-            self.dirty.remove(room);
+            self.dirty.remove(&key);
             Some(Announcement { room: key, members: u64::from(state.total) })
         } else {
             self.dirty.insert(key);

@@ -276,8 +276,8 @@ pub enum ToCoordinator {
     Join {
         /// The join's request id.
         request: u64,
-        /// Room.
-        room: String,
+        /// Room (the shard's name for it, shared).
+        room: Arc<str>,
         /// Position's seq.
         since: Option<u64>,
         /// Position's epoch.
@@ -285,8 +285,8 @@ pub enum ToCoordinator {
     },
     /// A member left `room`.
     Leave {
-        /// Room.
-        room: String,
+        /// Room (the shard's name for it, shared).
+        room: Arc<str>,
     },
     /// Send this `Publish` frame to the room's owner hub.
     Publish {
@@ -430,9 +430,10 @@ pub struct LinkSession {
     /// Shared by every session of a Link (the same `[link]` limits).
     limits: Arc<SessionLimits>,
     /// Grown one room at a time (exactly): an idle connection is in a few rooms, and a doubled
-    /// capacity would cost it a whole unused member each. Names are boxed for the same reason
-    /// (a `String` carries a capacity word).
-    rooms: Vec<(Box<str>, Member)>,
+    /// capacity would cost it a whole unused member each. The names are the shard's own
+    /// ([`ShardRooms::join_room`]), shared: no allocation per member, and the coordinator's
+    /// table keeps the same one.
+    rooms: Vec<(Arc<str>, Member)>,
     /// Publish request id → (room, client id); allocated by the first publish (most members
     /// of a live room only read). Boxed on purpose: 8 bytes per reader instead of a map's 48.
     #[allow(clippy::box_collection)]
@@ -612,11 +613,11 @@ impl LinkSession {
             // asks the hub again without changing the room's interest.
             shard.session_out.to_coordinator.push_back(ToCoordinator::Join {
                 request,
-                room: room.to_string(),
+                room: room.clone(),
                 since: Some(member.last),
                 epoch: member.epoch(),
             });
-            shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_string() });
+            shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.clone() });
         }
         self.resuming = 0;
     }
@@ -640,7 +641,7 @@ impl LinkSession {
     /// already got live since its automatic join is not delivered twice. Without a position it
     /// is answered `joined` again (current epoch and last seq) and nothing else changes.
     fn join_again(&mut self, room: &str, since: Option<u64>, epoch: Option<u64>, shard: &mut ShardRooms, out: &mut Vec<ToClient>) {
-        let Some((_, member)) = self.rooms.iter_mut().find(|(r, _)| **r == *room) else { return };
+        let Some((name, member)) = self.rooms.iter_mut().find(|(r, _)| **r == *room) else { return };
         let Some(since) = since else {
             if member.joined {
                 out.push(ToClient::Joined { room: room.to_owned(), epoch: member.epoch().unwrap_or(0), last_seq: member.last });
@@ -665,8 +666,8 @@ impl LinkSession {
         member.last = since;
         member.truncated = false;
         shard.session_out.stats.joins += 1;
-        shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since: Some(since), epoch });
-        shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.to_owned() });
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: name.clone(), since: Some(since), epoch });
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: name.clone() });
     }
 
     fn join(
@@ -690,7 +691,7 @@ impl LinkSession {
         if !auto && self.rooms.iter().filter(|(_, m)| !m.auto).count() >= self.limits.max_rooms {
             return Err(ClientError::TooManyRooms);
         }
-        let cursor = shard.join_room(room);
+        let (cursor, name) = shard.join_room(room);
         let request = shard.new_id();
         shard.add_request(request, self.id);
         let member = Member {
@@ -710,9 +711,9 @@ impl LinkSession {
             count: None,
         };
         self.rooms.reserve_exact(1);
-        self.rooms.push((room.into(), member));
+        self.rooms.push((name.clone(), member));
         shard.session_out.stats.joins += 1;
-        shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: room.to_owned(), since, epoch });
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: name, since, epoch });
         Ok(())
     }
 
@@ -731,7 +732,7 @@ impl LinkSession {
         }
         shard.leave_room(&room);
         shard.remove_request(member.request);
-        shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room: room.into_string() });
+        shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room });
         true
     }
 
@@ -1071,7 +1072,7 @@ mod tests {
     fn a_member_stays_64_bytes() {
         // Every connection holds three (its room, `user:{sub}`, `all`), each with a 16-byte
         // name: 3 × 80 = 240 bytes fit a 256-byte block; 8 bytes more per member take 320.
-        assert!(std::mem::size_of::<(Box<str>, Member)>() <= 80, "{}", std::mem::size_of::<(Box<str>, Member)>());
+        assert!(std::mem::size_of::<(Arc<str>, Member)>() <= 80, "{}", std::mem::size_of::<(Arc<str>, Member)>());
     }
     use crate::fanout::RingLimits;
     use crate::shard_rooms::RoomMessage;

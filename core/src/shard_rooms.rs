@@ -21,6 +21,7 @@
 //! Sans-IO and single-threaded: a shard owns its `ShardRooms`; nothing here locks.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -163,8 +164,9 @@ impl RingItem {
 pub struct ShardRooms {
     index: usize,
     /// Boxed: a hash table keeps up to half its slots empty, and a room (104 bytes) in every
-    /// slot made each personal room cost ≈ 260 bytes here; a slot is now 24 bytes.
-    rooms: HashMap<Box<str>, Box<ShardRoom<RingItem, u64>>>,
+    /// slot made each personal room cost ≈ 260 bytes here; a slot is now 24 bytes. The names are
+    /// shared with the members and the coordinator (`join_room`).
+    rooms: HashMap<Arc<str>, Box<ShardRoom<RingItem, u64>>>,
     /// Outstanding join and publish request id → connection id.
     requests: HashMap<u64, u64>,
     next_id: u64,
@@ -253,12 +255,16 @@ impl ShardRooms {
         self.requests.len()
     }
 
-    /// Adds a member to `room` (creating its ring); the cursor reads from now on.
-    pub fn join_room(&mut self, room: &str) -> Cursor {
-        match self.rooms.get_mut(room) {
-            Some(r) => r.join(),
-            None => self.rooms.entry(room.into()).or_insert_with(|| Box::new(ShardRoom::new(self.limits))).join(),
-        }
+    /// Adds a member to `room` (creating its ring); the cursor reads from now on. Also returns
+    /// the shard's name for the room: members and the coordinator keep that one, not copies.
+    pub fn join_room(&mut self, room: &str) -> (Cursor, Arc<str>) {
+        let name: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => room.into(),
+        };
+        let limits = self.limits;
+        let cursor = self.rooms.entry(name.clone()).or_insert_with(|| Box::new(ShardRoom::new(limits))).join();
+        (cursor, name)
     }
 
     /// Removes a member; drops the ring with the last one.
@@ -376,12 +382,25 @@ mod tests {
     }
 
     #[test]
+    fn members_of_a_room_share_the_shard_s_name_for_it() {
+        let mut shard = ShardRooms::new(0, RingLimits { max_bytes: 1 << 20, max_items: 2 });
+        let (_, first) = shard.join_room("user:alice");
+        let (_, second) = shard.join_room("user:alice");
+        assert!(Arc::ptr_eq(&first, &second), "one allocation for the name, however many members");
+        assert_eq!(&*first, "user:alice");
+        shard.leave_room("user:alice");
+        shard.leave_room("user:alice");
+        let (_, again) = shard.join_room("user:alice");
+        assert!(!Arc::ptr_eq(&first, &again), "a room made again names itself again");
+    }
+
+    #[test]
     fn pushes_reach_members_rooms_only_and_ring_totals_follow() {
         let mut shard = ShardRooms::new(0, RingLimits { max_bytes: 1 << 20, max_items: 2 });
         let mut woken = Vec::new();
         shard.push("nobody", message("nobody", 1), &mut woken);
         assert_eq!(shard.ring_items(), 0);
-        let mut cursor = shard.join_room("r");
+        let (mut cursor, _) = shard.join_room("r");
         let mut ticket = ParkTicket::default();
         let mut batch = Vec::new();
         assert_eq!(shard.read("r", 7, &mut cursor, usize::MAX, &mut batch, &mut ticket), ReadOutcome::Idle);

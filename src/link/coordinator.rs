@@ -116,8 +116,8 @@ pub(crate) enum CoordMsg {
         shard: usize,
         /// The join's request id (issued by the shard).
         request: u64,
-        /// Room.
-        room: String,
+        /// Room (the shard's name for it, shared: the interest table keeps it).
+        room: Arc<str>,
         /// Replay after this seq.
         since: Option<u64>,
         /// The epoch `since` belongs to.
@@ -130,7 +130,7 @@ pub(crate) enum CoordMsg {
         /// Shard of the connection.
         shard: usize,
         /// Room.
-        room: String,
+        room: Arc<str>,
         /// The connection's user.
         user: String,
     },
@@ -182,7 +182,7 @@ struct InboxLoad {
     joins: AtomicUsize,
     publish_bytes: AtomicUsize,
     /// (shard, room) → leaves to swallow (their joins were refused as busy).
-    swallow: Mutex<HashMap<(usize, String), usize>>,
+    swallow: Mutex<HashMap<(usize, Arc<str>), usize>>,
 }
 
 /// A new inbox.
@@ -267,7 +267,7 @@ impl CoordReceiver {
 /// coordinator would have sent it. `None` for other messages.
 pub(crate) fn busy_answer(msg: &CoordMsg) -> Option<(u64, Frame)> {
     let (request, room) = match msg {
-        CoordMsg::Join { request, room, .. } => (*request, room.as_str()),
+        CoordMsg::Join { request, room, .. } => (*request, room.as_ref()),
         CoordMsg::Publish { frame } => match frame.body() {
             ArchivedBody::Publish { request, .. } => (request.to_native(), frame.room()),
             _ => return None,
@@ -330,7 +330,7 @@ struct Coordinator {
     /// Member counts per room and shard, the announcements owed to hubs, and where the Link
     /// stands in each room that has members: one entry per room (every connection brings one,
     /// its personal room).
-    interest: LinkInterest<String, RoomPosition>,
+    interest: LinkInterest<Arc<str>, RoomPosition>,
     /// Joins and publishes (of connections, and the coordinator's rejoins) awaiting an answer.
     in_flight: HashMap<u64, InFlight>,
     next_id: u64,
@@ -496,9 +496,9 @@ impl Coordinator {
 
     /// Sends `announcement` to the room's owner and tells the interest whether it was queued.
     /// A hub that did not count this Link in is also sent the room's users (`MemberList`).
-    fn announce(&mut self, announcement: Announcement<String>) -> bool {
+    fn announce(&mut self, announcement: Announcement<Arc<str>>) -> bool {
         let members = announcement.members;
-        let fresh = members > 0 && !self.interest.is_announced(announcement.room.as_str());
+        let fresh = members > 0 && !self.interest.is_announced(&*announcement.room);
         let owner = self.owner(&announcement.room);
         if !self.hub_has_room(owner) {
             self.owe_hub(owner);
@@ -583,7 +583,7 @@ impl Coordinator {
 
     /// Retries the rejoins still owed to connected hubs, the rooms with the most members first.
     fn rejoin_owed(&mut self) {
-        let mut owed: Vec<(u64, String)> = self
+        let mut owed: Vec<(u64, Arc<str>)> = self
             .interest
             .rooms()
             .filter(|(room, _, state)| state.rejoin_owed && self.hubs.contains_key(&self.owner(room)))
@@ -637,7 +637,7 @@ impl Coordinator {
     async fn handle_client(&mut self, msg: CoordMsg) {
         match msg {
             CoordMsg::Join { shard, request, room, since, epoch, user } => {
-                let announced = match self.interest.handle_join(room.as_str(), shard) {
+                let announced = match self.interest.handle_join_key(room.clone(), shard) {
                     Some(announcement) => self.announce(announcement),
                     None => true,
                 };
@@ -655,10 +655,10 @@ impl Coordinator {
                 if let Some(report) = self.presence.handle_leave(&room, &user) {
                     self.report_presence(&room, report);
                 }
-                if let Some(removal) = self.interest.handle_leave(room.as_str(), shard) {
+                if let Some(removal) = self.interest.handle_leave(&*room, shard) {
                     self.announce(removal);
                 }
-                if self.interest.members(room.as_str()) == 0 {
+                if self.interest.members(&*room) == 0 {
                     // Its position went with its last member (`LinkInterest` resets it).
                     self.presence.forget(&room);
                 }
@@ -712,7 +712,7 @@ impl Coordinator {
                 for announcement in owed {
                     let room = announcement.room.clone();
                     self.announce(announcement);
-                    if self.interest.payload(room.as_str()).is_some_and(|r| r.rejoin_owed) {
+                    if self.interest.payload(&*room).is_some_and(|r| r.rejoin_owed) {
                         self.rejoin(&room);
                     }
                 }
@@ -1022,7 +1022,7 @@ impl Coordinator {
     /// A hub's owner map: if it is newer than the view, every room with members whose owner
     /// changed moves to its new owner (see the module docs).
     async fn handle_owner_map(&mut self, version: u64, hubs: Vec<u32>) {
-        let before: Vec<(String, HubId)> =
+        let before: Vec<(Arc<str>, HubId)> =
             self.interest.rooms().filter(|(_, members, _)| *members > 0).map(|(room, _, _)| (room.clone(), self.owner(room))).collect();
         if !self.view.accept(version, hubs) {
             tracing::debug!(version, held = self.view.version(), "owner map not newer than the one held; ignored");

@@ -187,9 +187,13 @@ async fn serve_exports_every_metric_the_dashboard_and_rules_name_and_times_deliv
         }
     }
 
-    let text = eventually(STEP, "both deliveries counted", || async move {
+    // The shard counts a delivery as it writes it and times the message once its burst is
+    // written: a scrape in between sees the deliveries before the timing. Wait for both.
+    let text = eventually(STEP, "both deliveries counted and the message timed", || async move {
         let text = scrape(admin).await;
-        (metric(&text, "linkcast_link_deliveries_total", &[]) >= 2.0).then_some(text)
+        let counted = metric(&text, "linkcast_link_deliveries_total", &[]) >= 2.0;
+        let timed = metric(&text, "linkcast_link_delivery_seconds_count", &[]) >= 1.0;
+        (counted && timed).then_some(text)
     })
     .await;
     let names = exported(&text);

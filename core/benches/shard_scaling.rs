@@ -90,7 +90,7 @@ fn shard_thread(index: usize, members: usize, started: crossbeam_channel::Sender
         join_burst: 10,
         replay_bytes: 1 << 20,
     });
-    let claims = Claims { sub: "u".into(), exp: u64::MAX, rooms: vec!["*".into()].into(), iat: None };
+    let claims = Claims { sub: "u".into(), exp: u64::MAX, rooms: vec!["*".into()], iat: None };
     let mut conns: HashMap<u64, Conn> = HashMap::with_capacity(members);
     let mut items = Vec::new();
     for _ in 0..members {

@@ -27,15 +27,13 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// The claims linkcast reads from a token.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Claims {
-    /// User id; becomes the `from` of the user's messages. (Boxed, as `rooms`: every
-    /// connection's session holds its claims, and a `String`'s or `Vec`'s capacity word is 8
-    /// bytes a connection.)
-    pub sub: Box<str>,
+    /// User id; becomes the `from` of the user's messages.
+    pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// Rooms the user may join and publish to; `"*"` = any.
     #[serde(default)]
-    pub rooms: Box<[String]>,
+    pub rooms: Vec<String>,
     /// Issued at, seconds since the Unix epoch (optional): an operator's revocation of a user's
     /// tokens (`POST /v1/users/{uid}/revoke {"before"}`) refuses tokens issued before it, and
     /// tokens without `iat` once the user has one.
@@ -193,7 +191,7 @@ impl Verifier {
     pub fn verify(&self, token: Option<&str>, now_secs: u64, anonymous_id: &str) -> Result<Claims, AuthError> {
         let token = match token.filter(|t| !t.is_empty()) {
             None if self.is_dev() => {
-                return Ok(Claims { sub: anonymous_id.into(), exp: u64::MAX, rooms: vec!["*".into()].into(), iat: None })
+                return Ok(Claims { sub: anonymous_id.to_owned(), exp: u64::MAX, rooms: vec!["*".into()], iat: None })
             }
             None => return Err(AuthError::Missing),
             Some(token) => token,
@@ -298,7 +296,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims { sub: "alice".into(), exp, rooms: vec!["lobby".into()].into(), iat: None }
+        Claims { sub: "alice".into(), exp, rooms: vec!["lobby".into()], iat: None }
     }
 
     #[test]
@@ -382,7 +380,7 @@ mod tests {
         let verifier = Verifier::new(None);
         assert!(verifier.is_dev());
         let got = verifier.verify(None, 1, "anon-7").expect("dev");
-        assert_eq!(&*got.sub, "anon-7");
+        assert_eq!(got.sub, "anon-7");
         assert!(got.allows("anything"));
         assert!(Verifier::new(Some("")).is_dev());
         // Dev mode does not check signatures: an unsigned (or wrongly signed) token is taken at

@@ -421,36 +421,6 @@ struct Skip {
     to: u64,
 }
 
-/// The [`Skip`]s of a session: none but while an automatic room resumes, so a thin pointer
-/// (8 bytes) in every session, not a `Vec` (24).
-#[derive(Debug, Default)]
-#[allow(clippy::box_collection)] // on purpose: a thin pointer, 8 bytes where a `Vec` takes 24
-struct Skips(Option<Box<Vec<Skip>>>);
-
-impl Skips {
-    fn as_slice(&self) -> &[Skip] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
-    }
-
-    fn push(&mut self, skip: Skip) {
-        self.0.get_or_insert_with(Box::default).push(skip);
-    }
-
-    /// Keeps the skips `keep` says; frees the list once none is left.
-    fn retain(&mut self, keep: impl FnMut(&Skip) -> bool) {
-        if let Some(list) = &mut self.0 {
-            list.retain(keep);
-            if list.is_empty() {
-                self.0 = None;
-            }
-        }
-    }
-}
-
 /// One connection's rooms, publishes and limits (see the module docs).
 #[derive(Debug)]
 pub struct LinkSession {
@@ -478,7 +448,7 @@ pub struct LinkSession {
     /// Members with `resume` set.
     resuming: u32,
     /// Resumes of automatic rooms in progress (rare; empty otherwise).
-    skips: Skips,
+    skips: Vec<Skip>,
 }
 
 impl LinkSession {
@@ -491,7 +461,7 @@ impl LinkSession {
             join_bucket: TokenBucket::new(limits.join(), now_micros),
             replay_held: 0,
             resuming: 0,
-            skips: Skips::default(),
+            skips: Vec::new(),
             claims,
             limits,
             rooms: Vec::new(),
@@ -839,7 +809,7 @@ impl LinkSession {
                 if seq <= member.last || member.truncated {
                     return;
                 }
-                if skipped(self.skips.as_slice(), &room, member.epoch(), seq) {
+                if skipped(&self.skips, &room, member.epoch(), seq) {
                     // Delivered live before this resume: accounted for, not sent twice.
                     member.last = seq;
                     return;
@@ -1124,7 +1094,7 @@ mod tests {
     }
 
     fn claims() -> Claims {
-        Claims { sub: "alice".into(), exp: u64::MAX, rooms: vec!["*".into()].into(), iat: None }
+        Claims { sub: "alice".into(), exp: u64::MAX, rooms: vec!["*".into()], iat: None }
     }
 
     /// A shard with one session on it, driven as the Link drives it.
@@ -1518,11 +1488,11 @@ mod tests {
         let mut rig = Rig::new(8, LagPolicy::Gap);
         rig.join("a", None, None);
         rig.join("b", None, None);
-        let mallory = Claims { sub: "mallory".into(), exp: 10, rooms: vec!["*".into()].into(), iat: None };
+        let mallory = Claims { sub: "mallory".into(), exp: 10, rooms: vec!["*".into()], iat: None };
         rig.session.refresh(mallory, &mut rig.shard, &mut rig.out);
         assert_eq!(rig.seen(), vec!["error 403 None"]);
-        assert_eq!(&*rig.session.claims().sub, "alice");
-        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()].into(), iat: None };
+        assert_eq!(rig.session.claims().sub, "alice");
+        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()], iat: None };
         rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
         assert_eq!(rig.seen(), vec!["error 403 None", "refreshed 99"]);
         assert_eq!(rig.session.room_count(), 1);
@@ -1583,7 +1553,7 @@ mod tests {
         rig.request(Request::Join { room: "user:bob".into(), since: None, epoch: None, presence: false }).expect("refused");
         assert_eq!(rig.seen(), vec!["error 403 None"]);
         // A refresh keeps them (its `rooms` need not list them).
-        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()].into(), iat: Some(5) };
+        let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()], iat: Some(5) };
         rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
         let rooms: Vec<&str> = rig.session.rooms().collect();
         assert!(rooms.contains(&"user:alice") && rooms.contains(&"all") && rooms.contains(&"a"), "{rooms:?}");

@@ -132,9 +132,7 @@ pub(crate) struct Connection {
     wire: Wire,
     _admitted: Admitted,
     /// An operator's close reason, sent instead of the close code's own (`moderation.rs`).
-    /// (Behind a thin pointer: 8 bytes in every connection for what an operator rarely sets.)
-    #[allow(clippy::box_collection)]
-    close_reason: Option<Box<String>>,
+    close_reason: Option<Box<str>>,
 }
 
 impl Connection {
@@ -157,7 +155,7 @@ impl Connection {
 
     /// The close reason to send instead of `error`'s own: an operator's (kick, ban).
     pub(crate) fn close_reason(&self) -> Option<&str> {
-        self.close_reason.as_deref().map(String::as_str)
+        self.close_reason.as_deref()
     }
 
     /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
@@ -223,7 +221,7 @@ impl Connection {
                     ConnEvent::Dropped { request } => self.session.replay_dropped(request),
                     ConnEvent::Moderate(action) => match *action {
                         ConnAction::Close { error, reason } => {
-                            self.close_reason = Some(Box::new(reason.into()));
+                            self.close_reason = Some(reason);
                             result = Err(error);
                             break;
                         }
@@ -311,9 +309,9 @@ impl Connection {
             let Some(action) = self.ctx.shard.borrow_mut().rooms.poll_coordinator() else { break };
             let sent = self.ctx.coordinator.send(match action {
                 ToCoordinator::Join { request, room, since, epoch } => {
-                    CoordMsg::Join { shard, request, room, since, epoch, user: self.session.claims().sub.to_string() }
+                    CoordMsg::Join { shard, request, room, since, epoch, user: self.session.claims().sub.clone() }
                 }
-                ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room, user: self.session.claims().sub.to_string() },
+                ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room, user: self.session.claims().sub.clone() },
                 ToCoordinator::Publish { frame } => CoordMsg::Publish { frame },
             });
             // The coordinator's inbox is full: the request is answered "link busy" (503) here.

@@ -142,7 +142,7 @@ impl Moderation {
             // Over: forgotten.
             let mut bans = lock(&self.bans);
             if bans.get(&claims.sub).is_some_and(|until| until <= now_secs) {
-                bans.0.remove(&*claims.sub);
+                bans.0.remove(&claims.sub);
             }
         }
         match lock(&self.revoked).get(&claims.sub) {
@@ -249,7 +249,7 @@ mod tests {
     use super::*;
 
     fn claims(sub: &str, iat: Option<u64>) -> Claims {
-        Claims { sub: sub.into(), exp: u64::MAX, rooms: vec![].into(), iat }
+        Claims { sub: sub.into(), exp: u64::MAX, rooms: vec![], iat }
     }
 
     #[test]

@@ -240,7 +240,7 @@ async fn the_demo_page_chats_over_https_and_wss_with_a_token() {
     let claims = linkcast_core::auth::Claims {
         sub: "carol".into(),
         exp: crate::support::an_hour_from_now(),
-        rooms: vec!["tls-room".into()].into(),
+        rooms: vec!["tls-room".into()],
         iat: None,
     };
     let token = linkcast_core::auth::sign(&claims, "browser-secret");

@@ -43,7 +43,7 @@ fn secured(history: usize) -> Config {
 }
 
 fn token(sub: &str, secret: &str) -> String {
-    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: vec!["*".into()].into(), iat: None }, secret)
+    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: vec!["*".into()], iat: None }, secret)
 }
 
 fn api(serve: &ServeHandle) -> HttpApi {

@@ -42,7 +42,7 @@ fn now_secs() -> u64 {
 
 /// A token for `sub` (every room) issued at `iat`.
 fn token(sub: &str, iat: Option<u64>) -> String {
-    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: vec!["*".into()].into(), iat }, JWT)
+    sign(&Claims { sub: sub.into(), exp: an_hour_from_now(), rooms: vec!["*".into()], iat }, JWT)
 }
 
 async fn start_cluster(tag: &str) -> Cluster {

@@ -146,13 +146,18 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let key = self.rooms.get_key_value(room).map_or_else(|| room.to_owned(), |(key, _)| key.clone());
-        self.handle_join_key(key, shard)
+        self.join_with_key(key, shard)
     }
 
     /// [`LinkInterest::handle_join`] of a room whose name the caller already holds as a key (a
     /// shared name: kept as is when the room is new, so the table makes no copy of it).
     pub fn handle_join_key(&mut self, room: K, shard: usize) -> Option<Announcement<K>> {
         let key = self.rooms.get_key_value(&room).map_or(room, |(key, _)| key.clone());
+        self.join_with_key(key, shard)
+    }
+
+    /// The join, `key` being the table's own key for the room if it has one.
+    fn join_with_key(&mut self, key: K, shard: usize) -> Option<Announcement<K>> {
         let shards = self.shards;
         let state = self.rooms.entry(key.clone()).or_default();
         if state.per_shard.len() <= shard {

@@ -20,10 +20,9 @@ use serde_json::Value;
 
 use linkcast_core::hub_directory::{HubDirectory, HubId};
 
-use crate::support::cluster::{free_tcp_port, free_udp_port, Processes};
-use crate::support::http::{get, get_as, hub_metric, metric, publish, try_get_as};
+use crate::support::cluster::{Cluster, ClusterSpec};
+use crate::support::http::{get, get_as, publish, try_get_as};
 use crate::support::ws::{ws_url, WsClient};
-use crate::support::{local, STEP};
 
 const KEY: &str = "top-publish-key";
 const ADMIN: &str = "top-admin-key";
@@ -34,80 +33,18 @@ const ROOMS: [(&str, usize); 3] = [("top-hot", 6), ("top-warm", 3), ("top-cool",
 /// Members per Link (Link ids 1 and 2).
 const MEMBERS: [usize; 2] = [3, 2];
 
-/// The running cluster: config path, hubs' HTTP and admin addresses, Links' WebSocket addresses.
-struct Nodes {
-    processes: Processes,
-    config: String,
-    hubs: Vec<SocketAddr>,
-    hub_admin: Vec<SocketAddr>,
-    links: Vec<SocketAddr>,
-}
-
-/// 2 hubs and 2 Links, each with an admin listener; waits until both hubs see both Links.
-async fn start(tag: &str) -> Nodes {
-    let mut processes = Processes::new(tag);
-    for attempt in 1..=5 {
-        match try_start(processes).await {
-            Ok(nodes) => return nodes,
-            Err((back, clash)) => {
-                eprintln!("{tag}: attempt {attempt}: {clash}; starting again on fresh ports");
-                processes = back;
-            }
-        }
-    }
-    panic!("{tag}: five port clashes in a row");
-}
-
-/// Starts 2 hubs and 2 Links on free ports; `Err` (with the processes, to start again) when a
-/// node found its port taken meanwhile by another test.
-async fn try_start(mut processes: Processes) -> Result<Nodes, (Processes, String)> {
-    processes.kill_all();
-    let hubs: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
-    let hub_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
-    let links: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
-    let link_admin: Vec<SocketAddr> = (0..2).map(|_| local(free_tcp_port())).collect();
-    let mut toml = format!(
+/// 2 hubs and 2 Links, each with an admin listener (which needs the admin key); waits until
+/// both hubs see both Links and each Link has both hubs up (`Cluster::start` does both).
+async fn start(tag: &str) -> Cluster {
+    let settings = format!(
         "[auth]\napi_keys = [\"{KEY}\"]\ncluster_secret = \"top-secret\"\n\n[[auth.keys]]\nkey = \"{ADMIN}\"\nscopes = [\"admin\", \"read\"]\n\n\
-         [link]\nshards = 1\n\n"
+         [link]\nshards = 1\n"
     );
-    for (id, (http, admin)) in hubs.iter().zip(&hub_admin).enumerate() {
-        toml.push_str(&format!("[[hubs]]\nid = {id}\nhttp = \"{http}\"\nquic = \"127.0.0.1:{}\"\nadmin = \"{admin}\"\n\n", free_udp_port()));
-    }
-    for (i, (ws, admin)) in links.iter().zip(&link_admin).enumerate() {
-        toml.push_str(&format!("[[links]]\nid = {}\nws = \"{ws}\"\nquic = \"127.0.0.1:{}\"\nadmin = \"{admin}\"\n\n", i + 1, free_udp_port()));
-    }
-    let config = processes.write_config(&toml);
-    for id in 0..2 {
-        processes.spawn(&format!("hub-{id}"), &["hub", "--config", &config, "--id", &id.to_string()]);
-    }
-    for id in 1..=2 {
-        processes.spawn(&format!("link-{id}"), &["link", "--config", &config, "--id", &id.to_string(), "--no-quic"]);
-    }
-    for (hub, admin) in hub_admin.iter().enumerate() {
-        let seen = processes.until(STEP, || async {
-            let res = try_get_as(*admin, "/metrics", ADMIN).await;
-            res.is_some_and(|res| res.status == 200 && hub_metric(&res.text(), "linkcast_hub_links", hub as u32) == 2.0)
-        }, |_| format!("both hubs see both Links: not within {STEP:?}"));
-        if let Err(clash) = seen.await {
-            return Err((processes, clash));
-        }
-    }
-    // A hub counts a Link at its hello, a little before the Link's coordinator has its hub up: a
-    // join in between is answered 503 (hub unavailable). Wait for the Links' side too.
-    for admin in &link_admin {
-        let up = processes.until(STEP, || async {
-            let res = try_get_as(*admin, "/metrics", ADMIN).await;
-            res.is_some_and(|res| res.status == 200 && metric(&res.text(), "linkcast_link_hubs_connected", &[]) == 2.0)
-        }, |_| format!("each Link has both hubs up: not within {STEP:?}"));
-        if let Err(clash) = up.await {
-            return Err((processes, clash));
-        }
-    }
-    Ok(Nodes { processes, config, hubs, hub_admin, links })
+    Cluster::start_with_admin_key(ClusterSpec { tag, hubs: 2, links: 2, settings: &settings, relay: false, link_quic: false }, Some(ADMIN)).await
 }
 
 /// Connects `MEMBERS[i]` members to Link `i + 1`, each in every room of [`ROOMS`].
-async fn connect_members(nodes: &Nodes) -> Vec<WsClient> {
+async fn connect_members(nodes: &Cluster) -> Vec<WsClient> {
     let mut members = Vec::new();
     for (link, &n) in nodes.links.iter().zip(&MEMBERS) {
         for _ in 0..n {

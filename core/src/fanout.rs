@@ -93,13 +93,23 @@ pub struct FanoutRing<T> {
     /// Absolute position of `items[0]`.
     first: u64,
     bytes: usize,
-    limits: RingLimits,
+    /// The limits in 32 bits (a ring of 4 GiB or four billion items is no ring): every room on
+    /// every shard holds a copy, a user's personal room among them.
+    max_bytes: u32,
+    max_items: u32,
 }
 
 impl<T: Clone> FanoutRing<T> {
     /// An empty ring.
     pub fn new(limits: RingLimits) -> Self {
-        FanoutRing { items: VecDeque::new(), first: 0, bytes: 0, limits }
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        FanoutRing {
+            items: VecDeque::new(),
+            first: 0,
+            bytes: 0,
+            max_bytes: clamp(limits.max_bytes),
+            max_items: clamp(limits.max_items).max(1),
+        }
     }
 
     /// Appends an item of `bytes` bytes; evicts the oldest beyond the limits. Returns its
@@ -108,9 +118,7 @@ impl<T: Clone> FanoutRing<T> {
         let position = self.tail();
         self.items.push_back((item, bytes));
         self.bytes += bytes;
-        while self.items.len() > 1
-            && (self.bytes > self.limits.max_bytes || self.items.len() > self.limits.max_items.max(1))
-        {
+        while self.items.len() > 1 && (self.bytes > self.max_bytes as usize || self.items.len() > self.max_items as usize) {
             if let Some((_, evicted)) = self.items.pop_front() {
                 self.bytes -= evicted;
                 self.first += 1;
@@ -192,10 +200,46 @@ impl<T: Clone> FanoutRing<T> {
 #[derive(Debug, Clone)]
 pub struct ShardRoom<T, C> {
     ring: FanoutRing<T>,
-    members: usize,
-    parked: Vec<C>,
+    members: u32,
+    parked: Parked<C>,
     /// Wakes so far: a ticket from before the last wake is no longer in `parked`.
     wakes: u64,
+}
+
+/// The members parked on a room. Most rooms on a Link are a user's personal room, with one
+/// member: that one is held inline (a list of one cost its room 24 bytes more, and a block of
+/// its own); a busy room's list is a `Vec` and keeps its capacity from wake to wake.
+#[derive(Debug, Clone)]
+enum Parked<C> {
+    One(Option<C>),
+    Many(Vec<C>),
+}
+
+impl<C> Parked<C> {
+    fn push(&mut self, conn: C) {
+        match self {
+            Parked::One(slot) => match slot.take() {
+                None => *slot = Some(conn),
+                Some(first) => *self = Parked::Many(vec![first, conn]),
+            },
+            Parked::Many(list) => list.push(conn),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Parked::One(slot) => slot.is_none(),
+            Parked::Many(list) => list.is_empty(),
+        }
+    }
+
+    /// Moves every parked member into `wake`.
+    fn drain_into(&mut self, wake: &mut Vec<C>) {
+        match self {
+            Parked::One(slot) => wake.extend(slot.take()),
+            Parked::Many(list) => wake.append(list),
+        }
+    }
 }
 
 /// A member's record of where it parked: in the parked list since the room's wake `w`, stored
@@ -207,7 +251,7 @@ pub struct ParkTicket(u64);
 impl<T: Clone, C> ShardRoom<T, C> {
     /// An empty room.
     pub fn new(limits: RingLimits) -> Self {
-        ShardRoom { ring: FanoutRing::new(limits), members: 0, parked: Vec::new(), wakes: 0 }
+        ShardRoom { ring: FanoutRing::new(limits), members: 0, parked: Parked::One(None), wakes: 0 }
     }
 
     /// The ring.
@@ -217,18 +261,12 @@ impl<T: Clone, C> ShardRoom<T, C> {
 
     /// Members on this shard.
     pub fn members(&self) -> usize {
-        self.members
+        self.members as usize
     }
 
     /// Adds a member; its cursor starts at the tail (live from now).
     pub fn join(&mut self) -> Cursor {
         self.members += 1;
-        if self.parked.capacity() == 0 {
-            // Room for one parked member, exactly: most rooms on a Link are a user's personal
-            // room, with one member (a default first push would make room for four); a busy
-            // room's list grows from there as usual. Done here, not on the park path.
-            self.parked.reserve_exact(1);
-        }
         self.ring.cursor()
     }
 
@@ -256,7 +294,7 @@ impl<T: Clone, C> ShardRoom<T, C> {
         let position = self.ring.push(item, bytes);
         if !self.parked.is_empty() {
             self.wakes += 1;
-            wake.append(&mut self.parked);
+            self.parked.drain_into(wake);
         }
         position
     }
@@ -345,6 +383,24 @@ mod tests {
         assert_eq!(wake, vec![0]);
         assert!(!room.leave());
         assert!(room.leave());
+    }
+
+    #[test]
+    fn a_lone_member_is_parked_inline_and_woken_every_time() {
+        let mut room: ShardRoom<u32, usize> = ShardRoom::new(RingLimits::default());
+        let _c = room.join();
+        let mut ticket = ParkTicket::default();
+        let mut wake = Vec::new();
+        for round in 0..3 {
+            room.park(7, &mut ticket);
+            room.park(7, &mut ticket);
+            assert!(matches!(room.parked, Parked::One(Some(7))), "round {round}: one member, no list");
+            room.push(round, 1, &mut wake);
+            room.push(round, 1, &mut wake);
+            assert_eq!(wake, vec![7], "round {round}: woken once");
+            assert!(room.parked.is_empty());
+            wake.clear();
+        }
     }
 
     proptest! {

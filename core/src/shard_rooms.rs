@@ -163,7 +163,7 @@ impl RingItem {
 #[derive(Debug)]
 pub struct ShardRooms {
     index: usize,
-    /// Boxed: a hash table keeps up to half its slots empty, and a room (104 bytes) in every
+    /// Boxed: a hash table keeps up to half its slots empty, and a room (96 bytes) in every
     /// slot made each personal room cost ≈ 260 bytes here; a slot is now 24 bytes. The names are
     /// shared with the members and the coordinator (`join_room`).
     rooms: HashMap<Arc<str>, Box<ShardRoom<RingItem, u64>>>,
@@ -353,6 +353,13 @@ mod tests {
     fn message(room: &str, seq: u64) -> RingItem {
         let frame = Frame::message(room, seq, 1, "u", 0, b"x");
         RingItem::Message(RoomMessage { seq, epoch: 1, ws: Bytes::from_static(b"ws"), frame })
+    }
+
+    #[test]
+    fn a_room_fits_the_96_byte_class() {
+        // Every connection brings a room of its own (`user:{sub}`) to its shard's table.
+        let size = std::mem::size_of::<ShardRoom<RingItem, u64>>();
+        assert!(size <= 96, "{size}");
     }
 
     #[test]

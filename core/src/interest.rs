@@ -46,13 +46,79 @@ pub struct Announcement<K> {
 #[derive(Debug, Default)]
 struct RoomMembers<V> {
     /// Members per shard: the shards that get the room's messages are those with members.
-    /// (A boxed slice: one entry per room, and a Vec's spare capacity word for every room.)
-    per_shard: Box<[u32]>,
+    per_shard: PerShard,
     /// Members on all shards (32 bits, like `per_shard`: a Link holds far fewer connections).
     total: u32,
     /// The count the owner hub was last told (0: the hub does not count this Link in).
     announced: u32,
     payload: V,
+}
+
+/// A room's members per shard. Most rooms on a Link are a user's personal room, whose members
+/// (usually one) are all on one shard: that shard and its count are held inline. A room that
+/// gets members on a second shard gets a count per shard of the Link (a boxed slice: a block of
+/// 4 bytes per shard, which every personal room paid before).
+#[derive(Debug)]
+enum PerShard {
+    One { shard: u32, count: u32 },
+    Many(Box<[u32]>),
+}
+
+impl Default for PerShard {
+    fn default() -> Self {
+        PerShard::One { shard: 0, count: 0 }
+    }
+}
+
+impl PerShard {
+    /// Members on `shard`.
+    fn get(&self, shard: usize) -> u32 {
+        match self {
+            PerShard::One { shard: one, count } => {
+                if *one as usize == shard {
+                    *count
+                } else {
+                    0
+                }
+            }
+            PerShard::Many(counts) => counts.get(shard).copied().unwrap_or(0),
+        }
+    }
+
+    /// One member more on `shard`, of a Link of `shards` shards.
+    fn add(&mut self, shard: usize, shards: usize) {
+        match self {
+            PerShard::One { count: 0, .. } => *self = PerShard::One { shard: shard as u32, count: 1 },
+            PerShard::One { shard: one, count } if *one as usize == shard => *count += 1,
+            PerShard::One { shard: one, count } => {
+                let mut counts = vec![0; shards.max(shard + 1).max(*one as usize + 1)];
+                counts[*one as usize] = *count;
+                counts[shard] = 1;
+                *self = PerShard::Many(counts.into_boxed_slice());
+            }
+            PerShard::Many(counts) => {
+                if counts.len() <= shard {
+                    let mut grown = std::mem::take(counts).into_vec();
+                    grown.resize(shards.max(shard + 1), 0);
+                    *counts = grown.into_boxed_slice();
+                }
+                counts[shard] += 1;
+            }
+        }
+    }
+
+    /// One member less on `shard` (none below zero).
+    fn remove(&mut self, shard: usize) {
+        match self {
+            PerShard::One { shard: one, count } if *one as usize == shard => *count = count.saturating_sub(1),
+            PerShard::One { .. } => {}
+            PerShard::Many(counts) => {
+                if let Some(count) = counts.get_mut(shard) {
+                    *count = count.saturating_sub(1);
+                }
+            }
+        }
+    }
 }
 
 /// A Link's member counts per room and the announcements it owes (see the module docs).
@@ -118,13 +184,13 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         self.rooms.get(room).is_some_and(|r| r.announced > 0)
     }
 
-    /// Members of `room` per shard (empty when the room has none).
-    pub fn per_shard<Q>(&self, room: &Q) -> &[u32]
+    /// Members of `room` on `shard`.
+    pub fn members_on<Q>(&self, room: &Q, shard: usize) -> u64
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.rooms.get(room).map_or(&[], |r| &r.per_shard[..])
+        self.rooms.get(room).map_or(0, |r| u64::from(r.per_shard.get(shard)))
     }
 
     /// Rooms known (with members, or with a removal still owed).
@@ -160,16 +226,11 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
     fn join_with_key(&mut self, key: K, shard: usize) -> Option<Announcement<K>> {
         let shards = self.shards;
         let state = self.rooms.entry(key.clone()).or_default();
-        if state.per_shard.len() <= shard {
-            let mut grown = std::mem::take(&mut state.per_shard).into_vec();
-            grown.resize(shards.max(shard + 1), 0);
-            state.per_shard = grown.into_boxed_slice();
-        }
         if state.total == 0 {
             // A room without members kept nothing for this one (its removal may still be owed).
             state.payload = V::default();
         }
-        state.per_shard[shard] += 1;
+        state.per_shard.add(shard, shards);
         state.total += 1;
         if state.announced == 0 {
             self.dirty.remove(&key);
@@ -190,9 +251,7 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         let (key, _) = self.rooms.get_key_value(room)?;
         let key = key.clone();
         let state = self.rooms.get_mut(room)?;
-        if let Some(count) = state.per_shard.get_mut(shard) {
-            *count = count.saturating_sub(1);
-        }
+        state.per_shard.remove(shard);
         state.total = state.total.saturating_sub(1);
         if state.total == 0 {
             state.payload = V::default();
@@ -295,7 +354,7 @@ mod tests {
         assert_eq!(first, announce("r", 1));
         interest.handle_sent(&first.expect("first"), true);
         assert_eq!(interest.handle_join("r", 1), None, "the hub counts the Link in already");
-        assert_eq!(interest.per_shard("r"), &[1, 1]);
+        assert_eq!((interest.members_on("r", 0), interest.members_on("r", 1)), (1, 1));
         assert_eq!(interest.handle_leave("r", 0), None);
         let last = interest.handle_leave("r", 1);
         assert_eq!(last, announce("r", 0));
@@ -317,6 +376,33 @@ mod tests {
         assert_eq!(owed, vec![Announcement { room: "r".to_owned(), members: 5 }], "one announcement, latest count");
         interest.handle_sent(&owed[0], true);
         assert!(polled(&mut interest).is_empty());
+    }
+
+    #[test]
+    fn counts_per_shard_follow_joins_and_leaves_on_any_shards() {
+        // A room starts on one shard (held inline), spreads to others and comes back.
+        let mut interest: LinkInterest<String> = LinkInterest::new(3);
+        let mut expected = [0u64; 3];
+        let steps: [(bool, usize); 12] =
+            [(true, 2), (true, 2), (false, 2), (true, 0), (true, 1), (false, 2), (false, 0), (true, 1), (false, 1), (false, 1), (true, 0), (false, 0)];
+        for (step, &(join, shard)) in steps.iter().enumerate() {
+            if join {
+                let _ = interest.handle_join("r", shard);
+                expected[shard] += 1;
+            } else {
+                let _ = interest.handle_leave("r", shard);
+                expected[shard] -= 1;
+            }
+            let counts: Vec<u64> = (0..3).map(|s| interest.members_on("r", s)).collect();
+            assert_eq!(counts, expected, "after step {step}");
+            assert_eq!(interest.members("r"), expected.iter().sum::<u64>(), "after step {step}");
+        }
+        // A room on one shard keeps no block of counts.
+        let mut one: LinkInterest<String> = LinkInterest::new(64);
+        let _ = one.handle_join("user:bob", 63);
+        let _ = one.handle_join("user:bob", 63);
+        assert!(matches!(one.rooms["user:bob"].per_shard, PerShard::One { shard: 63, count: 2 }));
+        assert!(std::mem::size_of::<PerShard>() <= 16, "{}", std::mem::size_of::<PerShard>());
     }
 
     #[test]
@@ -386,7 +472,7 @@ mod tests {
         let mut interest: LinkInterest<u32> = LinkInterest::new(4);
         assert_eq!(interest.handle_leave(&7, 0), None);
         assert_eq!(interest.handle_join(&7, 3), Some(Announcement { room: 7, members: 1 }));
-        assert_eq!(interest.per_shard(&7), &[0, 0, 0, 1]);
+        assert_eq!((0..4).map(|shard| interest.members_on(&7, shard)).collect::<Vec<_>>(), [0, 0, 0, 1]);
         assert_eq!(interest.members(&7), 1);
     }
 

@@ -290,8 +290,10 @@ enum HubEvent {
 /// [`LinkInterest`] (reset whenever the room has no member).
 #[derive(Debug, Default)]
 struct RoomPosition {
-    /// The room's epoch as far as this Link knows (from a `Joined` or `Reset`).
-    epoch: Option<u64>,
+    /// The room's epoch as far as this Link knows (from a `Joined` or `Reset`), if
+    /// `has_epoch` (two fields, not an `Option`: 8 bytes less in every room's entry).
+    epoch_value: u64,
+    has_epoch: bool,
     /// Last seq pushed into the rings (of `epoch`).
     pushed: u64,
     /// The coordinator's own rejoin in flight: live messages are dropped until it is answered.
@@ -302,6 +304,17 @@ struct RoomPosition {
 }
 
 impl RoomPosition {
+    /// The room's epoch as far as this Link knows.
+    fn epoch(&self) -> Option<u64> {
+        self.has_epoch.then_some(self.epoch_value)
+    }
+
+    /// The room's epoch is `epoch` from now on.
+    fn set_epoch(&mut self, epoch: u64) {
+        self.epoch_value = epoch;
+        self.has_epoch = true;
+    }
+
     /// True while the room's live messages must wait for a rejoin's answer.
     fn rejoining(&self) -> bool {
         self.rejoin.is_some() || self.rejoin_owed
@@ -559,7 +572,7 @@ impl Coordinator {
         if self.interest.members(room) == 0 || state.rejoin.is_some() {
             return;
         }
-        let (since, epoch) = (state.epoch.map(|_| state.pushed), state.epoch);
+        let (since, epoch) = (state.epoch().map(|_| state.pushed), state.epoch());
         let mut sent = None;
         let owner = self.owner(room);
         if self.interest.is_announced(room) && self.hub_has_room(owner) {
@@ -745,7 +758,7 @@ impl Coordinator {
         let (view, directory) = (&self.view, &self.directory);
         for (room, members, state) in self.interest.rooms_mut() {
             // A room whose epoch the Link never learnt has no joined member to catch up.
-            if members > 0 && state.epoch.is_some() && owner_in(view, directory, room) == hub {
+            if members > 0 && state.epoch().is_some() && owner_in(view, directory, room) == hub {
                 state.rejoin = None;
                 state.rejoin_owed = true;
             }
@@ -801,7 +814,7 @@ impl Coordinator {
 
     /// True while `shard` has members in `room` (it is sent the room's ring items only then).
     fn has_members(&self, shard: usize, room: &str) -> bool {
-        self.interest.per_shard(room).get(shard).is_some_and(|&count| count > 0)
+        self.interest.members_on(room, shard) > 0
     }
 
     /// True when some shard is owed ring items.
@@ -856,7 +869,7 @@ impl Coordinator {
         // other one a copy of its own (`RoomMessage::copy_for_shard`: shards on different cores
         // must not share the reference count every delivery touches); all the sockets of a
         // shard share its copy.
-        let message = RoomMessage { seq: frame.seq(), epoch: state.epoch.unwrap_or(0), ws: ws_frame::message(&frame), frame };
+        let message = RoomMessage { seq: frame.seq(), epoch: state.epoch().unwrap_or(0), ws: ws_frame::message(&frame), frame };
         let mut first = true;
         for shard in 0..self.shards.len() {
             if self.has_members(shard, message.frame.room()) {
@@ -877,7 +890,7 @@ impl Coordinator {
             return;
         }
         state.pushed = lost.last_lost;
-        let item = RingItem::Gap { epoch: state.epoch.unwrap_or(0), lost, reason };
+        let item = RingItem::Gap { epoch: state.epoch().unwrap_or(0), lost, reason };
         self.push_rings(room, item).await;
     }
 
@@ -986,9 +999,9 @@ impl Coordinator {
                     // overflowed (answers pass that queue, messages do not). Moving `pushed` to
                     // this seq made the rejoin ask from it and the gap look old: the members
                     // got neither the messages nor a `gap`.
-                    match state.epoch {
+                    match state.epoch() {
                         None => {
-                            state.epoch = Some(epoch);
+                            state.set_epoch(epoch);
                             state.pushed = frame.seq();
                         }
                         Some(known) if known != epoch => stale = !state.rejoining(),
@@ -1057,7 +1070,7 @@ impl Coordinator {
         }
         // A room whose epoch the Link never learnt has no joined member to catch up: its
         // members' joins are in flight at `old`, which answers them.
-        if state.epoch.is_some() {
+        if state.epoch().is_some() {
             state.rejoin_owed = true;
             self.rejoin(room);
         }
@@ -1070,11 +1083,11 @@ impl Coordinator {
             return;
         }
         let Some(state) = self.interest.payload_mut(room) else { return };
-        if state.epoch == Some(epoch) {
+        if state.epoch() == Some(epoch) {
             return;
         }
         tracing::warn!(room = %room, "room history was lost at its hub (new epoch): resetting members");
-        state.epoch = Some(epoch);
+        state.set_epoch(epoch);
         state.pushed = last_seq;
         self.push_rings(room, RingItem::Reset { epoch, last_seq }).await;
     }
@@ -1092,7 +1105,7 @@ impl Coordinator {
                 let epoch = epoch.to_native();
                 tracing::info!(room = %room, "room history was lost at its hub (new epoch): resetting members");
                 let Some(state) = self.interest.payload_mut(room.as_str()) else { return };
-                state.epoch = Some(epoch);
+                state.set_epoch(epoch);
                 state.pushed = 0;
                 self.push_rings(&room, RingItem::Reset { epoch, last_seq: frame.seq() }).await;
             }
@@ -1109,7 +1122,7 @@ impl Coordinator {
                 self.in_flight.remove(&request);
                 let last_seq = frame.seq();
                 let Some(state) = self.interest.payload_mut(room.as_str()) else { return };
-                state.epoch = Some(epoch.to_native());
+                state.set_epoch(epoch.to_native());
                 state.rejoin = None;
                 let pushed = state.pushed;
                 if pushed < last_seq {
@@ -1142,6 +1155,18 @@ mod tests {
 
     fn join(shard: usize, request: u64, room: &str) -> CoordMsg {
         CoordMsg::Join { shard, request, room: room.into(), since: None, epoch: None, user: "u".into() }
+    }
+
+    #[test]
+    fn a_room_position_is_four_words_and_knows_its_epoch() {
+        // Every room of the Link has one (a user's personal room among them).
+        assert!(std::mem::size_of::<RoomPosition>() <= 32, "{}", std::mem::size_of::<RoomPosition>());
+        let mut position = RoomPosition::default();
+        assert_eq!(position.epoch(), None);
+        position.set_epoch(0);
+        assert_eq!(position.epoch(), Some(0), "epoch 0 is an epoch, not none");
+        position.set_epoch(7);
+        assert_eq!(position.epoch(), Some(7));
     }
 
     #[test]

@@ -23,48 +23,132 @@ pub(crate) struct ConnInfo {
     pub(crate) since_micros: u64,
 }
 
-/// User id → connections, oldest first. Each list is grown exactly (most users have one
-/// connection: 24 bytes, where a default-grown list would hold room for four).
+/// User id → connections, oldest first (see [`UserConns`]).
 #[derive(Debug, Default)]
 pub(crate) struct Users {
-    map: DashMap<String, Vec<ConnInfo>>,
+    map: DashMap<Box<str>, UserConns>,
 }
 
 impl Users {
     /// Registers connection `conn` of `user`; returns the oldest connections beyond `max`
     /// (already forgotten here), which the caller closes.
     pub(crate) fn register(&self, user: &str, conn: ConnInfo, max: usize) -> Vec<u64> {
-        let mut entry = self.map.entry(user.to_owned()).or_default();
-        entry.reserve_exact(1);
-        entry.push(conn);
-        let excess = entry.len().saturating_sub(max.max(1));
-        entry.drain(..excess).map(|c| c.id).collect()
+        let stored = Stored::from(conn);
+        let mut entry = match self.map.get_mut(user) {
+            Some(entry) => entry,
+            None => self.map.entry(user.into()).or_insert(UserConns::None),
+        };
+        entry.push(stored);
+        entry.evict_beyond(max.max(1))
     }
 
     /// The connections of `user` on this Link, oldest first.
     pub(crate) fn connections(&self, user: &str) -> Vec<ConnInfo> {
-        self.map.get(user).map(|e| e.iter().copied().collect()).unwrap_or_default()
+        self.map.get(user).map(|e| e.as_slice().iter().map(|&c| c.into()).collect()).unwrap_or_default()
     }
 
     /// Forgets connection `conn` of `user`.
     pub(crate) fn unregister(&self, user: &str, conn: u64) {
         let empty = match self.map.get_mut(user) {
             Some(mut entry) => {
-                entry.retain(|c| c.id != conn);
-                entry.shrink_to_fit();
-                entry.is_empty()
+                entry.remove(conn);
+                entry.as_slice().is_empty()
             }
             None => false,
         };
         if empty {
-            self.map.remove_if(user, |_, conns| conns.is_empty());
+            self.map.remove_if(user, |_, conns| conns.as_slice().is_empty());
         }
     }
 
     /// Connections registered for `user`.
     #[cfg(test)]
     fn count(&self, user: &str) -> usize {
-        self.map.get(user).map_or(0, |e| e.len())
+        self.map.get(user).map_or(0, |e| e.as_slice().len())
+    }
+}
+
+/// A [`ConnInfo`] as the registry keeps it: 16 bytes, the transport in the top bit of the time
+/// (microseconds since 1970 stay below 2^63 for the next 290,000 years).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    id: u64,
+    quic_and_since: u64,
+}
+
+const QUIC_BIT: u64 = 1 << 63;
+
+impl From<ConnInfo> for Stored {
+    fn from(c: ConnInfo) -> Self {
+        Stored { id: c.id, quic_and_since: (c.since_micros & !QUIC_BIT) | if c.quic { QUIC_BIT } else { 0 } }
+    }
+}
+
+impl From<Stored> for ConnInfo {
+    fn from(s: Stored) -> Self {
+        ConnInfo { id: s.id, quic: s.quic_and_since & QUIC_BIT != 0, since_micros: s.quic_and_since & !QUIC_BIT }
+    }
+}
+
+/// One user's connections on this Link, oldest first. Most users have one: it is held in the
+/// map's entry itself (a list of one cost every connection a block of its own); a user with
+/// more gets a list grown exactly.
+#[derive(Debug)]
+enum UserConns {
+    None,
+    One(Stored),
+    Many(Vec<Stored>),
+}
+
+impl UserConns {
+    fn as_slice(&self) -> &[Stored] {
+        match self {
+            UserConns::None => &[],
+            UserConns::One(conn) => std::slice::from_ref(conn),
+            UserConns::Many(list) => list,
+        }
+    }
+
+    fn push(&mut self, conn: Stored) {
+        match self {
+            UserConns::None => *self = UserConns::One(conn),
+            UserConns::One(first) => *self = UserConns::Many(vec![*first, conn]),
+            UserConns::Many(list) => {
+                list.reserve_exact(1);
+                list.push(conn);
+            }
+        }
+    }
+
+    /// Forgets the oldest connections beyond `max` and returns their ids.
+    fn evict_beyond(&mut self, max: usize) -> Vec<u64> {
+        let UserConns::Many(list) = self else { return Vec::new() };
+        let excess = list.len().saturating_sub(max);
+        let evicted = list.drain(..excess).map(|c| c.id).collect();
+        self.fit();
+        evicted
+    }
+
+    fn remove(&mut self, conn: u64) {
+        match self {
+            UserConns::One(only) if only.id == conn => *self = UserConns::None,
+            UserConns::Many(list) => {
+                list.retain(|c| c.id != conn);
+                self.fit();
+            }
+            _ => {}
+        }
+    }
+
+    /// Back to the smallest form for what is left.
+    fn fit(&mut self) {
+        if let UserConns::Many(list) = self {
+            match list.len() {
+                0 => *self = UserConns::None,
+                1 => *self = UserConns::One(list[0]),
+                _ => list.shrink_to_fit(),
+            }
+        }
     }
 }
 
@@ -84,5 +168,28 @@ mod tests {
         users.unregister("u", 2);
         users.unregister("u", 3);
         assert_eq!(users.count("u"), 0);
+        assert!(users.map.is_empty(), "a user without connections is forgotten");
+    }
+
+    #[test]
+    fn a_lone_connection_is_kept_in_the_entry_and_reads_back_whole() {
+        let users = Users::default();
+        let quic = ConnInfo { id: 9, quic: true, since_micros: 1_764_000_000_000_000 };
+        let ws = ConnInfo { id: 10, quic: false, since_micros: 1_764_000_000_000_001 };
+        assert!(users.register("bob", quic, 1).is_empty());
+        assert!(matches!(users.map.get("bob").as_deref(), Some(UserConns::One(_))));
+        assert_eq!(users.connections("bob"), vec![quic]);
+        // A second one beyond max = 1 evicts the first; back to one, inline.
+        assert_eq!(users.register("bob", ws, 1), vec![9]);
+        assert!(matches!(users.map.get("bob").as_deref(), Some(UserConns::One(_))));
+        assert_eq!(users.connections("bob"), vec![ws]);
+        assert!(users.register("bob", quic, 2).is_empty());
+        assert_eq!(users.connections("bob"), vec![ws, quic]);
+        users.unregister("bob", 10);
+        assert!(matches!(users.map.get("bob").as_deref(), Some(UserConns::One(_))));
+        users.unregister("nobody", 1);
+        users.unregister("bob", 9);
+        assert!(users.map.is_empty());
+        assert!(std::mem::size_of::<UserConns>() <= 24, "{}", std::mem::size_of::<UserConns>());
     }
 }

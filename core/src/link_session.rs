@@ -64,7 +64,7 @@ use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind,
 use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
 use crate::shard_rooms::{GapReason, RingItem, ShardRooms};
-use crate::system_rooms::{is_server_only, may_join, personal_room, BROADCAST_ROOM};
+use crate::system_rooms::{is_server_only, may_join, personal_room, personal_user, BROADCAST_ROOM, PERSONAL_PREFIX};
 use crate::token_bucket::{Rate, TokenBucket, Verdict};
 
 /// Most publishes of one connection awaiting their hub ack.
@@ -632,6 +632,18 @@ impl LinkSession {
         }
         if broadcast {
             let _ = self.join(BROADCAST_ROOM, None, None, false, true, shard);
+        }
+    }
+
+    /// The user's key at the Link: the name of its personal room, `user:{sub}`. While the
+    /// session is in that room, the shard's own name (shared with the room tables: the Link's
+    /// user registry and presence keep it, not copies of the user id); else a new one.
+    pub fn user_key(&self) -> Arc<str> {
+        let sub = self.claims.sub.as_str();
+        let personal = self.rooms.iter().find(|(name, member)| member.auto && personal_user(name) == Some(sub));
+        match personal {
+            Some((name, _)) => name.clone(),
+            None => format!("{PERSONAL_PREFIX}{sub}").into(),
         }
     }
 
@@ -1535,6 +1547,20 @@ mod tests {
         let rooms: Vec<&str> = requests.iter().map(|(room, _)| room.as_str()).collect();
         assert_eq!(rooms, vec!["user:alice", "all"]);
         (rig, requests[0].1, requests[1].1)
+    }
+
+    #[test]
+    fn the_user_key_is_the_shard_s_name_of_the_personal_room() {
+        let (rig, _, _) = rig_with_system_rooms();
+        let key = rig.session.user_key();
+        let sub = rig.session.claims().sub.clone();
+        assert_eq!(&*key, format!("user:{sub}"));
+        assert!(rig.session.rooms.iter().any(|(name, _)| Arc::ptr_eq(name, &key)), "the member's (the shard's) name, not a copy");
+        assert!(Arc::ptr_eq(&key, &rig.session.user_key()));
+        // A user id that makes no room name has no personal room: a key of its own.
+        let claims = Claims { sub: "has space".into(), exp: u64::MAX, rooms: vec!["*".into()], iat: None };
+        let session = LinkSession::new(1, Wire::Ws, claims, rig.session.limits.clone(), 0);
+        assert_eq!(&*session.user_key(), "user:has space");
     }
 
     #[test]

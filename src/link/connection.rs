@@ -139,15 +139,16 @@ impl Connection {
     /// Registers an admitted, authenticated client on the shard and starts its session.
     pub(crate) fn open(ctx: Rc<ConnContext>, wire: Wire, claims: Claims, admitted: Admitted) -> Self {
         let Registered { id, mailbox } = ctx.shard.borrow_mut().register_conn(ctx.link.replay_bytes);
-        let info = ConnInfo { id, quic: wire == Wire::Quic, since_micros: now_micros() };
-        for evicted in ctx.users.register(&claims.sub, info, ctx.link.max_conns_per_user) {
-            let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
-        }
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         ctx.connections_gauge.increment(1.0);
         let mut session = LinkSession::new(id, wire, claims, ctx.session_limits.clone(), now_micros());
         // The personal room and (unless off) `all`, live only: the client gets `joined` for each.
         session.join_system_rooms(ctx.link.broadcast_room, &mut ctx.shard.borrow_mut().rooms);
+        // Registered under its personal room's name, the shard's: the registry keeps no copy.
+        let info = ConnInfo { id, quic: wire == Wire::Quic, since_micros: now_micros() };
+        for evicted in ctx.users.register(session.user_key(), info, ctx.link.max_conns_per_user) {
+            let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
+        }
         let mut conn = Connection { ctx, session, mailbox, wire, _admitted: admitted, close_reason: None };
         conn.forward();
         conn
@@ -294,10 +295,11 @@ impl Connection {
     /// user registry. Its counters and admission slot are returned when it is dropped.
     pub(crate) fn finish(&mut self) {
         let id = self.id();
+        let user = self.session.user_key();
         self.ctx.shard.borrow_mut().remove_conn(id);
         self.session.finish(&mut self.ctx.shard.borrow_mut().rooms);
         self.forward();
-        self.ctx.users.unregister(&self.session.claims().sub, id);
+        self.ctx.users.unregister(&user, id);
     }
 
     /// Sends what the session owes the coordinator and exports its counters. Called after every
@@ -309,9 +311,9 @@ impl Connection {
             let Some(action) = self.ctx.shard.borrow_mut().rooms.poll_coordinator() else { break };
             let sent = self.ctx.coordinator.send(match action {
                 ToCoordinator::Join { request, room, since, epoch } => {
-                    CoordMsg::Join { shard, request, room, since, epoch, user: self.session.claims().sub.clone() }
+                    CoordMsg::Join { shard, request, room, since, epoch, user: self.session.user_key() }
                 }
-                ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room, user: self.session.claims().sub.clone() },
+                ToCoordinator::Leave { room } => CoordMsg::Leave { shard, room, user: self.session.user_key() },
                 ToCoordinator::Publish { frame } => CoordMsg::Publish { frame },
             });
             // The coordinator's inbox is full: the request is answered "link busy" (503) here.

@@ -122,8 +122,9 @@ pub(crate) enum CoordMsg {
         since: Option<u64>,
         /// The epoch `since` belongs to.
         epoch: Option<u64>,
-        /// The connection's user (presence: `presence.rs`).
-        user: String,
+        /// The connection's user, keyed by its personal room's name (`registry::user_key`;
+        /// presence: `presence.rs`).
+        user: Arc<str>,
     },
     /// A member on `shard` left `room` (or its connection ended).
     Leave {
@@ -131,8 +132,8 @@ pub(crate) enum CoordMsg {
         shard: usize,
         /// Room.
         room: Arc<str>,
-        /// The connection's user.
-        user: String,
+        /// The connection's user (as in `Join`).
+        user: Arc<str>,
     },
     /// A client publish (a `Publish` frame with the shard-issued request id).
     Publish {

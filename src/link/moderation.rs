@@ -36,7 +36,7 @@ use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, MODERATE_BAN
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::ClientError;
 
-use super::registry::Users;
+use super::registry::{user_key, Users};
 use super::shard::{shard_of, ConnAction, ShardMsg};
 use super::shard_inbox::ShardSender;
 use crate::clock::now_micros;
@@ -202,7 +202,7 @@ impl LinkModeration {
                     MODERATE_REVOKE => self.moderation.revoke(user, until),
                     _ => {}
                 }
-                for conn in self.users.connections(user) {
+                for conn in self.users.connections(&user_key(user)) {
                     if let (Some(action), Some(shard)) = (per_conn(conn.id), shards.get(shard_of(conn.id))) {
                         shard.send(ShardMsg::Moderate { id: conn.id, action: Box::new(action) });
                     }
@@ -211,7 +211,7 @@ impl LinkModeration {
             ArchivedBody::UserQuery { request } => {
                 let request = request.to_native();
                 let Some(to_hub) = to_hub else { return };
-                let conns = self.users.connections(user);
+                let conns = self.users.connections(&user_key(user));
                 let mut asked = Vec::with_capacity(conns.len());
                 for conn in conns {
                     let (reply, rooms) = oneshot::channel();

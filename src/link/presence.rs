@@ -27,6 +27,7 @@
 //!   room's last count right after its `joined` (routed to it like a join answer).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use linkcast_core::frame::{Body, Frame, FrameBuilder};
 use linkcast_core::presence::has_events;
@@ -35,14 +36,18 @@ use linkcast_core::room_table::MAX_MEMBER_LIST;
 use linkcast_core::shard_rooms::RingItem;
 use linkcast_core::ws_frame;
 
+use super::registry::user_of;
+
 /// Most distinct users counted in one room at this Link (see the module docs).
 pub(crate) const MAX_USERS_PER_ROOM: usize = MAX_MEMBER_LIST;
 
 /// One room's users at this Link.
 #[derive(Debug)]
 struct RoomUsers {
-    /// User → local connections in the room.
-    users: HashMap<String, u32>,
+    /// User → local connections in the room. Users are keyed by their personal room's name
+    /// (`registry::user_key`), the shard's, shared: a room of a Link's 20,000 users keeps no copy
+    /// of their ids.
+    users: HashMap<Arc<str>, u32>,
     /// The room's join/leave events flag, as the owner hub last said (on until told).
     events: bool,
     /// More than [`MAX_USERS_PER_ROOM`] users: not tracked until the room empties here.
@@ -69,15 +74,15 @@ pub(crate) struct LinkPresence {
 impl LinkPresence {
     /// A connection of `user` joined `room`: the `Member {joined: true}` for the owner hub when
     /// it is the user's first connection in the room here and events are on.
-    pub(crate) fn handle_join(&mut self, room: &str, user: &str) -> Option<Frame> {
-        if !has_events(room) || user.is_empty() {
+    pub(crate) fn handle_join(&mut self, room: &str, user: &Arc<str>) -> Option<Frame> {
+        if !has_events(room) || user_of(user).is_empty() {
             return None;
         }
         let state = self.rooms.entry(room.to_owned()).or_default();
         if state.overflowed {
             return None;
         }
-        if let Some(count) = state.users.get_mut(user) {
+        if let Some(count) = state.users.get_mut(&**user) {
             *count += 1;
             return None;
         }
@@ -87,7 +92,7 @@ impl LinkPresence {
             state.users = HashMap::new();
             return None;
         }
-        state.users.insert(user.to_owned(), 1);
+        state.users.insert(user.clone(), 1);
         state.events.then(|| member(room, user, true))
     }
 
@@ -133,7 +138,7 @@ impl LinkPresence {
     /// events are on (`None` when off, untracked or empty).
     pub(crate) fn member_list(&self, room: &str) -> Option<Frame> {
         let state = self.rooms.get(room).filter(|s| s.events && !s.overflowed && !s.users.is_empty())?;
-        let users: Vec<String> = state.users.keys().cloned().collect();
+        let users: Vec<String> = state.users.keys().map(|user| user_of(user).to_owned()).collect();
         Some(FrameBuilder::new(room).build(&Body::MemberList { users }))
     }
 
@@ -167,15 +172,19 @@ impl LinkPresence {
     }
 }
 
-/// A `Member {joined}` report for the owner hub.
+/// A `Member {joined}` report for the owner hub (`user`: the user's key).
 fn member(room: &str, user: &str, joined: bool) -> Frame {
-    FrameBuilder::new(room).sender(user).build(&Body::Member { joined })
+    FrameBuilder::new(room).sender(user_of(user)).build(&Body::Member { joined })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use linkcast_core::frame::ArchivedBody;
+
+    fn key(user: &str) -> Arc<str> {
+        super::super::registry::user_key(user).into()
+    }
 
     fn reported(frame: Option<Frame>) -> Option<(String, bool)> {
         frame.map(|f| match f.body() {
@@ -187,19 +196,20 @@ mod tests {
     #[test]
     fn first_in_and_last_out_are_reported_while_events_are_on() {
         let mut p = LinkPresence::default();
-        assert_eq!(reported(p.handle_join("r", "bob")), Some(("bob".into(), true)));
-        assert_eq!(reported(p.handle_join("r", "bob")), None, "a second connection");
-        assert_eq!(reported(p.handle_leave("r", "bob")), None);
-        assert_eq!(reported(p.handle_leave("r", "bob")), Some(("bob".into(), false)));
-        assert_eq!(reported(p.handle_join("all", "bob")), None, "never for the broadcast room");
-        assert_eq!(reported(p.handle_join("user:bob", "bob")), None, "never for personal rooms");
+        assert_eq!(reported(p.handle_join("r", &key("bob"))), Some(("bob".into(), true)));
+        assert_eq!(reported(p.handle_join("r", &key("bob"))), None, "a second connection");
+        assert_eq!(reported(p.handle_leave("r", &key("bob"))), None);
+        assert_eq!(reported(p.handle_leave("r", &key("bob"))), Some(("bob".into(), false)));
+        assert_eq!(reported(p.handle_join("all", &key("bob"))), None, "never for the broadcast room");
+        assert_eq!(reported(p.handle_join("user:bob", &key("bob"))), None, "never for personal rooms");
+        assert_eq!(reported(p.handle_join("r", &key(""))), None, "no user, no report");
         // Events off: counted, not reported; back on: the list answers.
-        assert!(p.handle_join("r", "carol").is_some());
+        assert!(p.handle_join("r", &key("carol")).is_some());
         let off = FrameBuilder::new("r").build(&Body::Presence { members: 5000, events: false });
         let (item, list) = p.handle_presence(off, 5000, false);
         assert!(list.is_none());
         assert!(matches!(item, RingItem::Notice { ref ws, events_only: false, .. } if ws.ends_with(br#""members":5000,"events":false}"#)));
-        assert!(p.handle_join("r", "dave").is_none());
+        assert!(p.handle_join("r", &key("dave")).is_none());
         let on = FrameBuilder::new("r").build(&Body::Presence { members: 2, events: true });
         let (item, list) = p.handle_presence(on.clone(), 2, true);
         assert!(matches!(item, RingItem::Notice { ref ws, .. } if ws.ends_with(br#""members":2,"events":true}"#)));

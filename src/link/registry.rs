@@ -9,8 +9,25 @@
 //! Each entry also says how and since when the connection is open ([`ConnInfo`]), for an
 //! operator's `GET /v1/users/{uid}` (`moderation.rs`), and it is how an operator's action finds
 //! every connection of a user on this Link.
+//!
+//! Users are keyed by their personal room's name, `user:{sub}` ([`user_key`]): the connection
+//! registers the shard's own name for it (`LinkSession::user_key`), so the registry keeps no copy
+//! of the user id (nor does the coordinator's presence, which keys users the same way).
+
+use std::sync::Arc;
 
 use dashmap::DashMap;
+use linkcast_core::system_rooms::PERSONAL_PREFIX;
+
+/// The registry's (and presence's) key of user `uid`: its personal room's name.
+pub(crate) fn user_key(uid: &str) -> String {
+    format!("{PERSONAL_PREFIX}{uid}")
+}
+
+/// The user id of a key made by [`user_key`] (or `LinkSession::user_key`).
+pub(crate) fn user_of(key: &str) -> &str {
+    key.strip_prefix(PERSONAL_PREFIX).unwrap_or(key)
+}
 
 /// One connection of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,31 +40,28 @@ pub(crate) struct ConnInfo {
     pub(crate) since_micros: u64,
 }
 
-/// User id → connections, oldest first (see [`UserConns`]).
+/// User key ([`user_key`]) → connections, oldest first (see [`UserConns`]).
 #[derive(Debug, Default)]
 pub(crate) struct Users {
-    map: DashMap<Box<str>, UserConns>,
+    map: DashMap<Arc<str>, UserConns>,
 }
 
 impl Users {
-    /// Registers connection `conn` of `user`; returns the oldest connections beyond `max`
-    /// (already forgotten here), which the caller closes.
-    pub(crate) fn register(&self, user: &str, conn: ConnInfo, max: usize) -> Vec<u64> {
+    /// Registers connection `conn` of the user keyed `user`; returns the oldest connections
+    /// beyond `max` (already forgotten here), which the caller closes.
+    pub(crate) fn register(&self, user: Arc<str>, conn: ConnInfo, max: usize) -> Vec<u64> {
         let stored = Stored::from(conn);
-        let mut entry = match self.map.get_mut(user) {
-            Some(entry) => entry,
-            None => self.map.entry(user.into()).or_insert(UserConns::None),
-        };
+        let mut entry = self.map.entry(user).or_insert(UserConns::None);
         entry.push(stored);
         entry.evict_beyond(max.max(1))
     }
 
-    /// The connections of `user` on this Link, oldest first.
+    /// The connections of the user keyed `user` on this Link, oldest first.
     pub(crate) fn connections(&self, user: &str) -> Vec<ConnInfo> {
         self.map.get(user).map(|e| e.as_slice().iter().map(|&c| c.into()).collect()).unwrap_or_default()
     }
 
-    /// Forgets connection `conn` of `user`.
+    /// Forgets connection `conn` of the user keyed `user`.
     pub(crate) fn unregister(&self, user: &str, conn: u64) {
         let empty = match self.map.get_mut(user) {
             Some(mut entry) => {
@@ -160,9 +174,9 @@ mod tests {
     fn oldest_connections_are_evicted_beyond_the_limit() {
         let users = Users::default();
         let conn = |id| ConnInfo { id, quic: false, since_micros: id };
-        assert!(users.register("u", conn(1), 2).is_empty());
-        assert!(users.register("u", conn(2), 2).is_empty());
-        assert_eq!(users.register("u", conn(3), 2), vec![1]);
+        assert!(users.register("u".into(), conn(1), 2).is_empty());
+        assert!(users.register("u".into(), conn(2), 2).is_empty());
+        assert_eq!(users.register("u".into(), conn(3), 2), vec![1]);
         assert_eq!(users.count("u"), 2);
         assert_eq!(users.connections("u"), vec![conn(2), conn(3)]);
         users.unregister("u", 2);
@@ -176,14 +190,14 @@ mod tests {
         let users = Users::default();
         let quic = ConnInfo { id: 9, quic: true, since_micros: 1_764_000_000_000_000 };
         let ws = ConnInfo { id: 10, quic: false, since_micros: 1_764_000_000_000_001 };
-        assert!(users.register("bob", quic, 1).is_empty());
+        assert!(users.register("bob".into(), quic, 1).is_empty());
         assert!(matches!(users.map.get("bob").as_deref(), Some(UserConns::One(_))));
         assert_eq!(users.connections("bob"), vec![quic]);
         // A second one beyond max = 1 evicts the first; back to one, inline.
-        assert_eq!(users.register("bob", ws, 1), vec![9]);
+        assert_eq!(users.register("bob".into(), ws, 1), vec![9]);
         assert!(matches!(users.map.get("bob").as_deref(), Some(UserConns::One(_))));
         assert_eq!(users.connections("bob"), vec![ws]);
-        assert!(users.register("bob", quic, 2).is_empty());
+        assert!(users.register("bob".into(), quic, 2).is_empty());
         assert_eq!(users.connections("bob"), vec![ws, quic]);
         users.unregister("bob", 10);
         assert!(matches!(users.map.get("bob").as_deref(), Some(UserConns::One(_))));

@@ -125,7 +125,10 @@ impl PerShard {
 #[derive(Debug)]
 pub struct LinkInterest<K, V = ()> {
     shards: usize,
-    rooms: HashMap<K, RoomMembers<V>>,
+    /// Boxed: a hash table keeps up to half its slots empty, and most rooms at a Link are a
+    /// user's personal room, one per connection: a 72-byte entry in every slot cost each
+    /// ≈ 130–150 bytes of table; a slot is now the name and a pointer.
+    rooms: HashMap<K, Box<RoomMembers<V>>>,
     /// Rooms whose count the hub must still be told; every key is also in `rooms`.
     dirty: HashSet<K>,
 }

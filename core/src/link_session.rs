@@ -395,9 +395,6 @@ struct Member {
     live_from: u64,
     /// Joined with `"presence": true`: also gets the room's join/leave events.
     presence: bool,
-    /// The room's count as the Link knew it at the join, shown right after `joined` (boxed:
-    /// held only between a join and its `joined`, it would otherwise size every member).
-    count: Option<Box<Frame>>,
 }
 
 impl Member {
@@ -720,7 +717,6 @@ impl LinkSession {
             auto,
             live_from: 1,
             presence,
-            count: None,
         };
         self.rooms.reserve_exact(1);
         self.rooms.push((name.clone(), member));
@@ -783,8 +779,8 @@ impl LinkSession {
         }
         if let ArchivedBody::Presence { .. } = frame.body() {
             // The room's count, routed with the join's answers: kept for after `joined`.
-            if let Some((_, member)) = self.rooms.iter_mut().find(|(r, m)| &**r == frame.room() && !m.joined) {
-                member.count = Some(Box::new(frame));
+            if let Some((_, member)) = self.rooms.iter().find(|(r, m)| &**r == frame.room() && !m.joined) {
+                shard.stash_count(member.request, frame);
             }
             return;
         }
@@ -876,9 +872,9 @@ impl LinkSession {
                 if let Some(tail) = ring_tail {
                     member.cursor.skip_to(tail);
                 }
+                let count = shard.take_count(request);
                 shard.remove_request(request);
                 self.dirty = true;
-                let count = member.count.take();
                 out.push(ToClient::Joined { room: room.clone(), epoch, last_seq });
                 if let Some(count) = count {
                     out.push(ToClient::Encoded(encode_count(&room, &count, self.wire)));
@@ -1081,10 +1077,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_member_stays_64_bytes() {
+    fn a_member_stays_56_bytes() {
         // Every connection holds three (its room, `user:{sub}`, `all`), each with a 16-byte
-        // name: 3 × 80 = 240 bytes fit a 256-byte block; 8 bytes more per member take 320.
-        assert!(std::mem::size_of::<(Arc<str>, Member)>() <= 80, "{}", std::mem::size_of::<(Arc<str>, Member)>());
+        // name: 3 × 72 = 216 bytes fit a 224-byte block (3 × 80 took 256).
+        assert!(std::mem::size_of::<(Arc<str>, Member)>() <= 72, "{}", std::mem::size_of::<(Arc<str>, Member)>());
     }
     use crate::fanout::RingLimits;
     use crate::shard_rooms::RoomMessage;
@@ -1657,6 +1653,28 @@ mod tests {
         }
         let op = ClientOp::parse(r#"{"op":"join","room":"r","since":3,"epoch":"00000000000000ff"}"#).expect("valid");
         assert_eq!(Request::from(op), Request::Join { room: "r".into(), since: Some(3), epoch: Some(255), presence: false });
+    }
+
+    #[test]
+    fn the_room_s_count_comes_right_after_joined_and_goes_with_its_join() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        let count = |room: &str| FrameBuilder::new(room).build(&Body::Presence { members: 2, events: true });
+        rig.request(Request::Join { room: "r".into(), since: None, epoch: None, presence: false }).expect("join");
+        let Some(ToCoordinator::Join { request, .. }) = rig.shard.poll_coordinator() else { panic!("a join") };
+        rig.hub(count("r"));
+        assert!(rig.seen().is_empty(), "kept for after `joined`");
+        rig.hub(joined("r", request, E1, 0));
+        let seen = rig.seen();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], "joined 1111 0");
+        assert!(seen[1].ends_with(r#""members":2}"#), "{seen:?}");
+        assert!(rig.shard.take_count(request).is_none(), "nothing left behind");
+        // A join left before its `joined`: its count goes with it.
+        rig.request(Request::Join { room: "q".into(), since: None, epoch: None, presence: false }).expect("join");
+        let Some(ToCoordinator::Join { request, .. }) = rig.shard.poll_coordinator() else { panic!("a join") };
+        rig.hub(count("q"));
+        rig.request(Request::Leave { room: "q".into() }).expect("leave");
+        assert!(rig.shard.take_count(request).is_none(), "forgotten with its request");
     }
 
     #[test]

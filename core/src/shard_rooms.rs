@@ -169,6 +169,10 @@ pub struct ShardRooms {
     rooms: HashMap<Arc<str>, Box<ShardRoom<RingItem, u64>>>,
     /// Outstanding join and publish request id → connection id.
     requests: HashMap<u64, u64>,
+    /// The room's count (a hub `Presence`) that came with a join's answers, kept for right
+    /// after its `joined`: by join request, here rather than in every member (most never hold
+    /// one, and 8 bytes more put a connection's three rooms in a bigger allocation class).
+    counts: HashMap<u64, Frame>,
     next_id: u64,
     limits: RingLimits,
     bytes: usize,
@@ -189,6 +193,7 @@ impl ShardRooms {
             index,
             rooms: HashMap::new(),
             requests: HashMap::new(),
+            counts: HashMap::new(),
             next_id: 1,
             limits,
             bytes: 0,
@@ -240,9 +245,25 @@ impl ShardRooms {
         self.requests.insert(request, conn);
     }
 
-    /// Forgets a request (answered, or its connection or membership ended).
+    /// Forgets a request (answered, or its connection or membership ended), and the count
+    /// kept for it.
     pub fn remove_request(&mut self, request: u64) {
         self.requests.remove(&request);
+        if !self.counts.is_empty() {
+            self.counts.remove(&request);
+        }
+    }
+
+    /// Keeps the room's count that came with join `request`'s answers, for after its `joined`.
+    pub fn stash_count(&mut self, request: u64, count: Frame) {
+        if self.requests.contains_key(&request) {
+            self.counts.insert(request, count);
+        }
+    }
+
+    /// The count kept for join `request`, if one came.
+    pub fn take_count(&mut self, request: u64) -> Option<Frame> {
+        self.counts.remove(&request)
     }
 
     /// The connection an outstanding request belongs to.

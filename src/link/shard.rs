@@ -28,7 +28,7 @@
 //! an answer without a shared table. The shard's counters ([`ShardStats`]) are the only thing
 //! other threads read.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,11 +170,12 @@ const MAX_MAILBOX: usize = 4096;
 /// dropped here, and the session, seeing its replay stop short, asks the hub again from where it
 /// stopped once the socket drained (`LinkSession` paging): nothing is lost, nothing is unbounded.
 ///
-/// 80 bytes, 96 with its `Rc` (a test keeps it so): every connection has one, so its counts are
-/// 32-bit (at most [`MAX_MAILBOX`] events, and replays up to a cap of at most 4 GiB).
-#[derive(Debug, Default)]
+/// 64 bytes, 80 with its `Rc` (a test keeps it so): every connection has one, so its counts are
+/// 32-bit (at most [`MAX_MAILBOX`] events, and replays up to a cap of at most 4 GiB), and its
+/// queue and waker are `Cell`s, taken and put back by each call (no borrow flags: 16 bytes).
+#[derive(Default)]
 pub(crate) struct Mailbox {
-    events: RefCell<VecDeque<ConnEvent>>,
+    events: Cell<VecDeque<ConnEvent>>,
     /// Events in `events` that are not replays.
     others: Cell<u32>,
     /// Bytes of replays in `events` (saturating).
@@ -184,7 +185,18 @@ pub(crate) struct Mailbox {
     /// A wake not yet seen by [`Mailbox::wait`] (a wake before the wait is not lost).
     signalled: Cell<bool>,
     /// Who to wake: the connection's driver.
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("others", &self.others.get())
+            .field("replay_bytes", &self.replay_bytes.get())
+            .field("ring", &self.ring.get())
+            .field("signalled", &self.signalled.get())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether `event` is a replayed message: its size and join request.
@@ -208,7 +220,7 @@ impl Mailbox {
     /// Queues `event` and wakes the connection's driver.
     pub(crate) fn post(&self, event: ConnEvent) {
         {
-            let mut events = self.events.borrow_mut();
+            let mut events = self.events.take();
             match replay_len(&event) {
                 Some((len, request)) => {
                     let held = self.replay_bytes.get();
@@ -236,6 +248,7 @@ impl Mailbox {
                     events.push_back(event);
                 }
             }
+            self.events.set(events);
         }
         self.wake();
     }
@@ -249,14 +262,15 @@ impl Mailbox {
     /// Wakes the driver (to look at the socket and state again).
     pub(crate) fn wake(&self) {
         self.signalled.set(true);
-        if let Some(waker) = self.waker.borrow().as_ref() {
+        if let Some(waker) = self.waker.take() {
             waker.wake_by_ref();
+            self.waker.set(Some(waker));
         }
     }
 
     /// Wakes `waker` from now on, whenever something is posted or rung.
     pub(crate) fn set_waker(&self, waker: Waker) {
-        *self.waker.borrow_mut() = Some(waker);
+        self.waker.set(Some(waker));
     }
 
     /// Waits for the next post, ring or wake (a wake before the wait is not lost): for a
@@ -266,10 +280,11 @@ impl Mailbox {
             if self.signalled.replace(false) {
                 return Poll::Ready(());
             }
-            let mut waker = self.waker.borrow_mut();
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *waker = Some(cx.waker().clone());
-            }
+            let waker = match self.waker.take() {
+                Some(waker) if waker.will_wake(cx.waker()) => waker,
+                _ => cx.waker().clone(),
+            };
+            self.waker.set(Some(waker));
             Poll::Pending
         })
         .await;
@@ -277,15 +292,11 @@ impl Mailbox {
 
     /// The next queued event.
     pub(crate) fn next_event(&self) -> Option<ConnEvent> {
-        let mut events = self.events.borrow_mut();
-        let Some(event) = events.pop_front() else {
-            if events.capacity() > 0 {
-                // Drained: an idle connection keeps no queue (it grew to hold its join answers).
-                *events = VecDeque::new();
-            }
-            return None;
-        };
-        drop(events);
+        let mut events = self.events.take();
+        // Drained, the queue is not put back: an idle connection keeps none (it grew to hold
+        // its join answers).
+        let event = events.pop_front()?;
+        self.events.set(events);
         match replay_len(&event) {
             Some((len, _)) => self.replay_bytes.set(self.replay_bytes.get().saturating_sub(u32::try_from(len).unwrap_or(u32::MAX))),
             None => self.others.set(self.others.get().saturating_sub(1)),
@@ -491,5 +502,52 @@ impl ShardState {
         for slot in self.conns.values() {
             slot.mailbox.post(ConnEvent::Close(reason));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use linkcast_core::frame::{Body, FrameBuilder};
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn replay(request: u64) -> ConnEvent {
+        let frame = FrameBuilder::new("r").seq(1).sender("u").build(&Body::Replay { request, data: vec![b'x'; 100] });
+        ConnEvent::Hub { frame, ring_tail: None }
+    }
+
+    #[test]
+    fn a_mailbox_keeps_order_caps_replays_wakes_each_time_and_frees_its_queue() {
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let mailbox = Mailbox::new(150);
+        mailbox.set_waker(Waker::from(woken.clone()));
+        mailbox.post(replay(7));
+        mailbox.post(replay(7)); // beyond the replay cap: dropped, said once
+        mailbox.post(replay(7));
+        mailbox.post(ConnEvent::Close(ClientError::Idle));
+        mailbox.ring();
+        assert_eq!(woken.0.load(Ordering::Relaxed), 5, "every post and ring wakes the driver");
+        assert!(matches!(mailbox.next_event(), Some(ConnEvent::Hub { .. })));
+        assert!(matches!(mailbox.next_event(), Some(ConnEvent::Dropped { request: 7 })));
+        assert!(matches!(mailbox.next_event(), Some(ConnEvent::Close(ClientError::Idle))));
+        assert!(mailbox.next_event().is_none());
+        assert!(mailbox.take_ring() && !mailbox.take_ring());
+        let events = mailbox.events.take();
+        assert_eq!(events.capacity(), 0, "a drained mailbox keeps no queue");
+        // Room for replays again once the held one was taken.
+        mailbox.post(replay(8));
+        assert!(matches!(mailbox.next_event(), Some(ConnEvent::Hub { .. })));
     }
 }

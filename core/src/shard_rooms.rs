@@ -39,6 +39,22 @@ pub const COORDINATOR_SHARD: usize = 255;
 /// Ring bytes charged for a marker (it holds no payload).
 const MARKER_BYTES: usize = 64;
 
+/// Set in connection ids only ([`ShardRooms::new_conn_id`]): a request id never has it (its
+/// counter stays far below 2^55), so a request id never reads as a connection's.
+const CONN_BIT: u64 = 1 << 55;
+
+/// Bits of a connection id that hold its slot on the shard.
+const SLOT_BITS: u32 = 24;
+
+/// Most connection slots a shard hands out (16.7 M: far above what one shard can hold).
+pub const MAX_CONN_SLOTS: u32 = 1 << SLOT_BITS;
+
+/// The slot a connection id names on its shard (`None` for a request id): its driver finds the
+/// connection by index, with no table lookup.
+pub fn conn_slot(id: u64) -> Option<u32> {
+    (id & CONN_BIT != 0).then_some((id & u64::from(MAX_CONN_SLOTS - 1)) as u32)
+}
+
 /// The shard that issued connection or request id `id`.
 pub fn shard_of(id: u64) -> usize {
     (id >> SHARD_SHIFT) as usize
@@ -174,6 +190,8 @@ pub struct ShardRooms {
     /// one, and 8 bytes more put a connection's three rooms in a bigger allocation class).
     counts: HashMap<u64, Frame>,
     next_id: u64,
+    /// Connections given an id so far ([`ShardRooms::new_conn_id`]).
+    next_conn: u64,
     limits: RingLimits,
     bytes: usize,
     items: usize,
@@ -195,6 +213,7 @@ impl ShardRooms {
             requests: HashMap::new(),
             counts: HashMap::new(),
             next_id: 1,
+            next_conn: 0,
             limits,
             bytes: 0,
             items: 0,
@@ -238,6 +257,16 @@ impl ShardRooms {
         let id = make_id(self.index, self.next_id);
         self.next_id += 1;
         id
+    }
+
+    /// A fresh connection id for the connection in `slot` (below [`MAX_CONN_SLOTS`]): this
+    /// shard's index, a count of connections (31 bits: a slot reused gets another id, and ids
+    /// repeat only after two billion connections on one shard) and the slot.
+    pub fn new_conn_id(&mut self, slot: u32) -> u64 {
+        debug_assert!(slot < MAX_CONN_SLOTS);
+        let count = self.next_conn & ((1 << (55 - SLOT_BITS)) - 1);
+        self.next_conn += 1;
+        make_id(self.index, CONN_BIT | (count << SLOT_BITS) | u64::from(slot & (MAX_CONN_SLOTS - 1)))
     }
 
     /// Records that request `request` belongs to connection `conn`.
@@ -407,6 +436,21 @@ mod tests {
         shard.remove_request(request);
         assert_eq!(shard.conn_of(request), None);
         assert_eq!(shard_of(make_id(COORDINATOR_SHARD, 9)), COORDINATOR_SHARD);
+    }
+
+    #[test]
+    fn connection_ids_name_their_slot_and_never_a_request_s() {
+        let mut shard = ShardRooms::new(200, RingLimits::default());
+        let first = shard.new_conn_id(5);
+        let again = shard.new_conn_id(5);
+        let last = shard.new_conn_id(MAX_CONN_SLOTS - 1);
+        assert_eq!((conn_slot(first), conn_slot(again), conn_slot(last)), (Some(5), Some(5), Some(MAX_CONN_SLOTS - 1)));
+        assert_ne!(first, again, "a reused slot gets another id");
+        assert_eq!((shard_of(first), shard_of(last)), (200, 200));
+        for _ in 0..1000 {
+            assert_eq!(conn_slot(shard.new_id()), None, "request ids name no slot");
+        }
+        assert_eq!(conn_slot(make_id(200, (1 << 55) - 1)), None, "the largest request count");
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! other threads read.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use std::task::{Poll, Waker};
 use linkcast_core::fanout::RingLimits;
 use linkcast_core::frame::{ArchivedBody, Frame};
 use linkcast_core::protocol::ClientError;
+use linkcast_core::shard_rooms::{conn_slot, MAX_CONN_SLOTS};
 pub(crate) use linkcast_core::shard_rooms::{shard_of, RingItem, RoomMessage, ShardRooms};
 
 /// Counters of one shard, readable from any thread (tests and `/metrics` use them).
@@ -321,6 +322,8 @@ pub(crate) trait DirectDelivery: std::fmt::Debug {
 /// How the shard reaches one of its connections.
 #[derive(Debug)]
 struct ConnSlot {
+    /// The connection's id (names this slot: `shard_rooms::conn_slot`).
+    id: u64,
     mailbox: Rc<Mailbox>,
     /// Set for a connection the shard writes to directly when its rings get frames.
     direct: Option<Rc<dyn DirectDelivery>>,
@@ -359,7 +362,13 @@ pub(crate) struct Registered {
 pub(crate) struct ShardState {
     /// Rings, ids and outstanding requests.
     pub(crate) rooms: ShardRooms,
-    conns: HashMap<u64, ConnSlot>,
+    /// The shard's connections by slot, the slot named by each connection's id: a wake finds
+    /// its connection by index (a hash table cost every connection ≈ 68 bytes and a hash per
+    /// wake). Freed slots are reused (`free`); the slab stays as long as the most connections
+    /// the shard held at once.
+    conns: Vec<Option<ConnSlot>>,
+    free: Vec<u32>,
+    conn_count: usize,
     woken_ids: Vec<u64>,
     /// Ring bytes and items last added to `stats`.
     reported: (usize, usize),
@@ -374,7 +383,9 @@ impl ShardState {
     pub(crate) fn new(index: usize, limits: RingLimits, stats: Arc<ShardStats>) -> Self {
         ShardState {
             rooms: ShardRooms::new(index, limits),
-            conns: HashMap::new(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            conn_count: 0,
             woken_ids: Vec::new(),
             reported: (0, 0),
             stats,
@@ -390,27 +401,58 @@ impl ShardState {
     /// Gives a new connection (WebSocket or QUIC) its id and mailbox (holding at most
     /// `replay_cap` bytes of replays), registered.
     pub(crate) fn register_conn(&mut self, replay_cap: usize) -> Registered {
-        let id = self.rooms.new_id();
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.conns.push(None);
+                // Never reached: a shard's connections are its sockets, far fewer than the 16.7 M
+                // slots an id can name (a process here opens at most 20,000 files).
+                u32::try_from(self.conns.len() - 1).unwrap_or(MAX_CONN_SLOTS - 1).min(MAX_CONN_SLOTS - 1)
+            }
+        };
+        let id = self.rooms.new_conn_id(slot);
         let mailbox = Rc::new(Mailbox::new(replay_cap));
-        self.conns.insert(id, ConnSlot { mailbox: mailbox.clone(), direct: None });
+        self.conns[slot as usize] = Some(ConnSlot { id, mailbox: mailbox.clone(), direct: None });
+        self.conn_count += 1;
         Registered { id, mailbox }
+    }
+
+    /// Connection `id`'s slot, if it is still registered.
+    fn conn(&self, id: u64) -> Option<&ConnSlot> {
+        let slot = conn_slot(id)?;
+        self.conns.get(slot as usize)?.as_ref().filter(|c| c.id == id)
+    }
+
+    /// Every registered connection.
+    fn conns(&self) -> impl Iterator<Item = &ConnSlot> {
+        self.conns.iter().flatten()
     }
 
     /// Lets the shard write ring frames straight to connection `id`.
     pub(crate) fn set_direct(&mut self, id: u64, conn: Rc<dyn DirectDelivery>) {
-        if let Some(slot) = self.conns.get_mut(&id) {
-            slot.direct = Some(conn);
+        let Some(slot) = conn_slot(id) else { return };
+        if let Some(Some(c)) = self.conns.get_mut(slot as usize) {
+            if c.id == id {
+                c.direct = Some(conn);
+            }
         }
     }
 
     /// Forgets a connection.
     pub(crate) fn remove_conn(&mut self, id: u64) {
-        self.conns.remove(&id);
+        let Some(slot) = conn_slot(id) else { return };
+        if let Some(entry) = self.conns.get_mut(slot as usize) {
+            if entry.as_ref().is_some_and(|c| c.id == id) {
+                *entry = None;
+                self.free.push(slot);
+                self.conn_count -= 1;
+            }
+        }
     }
 
     /// Connections on this shard.
     pub(crate) fn conn_count(&self) -> usize {
-        self.conns.len()
+        self.conn_count
     }
 
     /// Brings the shared ring counters up to date with the rings.
@@ -441,20 +483,22 @@ impl ShardState {
 
     /// Turns the ids the last push woke into connections to serve.
     fn wake(&mut self, woken: &mut Vec<Woken>) {
-        for conn in self.woken_ids.drain(..) {
-            if let Some(slot) = self.conns.get(&conn) {
+        let mut woken_ids = std::mem::take(&mut self.woken_ids);
+        for conn in woken_ids.drain(..) {
+            if let Some(slot) = self.conn(conn) {
                 woken.push(match &slot.direct {
                     Some(direct) => Woken::Direct(direct.clone()),
                     None => Woken::Task(slot.mailbox.clone()),
                 });
             }
         }
+        self.woken_ids = woken_ids;
     }
 
     /// Hands a hub answer to the connection it is for (by connection or request id).
     pub(crate) fn route(&mut self, id: u64, frame: Frame) {
-        let conn = if self.conns.contains_key(&id) { Some(id) } else { self.rooms.conn_of(id) };
-        if let Some(slot) = conn.and_then(|c| self.conns.get(&c)) {
+        let conn = if self.conn(id).is_some() { Some(id) } else { self.rooms.conn_of(id) };
+        if let Some(slot) = conn.and_then(|c| self.conn(c)) {
             let ring_tail = self.rooms.tail(frame.room());
             slot.mailbox.post(ConnEvent::Hub { frame, ring_tail });
         }
@@ -463,21 +507,21 @@ impl ShardState {
     /// Tells the connection of join request `id` that replays of it were dropped before they
     /// reached it (it asks for them again).
     pub(crate) fn replay_dropped(&mut self, id: u64) {
-        if let Some(slot) = self.rooms.conn_of(id).and_then(|c| self.conns.get(&c)) {
+        if let Some(slot) = self.rooms.conn_of(id).and_then(|c| self.conn(c)) {
             slot.mailbox.post(ConnEvent::Dropped { request: id });
         }
     }
 
     /// Asks connection `id` to close with `reason`.
     pub(crate) fn close(&mut self, id: u64, reason: ClientError) {
-        if let Some(slot) = self.conns.get(&id) {
+        if let Some(slot) = self.conn(id) {
             slot.mailbox.post(ConnEvent::Close(reason));
         }
     }
 
     /// Posts an operator's action to connection `id` (dropped if it is gone).
     pub(crate) fn moderate(&mut self, id: u64, action: Box<ConnAction>) {
-        if let Some(slot) = self.conns.get(&id) {
+        if let Some(slot) = self.conn(id) {
             slot.mailbox.post(ConnEvent::Moderate(action));
         }
     }
@@ -488,9 +532,9 @@ impl ShardState {
         use std::hash::{BuildHasher, Hasher};
         let seed = std::collections::hash_map::RandomState::new();
         let base = u64::from(retry_after_ms.max(1));
-        for (id, slot) in &self.conns {
+        for slot in self.conns() {
             let mut hasher = seed.build_hasher();
-            hasher.write_u64(*id);
+            hasher.write_u64(slot.id);
             let retry = base + hasher.finish() % base;
             let reason = format!("link draining; retry_after_ms={retry}").into_boxed_str();
             slot.mailbox.post(ConnEvent::Moderate(Box::new(ConnAction::Close { error: ClientError::ShuttingDown, reason })));
@@ -499,7 +543,7 @@ impl ShardState {
 
     /// Asks every connection to close with `reason`.
     pub(crate) fn close_all(&mut self, reason: ClientError) {
-        for slot in self.conns.values() {
+        for slot in self.conns() {
             slot.mailbox.post(ConnEvent::Close(reason));
         }
     }
@@ -511,6 +555,7 @@ mod tests {
     use std::sync::Arc;
     use std::task::{Wake, Waker};
 
+    use linkcast_core::fanout::ParkTicket;
     use linkcast_core::frame::{Body, FrameBuilder};
 
     use super::*;
@@ -526,6 +571,50 @@ mod tests {
     fn replay(request: u64) -> ConnEvent {
         let frame = FrameBuilder::new("r").seq(1).sender("u").build(&Body::Replay { request, data: vec![b'x'; 100] });
         ConnEvent::Hub { frame, ring_tail: None }
+    }
+
+    #[derive(Debug)]
+    struct Direct;
+
+    impl DirectDelivery for Direct {
+        fn deliver(&self) {}
+    }
+
+    #[test]
+    fn connections_are_found_by_their_id_s_slot_and_a_reused_slot_forgets_the_old_id() {
+        let mut shard = ShardState::new(3, RingLimits::default(), Arc::default());
+        let a = shard.register_conn(1 << 20).id;
+        let b = shard.register_conn(1 << 20).id;
+        assert_eq!((shard_of(a), shard_of(b), shard.conn_count()), (3, 3, 2));
+        shard.set_direct(b, Rc::new(Direct));
+        shard.remove_conn(a);
+        shard.remove_conn(a); // twice: no effect
+        assert_eq!(shard.conn_count(), 1);
+        let c = shard.register_conn(1 << 20).id;
+        assert_eq!(conn_slot(c), conn_slot(a), "the freed slot is reused");
+        assert!(shard.conn(a).is_none() && shard.conn(c).is_some(), "under another id");
+        shard.remove_conn(a); // the old id does not remove the new connection
+        assert_eq!(shard.conn_count(), 2);
+        // Hub answers reach a connection by its id, or by a request of it; stale ids nowhere.
+        let request = shard.rooms.new_id();
+        shard.rooms.add_request(request, c);
+        let answer = || FrameBuilder::new("r").build(&Body::Presence { members: 1, events: true });
+        shard.route(request, answer());
+        shard.route(c, answer());
+        shard.route(a, answer());
+        let mailbox = shard.conn(c).map(|slot| slot.mailbox.clone()).expect("c");
+        assert!(mailbox.next_event().is_some() && mailbox.next_event().is_some() && mailbox.next_event().is_none());
+        // A ring push wakes its parked members: b directly, c through its mailbox; a member
+        // whose connection is gone, nobody.
+        let mut batch = Vec::new();
+        for conn in [b, c, a] {
+            let (mut cursor, _) = shard.rooms.join_room("r");
+            let _ = shard.rooms.read("r", conn, &mut cursor, 1 << 20, &mut batch, &mut ParkTicket::default());
+        }
+        let mut woken = Vec::new();
+        shard.push("r", RingItem::Notice { ws: bytes::Bytes::from_static(b"n"), frame: answer(), events_only: false }, &mut woken);
+        assert!(matches!(woken[..], [Woken::Direct(_), Woken::Task(_)]), "{woken:?}");
+        assert_eq!(shard.conns().count(), 2);
     }
 
     #[test]

@@ -560,10 +560,6 @@ impl Served {
         self.next_ping = now.after(Duration::from_secs(link.ping_interval_secs.max(1)));
         let idle = Duration::from_secs(link.idle_timeout_secs.max(1));
         let queued = ws.out.borrow().queued();
-        if queued == 0 {
-            // An idle connection keeps no queue slots (they grew with its last burst).
-            ws.out.borrow_mut().release_if_empty();
-        }
         // With the kernel's keep-alive (`link.keepalive = "tcp"`) a dead client ends its socket
         // by itself: no ping, and silence is no reason to close (a member that only reads says
         // nothing for hours).
@@ -577,7 +573,7 @@ impl Served {
         } else if let Err(error) = checked {
             ws.end(End::Refused(error));
         } else if pings {
-            ws.out.borrow_mut().push_lone(ws_frame::ping());
+            ws.out.borrow_mut().push(ws_frame::ping());
         }
         true
     }

@@ -64,7 +64,7 @@ use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind,
 use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
 use crate::shard_rooms::{GapReason, RingItem, ShardRooms};
-use crate::system_rooms::{is_server_only, may_join, personal_room, personal_user, BROADCAST_ROOM, PERSONAL_PREFIX};
+use crate::system_rooms::{is_server_only, may_join, personal_room, personal_user, user_key, BROADCAST_ROOM};
 use crate::token_bucket::{Rate, TokenBucket, Verdict};
 
 /// Most publishes of one connection awaiting their hub ack.
@@ -640,7 +640,7 @@ impl LinkSession {
         let personal = self.rooms.iter().find(|(name, member)| member.auto && personal_user(name) == Some(sub));
         match personal {
             Some((name, _)) => name.clone(),
-            None => format!("{PERSONAL_PREFIX}{sub}").into(),
+            None => user_key(sub).into(),
         }
     }
 

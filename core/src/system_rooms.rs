@@ -24,11 +24,17 @@ pub const PERSONAL_PREFIX: &str = "user:";
 /// The personal room of user `sub`, if `user:{sub}` is a valid room name (a user id with only
 /// room-name characters, at most 123 bytes). A user without one gets no pushes by user id.
 pub fn personal_room(sub: &str) -> Option<String> {
-    let room = format!("{PERSONAL_PREFIX}{sub}");
+    let room = user_key(sub);
     (!sub.is_empty() && is_valid_room(&room)).then_some(room)
 }
 
-/// The user a personal room belongs to (`user:bob` → `bob`).
+/// User `sub`'s key at a Link (its registry and presence): the name its personal room has, or
+/// would have were `sub` a valid room name ([`personal_room`]).
+pub fn user_key(sub: &str) -> String {
+    format!("{PERSONAL_PREFIX}{sub}")
+}
+
+/// The user a personal room (or a [`user_key`]) belongs to (`user:bob` → `bob`).
 pub fn personal_user(room: &str) -> Option<&str> {
     room.strip_prefix(PERSONAL_PREFIX).filter(|user| !user.is_empty())
 }
@@ -65,6 +71,8 @@ mod tests {
         assert_eq!(personal_room(&"x".repeat(124)), None, "user:+124 bytes is over the room limit");
         assert_eq!(personal_user("user:bob"), Some("bob"));
         assert_eq!(personal_user("user:"), None);
+        assert_eq!(user_key("has space"), "user:has space", "a key even where no room is");
+        assert_eq!(personal_user(&user_key("has space")), Some("has space"));
         assert!(is_server_only("all") && is_server_only("user:bob"));
         assert!(!is_server_only("lobby") && !is_server_only("allstars"));
         assert!(may_join("bob", "user:bob", false));

@@ -122,7 +122,7 @@ pub(crate) enum CoordMsg {
         since: Option<u64>,
         /// The epoch `since` belongs to.
         epoch: Option<u64>,
-        /// The connection's user, keyed by its personal room's name (`registry::user_key`;
+        /// The connection's user, keyed by its personal room's name (`system_rooms::user_key`;
         /// presence: `presence.rs`).
         user: Arc<str>,
     },

@@ -35,8 +35,9 @@ use linkcast_core::auth::Claims;
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, MODERATE_BAN, MODERATE_DISCONNECT, MODERATE_REMOVE, MODERATE_REVOKE};
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::ClientError;
+use linkcast_core::system_rooms::user_key;
 
-use super::registry::{user_key, Users};
+use super::registry::Users;
 use super::shard::{shard_of, ConnAction, ShardMsg};
 use super::shard_inbox::ShardSender;
 use crate::clock::now_micros;

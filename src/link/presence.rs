@@ -34,9 +34,8 @@ use linkcast_core::presence::has_events;
 use linkcast_core::protocol::{encode_member, encode_presence};
 use linkcast_core::room_table::MAX_MEMBER_LIST;
 use linkcast_core::shard_rooms::RingItem;
+use linkcast_core::system_rooms::personal_user;
 use linkcast_core::ws_frame;
-
-use super::registry::user_of;
 
 /// Most distinct users counted in one room at this Link (see the module docs).
 pub(crate) const MAX_USERS_PER_ROOM: usize = MAX_MEMBER_LIST;
@@ -45,7 +44,7 @@ pub(crate) const MAX_USERS_PER_ROOM: usize = MAX_MEMBER_LIST;
 #[derive(Debug)]
 struct RoomUsers {
     /// User → local connections in the room. Users are keyed by their personal room's name
-    /// (`registry::user_key`), the shard's, shared: a room of a Link's 20,000 users keeps no copy
+    /// (`system_rooms::user_key`), the shard's, shared: a room of a Link's 20,000 users keeps no copy
     /// of their ids.
     users: HashMap<Arc<str>, u32>,
     /// The room's join/leave events flag, as the owner hub last said (on until told).
@@ -75,7 +74,7 @@ impl LinkPresence {
     /// A connection of `user` joined `room`: the `Member {joined: true}` for the owner hub when
     /// it is the user's first connection in the room here and events are on.
     pub(crate) fn handle_join(&mut self, room: &str, user: &Arc<str>) -> Option<Frame> {
-        if !has_events(room) || user_of(user).is_empty() {
+        if !has_events(room) || personal_user(user).is_none() {
             return None;
         }
         let state = self.rooms.entry(room.to_owned()).or_default();
@@ -138,7 +137,7 @@ impl LinkPresence {
     /// events are on (`None` when off, untracked or empty).
     pub(crate) fn member_list(&self, room: &str) -> Option<Frame> {
         let state = self.rooms.get(room).filter(|s| s.events && !s.overflowed && !s.users.is_empty())?;
-        let users: Vec<String> = state.users.keys().map(|user| user_of(user).to_owned()).collect();
+        let users: Vec<String> = state.users.keys().filter_map(|user| personal_user(user)).map(str::to_owned).collect();
         Some(FrameBuilder::new(room).build(&Body::MemberList { users }))
     }
 
@@ -174,7 +173,7 @@ impl LinkPresence {
 
 /// A `Member {joined}` report for the owner hub (`user`: the user's key).
 fn member(room: &str, user: &str, joined: bool) -> Frame {
-    FrameBuilder::new(room).sender(user_of(user)).build(&Body::Member { joined })
+    FrameBuilder::new(room).sender(personal_user(user).unwrap_or_default()).build(&Body::Member { joined })
 }
 
 #[cfg(test)]
@@ -183,7 +182,7 @@ mod tests {
     use linkcast_core::frame::ArchivedBody;
 
     fn key(user: &str) -> Arc<str> {
-        super::super::registry::user_key(user).into()
+        linkcast_core::system_rooms::user_key(user).into()
     }
 
     fn reported(frame: Option<Frame>) -> Option<(String, bool)> {

@@ -10,24 +10,14 @@
 //! operator's `GET /v1/users/{uid}` (`moderation.rs`), and it is how an operator's action finds
 //! every connection of a user on this Link.
 //!
-//! Users are keyed by their personal room's name, `user:{sub}` ([`user_key`]): the connection
-//! registers the shard's own name for it (`LinkSession::user_key`), so the registry keeps no copy
-//! of the user id (nor does the coordinator's presence, which keys users the same way).
+//! Users are keyed by their personal room's name, `user:{sub}` (`system_rooms::user_key`): the
+//! connection registers the shard's own name for it (`LinkSession::user_key`), so the registry
+//! keeps no copy of the user id (nor does the coordinator's presence, which keys users the same
+//! way).
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use linkcast_core::system_rooms::PERSONAL_PREFIX;
-
-/// The registry's (and presence's) key of user `uid`: its personal room's name.
-pub(crate) fn user_key(uid: &str) -> String {
-    format!("{PERSONAL_PREFIX}{uid}")
-}
-
-/// The user id of a key made by [`user_key`] (or `LinkSession::user_key`).
-pub(crate) fn user_of(key: &str) -> &str {
-    key.strip_prefix(PERSONAL_PREFIX).unwrap_or(key)
-}
 
 /// One connection of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +30,7 @@ pub(crate) struct ConnInfo {
     pub(crate) since_micros: u64,
 }
 
-/// User key ([`user_key`]) → connections, oldest first (see [`UserConns`]).
+/// User key (`system_rooms::user_key`) → connections, oldest first (see [`UserConns`]).
 #[derive(Debug, Default)]
 pub(crate) struct Users {
     map: DashMap<Arc<str>, UserConns>,

@@ -46,6 +46,10 @@ const CONN_BIT: u64 = 1 << 55;
 /// Bits of a connection id that hold its slot on the shard.
 const SLOT_BITS: u32 = 24;
 
+/// Bits of a connection id that count the shard's connections: those between the slot and
+/// [`CONN_BIT`].
+const COUNT_BITS: u32 = CONN_BIT.trailing_zeros() - SLOT_BITS;
+
 /// Most connection slots a shard hands out (16.7 M: far above what one shard can hold).
 pub const MAX_CONN_SLOTS: u32 = 1 << SLOT_BITS;
 
@@ -264,7 +268,7 @@ impl ShardRooms {
     /// repeat only after two billion connections on one shard) and the slot.
     pub fn new_conn_id(&mut self, slot: u32) -> u64 {
         debug_assert!(slot < MAX_CONN_SLOTS);
-        let count = self.next_conn & ((1 << (55 - SLOT_BITS)) - 1);
+        let count = self.next_conn & ((1 << COUNT_BITS) - 1);
         self.next_conn += 1;
         make_id(self.index, CONN_BIT | (count << SLOT_BITS) | u64::from(slot & (MAX_CONN_SLOTS - 1)))
     }

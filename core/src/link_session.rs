@@ -64,7 +64,7 @@ use crate::frame::{is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind,
 use crate::protocol::{publish_key, ClientError, ClientOp, Refusal};
 use crate::room::LostRange;
 use crate::shard_rooms::{GapReason, RingItem, ShardRooms};
-use crate::system_rooms::{is_server_only, may_join, personal_room, personal_user, user_key, BROADCAST_ROOM};
+use crate::system_rooms::{is_server_only, may_join, personal_room, user_key, BROADCAST_ROOM, PERSONAL_PREFIX};
 use crate::token_bucket::{Rate, TokenBucket, Verdict};
 
 /// Most publishes of one connection awaiting their hub ack.
@@ -423,19 +423,29 @@ struct Skip {
 pub struct LinkSession {
     id: u64,
     wire: Wire,
-    claims: Claims,
+    /// The user's key, `user:{sub}` (its personal room's name, [`user_key`]): the shard's own
+    /// name once the session is in that room, so the user id is kept once per connection, in
+    /// the name the shard, the Link's registry and presence share. [`LinkSession::sub`] reads
+    /// the id back. (The token's [`Claims`] are kept as these few fields, not as they came:
+    /// every connection carries them, and 72 bytes of the record were theirs.)
+    user: Arc<str>,
+    /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
+    exp: u64,
+    /// The token's `iat`, when `has_iat` (a value and a flag, not an `Option`: 8 bytes less).
+    iat_value: u64,
+    has_iat: bool,
+    /// The token's `rooms` (`"*"`: any).
+    allowed: Box<[Box<str>]>,
     /// Shared by every session of a Link (the same `[link]` limits).
     limits: Arc<SessionLimits>,
-    /// Grown one room at a time (exactly): an idle connection is in a few rooms, and a doubled
-    /// capacity would cost it a whole unused member each. The names are the shard's own
-    /// ([`ShardRooms::join_room`]), shared: no allocation per member, and the coordinator's
-    /// table keeps the same one.
-    rooms: Vec<(Arc<str>, Member)>,
-    /// Publish request id → (room, client id); allocated by the first publish (most members
-    /// of a live room only read). Boxed on purpose: 8 bytes per reader instead of a map's 48.
-    #[allow(clippy::box_collection)]
-    pending: Option<Box<HashMap<u64, (String, ReqId)>>>,
-    bucket: TokenBucket,
+    /// Exactly as many as joined (a boxed slice: no spare capacity, 8 bytes less than a `Vec`):
+    /// an idle connection is in a few rooms, and a doubled capacity would cost it a whole unused
+    /// member each. The names are the shard's own ([`ShardRooms::join_room`]), shared: no
+    /// allocation per member, and the coordinator's table keeps the same one.
+    rooms: Box<[(Arc<str>, Member)]>,
+    /// What only a publishing or resuming connection needs, made by its first publish or
+    /// resume (most members of a live room only read: 8 bytes instead of 48).
+    occasional: Option<Box<Occasional>>,
     /// A ring may have items for this connection: call [`LinkSession::fill`].
     pub dirty: bool,
     join_bucket: TokenBucket,
@@ -444,7 +454,17 @@ pub struct LinkSession {
     replay_held: u32,
     /// Members with `resume` set.
     resuming: u32,
-    /// Resumes of automatic rooms in progress (rare; empty otherwise).
+}
+
+/// The part of a session most connections never use (see [`LinkSession::occasional`]).
+#[derive(Debug)]
+struct Occasional {
+    /// Publish request id → (room, client id).
+    pending: HashMap<u64, (String, ReqId)>,
+    /// The publish rate. Made with the box, at the first publish or resume, not at connect:
+    /// the same, since a bucket nobody took from is full whenever it is looked at.
+    bucket: TokenBucket,
+    /// Resumes of automatic rooms in progress.
     skips: Vec<Skip>,
 }
 
@@ -454,15 +474,17 @@ impl LinkSession {
         LinkSession {
             id,
             wire,
-            bucket: TokenBucket::new(limits.publish(), now_micros),
             join_bucket: TokenBucket::new(limits.join(), now_micros),
             replay_held: 0,
             resuming: 0,
-            skips: Vec::new(),
-            claims,
+            user: user_key(&claims.sub).into(),
+            exp: claims.exp,
+            iat_value: claims.iat.unwrap_or(0),
+            has_iat: claims.iat.is_some(),
+            allowed: allowed_rooms(claims.rooms),
             limits,
-            rooms: Vec::new(),
-            pending: None,
+            rooms: Box::default(),
+            occasional: None,
             dirty: false,
         }
     }
@@ -472,9 +494,29 @@ impl LinkSession {
         self.id
     }
 
-    /// The token's claims.
-    pub fn claims(&self) -> &Claims {
-        &self.claims
+    /// What carries the connection.
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// The user id (the token's `sub`).
+    pub fn sub(&self) -> &str {
+        &self.user[PERSONAL_PREFIX.len()..]
+    }
+
+    /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
+    pub fn exp(&self) -> u64 {
+        self.exp
+    }
+
+    /// The token's `iat` (issued at, seconds since the Unix epoch), if it had one.
+    pub fn iat(&self) -> Option<u64> {
+        self.has_iat.then_some(self.iat_value)
+    }
+
+    /// Whether the token allows `room` (as [`Claims::allows`]).
+    fn allows(&self, room: &str) -> bool {
+        self.allowed.iter().any(|allowed| &**allowed == "*" || &**allowed == room)
     }
 
     /// Rooms joined (or joining).
@@ -527,28 +569,27 @@ impl LinkSession {
                 if is_server_only(&room) {
                     return refuse(ClientError::ReadOnlyRoom, Some(&room), Some(id), out);
                 }
-                if !self.claims.allows(&room) {
+                if !self.allows(&room) {
                     return refuse(ClientError::RoomNotAllowed, Some(&room), Some(id), out);
                 }
                 if data.len() > self.limits.max_message_bytes.min(MAX_PUBLISH_BYTES) {
                     return Err(ClientError::TooBig);
                 }
-                match self.bucket.take(self.limits.publish(), now_micros) {
+                let rate = self.limits.publish();
+                let occasional = self.occasional.get_or_insert_with(|| Occasional::new(rate, now_micros));
+                match occasional.bucket.take(rate, now_micros) {
                     Verdict::Allow => {}
                     Verdict::Limited => return refuse(ClientError::RateLimited, Some(&room), Some(id), out),
                     Verdict::Flood => return Err(ClientError::Flood),
                 }
-                let pending = self.pending.get_or_insert_with(Box::default);
-                if pending.len() >= MAX_PENDING_PUBLISHES {
+                if occasional.pending.len() >= MAX_PENDING_PUBLISHES {
                     return refuse(ClientError::RateLimited, Some(&room), Some(id), out);
                 }
                 let request = shard.new_id();
                 shard.add_request(request, self.id);
-                let frame = FrameBuilder::new(&room)
-                    .sender(&self.claims.sub)
-                    .flags(flags)
-                    .build(&Body::Publish { request, key, data });
-                pending.insert(request, (room, id));
+                let sender = &self.user[PERSONAL_PREFIX.len()..]; // `sub()`, while `occasional` is borrowed
+                let frame = FrameBuilder::new(&room).sender(sender).flags(flags).build(&Body::Publish { request, key, data });
+                occasional.pending.insert(request, (room, id));
                 shard.session_out.to_coordinator.push_back(ToCoordinator::Publish { frame });
             }
             Request::Ping { nonce } => out.push(ToClient::Pong { nonce }),
@@ -562,15 +603,17 @@ impl LinkSession {
     /// `rooms` replace the old ones — rooms no longer allowed are left, each with a 403 error —
     /// and the client is told `refreshed`.
     pub fn refresh(&mut self, claims: Claims, shard: &mut ShardRooms, out: &mut Vec<ToClient>) {
-        if claims.sub != self.claims.sub {
+        if claims.sub != self.sub() {
             let _ = refuse(ClientError::RefreshOtherUser, None, None, out);
             return;
         }
         let exp = claims.exp;
-        self.claims = claims;
-        let claims = &self.claims;
+        self.exp = claims.exp;
+        self.iat_value = claims.iat.unwrap_or(0);
+        self.has_iat = claims.iat.is_some();
+        self.allowed = allowed_rooms(claims.rooms);
         let revoked: Vec<String> =
-            self.rooms.iter().map(|(room, _)| room).filter(|room| !may_join(&claims.sub, room, claims.allows(room))).map(|room| room.to_string()).collect();
+            self.rooms.iter().map(|(room, _)| room).filter(|room| !may_join(self.sub(), room, self.allows(room))).map(|room| room.to_string()).collect();
         for room in revoked {
             self.leave(&room, shard);
             let _ = refuse(ClientError::RoomNotAllowed, Some(&room), None, out);
@@ -624,24 +667,24 @@ impl LinkSession {
     /// `broadcast`, the room `all`. Not counted against `max_rooms` nor the join rate. The
     /// client gets `joined` for each, as for its own joins.
     pub fn join_system_rooms(&mut self, broadcast: bool, shard: &mut ShardRooms) {
-        if let Some(room) = personal_room(&self.claims.sub) {
-            let _ = self.join(&room, None, None, false, true, shard);
+        if let Some(room) = personal_room(self.sub()) {
+            if self.join(&room, None, None, false, true, shard).is_ok() {
+                // The shard's name from now on: this session's own copy goes.
+                if let Some((name, _)) = self.rooms.iter().find(|(name, _)| **name == *self.user) {
+                    self.user = name.clone();
+                }
+            }
         }
         if broadcast {
             let _ = self.join(BROADCAST_ROOM, None, None, false, true, shard);
         }
     }
 
-    /// The user's key at the Link: the name of its personal room, `user:{sub}`. While the
-    /// session is in that room, the shard's own name (shared with the room tables: the Link's
-    /// user registry and presence keep it, not copies of the user id); else a new one.
+    /// The user's key at the Link: the name of its personal room, `user:{sub}`. Once the
+    /// session has joined that room, the shard's own name (shared with the room tables: the
+    /// Link's user registry and presence keep it, not copies of the user id).
     pub fn user_key(&self) -> Arc<str> {
-        let sub = self.claims.sub.as_str();
-        let personal = self.rooms.iter().find(|(name, member)| member.auto && personal_user(name) == Some(sub));
-        match personal {
-            Some((name, _)) => name.clone(),
-            None => user_key(sub).into(),
-        }
+        self.user.clone()
     }
 
     /// A client `join` of an automatic room it is already in. With a position (`since`) it is
@@ -657,9 +700,11 @@ impl LinkSession {
             }
             return; // still joining: its `joined` is on the way
         };
-        self.skips.retain(|skip| skip.room != room);
+        forget_skips(&mut self.occasional, room);
         if let Some(known) = member.epoch().filter(|_| member.joined && member.live_from <= member.last) {
-            self.skips.push(Skip { room: room.to_owned(), epoch: known, from: member.live_from, to: member.last });
+            let rate = self.limits.publish();
+            let occasional = self.occasional.get_or_insert_with(|| Occasional::new(rate, 0));
+            occasional.skips.push(Skip { room: room.to_owned(), epoch: known, from: member.live_from, to: member.last });
         }
         if member.resume {
             member.resume = false;
@@ -691,7 +736,7 @@ impl LinkSession {
         if !is_valid_room(room) {
             return Err(ClientError::BadRoom);
         }
-        if !may_join(&self.claims.sub, room, self.claims.allows(room)) {
+        if !may_join(self.sub(), room, self.allows(room)) {
             return Err(ClientError::RoomNotAllowed);
         }
         if self.member(room).is_some() {
@@ -718,8 +763,10 @@ impl LinkSession {
             live_from: 1,
             presence,
         };
-        self.rooms.reserve_exact(1);
-        self.rooms.push((name.clone(), member));
+        let mut rooms = std::mem::take(&mut self.rooms).into_vec();
+        rooms.reserve_exact(1);
+        rooms.push((name.clone(), member));
+        self.rooms = rooms.into_boxed_slice();
         shard.session_out.stats.joins += 1;
         shard.session_out.to_coordinator.push_back(ToCoordinator::Join { request, room: name, since, epoch });
         Ok(())
@@ -728,16 +775,13 @@ impl LinkSession {
     /// Leaves `room`; false if the connection was not in it.
     fn leave(&mut self, room: &str, shard: &mut ShardRooms) -> bool {
         let Some(at) = self.rooms.iter().position(|(r, _)| **r == *room) else { return false };
-        let (room, member) = self.rooms.swap_remove(at);
+        let mut rooms = std::mem::take(&mut self.rooms).into_vec();
+        let (room, member) = rooms.swap_remove(at);
+        self.rooms = rooms.into_boxed_slice(); // exactly the rooms left (none: no allocation)
         if member.resume {
             self.resuming -= 1;
         }
-        if self.rooms.is_empty() {
-            self.rooms = Vec::new(); // an idle connection keeps no allocation
-        }
-        if !self.skips.is_empty() {
-            self.skips.retain(|skip| *skip.room != *room);
-        }
+        forget_skips(&mut self.occasional, &room);
         shard.leave_room(&room);
         shard.remove_request(member.request);
         shard.session_out.to_coordinator.push_back(ToCoordinator::Leave { room });
@@ -755,7 +799,7 @@ impl LinkSession {
             ArchivedBody::PublishAck { request, epoch } => {
                 let request = request.to_native();
                 shard.remove_request(request);
-                if let Some((room, id)) = self.pending.as_mut().and_then(|p| p.remove(&request)) {
+                if let Some((room, id)) = self.occasional.as_mut().and_then(|o| o.pending.remove(&request)) {
                     out.push(ToClient::Published { room, seq: frame.seq(), epoch: epoch.to_native(), id });
                 }
                 return;
@@ -770,7 +814,7 @@ impl LinkSession {
                     let room = room.to_string();
                     self.leave(&room, shard);
                     out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: None, retry_after_ms: retry });
-                } else if let Some((room, id)) = self.pending.as_mut().and_then(|p| p.remove(&request)) {
+                } else if let Some((room, id)) = self.occasional.as_mut().and_then(|o| o.pending.remove(&request)) {
                     out.push(ToClient::Error { code, reason: reason.as_str().to_owned(), room: Some(room), id: Some(id), retry_after_ms: retry });
                 }
                 return;
@@ -817,7 +861,7 @@ impl LinkSession {
                 if seq <= member.last || member.truncated {
                     return;
                 }
-                if skipped(&self.skips, &room, member.epoch(), seq) {
+                if self.occasional.as_deref().is_some_and(|o| skipped(&o.skips, &room, member.epoch(), seq)) {
                     // Delivered live before this resume: accounted for, not sent twice.
                     member.last = seq;
                     return;
@@ -866,9 +910,7 @@ impl LinkSession {
                 member.last = member.last.max(last_seq);
                 member.joined = true;
                 member.live_from = member.last + 1;
-                if !self.skips.is_empty() {
-                    self.skips.retain(|skip| skip.room != room);
-                }
+                forget_skips(&mut self.occasional, &room);
                 if let Some(tail) = ring_tail {
                     member.cursor.skip_to(tail);
                 }
@@ -950,7 +992,7 @@ impl LinkSession {
             let room = room.clone();
             self.leave(&room, shard);
         }
-        for request in self.pending.take().into_iter().flat_map(|p| p.into_keys()) {
+        for request in self.occasional.take().into_iter().flat_map(|o| o.pending.into_keys()) {
             shard.remove_request(request);
         }
     }
@@ -987,6 +1029,29 @@ pub fn refuse(error: ClientError, room: Option<&str>, id: Option<ReqId>, out: &m
 }
 
 /// Whether a replayed `seq` of `room` was already delivered live (a resumed automatic room).
+impl Occasional {
+    /// `now_micros` is when the bucket was last full: any time up to now will do for a full
+    /// bucket (a resume, which has no clock, passes 0).
+    fn new(publish: Rate, now_micros: u64) -> Box<Self> {
+        Box::new(Occasional { pending: HashMap::new(), bucket: TokenBucket::new(publish, now_micros), skips: Vec::new() })
+    }
+}
+
+/// Drops `room`'s skips (its resume is over, or it was left).
+fn forget_skips(occasional: &mut Option<Box<Occasional>>, room: &str) {
+    if let Some(occasional) = occasional {
+        if !occasional.skips.is_empty() {
+            occasional.skips.retain(|skip| skip.room != room);
+        }
+    }
+}
+
+/// A token's `rooms` as a session keeps them: a boxed slice of boxed names (16 bytes a name,
+/// not 24; no spare capacity).
+fn allowed_rooms(rooms: Vec<String>) -> Box<[Box<str>]> {
+    rooms.into_iter().map(String::into_boxed_str).collect()
+}
+
 fn skipped(skips: &[Skip], room: &str, epoch: Option<u64>, seq: u64) -> bool {
     skips.iter().any(|s| s.room == room && epoch.is_none_or(|e| e == s.epoch) && (s.from..=s.to).contains(&seq))
 }
@@ -1499,14 +1564,55 @@ mod tests {
         let mallory = Claims { sub: "mallory".into(), exp: 10, rooms: vec!["*".into()], iat: None };
         rig.session.refresh(mallory, &mut rig.shard, &mut rig.out);
         assert_eq!(rig.seen(), vec!["error 403 None"]);
-        assert_eq!(rig.session.claims().sub, "alice");
+        assert_eq!(rig.session.sub(), "alice");
         let narrower = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into()], iat: None };
         rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
         assert_eq!(rig.seen(), vec!["error 403 None", "refreshed 99"]);
         assert_eq!(rig.session.room_count(), 1);
-        assert_eq!(rig.session.claims().exp, 99);
+        assert_eq!(rig.session.exp(), 99);
         assert_eq!(rig.shard.poll_coordinator(), Some(ToCoordinator::Leave { room: "b".into() }));
         assert!(!rig.shard.has_room("b"));
+    }
+
+    #[test]
+    fn the_session_keeps_the_token_s_claims_as_they_came() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        assert_eq!((rig.session.sub(), rig.session.exp(), rig.session.iat()), ("alice", u64::MAX, None));
+        assert!(rig.session.allows("anything"), "\"*\" allows any room");
+        let issued = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into(), "b".into()], iat: Some(0) };
+        rig.session.refresh(issued, &mut rig.shard, &mut rig.out);
+        assert_eq!((rig.session.exp(), rig.session.iat()), (99, Some(0)), "an iat of 0 is an iat, not none (revocation tells them apart)");
+        assert!(rig.session.allows("a") && rig.session.allows("b") && !rig.session.allows("c"));
+        let empty = Claims { sub: String::new(), exp: 1, rooms: Vec::new(), iat: None };
+        let session = LinkSession::new(1, Wire::Ws, empty, rig.session.limits.clone(), 0);
+        assert_eq!(session.sub(), "", "an empty user id reads back empty (it has no personal room)");
+        assert!(!session.allows("a"));
+    }
+
+    #[test]
+    fn a_reader_holds_no_publisher_state_and_a_publisher_gets_its_whole_burst() {
+        let mut rig = Rig::new(8, LagPolicy::Gap);
+        let mut limits = limits(LagPolicy::Gap);
+        (limits.publish_rate, limits.publish_burst) = (1, 2);
+        rig.session = LinkSession::new(rig.session.id(), Wire::Ws, claims(), Arc::new(limits), 0);
+        rig.join("r", None, None);
+        assert!(rig.session.occasional.is_none(), "a member that only reads carries no publish state");
+        let publish = || Request::Publish { room: "r".into(), data: b"{}".to_vec(), flags: FLAG_JSON, id: ReqId::Json(None), key: String::new() };
+        // Its first publish, an hour in: the bucket made now is as full as one made at connect.
+        let hour = 3_600_000_000;
+        for _ in 0..3 {
+            rig.session.handle_request(publish(), hour, &mut rig.shard, &mut rig.out).expect("allowed or refused, not closed");
+        }
+        assert_eq!(rig.seen(), vec!["error 429 Some(1000)"], "the burst of 2 went, the third waits a second");
+        assert!(rig.session.occasional.as_ref().is_some_and(|o| o.pending.len() == 2));
+        assert_eq!(rig.session.handle_request(publish(), hour, &mut rig.shard, &mut rig.out), Ok(()));
+        assert_eq!(rig.session.handle_request(publish(), hour, &mut rig.shard, &mut rig.out), Err(ClientError::Flood), "refusals past a burst close");
+    }
+
+    #[test]
+    fn an_idle_session_stays_small() {
+        // Inside every connection's record (issue 17: the record's 256-byte class, `ws.rs`).
+        assert!(std::mem::size_of::<LinkSession>() <= 120, "{}", std::mem::size_of::<LinkSession>());
     }
 
     #[test]
@@ -1549,7 +1655,7 @@ mod tests {
     fn the_user_key_is_the_shard_s_name_of_the_personal_room() {
         let (rig, _, _) = rig_with_system_rooms();
         let key = rig.session.user_key();
-        let sub = rig.session.claims().sub.clone();
+        let sub = rig.session.sub().to_owned();
         assert_eq!(&*key, format!("user:{sub}"));
         assert!(rig.session.rooms.iter().any(|(name, _)| Arc::ptr_eq(name, &key)), "the member's (the shard's) name, not a copy");
         assert!(Arc::ptr_eq(&key, &rig.session.user_key()));

@@ -161,7 +161,7 @@ impl Connection {
 
     /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
     pub(crate) fn expires(&self) -> u64 {
-        self.session.claims().exp
+        self.session.exp()
     }
 
     /// The driver's socket queue is empty (see [`LinkSession::drained`]).
@@ -227,7 +227,7 @@ impl Connection {
                             break;
                         }
                         ConnAction::Revoke { before } => {
-                            if super::moderation::is_revoked(self.session.claims().iat, before) {
+                            if super::moderation::is_revoked(self.session.iat(), before) {
                                 result = Err(ClientError::TokenRevoked);
                                 break;
                             }

@@ -83,17 +83,35 @@ impl Admission {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(Admitted(self.clone()))
+        Some(Admitted(Some(self.clone())))
+    }
+
+    /// Returns a connection slot taken by [`Admission::admit`].
+    pub(crate) fn release(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// One of the Link's connection slots, returned when dropped.
+/// One of the Link's connection slots, returned when dropped (or handed to an open connection:
+/// [`Admitted::into_connection`]).
 #[derive(Debug)]
-pub(crate) struct Admitted(Arc<Admission>);
+pub(crate) struct Admitted(Option<Arc<Admission>>);
+
+impl Admitted {
+    /// The slot is now held by an open connection, which returns it ([`Admission::release`])
+    /// through the admission its context already has: the guard's 8 bytes are not carried by
+    /// every connection's record.
+    pub(crate) fn into_connection(mut self, admission: &Arc<Admission>) {
+        let held = self.0.take();
+        debug_assert!(held.is_some_and(|held| Arc::ptr_eq(&held, admission)), "the slot is the context's admission's");
+    }
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(admission) = self.0.take() {
+            admission.release();
+        }
     }
 }
 
@@ -111,6 +129,16 @@ mod tests {
         let third = admission.admit().expect("a returned slot is free again");
         drop((second, third));
         assert_eq!(admission.connections.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_slot_handed_to_a_connection_is_returned_by_it_alone() {
+        let admission = Arc::new(Admission::new(Verifier::new(None), 1, 1));
+        admission.admit().expect("a slot").into_connection(&admission);
+        assert_eq!(admission.connections.load(Ordering::Relaxed), 1, "dropping the handed-over guard keeps the slot taken");
+        assert!(admission.admit().is_none(), "the Link is full");
+        admission.release(); // the connection ends
+        assert!(admission.admit().is_some(), "its slot is free again");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::io::{self, IoSlice};
 use bytes::Bytes;
 
 use super::socket::ClientSocket;
+use super::tally;
 
 /// Most frames written by one vectored write.
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -58,8 +59,6 @@ pub(crate) struct OutQueue {
     written: u32,
     /// Bytes queued and not yet written.
     queued: usize,
-    /// Bytes written since the last [`OutQueue::take_written`].
-    sent: u64,
     /// Some bytes were written since the last [`OutQueue::take_progress`].
     progress: bool,
 }
@@ -91,11 +90,6 @@ impl OutQueue {
     /// Bytes queued and not yet written.
     pub(crate) fn queued(&self) -> usize {
         self.queued
-    }
-
-    /// Bytes written to the socket since the last call (for metrics).
-    pub(crate) fn take_written(&mut self) -> u64 {
-        std::mem::take(&mut self.sent)
     }
 
     /// Whether bytes left since the last call (a stalled reader makes none).
@@ -176,7 +170,7 @@ impl OutQueue {
 
     fn advance(&mut self, mut n: usize) {
         self.queued -= n;
-        self.sent += n as u64;
+        tally::wrote(n as u64); // the shard's counter, not one per queue (8 bytes a connection)
         self.progress = true;
         while n > 0 {
             let Some(front) = self.out.front() else { break };
@@ -234,7 +228,7 @@ mod tests {
         }
         assert!(blocked, "a 2 MB queue must outgrow a 4 KiB send buffer");
         assert_eq!(queue.queued(), 0);
-        assert_eq!(queue.take_written(), expected as u64);
+        assert_eq!(tally::take_bytes_out(), expected as u64);
         drop(server);
         let got = reader.await.expect("join");
         assert_eq!(got.len(), expected);
@@ -291,7 +285,7 @@ mod tests {
             got
         });
         assert!(flush_all(&mut queue, &server).await, "the queue must outgrow the send buffer");
-        assert_eq!(queue.take_written(), expected.len() as u64);
+        assert_eq!(tally::take_bytes_out(), expected.len() as u64);
         drop(server);
         let got = reader.await.expect("join");
         assert_eq!(got.len(), expected.len());

@@ -3,7 +3,8 @@
 //!
 //! 1. **Admission** ([`ConnContext::admit`], [`Admission::verify`], `admission.rs`): a slot
 //!    under `link.max_connections` (none once the shard is stopping), and the client's token
-//!    checked. The slot is held by an [`Admitted`] until the end. A WebSocket client whose URL
+//!    checked. The slot is held by an [`Admitted`] until the session opens, then by the
+//!    [`Connection`] itself, which returns it when dropped. A WebSocket client whose URL
 //!    has no token (and the Link is not in dev mode) is admitted **pending**: it holds its slot
 //!    but has no session until its first message, `{"op":"auth","token"}`, is verified
 //!    ([`Pending`]; `ws.rs` runs that step, within [`AUTH_TIMEOUT`]).
@@ -128,16 +129,15 @@ impl Pending {
 pub(crate) struct Connection {
     ctx: Rc<ConnContext>,
     session: LinkSession,
-    mailbox: Rc<Mailbox>,
-    wire: Wire,
-    _admitted: Admitted,
     /// An operator's close reason, sent instead of the close code's own (`moderation.rs`).
     close_reason: Option<Box<str>>,
 }
 
 impl Connection {
-    /// Registers an admitted, authenticated client on the shard and starts its session.
-    pub(crate) fn open(ctx: Rc<ConnContext>, wire: Wire, claims: Claims, admitted: Admitted) -> Self {
+    /// Registers an admitted, authenticated client on the shard and starts its session. The
+    /// connection's mailbox comes back beside it: its driver keeps it (and hands it to
+    /// [`Connection::handle_events`]), so the connection does not keep a second pointer to it.
+    pub(crate) fn open(ctx: Rc<ConnContext>, wire: Wire, claims: Claims, admitted: Admitted) -> (Self, Rc<Mailbox>) {
         let Registered { id, mailbox } = ctx.shard.borrow_mut().register_conn(ctx.link.replay_bytes);
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         ctx.connections_gauge.increment(1.0);
@@ -149,9 +149,10 @@ impl Connection {
         for evicted in ctx.users.register(session.user_key(), info, ctx.link.max_conns_per_user) {
             let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
         }
-        let mut conn = Connection { ctx, session, mailbox, wire, _admitted: admitted, close_reason: None };
+        admitted.into_connection(&ctx.admission); // returned by `drop`
+        let mut conn = Connection { ctx, session, close_reason: None };
         conn.forward();
-        conn
+        (conn, mailbox)
     }
 
     /// The close reason to send instead of `error`'s own: an operator's (kick, ban).
@@ -178,11 +179,6 @@ impl Connection {
         self.session.id()
     }
 
-    /// The connection's mailbox on the shard.
-    pub(crate) fn mailbox(&self) -> &Rc<Mailbox> {
-        &self.mailbox
-    }
-
     /// Ring frames are pulled into the driver's socket queue only while less than this waits
     /// there (`link.write_batch_bytes`).
     pub(crate) fn write_batch(&self) -> usize {
@@ -206,15 +202,16 @@ impl Connection {
 
     /// Hands the mailbox's hub answers to the session (output into `items`); a close request
     /// ends the connection with its reason. Also takes the mailbox's "a ring has items" flag.
-    pub(crate) fn handle_events(&mut self, items: &mut Vec<ToClient>) -> Result<(), ClientError> {
+    /// `mailbox` is this connection's ([`Connection::open`]).
+    pub(crate) fn handle_events(&mut self, mailbox: &Mailbox, items: &mut Vec<ToClient>) -> Result<(), ClientError> {
         let mut result = Ok(());
         {
             let mut shard = self.ctx.shard.borrow_mut();
-            if self.wire == Wire::Quic && self.session.wants_drained() {
+            if self.session.wire() == Wire::Quic && self.session.wants_drained() {
                 // The QUIC driver writes everything before it asks for more: its queue is empty.
                 self.session.drained(&mut shard.rooms);
             }
-            while let Some(event) = self.mailbox.next_event() {
+            while let Some(event) = mailbox.next_event() {
                 match event {
                     ConnEvent::Hub { frame, ring_tail } => {
                         self.session.handle_hub_frame(frame, ring_tail, &mut shard.rooms, items)
@@ -246,7 +243,7 @@ impl Connection {
                 }
             }
         }
-        if self.mailbox.take_ring() {
+        if mailbox.take_ring() {
             self.session.dirty = true;
         }
         self.forward();
@@ -348,6 +345,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
         self.ctx.connections_gauge.decrement(1.0);
+        self.ctx.admission.release(); // its slot ([`Admitted::into_connection`])
     }
 }
 

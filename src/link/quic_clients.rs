@@ -148,8 +148,7 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
         return;
     };
 
-    let mut client = Connection::open(ctx.clone(), Wire::Quic, claims, admitted);
-    let mailbox = client.mailbox().clone();
+    let (mut client, mailbox) = Connection::open(ctx.clone(), Wire::Quic, claims, admitted);
     let batch = link.write_batch_bytes.max(1);
     let stall = Duration::from_secs(link.idle_timeout_secs.max(1));
     let mut tick = tokio::time::interval(Duration::from_secs(link.ping_interval_secs.max(1)));
@@ -161,7 +160,7 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
     let mut out: Vec<Bytes> = Vec::new();
 
     let reason: Option<ClientError> = loop {
-        let closing = match client.handle_events(&mut items) {
+        let closing = match client.handle_events(&mailbox, &mut items) {
             Ok(()) if client.wants_fill() => client.fill(batch, &mut items).err(),
             Ok(()) => None,
             Err(error) => Some(error),

@@ -53,3 +53,9 @@ pub(crate) fn flush() {
         }
     });
 }
+
+/// Takes this thread's bytes written not yet added to the metrics (tests).
+#[cfg(test)]
+pub(crate) fn take_bytes_out() -> u64 {
+    TALLY.with(|t| t.bytes_out.replace(0))
+}

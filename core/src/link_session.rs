@@ -434,7 +434,10 @@ pub struct LinkSession {
     /// The token's `iat`, when `has_iat` (a value and a flag, not an `Option`: 8 bytes less).
     iat_value: u64,
     has_iat: bool,
-    /// The token's `rooms` (`"*"`: any).
+    /// The token's `rooms` allow any room (`"*"`); then `allowed` is empty: a dev-mode or
+    /// `"*"` token costs the connection no allocation.
+    any_room: bool,
+    /// The token's other `rooms`.
     allowed: Box<[Box<str>]>,
     /// Shared by every session of a Link (the same `[link]` limits).
     limits: Arc<SessionLimits>,
@@ -471,22 +474,34 @@ struct Occasional {
 impl LinkSession {
     /// A session for connection `id` (issued by its shard) with `claims`.
     pub fn new(id: u64, wire: Wire, claims: Claims, limits: Arc<SessionLimits>, now_micros: u64) -> Self {
-        LinkSession {
+        let mut session = LinkSession {
             id,
             wire,
             join_bucket: TokenBucket::new(limits.join(), now_micros),
             replay_held: 0,
             resuming: 0,
             user: user_key(&claims.sub).into(),
-            exp: claims.exp,
-            iat_value: claims.iat.unwrap_or(0),
-            has_iat: claims.iat.is_some(),
-            allowed: allowed_rooms(claims.rooms),
+            exp: 0,
+            iat_value: 0,
+            has_iat: false,
+            any_room: false,
+            allowed: Box::default(),
             limits,
             rooms: Box::default(),
             occasional: None,
             dirty: false,
-        }
+        };
+        session.keep_claims(claims);
+        session
+    }
+
+    /// Keeps what the session needs of a token's claims (its user is the session's already).
+    fn keep_claims(&mut self, claims: Claims) {
+        self.exp = claims.exp;
+        self.iat_value = claims.iat.unwrap_or(0);
+        self.has_iat = claims.iat.is_some();
+        self.any_room = claims.rooms.iter().any(|room| room == "*");
+        self.allowed = if self.any_room { Box::default() } else { claims.rooms.into_iter().map(String::into_boxed_str).collect() };
     }
 
     /// The connection id.
@@ -516,7 +531,7 @@ impl LinkSession {
 
     /// Whether the token allows `room` (as [`Claims::allows`]).
     fn allows(&self, room: &str) -> bool {
-        self.allowed.iter().any(|allowed| &**allowed == "*" || &**allowed == room)
+        self.any_room || self.allowed.iter().any(|allowed| &**allowed == room)
     }
 
     /// Rooms joined (or joining).
@@ -608,10 +623,7 @@ impl LinkSession {
             return;
         }
         let exp = claims.exp;
-        self.exp = claims.exp;
-        self.iat_value = claims.iat.unwrap_or(0);
-        self.has_iat = claims.iat.is_some();
-        self.allowed = allowed_rooms(claims.rooms);
+        self.keep_claims(claims);
         let revoked: Vec<String> =
             self.rooms.iter().map(|(room, _)| room).filter(|room| !may_join(self.sub(), room, self.allows(room))).map(|room| room.to_string()).collect();
         for room in revoked {
@@ -1044,12 +1056,6 @@ fn forget_skips(occasional: &mut Option<Box<Occasional>>, room: &str) {
             occasional.skips.retain(|skip| skip.room != room);
         }
     }
-}
-
-/// A token's `rooms` as a session keeps them: a boxed slice of boxed names (16 bytes a name,
-/// not 24; no spare capacity).
-fn allowed_rooms(rooms: Vec<String>) -> Box<[Box<str>]> {
-    rooms.into_iter().map(String::into_boxed_str).collect()
 }
 
 fn skipped(skips: &[Skip], room: &str, epoch: Option<u64>, seq: u64) -> bool {
@@ -1583,6 +1589,10 @@ mod tests {
         rig.session.refresh(issued, &mut rig.shard, &mut rig.out);
         assert_eq!((rig.session.exp(), rig.session.iat()), (99, Some(0)), "an iat of 0 is an iat, not none (revocation tells them apart)");
         assert!(rig.session.allows("a") && rig.session.allows("b") && !rig.session.allows("c"));
+        assert!(!rig.session.any_room && rig.session.allowed.len() == 2);
+        let any = Claims { sub: "alice".into(), exp: 99, rooms: vec!["a".into(), "*".into()], iat: None };
+        rig.session.refresh(any, &mut rig.shard, &mut rig.out);
+        assert!(rig.session.allows("c") && rig.session.allowed.is_empty(), "\"*\" anywhere allows any room, and keeps no list");
         let empty = Claims { sub: String::new(), exp: 1, rooms: Vec::new(), iat: None };
         let session = LinkSession::new(1, Wire::Ws, empty, rig.session.limits.clone(), 0);
         assert_eq!(session.sub(), "", "an empty user id reads back empty (it has no personal room)");

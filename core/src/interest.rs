@@ -32,6 +32,8 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
+use crate::sparse_tables::{shrink_if_sparse, shrink_set_if_sparse};
+
 /// "Tell `room`'s owner hub that this Link has `members` members there" (0: interest removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -280,7 +282,9 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         }
         if state.total == 0 && announcement.members == 0 {
             self.rooms.remove(&announcement.room);
+            shrink_if_sparse(&mut self.rooms);
         }
+        shrink_set_if_sparse(&mut self.dirty);
     }
 
     /// Hands out every owed announcement, with the rooms' current counts, into `out`; report
@@ -305,6 +309,7 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
         if state.total == 0 {
             self.dirty.remove(room);
             self.rooms.remove(room);
+            shrink_if_sparse(&mut self.rooms);
             return None;
         }
         let announcement = Announcement { room: key.clone(), members: u64::from(state.total) };
@@ -332,6 +337,7 @@ impl<K: Hash + Eq + Clone, V: Default> LinkInterest<K, V> {
             out.push(Announcement { room: room.clone(), members: u64::from(state.total) });
             true
         });
+        shrink_if_sparse(&mut self.rooms);
     }
 }
 

@@ -42,6 +42,7 @@
 //!   connection is in, and who may join and publish there.
 //! - [`auth`]: JWT HS256 client tokens, room rights, constant-time secret comparison.
 //! - [`token_bucket`]: rate limits (per connection at the Link, per API key at the hub).
+//! - [`sparse_tables`]: a table that grew with connections gives its memory back once most left.
 //! - [`quantiles`]: the latency summary (p50 … p99.9, max) that `linkcast bench` and the
 //!   simulator both report.
 #![warn(missing_docs)]
@@ -64,6 +65,7 @@ pub mod room_rates;
 pub mod room_table;
 pub mod shard_queue;
 pub mod shard_rooms;
+pub mod sparse_tables;
 pub mod system_rooms;
 pub mod token_bucket;
 pub mod ws_frame;

@@ -29,6 +29,7 @@ use crate::fanout::{Cursor, ParkTicket, ReadOutcome, RingLimits, ShardRoom};
 use crate::frame::Frame;
 use crate::link_session::{SessionOut, SessionStats, ToCoordinator};
 use crate::room::LostRange;
+use crate::sparse_tables::shrink_if_sparse;
 
 /// Bits of an id below the shard index.
 const SHARD_SHIFT: u32 = 56;
@@ -282,9 +283,11 @@ impl ShardRooms {
     /// kept for it.
     pub fn remove_request(&mut self, request: u64) {
         self.requests.remove(&request);
+        shrink_if_sparse(&mut self.requests);
         if !self.counts.is_empty() {
             self.counts.remove(&request);
         }
+        shrink_if_sparse(&mut self.counts);
     }
 
     /// Keeps the room's count that came with join `request`'s answers, for after its `joined`.
@@ -296,7 +299,9 @@ impl ShardRooms {
 
     /// The count kept for join `request`, if one came.
     pub fn take_count(&mut self, request: u64) -> Option<Frame> {
-        self.counts.remove(&request)
+        let count = self.counts.remove(&request);
+        shrink_if_sparse(&mut self.counts);
+        count
     }
 
     /// The connection an outstanding request belongs to.
@@ -329,6 +334,7 @@ impl ShardRooms {
                 self.bytes -= gone.ring().bytes();
                 self.items -= gone.ring().len();
             }
+            shrink_if_sparse(&mut self.rooms);
         }
     }
 
@@ -407,6 +413,25 @@ mod tests {
     fn message(room: &str, seq: u64) -> RingItem {
         let frame = Frame::message(room, seq, 1, "u", 0, b"x");
         RingItem::Message(RoomMessage { seq, epoch: 1, ws: Bytes::from_static(b"ws"), frame })
+    }
+
+    #[test]
+    fn tables_give_their_memory_back_once_a_storm_of_members_left() {
+        let mut shard = ShardRooms::new(0, RingLimits { max_bytes: 1 << 20, max_items: 16 });
+        let mut requests = Vec::new();
+        for i in 0..10_000 {
+            shard.join_room(&format!("user:u{i}"));
+            let request = shard.new_id();
+            shard.add_request(request, 7);
+            requests.push(request);
+        }
+        let (rooms, pending) = (shard.rooms.capacity(), shard.requests.capacity());
+        for (i, request) in requests.into_iter().enumerate() {
+            shard.leave_room(&format!("user:u{i}"));
+            shard.remove_request(request);
+        }
+        assert!(shard.rooms.capacity() < crate::sparse_tables::MIN_CAPACITY, "rooms: {} of a peak of {rooms}", shard.rooms.capacity());
+        assert!(shard.requests.capacity() < crate::sparse_tables::MIN_CAPACITY, "requests: {} of a peak of {pending}", shard.requests.capacity());
     }
 
     #[test]

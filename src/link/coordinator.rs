@@ -99,6 +99,7 @@ use linkcast_core::protocol::{ClientError, Refusal};
 use linkcast_core::room::LostRange;
 use linkcast_core::shard_queue::OwedItems;
 use linkcast_core::shard_rooms::{make_id, GapReason, COORDINATOR_SHARD};
+use linkcast_core::sparse_tables::shrink_if_sparse;
 use linkcast_core::ws_frame;
 
 use super::moderation::LinkModeration;
@@ -327,6 +328,14 @@ impl RoomPosition {
 struct InFlight {
     hub: HubId,
     room: String,
+}
+
+/// Takes request `request` out of `in_flight` (answered, or never to be): the table gives its
+/// memory back once most of a join storm's requests have landed (`sparse_tables`).
+fn landed(in_flight: &mut HashMap<u64, InFlight>, request: u64) -> Option<InFlight> {
+    let flight = in_flight.remove(&request);
+    shrink_if_sparse(in_flight);
+    flight
 }
 
 /// The coordinator's state (see the module docs).
@@ -747,7 +756,7 @@ impl Coordinator {
     async fn hub_lost(&mut self, hub: HubId) {
         let lost: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.hub == hub).map(|(id, _)| *id).collect();
         for request in lost {
-            let Some(flight) = self.in_flight.remove(&request) else { continue };
+            let Some(flight) = landed(&mut self.in_flight, request) else { continue };
             if shard_of(request) == COORDINATOR_SHARD {
                 if let Some(state) = self.interest.payload_mut(flight.room.as_str()) {
                     state.rejoin = None;
@@ -987,7 +996,7 @@ impl Coordinator {
         }
         match frame.body() {
             ArchivedBody::Joined { epoch, .. } => {
-                self.in_flight.remove(&request);
+                landed(&mut self.in_flight, request);
                 let epoch = epoch.to_native();
                 let room = frame.room().to_owned();
                 let mut stale = false;
@@ -1017,7 +1026,7 @@ impl Coordinator {
                 }
             }
             ArchivedBody::PublishAck { .. } | ArchivedBody::Error { .. } => {
-                self.in_flight.remove(&request);
+                landed(&mut self.in_flight, request);
             }
             _ => {}
         }
@@ -1067,7 +1076,7 @@ impl Coordinator {
         let Some(state) = self.interest.payload_mut(room) else { return };
         if let Some(abandoned) = state.rejoin.take() {
             // Its answer (if the old owner still sends one) no longer matches and is ignored.
-            self.in_flight.remove(&abandoned.get());
+            landed(&mut self.in_flight, abandoned.get());
         }
         // A room whose epoch the Link never learnt has no joined member to catch up: its
         // members' joins are in flight at `old`, which answers them.
@@ -1098,7 +1107,7 @@ impl Coordinator {
         let room = frame.room().to_owned();
         if self.interest.payload(room.as_str()).and_then(|s| s.rejoin).map(NonZeroU64::get) != Some(request) {
             // The room is gone, or this rejoin was abandoned at a disconnect.
-            self.in_flight.remove(&request);
+            landed(&mut self.in_flight, request);
             return;
         }
         match frame.body() {
@@ -1120,7 +1129,7 @@ impl Coordinator {
             }
             ArchivedBody::Replay { .. } => self.push_message(frame).await,
             ArchivedBody::Joined { epoch, .. } => {
-                self.in_flight.remove(&request);
+                landed(&mut self.in_flight, request);
                 let last_seq = frame.seq();
                 let Some(state) = self.interest.payload_mut(room.as_str()) else { return };
                 state.set_epoch(epoch.to_native());
@@ -1133,7 +1142,7 @@ impl Coordinator {
                 }
             }
             ArchivedBody::Error { code, reason, .. } => {
-                self.in_flight.remove(&request);
+                landed(&mut self.in_flight, request);
                 tracing::warn!(room = %room, code = code.to_native(), reason = reason.as_str(), "room rejoin refused; retrying");
                 if let Some(state) = self.interest.payload_mut(room.as_str()) {
                     state.rejoin = None;

@@ -34,6 +34,7 @@ use linkcast_core::presence::has_events;
 use linkcast_core::protocol::{encode_member, encode_presence};
 use linkcast_core::room_table::MAX_MEMBER_LIST;
 use linkcast_core::shard_rooms::RingItem;
+use linkcast_core::sparse_tables::{shrink_if_sparse, shrink_set_if_sparse};
 use linkcast_core::system_rooms::personal_user;
 use linkcast_core::ws_frame;
 
@@ -105,6 +106,7 @@ impl LinkPresence {
             return None;
         }
         state.users.remove(user);
+        shrink_if_sparse(&mut state.users);
         state.events.then(|| member(room, user, false))
     }
 
@@ -114,6 +116,9 @@ impl LinkPresence {
         self.rooms.remove(room);
         self.resync.remove(room);
         self.counts.remove(room);
+        shrink_if_sparse(&mut self.rooms);
+        shrink_set_if_sparse(&mut self.resync);
+        shrink_if_sparse(&mut self.counts);
     }
 
     /// The last `Presence` the owner hub sent for `room`, if any.

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use linkcast_core::sparse_tables::is_sparse;
 
 /// One connection of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,10 @@ impl Users {
         };
         if empty {
             self.map.remove_if(user, |_, conns| conns.as_slice().is_empty());
+            // Most users gone (a storm of connections left): the table's memory goes back too.
+            if is_sparse(self.map.len(), self.map.capacity()) {
+                self.map.shrink_to_fit();
+            }
         }
     }
 
@@ -173,6 +178,22 @@ mod tests {
         users.unregister("u", 3);
         assert_eq!(users.count("u"), 0);
         assert!(users.map.is_empty(), "a user without connections is forgotten");
+    }
+
+    #[test]
+    fn the_table_gives_its_memory_back_once_most_users_left() {
+        let users = Users::default();
+        let key = |i: u64| -> Arc<str> { format!("user:u{i}").into() };
+        for i in 0..20_000 {
+            users.register(key(i), ConnInfo { id: i, quic: false, since_micros: i }, 1);
+        }
+        let peak = users.map.capacity();
+        for i in 0..19_990 {
+            users.unregister(&key(i), i);
+        }
+        assert_eq!(users.map.len(), 10);
+        assert!(users.map.capacity() < peak / 16, "{} of a peak of {peak}", users.map.capacity());
+        assert_eq!(users.connections("user:u19995").len(), 1, "the users left are still found");
     }
 
     #[test]

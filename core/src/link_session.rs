@@ -516,7 +516,7 @@ impl LinkSession {
 
     /// The user id (the token's `sub`).
     pub fn sub(&self) -> &str {
-        &self.user[PERSONAL_PREFIX.len()..]
+        sub_of(&self.user)
     }
 
     /// The token's expiry, seconds since the Unix epoch (`u64::MAX`: never).
@@ -602,8 +602,7 @@ impl LinkSession {
                 }
                 let request = shard.new_id();
                 shard.add_request(request, self.id);
-                let sender = &self.user[PERSONAL_PREFIX.len()..]; // `sub()`, while `occasional` is borrowed
-                let frame = FrameBuilder::new(&room).sender(sender).flags(flags).build(&Body::Publish { request, key, data });
+                let frame = FrameBuilder::new(&room).sender(sub_of(&self.user)).flags(flags).build(&Body::Publish { request, key, data });
                 occasional.pending.insert(request, (room, id));
                 shard.session_out.to_coordinator.push_back(ToCoordinator::Publish { frame });
             }
@@ -1047,6 +1046,11 @@ impl Occasional {
     fn new(publish: Rate, now_micros: u64) -> Box<Self> {
         Box::new(Occasional { pending: HashMap::new(), bucket: TokenBucket::new(publish, now_micros), skips: Vec::new() })
     }
+}
+
+/// The user id in a user's key `user:{sub}` (the key is always made by [`user_key`]).
+fn sub_of(user: &str) -> &str {
+    &user[PERSONAL_PREFIX.len()..]
 }
 
 /// Drops `room`'s skips (its resume is over, or it was left).

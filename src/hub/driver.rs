@@ -386,7 +386,7 @@ impl HubTask {
         self.metrics.queued_bytes.set(self.queued_total.load(Ordering::Acquire) as f64);
     }
 
-    fn drop_link(&mut self, now: u64, link: LinkId, reason: &'static str) {
+    pub(super) fn drop_link(&mut self, now: u64, link: LinkId, reason: &'static str) {
         self.table.handle_link_down(now, link);
         if let Some(connected) = self.links.remove(&link) {
             connected.queue.close(reason);

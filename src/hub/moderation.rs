@@ -19,6 +19,12 @@
 //! Link started after a ban enforces it. Every action is idempotent (a second ban keeps the later
 //! end; a second revocation the later time) and logged with `tracing::info!`.
 //!
+//! An action is followed on each Link's queue by a `UserQuery`: a Link handles its hub's frames
+//! in order, so its answer means it applied the action. The HTTP answer waits for every Link's
+//! (up to [`QUERY_TIMEOUT`]) and lists the rest in `incomplete_links`. A Link whose queue
+//! overflows on one of these frames is dropped (it reconnects and gets bans and revocations
+//! again), never skipped silently.
+//!
 //! A `GET /v1/users/{uid}` asks every connected Link (`UserQuery`) and waits up to
 //! [`QUERY_TIMEOUT`] for their `UserInfo` answers; Links that did not answer are listed in
 //! `incomplete_links`. At most [`MAX_QUERIES`] queries wait at once (503 beyond).
@@ -46,6 +52,7 @@ use linkcast_core::protocol::{ClientError, Refusal};
 use linkcast_core::system_rooms::{is_server_only, personal_room, BROADCAST_ROOM};
 
 use super::driver::{HubInput, HubTask};
+use linkcast_core::link_queue::Admit;
 use super::error::ApiError;
 use super::http::{ask, forward_unless_owner, publish_room};
 use super::ApiState;
@@ -82,8 +89,9 @@ pub(crate) enum ModerationInput {
         until: u64,
         /// The room of a removal, else empty.
         room: String,
-        /// The user's state after the action.
-        reply: oneshot::Sender<UserState>,
+        /// The user's state after the action, and the Links asked to confirm it (a `UserQuery`
+        /// sent behind the action: a Link that answers it has applied the action).
+        reply: oneshot::Sender<Pending>,
     },
     /// Ask every connected Link for the user's connections.
     Query {
@@ -117,6 +125,31 @@ pub(crate) struct Pending {
     state: UserState,
     links: Vec<u32>,
     answers: mpsc::Receiver<(u32, Vec<u8>)>,
+}
+
+impl Pending {
+    /// An action sent to `links` that none will confirm (too many queries waiting): every Link
+    /// is listed as not having answered.
+    fn unconfirmed(state: UserState, links: Vec<u32>) -> Self {
+        let (_, answers) = mpsc::channel(1);
+        Pending { state, links, answers }
+    }
+
+    /// Waits up to [`QUERY_TIMEOUT`] for every asked Link's answer: the answers (one per Link)
+    /// and the Links that did not answer in time.
+    async fn gather(mut self) -> (UserState, Vec<(u32, Vec<u8>)>, Vec<u32>) {
+        let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+        let mut answered = HashSet::new();
+        let mut answers = Vec::with_capacity(self.links.len());
+        while answered.len() < self.links.len() {
+            let Ok(Some((link, json))) = tokio::time::timeout_at(deadline, self.answers.recv()).await else { break };
+            if answered.insert(link) {
+                answers.push((link, json));
+            }
+        }
+        let incomplete = self.links.iter().copied().filter(|link| !answered.contains(link)).collect();
+        (self.state, answers, incomplete)
+    }
 }
 
 /// A write for the store task.
@@ -272,30 +305,24 @@ impl HubTask {
                     }
                     _ => {}
                 }
-                let frame = moderate(&user, action, &reason, until, &room);
-                for connected in self.links.values_mut() {
-                    let _ = connected.queue.offer(frame.clone());
-                }
-                let _ = reply.send(self.moderation.state(&user, now_secs));
+                // Each Link handles its hub's frames in order: its answer to a query sent behind
+                // the action says it applied it (its table set, its connections told). Over
+                // [`MAX_QUERIES`] the action still goes out, unconfirmed; a Link dropped for
+                // overflow is listed as not having answered.
+                let links = self.link_ids();
+                self.offer_all(&moderate(&user, action, &reason, until, &room));
+                let state = self.moderation.state(&user, now_secs);
+                let pending = match self.query_links(&user) {
+                    Some(answers) => Pending { state, links, answers },
+                    None => Pending::unconfirmed(state, links),
+                };
+                let _ = reply.send(pending);
             }
             ModerationInput::Query { user, reply } => {
-                self.moderation.queries.retain(|_, answers| !answers.is_closed());
-                if self.moderation.queries.len() >= MAX_QUERIES {
-                    let _ = reply.send(None);
-                    return;
-                }
-                self.moderation.next_query += 1;
-                let request = self.moderation.next_query;
-                let (tx, answers) = mpsc::channel(self.links.len().max(1));
-                let frame = FrameBuilder::new("").sender(&user).build(&Body::UserQuery { request });
-                let mut links = Vec::with_capacity(self.links.len());
-                for (link, connected) in self.links.iter_mut() {
-                    let _ = connected.queue.offer(frame.clone());
-                    links.push(link.0);
-                }
-                links.sort_unstable();
-                self.moderation.queries.insert(request, tx);
-                let _ = reply.send(Some(Pending { state: self.moderation.state(&user, now_secs), links, answers }));
+                let state = self.moderation.state(&user, now_secs);
+                let links = self.link_ids();
+                let pending = self.query_links(&user).map(|answers| Pending { state, links, answers });
+                let _ = reply.send(pending);
             }
             ModerationInput::Stored { bans, revoked } => {
                 // What this hub did not know yet (it restarted, or took the user over) also goes
@@ -311,21 +338,59 @@ impl HubTask {
                         learnt.push(moderate(&user, MODERATE_REVOKE, "", before, ""));
                     }
                 }
-                for connected in self.links.values_mut() {
-                    for frame in &learnt {
-                        let _ = connected.queue.offer(frame.clone());
-                    }
+                for frame in &learnt {
+                    self.offer_all(frame);
                 }
             }
         }
+    }
+
+    /// Sends a `UserQuery` for `user` to every connected Link: where the answers arrive; `None`
+    /// when [`MAX_QUERIES`] queries wait already.
+    fn query_links(&mut self, user: &str) -> Option<mpsc::Receiver<(u32, Vec<u8>)>> {
+        self.moderation.queries.retain(|_, answers| !answers.is_closed());
+        if self.moderation.queries.len() >= MAX_QUERIES {
+            return None;
+        }
+        self.moderation.next_query += 1;
+        let request = self.moderation.next_query;
+        let (tx, answers) = mpsc::channel(self.links.len().max(1));
+        self.moderation.queries.insert(request, tx);
+        self.offer_all(&FrameBuilder::new("").sender(user).build(&Body::UserQuery { request }));
+        Some(answers)
+    }
+
+    /// Queues `frame` for every connected Link. A Link whose queue overflows (twice its limit)
+    /// is dropped, as for any frame that must not be lost (driver.rs): it reconnects and gets
+    /// every running ban and revocation again.
+    fn offer_all(&mut self, frame: &Frame) {
+        let overflowed: Vec<LinkId> = self
+            .links
+            .iter_mut()
+            .filter_map(|(link, connected)| (connected.queue.offer(frame.clone()) == Admit::Overflow).then_some(*link))
+            .collect();
+        for link in overflowed {
+            tracing::warn!(%link, kind = ?frame.kind(), "link queue overflow: closing the link (it will reconnect)");
+            self.drop_link(now_micros(), link, "link queue overflow");
+        }
+    }
+
+    /// The connected Links, in order.
+    fn link_ids(&self) -> Vec<u32> {
+        let mut links: Vec<u32> = self.links.keys().map(|link| link.0).collect();
+        links.sort_unstable();
+        links
     }
 
     /// A Link connected: it gets every running ban and every revocation.
     pub(super) fn moderation_link_up(&mut self, link: LinkId) {
         let frames = self.moderation.frames_for_new_link(now_micros() / 1_000_000);
         if let Some(connected) = self.links.get_mut(&link) {
-            for frame in frames {
-                let _ = connected.queue.offer(frame);
+            let total = frames.len();
+            let refused = frames.into_iter().filter(|frame| connected.queue.offer(frame.clone()) == Admit::Overflow).count();
+            if refused > 0 {
+                // Only with far more entries than a Link queue holds (its limit twice over).
+                tracing::error!(%link, refused, total, "bans and revocations beyond the link queue's limit were not sent to the link");
             }
         }
     }
@@ -412,11 +477,20 @@ pub(super) async fn broadcast(
     publish_room(&shared, BROADCAST_ROOM.to_owned(), &uri, &headers, body).await
 }
 
-/// Asks the hub task to apply an action.
-async fn act(shared: &ApiState, user: &str, action: u8, reason: String, until: u64, room: String) -> Result<UserState, ApiError> {
+/// What an action came to: the user's state after it, and the connected Links that did not
+/// confirm it within [`QUERY_TIMEOUT`] (they apply it when its frame reaches them).
+struct Acted {
+    state: UserState,
+    incomplete_links: Vec<u32>,
+}
+
+/// Asks the hub task to apply an action, and waits until every connected Link has applied it
+/// (or [`QUERY_TIMEOUT`]).
+async fn act(shared: &ApiState, user: &str, action: u8, reason: String, until: u64, room: String) -> Result<Acted, ApiError> {
     let (reply, answer) = oneshot::channel();
     let input = ModerationInput::Act { user: user.to_owned(), action, reason, until, room, reply };
-    ask(shared, HubInput::Moderation(input), answer).await
+    let (state, _, incomplete_links) = ask(shared, HubInput::Moderation(input), answer).await?.gather().await;
+    Ok(Acted { state, incomplete_links })
 }
 
 /// Where an operator's action on a user is answered: here, with the user id and the parsed
@@ -467,14 +541,20 @@ pub(super) async fn disconnect(
         Action::Here { uid, body } => (uid, body),
     };
     let reason = reason_of(request.reason)?;
-    let state = match request.ban_seconds.filter(|s| *s > 0) {
+    let acted = match request.ban_seconds.filter(|s| *s > 0) {
         Some(seconds) => {
             let until = (now_micros() / 1_000_000).saturating_add(seconds);
             act(&shared, &uid, MODERATE_BAN, reason, until, String::new()).await?
         }
         None => act(&shared, &uid, MODERATE_DISCONNECT, reason, 0, String::new()).await?,
     };
-    Ok(Json(serde_json::json!({ "user": uid, "disconnected": true, "banned_until": state.banned_until })).into_response())
+    let answer = serde_json::json!({
+        "user": uid,
+        "disconnected": true,
+        "banned_until": acted.state.banned_until,
+        "incomplete_links": acted.incomplete_links,
+    });
+    Ok(Json(answer).into_response())
 }
 
 /// Body of `POST /v1/users/{uid}/revoke`.
@@ -497,8 +577,13 @@ pub(super) async fn revoke(
         Action::Here { uid, body } => (uid, body),
     };
     let before = request.before.ok_or(ApiError::BadRequest("before (seconds since the Unix epoch) is required"))?;
-    let state = act(&shared, &uid, MODERATE_REVOKE, String::new(), before, String::new()).await?;
-    Ok(Json(serde_json::json!({ "user": uid, "revoked_before": state.revoked_before })).into_response())
+    let acted = act(&shared, &uid, MODERATE_REVOKE, String::new(), before, String::new()).await?;
+    let answer = serde_json::json!({
+        "user": uid,
+        "revoked_before": acted.state.revoked_before,
+        "incomplete_links": acted.incomplete_links,
+    });
+    Ok(Json(answer).into_response())
 }
 
 /// Body of `POST /v1/rooms/{room}/members/{uid}/remove`.
@@ -526,8 +611,9 @@ pub(super) async fn remove(
         Action::Here { uid, body } => (uid, body),
     };
     let reason = reason_of(request.reason)?;
-    act(&shared, &uid, MODERATE_REMOVE, reason, 0, target.clone()).await?;
-    Ok(Json(serde_json::json!({ "room": target, "user": uid, "removed": true })).into_response())
+    let acted = act(&shared, &uid, MODERATE_REMOVE, reason, 0, target.clone()).await?;
+    let answer = serde_json::json!({ "room": target, "user": uid, "removed": true, "incomplete_links": acted.incomplete_links });
+    Ok(Json(answer).into_response())
 }
 
 /// `GET /v1/users/{uid}`: the user's connections on every Link, its ban and revocation.
@@ -544,16 +630,11 @@ pub(super) async fn user(
     }
     let (reply, answer) = oneshot::channel();
     let input = ModerationInput::Query { user: uid.clone(), reply };
-    let Pending { state, links, mut answers } =
+    let pending =
         ask(&shared, HubInput::Moderation(input), answer).await?.ok_or(ApiError::Unavailable("too many user queries waiting"))?;
-    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
-    let mut answered = HashSet::new();
+    let (state, answers, incomplete) = pending.gather().await;
     let mut connections = Vec::new();
-    while answered.len() < links.len() {
-        let Ok(Some((link, json))) = tokio::time::timeout_at(deadline, answers.recv()).await else { break };
-        if !answered.insert(link) {
-            continue;
-        }
+    for (link, json) in answers {
         let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice::<serde_json::Value>(&json) else { continue };
         for mut entry in entries {
             if let Some(object) = entry.as_object_mut() {
@@ -562,7 +643,6 @@ pub(super) async fn user(
             }
         }
     }
-    let incomplete: Vec<u32> = links.iter().copied().filter(|link| !answered.contains(link)).collect();
     Ok(Json(serde_json::json!({
         "user": uid,
         "connections": connections,

@@ -52,9 +52,10 @@ impl Admission {
         &self.moderation
     }
 
-    /// Whether a client whose token gave `claims` may connect now (not banned, token not revoked).
-    pub(crate) fn check_moderation(&self, claims: &Claims) -> Result<(), Refused> {
-        let checked = self.moderation.check(claims, now_micros() / 1_000_000);
+    /// Whether user `sub` with a token issued at `iat` may connect now (not banned, token not
+    /// revoked).
+    pub(crate) fn check_moderation(&self, sub: &str, iat: Option<u64>) -> Result<(), Refused> {
+        let checked = self.moderation.check(sub, iat, now_micros() / 1_000_000);
         if checked.is_err() {
             metrics::counter!("linkcast_link_moderation_refused_total").increment(1);
         }

@@ -10,7 +10,8 @@
 //!    ([`Pending`]; `ws.rs` runs that step, within [`AUTH_TIMEOUT`]).
 //! 2. **Open** ([`Connection::open`]): an id and a [`Mailbox`] on the shard, the user registered
 //!    (the user's oldest connections beyond `link.max_conns_per_user` are asked to close through
-//!    the coordinator), the shard's counters, and the core [`LinkSession`].
+//!    the coordinator) and checked again against bans and revocations (one that arrived since
+//!    admission closes it at once), the shard's counters, and the core [`LinkSession`].
 //! 3. **Run**: the driver feeds the session what it hears — client requests
 //!    ([`Connection::handle_request`]), hub answers and close requests from the mailbox
 //!    ([`Connection::handle_events`]) — and fills from the shard's rings
@@ -116,7 +117,7 @@ impl Pending {
         match linkcast_core::protocol::ClientOp::parse(first) {
             Ok(linkcast_core::protocol::ClientOp::Auth { token }) => {
                 let claims = ctx.admission.verify(Some(&token)).map_err(ClientError::AuthFailed)?;
-                ctx.admission.check_moderation(&claims).map_err(|refused| refused.error())?;
+                ctx.admission.check_moderation(&claims.sub, claims.iat).map_err(|refused| refused.error())?;
                 Ok(claims)
             }
             _ => Err(ClientError::AuthRequired),
@@ -148,6 +149,13 @@ impl Connection {
         let info = ConnInfo { id, quic: wire == Wire::Quic, since_micros: now_micros() };
         for evicted in ctx.users.register(session.user_key(), info, ctx.link.max_conns_per_user) {
             let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });
+        }
+        // Checked again now that the registry lists it: a ban or revocation that reached the
+        // Link after the upgrade's check found no connection of the user to close. The
+        // coordinator sets its table before it reads the registry (moderation.rs), so either it
+        // closes this connection or this check sees the table.
+        if let Err(refused) = ctx.admission.check_moderation(session.sub(), session.iat()) {
+            mailbox.post(ConnEvent::Close(refused.error()));
         }
         admitted.into_connection(&ctx.admission); // returned by `drop`
         let mut conn = Connection { ctx, session, close_reason: None };
@@ -265,7 +273,7 @@ impl Connection {
         let result = match request {
             Request::Refresh { token } => match self.ctx.admission.verify(Some(&token)) {
                 Ok(claims) => {
-                    self.ctx.admission.check_moderation(&claims).map_err(|refused| refused.error())?;
+                    self.ctx.admission.check_moderation(&claims.sub, claims.iat).map_err(|refused| refused.error())?;
                     self.session.refresh(claims, &mut self.ctx.shard.borrow_mut().rooms, items);
                     Ok(())
                 }

@@ -138,7 +138,7 @@ pub(crate) async fn handle(accepted: Accepted, ctx: Rc<ConnContext>) {
             return;
         }
     };
-    if let Err(refused) = ctx.admission.check_moderation(&claims) {
+    if let Err(refused) = ctx.admission.check_moderation(&claims.sub, claims.iat) {
         // Banned (4001) or token revoked (4002), as on WebSocket.
         close(&conn, refused.error());
         return;

@@ -269,7 +269,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Pending::Ready(claims) = &claims {
         // A banned user, or a token issued before the user's revocation (`moderation.rs`).
-        if let Err(refused) = ctx.admission.check_moderation(claims) {
+        if let Err(refused) = ctx.admission.check_moderation(&claims.sub, claims.iat) {
             answer(tcp, http_upgrade::response(403, "application/json", &refused.body())).await;
             return None;
         }

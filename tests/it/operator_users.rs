@@ -212,6 +212,7 @@ async fn kicks_bans_revocations_and_removals_reach_every_link() {
     }
     let answer = admin(&cluster, 1, "POST", "/v1/users/kim/disconnect", json!({"reason": "spamming the chat", "ban_seconds": 3})).await;
     let until = answer["banned_until"].as_u64().expect("banned_until");
+    assert_eq!(answer["incomplete_links"], json!([]), "{answer}");
     for client in &mut kims {
         assert_eq!(client.next().await, Got::Close(4001, "spamming the chat".into()));
     }
@@ -233,7 +234,7 @@ async fn kicks_bans_revocations_and_removals_reach_every_link() {
 
     // A plain kick: 4000 with the reason, and the user may reconnect at once.
     let answer = admin(&cluster, 0, "POST", "/v1/users/kim/disconnect", json!({"reason": "take a break"})).await;
-    assert_eq!(answer["banned_until"], Value::Null);
+    assert_eq!((&answer["banned_until"], &answer["incomplete_links"]), (&Value::Null, &json!([])), "{answer}");
     assert_eq!(kim_again.next().await, Got::Close(4000, "take a break".into()));
     let _kim_back = connect(&cluster, 2, "kim", &kim).await;
 
@@ -244,7 +245,8 @@ async fn kicks_bans_revocations_and_removals_reach_every_link() {
     let mut oz_old = connect(&cluster, 0, "oz", &old).await;
     let mut oz_fresh = connect(&cluster, 1, "oz", &fresh).await;
     let answer = admin(&cluster, 1, "POST", "/v1/users/oz/revoke", json!({"before": before})).await;
-    assert_eq!(answer, json!({"user": "oz", "revoked_before": before}));
+    // Answered once every Link applied it: from then on no Link lets the old token in.
+    assert_eq!(answer, json!({"user": "oz", "revoked_before": before, "incomplete_links": []}));
     assert_eq!(oz_old.next().await, Got::Close(4002, "token revoked".into()));
     for link in 0..3 {
         let res = upgrade(&cluster, link, &old).await;
@@ -265,12 +267,21 @@ async fn kicks_bans_revocations_and_removals_reach_every_link() {
         client.join("stage", None).await;
     }
     let answer = admin(&cluster, 1, "POST", "/v1/rooms/stage/members/rex/remove", json!({"reason": "off topic"})).await;
-    assert_eq!(answer, json!({"room": "stage", "user": "rex", "removed": true}));
+    assert_eq!(answer, json!({"room": "stage", "user": "rex", "removed": true, "incomplete_links": []}));
     assert_eq!(rex.next_json().await, json!({"op": "removed", "room": "stage", "reason": "off topic"}));
     let seq = push(&cluster, 0, "/v1/rooms/stage/messages", json!("on stage")).await;
     assert_eq!(message(&mut sue).await, ("stage".into(), seq, json!("on stage")));
     let marker = push(&cluster, 1, "/v1/users/rex/messages", json!("marker")).await;
     assert_eq!(message(&mut rex).await, ("user:rex".into(), marker, json!("marker")), "nothing of the room after removed");
+
+    // A Link that does not confirm within 1 s (stopped) is named in the answer, and applies the
+    // action once it runs again.
+    let mut pat = connect(&cluster, 1, "pat", &token("pat", Some(before - 100))).await;
+    cluster.processes.stop("link-2");
+    let answer = admin(&cluster, 0, "POST", "/v1/users/pat/revoke", json!({"before": before})).await;
+    cluster.processes.cont("link-2");
+    assert_eq!((&answer["revoked_before"], &answer["incomplete_links"]), (&json!(before), &json!([2])), "{answer}");
+    assert_eq!(pat.next().await, Got::Close(4002, "token revoked".into()));
 }
 
 #[tokio::test]

@@ -109,7 +109,7 @@ impl OutQueue {
     }
 
     /// Writes queued frames until the queue is empty or the socket would block.
-    /// On a TLS socket, `All` also means no ciphertext waits in rustls.
+    /// On a TLS socket, `All` also means no ciphertext waits in the TLS session.
     pub(crate) fn flush(&mut self, socket: &ClientSocket) -> io::Result<Flushed> {
         while !self.out.is_empty() {
             let sent = CORK.with(|cork| match cork.try_borrow_mut() {
@@ -332,12 +332,12 @@ mod tests {
         use std::sync::Arc;
         let cert = Arc::new(crate::tls::ServerCert::self_signed().expect("cert"));
         let leaf = cert.leaf().expect("leaf");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(crate::tls::server_config(cert, &[]).expect("server config")));
+        let config = Arc::new(crate::tls::server_config(cert, &[]).expect("server config"));
         let connector = tokio_rustls::TlsConnector::from(Arc::new(crate::tls::Trust::pin_der(&leaf).client_config(&[]).expect("client config")));
         let (server, client) = pair().await;
         let addr = client.peer_addr().expect("addr");
         let client = tokio::spawn(async move { connector.connect(crate::tls::server_name(None, addr), client).await.expect("client handshake") });
-        let (tcp, session) = acceptor.accept(server).await.expect("server handshake").into_inner();
+        let (tcp, session) = crate::link::tls_session::TlsStream::handshake(server, config).await.expect("server handshake").into_parts();
         let mut client = client.await.expect("join");
         let server = ClientSocket::tls(tcp, session).expect("socket");
         let frames = mixed_frames();
@@ -353,7 +353,7 @@ mod tests {
             got
         });
         flush_all(&mut queue, &server).await;
-        assert!(!server.wants_write(), "no ciphertext left in rustls after All");
+        assert!(!server.wants_write(), "no ciphertext left in the TLS session after All");
         let got = reader.await.expect("join");
         assert!(got == expected, "plaintext differs from the frames in order");
     }

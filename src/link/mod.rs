@@ -50,6 +50,7 @@ mod shard_thread;
 mod socket;
 mod socket_poll;
 mod tally;
+mod tls_session;
 mod upgrade;
 mod wire;
 mod ws;

@@ -3,14 +3,15 @@
 //!
 //! The delivery path writes to a socket from the shard loop with one non-blocking vectored send
 //! and never awaits (`conn_io.rs`), so TLS cannot be an `AsyncWrite` wrapper here. A TLS socket
-//! is the TCP stream plus the rustls session that `upgrade.rs` completed the handshake with:
-//! - [`ClientSocket::send`] hands plaintext to rustls, which encrypts it into its outgoing
-//!   buffer (bounded: [`TLS_OUT_LIMIT`] — rustls takes no more while that much waits), then
+//! is the TCP stream plus the session (`tls_session.rs`, rustls' unbuffered API: no buffer
+//! kept while idle) that `upgrade.rs` completed the handshake with:
+//! - [`ClientSocket::send`] has the session encrypt plaintext into its outgoing ciphertext
+//!   (bounded: `tls_session::TLS_OUT_LIMIT` — no more is taken while that much waits), then
 //!   writes what the socket takes; ciphertext left over waits for [`ClientSocket::writable`]
 //!   and is pushed by the next call ([`ClientSocket::wants_write`] says some is pending);
-//! - [`ClientSocket::try_read`] returns plaintext rustls already holds, else reads TLS records
-//!   from the socket (only when no plaintext waits, so rustls' receive buffer stays bounded) and
-//!   decrypts; [`ClientSocket::readable`] is ready at once while plaintext waits.
+//! - [`ClientSocket::try_read`] returns plaintext the session already holds, else reads TLS
+//!   records from the socket (only when no plaintext waits, so what the session holds stays
+//!   bounded) and decrypts; [`ClientSocket::readable`] is ready at once while plaintext waits.
 //!
 //! Plain sockets go straight to `send`/`sendmsg` with `MSG_NOSIGNAL` and `read`.
 //!
@@ -29,8 +30,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// Most ciphertext rustls holds for one connection before it refuses more plaintext.
-pub(crate) const TLS_OUT_LIMIT: usize = 64 * 1024;
+use super::tls_session::TlsSession;
 
 /// Readiness bit: a read may not block.
 const READABLE: u8 = 1;
@@ -44,8 +44,8 @@ pub(crate) struct ClientSocket {
     /// [`READABLE`] and [`WRITABLE`]: set by the shard's epoll set, cleared by a call that
     /// would block.
     ready: Cell<u8>,
-    /// Boxed: a rustls session is large, and a plain connection should not carry its room.
-    tls: Option<Box<RefCell<rustls::ServerConnection>>>,
+    /// Boxed: a TLS session is large, and a plain connection should not carry its room.
+    tls: Option<Box<RefCell<TlsSession>>>,
 }
 
 impl ClientSocket {
@@ -55,8 +55,7 @@ impl ClientSocket {
     }
 
     /// A `wss://` socket whose handshake `session` completed on `tcp`.
-    pub(crate) fn tls(tcp: tokio::net::TcpStream, mut session: rustls::ServerConnection) -> io::Result<Self> {
-        session.set_buffer_limit(Some(TLS_OUT_LIMIT));
+    pub(crate) fn tls(tcp: tokio::net::TcpStream, session: TlsSession) -> io::Result<Self> {
         Ok(ClientSocket { tcp: tcp.into_std()?, ready: Cell::new(READABLE | WRITABLE), tls: Some(Box::new(RefCell::new(session))) })
     }
 
@@ -72,7 +71,7 @@ impl ClientSocket {
     }
 
     /// Whether a read may find something (input arrived since a read last would block, or
-    /// rustls holds plaintext). `false`: an event of the shard's epoll set will say.
+    /// the TLS session holds plaintext). `false`: an event of the shard's epoll set will say.
     pub(crate) fn read_ready(&self) -> bool {
         self.ready.get() & READABLE != 0 || self.has_plaintext()
     }
@@ -90,13 +89,13 @@ impl ClientSocket {
         result
     }
 
-    /// Writes as much of `slices` as the socket (and rustls' bounded buffer) takes; `WouldBlock`
+    /// Writes as much of `slices` as the socket (and the TLS session's bounded buffer) takes; `WouldBlock`
     /// when nothing could be taken.
     pub(crate) fn send(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         let Some(tls) = &self.tls else { return self.track(WRITABLE, send_raw(&self.tcp, slices)) };
         let Ok(mut session) = tls.try_borrow_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
         self.push_tls(&mut session)?;
-        let taken = session.writer().write_vectored(slices)?;
+        let taken = session.encrypt(slices)?;
         // Best effort now; what stays is pushed when the socket is writable again.
         match self.push_tls(&mut session) {
             Ok(()) => {}
@@ -109,7 +108,7 @@ impl ClientSocket {
         Ok(taken)
     }
 
-    /// Pushes ciphertext rustls holds; `Ok` once none is left, `WouldBlock` if the socket is
+    /// Pushes ciphertext the TLS session holds; `Ok` once none is left, `WouldBlock` if the socket is
     /// full. Plain sockets have none.
     pub(crate) fn flush_tls(&self) -> io::Result<()> {
         let Some(tls) = &self.tls else { return Ok(()) };
@@ -117,16 +116,8 @@ impl ClientSocket {
         self.push_tls(&mut session)
     }
 
-    fn push_tls(&self, session: &mut rustls::ServerConnection) -> io::Result<()> {
-        while session.wants_write() {
-            match self.track(WRITABLE, session.write_tls(&mut RawWriter(&self.tcp))) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    fn push_tls(&self, session: &mut TlsSession) -> io::Result<()> {
+        self.track(WRITABLE, session.write_to(&mut RawWriter(&self.tcp)))
     }
 
     /// True while ciphertext waits for the socket.
@@ -140,35 +131,27 @@ impl ClientSocket {
         let Some(tls) = &self.tls else { return self.track(READABLE, (&self.tcp).read(buf)) };
         let Ok(mut session) = tls.try_borrow_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
         loop {
-            match session.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+            if session.has_plaintext() {
+                return Ok(session.take_plaintext(buf));
             }
-            // No plaintext waits: read records from the socket.
-            if self.track(READABLE, session.read_tls(&mut (&self.tcp)))? == 0 {
+            if session.peer_closed() {
                 return Ok(0);
             }
-            let state = session.process_new_packets().map_err(|e| {
-                // Tell the peer why (an alert), best effort.
-                let _ = self.push_tls(&mut session);
-                io::Error::new(io::ErrorKind::InvalidData, e)
-            });
-            let state = state?;
+            // No plaintext waits: read records from the socket.
+            let read = self.track(READABLE, session.read_from(&mut RawReader(&self.tcp)));
+            // Key updates and alerts owed to the peer (an alert also on an error), best effort.
             if session.wants_write() {
-                // Key updates and alerts owed to the peer.
                 let _ = self.push_tls(&mut session);
             }
-            if state.peer_has_closed() && state.plaintext_bytes_to_read() == 0 {
+            if read? == 0 {
                 return Ok(0);
             }
         }
     }
 
-    /// Waits until [`ClientSocket::try_read`] may have something (at once while rustls holds
-    /// plaintext). Outside the shard's driver only (`auth`, close): the socket is registered
-    /// with tokio for the wait.
+    /// Waits until [`ClientSocket::try_read`] may have something (at once while the TLS session
+    /// holds plaintext). Outside the shard's driver only (`auth`, close): the socket is
+    /// registered with tokio for the wait.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         if self.has_plaintext() {
             return Ok(());
@@ -189,9 +172,7 @@ impl ClientSocket {
     }
 
     fn has_plaintext(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| {
-            tls.try_borrow_mut().is_ok_and(|mut s| s.process_new_packets().is_ok_and(|st| st.plaintext_bytes_to_read() > 0))
-        })
+        self.tls.as_ref().is_some_and(|tls| tls.try_borrow().is_ok_and(|s| s.has_plaintext()))
     }
 
     /// Waits for and appends what the socket has (up to 16 KiB) to `buf`; `Ok(0)` at the end.
@@ -247,7 +228,16 @@ impl AsRawFd for Descriptor {
     }
 }
 
-/// A `std::io::Write` over [`send_raw`], for rustls' `write_tls`.
+/// A `std::io::Read` over the socket, for the TLS session.
+struct RawReader<'a>(&'a TcpStream);
+
+impl Read for RawReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// A `std::io::Write` over [`send_raw`], for the TLS session.
 struct RawWriter<'a>(&'a TcpStream);
 
 impl Write for RawWriter<'_> {

@@ -31,6 +31,7 @@ use linkcast_core::http_upgrade::{self, HeadScanner, RequestHead, MAX_HEAD};
 use super::admission::Admitted;
 use super::connection::{ConnContext, Pending};
 use super::socket::ClientSocket;
+use super::tls_session::TlsStream;
 use super::ws;
 use crate::config::KeepAlive;
 use crate::pre_auth::{PreAuthCaps, PreAuthSlot};
@@ -54,7 +55,7 @@ pub(crate) struct PortSetup {
 
 /// Accepts TCP connections on this shard's listening socket until aborted.
 pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<ConnContext>, port: PortSetup) {
-    let tls = port.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let tls = port.tls.clone();
     let port = Rc::new(port);
     loop {
         match listener.accept().await {
@@ -95,7 +96,7 @@ async fn handle_tcp(
     tcp: TcpStream,
     handshake: PreAuthSlot,
     admitted: Admitted,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     port: Rc<PortSetup>,
     ctx: Rc<ConnContext>,
 ) {
@@ -148,7 +149,7 @@ fn kernel_keepalive(tcp: &TcpStream, ping_secs: u64, idle_secs: u64) -> std::io:
 /// dropped before the connection runs (an idle connection keeps no request bytes).
 async fn handshake_tcp(
     tcp: TcpStream,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     port: &PortSetup,
     ctx: &ConnContext,
 ) -> Option<(ClientSocket, Vec<u8>, Pending)> {
@@ -159,13 +160,13 @@ async fn handshake_tcp(
             let (early, claims) = upgrade(&mut tcp, deadline, port, ctx).await?;
             Some((ClientSocket::plain(tcp).ok()?, early, claims))
         }
-        Some(acceptor) => {
-            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await else {
+        Some(config) => {
+            let Ok(Ok(mut stream)) = tokio::time::timeout_at(deadline, TlsStream::handshake(tcp, config)).await else {
                 metrics::counter!("linkcast_link_upgrades_refused_total", "reason" => "tls handshake").increment(1);
                 return None;
             };
             let (early, claims) = upgrade(&mut stream, deadline, port, ctx).await?;
-            let (tcp, session) = stream.into_inner();
+            let (tcp, session) = stream.into_parts();
             Some((ClientSocket::tls(tcp, session).ok()?, early, claims))
         }
     }

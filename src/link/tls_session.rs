@@ -40,6 +40,9 @@ const READ_CHUNK: usize = 16 * 1024 + 512;
 /// Largest plaintext of one TLS record.
 const MAX_RECORD: usize = 16 * 1024;
 
+/// Least room under [`TLS_OUT_LIMIT`] worth a record (below, the writer waits for the socket).
+const MIN_RECORD_ROOM: usize = 1024;
+
 /// Bound on what waits in `incoming` (a record is at most 16 KiB + 256 bytes: more is a peer
 /// that does not speak TLS).
 const MAX_INCOMING: usize = 64 * 1024;
@@ -205,9 +208,10 @@ impl TlsSession {
         let mut rest: &[u8] = &[];
         loop {
             let budget = TLS_OUT_LIMIT.saturating_sub(self.outgoing.len() - self.out_written);
-            if budget < MAX_RECORD.min(1024) {
+            if budget < MIN_RECORD_ROOM {
                 break;
             }
+            // Room for the record's header, content type and tag besides its plaintext.
             let cap = MAX_RECORD.min(budget - 256);
             // One record's plaintext: a slice as it is when it fills the record alone, else
             // the next slices gathered.

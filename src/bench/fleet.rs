@@ -258,7 +258,7 @@ impl Ctx {
             joined_per_room: (0..spec.rooms.len()).map(|_| AtomicU64::new(0)).collect(),
             connect_latency: Mutex::new(stats::new_histogram()),
             first_error: Mutex::new(None),
-            recorder: ShardedRecorder::new(64),
+            recorder: ShardedRecorder::new(stats::recorder_shards()),
             connect_slots: Semaphore::new(spec.connect_concurrency.max(1)),
             track: if spec.lean { (0..spec.count).map(|_| lean::Track::default()).collect() } else { Vec::new() },
             holes: AtomicU64::new(0),

@@ -47,12 +47,12 @@ use tokio::sync::{mpsc, oneshot};
 use linkcast_core::frame::{
     is_valid_room, ArchivedBody, Body, Frame, FrameBuilder, Kind, MODERATE_BAN, MODERATE_DISCONNECT, MODERATE_REMOVE, MODERATE_REVOKE,
 };
+use linkcast_core::link_queue::Admit;
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::{ClientError, Refusal};
 use linkcast_core::system_rooms::{is_server_only, personal_room, BROADCAST_ROOM};
 
 use super::driver::{HubInput, HubTask};
-use linkcast_core::link_queue::Admit;
 use super::error::ApiError;
 use super::http::{ask, forward_unless_owner, publish_room};
 use super::ApiState;

@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-
 use linkcast_core::frame::{ArchivedBody, Body, Frame, FrameBuilder, MODERATE_BAN, MODERATE_DISCONNECT, MODERATE_REMOVE, MODERATE_REVOKE};
 use linkcast_core::placement::LinkId;
 use linkcast_core::protocol::ClientError;

@@ -365,6 +365,12 @@ struct Coordinator {
     presence: LinkPresence,
     /// Since when some room has owed or awaited a rejoin (logged once they all are answered).
     rejoining_since: Option<std::time::Instant>,
+    /// Some room may owe or await a rejoin: set wherever a room's `rejoin` or `rejoin_owed` is
+    /// set, cleared by [`Coordinator::count_rejoining`] once a pass over the rooms found none.
+    /// The once-a-second passes over every room (`rejoin_owed`, `count_rejoining`) run only
+    /// while it is set: a Link holds a personal room per user (18,000 here), and those passes
+    /// were the coordinator's largest item in a 1 M broadcast's profile (docs/benchmarks.md).
+    rejoins_possible: bool,
     /// `linkcast_link_rooms_rejoining`: rooms whose rejoin is owed or awaited, summed over the
     /// Links of the process (each adds the change of its own count), and this Link's count.
     rooms_rejoining: (metrics::Gauge, usize),
@@ -413,6 +419,7 @@ pub(crate) fn run(
             moderation,
             presence: LinkPresence::default(),
             rejoining_since: None,
+            rejoins_possible: false,
             rooms_rejoining: (metrics::gauge!("linkcast_link_rooms_rejoining"), 0),
             rejoins_sent: metrics::counter!("linkcast_link_rejoins_total"),
             owed_hubs: Vec::new(),
@@ -601,11 +608,15 @@ impl Coordinator {
         if let Some(state) = self.interest.payload_mut(room) {
             state.rejoin = sent;
             state.rejoin_owed = sent.is_none();
+            self.rejoins_possible = true;
         }
     }
 
     /// Retries the rejoins still owed to connected hubs, the rooms with the most members first.
     fn rejoin_owed(&mut self) {
+        if !self.rejoins_possible {
+            return;
+        }
         let mut owed: Vec<(u64, Arc<str>)> = self
             .interest
             .rooms()
@@ -646,7 +657,9 @@ impl Coordinator {
     /// was rejoined, or lost its last member): while a room rejoins, its live messages wait for
     /// the rejoin's replay.
     fn count_rejoining(&mut self) {
-        let rejoining = self.interest.rooms().filter(|(_, _, state)| state.rejoining()).count();
+        let rejoining =
+            if self.rejoins_possible { self.interest.rooms().filter(|(_, _, state)| state.rejoining()).count() } else { 0 };
+        self.rejoins_possible = rejoining > 0;
         let (gauge, shown) = &mut self.rooms_rejoining;
         gauge.increment(rejoining as f64 - *shown as f64);
         *shown = rejoining;
@@ -771,6 +784,7 @@ impl Coordinator {
             if members > 0 && state.epoch().is_some() && owner_in(view, directory, room) == hub {
                 state.rejoin = None;
                 state.rejoin_owed = true;
+                self.rejoins_possible = true;
             }
         }
     }
@@ -1082,6 +1096,7 @@ impl Coordinator {
         // members' joins are in flight at `old`, which answers them.
         if state.epoch().is_some() {
             state.rejoin_owed = true;
+            self.rejoins_possible = true;
             self.rejoin(room);
         }
     }
@@ -1147,6 +1162,7 @@ impl Coordinator {
                 if let Some(state) = self.interest.payload_mut(room.as_str()) {
                     state.rejoin = None;
                     state.rejoin_owed = true;
+                    self.rejoins_possible = true;
                 }
             }
             _ => {}

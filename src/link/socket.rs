@@ -245,10 +245,6 @@ impl Write for RawWriter<'_> {
         send_raw(self.0, &[IoSlice::new(buf)])
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        send_raw(self.0, bufs)
-    }
-
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Most ciphertext a session holds for its socket before it takes no more plaintext.
-pub(crate) const TLS_OUT_LIMIT: usize = 64 * 1024;
+const TLS_OUT_LIMIT: usize = 64 * 1024;
 
 /// Bytes asked of the socket per read: a whole record of the largest size, and its header.
 const READ_CHUNK: usize = 16 * 1024 + 512;

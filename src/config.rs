@@ -497,9 +497,12 @@ pub struct LinkConfig {
     pub join_burst: u32,
     /// Replayed bytes held for one connection at a time; a longer catch-up is paged as it drains.
     pub replay_bytes: usize,
-    /// Join every connection to the broadcast room `all` (issue 15; the personal room
-    /// `user:{sub}` is always joined).
+    /// Join every connection to the broadcast room `all` (issue 15).
     pub broadcast_room: bool,
+    /// Join every connection to its personal room `user:{sub}` (pushes to a user by id). Off,
+    /// a connection costs the Link (and the room's owner hub) one room less; a client may
+    /// still join its own personal room itself.
+    pub personal_room: bool,
     /// Seconds between SIGTERM (the Link tells its hubs it is draining, so `locate` stops
     /// offering it) and closing every client with 1001 and a retry hint.
     pub drain_secs: u64,
@@ -560,6 +563,7 @@ impl Default for LinkConfig {
             join_burst: 10,
             replay_bytes: 1024 * 1024,
             broadcast_room: true,
+            personal_room: true,
             drain_secs: 5,
             shard_queue_bytes: 64 * 1024 * 1024,
             coalesce_us: 0,
@@ -898,6 +902,14 @@ mod tests {
         assert!(Config::default().link.broadcast_room);
         let config = Config::from_toml("[link]\nbroadcast_room = false").expect("valid");
         assert!(!config.link.broadcast_room);
+    }
+
+    #[test]
+    fn the_personal_room_is_on_by_default_and_can_be_turned_off() {
+        assert!(Config::default().link.personal_room);
+        let config = Config::from_toml("[link]\npersonal_room = false").expect("valid");
+        assert!(!config.link.personal_room);
+        assert!(config.link.broadcast_room, "the other automatic room is left as it was");
     }
 
     #[test]

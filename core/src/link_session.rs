@@ -44,8 +44,10 @@
 //! claims (same `sub`), leaving rooms the new ones no longer allow.
 //!
 //! Automatic rooms (`system_rooms.rs`): right after authentication the driver calls
-//! [`LinkSession::join_system_rooms`]: the connection joins `user:{sub}` and (unless the Link's
-//! `broadcast_room` is off) `all`, live only, outside `max_rooms` and the join rate. A client
+//! [`LinkSession::join_system_rooms`]: the connection joins `user:{sub}` (unless the Link's
+//! `personal_room` is off) and `all` (unless its `broadcast_room` is off), live only, outside
+//! `max_rooms` and the join rate. A room the Link leaves out is the client's to join, as one of
+//! its own. A client
 //! `join` of one of them *with* a position is a resume: the room is asked again from there, and
 //! replayed seqs the member already got live (`live_from..=last`, kept aside as a `Skip` until
 //! the resume's `Joined`) are accounted for but not sent twice; *without* a position it is
@@ -673,12 +675,13 @@ impl LinkSession {
         self.resuming = 0;
     }
 
-    /// Joins the rooms the Link keeps for every connection, live only (no position): the
-    /// user's personal room `user:{sub}` (when its id makes a valid room name) and, when
-    /// `broadcast`, the room `all`. Not counted against `max_rooms` nor the join rate. The
-    /// client gets `joined` for each, as for its own joins.
-    pub fn join_system_rooms(&mut self, broadcast: bool, shard: &mut ShardRooms) {
-        if let Some(room) = personal_room(self.sub()) {
+    /// Joins the rooms the Link keeps for every connection, live only (no position): when
+    /// `personal`, the user's personal room `user:{sub}` (when its id makes a valid room name)
+    /// and, when `broadcast`, the room `all`. Not counted against `max_rooms` nor the join rate.
+    /// The client gets `joined` for each, as for its own joins. A room left out here is still
+    /// the client's to join (`may_join`), as one of its own rooms.
+    pub fn join_system_rooms(&mut self, personal: bool, broadcast: bool, shard: &mut ShardRooms) {
+        if let Some(room) = personal_room(self.sub()).filter(|_| personal) {
             if self.join(&room, None, None, false, true, shard).is_ok() {
                 // The shard's name from now on: this session's own copy goes.
                 if let Some((name, _)) = self.rooms.iter().find(|(name, _)| **name == *self.user) {
@@ -1654,7 +1657,7 @@ mod tests {
     /// A rig whose session joined its automatic rooms; returns their join request ids.
     fn rig_with_system_rooms() -> (Rig, u64, u64) {
         let mut rig = Rig::new(64, LagPolicy::Gap);
-        rig.session.join_system_rooms(true, &mut rig.shard);
+        rig.session.join_system_rooms(true, true, &mut rig.shard);
         let mut requests = Vec::new();
         while let Some(item) = rig.shard.poll_coordinator() {
             let ToCoordinator::Join { request, since: None, epoch: None, .. } = &item else { panic!("live joins only: {item:?}") };
@@ -1699,6 +1702,27 @@ mod tests {
         rig.session.refresh(narrower, &mut rig.shard, &mut rig.out);
         let rooms: Vec<&str> = rig.session.rooms().collect();
         assert!(rooms.contains(&"user:alice") && rooms.contains(&"all") && rooms.contains(&"a"), "{rooms:?}");
+    }
+
+    #[test]
+    fn a_link_without_personal_rooms_joins_all_only_and_the_client_may_join_its_own() {
+        let mut rig = Rig::new(64, LagPolicy::Gap);
+        rig.session.join_system_rooms(false, true, &mut rig.shard);
+        let item = rig.shard.poll_coordinator();
+        let Some(ToCoordinator::Join { request: all, since: None, .. }) = &item else { panic!("a live join of `all`: {item:?}") };
+        assert_eq!(item.as_ref().map(room_of), Some("all"));
+        assert_eq!(rig.shard.poll_coordinator(), None, "no personal room");
+        rig.hub(joined("all", *all, E2, 9));
+        assert_eq!(rig.seen(), vec!["joined 2222 9"]);
+        assert_eq!(&*rig.session.user_key(), "user:alice", "the user is keyed as before");
+        // Its own personal room is the client's to join, as one of its rooms (within max_rooms).
+        for room in ["user:alice", "a", "b", "c"] {
+            rig.join(room, None, None);
+        }
+        rig.request(Request::Join { room: "d".into(), since: None, epoch: None, presence: false }).expect("refused, not closed");
+        assert_eq!(rig.seen(), vec!["error 429 None"], "max_rooms (4) counted the personal room");
+        rig.request(Request::Join { room: "user:bob".into(), since: None, epoch: None, presence: false }).expect("refused");
+        assert_eq!(rig.seen(), vec!["error 403 None"], "another user's, never");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The rooms linkcast keeps for every connection, besides the ones its client joins: the
-//! personal room `user:{sub}` (push to one user, all of its sessions) and the broadcast room
-//! `all` (push to everyone, unless `link.broadcast_room = false`).
+//! personal room `user:{sub}` (push to one user, all of its sessions; unless
+//! `link.personal_room = false`) and the broadcast room `all` (push to everyone, unless
+//! `link.broadcast_room = false`). A room the Link leaves out is the client's to join.
 //!
 //! They are rooms like any other — seq, epoch, history, resume — so a push is never lost across
 //! a reconnect; what sets them apart is who may write: only the HTTP API (`POST

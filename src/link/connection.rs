@@ -143,9 +143,11 @@ impl Connection {
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         ctx.connections_gauge.increment(1.0);
         let mut session = LinkSession::new(id, wire, claims, ctx.session_limits.clone(), now_micros());
-        // The personal room and (unless off) `all`, live only: the client gets `joined` for each.
-        session.join_system_rooms(ctx.link.broadcast_room, &mut ctx.shard.borrow_mut().rooms);
-        // Registered under its personal room's name, the shard's: the registry keeps no copy.
+        // The personal room and `all` (each unless off), live only: the client gets `joined` for
+        // each.
+        session.join_system_rooms(ctx.link.personal_room, ctx.link.broadcast_room, &mut ctx.shard.borrow_mut().rooms);
+        // Registered under its personal room's name (the shard's, if it joined it: the registry
+        // keeps no copy).
         let info = ConnInfo { id, quic: wire == Wire::Quic, since_micros: now_micros() };
         for evicted in ctx.users.register(session.user_key(), info, ctx.link.max_conns_per_user) {
             let _ = ctx.coordinator.send(CoordMsg::CloseConn { conn: evicted, reason: ClientError::TooManyConnections });

@@ -325,6 +325,45 @@ async fn the_client_library_stops_on_a_ban_and_says_why() {
 }
 
 #[tokio::test]
+async fn without_personal_rooms_a_push_waits_in_history_for_a_client_that_joins_its_own() {
+    let mut config = Config::default();
+    config.auth.jwt_secret = JWT.into();
+    config.auth.keys = vec![ApiKey { key: PUBLISH_KEY.into(), scopes: vec![Scope::Publish, Scope::Read] }];
+    config.link.personal_room = false;
+    let serve = start_serve(config, false).await;
+    let push = |path: &'static str, data: Value| {
+        let bearer = format!("Bearer {PUBLISH_KEY}");
+        let addr = serve.http_addr();
+        async move {
+            let res = http(addr, "POST", path, &[("authorization", &bearer)], data.to_string().as_bytes()).await;
+            assert_eq!(res.status, 200, "POST {path}: {}", res.text());
+            res.json()["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {}", res.text()))
+        }
+    };
+    let mut ann = WsClient::connect_to(serve.ws_addr(), Some(&token("ann", Some(now_secs())))).await.with_system_rooms();
+    let joined = ann.next_json().await;
+    assert_eq!((joined["op"].as_str(), joined["room"].as_str()), (Some("joined"), Some("all")), "{joined}");
+
+    // Not in her personal room: a push to her is kept by the hub, not delivered (her next
+    // message is the broadcast published after it).
+    let first = push("/v1/users/ann/messages", json!("kept")).await;
+    let broadcast = push("/v1/broadcast", json!("to all")).await;
+    assert_eq!(message(&mut ann).await, ("all".into(), broadcast, json!("to all")));
+
+    // Her own personal room is hers to join (another user's is not): from a position she gets
+    // what was pushed meanwhile, then pushes live.
+    ann.send(json!({"op": "join", "room": "user:bob"})).await;
+    let error = ann.next_json().await;
+    assert_eq!((error["code"].as_u64(), error["reason"].as_str()), (Some(403), Some("room not allowed by token")), "{error}");
+    ann.send(json!({"op": "join", "room": "user:ann", "since": 0})).await;
+    assert_eq!(message(&mut ann).await, ("user:ann".into(), first, json!("kept")));
+    let joined = ann.next_json().await;
+    assert_eq!((joined["op"].as_str(), joined["room"].as_str(), joined["last_seq"].as_u64()), (Some("joined"), Some("user:ann"), Some(first)), "{joined}");
+    let live = push("/v1/users/ann/messages", json!("live")).await;
+    assert_eq!(message(&mut ann).await, ("user:ann".into(), live, json!("live")));
+}
+
+#[tokio::test]
 async fn with_redis_a_ban_survives_a_restart_of_the_hub_and_the_link() {
     let redis = RedisServer::start().await;
     let settings = format!(

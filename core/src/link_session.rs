@@ -46,14 +46,13 @@
 //! Automatic rooms (`system_rooms.rs`): right after authentication the driver calls
 //! [`LinkSession::join_system_rooms`]: the connection joins `user:{sub}` (unless the Link's
 //! `personal_room` is off) and `all` (unless its `broadcast_room` is off), live only, outside
-//! `max_rooms` and the join rate. A room the Link leaves out is the client's to join, as one of
-//! its own. A client
-//! `join` of one of them *with* a position is a resume: the room is asked again from there, and
-//! replayed seqs the member already got live (`live_from..=last`, kept aside as a `Skip` until
-//! the resume's `Joined`) are accounted for but not sent twice; *without* a position it is
-//! answered `joined` again. Clients never publish into these rooms (`403 room is read-only for
-//! clients`), and join another user's personal room never (`system_rooms::may_join`). An
-//! operator's removal ([`LinkSession::remove`]) leaves a room with `removed` instead of `left`.
+//! `max_rooms` and the join rate (a room the Link leaves out is the client's to join, as one of
+//! its own). A client `join` of one of them *with* a position is a resume: the room is asked
+//! again from there, and replayed seqs the member already got live (`live_from..=last`, kept
+//! aside as a `Skip` until the resume's `Joined`) are accounted for but not sent twice;
+//! *without* a position it is answered `joined` again. Clients never publish into these rooms
+//! (`403 room is read-only for clients`), and join another user's personal room never
+//! (`system_rooms::may_join`). An operator's removal ([`LinkSession::remove`]) leaves a room with `removed` instead of `left`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -681,7 +680,7 @@ impl LinkSession {
     /// The client gets `joined` for each, as for its own joins. A room left out here is still
     /// the client's to join (`may_join`), as one of its own rooms.
     pub fn join_system_rooms(&mut self, personal: bool, broadcast: bool, shard: &mut ShardRooms) {
-        if let Some(room) = personal_room(self.sub()).filter(|_| personal) {
+        if let Some(room) = personal.then(|| personal_room(self.sub())).flatten() {
             if self.join(&room, None, None, false, true, shard).is_ok() {
                 // The shard's name from now on: this session's own copy goes.
                 if let Some((name, _)) = self.rooms.iter().find(|(name, _)| **name == *self.user) {

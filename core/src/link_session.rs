@@ -52,7 +52,8 @@
 //! aside as a `Skip` until the resume's `Joined`) are accounted for but not sent twice;
 //! *without* a position it is answered `joined` again. Clients never publish into these rooms
 //! (`403 room is read-only for clients`), and join another user's personal room never
-//! (`system_rooms::may_join`). An operator's removal ([`LinkSession::remove`]) leaves a room with `removed` instead of `left`.
+//! (`system_rooms::may_join`). An operator's removal ([`LinkSession::remove`]) leaves a room
+//! with `removed` instead of `left`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -334,11 +334,7 @@ impl HubTask {
                     LinkFrameCheck::Refuse { request, code, reason } => {
                         self.metrics.link_frames_dropped.increment(1);
                         tracing::warn!(%link, room = frame.room(), "refusing a publish from a link: {reason}");
-                        let body = Body::Error { request, code, reason: reason.to_owned(), retry_after_ms: 0 };
-                        // Answers are queued even when the Link lags (up to twice its limit).
-                        if connected.queue.offer(FrameBuilder::new(frame.room()).build(&body)) == Admit::Overflow {
-                            self.drop_link(now, link, "link queue overflow");
-                        }
+                        self.refuse_link_publish(now, link, frame.room(), request, code, reason);
                     }
                 }
                 drop(credit);
@@ -384,6 +380,17 @@ impl HubTask {
         self.metrics.rooms.set(self.table.len() as f64);
         self.metrics.links.set(self.links.len() as f64);
         self.metrics.queued_bytes.set(self.queued_total.load(Ordering::Acquire) as f64);
+    }
+
+    /// Answers a client's publish that came through `link` with an error. Answers are queued
+    /// even when the Link lags (up to twice its limit); a Link whose queue cannot take it is
+    /// dropped (it reconnects), so no client's publish is left without an answer.
+    pub(super) fn refuse_link_publish(&mut self, now: u64, link: LinkId, room: &str, request: u64, code: u16, reason: &str) {
+        let body = Body::Error { request, code, reason: reason.to_owned(), retry_after_ms: 0 };
+        let answer = FrameBuilder::new(room).build(&body);
+        if self.links.get_mut(&link).is_some_and(|connected| connected.queue.offer(answer) == Admit::Overflow) {
+            self.drop_link(now, link, "link queue overflow");
+        }
     }
 
     pub(super) fn drop_link(&mut self, now: u64, link: LinkId, reason: &'static str) {

@@ -410,13 +410,7 @@ impl HubTask {
             }
             (Kind::Publish, ArchivedBody::Publish { request, .. }) if is_server_only(frame.room()) => {
                 let (Refusal::Error(code, reason) | Refusal::Close(code, reason)) = ClientError::ReadOnlyRoom.refusal();
-                let body = Body::Error { request: request.to_native(), code, reason: reason.to_owned(), retry_after_ms: 0 };
-                let refusal = FrameBuilder::new(frame.room()).build(&body);
-                // An answer the Link's queue cannot take (twice its limit) drops the Link, as in
-                // driver.rs: the client's publish is never left without one.
-                if self.links.get_mut(&link).is_some_and(|connected| connected.queue.offer(refusal) == Admit::Overflow) {
-                    self.drop_link(now_micros(), link, "link queue overflow");
-                }
+                self.refuse_link_publish(now_micros(), link, frame.room(), request.to_native(), code, reason);
                 true
             }
             _ => false,
